@@ -1,0 +1,31 @@
+"""Destination connectors, registered by `type` name."""
+
+from __future__ import annotations
+
+from reverse_etl.destinations.base import (
+    Action,
+    Batch,
+    BatchResult,
+    Capabilities,
+    Destination,
+    DestinationOptions,
+    FieldInfo,
+    build_destination,
+    connector_for,
+    connector_types,
+    register,
+)
+
+__all__ = [
+    "Action",
+    "Batch",
+    "BatchResult",
+    "Capabilities",
+    "Destination",
+    "DestinationOptions",
+    "FieldInfo",
+    "build_destination",
+    "connector_for",
+    "connector_types",
+    "register",
+]

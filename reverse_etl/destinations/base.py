@@ -1,0 +1,177 @@
+"""The small interface every destination connector implements, and the registry by type name.
+
+A connector lists its objects and fields, checks a mapping, and delivers batches of records,
+reporting per record which were rejected and why. Everything not rejected counts as accepted.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Literal, TypeVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+Action = Literal["insert", "update", "upsert", "delete"]
+ALL_ACTIONS: frozenset[Action] = frozenset({"insert", "update", "upsert", "delete"})
+
+
+class DestinationOptions(BaseModel):
+    """Base of each connector's options model (the destination block of retl.yml minus `type`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """A field (column, property) of a destination object."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a connector supports, declared as data so planning and validation can read it."""
+
+    actions: frozenset[Action] = ALL_ACTIONS
+    default_batch_size: int = 500
+    max_batch_size: int | None = None
+
+
+@dataclass
+class Batch:
+    """Records to apply with one action on one object.
+
+    `records` holds one column per destination field (always including `key_field`); for
+    `delete` it may hold only `key_field`. Row order is the identity used in `BatchResult`.
+    """
+
+    object: str
+    action: Action
+    key_field: str | None
+    records: pa.Table
+
+    @property
+    def size(self) -> int:
+        return self.records.num_rows
+
+
+@dataclass
+class BatchResult:
+    """Per-record outcome of a batch: row index -> the destination's message for rejected rows."""
+
+    rejected: dict[int, str] = field(default_factory=dict)
+
+    def accepted_indexes(self, size: int) -> list[int]:
+        return [i for i in range(size) if i not in self.rejected]
+
+
+_D = TypeVar("_D", bound="Destination")
+
+
+class Destination(ABC):
+    """A configured destination (one block of retl.yml's `destinations`)."""
+
+    type_name: ClassVar[str]
+    options_model: ClassVar[type[DestinationOptions]] = DestinationOptions
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, name: str, options: DestinationOptions, project_root: Path) -> None:
+        self.name = name
+        self.options = options
+        self.project_root = project_root
+
+    @abstractmethod
+    def objects(self) -> list[str]:
+        """Objects (tables, API objects, files) this destination can write to."""
+
+    @abstractmethod
+    def fields(self, object: str) -> list[FieldInfo]:
+        """Fields of one object; raises DestinationError when the object does not exist."""
+
+    def check(
+        self, object: str, fields: Sequence[str], key_field: str | None, action: Action
+    ) -> list[str]:
+        """Problems that would make delivery fail (missing object or fields, no unique key...).
+
+        The default compares `fields` with `fields(object)`; connectors add their own rules.
+        """
+        if action not in self.capabilities.actions:
+            return [f"destination type '{self.type_name}' cannot {action} records"]
+        known = {f.name for f in self.fields(object)}
+        return [
+            f"field '{name}' does not exist on '{object}'" for name in fields if name not in known
+        ]
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect before the first batch (optional)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections after the last batch (optional)."""
+
+    def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:  # noqa: B027
+        """Called once per run before the first batch with the records' Arrow schema."""
+
+    def finish(self) -> None:  # noqa: B027 - optional hook
+        """Called once after the last batch of a successful run (e.g. to publish a file)."""
+
+    @abstractmethod
+    def deliver(self, batch: Batch) -> BatchResult:
+        """Apply a batch. Per-record failures go in the result; raise DestinationError only when
+        the destination as a whole cannot be reached or used (after retries)."""
+
+    def __enter__(self: _D) -> _D:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_REGISTRY: dict[str, type[Destination]] = {}
+
+
+def register(type_name: str) -> Callable[[type[_D]], type[_D]]:
+    """Class decorator: make a connector available as `type: <type_name>` in retl.yml."""
+
+    def decorate(cls: type[_D]) -> type[_D]:
+        cls.type_name = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return decorate
+
+
+def connector_types() -> dict[str, type[Destination]]:
+    """Every registered connector by type name (importing the built-in ones first)."""
+    from reverse_etl import destinations  # noqa: F401 - registers built-ins
+
+    return dict(_REGISTRY)
+
+
+def connector_for(type_name: str) -> type[Destination] | None:
+    return connector_types().get(type_name)
+
+
+def build_destination(name: str, config: dict[str, Any], project_root: Path) -> Destination:
+    """Instantiate a destination from its retl.yml block (already env-interpolated)."""
+    from reverse_etl.errors import ConfigError
+
+    type_name = str(config.get("type", ""))
+    cls = connector_for(type_name)
+    if cls is None:
+        raise ConfigError(f"destination '{name}': unknown type '{type_name}'")
+    options = cls.options_model.model_validate({k: v for k, v in config.items() if k != "type"})
+    return cls(name, options, project_root)
