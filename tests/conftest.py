@@ -1,0 +1,66 @@
+"""Shared fixtures: real PostgreSQL and MariaDB servers on loopback.
+
+Tests that need a server skip with a clear reason when none answers, except under CI=true,
+where a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_URL = os.environ.get(
+    "RETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+MYSQL_URL = os.environ.get("RETL_TEST_MYSQL_URL", "mysql+pymysql://root:@127.0.0.1:3306/test")
+
+
+def _unavailable(what: str, url: str, exc: Exception) -> None:
+    message = f"{what} not reachable at {url} ({exc.__class__.__name__}: {exc})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; under CI=true the server must run")
+    pytest.skip(f"{message}; set RETL_TEST_{what.upper()}_URL or start the server")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of the test PostgreSQL database (psycopg style: postgresql://...)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(POSTGRES_URL.replace("+psycopg", ""), connect_timeout=3):
+            pass
+    except Exception as exc:
+        _unavailable("postgres", POSTGRES_URL, exc)
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> str:
+    """SQLAlchemy URL of the test MariaDB/MySQL database."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(MYSQL_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        _unavailable("mysql", MYSQL_URL, exc)
+    return MYSQL_URL
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{name}" CASCADE')
