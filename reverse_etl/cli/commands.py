@@ -1,0 +1,5 @@
+"""Imports every command module so that each registers itself on the Typer app."""
+
+from __future__ import annotations
+
+from reverse_etl.cli import validate  # noqa: F401

@@ -1,0 +1,69 @@
+"""What every command shares: options, project loading, consoles and error rendering."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from reverse_etl.config import Problem, Project, Sync, find_project_root, load_project
+
+# Human text goes to stderr so that --json output on stdout stays machine readable.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ProjectDirOption = Annotated[
+    Path | None,
+    typer.Option("--project-dir", help="Project root (default: nearest retl.yml upwards; env RETL_PROJECT_DIR).", show_default=False),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+SyncsArgument = Annotated[list[str] | None, typer.Argument(help="Sync names or glob patterns (crm_*).", show_default=False)]
+SelectOption = Annotated[list[str] | None, typer.Option("--select", "-s", help="Glob pattern of sync names; repeatable.", show_default=False)]
+AllOption = Annotated[bool, typer.Option("--all", help="Every sync of the project.")]
+RoleOption = Annotated[
+    str | None,
+    typer.Option("--role", envvar="RETL_ROLE", help="Role to act as, checked against a warehouse's roles (env RETL_ROLE).", show_default=False),
+]
+
+
+def open_project(project_dir: Path | None) -> Project:
+    root = find_project_root(explicit=project_dir)
+    return load_project(root)
+
+
+def selected_syncs(
+    project: Project,
+    names: list[str] | None,
+    select: list[str] | None,
+    all_syncs: bool,
+    *,
+    require_valid: bool = True,
+) -> list[Sync]:
+    syncs = project.select(names or [], select or [], all_syncs)
+    if require_valid:
+        project.require_valid(syncs)
+    return syncs
+
+
+def print_problems(problems: list[Problem], console: Console = err) -> None:
+    for problem in sorted(problems, key=lambda p: (p.file != "retl.yml", p.file, p.line or 0)):
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(f"[bold]{problem.location()}[/bold]: [{style}]{problem.message}[/{style}]", markup=True, highlight=False)
+        if problem.hint:
+            console.print(f"    hint: {problem.hint}", style="dim", markup=False)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for problem in problems:
+            level = "error" if problem.severity == "error" else "warning"
+            line = f",line={problem.line}" if problem.line else ""
+            message = problem.format().replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+            sys.stdout.write(f"::{level} file={problem.file}{line}::{message}\n")
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()

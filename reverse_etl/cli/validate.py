@@ -1,0 +1,53 @@
+"""`retl validate`: every problem of every file, one pass, `file:line: field: message`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from reverse_etl.cli.app import app
+from reverse_etl.cli.common import (
+    AllOption,
+    JsonOption,
+    ProjectDirOption,
+    SelectOption,
+    SyncsArgument,
+    err,
+    open_project,
+    print_json,
+    print_problems,
+    selected_syncs,
+)
+
+
+@app.command()
+def validate(
+    syncs: SyncsArgument = None,
+    select: SelectOption = None,
+    all_syncs: AllOption = False,
+    connect: Annotated[bool, typer.Option("--connect", help="Also run the SQL with LIMIT 0 and check columns and destination fields.")] = False,
+    json_output: JsonOption = False,
+    project_dir: ProjectDirOption = None,
+) -> None:
+    """Check retl.yml and sync files: schema, references, mapping, mode rules, cron, secrets."""
+    project = open_project(project_dir)
+    chosen = selected_syncs(project, syncs, select, all_syncs, require_valid=False)
+    problems = list(project.problems)
+    for sync in chosen:
+        problems.extend(sync.problems)
+    if connect:
+        from reverse_etl.config.connect import connect_checks
+
+        problems.extend(connect_checks(project, [s for s in chosen if s.ok]))
+    errors = [p for p in problems if p.severity == "error"]
+    if json_output:
+        print_json({"ok": not errors, "problems": [p.to_json() for p in problems]})
+    else:
+        print_problems(problems)
+        if errors:
+            err.print(f"[red]{len(errors)} error(s)[/red] in {len({p.file for p in errors})} file(s)")
+        else:
+            err.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid")
+    if errors:
+        raise typer.Exit(1)

@@ -1,0 +1,230 @@
+"""Pydantic models of `retl.yml` and `syncs/*.yml` (SPEC §2): the single source of truth."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from croniter import croniter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from reverse_etl.mapping.templates import TemplateError, is_template, parse_template
+
+SYNC_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]*$")
+Mode = Literal["insert", "update", "upsert", "delete"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- retl.yml ---------------------------------------------------------------------------------
+
+
+class WarehouseConfig(Strict):
+    url: str
+    roles: list[str] | None = None
+    query_timeout: int | None = Field(default=None, gt=0)
+
+
+class DestinationConfig(BaseModel):
+    """`type` plus the connector's own options, which its options model validates."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AlertConfig(Strict):
+    type: Literal["slack", "webhook"]
+    webhook_url: str | None = None
+    url: str | None = None
+    headers: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _target(self) -> AlertConfig:
+        if self.type == "slack" and not self.webhook_url:
+            raise ValueError("a slack alert needs webhook_url")
+        if self.type == "webhook" and not self.url:
+            raise ValueError("a webhook alert needs url")
+        return self
+
+
+class StateConfig(Strict):
+    backend: Literal["local", "warehouse"] = "local"
+    warehouse: str | None = None
+    schema_: str = Field(default="retl_state", alias="schema")
+
+
+class ProjectConfig(Strict):
+    version: Literal[1] = 1
+    name: str | None = None
+    warehouses: dict[str, WarehouseConfig] = Field(default_factory=dict)
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    alerts: dict[str, AlertConfig] = Field(default_factory=dict)
+    state: StateConfig = Field(default_factory=StateConfig)
+
+
+# --- syncs/*.yml --------------------------------------------------------------------------------
+
+
+class SourceConfig(Strict):
+    sql: str | None = None
+    file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SourceConfig:
+        if bool(self.sql) == bool(self.file):
+            raise ValueError("give exactly one of source.sql or source.file")
+        return self
+
+
+class DestinationRef(Strict):
+    name: str
+    object: str
+
+
+class FieldSource(BaseModel):
+    """Where a destination field's value comes from: a column, a template or a constant."""
+
+    model_config = ConfigDict(frozen=True)
+    column: str | None = None
+    template: str | None = None
+    value: str | int | float | bool | None = None
+    is_constant: bool = False
+
+    @property
+    def columns(self) -> list[str]:
+        if self.column is not None:
+            return [self.column]
+        if self.template is not None:
+            from reverse_etl.mapping.templates import template_columns
+
+            return template_columns(self.template)
+        return []
+
+
+def parse_field_source(raw: Any) -> FieldSource:
+    if isinstance(raw, FieldSource):
+        return raw
+    if isinstance(raw, str):
+        if is_template(raw):
+            try:
+                parse_template(raw)
+            except TemplateError as exc:
+                raise ValueError(str(exc)) from None
+            return FieldSource(template=raw)
+        if not raw.strip():
+            raise ValueError("empty source column")
+        return FieldSource(column=raw.strip())
+    if isinstance(raw, dict):
+        if set(raw) != {"value"}:
+            extra = ", ".join(sorted(set(raw) - {"value"})) or "nothing"
+            raise ValueError(f"a constant is written {{value: ...}} (found {extra})")
+        value = raw["value"]
+        if isinstance(value, dict | list):
+            raise ValueError("a constant value must be a string, number, boolean or null")
+        return FieldSource(value=value, is_constant=True)
+    raise ValueError(
+        'a mapping value is a source column, a template "{{ column }}" or {value: constant}'
+    )
+
+
+# Parsed per entry so that an error points at the entry's own line.
+MappedField = Annotated[FieldSource, BeforeValidator(parse_field_source)]
+
+
+class Schedule(BaseModel):
+    """`manual` (the default), a cron expression, or `{after: [other_sync, ...]}`."""
+
+    model_config = ConfigDict(frozen=True)
+    cron: str | None = None
+    after: tuple[str, ...] = ()
+
+    @property
+    def is_manual(self) -> bool:
+        return self.cron is None and not self.after
+
+    def describe(self) -> str:
+        if self.cron:
+            return self.cron
+        if self.after:
+            return "after " + ", ".join(self.after)
+        return "manual"
+
+
+def parse_schedule(raw: Any) -> Schedule:
+    if isinstance(raw, Schedule):
+        return raw
+    if raw is None or raw == "manual":
+        return Schedule()
+    if isinstance(raw, str):
+        expression = raw.strip()
+        if not croniter.is_valid(expression):
+            raise ValueError(
+                f"'{expression}' is not a valid cron expression "
+                "(five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *')"
+            )
+        return Schedule(cron=expression)
+    if isinstance(raw, dict):
+        if set(raw) != {"after"}:
+            raise ValueError("a dependency schedule is written {after: [sync, ...]}")
+        after = raw["after"]
+        if isinstance(after, str):
+            after = [after]
+        if not isinstance(after, list) or not after or not all(isinstance(a, str) for a in after):
+            raise ValueError("schedule.after must list one or more sync names")
+        return Schedule(after=tuple(after))
+    raise ValueError("schedule is a cron expression, {after: [sync, ...]} or manual")
+
+
+class IncrementalConfig(Strict):
+    column: str
+
+
+class Limits(Strict):
+    max_row_error_ratio: float = Field(default=0.1, ge=0, le=1)
+    max_deletes: int | None = Field(default=None, ge=0)
+    max_delete_ratio: float | None = Field(default=0.5, ge=0, le=1)
+
+
+class SyncConfig(Strict):
+    description: str | None = None
+    warehouse: str
+    source: SourceConfig
+    destination: DestinationRef
+    mode: Mode
+    primary_key: str
+    mapping: dict[str, MappedField]
+    on_removed: Literal["ignore", "delete"] = "ignore"
+    incremental: IncrementalConfig | None = None
+    schedule: Schedule = Field(default_factory=Schedule)
+    paused: bool = False
+    batch_size: int | None = Field(default=None, gt=0)
+    limits: Limits = Field(default_factory=Limits)
+    alerts: list[str] = Field(default_factory=list)
+    allow_destructive: bool = False
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _mapping(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        if not raw:
+            raise ValueError("mapping is empty: map at least one destination field")
+        return raw
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, raw: Any) -> Schedule:
+        return parse_schedule(raw)
+
+    @field_validator("primary_key")
+    @classmethod
+    def _key(cls, raw: str) -> str:
+        if not raw.strip():
+            raise ValueError("primary_key is empty")
+        return raw.strip()
+

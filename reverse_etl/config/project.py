@@ -1,0 +1,351 @@
+"""Find and load a retl project: `retl.yml` plus `syncs/*.yml`, every problem collected at once."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from reverse_etl.config.models import (
+    SYNC_NAME,
+    DestinationConfig,
+    ProjectConfig,
+    SyncConfig,
+)
+from reverse_etl.config.problems import Problem, format_path
+from reverse_etl.config.yamlio import YamlDocument, load_yaml
+from reverse_etl.errors import ConfigError, ProjectNotFoundError, UsageError
+
+M = TypeVar("M", bound=BaseModel)
+
+PROJECT_FILE = "retl.yml"
+SYNCS_DIR = "syncs"
+
+
+@dataclass
+class Sync:
+    """A sync as loaded from `syncs/<name>.yml`; `config` is None when the file is invalid."""
+
+    name: str
+    path: Path
+    file: str
+    document: YamlDocument
+    config: SyncConfig | None
+    sql: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.config is not None and not any(p.severity == "error" for p in self.problems)
+
+    def line_of(self, *path: str | int) -> int | None:
+        return self.document.line_of(tuple(path))
+
+    def key_field(self) -> str | None:
+        """The destination field that carries the primary key (first direct mapping of it)."""
+        assert self.config is not None
+        for name, source in self.config.mapping.items():
+            if source.column == self.config.primary_key:
+                return name
+        return None
+
+    def config_hash(self, destination: DestinationConfig | None = None) -> str:
+        """Hash of everything that decides what a run sends; secrets are not part of it."""
+        assert self.config is not None
+        payload = {
+            "sync": self.config.model_dump(mode="json", exclude={"description", "paused"}),
+            "sql": self.sql,
+            "destination_type": destination.type if destination else None,
+        }
+        encoded = json.dumps(payload, sort_keys=True, default=str).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+@dataclass
+class Project:
+    """A loaded project. Problems are collected, not raised, so `validate` can print them all."""
+
+    root: Path
+    document: YamlDocument
+    config: ProjectConfig | None
+    syncs: dict[str, Sync]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def all_problems(self) -> list[Problem]:
+        found = list(self.problems)
+        for sync in self.syncs.values():
+            found.extend(sync.problems)
+        return found
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(path.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(path)
+
+    def select(
+        self, names: Iterable[str] = (), patterns: Iterable[str] = (), all_syncs: bool = False
+    ) -> list[Sync]:
+        """Syncs named or matching `--select` globs (`crm_*`); all of them with `--all` or none given."""
+        names, patterns = list(names), list(patterns)
+        if all_syncs or (not names and not patterns):
+            return [self.syncs[n] for n in sorted(self.syncs)]
+        chosen: dict[str, Sync] = {}
+        for name in names + patterns:
+            if any(ch in name for ch in "*?["):
+                matched = [s for n, s in sorted(self.syncs.items()) if fnmatchcase(n, name)]
+                if not matched:
+                    raise UsageError(f"no sync matches '{name}'")
+                chosen.update({s.name: s for s in matched})
+            elif name in self.syncs:
+                chosen[name] = self.syncs[name]
+            else:
+                raise UsageError(f"no sync named '{name}'", did_you_mean(name, self.syncs))
+        return list(chosen.values())
+
+    def require_valid(self, syncs: Iterable[Sync]) -> None:
+        """Raise ConfigError listing the problems of the project file and of these syncs."""
+        problems = [p for p in self.problems if p.severity == "error"]
+        for sync in syncs:
+            problems.extend(p for p in sync.problems if p.severity == "error")
+        if problems:
+            raise ConfigError(f"{len(problems)} problem(s) in the project; run `retl validate`", problems)  # type: ignore[arg-type]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def find_project_root(start: Path | None = None, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """`--project-dir` / RETL_PROJECT_DIR, or the first directory upwards holding retl.yml."""
+    given = explicit or os.environ.get("RETL_PROJECT_DIR")
+    if given:
+        root = Path(given).expanduser().resolve()
+        if not (root / PROJECT_FILE).is_file():
+            raise ProjectNotFoundError(
+                f"no {PROJECT_FILE} in {root}", "create one with `retl init` or fix --project-dir"
+            )
+        return root
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder
+    raise ProjectNotFoundError(
+        f"no {PROJECT_FILE} found in {here} or any parent directory",
+        "run retl inside a project, pass --project-dir, or create one with `retl init`",
+    )
+
+
+def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
+    """Load retl.yml and every sync file; every problem found is recorded, nothing is raised
+    except when the project file cannot be read at all."""
+    env = os.environ if env is None else env
+    project_file = root / PROJECT_FILE
+    try:
+        text = project_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProjectNotFoundError(f"cannot read {project_file}: {exc.strerror}") from None
+    document = load_yaml(text, PROJECT_FILE, env)
+    project = Project(root=root, document=document, config=None, syncs={})
+    project.problems.extend(document.problems)
+    if document.data is not None:
+        project.config = _validate_model(ProjectConfig, document, project.problems)
+
+    syncs_dir = root / SYNCS_DIR
+    files = sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]) if syncs_dir.is_dir() else []
+    for path in files:
+        sync = _load_sync(project, path, env)
+        if sync.name in project.syncs:
+            sync.problems.append(
+                Problem(sync.file, None, "", f"another file already defines sync '{sync.name}'",
+                        "keep one of the .yml/.yaml files")
+            )
+            continue
+        project.syncs[sync.name] = sync
+
+    from reverse_etl.config.checks import check_project
+
+    check_project(project)
+    return project
+
+
+def _load_sync(project: Project, path: Path, env: Mapping[str, str]) -> Sync:
+    file = project.relative(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        document = YamlDocument(file=file, data=None)
+        sync = Sync(path.stem, path, file, document, None)
+        sync.problems.append(Problem(file, None, "", f"cannot read file: {exc}"))
+        return sync
+    document = load_yaml(text, file, env)
+    sync = Sync(path.stem, path, file, document, None, problems=list(document.problems))
+    if not SYNC_NAME.match(sync.name):
+        sync.problems.append(
+            Problem(file, None, "", f"'{sync.name}' is not a valid sync name",
+                    "rename the file: lower-case letters, digits, '_' and '-' (e.g. crm_contacts.yml)")
+        )
+    if document.data is None:
+        return sync
+    sync.config = _validate_model(SyncConfig, document, sync.problems)
+    if sync.config is not None:
+        sync.sql = _read_sql(project, sync)
+    return sync
+
+
+def _read_sql(project: Project, sync: Sync) -> str | None:
+    assert sync.config is not None
+    source = sync.config.source
+    if source.sql is not None:
+        return source.sql.strip().rstrip(";").strip()
+    assert source.file is not None
+    candidates = [project.root / source.file, sync.path.parent / source.file]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8").strip().rstrip(";").strip()
+    sync.problems.append(
+        sync.document.problem(("source", "file"), f"SQL file '{source.file}' not found",
+                              "paths are relative to the project root, e.g. sql/active_customers.sql")
+    )
+    return None
+
+
+def _validate_model(model: type[M], document: YamlDocument, problems: list[Problem]) -> M | None:
+    """Validate, report every error, then retry without the offending parts so that the
+    cross-file checks can still run on what is left (every problem in one pass)."""
+    data = document.data
+    if not isinstance(data, dict):
+        problems.append(Problem(document.file, document.line_of(()), "",
+                                f"expected a mapping of keys at the top level, found {type(data).__name__}"))
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problems.append(pydantic_problem(model, document, error))
+        errors = exc.errors()
+    pruned: Any = copy.deepcopy(data)
+    for _ in range(3):
+        if not _prune(model, pruned, errors):
+            return None
+        try:
+            return model.model_validate(pruned)
+        except ValidationError as exc:
+            errors = exc.errors()
+    return None
+
+
+_PRUNABLE_ENTRIES = ("warehouses", "destinations", "alerts", "mapping")
+
+
+def _prune(model: type[BaseModel], data: dict[str, Any], errors: list[Any]) -> bool:
+    """Drop unknown keys, bad entries of named sections and bad optional keys; False when a
+    required key is wrong (nothing sensible is left to check)."""
+    for error in errors:
+        loc = error["loc"]
+        head = loc[0] if loc else None
+        if error["type"] == "extra_forbidden" and len(loc) == 1:
+            data.pop(str(head), None)
+        elif head in _PRUNABLE_ENTRIES and len(loc) >= 2 and isinstance(data.get(str(head)), dict):
+            data[str(head)].pop(loc[1], None)
+        elif isinstance(head, str) and head in model.model_fields and not model.model_fields[head].is_required():
+            data.pop(head, None)
+        else:
+            return False
+    return True
+
+
+def pydantic_problem(model: type[BaseModel], document: YamlDocument, error: Any, prefix: tuple[str | int, ...] = ()) -> Problem:
+    """Turn one pydantic error into `file:line: field.path: message` with a hint."""
+    loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+    path = (*prefix, *loc)
+    kind = error["type"]
+    message = str(error["msg"])
+    hint: str | None = None
+    if message.startswith(("Value error, ", "Assertion failed, ")):
+        message = message.split(", ", 1)[1]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(model, loc[:-1])
+        message = f"unknown key '{key}'"
+        hint = did_you_mean(key, allowed)
+        if hint is None and allowed:
+            hint = "allowed keys: " + ", ".join(sorted(allowed))
+        return document.problem(path, message, hint, key=True)
+    if kind == "missing":
+        message = f"missing required key '{loc[-1]}'"
+        parent = path[:-1]
+        return Problem(document.file, document.line_of(parent, key=True) if parent else 1,
+                       format_path(path), message, None)
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        given = error.get("input")
+        message = f"'{given}' is not one of {expected}"
+        close = did_you_mean(str(given), [e.strip(" '") for e in str(expected).replace(" or ", ",").split(",")])
+        hint = close
+    elif "type" in kind and "input" in error:
+        message = f"{message} (got {error['input']!r})"
+    return document.problem(path, message, hint)
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part[:1].isupper()) and part not in ("",)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(str(part))
+            if info is None:
+                return []
+            current = _unwrap(info.annotation)
+        elif isinstance(part, str | int):
+            current = _unwrap(getattr(current, "__args__", (None, None))[-1])
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [info.alias or name for name, info in current.model_fields.items()]
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """dict[str, X] -> dict's value type is kept for the next step; X | None -> X."""
+    args = getattr(annotation, "__args__", None)
+    origin = getattr(annotation, "__origin__", None)
+    if origin in (dict, list):
+        return annotation
+    if args:
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return annotation
+
+
+__all__ = [
+    "PROJECT_FILE",
+    "Project",
+    "Sync",
+    "did_you_mean",
+    "find_project_root",
+    "format_path",
+    "load_project",
+]
+
+
+def declared_names(document: YamlDocument, section: str) -> set[str]:
+    """Names written under a section of retl.yml, valid or not (so references to an invalid
+    entry are not also reported as unknown)."""
+    data = document.data
+    if isinstance(data, dict) and isinstance(data.get(section), dict):
+        return {str(name) for name in data[section]}
+    return set()

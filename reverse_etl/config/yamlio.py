@@ -1,0 +1,151 @@
+"""Safe YAML loading that keeps line numbers, rejects duplicate keys and interpolates ${ENV}.
+
+PyYAML's safe loader is used to compose nodes; values are built here so that every path
+(`('mapping', 'email')`) remembers the line it came from and the raw text before interpolation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from reverse_etl.config.problems import Problem, format_path
+
+Path_ = tuple[str | int, ...]
+
+_ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class YamlDocument:
+    """A parsed YAML file: plain data plus, per path, its line and its raw (pre-${ENV}) text."""
+
+    file: str
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+    key_lines: dict[Path_, int] = field(default_factory=dict)
+    raw: dict[Path_, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def line_of(self, path: Path_, *, key: bool = False) -> int | None:
+        """Line of the value at `path`, or of its nearest ancestor that has one."""
+        table = self.key_lines if key else self.lines
+        probe = tuple(path)
+        while probe:
+            if probe in table:
+                return table[probe]
+            if key and probe in self.lines:
+                return self.lines[probe]
+            probe = probe[:-1]
+        return self.lines.get((), 1)
+
+    def problem(self, path: Path_, message: str, hint: str | None = None, *, key: bool = False) -> Problem:
+        return Problem(self.file, self.line_of(path, key=key), format_path(path), message, hint)
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Replace ${NAME} and ${NAME:-default}; `$$` is a literal `$`. Returns (text, missing)."""
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        missing.append(name)
+        return match.group(0)  # left as written so later checks do not pile on
+
+    return _ENV_PATTERN.sub(replace, text), missing
+
+
+def uses_env(text: str) -> bool:
+    return bool(re.search(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}", text))
+
+
+def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
+    """Parse one YAML document; syntax errors become problems (data is then None)."""
+    doc = YamlDocument(file=file, data=None)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        reason = exc.problem or exc.context or "cannot be parsed"
+        doc.problems.append(
+            Problem(
+                file,
+                line,
+                "",
+                f"invalid YAML: {reason}",
+                "check indentation and quoting near this line (quote values containing ': ' or '#')",
+            )
+        )
+        return doc
+    except yaml.YAMLError as exc:
+        doc.problems.append(Problem(file, None, "", f"invalid YAML: {exc}"))
+        return doc
+    if node is None:
+        doc.data = {}
+        return doc
+    doc.data = _build(node, (), doc, env, loader)
+    return doc
+
+
+def _build(node: yaml.Node, path: Path_, doc: YamlDocument, env: Mapping[str, str], loader: yaml.SafeLoader) -> Any:
+    doc.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                doc.problems.append(
+                    Problem(doc.file, key_node.start_mark.line + 1, format_path(path), "keys must be plain strings")
+                )
+                continue
+            key = str(key) if not isinstance(key, str) else key
+            child = (*path, key)
+            if key in result:
+                doc.problems.append(
+                    Problem(
+                        doc.file,
+                        key_node.start_mark.line + 1,
+                        format_path(child),
+                        f"duplicate key '{key}' (first on line {doc.key_lines[child]})",
+                        "remove one of them: YAML keeps only the last",
+                    )
+                )
+                continue
+            doc.key_lines[child] = key_node.start_mark.line + 1
+            doc.lines[child] = value_node.start_mark.line + 1
+            result[key] = _build(value_node, child, doc, env, loader)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(item, (*path, i), doc, env, loader) for i, item in enumerate(node.value)]
+    value = loader.construct_object(node, deep=True)
+    if isinstance(value, str):
+        doc.raw[path] = value
+        if "$" in value:
+            value, missing = interpolate(value, env)
+            for name in missing:
+                doc.problems.append(
+                    Problem(
+                        doc.file,
+                        node.start_mark.line + 1,
+                        format_path(path),
+                        f"environment variable {name} is not set",
+                        f"export {name}=... before running retl, or write ${{{name}:-default}}",
+                    )
+                )
+    return value
