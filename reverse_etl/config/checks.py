@@ -82,7 +82,11 @@ def _check_secrets(document: YamlDocument, problems: list[Problem]) -> None:
 
 
 def _env_name(path: tuple[str | int, ...]) -> str:
-    words = [str(p) for p in path if isinstance(p, str) and p not in ("warehouses", "destinations", "alerts")]
+    words = [
+        str(p)
+        for p in path
+        if isinstance(p, str) and p not in ("warehouses", "destinations", "alerts")
+    ]
     return re.sub(r"[^A-Z0-9]+", "_", "_".join(words).upper()).strip("_") or "SECRET"
 
 
@@ -105,7 +109,9 @@ def _check_destinations(project: Project) -> None:
         except ValidationError as exc:
             for error in exc.errors():
                 project.problems.append(
-                    pydantic_problem(cls.options_model, project.document, error, ("destinations", name))
+                    pydantic_problem(
+                        cls.options_model, project.document, error, ("destinations", name)
+                    )
                 )
 
 
@@ -115,7 +121,9 @@ def _check_sync(project: Project, sync: Sync) -> None:
     doc, problems = sync.document, sync.problems
     project_config = project.config
 
-    def add(path: tuple[str | int, ...], message: str, hint: str | None = None, key: bool = False) -> None:
+    def add(
+        path: tuple[str | int, ...], message: str, hint: str | None = None, key: bool = False
+    ) -> None:
         problems.append(doc.problem(path, message, hint, key=key))
 
     if project_config is not None or project.document.data is not None:
@@ -123,46 +131,82 @@ def _check_sync(project: Project, sync: Sync) -> None:
         destinations = declared_names(project.document, "destinations")
         alerts = declared_names(project.document, "alerts")
         if config.warehouse not in warehouses:
-            add(("warehouse",), f"unknown warehouse '{config.warehouse}'",
-                did_you_mean(config.warehouse, warehouses) or _known("warehouses", warehouses))
+            add(
+                ("warehouse",),
+                f"unknown warehouse '{config.warehouse}'",
+                did_you_mean(config.warehouse, warehouses) or _known("warehouses", warehouses),
+            )
         if config.destination.name not in destinations:
-            add(("destination", "name"), f"unknown destination '{config.destination.name}'",
-                did_you_mean(config.destination.name, destinations) or _known("destinations", destinations))
+            add(
+                ("destination", "name"),
+                f"unknown destination '{config.destination.name}'",
+                did_you_mean(config.destination.name, destinations)
+                or _known("destinations", destinations),
+            )
         for index, alert in enumerate(config.alerts):
             if alert not in alerts:
-                add(("alerts", index), f"unknown alert channel '{alert}'",
-                    did_you_mean(alert, alerts) or _known("alerts", alerts))
+                add(
+                    ("alerts", index),
+                    f"unknown alert channel '{alert}'",
+                    did_you_mean(alert, alerts) or _known("alerts", alerts),
+                )
     for index, after in enumerate(config.schedule.after):
         if after not in project.syncs:
-            add(("schedule", "after", index), f"unknown sync '{after}' in schedule.after",
-                did_you_mean(after, project.syncs) or "name a file of syncs/ without .yml")
+            add(
+                ("schedule", "after", index),
+                f"unknown sync '{after}' in schedule.after",
+                did_you_mean(after, project.syncs) or "name a file of syncs/ without .yml",
+            )
         elif after == sync.name:
             add(("schedule", "after", index), "a sync cannot run after itself")
 
     key_field = sync.key_field()
     if config.mode in ("update", "upsert", "delete") and key_field is None:
-        add(("mapping",), f"primary key column '{config.primary_key}' is not mapped to any destination field",
-            f"mode {config.mode} identifies records by it: add e.g. `<destination_key>: {config.primary_key}` under mapping", key=True)
+        add(
+            ("mapping",),
+            f"primary key column '{config.primary_key}' is not mapped to any destination field",
+            f"mode {config.mode} identifies records by it: add e.g. "
+            f"`<destination_key>: {config.primary_key}` under mapping",
+            key=True,
+        )
     if config.on_removed == "delete" and key_field is None:
-        add(("on_removed",), f"on_removed: delete needs primary key column '{config.primary_key}' mapped to a destination field")
+        add(
+            ("on_removed",),
+            f"on_removed: delete needs primary key column '{config.primary_key}' "
+            "mapped to a destination field",
+        )
     lowered: dict[str, str] = {}
     for name in config.mapping:
         if name.lower() in lowered:
-            add(("mapping", name), f"destination field '{name}' is mapped twice (also as '{lowered[name.lower()]}')",
-                "field names differ only in case; keep one", key=True)
+            add(
+                ("mapping", name),
+                f"destination field '{name}' is mapped twice (also as '{lowered[name.lower()]}')",
+                "field names differ only in case; keep one",
+                key=True,
+            )
         lowered[name.lower()] = name
 
     if config.mode == "delete" and not config.allow_destructive:
-        add(("mode",), "mode delete removes records from the destination and needs allow_destructive: true",
-            "add `allow_destructive: true` to the sync once you mean it")
+        add(
+            ("mode",),
+            "mode delete removes records from the destination and needs allow_destructive: true",
+            "add `allow_destructive: true` to the sync once you mean it",
+        )
     if config.on_removed == "delete" and not config.allow_destructive:
-        add(("on_removed",), "'delete' removes records from the destination and needs allow_destructive: true",
-            "add `allow_destructive: true` to the sync, or use on_removed: ignore")
+        add(
+            ("on_removed",),
+            "'delete' removes records from the destination and needs allow_destructive: true",
+            "add `allow_destructive: true` to the sync, or use on_removed: ignore",
+        )
     if config.on_removed == "delete" and config.mode == "delete":
         add(("on_removed",), "on_removed has no meaning in mode delete", "remove on_removed")
     if config.incremental is not None and config.on_removed == "delete":
-        add(("on_removed",), "on_removed: delete cannot be used with incremental: an incremental read cannot see removed rows",
-            "remove incremental, or use on_removed: ignore")
+        add(
+            ("on_removed",),
+            "on_removed: delete cannot be used with incremental: "
+            "an incremental read cannot see removed rows",
+            "remove incremental, or use on_removed: ignore",
+        )
 
     if project_config is not None and config.destination.name in project_config.destinations:
         block = project_config.destinations[config.destination.name]
@@ -170,10 +214,16 @@ def _check_sync(project: Project, sync: Sync) -> None:
         if cls is not None:
             action = action_for(config.mode)
             if action not in cls.capabilities.actions:
-                add(("mode",), f"destination type '{block.type}' does not support mode {config.mode}")
+                add(
+                    ("mode",),
+                    f"destination type '{block.type}' does not support mode {config.mode}",
+                )
             limit = cls.capabilities.max_batch_size
             if limit is not None and config.batch_size is not None and config.batch_size > limit:
-                add(("batch_size",), f"batch_size {config.batch_size} is above the {block.type} limit of {limit}")
+                add(
+                    ("batch_size",),
+                    f"batch_size {config.batch_size} is above the {block.type} limit of {limit}",
+                )
 
 
 def action_for(mode: str) -> str:
@@ -182,7 +232,9 @@ def action_for(mode: str) -> str:
 
 def _known(what: str, names: Any) -> str:
     listed = ", ".join(sorted(names))
-    return f"{what} defined in retl.yml: {listed}" if listed else f"no {what} are defined in retl.yml"
+    return (
+        f"{what} defined in retl.yml: {listed}" if listed else f"no {what} are defined in retl.yml"
+    )
 
 
 def _check_dependency_cycles(project: Project) -> None:
@@ -195,8 +247,11 @@ def _check_dependency_cycles(project: Project) -> None:
         for cycle in _cycles_from(start, graph):
             sync = project.syncs[start]
             sync.problems.append(
-                sync.document.problem(("schedule", "after"), "dependency cycle: " + " -> ".join(cycle),
-                                      "remove one of the after: links")
+                sync.document.problem(
+                    ("schedule", "after"),
+                    "dependency cycle: " + " -> ".join(cycle),
+                    "remove one of the after: links",
+                )
             )
             break
 

@@ -227,4 +227,3 @@ class SyncConfig(Strict):
         if not raw.strip():
             raise ValueError("primary_key is empty")
         return raw.strip()
-

@@ -96,7 +96,7 @@ class Project:
     def select(
         self, names: Iterable[str] = (), patterns: Iterable[str] = (), all_syncs: bool = False
     ) -> list[Sync]:
-        """Syncs named or matching `--select` globs (`crm_*`); all of them with `--all` or none given."""
+        """Syncs named or matching `--select` globs (`crm_*`); all with `--all` or none given."""
         names, patterns = list(names), list(patterns)
         if all_syncs or (not names and not patterns):
             return [self.syncs[n] for n in sorted(self.syncs)]
@@ -119,7 +119,9 @@ class Project:
         for sync in syncs:
             problems.extend(p for p in sync.problems if p.severity == "error")
         if problems:
-            raise ConfigError(f"{len(problems)} problem(s) in the project; run `retl validate`", problems)  # type: ignore[arg-type]
+            raise ConfigError(
+                f"{len(problems)} problem(s) in the project; run `retl validate`", list(problems)
+            )
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
@@ -127,7 +129,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
-def find_project_root(start: Path | None = None, explicit: str | os.PathLike[str] | None = None) -> Path:
+def find_project_root(
+    start: Path | None = None, explicit: str | os.PathLike[str] | None = None
+) -> Path:
     """`--project-dir` / RETL_PROJECT_DIR, or the first directory upwards holding retl.yml."""
     given = explicit or os.environ.get("RETL_PROJECT_DIR")
     if given:
@@ -163,13 +167,20 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
         project.config = _validate_model(ProjectConfig, document, project.problems)
 
     syncs_dir = root / SYNCS_DIR
-    files = sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]) if syncs_dir.is_dir() else []
+    files = (
+        sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]) if syncs_dir.is_dir() else []
+    )
     for path in files:
         sync = _load_sync(project, path, env)
         if sync.name in project.syncs:
             sync.problems.append(
-                Problem(sync.file, None, "", f"another file already defines sync '{sync.name}'",
-                        "keep one of the .yml/.yaml files")
+                Problem(
+                    sync.file,
+                    None,
+                    "",
+                    f"another file already defines sync '{sync.name}'",
+                    "keep one of the .yml/.yaml files",
+                )
             )
             continue
         project.syncs[sync.name] = sync
@@ -193,8 +204,13 @@ def _load_sync(project: Project, path: Path, env: Mapping[str, str]) -> Sync:
     sync = Sync(path.stem, path, file, document, None, problems=list(document.problems))
     if not SYNC_NAME.match(sync.name):
         sync.problems.append(
-            Problem(file, None, "", f"'{sync.name}' is not a valid sync name",
-                    "rename the file: lower-case letters, digits, '_' and '-' (e.g. crm_contacts.yml)")
+            Problem(
+                file,
+                None,
+                "",
+                f"'{sync.name}' is not a valid sync name",
+                "rename the file: lower-case letters, digits, '_' and '-' (e.g. crm_contacts.yml)",
+            )
         )
     if document.data is None:
         return sync
@@ -215,8 +231,11 @@ def _read_sql(project: Project, sync: Sync) -> str | None:
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8").strip().rstrip(";").strip()
     sync.problems.append(
-        sync.document.problem(("source", "file"), f"SQL file '{source.file}' not found",
-                              "paths are relative to the project root, e.g. sql/active_customers.sql")
+        sync.document.problem(
+            ("source", "file"),
+            f"SQL file '{source.file}' not found",
+            "paths are relative to the project root, e.g. sql/active_customers.sql",
+        )
     )
     return None
 
@@ -226,8 +245,14 @@ def _validate_model(model: type[M], document: YamlDocument, problems: list[Probl
     cross-file checks can still run on what is left (every problem in one pass)."""
     data = document.data
     if not isinstance(data, dict):
-        problems.append(Problem(document.file, document.line_of(()), "",
-                                f"expected a mapping of keys at the top level, found {type(data).__name__}"))
+        problems.append(
+            Problem(
+                document.file,
+                document.line_of(()),
+                "",
+                f"expected a mapping of keys at the top level, found {type(data).__name__}",
+            )
+        )
         return None
     try:
         return model.model_validate(data)
@@ -259,14 +284,20 @@ def _prune(model: type[BaseModel], data: dict[str, Any], errors: list[Any]) -> b
             data.pop(str(head), None)
         elif head in _PRUNABLE_ENTRIES and len(loc) >= 2 and isinstance(data.get(str(head)), dict):
             data[str(head)].pop(loc[1], None)
-        elif isinstance(head, str) and head in model.model_fields and not model.model_fields[head].is_required():
+        elif (
+            isinstance(head, str)
+            and head in model.model_fields
+            and not model.model_fields[head].is_required()
+        ):
             data.pop(head, None)
         else:
             return False
     return True
 
 
-def pydantic_problem(model: type[BaseModel], document: YamlDocument, error: Any, prefix: tuple[str | int, ...] = ()) -> Problem:
+def pydantic_problem(
+    model: type[BaseModel], document: YamlDocument, error: Any, prefix: tuple[str | int, ...] = ()
+) -> Problem:
     """Turn one pydantic error into `file:line: field.path: message` with a hint."""
     loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
     path = (*prefix, *loc)
@@ -286,13 +317,20 @@ def pydantic_problem(model: type[BaseModel], document: YamlDocument, error: Any,
     if kind == "missing":
         message = f"missing required key '{loc[-1]}'"
         parent = path[:-1]
-        return Problem(document.file, document.line_of(parent, key=True) if parent else 1,
-                       format_path(path), message, None)
+        return Problem(
+            document.file,
+            document.line_of(parent, key=True) if parent else 1,
+            format_path(path),
+            message,
+            None,
+        )
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         given = error.get("input")
         message = f"'{given}' is not one of {expected}"
-        close = did_you_mean(str(given), [e.strip(" '") for e in str(expected).replace(" or ", ",").split(",")])
+        close = did_you_mean(
+            str(given), [e.strip(" '") for e in str(expected).replace(" or ", ",").split(",")]
+        )
         hint = close
     elif "type" in kind and "input" in error:
         message = f"{message} (got {error['input']!r})"

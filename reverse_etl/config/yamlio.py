@@ -43,7 +43,9 @@ class YamlDocument:
             probe = probe[:-1]
         return self.lines.get((), 1)
 
-    def problem(self, path: Path_, message: str, hint: str | None = None, *, key: bool = False) -> Problem:
+    def problem(
+        self, path: Path_, message: str, hint: str | None = None, *, key: bool = False
+    ) -> Problem:
         return Problem(self.file, self.line_of(path, key=key), format_path(path), message, hint)
 
 
@@ -88,7 +90,8 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
                 line,
                 "",
                 f"invalid YAML: {reason}",
-                "check indentation and quoting near this line (quote values containing ': ' or '#')",
+                "check indentation and quoting near this line "
+                "(quote values containing ': ' or '#')",
             )
         )
         return doc
@@ -102,7 +105,9 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
     return doc
 
 
-def _build(node: yaml.Node, path: Path_, doc: YamlDocument, env: Mapping[str, str], loader: yaml.SafeLoader) -> Any:
+def _build(
+    node: yaml.Node, path: Path_, doc: YamlDocument, env: Mapping[str, str], loader: yaml.SafeLoader
+) -> Any:
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
@@ -111,7 +116,12 @@ def _build(node: yaml.Node, path: Path_, doc: YamlDocument, env: Mapping[str, st
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, str | int | float | bool) or key is None:
                 doc.problems.append(
-                    Problem(doc.file, key_node.start_mark.line + 1, format_path(path), "keys must be plain strings")
+                    Problem(
+                        doc.file,
+                        key_node.start_mark.line + 1,
+                        format_path(path),
+                        "keys must be plain strings",
+                    )
                 )
                 continue
             key = str(key) if not isinstance(key, str) else key
