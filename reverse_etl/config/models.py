@@ -8,8 +8,6 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from reverse_etl.mapping.templates import TemplateError, is_template, parse_template
-
 SYNC_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]*$")
 Mode = Literal["insert", "update", "upsert", "delete"]
 
@@ -107,6 +105,9 @@ class FieldSource(BaseModel):
 
 
 def parse_field_source(raw: Any) -> FieldSource:
+    # Imported here: `mapping` imports `config`, never the other way round at import time.
+    from reverse_etl.mapping.templates import TemplateError, is_template, parse_template
+
     if isinstance(raw, FieldSource):
         return raw
     if isinstance(raw, str):
