@@ -81,19 +81,8 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        reason = exc.problem or exc.context or "cannot be parsed"
-        doc.problems.append(
-            Problem(
-                file,
-                line,
-                "",
-                f"invalid YAML: {reason}",
-                "check indentation and quoting near this line "
-                "(quote values containing ': ' or '#')",
-            )
-        )
+        line, message, hint = _syntax_problem(exc)
+        doc.problems.append(Problem(file, line, "", f"invalid YAML: {message}", hint))
         return doc
     except yaml.YAMLError as exc:
         doc.problems.append(Problem(file, None, "", f"invalid YAML: {exc}"))
@@ -103,6 +92,44 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
         return doc
     doc.data = _build(node, (), doc, env, loader)
     return doc
+
+
+_QUOTING_HINT = "quote values containing ': ' or ' #', and line up the keys of one mapping"
+
+
+def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int | None, str, str]:
+    """PyYAML's parser messages, reworded for the mistakes people make in config files."""
+    problem = exc.problem or ""
+    context = exc.context or ""
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    context_line = exc.context_mark.line + 1 if exc.context_mark is not None else None
+    if "'\\t'" in problem:
+        return line, "tab character in indentation", "YAML indents with spaces only"
+    if "quoted scalar" in context and "end of stream" in problem:
+        return (
+            context_line,
+            "the quoted string starting here is never closed",
+            ("add the closing quote, or quote the whole value with the other kind of quote"),
+        )
+    if problem == "mapping values are not allowed here":
+        return (
+            line,
+            "unexpected ':' (a key indented too far, or a value with ': ' in it)",
+            (_QUOTING_HINT),
+        )
+    if problem.startswith("expected <block end>"):
+        return (
+            line,
+            "this line's indentation does not match the lines above",
+            ("keys of one mapping must start in the same column"),
+        )
+    if "expected a single document" in context:
+        return line, "a second document ('---') in the file", "keep one document per file"
+    message = problem or context or "cannot be parsed"
+    if context and problem and context_line is not None and context_line != line:
+        message += f" ({context} started on line {context_line})"
+    return line, message, _QUOTING_HINT
 
 
 def _build(
