@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -100,7 +100,7 @@ def _check_destinations(project: Project) -> None:
                 project.document.problem(
                     ("destinations", name, "type"),
                     f"unknown destination type '{block.type}'",
-                    did_you_mean(block.type, known) or "known types: " + ", ".join(sorted(known)),
+                    did_you_mean(block.type, known) or _known_types(known),
                 )
             )
             continue
@@ -113,6 +113,11 @@ def _check_destinations(project: Project) -> None:
                         cls.options_model, project.document, error, ("destinations", name)
                     )
                 )
+
+
+def _known_types(known: Iterable[str]) -> str:
+    listed = ", ".join(sorted(known))
+    return f"known types: {listed}" if listed else "no destination connectors are installed"
 
 
 def _check_sync(project: Project, sync: Sync) -> None:

@@ -325,16 +325,56 @@ def pydantic_problem(
             None,
         )
     if kind == "literal_error":
-        expected = error.get("ctx", {}).get("expected", "")
+        expected = str(error.get("ctx", {}).get("expected", ""))
         given = error.get("input")
-        message = f"'{given}' is not one of {expected}"
-        close = did_you_mean(
-            str(given), [e.strip(" '") for e in str(expected).replace(" or ", ",").split(",")]
-        )
-        hint = close
+        choices = [e.strip(" '") for e in expected.replace(" or ", ",").split(",")]
+        if len(choices) == 1:
+            message = f"must be {expected}, got {_shown(given)}"
+        else:
+            message = f"'{given}' is not one of {expected}"
+            hint = did_you_mean(str(given), choices)
+    elif kind in _REWORDED:
+        limits = {key: _shown(value) for key, value in error.get("ctx", {}).items()}
+        message = _REWORDED[kind].format(**limits, got=_shown(error.get("input")))
     elif "type" in kind and "input" in error:
-        message = f"{message} (got {error['input']!r})"
+        message = f"{message} (got {_shown(error['input'])})"
     return document.problem(path, message, hint)
+
+
+_REWORDED = {
+    "string_type": "expected a string, got {got}",
+    "int_type": "expected a whole number, got {got}",
+    "int_parsing": "expected a whole number, got {got}",
+    "int_from_float": "expected a whole number, got {got}",
+    "float_type": "expected a number, got {got}",
+    "float_parsing": "expected a number, got {got}",
+    "bool_type": "expected true or false, got {got}",
+    "bool_parsing": "expected true or false, got {got}",
+    "list_type": "expected a list, e.g. [a, b], got {got}",
+    "dict_type": "expected a mapping of keys, got {got}",
+    "model_type": "expected a mapping of keys, got {got}",
+    "greater_than": "must be greater than {gt}, got {got}",
+    "greater_than_equal": "must be at least {ge}, got {got}",
+    "less_than": "must be less than {lt}, got {got}",
+    "less_than_equal": "must be at most {le}, got {got}",
+}
+
+
+def _shown(value: Any) -> str:
+    """A YAML value as a user would recognise it in a message."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _is_union_tag(part: Any) -> bool:

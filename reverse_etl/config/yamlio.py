@@ -94,7 +94,10 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
     return doc
 
 
-_QUOTING_HINT = "quote values containing ': ' or ' #', and line up the keys of one mapping"
+_QUOTING_HINT = (
+    "quote values that contain ': ' or ' #' or end in ':' (url: \"duckdb:///:memory:\"), "
+    "and line up the keys of one mapping"
+)
 
 
 def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int | None, str, str]:
@@ -115,7 +118,7 @@ def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int | None, str, str]:
     if problem == "mapping values are not allowed here":
         return (
             line,
-            "unexpected ':' (a key indented too far, or a value with ': ' in it)",
+            "unexpected ':' (a key indented too far, or an unquoted value with ': ' in it)",
             (_QUOTING_HINT),
         )
     if problem.startswith("expected <block end>"):
