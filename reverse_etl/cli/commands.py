@@ -2,4 +2,7 @@
 
 from __future__ import annotations
 
-from reverse_etl.cli import validate  # noqa: F401
+from reverse_etl.cli import (
+    init,  # noqa: F401
+    validate,  # noqa: F401
+)

@@ -1,0 +1,62 @@
+"""`retl init [DIR]`: scaffold a project that validates and runs right away."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from reverse_etl.cli.app import app
+from reverse_etl.cli.common import JsonOption, err, print_json
+from reverse_etl.scaffold import init_project
+
+
+@app.command()
+def init(
+    directory: Annotated[
+        Path, typer.Argument(help="Where to create the project (created if missing).")
+    ] = Path("."),
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite retl.yml and the example files if present.")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Create retl.yml, an example sync and SQL file, and a .gitignore for .retl/."""
+    result = init_project(directory, force=force)
+    if json_output:
+        print_json(
+            {
+                "root": str(result.root),
+                "created": result.created,
+                "overwritten": result.overwritten,
+                "gitignore_updated": result.gitignore_updated,
+            }
+        )
+        return
+    shown = _shown(result.root)
+    err.print(f"[green]Created a retl project in {shown}[/green]")
+    for path in result.created:
+        err.print(f"  created      {path}")
+    for path in result.overwritten:
+        err.print(f"  overwritten  {path}")
+    if result.gitignore_updated:
+        err.print("  updated      .gitignore")
+    err.print("\nNext steps:")
+    if shown != ".":
+        err.print(f"  cd {shown}")
+    err.print("  retl validate              # check retl.yml and syncs/")
+    err.print("  retl preview example       # the records the example sync would send")
+    err.print("  retl plan                  # what a run would create, update and delete")
+    err.print("  retl run example           # deliver them (into output/app.sqlite)")
+    err.print("Then point retl.yml at your warehouse and write your own syncs/*.yml.")
+
+
+def _shown(root: Path) -> str:
+    """The project directory as the user would type it: relative when below the cwd."""
+    try:
+        relative = os.path.relpath(root)
+    except ValueError:  # another drive on Windows
+        return str(root)
+    return str(root) if relative.startswith("..") else relative
