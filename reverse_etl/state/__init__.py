@@ -1,0 +1,25 @@
+"""Local state of a project under .retl/: run log, dead letter queue and per-sync locks."""
+
+from __future__ import annotations
+
+from reverse_etl.state.runlog import (
+    INTERRUPTED_ERROR,
+    DeadLetter,
+    DeadLetterEntry,
+    DeadLetterQueue,
+    RunLog,
+    RunRecord,
+    RunStatus,
+    RunTrigger,
+)
+
+__all__ = [
+    "INTERRUPTED_ERROR",
+    "DeadLetter",
+    "DeadLetterEntry",
+    "DeadLetterQueue",
+    "RunLog",
+    "RunRecord",
+    "RunStatus",
+    "RunTrigger",
+]
