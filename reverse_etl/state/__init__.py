@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reverse_etl.state.lock import LockInfo, SyncLock, force_unlock, lock_holder
 from reverse_etl.state.runlog import (
     INTERRUPTED_ERROR,
     DeadLetter,
@@ -18,8 +19,12 @@ __all__ = [
     "DeadLetter",
     "DeadLetterEntry",
     "DeadLetterQueue",
+    "LockInfo",
     "RunLog",
     "RunRecord",
     "RunStatus",
     "RunTrigger",
+    "SyncLock",
+    "force_unlock",
+    "lock_holder",
 ]
