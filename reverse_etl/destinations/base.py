@@ -60,7 +60,7 @@ class Batch:
 
     @property
     def size(self) -> int:
-        return self.records.num_rows
+        return int(self.records.num_rows)
 
 
 @dataclass
