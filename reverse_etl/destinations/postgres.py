@@ -1,0 +1,683 @@
+"""PostgreSQL destination, the fast path: COPY a batch into a temporary table, then one statement.
+
+Each batch is written with pyarrow's CSV writer into a temporary table of `text` columns plus a
+row ordinal, then applied with ONE set-based statement per action that casts every column to the
+target column's type. When that statement fails on some records, it is re-run on halves of the
+ordinal range inside savepoints until the failing records are isolated; the other records land and
+each failing one is reported with the database's message. One transaction (commit) per batch.
+"""
+
+from __future__ import annotations
+
+import array
+import difflib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from reverse_etl.destinations.base import (
+    Action,
+    Batch,
+    BatchResult,
+    Capabilities,
+    Destination,
+    DestinationOptions,
+    FieldInfo,
+    register,
+)
+from reverse_etl.errors import DestinationError
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+Cursor = psycopg.Cursor[tuple[Any, ...]]
+
+_STAGE = "_retl_stage"
+_ORD = "_retl_ord"
+# SQLSTATE classes that blame the data of a record, not the statement: cardinality (21), data
+# exception (22), integrity constraint (23), triggered data change (27), external routine (38, 39),
+# with check option (44), PL/pgSQL raise (P0). Anything else is the destination's problem.
+_RECORD_ERROR_CLASSES = frozenset({"21", "22", "23", "27", "38", "39", "44", "P0"})
+# Explicit casts to these types truncate silently; text is assigned to them with a length check.
+_LENGTH_TYPES = re.compile(r"^(character varying|character|bit varying|bit)\(")
+
+
+class PostgresOptions(DestinationOptions):
+    url: str
+    create_tables: bool = False
+    connect_timeout: int = 10
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    type: str  # format_type(): valid SQL for a cast
+    nullable: bool
+    unique: bool
+    has_default: bool
+    category: str  # pg_type.typcategory ('A' array, 'S' string ...)
+
+    def cast(self, expr: sql.Composable) -> sql.Composable:
+        """`expr` (text) converted to this column's type the way an INSERT would assign it."""
+        if _LENGTH_TYPES.match(self.type):
+            return expr
+        return sql.SQL("{}::{}").format(expr, sql.SQL(self.type))
+
+
+@dataclass(frozen=True)
+class _Table:
+    schema: str
+    name: str
+    columns: dict[str, _Column]
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+
+def normalise_url(url: str) -> str:
+    """A libpq connection string from a postgres URL, also accepting SQLAlchemy's `+driver`."""
+    return re.sub(r"^(postgresql|postgres)\+\w+://", "postgresql://", url.strip())
+
+
+_IDENT = r'"(?:[^"]|"")*"|[^."]+'
+
+
+def split_object(object: str) -> tuple[str, str]:
+    """`table`, `schema.table` or `"odd.schema"."Table"` -> (schema, table); default `public`.
+
+    Names are matched exactly as written (no case folding); quotes are only needed for dots.
+    """
+    match = re.fullmatch(rf"\s*({_IDENT})(?:\.({_IDENT}))?\s*", object)
+    if match is None:
+        raise DestinationError(
+            f"'{object}' is not a PostgreSQL table name",
+            hint='write table, schema.table, or quote names with dots: "my.schema"."table"',
+        )
+    parts = [_unquote(p) for p in match.groups() if p is not None]
+    return ("public", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _unquote(name: str) -> str:
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"')
+    return name
+
+
+def _is_record_error(exc: BaseException) -> bool:
+    state = getattr(exc, "sqlstate", None) or ""
+    return state[:2] in _RECORD_ERROR_CLASSES
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection lost, server restarting, deadlock or serialization failure: retry the batch."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state[:2] in {"08", "40"} or state in {"57P01", "57P02", "57P03"}
+
+
+def db_message(exc: BaseException) -> str:
+    """The server's primary message and detail on one line."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(exc).strip() or type(exc).__name__
+    detail = getattr(diag, "message_detail", None)
+    text = f"{primary}: {detail}" if detail else primary
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= 1000 else text[:997] + "..."
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _pg_type(dtype: pa.DataType) -> str:
+    """A PostgreSQL column type for an Arrow type (for create_tables)."""
+    t = pa.types
+    if t.is_dictionary(dtype):
+        return _pg_type(dtype.value_type)
+    if t.is_boolean(dtype):
+        return "boolean"
+    if t.is_int8(dtype) or t.is_int16(dtype) or t.is_uint8(dtype):
+        return "smallint"
+    if t.is_int32(dtype) or t.is_uint16(dtype):
+        return "integer"
+    if t.is_int64(dtype) or t.is_uint32(dtype):
+        return "bigint"
+    if t.is_uint64(dtype):
+        return "numeric(20,0)"
+    if t.is_float16(dtype) or t.is_float32(dtype):
+        return "real"
+    if t.is_float64(dtype):
+        return "double precision"
+    if t.is_decimal(dtype):
+        return f"numeric({min(dtype.precision, 1000)},{dtype.scale})"
+    if t.is_date(dtype):
+        return "date"
+    if t.is_time(dtype):
+        return "time"
+    if t.is_timestamp(dtype):
+        return "timestamp with time zone" if dtype.tz else "timestamp without time zone"
+    if t.is_duration(dtype):
+        return "interval"
+    if t.is_binary(dtype) or t.is_large_binary(dtype) or t.is_fixed_size_binary(dtype):
+        return "bytea"
+    if t.is_nested(dtype):
+        return "jsonb"
+    return "text"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _array_literal(value: Any) -> str | None:
+    """A PostgreSQL array literal ('{a,"b c",NULL}') for a Python list (for array columns)."""
+    if value is None:
+        return None
+    items = []
+    for item in value:
+        if item is None:
+            items.append("NULL")
+        elif isinstance(item, list):
+            items.append(_array_literal(item) or "NULL")
+        else:
+            text = json.dumps(item) if isinstance(item, dict) else str(item)
+            items.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"
+
+
+def _as_csv_text(column: pa.ChunkedArray, target: _Column) -> pa.ChunkedArray:
+    """A column pyarrow's CSV writer renders as PostgreSQL input text (most types pass as is)."""
+    dtype = column.type
+    t = pa.types
+    if t.is_dictionary(dtype):
+        return _as_csv_text(column.cast(dtype.value_type), target)
+    if t.is_string_view(dtype) or t.is_null(dtype):
+        return column.cast(pa.large_string())
+    if t.is_float16(dtype):
+        return column.cast(pa.float32())
+    if t.is_duration(dtype):
+        unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "microseconds"}
+        if dtype.unit == "ns":
+            column = pc.divide(column.cast(pa.int64()), 1000)
+        text = pc.cast(column.cast(pa.int64()), pa.large_string())
+        return pc.binary_join_element_wise(text, " " + unit[dtype.unit], "")
+    if t.is_binary(dtype) or t.is_large_binary(dtype) or t.is_fixed_size_binary(dtype):
+        values = [None if v is None else "\\x" + v.hex() for v in column.to_pylist()]
+        return pa.chunked_array([pa.array(values, pa.large_string())])
+    if t.is_nested(dtype):
+        if target.category == "A" and (t.is_list(dtype) or t.is_large_list(dtype)):
+            values = [_array_literal(v) for v in column.to_pylist()]
+        else:
+            values = [
+                None if v is None else json.dumps(v, default=_json_default)
+                for v in column.to_pylist()
+            ]
+        return pa.chunked_array([pa.array(values, pa.large_string())])
+    return column
+
+
+def _ordinals(n: int) -> pa.Array:
+    return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(array.array("q", range(n)))])
+
+
+@register("postgres")
+class PostgresDestination(Destination):
+    """Tables of one PostgreSQL database; objects are `table` or `schema.table`."""
+
+    options_model = PostgresOptions
+    capabilities = Capabilities(default_batch_size=10_000, max_batch_size=200_000)
+    options: PostgresOptions
+
+    connect_attempts: ClassVar[int] = 3
+    batch_attempts: ClassVar[int] = 3
+    retry_wait_seconds: ClassVar[float] = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._conn: Connection | None = None
+        self._tables: dict[str, _Table] = {}
+        self._conninfo = normalise_url(self.options.url)
+
+    # -- connection -------------------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        """host:port/db of the URL, for messages (never the password)."""
+        try:
+            info = conninfo_to_dict(self._conninfo)
+        except psycopg.Error:
+            return "the configured url"
+        host = info.get("host") or "localhost"
+        port = info.get("port") or "5432"
+        return f"{host}:{port}/{info.get('dbname') or ''}"
+
+    def open(self) -> None:
+        self._connection()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        self._tables.clear()
+        if conn is not None and not conn.closed:
+            conn.close()
+
+    def _connection(self) -> Connection:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._conn = None
+        self._tables.clear()
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(self.connect_attempts),
+                wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
+                retry=retry_if_exception(lambda e: isinstance(e, psycopg.OperationalError)),
+                reraise=True,
+            ):
+                with attempt:
+                    self._conn = psycopg.connect(
+                        self._conninfo,
+                        autocommit=True,
+                        connect_timeout=self.options.connect_timeout,
+                        application_name=f"retl:{self.name}"[:63],
+                    )
+        except psycopg.Error as exc:
+            raise DestinationError(
+                f"cannot connect to PostgreSQL destination '{self.name}' at {self._where}: "
+                f"{_first_line(exc)}",
+                hint="check the destination url and that the server is running and reachable",
+            ) from exc
+        assert self._conn is not None
+        # Staged batches of ~100k rows stay in memory instead of spilling temp-table pages.
+        self._conn.execute("SET temp_buffers = '128MB'")
+        return self._conn
+
+    def _query(self, query: sql.Composed | sql.SQL | str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of a catalog query, retrying when the connection was lost."""
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(self.batch_attempts),
+                wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
+                retry=retry_if_exception(_is_transient),
+                reraise=True,
+            ):
+                with attempt:
+                    return self._connection().execute(query, params).fetchall()
+        except psycopg.Error as exc:
+            raise DestinationError(
+                f"PostgreSQL destination '{self.name}' failed: {db_message(exc)}"
+            ) from exc
+        raise AssertionError("unreachable")
+
+    # -- catalog ----------------------------------------------------------------------------
+
+    def objects(self) -> list[str]:
+        rows = self._query(
+            """
+            SELECT n.nspname, c.relname FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p', 'v', 'f') AND NOT c.relispartition
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+              AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
+            ORDER BY 1, 2
+            """
+        )
+        return [f"{schema}.{name}" for schema, name in rows]
+
+    def fields(self, object: str) -> list[FieldInfo]:
+        table = self._table(object)
+        return [
+            FieldInfo(name=c.name, type=c.type, nullable=c.nullable, unique=c.unique)
+            for c in table.columns.values()
+        ]
+
+    def _find_table(self, object: str) -> _Table | None:
+        if object in self._tables:
+            return self._tables[object]
+        schema, name = split_object(object)
+        rows = self._query(
+            """
+            SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+                   EXISTS (
+                       SELECT 1 FROM pg_index i
+                       WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
+                         AND i.indkey[0] = a.attnum AND i.indpred IS NULL
+                         AND i.indexprs IS NULL
+                   ),
+                   a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
+                   t.typcategory
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            JOIN pg_type t ON t.oid = a.atttypid
+            WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'f')
+            ORDER BY a.attnum
+            """,
+            (schema, name),
+        )
+        if not rows:
+            return None
+        columns = {
+            r[0]: _Column(
+                name=r[0], type=r[1], nullable=r[2], unique=r[3], has_default=r[4], category=r[5]
+            )
+            for r in rows
+        }
+        table = _Table(schema=schema, name=name, columns=columns)
+        self._tables[object] = table
+        return table
+
+    def _missing_table(self, object: str) -> DestinationError:
+        schema, name = split_object(object)
+        known = self.objects()
+        close = difflib.get_close_matches(f"{schema}.{name}", known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        hint += "Create the table, or set create_tables: true on the destination."
+        return DestinationError(
+            f"table {schema}.{name} does not exist in destination '{self.name}'", hint=hint
+        )
+
+    def _table(self, object: str) -> _Table:
+        table = self._find_table(object)
+        if table is None:
+            raise self._missing_table(object)
+        return table
+
+    # -- validation and setup ---------------------------------------------------------------
+
+    def check(
+        self, object: str, fields: Sequence[str], key_field: str | None, action: Action
+    ) -> list[str]:
+        if action not in self.capabilities.actions:
+            return [f"destination type '{self.type_name}' cannot {action} records"]
+        problems: list[str] = []
+        if action != "insert" and not key_field:
+            problems.append(f"{action} needs a key field to find the records in the table")
+        table = self._find_table(object)
+        if table is None:
+            if self.options.create_tables:
+                return problems
+            error = self._missing_table(object)
+            return [*problems, f"{error.message}; {error.hint}"]
+        problems += _unknown_fields(table, [*fields, *([key_field] if key_field else [])])
+        key = table.columns.get(key_field or "")
+        if action == "upsert" and key is not None and not key.unique:
+            problems.append(
+                f"upsert needs a unique constraint or primary key on {table.display}"
+                f"({key.name}); add one, e.g. ALTER TABLE {table.display} "
+                f"ADD UNIQUE ({key.name})"
+            )
+        if action in ("insert", "upsert"):
+            mapped = set(fields) | {key_field}
+            for column in table.columns.values():
+                if not column.nullable and not column.has_default and column.name not in mapped:
+                    problems.append(
+                        f"column '{column.name}' of {table.display} is NOT NULL without a "
+                        "default, so it must be mapped"
+                    )
+        return problems
+
+    def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        table = self._find_table(object)
+        if table is None and self.options.create_tables:
+            self._create_table(object, schema, key_field)
+            table = self._table(object)
+        if table is None:
+            raise self._missing_table(object)
+        unknown = _unknown_fields(table, schema.names)
+        if unknown:
+            raise DestinationError(
+                f"cannot write to {table.display}: {'; '.join(unknown)}",
+                hint="fix the mapping, or add the columns to the table",
+            )
+
+    def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        schema_name, name = split_object(object)
+        columns = [
+            sql.SQL("{} {}{}").format(
+                sql.Identifier(f.name),
+                sql.SQL(_pg_type(f.type)),
+                sql.SQL(" PRIMARY KEY" if f.name == key_field else ""),
+            )
+            for f in schema
+        ]
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name))
+                )
+                conn.execute(
+                    sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+                        sql.Identifier(schema_name, name), sql.SQL(", ").join(columns)
+                    )
+                )
+        except psycopg.Error as exc:
+            raise DestinationError(
+                f"cannot create table {schema_name}.{name}: {db_message(exc)}"
+            ) from exc
+        self._tables.pop(object, None)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def deliver(self, batch: Batch) -> BatchResult:
+        if batch.size == 0:
+            return BatchResult()
+        try:
+            for attempt in Retrying(
+                stop=stop_after_attempt(self.batch_attempts),
+                wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
+                retry=retry_if_exception(_is_transient),
+                reraise=True,
+            ):
+                with attempt:
+                    return self._deliver_once(batch)
+        except psycopg.Error as exc:
+            if _is_transient(exc):
+                raise DestinationError(
+                    f"lost the connection to PostgreSQL destination '{self.name}' at "
+                    f"{self._where}: {_first_line(exc)}",
+                    hint="the batch was rolled back and will be sent again on the next run",
+                ) from exc
+            raise DestinationError(
+                f"PostgreSQL destination '{self.name}' failed on {batch.object}: {db_message(exc)}"
+            ) from exc
+        raise AssertionError("unreachable")
+
+    def _deliver_once(self, batch: Batch) -> BatchResult:
+        table = self._table(batch.object)
+        names = self._batch_columns(batch, table)
+        columns = [table.columns[n] for n in names]
+        stage, rejected = _stage_records(batch.records, columns)
+        conn = self._connection()
+        run = _StatementRun(conn, _statement(batch, table, columns), rejected)
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(
+                    sql.SQL("CREATE TEMPORARY TABLE {} ({} bigint, {}) ON COMMIT DROP").format(
+                        sql.Identifier(_STAGE),
+                        sql.Identifier(_ORD),
+                        sql.SQL(", ").join(
+                            sql.SQL("{} text").format(sql.Identifier(f"c{i}"))
+                            for i in range(len(columns))
+                        ),
+                    )
+                )
+                _copy(cur, stage)
+                if stage.num_rows:
+                    run.apply(cur, 0, batch.size - 1)
+        except BaseException:
+            if conn.broken:
+                self._conn = None
+            raise
+        if batch.action == "update":
+            key = batch.key_field or ""
+            values = batch.records.column(key)
+            for ord in range(batch.size):
+                if ord not in run.found and ord not in run.rejected:
+                    value = values[ord].as_py()
+                    shown = "NULL" if value is None else f"'{value}'"
+                    run.rejected[ord] = f"no record with {key} = {shown} in {table.display}"
+        return BatchResult(rejected=dict(sorted(run.rejected.items())))
+
+    def _batch_columns(self, batch: Batch, table: _Table) -> list[str]:
+        key = batch.key_field
+        if batch.action != "insert":
+            if not key:
+                raise DestinationError(f"{batch.action} on {table.display} needs a key field")
+            if key not in batch.records.column_names:
+                raise DestinationError(
+                    f"the {batch.action} batch for {table.display} has no '{key}' column"
+                )
+        names = [key] if batch.action == "delete" and key else list(batch.records.column_names)
+        unknown = _unknown_fields(table, names)
+        if unknown:
+            raise DestinationError(
+                f"cannot write to {table.display}: {'; '.join(unknown)}",
+                hint="fix the mapping, or add the columns to the table",
+            )
+        if batch.action == "upsert" and key and not table.columns[key].unique:
+            raise DestinationError(
+                f"upsert into {table.display} needs a unique constraint or primary key on {key}",
+                hint=f"add one, e.g. ALTER TABLE {table.display} ADD UNIQUE ({key})",
+            )
+        if key and key in names:  # the key first: statements refer to it as c0
+            names.remove(key)
+            names.insert(0, key)
+        return names
+
+
+def _unknown_fields(table: _Table, names: Iterable[str]) -> list[str]:
+    problems = []
+    for name in names:
+        if name not in table.columns:
+            close = difflib.get_close_matches(name, list(table.columns), n=1)
+            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"column '{name}' does not exist on {table.display}{suggestion}")
+    return problems
+
+
+def _stage_records(records: pa.Table, columns: list[_Column]) -> tuple[pa.Table, dict[int, str]]:
+    """The batch as the CSV-ready stage table (ordinal first), minus rows PostgreSQL cannot
+    even stage (text with NUL characters), which are rejected up front."""
+    arrays: list[pa.ChunkedArray | pa.Array] = [_ordinals(records.num_rows)]
+    arrays += [_as_csv_text(records.column(c.name), c) for c in columns]
+    stage = pa.table(arrays, names=[_ORD, *[f"c{i}" for i in range(len(columns))]])
+    bad: pa.ChunkedArray | None = None
+    for column in stage.columns[1:]:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            has_nul = pc.fill_null(pc.match_substring(column, "\x00"), False)
+            if pc.any(has_nul).as_py():
+                bad = has_nul if bad is None else pc.or_(bad, has_nul)
+    rejected: dict[int, str] = {}
+    if bad is not None:
+        for ord in pc.indices_nonzero(bad).to_pylist():
+            rejected[ord] = "text contains a NUL character (0x00), which PostgreSQL cannot store"
+        stage = stage.filter(pc.invert(bad))
+    return stage, rejected
+
+
+def _copy(cur: Cursor, stage: pa.Table) -> None:
+    if not stage.num_rows:
+        return
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(stage, sink, pa_csv.WriteOptions(include_header=False))
+    data = memoryview(sink.getvalue())
+    columns = sql.SQL(", ").join(sql.Identifier(n) for n in stage.column_names)
+    with cur.copy(
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(_STAGE), columns)
+    ) as copy:
+        step = 8 << 20
+        for start in range(0, len(data), step):
+            copy.write(data[start : start + step])
+
+
+def _statement(batch: Batch, table: _Table, columns: list[_Column]) -> sql.Composed:
+    """The one set-based statement for the batch, over stage rows with ordinals %s..%s."""
+    target = table.ident
+    stage = sql.Identifier(_STAGE)
+    t = sql.Identifier("_retl_target")
+    ordinal = sql.Identifier(_ORD)
+    in_range = sql.SQL("s.{} BETWEEN %s AND %s").format(ordinal)
+    values = [
+        col.cast(sql.SQL("s.{}").format(sql.Identifier(f"c{i}"))) for i, col in enumerate(columns)
+    ]
+    names = [sql.Identifier(c.name) for c in columns]
+    key_matches = sql.SQL("{}.{} = {}").format(t, names[0], values[0]) if batch.key_field else None
+    if batch.action in ("insert", "upsert"):
+        insert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} s WHERE {}").format(
+            target, sql.SQL(", ").join(names), sql.SQL(", ").join(values), stage, in_range
+        )
+        if batch.action == "insert":
+            return insert
+        updates = [sql.SQL("{} = EXCLUDED.{}").format(n, n) for n in names[1:]]
+        action = (
+            sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(updates))
+            if updates
+            else sql.SQL("DO NOTHING")
+        )
+        return sql.SQL("{} ON CONFLICT ({}) {}").format(insert, names[0], action)
+    if batch.action == "update":
+        if len(columns) == 1:  # nothing to set: report which records exist
+            return sql.SQL("SELECT s.{} FROM {} s JOIN {} {} ON {} WHERE {}").format(
+                ordinal, stage, target, t, key_matches, in_range
+            )
+        sets = [sql.SQL("{} = {}").format(n, v) for n, v in zip(names[1:], values[1:], strict=True)]
+        return sql.SQL("UPDATE {} AS {} SET {} FROM {} s WHERE {} AND {} RETURNING s.{}").format(
+            target, t, sql.SQL(", ").join(sets), stage, key_matches, in_range, ordinal
+        )
+    return sql.SQL("DELETE FROM {} AS {} USING {} s WHERE {} AND {}").format(
+        target, t, stage, key_matches, in_range
+    )
+
+
+class _StatementRun:
+    """Runs the batch statement over an ordinal range; on a record error, rolls back to a
+    savepoint and bisects the range until each failing record is isolated."""
+
+    def __init__(self, conn: Connection, statement: sql.Composed, rejected: dict[int, str]):
+        self.conn = conn
+        self.statement = statement
+        self.rejected = rejected
+        self.found: set[int] = set()
+        self._indexed = False
+
+    def apply(self, cur: Cursor, lo: int, hi: int) -> None:
+        try:
+            with self.conn.transaction():
+                cur.execute(self.statement, (lo, hi))
+                if cur.description is not None:
+                    self.found.update(row[0] for row in cur.fetchall())
+            return
+        except psycopg.Error as exc:
+            if not _is_record_error(exc):
+                raise
+            if lo == hi:
+                self.rejected[lo] = db_message(exc)
+                return
+        if not self._indexed:
+            cur.execute(
+                sql.SQL("CREATE INDEX ON {} ({})").format(
+                    sql.Identifier(_STAGE), sql.Identifier(_ORD)
+                )
+            )
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(_STAGE)))
+            self._indexed = True
+        mid = (lo + hi) // 2
+        self.apply(cur, lo, mid)
+        self.apply(cur, mid + 1, hi)
