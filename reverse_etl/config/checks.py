@@ -14,7 +14,7 @@ from reverse_etl.config.project import (
     Sync,
     declared_names,
     did_you_mean,
-    pydantic_problem,
+    model_problems,
 )
 from reverse_etl.config.yamlio import YamlDocument, uses_env
 from reverse_etl.destinations.base import connector_types
@@ -45,7 +45,8 @@ def check_project(project: Project) -> None:
                 project.document.problem(
                     ("state", "warehouse"),
                     "state.backend 'warehouse' needs state.warehouse naming a warehouse",
-                    did_you_mean(str(state.warehouse), project.config.warehouses),
+                    did_you_mean(str(state.warehouse), project.config.warehouses)
+                    or _known("warehouses", project.config.warehouses),
                 )
             )
     for sync in project.syncs.values():
@@ -107,12 +108,11 @@ def _check_destinations(project: Project) -> None:
         try:
             cls.options_model.model_validate(block.options())
         except ValidationError as exc:
-            for error in exc.errors():
-                project.problems.append(
-                    pydantic_problem(
-                        cls.options_model, project.document, error, ("destinations", name)
-                    )
+            project.problems.extend(
+                model_problems(
+                    cls.options_model, project.document, exc.errors(), ("destinations", name)
                 )
+            )
 
 
 def _known_types(known: Iterable[str]) -> str:
@@ -194,7 +194,7 @@ def _check_sync(project: Project, sync: Sync) -> None:
     if config.mode == "delete" and not config.allow_destructive:
         add(
             ("mode",),
-            "mode delete removes records from the destination and needs allow_destructive: true",
+            "'delete' removes records from the destination and needs allow_destructive: true",
             "add `allow_destructive: true` to the sync once you mean it",
         )
     if config.on_removed == "delete" and not config.allow_destructive:
@@ -208,8 +208,7 @@ def _check_sync(project: Project, sync: Sync) -> None:
     if config.incremental is not None and config.on_removed == "delete":
         add(
             ("on_removed",),
-            "on_removed: delete cannot be used with incremental: "
-            "an incremental read cannot see removed rows",
+            "'delete' cannot be used with incremental: an incremental read cannot see removed rows",
             "remove incremental, or use on_removed: ignore",
         )
 
@@ -218,7 +217,8 @@ def _check_sync(project: Project, sync: Sync) -> None:
         cls = connector_types().get(block.type)
         if cls is not None:
             action = action_for(config.mode)
-            if action not in cls.capabilities.actions:
+            mode_is_valid = not any(p.field == "mode" for p in problems)  # else a stand-in
+            if mode_is_valid and action not in cls.capabilities.actions:
                 add(
                     ("mode",),
                     f"destination type '{block.type}' does not support mode {config.mode}",
@@ -227,7 +227,7 @@ def _check_sync(project: Project, sync: Sync) -> None:
             if limit is not None and config.batch_size is not None and config.batch_size > limit:
                 add(
                     ("batch_size",),
-                    f"batch_size {config.batch_size} is above the {block.type} limit of {limit}",
+                    f"{config.batch_size} is above the {block.type} connector's limit of {limit}",
                 )
 
 
@@ -244,7 +244,7 @@ def _known(what: str, names: Any) -> str:
 
 def _check_dependency_cycles(project: Project) -> None:
     graph = {
-        name: [a for a in sync.config.schedule.after if a in project.syncs]
+        name: [a for a in sync.config.schedule.after if a in project.syncs and a != name]
         for name, sync in project.syncs.items()
         if sync.config is not None
     }

@@ -12,6 +12,14 @@ SYNC_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]*$")
 Mode = Literal["insert", "update", "upsert", "delete"]
 
 
+class HintedValueError(ValueError):
+    """A validation error that also says how to fix it; the hint is printed on its own line."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -74,8 +82,16 @@ class SourceConfig(Strict):
 
     @model_validator(mode="after")
     def _one_of(self) -> SourceConfig:
-        if bool(self.sql) == bool(self.file):
-            raise ValueError("give exactly one of source.sql or source.file")
+        if self.sql and self.file:
+            raise HintedValueError(
+                "give exactly one of source.sql or source.file, not both",
+                "keep sql: for a query written here, or file: for a .sql file",
+            )
+        if not self.sql and not self.file:
+            raise HintedValueError(
+                "source needs sql: (a query) or file: (a .sql file)",
+                "e.g. source: {file: sql/active_customers.sql}",
+            )
         return self
 
 
@@ -123,13 +139,17 @@ def parse_field_source(raw: Any) -> FieldSource:
     if isinstance(raw, dict):
         if set(raw) != {"value"}:
             extra = ", ".join(sorted(set(raw) - {"value"})) or "nothing"
-            raise ValueError(f"a constant is written {{value: ...}} (found {extra})")
+            raise HintedValueError(
+                f"a constant is written as a mapping with the one key 'value' (found {extra})",
+                "write e.g. source_system: {value: warehouse}",
+            )
         value = raw["value"]
         if isinstance(value, dict | list):
             raise ValueError("a constant value must be a string, number, boolean or null")
         return FieldSource(value=value, is_constant=True)
-    raise ValueError(
-        'a mapping value is a source column, a template "{{ column }}" or {value: constant}'
+    raise HintedValueError(
+        "a mapping value is a source column, a template or a constant",
+        'write email: email, name: "{{ first_name }} {{ last_name }}" or kind: {value: lead}',
     )
 
 
@@ -164,21 +184,31 @@ def parse_schedule(raw: Any) -> Schedule:
     if isinstance(raw, str):
         expression = raw.strip()
         if not croniter.is_valid(expression):
-            raise ValueError(
-                f"'{expression}' is not a valid cron expression "
-                "(five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *')"
+            raise HintedValueError(
+                f"'{expression}' is not a valid cron expression",
+                "five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *'; "
+                "or write manual, or {after: [other_sync]}",
             )
         return Schedule(cron=expression)
     if isinstance(raw, dict):
         if set(raw) != {"after"}:
-            raise ValueError("a dependency schedule is written {after: [sync, ...]}")
+            raise HintedValueError(
+                "a dependency schedule has the one key 'after'",
+                "write schedule: {after: [other_sync]}",
+            )
         after = raw["after"]
         if isinstance(after, str):
             after = [after]
         if not isinstance(after, list) or not after or not all(isinstance(a, str) for a in after):
-            raise ValueError("schedule.after must list one or more sync names")
+            raise HintedValueError(
+                "schedule.after must list one or more sync names",
+                "write schedule: {after: [other_sync]}",
+            )
         return Schedule(after=tuple(after))
-    raise ValueError("schedule is a cron expression, {after: [sync, ...]} or manual")
+    raise HintedValueError(
+        "schedule is a cron expression, a list of syncs to run after, or manual",
+        "write e.g. schedule: '*/15 * * * *' or schedule: {after: [other_sync]}",
+    )
 
 
 class IncrementalConfig(Strict):

@@ -214,6 +214,17 @@ def _load_sync(project: Project, path: Path, env: Mapping[str, str]) -> Sync:
         )
     if document.data is None:
         return sync
+    if document.data == {}:
+        sync.problems.append(
+            Problem(
+                file,
+                1,
+                "",
+                "the sync file is empty",
+                "a sync needs warehouse, source, destination, mode, primary_key and mapping",
+            )
+        )
+        return sync
     sync.config = _validate_model(SyncConfig, document, sync.problems)
     if sync.config is not None:
         sync.sql = _read_sql(project, sync)
@@ -257,9 +268,8 @@ def _validate_model(model: type[M], document: YamlDocument, problems: list[Probl
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        for error in exc.errors():
-            problems.append(pydantic_problem(model, document, error))
         errors = exc.errors()
+        problems.extend(model_problems(model, document, errors))
     pruned: Any = copy.deepcopy(data)
     for _ in range(3):
         if not _prune(model, pruned, errors):
@@ -271,7 +281,32 @@ def _validate_model(model: type[M], document: YamlDocument, problems: list[Probl
     return None
 
 
+def model_problems(
+    model: type[BaseModel],
+    document: YamlDocument,
+    errors: list[Any],
+    prefix: tuple[str | int, ...] = (),
+) -> list[Problem]:
+    """One problem per pydantic error, except a missing key that an unknown key next to it
+    misspells (`objekt:`): its "did you mean 'object'?" already says everything."""
+    misspelt: set[tuple[Any, ...]] = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = tuple(error["loc"])
+            for name in _allowed_keys(model, loc[:-1]):
+                if did_you_mean(str(loc[-1]), [name]) is not None:
+                    misspelt.add((*loc[:-1], name))
+    return [
+        pydantic_problem(model, document, error, prefix)
+        for error in errors
+        if not (error["type"] == "missing" and tuple(error["loc"]) in misspelt)
+    ]
+
+
 _PRUNABLE_ENTRIES = ("warehouses", "destinations", "alerts", "mapping")
+# Required keys with a bad value get a stand-in, so that the checks that do not depend on them
+# still run; the sync stays invalid because its problem is already recorded.
+_STAND_INS: dict[str, Any] = {"mode": "insert"}
 
 
 def _prune(model: type[BaseModel], data: dict[str, Any], errors: list[Any]) -> bool:
@@ -284,6 +319,8 @@ def _prune(model: type[BaseModel], data: dict[str, Any], errors: list[Any]) -> b
             data.pop(str(head), None)
         elif head in _PRUNABLE_ENTRIES and len(loc) >= 2 and isinstance(data.get(str(head)), dict):
             data[str(head)].pop(loc[1], None)
+        elif head in _STAND_INS and len(loc) == 1 and head in model.model_fields:
+            data[str(head)] = _STAND_INS[str(head)]
         elif (
             isinstance(head, str)
             and head in model.model_fields
@@ -306,6 +343,9 @@ def pydantic_problem(
     hint: str | None = None
     if message.startswith(("Value error, ", "Assertion failed, ")):
         message = message.split(", ", 1)[1]
+        hint = getattr(error.get("ctx", {}).get("error"), "hint", None)
+    if kind == "list_type" and isinstance(error.get("input"), str) and loc:
+        hint = f"write {loc[-1]}: [{error['input']}]"
     if kind == "extra_forbidden":
         key = str(loc[-1])
         allowed = _allowed_keys(model, loc[:-1])
@@ -350,7 +390,7 @@ _REWORDED = {
     "float_parsing": "expected a number, got {got}",
     "bool_type": "expected true or false, got {got}",
     "bool_parsing": "expected true or false, got {got}",
-    "list_type": "expected a list, e.g. [a, b], got {got}",
+    "list_type": "expected a list, got {got}",
     "dict_type": "expected a mapping of keys, got {got}",
     "model_type": "expected a mapping of keys, got {got}",
     "greater_than": "must be greater than {gt}, got {got}",
