@@ -38,6 +38,10 @@ class WarehouseError(RetlError):
     """The warehouse could not be reached or the source SQL failed."""
 
 
+class MappingError(RetlError):
+    """The mapping does not fit the source query's result (a missing column, a bad cast)."""
+
+
 class RoleRefusedError(RetlError):
     """The current role may not use this warehouse."""
 

@@ -38,8 +38,15 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: keep it to one screen unless asked for the traceback
         if os.environ.get("RETL_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/red] {exc.__class__.__name__}: {exc}", markup=True, highlight=False)
-        err.print("    hint: this is a bug in retl; rerun with RETL_DEBUG=1 for the traceback and report it", style="dim")
+        err.print(
+            f"[red]internal error:[/red] {exc.__class__.__name__}: {exc}",
+            markup=True,
+            highlight=False,
+        )
+        err.print(
+            "    hint: this is a bug in retl; rerun with RETL_DEBUG=1 for the traceback and report it",
+            style="dim",
+        )
         sys.exit(1)
 
 

@@ -1,8 +1,11 @@
-"""Imports every command module so that each registers itself on the Typer app."""
+"""Imports every command module so that each registers itself on the Typer app (in help order)."""
 
 from __future__ import annotations
 
-from reverse_etl.cli import (
-    init,  # noqa: F401
-    validate,  # noqa: F401
+from reverse_etl.cli import (  # noqa: F401
+    init,
+    inspect,
+    plan,
+    run,
+    validate,
 )

@@ -19,15 +19,32 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ProjectDirOption = Annotated[
     Path | None,
-    typer.Option("--project-dir", help="Project root (default: nearest retl.yml upwards; env RETL_PROJECT_DIR).", show_default=False),
+    typer.Option(
+        "--project-dir",
+        help="Project root (default: nearest retl.yml upwards; env RETL_PROJECT_DIR).",
+        show_default=False,
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-SyncsArgument = Annotated[list[str] | None, typer.Argument(help="Sync names or glob patterns (crm_*).", show_default=False)]
-SelectOption = Annotated[list[str] | None, typer.Option("--select", "-s", help="Glob pattern of sync names; repeatable.", show_default=False)]
+SyncsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Sync names or glob patterns (crm_*).", show_default=False),
+]
+SelectOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--select", "-s", help="Glob pattern of sync names; repeatable.", show_default=False
+    ),
+]
 AllOption = Annotated[bool, typer.Option("--all", help="Every sync of the project.")]
 RoleOption = Annotated[
     str | None,
-    typer.Option("--role", envvar="RETL_ROLE", help="Role to act as, checked against a warehouse's roles (env RETL_ROLE).", show_default=False),
+    typer.Option(
+        "--role",
+        envvar="RETL_ROLE",
+        help="Role to act as, checked against a warehouse's roles (env RETL_ROLE).",
+        show_default=False,
+    ),
 ]
 
 
@@ -53,7 +70,11 @@ def selected_syncs(
 def print_problems(problems: list[Problem], console: Console = err) -> None:
     for problem in sorted(problems, key=lambda p: (p.file != "retl.yml", p.file, p.line or 0)):
         style = "red" if problem.severity == "error" else "yellow"
-        console.print(f"[bold]{problem.location()}[/bold]: [{style}]{problem.message}[/{style}]", markup=True, highlight=False)
+        console.print(
+            f"[bold]{problem.location()}[/bold]: [{style}]{problem.message}[/{style}]",
+            markup=True,
+            highlight=False,
+        )
         if problem.hint:
             console.print(f"    hint: {problem.hint}", style="dim", markup=False)
     if os.environ.get("GITHUB_ACTIONS") == "true":

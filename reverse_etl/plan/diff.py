@@ -6,6 +6,7 @@ streams in batches, and a Plan with counts and samples. Nothing here writes to s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,6 +14,8 @@ import duckdb
 import pyarrow as pa
 
 from reverse_etl.config.models import SyncConfig
+from reverse_etl.destinations.base import Action
+from reverse_etl.errors import MappingError
 from reverse_etl.mapping import (
     HASH_COLUMN,
     INTERNAL_COLUMNS,
@@ -39,7 +42,7 @@ _OPERATION: dict[str, dict[str, str | None]] = {
     "delete": {"new": "delete", "changed": None},
 }
 # The destination action that carries each operation in each mode.
-ACTIONS: dict[str, dict[str, str]] = {
+ACTIONS: dict[str, dict[str, Action]] = {
     "insert": {"create": "insert", "delete": "delete"},
     "update": {"update": "update", "delete": "delete"},
     "upsert": {"create": "upsert", "update": "upsert", "delete": "delete"},
@@ -47,20 +50,37 @@ ACTIONS: dict[str, dict[str, str]] = {
 }
 
 
-def load_source(con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, mapping: CompiledMapping) -> int:
+def load_source(
+    con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, mapping: CompiledMapping
+) -> int:
     """Stream the source through the mapping into `retl_source` (key, record, hash)."""
     con.register("retl_source_stream", reader)
     watermark = (
-        f", {mapping.watermark_expression} AS {WATERMARK_COLUMN}" if mapping.watermark_expression else ""
+        f", {mapping.watermark_expression} AS {WATERMARK_COLUMN}"
+        if mapping.watermark_expression
+        else ""
     )
-    con.execute(
-        f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS "
-        f"SELECT *, {mapping.hash_expression()} AS {HASH_COLUMN} FROM ("
-        f"SELECT {mapping.key_expression} AS {KEY_COLUMN}, {mapping.projection}{watermark} "
-        f"FROM retl_source_stream)"
-    )
-    con.unregister("retl_source_stream")
-    row = con.execute(f"SELECT count(*) FROM {SOURCE_TABLE}").fetchone()
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS "
+            f"SELECT *, {mapping.hash_expression()} AS {HASH_COLUMN} FROM ("
+            f"SELECT {mapping.key_expression} AS {KEY_COLUMN}, {mapping.projection}{watermark} "
+            f"FROM retl_source_stream)"
+        )
+    except duckdb.BinderException as exc:
+        columns = ", ".join(reader.schema.names)
+        missing = re.search(r'column "?([^"\s]+)"? not found', str(exc))
+        what = f"column '{missing.group(1)}'" if missing else "a column"
+        raise MappingError(
+            f"{what} used by the mapping, primary_key or incremental is not in the source "
+            f"query's result",
+            f"the query returns: {columns}",
+        ) from None
+    except duckdb.Error as exc:
+        raise MappingError(f"applying the mapping failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.unregister("retl_source_stream")
+    row = con.execute(f"SELECT count(*) FROM {SOURCE_TABLE}").fetchall()[0]
     return int(row[0]) if row else 0
 
 
@@ -117,7 +137,9 @@ def build_plan(
     if deletes_removed:
         key_field = mapping.key_field
         assert key_field is not None, "validation requires the key to be mapped for on_removed"
-        removed_filter = " AND key IN (SELECT key FROM retl_only_keys)" if only_keys is not None else ""
+        removed_filter = (
+            " AND key IN (SELECT key FROM retl_only_keys)" if only_keys is not None else ""
+        )
         con.execute(
             f"INSERT INTO {OPS_TABLE} ({OP_COLUMN}, {CHANGE_COLUMN}, {key}, {quote_identifier(key_field)}) "
             f"SELECT 'delete', 'removed', key, key FROM {SNAPSHOT} "
@@ -133,9 +155,9 @@ def build_plan(
             setattr(counts, op, getattr(counts, op) + int(n))
             if change == "removed":
                 removed += int(n)
-    error_rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {ERRORS_TABLE}").fetchone()
+    error_rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {ERRORS_TABLE}").fetchall()[0]
     counts.error = int(error_rows[0]) if error_rows else 0
-    snapshot_row = con.execute(f"SELECT count(*) FROM {SNAPSHOT}").fetchone()
+    snapshot_row = con.execute(f"SELECT count(*) FROM {SNAPSHOT}").fetchall()[0]
     snapshot_records = int(snapshot_row[0]) if snapshot_row else 0
 
     plan = Plan(
@@ -143,7 +165,9 @@ def build_plan(
         mode=mode,
         destination=config.destination.name,
         object=config.destination.object,
-        action={op: ACTIONS[mode][op] for op in ("create", "update", "delete") if op in ACTIONS[mode]},
+        action={
+            op: ACTIONS[mode][op] for op in ("create", "update", "delete") if op in ACTIONS[mode]
+        },
         counts=counts,
         samples=_samples(con, list(mapping.fields), mapping.key_field),
         row_errors=_row_errors(con, config.primary_key),
@@ -152,13 +176,17 @@ def build_plan(
         removed_deletes=removed,
         full_resync=full_resync,
         incremental_from=incremental_from,
-        config_changed=bool(stored_config_hash and config_hash and stored_config_hash != config_hash),
+        config_changed=bool(
+            stored_config_hash and config_hash and stored_config_hash != config_hash
+        ),
     )
     _check_delete_limits(plan, config)
     return plan
 
 
-def _samples(con: duckdb.DuckDBPyConnection, fields: list[str], key_field: str | None) -> dict[str, list[dict[str, Any]]]:
+def _samples(
+    con: duckdb.DuckDBPyConnection, fields: list[str], key_field: str | None
+) -> dict[str, list[dict[str, Any]]]:
     samples: dict[str, list[dict[str, Any]]] = {}
     selected = ", ".join(quote_identifier(f) for f in fields)
     for op in ("create", "update", "delete"):
@@ -182,7 +210,9 @@ def _row_errors(con: duckdb.DuckDBPyConnection, primary_key: str) -> list[RowErr
         if key is None:
             message = f"{n} row(s) with a null primary key '{primary_key}': never sent"
         else:
-            message = f"duplicate primary key {primary_key} = '{key}' in {n} rows: none of them is sent"
+            message = (
+                f"duplicate primary key {primary_key} = '{key}' in {n} rows: none of them is sent"
+            )
         errors.append(RowError(key=key, rows=int(n), message=message))
     return errors
 
@@ -191,7 +221,9 @@ def _check_delete_limits(plan: Plan, config: SyncConfig) -> None:
     limits = config.limits
     deletes = plan.counts.delete
     if limits.max_deletes is not None and deletes > limits.max_deletes:
-        plan.refusal = f"the plan deletes {deletes} records, above limits.max_deletes = {limits.max_deletes}"
+        plan.refusal = (
+            f"the plan deletes {deletes} records, above limits.max_deletes = {limits.max_deletes}"
+        )
         plan.refusal_hint = "check the source query; if the deletes are intended, raise limits.max_deletes in the sync file"
         return
     if (

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reverse_etl.destinations.base import Action
+
 OPERATIONS = ("create", "update", "delete")
 
 
@@ -41,7 +43,7 @@ class Plan:
     mode: str
     destination: str
     object: str
-    action: dict[str, str]
+    action: dict[str, Action]
     counts: PlanCounts
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     row_errors: list[RowError] = field(default_factory=list)

@@ -61,7 +61,7 @@ class SnapshotStore:
             if "lock" in str(exc).lower():
                 raise StateLockedError(
                     f"the state of sync '{self.sync}' is in use by another retl process",
-                    f"wait for that run to finish (see `retl status`), then retry",
+                    "wait for that run to finish (see `retl status`), then retry",
                 ) from None
             raise StateError(f"cannot open state file {self.path}: {exc}") from None
         if writable or not self.exists:
@@ -72,7 +72,9 @@ class SnapshotStore:
             con.execute(
                 f"CREATE TABLE IF NOT EXISTS {_META} (name VARCHAR PRIMARY KEY, value VARCHAR)"
             )
-            lineage = con.execute(f"SELECT count(*) FROM {_META} WHERE name = 'lineage'").fetchone()
+            lineage = con.execute(
+                f"SELECT count(*) FROM {_META} WHERE name = 'lineage'"
+            ).fetchall()[0]
             if lineage == (0,):
                 con.execute(
                     f"INSERT INTO {_META} VALUES ('lineage', ?), ('serial', '0')",
@@ -82,7 +84,7 @@ class SnapshotStore:
     @staticmethod
     def meta(con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
         rows = dict(con.execute(f"SELECT name, value FROM {_META}").fetchall())
-        count = con.execute(f"SELECT count(*) FROM {SNAPSHOT}").fetchone()
+        count = con.execute(f"SELECT count(*) FROM {SNAPSHOT}").fetchall()[0]
         return SnapshotMeta(
             lineage=rows.get("lineage"),
             serial=int(rows.get("serial") or 0),

@@ -1,0 +1,7 @@
+"""Execute a Plan in batches: acknowledgements into state, rejections into the dead letter queue."""
+
+from __future__ import annotations
+
+from reverse_etl.run.runner import Engine, RunOptions, RunOutcome
+
+__all__ = ["Engine", "RunOptions", "RunOutcome"]

@@ -1,0 +1,435 @@
+"""Plan and run one sync: read, diff, deliver in batches, acknowledge into state.
+
+State advances only for records the destination accepted, one transaction per batch, so a crash
+at any point loses no acknowledged record and the next run re-sends at most the batches that were
+in flight. Rejected records go to the dead letter queue and are retried by the next run.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reverse_etl.config import Project, Sync
+from reverse_etl.destinations.base import Action, Batch, Destination, build_destination
+from reverse_etl.errors import DestinationError, RetlError, StateLockedError
+from reverse_etl.gitinfo import file_version
+from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
+from reverse_etl.plan.diff import CHANGE_COLUMN, OP_COLUMN, OPS_TABLE, SOURCE_TABLE, build_plan
+from reverse_etl.plan.model import Plan
+from reverse_etl.plan.source import engine_connection, read_source
+from reverse_etl.state.layout import StateLayout
+from reverse_etl.state.lock import SyncLock
+from reverse_etl.state.runlog import (
+    DeadLetterEntry,
+    DeadLetterQueue,
+    RunLog,
+    RunRecord,
+    RunStatus,
+    RunTrigger,
+)
+from reverse_etl.state.snapshot import SnapshotStore
+
+OPERATION_ORDER = ("create", "update", "delete")
+
+
+@dataclass
+class RunOptions:
+    dry_run: bool = False
+    full_resync: bool = False
+    role: str | None = None
+    trigger: RunTrigger = "manual"
+    only_dead_letters: bool = False
+    confirm: Callable[[Plan], bool] | None = None
+    on_plan: Callable[[Plan], None] | None = None
+    on_progress: Callable[[int, int], None] | None = None
+
+
+@dataclass
+class RunOutcome:
+    """What happened to one sync; `status` is success|failed|refused|skipped|planned (dry run)."""
+
+    sync: str
+    status: str
+    plan: Plan | None = None
+    record: RunRecord | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    hint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record = self.record
+        return {
+            "id": record.id if record else None,
+            "sync": self.sync,
+            "status": self.status,
+            "counts": self.counts,
+            "started_at": record.started_at.isoformat() if record else None,
+            "finished_at": record.finished_at.isoformat()
+            if record and record.finished_at
+            else None,
+            "error": self.error,
+            "hint": self.hint,
+            "plan": self.plan.to_json() if self.plan else None,
+        }
+
+
+class Engine:
+    """Everything retl does to a project's syncs, usable from Python without the CLI."""
+
+    def __init__(self, project: Project, role: str | None = None) -> None:
+        self.project = project
+        self.role = role
+        self.layout = StateLayout.for_project(project.root)
+
+    @property
+    def run_log(self) -> RunLog:
+        return RunLog(self.layout.database)
+
+    @property
+    def dead_letters(self) -> DeadLetterQueue:
+        return DeadLetterQueue(self.layout.database)
+
+    def snapshot(self, sync: str) -> SnapshotStore:
+        return SnapshotStore(self.layout.snapshots, sync)
+
+    def destination_config(self, sync: Sync) -> dict[str, Any]:
+        assert self.project.config is not None and sync.config is not None
+        block = self.project.config.destinations[sync.config.destination.name]
+        return {"type": block.type, **block.options()}
+
+    # ------------------------------------------------------------------------------------ plan
+
+    def plan(self, sync: Sync, *, full_resync: bool = False) -> Plan:
+        """Compute what a run would do. Writes nothing (state is attached read-only)."""
+        with tempfile.TemporaryDirectory(prefix="retl-plan-") as tmp:
+            con = engine_connection(Path(tmp))
+            try:
+                store = self.snapshot(sync.name)
+                store.attach(con, writable=False)
+                return self._plan(sync, con, store, full_resync=full_resync, only_keys=None)
+            finally:
+                con.close()
+
+    def _plan(
+        self,
+        sync: Sync,
+        con: duckdb.DuckDBPyConnection,
+        store: SnapshotStore,
+        *,
+        full_resync: bool,
+        only_keys: list[str] | None,
+    ) -> Plan:
+        assert sync.config is not None
+        meta = store.meta(con)
+        watermark = None if full_resync else meta.watermark
+        source = read_source(self.project, sync, con, role=self.role, watermark=watermark)
+        return build_plan(
+            con,
+            sync=sync.name,
+            config=sync.config,
+            mapping=source.mapping,
+            source_rows=source.rows,
+            full_resync=full_resync,
+            only_keys=only_keys,
+            incremental_from=watermark if sync.config.incremental else None,
+            stored_config_hash=meta.config_hash,
+            config_hash=sync.config_hash(self._destination_block(sync)),
+        )
+
+    def _destination_block(self, sync: Sync) -> Any:
+        assert self.project.config is not None and sync.config is not None
+        return self.project.config.destinations.get(sync.config.destination.name)
+
+    # ------------------------------------------------------------------------------------- run
+
+    def run(self, sync: Sync, options: RunOptions | None = None) -> RunOutcome:
+        """Plan and execute one sync under its lock; never raises for a sync's own failure."""
+        options = options or RunOptions()
+        assert sync.config is not None
+        if sync.config.paused and not options.dry_run:
+            record = self.run_log.record(
+                sync.name,
+                "skipped",
+                message="paused (set paused: false to run it)",
+                trigger=options.trigger,
+            )
+            return RunOutcome(sync.name, "skipped", record=record, error=record.message)
+        command = "retl run " + sync.name
+        lock = SyncLock(self.layout.locks, sync.name, command=command)
+        try:
+            lock.acquire()
+        except StateLockedError as exc:
+            record = self.run_log.record(
+                sync.name, "refused", message=exc.message, trigger=options.trigger
+            )
+            return RunOutcome(sync.name, "refused", record=record, error=exc.message, hint=exc.hint)
+        try:
+            return self._run_locked(sync, options)
+        finally:
+            lock.release()
+
+    def _run_locked(self, sync: Sync, options: RunOptions) -> RunOutcome:
+        assert sync.config is not None
+        run_log = self.run_log
+        run_log.mark_abandoned(sync.name)
+        version = file_version(sync.path)
+        config_hash = sync.config_hash(self._destination_block(sync))
+        record: RunRecord | None = None
+        if not options.dry_run:
+            record = run_log.start(
+                sync.name,
+                config_hash,
+                version.commit,
+                version.dirty,
+                options.trigger,
+            )
+        outcome = RunOutcome(sync.name, "failed", record=record)
+        with tempfile.TemporaryDirectory(prefix="retl-run-") as tmp:
+            con = engine_connection(Path(tmp))
+            try:
+                store = self.snapshot(sync.name)
+                store.attach(con, writable=not options.dry_run)
+                only_keys = self.dead_letters.keys(sync.name) if options.only_dead_letters else None
+                plan = self._plan(
+                    sync, con, store, full_resync=options.full_resync, only_keys=only_keys
+                )
+                outcome.plan = plan
+                outcome.counts = plan.counts.as_dict()
+                if options.on_plan:
+                    options.on_plan(plan)
+                if plan.refusal:
+                    return self._end(outcome, "refused", plan.refusal, plan.refusal_hint)
+                if options.dry_run:
+                    outcome.status = "planned"
+                    return outcome
+                if plan.destructive and options.confirm is not None and not options.confirm(plan):
+                    return self._end(
+                        outcome,
+                        "refused",
+                        "the deletes were not confirmed",
+                        "rerun with --yes to skip the question",
+                    )
+                delivery = _Delivery(self, sync, con, plan, options, outcome)
+                delivery.execute(config_hash, record.id if record else None)
+                return outcome
+            except RetlError as exc:
+                return self._end(outcome, "failed", exc.message, exc.hint)
+            except Exception as exc:
+                # A bug: close the run record honestly before the CLI reports it.
+                self._end(outcome, "failed", f"internal error: {exc.__class__.__name__}: {exc}")
+                raise
+            finally:
+                con.close()
+
+    def _end(
+        self, outcome: RunOutcome, status: RunStatus, error: str | None, hint: str | None = None
+    ) -> RunOutcome:
+        outcome.status = status
+        outcome.error = error
+        outcome.hint = hint
+        if outcome.record is not None:
+            outcome.record = self.run_log.finish(
+                outcome.record.id,
+                status,
+                outcome.counts,
+                error=error,
+            )
+            if status == "failed":
+                from reverse_etl.alerts import send_failure_alerts
+
+                send_failure_alerts(self.project, outcome)
+        return outcome
+
+
+class _Delivery:
+    """Sends a plan's operations in batches and acknowledges each accepted batch into state."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        sync: Sync,
+        con: duckdb.DuckDBPyConnection,
+        plan: Plan,
+        options: RunOptions,
+        outcome: RunOutcome,
+    ) -> None:
+        assert sync.config is not None
+        self.engine = engine
+        self.sync = sync
+        self.config = sync.config
+        self.con = con
+        self.writer = con.cursor()
+        self.plan = plan
+        self.options = options
+        self.outcome = outcome
+        self.key_field = sync.key_field()
+        self.fields = list(sync.config.mapping)
+        self.dead_letters = engine.dead_letters
+        self.pending_dead_letters = set(self.dead_letters.keys(sync.name))
+        self.counts = {
+            "create": 0,
+            "update": 0,
+            "delete": 0,
+            "rejected": 0,
+            "unchanged": plan.counts.unchanged,
+            "error": plan.counts.error,
+        }
+        self.total = plan.counts.to_send
+        self.sent = 0
+        self.allowed_errors = self.config.limits.max_row_error_ratio * (
+            self.total + plan.counts.error
+        )
+        self.writer.execute("CREATE OR REPLACE TABLE retl_rejected (key VARCHAR)")
+
+    def execute(self, config_hash: str, run_id: str | None) -> None:
+        block = self.engine.destination_config(self.sync)
+        destination = build_destination(
+            self.config.destination.name, block, self.engine.project.root
+        )
+        failed: str | None = None
+        hint: str | None = None
+        try:
+            with destination:
+                if self.total:
+                    self._prepare(destination)
+                for op in OPERATION_ORDER:
+                    if getattr(self.plan.counts, op):
+                        self._send(destination, op)
+                if self.total:
+                    destination.finish()
+        except _TooManyRejections as exc:
+            failed, hint = (
+                str(exc),
+                "see `retl dlq "
+                + self.sync.name
+                + "`; fix the data or raise limits.max_row_error_ratio",
+            )
+        except DestinationError as exc:
+            failed, hint = exc.message, exc.hint
+        self.outcome.counts = dict(self.counts)
+        if (
+            self.counts["error"]
+            and not failed
+            and self.counts["rejected"] + self.counts["error"] > self.allowed_errors
+        ):
+            failed = f"{self.counts['error']} source row(s) have a null or duplicate primary key, above limits.max_row_error_ratio"
+        meta: dict[str, str | None] = {"config_hash": config_hash, "last_run_id": run_id}
+        if failed is None and self.config.incremental is not None:
+            meta["watermark"] = self._next_watermark()
+        SnapshotStore.acknowledge(self.writer, None, None, **meta)
+        if failed is None:
+            self.engine._end(self.outcome, "success", None)
+        else:
+            self.engine._end(self.outcome, "failed", failed, hint)
+
+    def _prepare(self, destination: Destination) -> None:
+        schema = (
+            self.con.sql(
+                f"SELECT {', '.join(quote_identifier(f) for f in self.fields)} FROM {SOURCE_TABLE} LIMIT 0"
+            )
+            .to_arrow_table()
+            .schema
+        )
+        destination.prepare(self.config.destination.object, schema, self.key_field)
+        for op in OPERATION_ORDER:
+            if getattr(self.plan.counts, op):
+                action = self.plan.action[op]
+                fields = [self.key_field] if op == "delete" and self.key_field else self.fields
+                problems = destination.check(
+                    self.config.destination.object, fields, self.key_field, action
+                )
+                if problems:
+                    raise DestinationError(
+                        f"destination '{self.config.destination.name}' cannot take this sync: "
+                        + "; ".join(problems),
+                        "run `retl validate --connect` for details",
+                    )
+
+    def _send(self, destination: Destination, op: str) -> None:
+        action = self.plan.action[op]
+        batch_size = self.config.batch_size or destination.capabilities.default_batch_size
+        if destination.capabilities.max_batch_size:
+            batch_size = min(batch_size, destination.capabilities.max_batch_size)
+        fields = [self.key_field] if op == "delete" and self.key_field else self.fields
+        columns = ", ".join(quote_identifier(f) for f in fields)
+        reader = self.con.sql(
+            f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN} FROM {OPS_TABLE} "
+            f"WHERE {OP_COLUMN} = '{op}'"
+        ).to_arrow_reader(batch_size)
+        for record_batch in reader:
+            table = pa.Table.from_batches([record_batch])
+            records = table.select(fields)
+            result = destination.deliver(
+                Batch(self.config.destination.object, action, self.key_field, records)
+            )
+            self._acknowledge(op, table, records, result.rejected)
+            self.sent += table.num_rows
+            if self.options.on_progress:
+                self.options.on_progress(self.sent, self.total)
+            if self.counts["rejected"] > self.allowed_errors:
+                raise _TooManyRejections(
+                    f"{self.counts['rejected']} records rejected by the destination, above "
+                    f"limits.max_row_error_ratio = {self.config.limits.max_row_error_ratio:g} of "
+                    f"{self.total + self.plan.counts.error}; the run stopped"
+                )
+
+    def _acknowledge(
+        self, op: str, table: pa.Table, records: pa.Table, rejected: dict[int, str]
+    ) -> None:
+        accepted = table
+        if rejected:
+            mask = pa.array([i not in rejected for i in range(table.num_rows)])
+            accepted = table.filter(mask)
+            indexes = sorted(rejected)
+            keys = table.column(KEY_COLUMN).take(indexes).to_pylist()
+            rows = records.take(indexes).to_pylist()
+            entries = [
+                DeadLetterEntry(key=str(key), operation=op, record=row, error=rejected[index])
+                for key, row, index in zip(keys, rows, indexes, strict=True)
+            ]
+            self.dead_letters.add(
+                self.sync.name, self.outcome.record.id if self.outcome.record else None, entries
+            )
+            self.writer.register(
+                "retl_rejected_batch",
+                pa.table({"key": pa.array([str(k) for k in keys], pa.string())}),
+            )
+            self.writer.execute("INSERT INTO retl_rejected SELECT key FROM retl_rejected_batch")
+            self.writer.unregister("retl_rejected_batch")
+            self.counts["rejected"] += len(rejected)
+        removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed")
+        deleted = accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
+        delivered = (
+            accepted.filter(pc.invert(removed))
+            .select([KEY_COLUMN, HASH_COLUMN])
+            .rename_columns(["key", "hash"])
+        )
+        SnapshotStore.acknowledge(self.writer, delivered, deleted)
+        self.counts[op] += accepted.num_rows
+        if self.pending_dead_letters and accepted.num_rows:
+            done = self.pending_dead_letters.intersection(accepted.column(KEY_COLUMN).to_pylist())
+            if done:
+                self.dead_letters.remove(self.sync.name, done)
+                self.pending_dead_letters -= done
+
+    def _next_watermark(self) -> str | None:
+        row = self.writer.execute(
+            f"SELECT CAST(coalesce((SELECT min({WATERMARK_COLUMN}) FROM {SOURCE_TABLE} "
+            f"WHERE {KEY_COLUMN} IN (SELECT key FROM retl_rejected)), max({WATERMARK_COLUMN})) AS VARCHAR) "
+            f"FROM {SOURCE_TABLE}"
+        ).fetchall()[0]
+        if row is None or row[0] is None:
+            return self.plan.incremental_from
+        return str(row[0])
+
+
+class _TooManyRejections(Exception):
+    pass
