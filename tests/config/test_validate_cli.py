@@ -1,0 +1,258 @@
+"""`retl validate` as scripts and CI see it: --json, GitHub annotations, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reverse_etl.cli import main
+
+PROJECT = """\
+version: 1
+warehouses:
+  demo:
+    url: duckdb:///warehouse.duckdb
+destinations:
+  app_db:
+    type: postgres
+    url: postgresql://retl@localhost/app
+"""
+
+SYNC = """\
+warehouse: demo
+source:
+  sql: select id, email from customers
+destination:
+  name: app_db
+  object: public.contacts
+mode: upsert
+primary_key: id
+mapping:
+  id: id
+  email: email
+"""
+
+
+@pytest.fixture(autouse=True)
+def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR")):
+            monkeypatch.delenv(key)
+
+
+def make_project(root: Path, **syncs: str) -> Path:
+    (root / "syncs").mkdir(parents=True)
+    (root / "retl.yml").write_text(PROJECT)
+    for name, text in syncs.items():
+        (root / "syncs" / f"{name}.yml").write_text(text)
+    return root
+
+
+@pytest.fixture
+def broken(tmp_path: Path) -> Path:
+    return make_project(
+        tmp_path,
+        contacts=SYNC.replace("warehouse: demo", "warehouse: dmo"),
+        leads=SYNC + "batch_size: many\n",
+    )
+
+
+def validate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(["validate", *args])
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out, captured.err
+
+
+def test_json_output_is_one_document_in_the_spec_shape(
+    broken: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = validate(capsys, "--json", "--project-dir", str(broken))
+
+    assert code == 1
+    document = json.loads(out)  # stdout holds nothing else
+    assert document == {
+        "ok": False,
+        "problems": [
+            {
+                "file": "syncs/contacts.yml",
+                "line": 1,
+                "field": "warehouse",
+                "severity": "error",
+                "message": "unknown warehouse 'dmo'",
+                "hint": "did you mean 'demo'?",
+            },
+            {
+                "file": "syncs/leads.yml",
+                "line": 12,
+                "field": "batch_size",
+                "severity": "error",
+                "message": "expected a whole number, got 'many'",
+                "hint": None,
+            },
+        ],
+    }
+
+
+def test_json_output_of_a_valid_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_project(tmp_path, contacts=SYNC)
+
+    code, out, _ = validate(capsys, "--json", "--project-dir", str(root))
+
+    assert code == 0
+    assert json.loads(out) == {"ok": True, "problems": []}
+
+
+def test_human_output_goes_to_stderr_only(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = validate(capsys, "--project-dir", str(broken))
+
+    assert code == 1
+    assert out == ""
+    assert err.splitlines() == [
+        "syncs/contacts.yml:1: warehouse: unknown warehouse 'dmo'",
+        "    hint: did you mean 'demo'?",
+        "syncs/leads.yml:12: batch_size: expected a whole number, got 'many'",
+        "2 error(s) in 2 file(s)",
+    ]
+
+
+def test_github_actions_gets_error_annotations(
+    broken: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+
+    code, out, err = validate(capsys, "--project-dir", str(broken))
+
+    assert code == 1
+    assert out.splitlines() == [
+        "::error file=syncs/contacts.yml,line=1::syncs/contacts.yml:1: warehouse: "
+        "unknown warehouse 'dmo'",
+        "::error file=syncs/leads.yml,line=12::syncs/leads.yml:12: batch_size: "
+        "expected a whole number, got 'many'",
+    ]
+    assert "syncs/contacts.yml:1: warehouse: unknown warehouse 'dmo'" in err
+
+
+def test_no_annotations_outside_github_actions(
+    broken: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GITHUB_ACTIONS", "false")
+
+    _, out, _ = validate(capsys, "--project-dir", str(broken))
+
+    assert "::error" not in out
+
+
+def test_a_valid_project_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_project(tmp_path, contacts=SYNC, leads=SYNC)
+
+    code, out, err = validate(capsys, "--project-dir", str(root))
+
+    assert code == 0
+    assert out == ""
+    assert err.strip() == "ok: retl.yml and 2 sync(s) are valid"
+
+
+def test_only_the_named_syncs_are_validated(
+    broken: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = validate(capsys, "leads", "--project-dir", str(broken))
+
+    assert code == 1
+    assert "syncs/leads.yml" in err
+    assert "syncs/contacts.yml" not in err
+
+
+def test_select_patterns_pick_syncs(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = validate(capsys, "--select", "cont*", "--project-dir", str(broken))
+
+    assert code == 1
+    assert "syncs/contacts.yml" in err
+    assert "syncs/leads.yml" not in err
+
+
+def test_an_unknown_sync_name_is_a_usage_error(
+    broken: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = validate(capsys, "contact", "--project-dir", str(broken))
+
+    assert code == 2
+    assert "no sync named 'contact'" in err
+    assert "did you mean 'contacts'?" in err
+
+
+def test_the_project_is_found_from_the_working_directory(
+    broken: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(broken / "syncs")
+
+    code, _, err = validate(capsys)
+
+    assert code == 1
+    assert "syncs/contacts.yml:1: warehouse: unknown warehouse 'dmo'" in err
+
+
+def test_retl_project_dir_names_the_project(
+    broken: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    monkeypatch.setenv("RETL_PROJECT_DIR", str(broken))
+
+    code, _, err = validate(capsys)
+
+    assert code == 1
+    assert "syncs/leads.yml:12" in err
+
+
+def test_no_retl_yml_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    code, out, err = validate(capsys)
+
+    assert code == 2
+    assert out == ""
+    assert "error: no retl.yml found in" in err
+
+
+def test_no_retl_yml_exits_2_as_a_real_process(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETL_")}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "reverse_etl", "validate", "--project-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"error: no retl.yml in {tmp_path.resolve()}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_json_stdout_stays_pure_as_a_real_process(broken: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RETL_", "GITHUB_"))}
+    env["GITHUB_ACTIONS"] = "true"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "reverse_etl", "validate", "--json", "--project-dir", str(broken)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert [p["field"] for p in document["problems"]] == ["warehouse", "batch_size"]
