@@ -31,6 +31,10 @@ SECRET_KEYS = {
     "private_key",
     "webhook_url",
 }
+# Words that make a key a credential (`motherduck_token`, `X-Api-Key`, `Authorization`), unless
+# the key names where a credential goes rather than holding one (`token_url`).
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization")
+_NOT_SECRET_SUFFIXES = ("_url", "_uri", "_field", "_property", "_header", "_env")
 _URL_WITH_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:([^@/\s]+)@")
 
 
@@ -56,12 +60,21 @@ def check_project(project: Project) -> None:
     _check_dependency_cycles(project)
 
 
+def is_secret_key(key: str) -> bool:
+    """Whether a key of retl.yml holds a credential, which must come from ${ENV}."""
+    name = key.lower().replace("-", "_")
+    if name in SECRET_KEYS:
+        return True
+    return any(word in name for word in _SECRET_WORDS) and not name.endswith(_NOT_SECRET_SUFFIXES)
+
+
 def _check_secrets(document: YamlDocument, problems: list[Problem]) -> None:
     for path, raw in document.raw.items():
         if not path or not isinstance(path[-1], str):
             continue
-        key = path[-1].lower()
-        if key in SECRET_KEYS and raw and not uses_env(raw):
+        # A sync's mapping keys are destination field names (`password: password_hash`).
+        is_field_name = len(path) == 2 and path[0] == "mapping"
+        if not is_field_name and is_secret_key(path[-1]) and raw and not uses_env(raw):
             problems.append(
                 document.problem(
                     path,
