@@ -134,7 +134,10 @@ def db_message(exc: BaseException) -> str:
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) or str(exc).strip() or type(exc).__name__
     detail = getattr(diag, "message_detail", None)
-    text = f"{primary}: {detail}" if detail else primary
+    return _one_line(f"{primary}: {detail}" if detail else primary)
+
+
+def _one_line(text: str) -> str:
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())
     return text if len(text) <= 1000 else text[:997] + "..."
 
@@ -503,9 +506,10 @@ class PostgresDestination(Destination):
         table = self._table(batch.object)
         names = self._batch_columns(batch, table)
         columns = [table.columns[n] for n in names]
-        stage, rejected = _stage_records(batch.records, columns)
+        stage, unstageable = _stage_records(batch.records, columns)
         conn = self._connection()
-        run = _StatementRun(conn, _statement(batch, table, columns), rejected)
+        run = _StatementRun(conn, batch, table, columns)
+        run.rejected.update(unstageable)
         try:
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(
@@ -607,13 +611,15 @@ def _copy(cur: Cursor, stage: pa.Table) -> None:
             copy.write(data[start : start + step])
 
 
-def _statement(batch: Batch, table: _Table, columns: list[_Column]) -> sql.Composed:
-    """The one set-based statement for the batch, over stage rows with ordinals %s..%s."""
+def _statement(
+    batch: Batch, table: _Table, columns: list[_Column], lo: sql.SQL, hi: sql.SQL
+) -> sql.Composed:
+    """The one set-based statement for the batch, over the stage rows with ordinals lo..hi."""
     target = table.ident
     stage = sql.Identifier(_STAGE)
     t = sql.Identifier("_retl_target")
     ordinal = sql.Identifier(_ORD)
-    in_range = sql.SQL("s.{} BETWEEN %s AND %s").format(ordinal)
+    in_range = sql.SQL("s.{} BETWEEN {} AND {}").format(ordinal, lo, hi)
     values = [
         col.cast(sql.SQL("s.{}").format(sql.Identifier(f"c{i}"))) for i, col in enumerate(columns)
     ]
@@ -646,21 +652,50 @@ def _statement(batch: Batch, table: _Table, columns: list[_Column]) -> sql.Compo
     )
 
 
-class _StatementRun:
-    """Runs the batch statement over an ordinal range; on a record error, rolls back to a
-    savepoint and bisects the range until each failing record is isolated."""
+# Runs the statement record by record on the server, each in its own subtransaction, and notes
+# the outcome of each in a temporary table: one round trip for a whole range of suspects.
+_EACH_RECORD = """
+DECLARE _retl_i bigint; _retl_n bigint; _retl_detail text;
+BEGIN
+  FOR _retl_i IN {lo}..{hi} LOOP
+    BEGIN
+      EXECUTE {statement} USING _retl_i, _retl_i;
+      GET DIAGNOSTICS _retl_n = ROW_COUNT;
+      IF _retl_n > 0 THEN INSERT INTO _retl_outcome VALUES (_retl_i, NULL); END IF;
+    EXCEPTION WHEN OTHERS THEN
+      IF left(SQLSTATE, 2) NOT IN ({record_classes}) THEN RAISE; END IF;
+      GET STACKED DIAGNOSTICS _retl_detail = PG_EXCEPTION_DETAIL;
+      INSERT INTO _retl_outcome VALUES (
+        _retl_i, SQLERRM || coalesce(': ' || nullif(_retl_detail, ''), ''));
+    END;
+  END LOOP;
+END
+"""
 
-    def __init__(self, conn: Connection, statement: sql.Composed, rejected: dict[int, str]):
+
+class _StatementRun:
+    """Runs the batch statement over an ordinal range. On a record error it rolls back to a
+    savepoint and bisects the range; ranges of at most `each_below` suspects are then tried
+    record by record on the server (or, without PL/pgSQL, from here)."""
+
+    each_below = 256
+
+    def __init__(self, conn: Connection, batch: Batch, table: _Table, columns: list[_Column]):
         self.conn = conn
-        self.statement = statement
-        self.rejected = rejected
+        self.statement = _statement(batch, table, columns, sql.SQL("%s"), sql.SQL("%s"))
+        self.by_record = _statement(batch, table, columns, sql.SQL("$1"), sql.SQL("$2"))
+        self.rejected: dict[int, str] = {}
         self.found: set[int] = set()
-        self._indexed = False
+        self._query = b""
+        self._isolating = False
+        self._server_loop = True
 
     def apply(self, cur: Cursor, lo: int, hi: int) -> None:
+        if not self._query:
+            self._query = self.statement.as_bytes(cur)
         try:
             with self.conn.transaction():
-                cur.execute(self.statement, (lo, hi))
+                cur.execute(self._query, (lo, hi))
                 if cur.description is not None:
                     self.found.update(row[0] for row in cur.fetchall())
             return
@@ -670,14 +705,48 @@ class _StatementRun:
             if lo == hi:
                 self.rejected[lo] = db_message(exc)
                 return
-        if not self._indexed:
-            cur.execute(
-                sql.SQL("CREATE INDEX ON {} ({})").format(
-                    sql.Identifier(_STAGE), sql.Identifier(_ORD)
-                )
-            )
-            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(_STAGE)))
-            self._indexed = True
+        self._start_isolating(cur)
+        if hi - lo < self.each_below and self._server_loop and self._each_record(cur, lo, hi):
+            return
         mid = (lo + hi) // 2
         self.apply(cur, lo, mid)
         self.apply(cur, mid + 1, hi)
+
+    def _start_isolating(self, cur: Cursor) -> None:
+        if self._isolating:
+            return
+        stage, ordinal = sql.Identifier(_STAGE), sql.Identifier(_ORD)
+        cur.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage, ordinal))
+        cur.execute(sql.SQL("ANALYZE {}").format(stage))
+        cur.execute(
+            "CREATE TEMPORARY TABLE _retl_outcome (ord bigint, message text) ON COMMIT DROP"
+        )
+        self._isolating = True
+
+    def _each_record(self, cur: Cursor, lo: int, hi: int) -> bool:
+        """Try records lo..hi one by one on the server; False when PL/pgSQL is unavailable."""
+        body = sql.SQL(_EACH_RECORD).format(
+            lo=sql.Literal(lo),
+            hi=sql.Literal(hi),
+            statement=sql.Literal(self.by_record.as_string(cur)),
+            record_classes=sql.SQL(", ").join(
+                sql.Literal(c) for c in sorted(_RECORD_ERROR_CLASSES)
+            ),
+        )
+        try:
+            with self.conn.transaction():
+                cur.execute(sql.SQL("DO {}").format(sql.Literal(body.as_string(cur))))
+        except psycopg.Error as exc:
+            if _is_record_error(exc) or _is_transient(exc):
+                raise
+            self._server_loop = False  # no PL/pgSQL here (or not allowed): bisect instead
+            return False
+        outcome = cur.execute(
+            "SELECT ord, message FROM _retl_outcome WHERE ord BETWEEN %s AND %s", (lo, hi)
+        ).fetchall()
+        for ord, message in outcome:
+            if message is None:
+                self.found.add(ord)
+            else:
+                self.rejected[ord] = _one_line(message)
+        return True

@@ -14,7 +14,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from reverse_etl.destinations import Batch, build_destination, connector_for
+from reverse_etl.destinations import Batch, build_destination, connector_for, postgres
 from reverse_etl.destinations.postgres import PostgresDestination
 from reverse_etl.errors import DestinationError
 
@@ -181,9 +181,16 @@ def test_delete_removes_records_and_an_already_missing_record_counts_as_success(
     assert dest.deliver(batch(contacts, "delete", "customer_id", customer_id=[1, 3])).rejected == {}
 
 
+@pytest.mark.parametrize("isolation", ["server-side per record", "bisection only"])
 def test_a_check_constraint_rejects_exactly_the_offending_records_of_a_batch(
-    dest: PostgresDestination, sql: Any, contacts: str
+    isolation: str,
+    dest: PostgresDestination,
+    sql: Any,
+    contacts: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if isolation == "bisection only":
+        monkeypatch.setattr(postgres._StatementRun, "each_below", 0)
     ids = list(range(1000))
     bad = {i for i in ids if i % 97 == 13}
 
