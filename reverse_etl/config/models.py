@@ -256,5 +256,7 @@ class SyncConfig(Strict):
     @classmethod
     def _key(cls, raw: str) -> str:
         if not raw.strip():
-            raise ValueError("primary_key is empty")
+            raise HintedValueError(
+                "empty value", "name the source column that identifies each record, e.g. id"
+            )
         return raw.strip()

@@ -173,13 +173,14 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
     for path in files:
         sync = _load_sync(project, path, env)
         if sync.name in project.syncs:
-            sync.problems.append(
+            # Not a sync of the project, so the problem belongs to the project itself.
+            project.problems.append(
                 Problem(
                     sync.file,
                     None,
                     "",
-                    f"another file already defines sync '{sync.name}'",
-                    "keep one of the .yml/.yaml files",
+                    f"{project.syncs[sync.name].file} already defines sync '{sync.name}'",
+                    "keep one of the two files",
                 )
             )
             continue
