@@ -1,0 +1,332 @@
+"""Every cell of the sync mode table (SPEC §3) on a real PostgreSQL destination.
+
+Each scenario runs once, then changes the source so that it holds one row of each kind:
+key 2 changed, key 3 removed, key 4 unchanged (but edited by hand in the destination, so that
+re-sending it would show) and key 5 new. The second run's plan counts and the destination's
+contents afterwards are the table's cells.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from run_harness import PostgresDb, RetlProject
+
+pytestmark = pytest.mark.postgres
+
+FIRST = [(2, "a2"), (3, "a3"), (4, "a4")]
+SECOND = [(2, "b2"), (4, "a4"), (5, "a5")]  # 2 changed, 3 removed, 4 unchanged, 5 new
+
+
+def two_runs(
+    project: RetlProject, pg: PostgresDb, before: list[tuple[int, str]] | None = None
+) -> dict[str, int]:
+    """Run with FIRST, hand-edit key 4 in the destination, switch to SECOND; returns the plan
+    counts of the second run after running it."""
+    if before:
+        pg.execute(
+            f"INSERT INTO {pg.schema}.contacts VALUES "
+            + ", ".join(f"({k}, '{v}')" for k, v in before)
+        )
+    project.set_source(FIRST)
+    project.run_json()
+    pg.execute(f"UPDATE {pg.schema}.contacts SET name = 'edited' WHERE id = 4")
+    project.set_source(SECOND)
+    counts = project.plan_counts()
+    run = project.run_json()
+    assert run["status"] == "success"
+    return counts
+
+
+def sent(counts: dict[str, int]) -> dict[str, int]:
+    return {k: counts[k] for k in ("create", "update", "delete", "unchanged", "error")}
+
+
+@pytest.mark.parametrize(
+    ("mode", "on_removed", "plan", "destination"),
+    [
+        # insert: new -> create; changed, unchanged -> nothing; removed -> on_removed
+        (
+            "insert",
+            "ignore",
+            {"create": 1, "update": 0, "delete": 0, "unchanged": 2, "error": 0},
+            [(2, "a2"), (3, "a3"), (4, "edited"), (5, "a5")],
+        ),
+        (
+            "insert",
+            "delete",
+            {"create": 1, "update": 0, "delete": 1, "unchanged": 2, "error": 0},
+            [(2, "a2"), (4, "edited"), (5, "a5")],
+        ),
+        # upsert: new -> create (upsert); changed -> update (upsert); removed -> on_removed
+        (
+            "upsert",
+            "ignore",
+            {"create": 1, "update": 1, "delete": 0, "unchanged": 1, "error": 0},
+            [(2, "b2"), (3, "a3"), (4, "edited"), (5, "a5")],
+        ),
+        (
+            "upsert",
+            "delete",
+            {"create": 1, "update": 1, "delete": 1, "unchanged": 1, "error": 0},
+            [(2, "b2"), (4, "edited"), (5, "a5")],
+        ),
+    ],
+)
+def test_insert_and_upsert_cells(
+    project: RetlProject,
+    pg: PostgresDb,
+    mode: str,
+    on_removed: str,
+    plan: dict[str, int],
+    destination: list[tuple[Any, ...]],
+) -> None:
+    project.write_sync(mode=mode, on_removed=on_removed, allow_destructive=True)
+
+    counts = two_runs(project, pg)
+
+    assert sent(counts) == plan
+    assert pg.rows() == destination
+
+
+@pytest.mark.parametrize(
+    ("on_removed", "plan", "destination"),
+    [
+        (
+            "ignore",
+            {"create": 0, "update": 2, "delete": 0, "unchanged": 1, "error": 0},
+            [(1, "old1"), (2, "b2"), (3, "a3"), (4, "edited"), (5, "a5")],
+        ),
+        (
+            "delete",
+            {"create": 0, "update": 2, "delete": 1, "unchanged": 1, "error": 0},
+            [(1, "old1"), (2, "b2"), (4, "edited"), (5, "a5")],
+        ),
+    ],
+)
+def test_update_cells(
+    project: RetlProject,
+    pg: PostgresDb,
+    on_removed: str,
+    plan: dict[str, int],
+    destination: list[tuple[Any, ...]],
+) -> None:
+    """update: new -> update (the record exists in the destination); changed -> update."""
+    project.write_sync(mode="update", on_removed=on_removed, allow_destructive=True)
+    existing = [(k, f"old{k}") for k in range(1, 6)]
+
+    counts = two_runs(project, pg, before=existing)
+
+    assert sent(counts) == plan
+    assert pg.rows() == destination
+
+
+def test_delete_mode_deletes_each_new_row_once_and_ignores_changed_and_removed_rows(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.write_sync(mode="delete", allow_destructive=True, mapping={"id": "id"})
+    pg.execute(f"INSERT INTO {pg.schema}.contacts SELECT k, 'x' || k FROM generate_series(1, 9) k")
+    project.set_source(FIRST)
+    first = project.run_json()
+    assert first["counts"]["delete"] == 3
+    assert [r[0] for r in pg.rows()] == [1, 5, 6, 7, 8, 9]
+    # Put 2, 3 and 4 back: a second delete of any of them would show.
+    pg.execute(f"INSERT INTO {pg.schema}.contacts VALUES (2, 'back'), (3, 'back'), (4, 'back')")
+    project.set_source(SECOND)
+
+    counts = project.plan_counts()
+    run = project.run_json()
+
+    assert sent(counts) == {"create": 0, "update": 0, "delete": 1, "unchanged": 2, "error": 0}
+    assert run["counts"]["delete"] == 1
+    assert [r[0] for r in pg.rows()] == [1, 2, 3, 4, 6, 7, 8, 9]
+
+
+def test_update_mode_never_creates(project: RetlProject, pg: PostgresDb) -> None:
+    project.write_sync(mode="update", limits={"max_row_error_ratio": 0.5})
+    pg.execute(f"INSERT INTO {pg.schema}.contacts SELECT k, 'old' FROM generate_series(1, 9) k")
+    project.set_source([(k, f"new{k}") for k in range(1, 11)])
+
+    run = project.run_json()
+
+    assert run["status"] == "success"
+    assert run["counts"]["update"] == 9
+    assert run["counts"]["rejected"] == 1
+    assert pg.rows() == [(k, f"new{k}") for k in range(1, 10)]
+    (letter,) = project.dead_letters()
+    assert letter["key"] == "10"
+    assert letter["operation"] == "update"
+    assert "no record with id" in letter["error"]
+    assert letter["record"] == {"id": 10, "name": "new10"}
+    # Not delivered, so not in state: the next plan tries it again.
+    assert "10" not in project.state_keys()
+    assert project.plan_counts()["update"] == 1
+
+
+def test_update_mode_with_every_record_missing_fails_the_run(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.write_sync(mode="update")
+    project.set_source([(1, "a"), (2, "b")])
+
+    run = project.run_json(code=1)
+
+    assert run["status"] == "failed"
+    assert "max_row_error_ratio" in run["error"]
+    assert pg.rows() == []
+    assert len(project.dead_letters()) >= 1
+
+
+def test_null_and_duplicate_primary_keys_are_row_errors_never_sent(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.write_sync(limits={"max_row_error_ratio": 0.5})
+    rows = [(k, f"n{k}") for k in range(1, 11)]
+    rows += [(3, "dup"), (None, "null key"), (None, "another null key")]
+    project.set_source(rows)
+
+    plan = project.plan_json()
+    run = project.run_json()
+
+    assert plan["counts"]["create"] == 9
+    assert plan["counts"]["error"] == 4  # both rows of key 3 and both null keys
+    messages = " | ".join(e["message"] for e in plan["row_errors"])
+    assert "null primary key" in messages
+    assert "duplicate primary key id = '3'" in messages
+    assert run["status"] == "success"
+    assert run["counts"]["create"] == 9
+    assert run["counts"]["error"] == 4
+    assert pg.rows() == [(k, f"n{k}") for k in range(1, 11) if k != 3]
+    assert "3" not in project.state_keys()
+
+
+def test_null_and_duplicate_keys_above_the_error_ratio_fail_the_run(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.write_sync()  # max_row_error_ratio defaults to 0.1
+    project.set_source([(1, "a"), (2, "b"), (2, "c"), (None, "d")])
+
+    run = project.run_json(code=1)
+
+    assert run["status"] == "failed"
+    assert "primary key" in run["error"]
+    assert pg.rows() == [(1, "a")]
+
+
+# -- incremental -------------------------------------------------------------------------------
+
+
+def set_events(project: RetlProject, rows: list[tuple[int, str, str]]) -> None:
+    project.warehouse("CREATE OR REPLACE TABLE src (id INTEGER, name VARCHAR, updated_at DATE)")
+    if rows:
+        values = ", ".join(f"({k}, '{n}', DATE '{d}')" for k, n, d in rows)
+        project.warehouse(f"INSERT INTO src VALUES {values}")
+
+
+def test_incremental_reads_only_rows_at_or_after_the_watermark_and_advances_it(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.write_sync(incremental={"column": "updated_at"})
+    set_events(project, [(1, "a1", "2024-01-01"), (2, "a2", "2024-01-02"), (3, "a3", "2024-01-03")])
+    project.run_json()
+    assert project.state_show()["watermark"].startswith("2024-01-03")
+
+    set_events(
+        project,
+        [
+            (1, "changed but old", "2024-01-01"),  # below the watermark: not read
+            (2, "b2", "2024-01-06"),  # changed and moved forward
+            (3, "a3", "2024-01-03"),  # at the watermark: read again, unchanged
+            (4, "a4", "2024-01-05"),  # new
+        ],
+    )
+    plan = project.plan_json()
+    run = project.run_json()
+
+    assert plan["source_rows"] == 3
+    assert plan["incremental_from"].startswith("2024-01-03")
+    assert {k: plan["counts"][k] for k in ("create", "update", "unchanged")} == {
+        "create": 1,
+        "update": 1,
+        "unchanged": 1,
+    }
+    assert run["status"] == "success"
+    assert pg.rows() == [(1, "a1"), (2, "b2"), (3, "a3"), (4, "a4")]
+    assert project.state_show()["watermark"].startswith("2024-01-06")
+
+
+def test_incremental_rejected_row_holds_the_watermark_back_until_it_is_delivered(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    pg.execute(
+        f"ALTER TABLE {pg.schema}.contacts ADD CONSTRAINT no_bad CHECK (name NOT LIKE 'bad%')"
+    )
+    project.write_sync(incremental={"column": "updated_at"}, limits={"max_row_error_ratio": 0.5})
+    set_events(
+        project,
+        [
+            (1, "a1", "2024-01-01"),
+            (2, "bad2", "2024-01-02"),
+            (3, "a3", "2024-01-03"),
+            (4, "a4", "2024-01-04"),
+        ],
+    )
+
+    first = project.run_json()
+
+    assert first["status"] == "success"
+    assert first["counts"]["rejected"] == 1
+    assert pg.rows() == [(1, "a1"), (3, "a3"), (4, "a4")]
+    assert project.state_show()["watermark"].startswith("2024-01-02")
+    plan = project.plan_json()
+    assert plan["counts"]["create"] == 1  # key 2 again; 3 and 4 are read but unchanged
+    assert plan["counts"]["unchanged"] == 2
+
+    project.warehouse("UPDATE src SET name = 'fixed2' WHERE id = 2")
+    second = project.run_json()
+
+    assert second["status"] == "success"
+    assert second["counts"]["create"] == 1
+    assert pg.rows() == [(1, "a1"), (2, "fixed2"), (3, "a3"), (4, "a4")]
+    assert project.state_show()["watermark"].startswith("2024-01-04")
+    assert project.dead_letters() == []
+
+
+def test_validation_refuses_incremental_with_on_removed_delete(project: RetlProject) -> None:
+    project.write_sync(
+        incremental={"column": "updated_at"}, on_removed="delete", allow_destructive=True
+    )
+    set_events(project, [(1, "a1", "2024-01-01")])
+
+    validate = project.cli("validate", "--json")
+    run = project.cli("run", "contacts", "--json")
+
+    assert validate.code == 1
+    problems = validate.json()["problems"]
+    assert any(
+        p["field"] == "on_removed" and "incremental" in p["message"] and p["severity"] == "error"
+        for p in problems
+    ), problems
+    assert run.code == 1
+    assert "on_removed" in run.err
+
+
+# -- full resync -------------------------------------------------------------------------------
+
+
+def test_full_resync_resends_every_row(project: RetlProject, pg: PostgresDb) -> None:
+    project.write_sync()
+    project.set_source([(k, f"n{k}") for k in range(1, 21)])
+    project.run_json()
+    pg.execute(f"UPDATE {pg.schema}.contacts SET name = 'edited by hand'")
+    assert project.plan_counts()["unchanged"] == 20
+
+    plan = project.plan_counts("contacts", "--full-resync")
+    run = project.run_json("contacts", "--full-resync")
+
+    assert plan["create"] == 20 and plan["unchanged"] == 0
+    assert run["status"] == "success"
+    assert run["counts"]["create"] == 20
+    assert pg.rows() == [(k, f"n{k}") for k in range(1, 21)]
+    assert project.plan_counts()["unchanged"] == 20
