@@ -75,7 +75,7 @@ def write_project(root: Path, source: Path, pg_url: str, batch_size: int) -> Non
     mapping = "\n".join(f"  {c.strip()}: {c.strip()}" for c in NAMES.split(","))
     (root / "syncs" / "bench.yml").write_text(
         "warehouse: bench\nsource:\n  sql: select * from bench.customers\n"
-        "destination:\n  name: pg\n  object: public.bench_retl\nmode: upsert\nprimary_key: id\n"
+        "destination:\n  name: pg\n  object: public.bench_pg_upsert_retl\nmode: upsert\nprimary_key: id\n"
         f"mapping:\n{mapping}\non_removed: delete\nallow_destructive: true\nbatch_size: {batch_size}\n"
     )
     os.environ["BENCH_PG_URL"] = pg_url
@@ -115,12 +115,12 @@ def raw_load(source: Path, pg_url: str, work: Path, delete_missing: bool) -> flo
             while chunk := f.read(1 << 20):
                 copy.write(chunk)
         conn.execute(
-            f"INSERT INTO bench_raw ({NAMES}) SELECT {NAMES} FROM raw_tmp "
+            f"INSERT INTO bench_pg_upsert_raw ({NAMES}) SELECT {NAMES} FROM raw_tmp "
             f"ON CONFLICT (id) DO UPDATE SET {updates}"
         )
         if delete_missing:
             conn.execute(
-                "DELETE FROM bench_raw r WHERE NOT EXISTS (SELECT 1 FROM raw_tmp t WHERE t.id = r.id)"
+                "DELETE FROM bench_pg_upsert_raw r WHERE NOT EXISTS (SELECT 1 FROM raw_tmp t WHERE t.id = r.id)"
             )
         conn.commit()
     csv_path.unlink()
@@ -130,8 +130,8 @@ def raw_load(source: Path, pg_url: str, work: Path, delete_missing: bool) -> flo
 def check_equal(pg_url: str) -> bool:
     with psycopg.connect(pg_url) as conn:
         row = conn.execute(
-            f"SELECT (SELECT count(*) FROM (SELECT {NAMES} FROM bench_retl EXCEPT SELECT {NAMES} FROM bench_raw) a), "
-            f"(SELECT count(*) FROM (SELECT {NAMES} FROM bench_raw EXCEPT SELECT {NAMES} FROM bench_retl) b)"
+            f"SELECT (SELECT count(*) FROM (SELECT {NAMES} FROM bench_pg_upsert_retl EXCEPT SELECT {NAMES} FROM bench_pg_upsert_raw) a), "
+            f"(SELECT count(*) FROM (SELECT {NAMES} FROM bench_pg_upsert_raw EXCEPT SELECT {NAMES} FROM bench_pg_upsert_retl) b)"
         ).fetchone()
     return row == (0, 0)
 
@@ -159,7 +159,7 @@ def main() -> None:
         build_source(source, args.rows)
         write_project(work / "project", source, args.pg_url, args.batch_size)
         with psycopg.connect(args.pg_url, autocommit=True) as conn:
-            for table in ("bench_retl", "bench_raw"):
+            for table in ("bench_pg_upsert_retl", "bench_pg_upsert_raw"):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
                 conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
             conn.execute("CHECKPOINT")

@@ -7,7 +7,9 @@ in flight. Rejected records go to the dead letter queue and are retried by the n
 
 from __future__ import annotations
 
+import queue
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reverse_etl.config import Project, Sync
-from reverse_etl.destinations.base import Action, Batch, Destination, build_destination
-from reverse_etl.errors import DestinationError, RetlError, StateLockedError
+from reverse_etl.destinations.base import Batch, Destination, build_destination
+from reverse_etl.errors import DestinationError, RetlError, StateError, StateLockedError
 from reverse_etl.gitinfo import file_version
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import CHANGE_COLUMN, OP_COLUMN, OPS_TABLE, SOURCE_TABLE, build_plan
@@ -288,6 +290,7 @@ class _Delivery:
             self.total + plan.counts.error
         )
         self.writer.execute("CREATE OR REPLACE TABLE retl_rejected (key VARCHAR)")
+        self.acks = _AcknowledgementWriter(self.writer)
 
     def execute(self, config_hash: str, run_id: str | None) -> None:
         block = self.engine.destination_config(self.sync)
@@ -297,7 +300,7 @@ class _Delivery:
         failed: str | None = None
         hint: str | None = None
         try:
-            with destination:
+            with destination, self.acks:
                 if self.total:
                     self._prepare(destination)
                 for op in OPERATION_ORDER:
@@ -398,12 +401,8 @@ class _Delivery:
             self.dead_letters.add(
                 self.sync.name, self.outcome.record.id if self.outcome.record else None, entries
             )
-            self.writer.register(
-                "retl_rejected_batch",
-                pa.table({"key": pa.array([str(k) for k in keys], pa.string())}),
-            )
-            self.writer.execute("INSERT INTO retl_rejected SELECT key FROM retl_rejected_batch")
-            self.writer.unregister("retl_rejected_batch")
+            rejected_keys = pa.table({"key": pa.array([str(k) for k in keys], pa.string())})
+            self.acks.submit(_remember_rejected, rejected_keys)
             self.counts["rejected"] += len(rejected)
         removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed")
         deleted = accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
@@ -412,7 +411,7 @@ class _Delivery:
             .select([KEY_COLUMN, HASH_COLUMN])
             .rename_columns(["key", "hash"])
         )
-        SnapshotStore.acknowledge(self.writer, delivered, deleted)
+        self.acks.submit(SnapshotStore.acknowledge, delivered, deleted)
         self.counts[op] += accepted.num_rows
         if self.pending_dead_letters and accepted.num_rows:
             done = self.pending_dead_letters.intersection(accepted.column(KEY_COLUMN).to_pylist())
@@ -433,3 +432,50 @@ class _Delivery:
 
 class _TooManyRejections(Exception):
     pass
+
+
+def _remember_rejected(con: duckdb.DuckDBPyConnection, keys: pa.Table) -> None:
+    con.register("retl_rejected_batch", keys)
+    con.execute("INSERT INTO retl_rejected SELECT key FROM retl_rejected_batch")
+    con.unregister("retl_rejected_batch")
+
+
+class _AcknowledgementWriter:
+    """Writes acknowledgements to state in order on a background thread, so that the next batch
+    is delivered while the last one is committed. At most `depth` batches wait; the first error
+    stops the run at the next submit or at exit, and exit waits for every pending commit."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, depth: int = 2) -> None:
+        self.con = con
+        self.jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue(
+            depth
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="retl-acks", daemon=True)
+
+    def __enter__(self) -> _AcknowledgementWriter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        self._raise()
+
+    def submit(self, job: Callable[..., None], *args: Any) -> None:
+        self._raise()
+        self.jobs.put((job, args))
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise StateError(f"could not record delivered records in state: {error}") from error
+
+    def _work(self) -> None:
+        while (item := self.jobs.get()) is not None:
+            if self.error is None:
+                job, args = item
+                try:
+                    job(self.con, *args)
+                except BaseException as exc:
+                    self.error = exc

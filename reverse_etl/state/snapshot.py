@@ -65,9 +65,11 @@ class SnapshotStore:
                 ) from None
             raise StateError(f"cannot open state file {self.path}: {exc}") from None
         if writable or not self.exists:
+            # No PRIMARY KEY: keeping an index costs more than the delete+insert of each batch,
+            # and the engine already guarantees one row per key.
             con.execute(
                 f"CREATE TABLE IF NOT EXISTS {SNAPSHOT} "
-                "(key VARCHAR PRIMARY KEY, hash VARCHAR NOT NULL, synced_at TIMESTAMPTZ)"
+                "(key VARCHAR NOT NULL, hash VARCHAR NOT NULL, synced_at TIMESTAMPTZ)"
             )
             con.execute(
                 f"CREATE TABLE IF NOT EXISTS {_META} (name VARCHAR PRIMARY KEY, value VARCHAR)"
@@ -109,9 +111,9 @@ class SnapshotStore:
         try:
             if delivered is not None and delivered.num_rows:
                 con.register("retl_delivered", delivered)
+                con.execute(f"DELETE FROM {SNAPSHOT} WHERE key IN (SELECT key FROM retl_delivered)")
                 con.execute(
-                    f"INSERT OR REPLACE INTO {SNAPSHOT} SELECT key, hash, ? FROM retl_delivered",
-                    [now],
+                    f"INSERT INTO {SNAPSHOT} SELECT key, hash, ? FROM retl_delivered", [now]
                 )
                 con.unregister("retl_delivered")
             if deleted is not None and deleted.num_rows:
