@@ -1,12 +1,10 @@
-"""Open the warehouse a URL names: DuckDB natively (other URLs follow)."""
+"""Open the warehouse a URL names: DuckDB natively, anything else through SQLAlchemy."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from reverse_etl.errors import WarehouseError
 from reverse_etl.warehouse.base import Warehouse
-from reverse_etl.warehouse.masking import mask_url
 
 
 def open_warehouse(
@@ -22,6 +20,6 @@ def open_warehouse(
         from reverse_etl.warehouse.duckdb_native import DuckDBWarehouse
 
         return DuckDBWarehouse(name, url, project_root, query_timeout)
-    raise WarehouseError(
-        f"warehouse '{name}': only duckdb:// URLs are supported so far, not {mask_url(url)}"
-    )
+    from reverse_etl.warehouse.sqlalchemy_generic import SQLAlchemyWarehouse
+
+    return SQLAlchemyWarehouse(name, url, query_timeout)
