@@ -116,7 +116,7 @@ def _unquote(name: str) -> str:
     return name
 
 
-def _is_record_error(exc: BaseException) -> bool:
+def is_record_error(exc: BaseException) -> bool:
     state = getattr(exc, "sqlstate", None) or ""
     return state[:2] in _RECORD_ERROR_CLASSES
 
@@ -700,7 +700,7 @@ class _StatementRun:
                     self.found.update(row[0] for row in cur.fetchall())
             return
         except psycopg.Error as exc:
-            if not _is_record_error(exc):
+            if not is_record_error(exc):
                 raise
             if lo == hi:
                 self.rejected[lo] = db_message(exc)
@@ -737,7 +737,7 @@ class _StatementRun:
             with self.conn.transaction():
                 cur.execute(sql.SQL("DO {}").format(sql.Literal(body.as_string(cur))))
         except psycopg.Error as exc:
-            if _is_record_error(exc) or _is_transient(exc):
+            if is_record_error(exc) or _is_transient(exc):
                 raise
             self._server_loop = False  # no PL/pgSQL here (or not allowed): bisect instead
             return False

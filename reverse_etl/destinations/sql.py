@@ -1,0 +1,742 @@
+"""Any SQLAlchemy database as a destination: MySQL/MariaDB, SQLite, DuckDB, PostgreSQL ...
+
+A batch is applied with executemany in one transaction. When it fails on some records, the batch
+is re-run in halves, each in a fresh transaction, until every failing record is isolated: the
+others land and each failing one is reported with the database's message. `update` never creates
+a record: the rows its statement did not match are rejected. DuckDB takes the batch as an Arrow
+table and applies it with set-based statements instead (its executemany is slow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import difflib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql as sa_mysql
+from sqlalchemy.dialects import postgresql as sa_postgresql
+from sqlalchemy.dialects import sqlite as sa_sqlite
+
+from reverse_etl.destinations.base import (
+    Action,
+    Batch,
+    BatchResult,
+    Capabilities,
+    Destination,
+    DestinationOptions,
+    FieldInfo,
+    register,
+)
+from reverse_etl.destinations.postgres import db_message as postgres_message
+from reverse_etl.destinations.postgres import is_record_error as postgres_record_error
+from reverse_etl.errors import DestinationError
+
+_T = TypeVar("_T")
+
+# MySQL/MariaDB errors about a record's values that pymysql raises as OperationalError/InternalError:
+# bad null, out of range, truncated, bad value, no default, too long, FK, invalid JSON, CHECK
+# constraint (MySQL 3819, MariaDB 4025), SIGNAL in a trigger (1644).
+_MYSQL_RECORD_ERRORS = frozenset(
+    {1048, 1062, 1263, 1264, 1265, 1292, 1364, 1366, 1367, 1406, 1411, 1451, 1452, 1644, 1690}
+    | {3140, 3819, 4025}
+)
+_NATIVE_UPSERT = frozenset({"mysql", "mariadb", "sqlite", "postgresql", "duckdb"})
+_ORD = "_retl_ord"
+_STAGE = "_retl_stage"
+
+
+class SqlOptions(DestinationOptions):
+    url: str
+    create_tables: bool = False
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    type: str
+    nullable: bool
+    unique: bool
+
+
+@dataclass(frozen=True)
+class _Table:
+    schema: str | None
+    name: str
+    columns: dict[str, _Column]
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def resolve_url(url: str, project_root: Path) -> sa.URL:
+    """The URL with a relative SQLite/DuckDB file made absolute from the project root (and its
+    folder created)."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise DestinationError(
+            "the destination url is not a valid SQLAlchemy URL",
+            hint="e.g. mysql+pymysql://user:${PASSWORD}@host/db or sqlite:///out/app.sqlite",
+        ) from exc
+    database = parsed.database
+    if (
+        parsed.get_backend_name() in ("sqlite", "duckdb")
+        and database
+        and database != ":memory:"
+        and not database.startswith(("file:", "md:", "motherduck:"))
+    ):
+        path = Path(database)
+        if not path.is_absolute():
+            path = project_root / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parsed = parsed.set(database=str(path))
+    return parsed
+
+
+def split_object(object: str) -> tuple[str | None, str]:
+    """`table` or `schema.table` (schema: database for MySQL, attached database for SQLite)."""
+    schema, dot, name = object.strip().rpartition(".")
+    if not name or (dot and not schema):
+        raise DestinationError(
+            f"'{object}' is not a table name", hint="write table or schema.table"
+        )
+    return (schema or None), name
+
+
+def _first_lines(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # DuckDB appends the statement with a caret ("LINE 1: ...") after the message.
+    kept = [line for line in lines if not line.startswith(("LINE ", "^"))]
+    message = " ".join(kept[:2]) if kept else ""
+    return message if len(message) <= 1000 else message[:997] + "..."
+
+
+def _sa_type(dtype: pa.DataType, dialect: str, key: bool) -> sa.types.TypeEngine[Any]:
+    """A SQLAlchemy column type for an Arrow type (for create_tables)."""
+    t = pa.types
+    if t.is_dictionary(dtype):
+        return _sa_type(dtype.value_type, dialect, key)
+    if t.is_boolean(dtype):
+        return sa.Boolean()
+    if t.is_int8(dtype) or t.is_int16(dtype) or t.is_uint8(dtype):
+        return sa.SmallInteger()
+    if t.is_int32(dtype) or t.is_uint16(dtype):
+        return sa.Integer()
+    if t.is_integer(dtype):
+        return sa.BigInteger()
+    if t.is_float16(dtype) or t.is_float32(dtype):
+        return sa.Float()
+    if t.is_floating(dtype):
+        return sa.Double()
+    if t.is_decimal(dtype):
+        return sa.Numeric(min(dtype.precision, 65), dtype.scale)
+    if t.is_date(dtype):
+        return sa.Date()
+    if t.is_time(dtype):
+        return sa.Time()
+    if t.is_timestamp(dtype):
+        return sa.DateTime(timezone=bool(dtype.tz))
+    if t.is_duration(dtype):
+        return sa.Interval()
+    if t.is_binary(dtype) or t.is_large_binary(dtype) or t.is_fixed_size_binary(dtype):
+        return sa.LargeBinary(255) if key and dialect in ("mysql", "mariadb") else sa.LargeBinary()
+    if t.is_nested(dtype):
+        return sa.JSON() if dialect not in ("duckdb",) else sa.Text()
+    # MySQL cannot index an unbounded TEXT column.
+    return sa.String(255) if key and dialect in ("mysql", "mariadb") else sa.Text()
+
+
+def _converter(dtype: pa.DataType, dialect: str, target: str) -> Callable[[Any], Any] | None:
+    """How to turn a Python value of this Arrow type into one the dialect's driver takes."""
+    t = pa.types
+    if t.is_dictionary(dtype):
+        dtype = dtype.value_type
+    if t.is_nested(dtype):
+        if dialect == "postgresql" and "JSON" not in target.upper():
+            return None  # psycopg adapts lists to arrays
+        return lambda v: json.dumps(v, default=str)
+    if dialect in ("mysql", "mariadb", "sqlite") and t.is_timestamp(dtype) and dtype.tz:
+        utc = dt.UTC
+
+        def naive_utc(v: dt.datetime) -> Any:
+            v = v.astimezone(utc).replace(tzinfo=None)
+            return v.isoformat(sep=" ") if dialect == "sqlite" else v
+
+        return naive_utc
+    if dialect == "sqlite":
+        if t.is_timestamp(dtype):
+            return lambda v: v.isoformat(sep=" ")
+        if t.is_date(dtype) or t.is_time(dtype):
+            return lambda v: v.isoformat()
+        if t.is_decimal(dtype):
+            return str
+        if t.is_duration(dtype):
+            return lambda v: v.total_seconds()
+    return None
+
+
+def _python_columns(records: pa.Table, names: list[str], table: _Table, dialect: str) -> list[Any]:
+    """The batch's columns as Python lists the driver accepts (Arrow -> Python once per batch)."""
+    columns = []
+    for name in names:
+        column = records.column(name)
+        if pa.types.is_timestamp(column.type) and column.type.unit == "ns":
+            column = column.cast(pa.timestamp("us", column.type.tz), safe=False)
+        values = column.to_pylist()
+        convert = _converter(column.type, dialect, table.columns[name].type)
+        if convert is not None:
+            values = [None if v is None else convert(v) for v in values]
+        columns.append(values)
+    return columns
+
+
+@register("sql")
+class SqlDestination(Destination):
+    """Tables of any database SQLAlchemy can reach; objects are `table` or `schema.table`."""
+
+    options_model = SqlOptions
+    capabilities = Capabilities(default_batch_size=5_000)
+    options: SqlOptions
+
+    attempts: ClassVar[int] = 3
+    retry_wait_seconds: ClassVar[float] = 0.5
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._url = resolve_url(self.options.url, self.project_root)
+        self._engine: sa.Engine | None = None
+        self._tables: dict[str, _Table] = {}
+
+    # -- connection -------------------------------------------------------------------------
+
+    @property
+    def dialect(self) -> str:
+        return self._url.get_backend_name()
+
+    @property
+    def _where(self) -> str:
+        return self._url.render_as_string(hide_password=True)
+
+    def _get_engine(self) -> sa.Engine:
+        if self._engine is None:
+            try:
+                engine = sa.create_engine(self._url, pool_pre_ping=True)
+            except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+                raise DestinationError(
+                    f"destination '{self.name}' cannot use {self._where}: {_first_lines(str(exc))}",
+                    hint="check the url's dialect and that its driver is installed",
+                ) from exc
+            if self.dialect == "duckdb":
+                sa.event.listen(engine, "connect", _duckdb_session)
+            self._engine = engine
+        return self._engine
+
+    def open(self) -> None:
+        self._in_transaction(lambda conn: None)
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        self._tables.clear()
+        if engine is not None:
+            engine.dispose()
+
+    def _in_transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run `work` in a fresh transaction; reconnect and retry when the connection fails."""
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.retry_wait_seconds * 2 ** (attempt - 1))
+            try:
+                conn = self._get_engine().connect()
+            except sa.exc.DBAPIError as exc:
+                last = exc
+                continue
+            try:
+                with conn, conn.begin():
+                    return work(conn)
+            except sa.exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                last = exc
+        detail = _first_lines(str(getattr(last, "orig", None) or last))
+        raise DestinationError(
+            f"cannot reach destination '{self.name}' ({self._where}): {detail}",
+            hint="check the destination url and that the database is running and reachable",
+        ) from last
+
+    def _name(self, name: str) -> str:
+        """An identifier as SQLAlchemy should render it: DuckDB's dialect does not know all of
+        DuckDB's reserved words (`at`, ...), so there every name is quoted."""
+        return sa.sql.quoted_name(name, quote=True) if self.dialect == "duckdb" else name
+
+    def _failed(self, exc: sa.exc.DBAPIError, what: str) -> DestinationError:
+        return DestinationError(
+            f"destination '{self.name}' failed {what}: {self._message(exc)}",
+        )
+
+    # -- catalog ----------------------------------------------------------------------------
+
+    def objects(self) -> list[str]:
+        def read(conn: sa.Connection) -> list[str]:
+            if self.dialect == "duckdb":
+                rows = conn.exec_driver_sql(
+                    "SELECT table_schema, table_name FROM information_schema.tables "
+                    "WHERE table_catalog = current_database() "
+                    "AND table_schema NOT IN ('information_schema', 'pg_catalog') "
+                    "ORDER BY 1, 2"
+                ).fetchall()
+                default = conn.exec_driver_sql("SELECT current_schema()").scalar()
+                return [name if schema == default else f"{schema}.{name}" for schema, name in rows]
+            inspector = sa.inspect(conn)
+            names = sorted(inspector.get_table_names() + inspector.get_view_names())
+            if self.dialect == "postgresql":
+                for schema in inspector.get_schema_names():
+                    if schema in (inspector.default_schema_name, "information_schema"):
+                        continue
+                    names += sorted(f"{schema}.{n}" for n in inspector.get_table_names(schema))
+            return names
+
+        try:
+            return self._in_transaction(read)
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, "listing tables") from exc
+
+    def fields(self, object: str) -> list[FieldInfo]:
+        table = self._table(object)
+        return [
+            FieldInfo(name=c.name, type=c.type, nullable=c.nullable, unique=c.unique)
+            for c in table.columns.values()
+        ]
+
+    def _find_table(self, object: str) -> _Table | None:
+        if object in self._tables:
+            return self._tables[object]
+        schema, name = split_object(object)
+        try:
+            if self.dialect == "duckdb":
+                columns = self._in_transaction(lambda conn: _duckdb_columns(conn, schema, name))
+            else:
+                columns = self._in_transaction(lambda conn: _inspected_columns(conn, schema, name))
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, f"reading the columns of {object}") from exc
+        if columns is None:
+            return None
+        table = _Table(schema=schema, name=name, columns={c.name: c for c in columns})
+        self._tables[object] = table
+        return table
+
+    def _missing_table(self, object: str) -> DestinationError:
+        close = difflib.get_close_matches(object, self.objects(), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        hint += "Create the table, or set create_tables: true on the destination."
+        return DestinationError(
+            f"table {object} does not exist in destination '{self.name}'", hint=hint
+        )
+
+    def _table(self, object: str) -> _Table:
+        table = self._find_table(object)
+        if table is None:
+            raise self._missing_table(object)
+        return table
+
+    # -- validation and setup ---------------------------------------------------------------
+
+    def check(
+        self, object: str, fields: Sequence[str], key_field: str | None, action: Action
+    ) -> list[str]:
+        if action not in self.capabilities.actions:
+            return [f"destination type '{self.type_name}' cannot {action} records"]
+        problems: list[str] = []
+        if action != "insert" and not key_field:
+            problems.append(f"{action} needs a key field to find the records in the table")
+        table = self._find_table(object)
+        if table is None:
+            if self.options.create_tables:
+                return problems
+            error = self._missing_table(object)
+            return [*problems, f"{error.message}; {error.hint}"]
+        problems += _unknown_fields(table, [*fields, *([key_field] if key_field else [])])
+        key = table.columns.get(key_field or "")
+        if action == "upsert" and key is not None and not key.unique:
+            problems.append(
+                f"upsert needs a unique constraint or primary key on {table.display}"
+                f"({key.name}); add one, e.g. a UNIQUE index on {key.name}"
+            )
+        return problems
+
+    def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        table = self._find_table(object)
+        if table is None and self.options.create_tables:
+            self._create_table(object, schema, key_field)
+            table = self._table(object)
+        if table is None:
+            raise self._missing_table(object)
+        unknown = _unknown_fields(table, schema.names)
+        if unknown:
+            raise DestinationError(
+                f"cannot write to {table.display}: {'; '.join(unknown)}",
+                hint="fix the mapping, or add the columns to the table",
+            )
+
+    def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        schema_name, name = split_object(object)
+        columns = [
+            sa.Column(
+                self._name(f.name),
+                _sa_type(f.type, self.dialect, f.name == key_field),
+                primary_key=f.name == key_field,
+                autoincrement=False,
+            )
+            for f in schema
+        ]
+        table = sa.Table(
+            self._name(name),
+            sa.MetaData(),
+            *columns,
+            schema=self._name(schema_name) if schema_name else None,
+        )
+
+        def create(conn: sa.Connection) -> None:
+            if schema_name and self.dialect in ("duckdb", "postgresql"):
+                conn.execute(sa.schema.CreateSchema(schema_name, if_not_exists=True))
+            table.create(conn, checkfirst=True)
+
+        try:
+            self._in_transaction(create)
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, f"creating table {object}") from exc
+        self._tables.pop(object, None)
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def deliver(self, batch: Batch) -> BatchResult:
+        if batch.size == 0:
+            return BatchResult()
+        table = self._table(batch.object)
+        names = _batch_columns(batch, table)
+        try:
+            if self.dialect == "duckdb":
+                run: _Run = _DuckDBRun(self, batch, table, names)
+            else:
+                run = _ExecuteManyRun(self, batch, table, names)
+            run.apply(0, batch.size)
+            if batch.action == "upsert" and self.dialect not in _NATIVE_UPSERT:
+                run.insert_missing()
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, f"writing to {table.display}") from exc
+        if batch.action == "update":
+            key = batch.key_field or ""
+            values = batch.records.column(key)
+            for row in run.missing:
+                value = values[row].as_py()
+                shown = "NULL" if value is None else f"'{value}'"
+                run.rejected[row] = f"no record with {key} = {shown} in {table.display}"
+        return BatchResult(rejected=dict(sorted(run.rejected.items())))
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def is_record_error(self, exc: sa.exc.DBAPIError) -> bool:
+        """True when the database blames the values of the record(s), not the statement."""
+        orig = exc.orig
+        if self.dialect == "postgresql" and orig is not None:
+            return postgres_record_error(orig)
+        if self.dialect in ("mysql", "mariadb") and orig is not None and orig.args:
+            return orig.args[0] in _MYSQL_RECORD_ERRORS or isinstance(
+                exc, sa.exc.IntegrityError | sa.exc.DataError
+            )
+        return isinstance(exc, sa.exc.IntegrityError | sa.exc.DataError)
+
+    def _message(self, exc: sa.exc.DBAPIError) -> str:
+        orig = exc.orig
+        if orig is None:
+            return _first_lines(str(exc))
+        if self.dialect == "postgresql":
+            return postgres_message(orig)
+        if self.dialect in ("mysql", "mariadb") and len(orig.args) >= 2:
+            return _first_lines(str(orig.args[1]))
+        return _first_lines(str(orig))
+
+
+def _duckdb_session(dbapi_connection: Any, connection_record: Any) -> None:
+    """Zoned timestamps written to TIMESTAMP columns become UTC, as with MySQL and SQLite,
+    whatever the machine's time zone."""
+    with contextlib.suppress(Exception):  # without ICU, DuckDB already works in UTC
+        dbapi_connection.execute("SET TimeZone = 'UTC'")
+
+
+def _inspected_columns(conn: sa.Connection, schema: str | None, name: str) -> list[_Column] | None:
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(name, schema=schema):
+        return None
+    unique: set[str] = set()
+    primary = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    if len(primary) == 1:
+        unique.add(primary[0])
+    for constraint in inspector.get_unique_constraints(name, schema=schema):
+        if len(constraint["column_names"]) == 1:
+            unique.add(constraint["column_names"][0])
+    for index in inspector.get_indexes(name, schema=schema):
+        names = index["column_names"]
+        if index["unique"] and len(names) == 1 and names[0] is not None:
+            unique.add(names[0])
+    columns = []
+    for column in inspector.get_columns(name, schema=schema):
+        try:
+            type_name = column["type"].compile(dialect=conn.dialect)
+        except Exception:  # a type SQLAlchemy reflects but cannot render
+            type_name = str(column["type"].__class__.__name__)
+        columns.append(
+            _Column(
+                name=column["name"],
+                type=type_name,
+                nullable=bool(column["nullable"]) and column["name"] not in primary,
+                unique=column["name"] in unique,
+            )
+        )
+    return columns
+
+
+def _duckdb_columns(conn: sa.Connection, schema: str | None, name: str) -> list[_Column] | None:
+    """DuckDB columns from its catalog (SQLAlchemy's inspector fails on DuckDB 2.0)."""
+    schema = schema or str(conn.exec_driver_sql("SELECT current_schema()").scalar())
+    rows = conn.exec_driver_sql(
+        "SELECT column_name, data_type, is_nullable = 'YES' FROM information_schema.columns "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ? "
+        "ORDER BY ordinal_position",
+        (schema, name),
+    ).fetchall()
+    if not rows:
+        return None
+    constraints = conn.exec_driver_sql(
+        "SELECT constraint_column_names FROM duckdb_constraints() "
+        "WHERE database_name = current_database() AND schema_name = ? AND table_name = ? "
+        "AND constraint_type IN ('PRIMARY KEY', 'UNIQUE')",
+        (schema, name),
+    ).fetchall()
+    unique = {names[0] for (names,) in constraints if len(names) == 1}
+    indexes = conn.exec_driver_sql(
+        "SELECT expressions FROM duckdb_indexes() WHERE database_name = current_database() "
+        "AND schema_name = ? AND table_name = ? AND is_unique",
+        (schema, name),
+    ).fetchall()
+    for (expressions,) in indexes:  # '[email]', '[\'"Odd Name"\']', '[email, id]'
+        inner = str(expressions)[1:-1].strip("'")
+        if len(inner) > 1 and inner[0] == inner[-1] == '"':
+            unique.add(inner[1:-1].replace('""', '"'))
+        elif "," not in inner:
+            unique.add(inner)
+    return [_Column(name=n, type=t, nullable=bool(null), unique=n in unique) for n, t, null in rows]
+
+
+def _unknown_fields(table: _Table, names: Iterable[str]) -> list[str]:
+    problems = []
+    for name in names:
+        if name not in table.columns:
+            close = difflib.get_close_matches(name, list(table.columns), n=1)
+            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"column '{name}' does not exist on {table.display}{suggestion}")
+    return problems
+
+
+def _batch_columns(batch: Batch, table: _Table) -> list[str]:
+    """The batch's columns to write, key first; DestinationError when they cannot be written."""
+    key = batch.key_field
+    if batch.action != "insert":
+        if not key:
+            raise DestinationError(f"{batch.action} on {table.display} needs a key field")
+        if key not in batch.records.column_names:
+            raise DestinationError(
+                f"the {batch.action} batch for {table.display} has no '{key}' column"
+            )
+    names = [key] if batch.action == "delete" and key else list(batch.records.column_names)
+    unknown = _unknown_fields(table, names)
+    if unknown:
+        raise DestinationError(
+            f"cannot write to {table.display}: {'; '.join(unknown)}",
+            hint="fix the mapping, or add the columns to the table",
+        )
+    if batch.action == "upsert" and key and not table.columns[key].unique:
+        raise DestinationError(
+            f"upsert into {table.display} needs a unique constraint or primary key on {key}",
+            hint=f"add a UNIQUE index or PRIMARY KEY on {key}",
+        )
+    if key and key in names:
+        names.remove(key)
+        names.insert(0, key)
+    return names
+
+
+class _Run:
+    """Applies a batch over row ranges [lo, hi); on a record error, re-runs halves in fresh
+    transactions until each failing record is isolated. For update, rows whose record the
+    statement did not match end up in `missing`."""
+
+    def __init__(self, dest: SqlDestination, batch: Batch, table: _Table, names: list[str]):
+        self.dest = dest
+        self.batch = batch
+        self.table = table
+        self.names = names
+        self.rejected: dict[int, str] = {}
+        self.missing: list[int] = []
+
+    def execute(self, conn: sa.Connection, lo: int, hi: int) -> int | None:
+        """Apply rows lo..hi-1; for update, return how many of them matched a record."""
+        raise NotImplementedError
+
+    def apply(self, lo: int, hi: int) -> None:
+        try:
+            matched = self.dest._in_transaction(lambda conn: self.execute(conn, lo, hi))
+        except sa.exc.DBAPIError as exc:
+            if not self.dest.is_record_error(exc):
+                raise
+            if hi - lo == 1:
+                self.rejected[lo] = self.dest._message(exc)
+            else:
+                self._split(lo, hi)
+            return
+        if matched is not None and matched < hi - lo:
+            # Some records were missing. Updates are idempotent: re-run halves to find them.
+            if matched == 0 or hi - lo == 1:
+                self.missing.extend(range(lo, hi))
+            else:
+                self._split(lo, hi)
+
+    def _split(self, lo: int, hi: int) -> None:
+        mid = (lo + hi) // 2
+        self.apply(lo, mid)
+        self.apply(mid, hi)
+
+    def insert_missing(self) -> None:
+        """Upsert without a native upsert statement: insert what the update did not find."""
+        raise NotImplementedError
+
+
+class _ExecuteManyRun(_Run):
+    """executemany of one statement with bound parameters per record."""
+
+    def __init__(self, dest: SqlDestination, batch: Batch, table: _Table, names: list[str]):
+        super().__init__(dest, batch, table, names)
+        columns = _python_columns(batch.records, names, table, dest.dialect)
+        self.params = [
+            {f"p{i}": v for i, v in enumerate(row)} for row in zip(*columns, strict=True)
+        ]
+        self.target = sa.table(table.name, *[sa.column(n) for n in names], schema=table.schema)
+        self.statement = self._statement(batch.action)
+
+    def _statement(self, action: Action) -> sa.Executable:
+        t, names, dialect = self.target, self.names, self.dest.dialect
+        values: dict[str, Any] = {n: sa.bindparam(f"p{i}") for i, n in enumerate(names)}
+        key = t.c[names[0]]
+        rest = names[1:]
+        if action == "insert" or (action == "upsert" and dialect not in _NATIVE_UPSERT):
+            if action == "upsert":  # first update what exists, then insert the rest
+                return self._statement("update")
+            return sa.insert(t).values(values)
+        if action == "upsert":
+            if dialect in ("mysql", "mariadb"):
+                my_insert = sa_mysql.insert(t).values(values)
+                updates = {n: my_insert.inserted[n] for n in rest} or {names[0]: key}
+                return my_insert.on_duplicate_key_update(updates)
+            dialect_insert = sa_sqlite.insert if dialect == "sqlite" else sa_postgresql.insert
+            insert = dialect_insert(t).values(values)
+            if not rest:
+                return insert.on_conflict_do_nothing(index_elements=[names[0]])
+            return insert.on_conflict_do_update(
+                index_elements=[names[0]], set_={n: insert.excluded[n] for n in rest}
+            )
+        if action == "update":
+            sets: dict[str, Any] = {n: values[n] for n in rest} or {names[0]: key}
+            return sa.update(t).where(key == values[names[0]]).values(sets)
+        return sa.delete(t).where(key == values[names[0]])
+
+    def execute(self, conn: sa.Connection, lo: int, hi: int) -> int | None:
+        result = conn.execute(self.statement, self.params[lo:hi])
+        counts = self.batch.action == "update" or (
+            self.batch.action == "upsert" and self.dest.dialect not in _NATIVE_UPSERT
+        )
+        return result.rowcount if counts else None
+
+    def insert_missing(self) -> None:
+        rows, self.missing = self.missing, []
+        insert = sa.insert(self.target).values(
+            {n: sa.bindparam(f"p{i}") for i, n in enumerate(self.names)}
+        )
+        for row in rows:
+            params = self.params[row]
+
+            def insert_one(conn: sa.Connection, params: dict[str, Any] = params) -> None:
+                conn.execute(insert, params)
+
+            try:
+                self.dest._in_transaction(insert_one)
+            except sa.exc.DBAPIError as exc:
+                if not self.dest.is_record_error(exc):
+                    raise
+                self.rejected[row] = self.dest._message(exc)
+
+
+class _DuckDBRun(_Run):
+    """The batch registered as an Arrow view, applied with one set-based statement per range."""
+
+    def __init__(self, dest: SqlDestination, batch: Batch, table: _Table, names: list[str]):
+        super().__init__(dest, batch, table, names)
+        ordinals = pa.array(range(batch.size), pa.int64())
+        columns = [batch.records.column(n) for n in names]
+        self.stage = pa.table(
+            [ordinals, *columns], names=[_ORD, *[f"c{i}" for i in range(len(names))]]
+        )
+        quote = dest._get_engine().dialect.identifier_preparer.quote_identifier
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        cols = [quote(n) for n in names]
+        values = [f"CAST(s.c{i} AS {table.columns[n].type})" for i, n in enumerate(names)]
+        in_range = f"s.{_ORD} >= ? AND s.{_ORD} < ?"
+        key_matches = f"t.{cols[0]} = {values[0]}"
+        self.found_query: str | None = None
+        if batch.action in ("insert", "upsert"):
+            self.statement = (
+                f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(values)} "
+                f"FROM {_STAGE} s WHERE {in_range}"
+            )
+            if batch.action == "upsert":
+                sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols[1:])
+                action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+                self.statement += f" ON CONFLICT ({cols[0]}) {action}"
+        elif batch.action == "update":
+            self.found_query = (
+                f"SELECT count(*) FROM {_STAGE} s JOIN {target} t ON {key_matches} WHERE {in_range}"
+            )
+            sets = ", ".join(f"{c} = {v}" for c, v in zip(cols[1:], values[1:], strict=True))
+            self.statement = (
+                f"UPDATE {target} AS t SET {sets} FROM {_STAGE} s WHERE {key_matches} AND {in_range}"
+                if sets
+                else ""
+            )
+        else:
+            self.statement = (
+                f"DELETE FROM {target} AS t USING {_STAGE} s WHERE {key_matches} AND {in_range}"
+            )
+
+    def execute(self, conn: sa.Connection, lo: int, hi: int) -> int | None:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.register(_STAGE, self.stage)  # replaces the view a failed attempt may have left
+        matched = None
+        if self.found_query is not None:
+            # fetchall, not scalar: DuckDB refuses more work while a result is unfinished.
+            [(count,)] = conn.exec_driver_sql(self.found_query, (lo, hi)).fetchall()
+            matched = int(count)
+        if self.statement:
+            conn.exec_driver_sql(self.statement, (lo, hi))
+        raw.unregister(_STAGE)
+        return matched
