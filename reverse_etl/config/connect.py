@@ -1,0 +1,260 @@
+"""`retl validate --connect`: check syncs against the live warehouse and destination.
+
+The SQL runs with `LIMIT 0`, so nothing is read; every source column the sync uses must be in
+its result, and the destination must accept the object, fields, key and action. Whatever fails,
+even an unreachable server, becomes a Problem at the line to fix, never an exception. Messages
+from drivers are cut to their first line and have secrets masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from reverse_etl.config.checks import action_for, is_secret_key
+from reverse_etl.config.problems import Problem
+from reverse_etl.config.project import Project, Sync, did_you_mean
+from reverse_etl.errors import RetlError
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:)(?P<password>[^@/\s]+)@")
+MASK = "***"
+
+_Failure = tuple[str, str | None]
+
+
+class _Column(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _Warehouse(Protocol):
+    def columns(self, sql: str) -> Sequence[_Column]: ...
+
+    def close(self) -> None: ...
+
+
+class _Destination(Protocol):
+    def check(
+        self, object: str, fields: Sequence[str], key_field: str | None, action: Any
+    ) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+def connect_checks(project: Project, syncs: Iterable[Sync]) -> list[Problem]:
+    """Problems found by running each sync's SQL with LIMIT 0 and asking its destination to
+    check the mapping. Warehouses and destinations are opened once each and always closed."""
+    checker = _ConnectChecker(project)
+    problems: list[Problem] = []
+    try:
+        for sync in syncs:
+            problems.extend(checker.check(sync))
+    finally:
+        checker.close()
+    return problems
+
+
+class _ConnectChecker:
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.secrets = _secrets_of(project)
+        # name -> an open connection, or (message, hint) saying why it could not be opened
+        self.warehouses: dict[str, _Warehouse | _Failure] = {}
+        self.destinations: dict[str, _Destination | _Failure] = {}
+
+    def check(self, sync: Sync) -> list[Problem]:
+        config, project_config = sync.config, self.project.config
+        if config is None or sync.sql is None or project_config is None:
+            return []
+        problems: list[Problem] = []
+        doc = sync.document
+        if config.warehouse in project_config.warehouses and not self._broken(
+            "warehouses", config.warehouse
+        ):
+            warehouse = self._warehouse(config.warehouse)
+            if isinstance(warehouse, tuple):
+                problems.append(doc.problem(("warehouse",), *warehouse))
+            else:
+                problems.extend(self._check_columns(sync, warehouse))
+        name = config.destination.name
+        if name in project_config.destinations and not self._broken("destinations", name):
+            destination = self._destination(name)
+            if isinstance(destination, tuple):
+                problems.append(doc.problem(("destination", "name"), *destination))
+            else:
+                problems.extend(self._check_destination(sync, destination))
+        return problems
+
+    def close(self) -> None:
+        for resource in [*self.warehouses.values(), *self.destinations.values()]:
+            if not isinstance(resource, tuple):
+                with contextlib.suppress(Exception):  # best effort: validation is done
+                    resource.close()
+
+    # --- warehouse --------------------------------------------------------------------------
+
+    def _warehouse(self, name: str) -> _Warehouse | _Failure:
+        if name not in self.warehouses:
+            from reverse_etl.warehouse import open_warehouse
+
+            assert self.project.config is not None
+            block = self.project.config.warehouses[name]
+            try:
+                self.warehouses[name] = open_warehouse(
+                    name, block.url, self.project.root, query_timeout=block.query_timeout
+                )
+            except Exception as exc:
+                self.warehouses[name] = self._failure(
+                    exc, f"cannot connect to warehouse '{name}'", _reach_hint("warehouse")
+                )
+        return self.warehouses[name]
+
+    def _check_columns(self, sync: Sync, warehouse: _Warehouse) -> list[Problem]:
+        config = sync.config
+        assert config is not None and sync.sql is not None
+        doc = sync.document
+        try:
+            columns = [column.name for column in warehouse.columns(sync.sql)]
+        except Exception as exc:
+            where = ("source", "sql") if config.source.sql is not None else ("source", "file")
+            message, hint = self._failure(
+                exc,
+                f"query on warehouse '{config.warehouse}' failed",
+                "run the query in the warehouse's own client to see the whole error",
+            )
+            return [doc.problem(where, message, hint)]
+        known = set(columns)
+        problems: list[Problem] = []
+
+        def require(column: str, path: tuple[str | int, ...]) -> None:
+            if column in known:
+                return
+            problems.append(
+                doc.problem(
+                    path,
+                    f"column '{column}' is not in the source query's result",
+                    _column_hint(column, columns),
+                )
+            )
+
+        for field, source in config.mapping.items():
+            for column in dict.fromkeys(source.columns):
+                require(column, ("mapping", field))
+        require(config.primary_key, ("primary_key",))
+        if config.incremental is not None:
+            require(config.incremental.column, ("incremental", "column"))
+        return problems
+
+    # --- destination ------------------------------------------------------------------------
+
+    def _destination(self, name: str) -> _Destination | _Failure:
+        if name not in self.destinations:
+            from reverse_etl.destinations import build_destination
+
+            assert self.project.config is not None
+            block = self.project.config.destinations[name]
+            try:
+                destination = build_destination(
+                    name, {"type": block.type, **block.options()}, self.project.root
+                )
+                destination.open()
+                self.destinations[name] = destination
+            except Exception as exc:
+                self.destinations[name] = self._failure(
+                    exc, f"cannot connect to destination '{name}'", _reach_hint("destination")
+                )
+        return self.destinations[name]
+
+    def _check_destination(self, sync: Sync, destination: _Destination) -> list[Problem]:
+        config = sync.config
+        assert config is not None
+        path = ("destination", "object")
+        try:
+            messages = destination.check(
+                config.destination.object,
+                list(config.mapping),
+                sync.key_field(),
+                action_for(config.mode),
+            )
+        except Exception as exc:
+            message, hint = self._failure(
+                exc, f"destination '{config.destination.name}' cannot check the mapping", None
+            )
+            return [sync.document.problem(path, message, hint)]
+        return [sync.document.problem(path, self._mask(message)) for message in messages]
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _broken(self, section: str, name: str) -> bool:
+        """True when retl.yml already has an error in this block: connecting would only
+        repeat it (or send a literal secret or an uninterpolated ${VAR} to a server)."""
+        prefix = f"{section}.{name}"
+        return any(
+            p.severity == "error" and (p.field == prefix or p.field.startswith(prefix + "."))
+            for p in self.project.problems
+        )
+
+    def _failure(self, exc: BaseException, context: str, hint: str | None) -> _Failure:
+        """(message, hint) for an exception: retl's own errors already say what failed; a
+        driver's exception gets `context` and its class name. Only the first line is kept."""
+        if isinstance(exc, RetlError):
+            return self._mask(_first_line(exc.message)), exc.hint or hint
+        detail = _first_line(str(exc))
+        detail = f"{exc.__class__.__name__}: {detail}" if detail else exc.__class__.__name__
+        return self._mask(f"{context}: {detail}"), hint
+
+    def _mask(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+
+
+def _secrets_of(project: Project) -> list[str]:
+    """Secret values of retl.yml after ${ENV} interpolation: URL passwords and secret options."""
+    found: set[str] = set()
+    config = project.config
+    if config is None:
+        return []
+    values: list[tuple[str, Any]] = [("url", block.url) for block in config.warehouses.values()]
+    for block in config.destinations.values():
+        values.extend(block.options().items())
+    for alert in config.alerts.values():
+        values.extend(alert.model_dump().items())
+    while values:
+        key, value = values.pop()
+        if isinstance(value, dict):
+            values.extend((str(k), v) for k, v in value.items())
+            continue
+        if not isinstance(value, str) or not value:
+            continue
+        if is_secret_key(key):
+            found.add(value)
+        for match in _URL_PASSWORD.finditer(value):
+            found.add(match.group("password"))
+    # Longest first, so that a secret containing another is masked whole.
+    return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _column_hint(column: str, columns: list[str]) -> str:
+    close = did_you_mean(column, columns)
+    if close is None:
+        same_case = [c for c in columns if c.lower() == column.lower()]
+        if same_case:
+            return f"did you mean '{same_case[0]}'? (column names are case-sensitive)"
+    if close is not None:
+        return close
+    listed = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+    return f"the query returns: {listed}" if columns else "the query returns no columns"
+
+
+def _reach_hint(what: str) -> str:
+    return f"check the {what}'s url and credentials in retl.yml and that the server is reachable"
+
+
+__all__ = ["connect_checks"]
