@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,11 @@ def engine_connection(
     tmp_dir: Path | None = None, memory_limit: str = "512MB", *, keep_order: bool = False
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB for the diff that spills to `tmp_dir` instead of growing past the
-    limit; row order is only kept when asked (it costs memory)."""
+    limit; row order is only kept when asked (it costs memory).
+
+    Its time zone is UTC whatever the machine's: timestamps with a time zone are cast to text
+    for the record hash, and that text must not change with where retl runs.
+    """
     config: dict[str, str | bool | int | float | list[str]] = {
         "memory_limit": memory_limit,
         "preserve_insertion_order": str(keep_order).lower(),
@@ -35,7 +40,11 @@ def engine_connection(
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(tmp_dir)
-    return duckdb.connect(":memory:", config=config)
+    con = duckdb.connect(":memory:", config=config)
+    # Without the ICU extension this fails, and DuckDB renders every timestamp in UTC anyway.
+    with contextlib.suppress(duckdb.Error):
+        con.execute("SET TimeZone = 'UTC'")
+    return con
 
 
 def source_sql(sync: Sync, watermark: str | None) -> str:
