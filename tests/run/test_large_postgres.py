@@ -135,6 +135,7 @@ def test_a_run_killed_half_way_is_finished_by_the_next_run(
     assert len(at_kill) - len(acknowledged) <= batch_size
     (killed,) = project.runs()
     assert killed["status"] == "running"
+    assert project.plan_counts()["create"] == ROWS - len(acknowledged)
 
     pg.execute(f"DROP TRIGGER slow ON {pg.schema}.contacts")
     run = project.run_json()

@@ -201,6 +201,39 @@ def test_null_and_duplicate_primary_keys_are_row_errors_never_sent(
     assert "3" not in project.state_keys()
 
 
+def test_a_delivered_key_that_becomes_duplicate_is_neither_updated_nor_deleted(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.write_sync(
+        on_removed="delete", allow_destructive=True, limits={"max_row_error_ratio": 1}
+    )
+    project.set_source([(k, f"n{k}") for k in range(1, 11)])
+    project.run_json()
+    project.set_source([(k, f"n{k}") for k in range(1, 11)] + [(3, "dup")])
+
+    plan = project.plan_counts()
+    project.run_json()
+
+    assert (plan["update"], plan["delete"], plan["error"]) == (0, 0, 2)
+    assert pg.rows() == [(k, f"n{k}") for k in range(1, 11)]
+
+
+def test_one_duplicate_key_in_an_otherwise_unchanged_source_stays_under_the_error_ratio(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    """2 bad rows of 101 are 2%, under the default max_row_error_ratio of 0.1, whether or not
+    other rows changed in the same run."""
+    project.write_sync()
+    project.set_source([(k, f"n{k}") for k in range(1, 101)])
+    project.run_json()
+    project.set_source([(k, f"n{k}") for k in range(1, 101)] + [(3, "dup")])
+
+    run = project.run_json()
+
+    assert run["status"] == "success"
+    assert run["counts"]["error"] == 2
+
+
 def test_null_and_duplicate_keys_above_the_error_ratio_fail_the_run(
     project: RetlProject, pg: PostgresDb
 ) -> None:

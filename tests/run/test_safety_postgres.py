@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import duckdb
 import pytest
 from run_harness import PostgresDb, RetlProject
 
@@ -196,6 +197,22 @@ def test_plan_never_writes(project: RetlProject, pg: PostgresDb) -> None:
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before
     assert not path.with_name(path.name + ".wal").exists()
     assert pg.rows() == TEN
+
+
+def test_state_holds_keys_and_hashes_never_values(project: RetlProject, pg: PostgresDb) -> None:
+    project.write_sync()
+    project.set_source([(1, "a very recognisable name")])
+    project.run_json()
+
+    con = duckdb.connect(str(project.state_dir / "contacts.duckdb"), read_only=True)
+    try:
+        columns = [r[0] for r in con.execute("DESCRIBE snapshot").fetchall()]
+        (row,) = con.execute("SELECT key, hash FROM snapshot").fetchall()
+    finally:
+        con.close()
+    assert columns == ["key", "hash", "synced_at"]
+    assert row[0] == "1" and len(row[1]) == 32
+    assert b"recognisable" not in (project.state_dir / "contacts.duckdb").read_bytes()
 
 
 # -- locks -------------------------------------------------------------------------------------
