@@ -4,10 +4,12 @@ warehouse from the CSVs. A change to either script must come with the regenerate
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
 import duckdb
+import pytest
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
 
@@ -60,3 +62,72 @@ def test_warehouse_keeps_the_messy_values_the_syncs_clean_up() -> None:
     assert padded_emails > 0
     assert mixed_case_plans > 0
     assert anonymous_events is not None and anonymous_events[0] > 0
+
+
+REPO = DEMO.parents[1]
+
+
+def test_demo_project_at_the_repo_root_validates() -> None:
+    from reverse_etl.config import load_project
+
+    project = load_project(REPO, env={})
+
+    assert [p.format() for p in project.all_problems] == []
+    modes = {name: sync.config.mode for name, sync in project.syncs.items() if sync.config}
+    assert set(modes.values()) == {"insert", "update", "upsert", "delete"}
+    assert all(sync.config and sync.config.description for sync in project.syncs.values())
+
+
+def test_demo_runs_end_to_end_and_leaves_the_warehouse_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+    import sqlite3
+
+    from reverse_etl.cli import main
+
+    for name in ("retl.yml", "syncs", "sql", "examples/demo/warehouse.duckdb"):
+        source, target = REPO / name, tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copyfile(source, target)
+    warehouse = (tmp_path / "examples/demo/warehouse.duckdb").read_bytes()
+
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--all", "--json", "--project-dir", str(tmp_path)])
+
+    document = json.loads(capsys.readouterr().out)
+    assert caught.value.code == 0, document
+    statuses = {run["sync"]: run["status"] for run in document["runs"]}
+    assert statuses == {
+        "accounts_to_app": "success",
+        "account_health": "success",
+        "customers_to_app": "success",
+        "events_export": "success",
+        "gdpr_erasure": "skipped",
+    }
+    with duckdb.connect(str(DEMO / "warehouse.duckdb"), read_only=True) as con:
+        active = con.execute("SELECT count(*) FROM analytics.active_customers").fetchone()
+    app = sqlite3.connect(tmp_path / "demo_output" / "app.sqlite")
+    try:
+        contacts = app.execute("SELECT count(*) FROM contacts").fetchone()
+        scored = app.execute(
+            "SELECT count(*) FROM accounts WHERE health_score IS NOT NULL"
+        ).fetchone()
+    finally:
+        app.close()
+    assert active is not None and contacts == (active[0],)
+    assert scored is not None and scored[0] > 0
+    assert any((tmp_path / "demo_output" / "exports").rglob("*"))
+    assert (tmp_path / "examples/demo/warehouse.duckdb").read_bytes() == warehouse
+
+    with pytest.raises(SystemExit) as caught:
+        main(["plan", "--all", "--json", "--project-dir", str(tmp_path)])
+    plans = json.loads(capsys.readouterr().out)["syncs"]
+    assert caught.value.code == 0
+    for plan in plans:
+        if plan["name"] != "gdpr_erasure":
+            changes = {op: plan["counts"][op] for op in ("create", "update", "delete")}
+            assert changes == {"create": 0, "update": 0, "delete": 0}, plan["name"]
