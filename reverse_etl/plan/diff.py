@@ -93,6 +93,7 @@ def build_plan(
     source_rows: int,
     full_resync: bool = False,
     only_keys: Iterable[str] | None = None,
+    retry_keys: Iterable[str] = (),
     incremental_from: str | None = None,
     stored_config_hash: str | None = None,
     config_hash: str | None = None,
@@ -114,6 +115,12 @@ def build_plan(
         con.register("retl_only_keys", pa.table({"key": pa.array(list(only_keys), pa.string())}))
         key_filter = f" AND g.{key} IN (SELECT key FROM retl_only_keys)"
 
+    # Dead letters are retried even when the source went back to the delivered value.
+    retry = list(retry_keys)
+    retried = ""
+    if retry:
+        con.register("retl_retry_keys", pa.table({"key": pa.array(retry, pa.string())}))
+        retried = f" OR g.{key} IN (SELECT key FROM retl_retry_keys)"
     operation = _OPERATION[mode]
     cases = " ".join(
         f"WHEN '{change}' THEN '{op}'" for change, op in operation.items() if op is not None
@@ -121,7 +128,7 @@ def build_plan(
     con.execute(
         f"CREATE OR REPLACE TABLE {OPS_TABLE} AS "
         f"SELECT CASE {CHANGE_COLUMN} {cases} ELSE NULL END AS {OP_COLUMN}, * FROM ("
-        f"SELECT CASE WHEN s.key IS NULL THEN 'new' WHEN s.hash <> g.{HASH_COLUMN} THEN 'changed' "
+        f"SELECT CASE WHEN s.key IS NULL THEN 'new' WHEN s.hash <> g.{HASH_COLUMN}{retried} THEN 'changed' "
         f"ELSE 'unchanged' END AS {CHANGE_COLUMN}, g.* "
         f"FROM {SOURCE_TABLE} g LEFT JOIN {snapshot} s ON s.key = g.{key} "
         f"WHERE g.{key} IS NOT NULL AND g.{key} NOT IN "

@@ -141,6 +141,7 @@ class Engine:
             source_rows=source.rows,
             full_resync=full_resync,
             only_keys=only_keys,
+            retry_keys=self.dead_letters.keys(sync.name),
             incremental_from=watermark if sync.config.incremental else None,
             stored_config_hash=meta.config_hash,
             config_hash=sync.config_hash(self._destination_block(sync)),
@@ -286,9 +287,9 @@ class _Delivery:
         }
         self.total = plan.counts.to_send
         self.sent = 0
-        self.allowed_errors = self.config.limits.max_row_error_ratio * (
-            self.total + plan.counts.error
-        )
+        # The ratio is over every row the run looked at: unchanged rows count as fine.
+        self.rows_considered = max(1, plan.source_rows + plan.removed_deletes)
+        self.allowed_errors = self.config.limits.max_row_error_ratio * self.rows_considered
         self.writer.execute("CREATE OR REPLACE TABLE retl_rejected (key VARCHAR)")
         self.acks = _AcknowledgementWriter(self.writer)
 
@@ -381,7 +382,7 @@ class _Delivery:
                 raise _TooManyRejections(
                     f"{self.counts['rejected']} records rejected by the destination, above "
                     f"limits.max_row_error_ratio = {self.config.limits.max_row_error_ratio:g} of "
-                    f"{self.total + self.plan.counts.error}; the run stopped"
+                    f"{self.rows_considered} rows; the run stopped"
                 )
 
     def _acknowledge(
