@@ -363,3 +363,36 @@ def test_full_resync_resends_every_row(project: RetlProject, pg: PostgresDb) -> 
     assert run["counts"]["create"] == 20
     assert pg.rows() == [(k, f"n{k}") for k in range(1, 21)]
     assert project.plan_counts()["unchanged"] == 20
+
+
+def test_full_resync_of_an_incremental_sync_reads_below_the_watermark_too(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.write_sync(incremental={"column": "updated_at"})
+    set_events(project, [(1, "a1", "2024-01-01"), (2, "a2", "2024-01-02")])
+    project.run_json()
+    project.warehouse("UPDATE src SET name = 'changed quietly' WHERE id = 1")
+    assert project.plan_counts()["update"] == 0  # below the watermark: not read
+
+    run = project.run_json("contacts", "--full-resync")
+
+    assert run["counts"]["create"] == 2
+    assert pg.rows() == [(1, "changed quietly"), (2, "a2")]
+    assert project.state_show()["watermark"].startswith("2024-01-02")
+
+
+def test_a_changed_mapping_changes_every_record(project: RetlProject, pg: PostgresDb) -> None:
+    pg.execute(f"ALTER TABLE {pg.schema}.contacts ADD COLUMN source_system text")
+    project.write_sync()
+    project.set_source([(k, f"n{k}") for k in range(1, 6)])
+    project.run_json()
+    project.write_sync(
+        mapping={"id": "id", "name": "name", "source_system": {"value": "warehouse"}}
+    )
+
+    plan = project.plan_json()
+    project.run_json()
+
+    assert plan["config_changed"] is True
+    assert plan["counts"]["update"] == 5
+    assert pg.rows(columns="id, source_system") == [(k, "warehouse") for k in range(1, 6)]
