@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -17,7 +17,9 @@ from reverse_etl.config.project import (
     model_problems,
 )
 from reverse_etl.config.yamlio import YamlDocument, uses_env
-from reverse_etl.destinations.base import connector_types
+
+if TYPE_CHECKING:
+    from reverse_etl.destinations.base import Destination
 
 SECRET_KEYS = {
     "token",
@@ -106,7 +108,7 @@ def _env_name(path: tuple[str | int, ...]) -> str:
 
 def _check_destinations(project: Project) -> None:
     assert project.config is not None
-    known = connector_types()
+    known = _connector_types()
     for name, block in project.config.destinations.items():
         cls = known.get(block.type)
         if cls is None:
@@ -126,6 +128,13 @@ def _check_destinations(project: Project) -> None:
                     cls.options_model, project.document, exc.errors(), ("destinations", name)
                 )
             )
+
+
+def _connector_types() -> dict[str, type[Destination]]:
+    # Imported when needed: loading the connectors pulls in every database driver.
+    from reverse_etl.destinations.base import connector_types
+
+    return connector_types()
 
 
 def _known_types(known: Iterable[str]) -> str:
@@ -227,7 +236,7 @@ def _check_sync(project: Project, sync: Sync) -> None:
 
     if project_config is not None and config.destination.name in project_config.destinations:
         block = project_config.destinations[config.destination.name]
-        cls = connector_types().get(block.type)
+        cls = _connector_types().get(block.type)
         if cls is not None:
             action = action_for(config.mode)
             mode_is_valid = not any(p.field == "mode" for p in problems)  # else a stand-in
