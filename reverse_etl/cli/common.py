@@ -13,9 +13,17 @@ from rich.console import Console
 
 from reverse_etl.config import Problem, Project, Sync, find_project_root, load_project
 
+def _console(stderr: bool) -> Console:
+    """Rich console; in CI logs and pipes (no terminal, no COLUMNS) tables get 120 columns
+    instead of rich's 80 so that they stay readable."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
 # Human text goes to stderr so that --json output on stdout stays machine readable.
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 ProjectDirOption = Annotated[
     Path | None,
