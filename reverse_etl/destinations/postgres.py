@@ -612,14 +612,19 @@ def _copy(cur: Cursor, stage: pa.Table) -> None:
 
 
 def _statement(
-    batch: Batch, table: _Table, columns: list[_Column], lo: sql.SQL, hi: sql.SQL
+    batch: Batch, table: _Table, columns: list[_Column], in_plpgsql: bool = False
 ) -> sql.Composed:
-    """The one set-based statement for the batch, over the stage rows with ordinals lo..hi."""
+    """The one set-based statement for the batch, over the stage rows with ordinals %s..%s; or,
+    `in_plpgsql`, for the one record `_retl_i` as a static PL/pgSQL statement (no result)."""
     target = table.ident
     stage = sql.Identifier(_STAGE)
     t = sql.Identifier("_retl_target")
     ordinal = sql.Identifier(_ORD)
-    in_range = sql.SQL("s.{} BETWEEN {} AND {}").format(ordinal, lo, hi)
+    in_range = (
+        sql.SQL("s.{} = _retl_i").format(ordinal)  # equality: always planned as an index probe
+        if in_plpgsql
+        else sql.SQL("s.{} BETWEEN %s AND %s").format(ordinal)
+    )
     values = [
         col.cast(sql.SQL("s.{}").format(sql.Identifier(f"c{i}"))) for i, col in enumerate(columns)
     ]
@@ -640,50 +645,67 @@ def _statement(
         return sql.SQL("{} ON CONFLICT ({}) {}").format(insert, names[0], action)
     if batch.action == "update":
         if len(columns) == 1:  # nothing to set: report which records exist
-            return sql.SQL("SELECT s.{} FROM {} s JOIN {} {} ON {} WHERE {}").format(
-                ordinal, stage, target, t, key_matches, in_range
+            return sql.SQL("{} s.{} FROM {} s JOIN {} {} ON {} WHERE {}").format(
+                sql.SQL("PERFORM" if in_plpgsql else "SELECT"),
+                ordinal,
+                stage,
+                target,
+                t,
+                key_matches,
+                in_range,
             )
         sets = [sql.SQL("{} = {}").format(n, v) for n, v in zip(names[1:], values[1:], strict=True)]
-        return sql.SQL("UPDATE {} AS {} SET {} FROM {} s WHERE {} AND {} RETURNING s.{}").format(
-            target, t, sql.SQL(", ").join(sets), stage, key_matches, in_range, ordinal
+        update = sql.SQL("UPDATE {} AS {} SET {} FROM {} s WHERE {} AND {}").format(
+            target, t, sql.SQL(", ").join(sets), stage, key_matches, in_range
         )
+        return update if in_plpgsql else sql.SQL("{} RETURNING s.{}").format(update, ordinal)
     return sql.SQL("DELETE FROM {} AS {} USING {} s WHERE {} AND {}").format(
         target, t, stage, key_matches, in_range
     )
 
 
-# Runs the statement record by record on the server, each in its own subtransaction, and notes
-# the outcome of each in a temporary table: one round trip for a whole range of suspects.
+# A temporary function that runs the statement record by record, each in its own subtransaction,
+# and returns the records that failed (with the message) or matched: one round trip for a whole
+# range of suspects. The statement is static PL/pgSQL, so it is planned once per batch.
 _EACH_RECORD = """
-DECLARE _retl_i bigint; _retl_n bigint; _retl_detail text;
+CREATE OR REPLACE FUNCTION pg_temp._retl_each_record(_retl_lo bigint, _retl_hi bigint)
+RETURNS TABLE (_retl_out_ord bigint, _retl_out_message text) LANGUAGE plpgsql
+AS $_retl_$
+DECLARE _retl_i bigint; _retl_n bigint; _retl_message text; _retl_detail text;
 BEGIN
-  FOR _retl_i IN {lo}..{hi} LOOP
+  FOR _retl_i IN _retl_lo.._retl_hi LOOP
+    _retl_n := 0;
+    _retl_message := NULL;
     BEGIN
-      EXECUTE {statement} USING _retl_i, _retl_i;
+      {statement};
       GET DIAGNOSTICS _retl_n = ROW_COUNT;
-      IF _retl_n > 0 THEN INSERT INTO _retl_outcome VALUES (_retl_i, NULL); END IF;
     EXCEPTION WHEN OTHERS THEN
       IF left(SQLSTATE, 2) NOT IN ({record_classes}) THEN RAISE; END IF;
       GET STACKED DIAGNOSTICS _retl_detail = PG_EXCEPTION_DETAIL;
-      INSERT INTO _retl_outcome VALUES (
-        _retl_i, SQLERRM || coalesce(': ' || nullif(_retl_detail, ''), ''));
+      _retl_message := SQLERRM || coalesce(': ' || nullif(_retl_detail, ''), '');
     END;
+    IF _retl_message IS NOT NULL OR _retl_n > 0 THEN
+      _retl_out_ord := _retl_i;
+      _retl_out_message := _retl_message;
+      RETURN NEXT;
+    END IF;
   END LOOP;
 END
+$_retl_$
 """
 
 
 class _StatementRun:
     """Runs the batch statement over an ordinal range. On a record error it rolls back to a
-    savepoint and bisects the range; ranges of at most `each_below` suspects are then tried
-    record by record on the server (or, without PL/pgSQL, from here)."""
+    savepoint and bisects the range; ranges of fewer than `each_below` suspects are then tried
+    record by record on the server (or, without PL/pgSQL, bisected down to single records)."""
 
     each_below = 256
 
     def __init__(self, conn: Connection, batch: Batch, table: _Table, columns: list[_Column]):
         self.conn = conn
-        self.statement = _statement(batch, table, columns, sql.SQL("%s"), sql.SQL("%s"))
-        self.by_record = _statement(batch, table, columns, sql.SQL("$1"), sql.SQL("$2"))
+        self.statement = _statement(batch, table, columns)
+        self.by_record = _statement(batch, table, columns, in_plpgsql=True)
         self.rejected: dict[int, str] = {}
         self.found: set[int] = set()
         self._query = b""
@@ -695,7 +717,7 @@ class _StatementRun:
             self._query = self.statement.as_bytes(cur)
         try:
             with self.conn.transaction():
-                cur.execute(self._query, (lo, hi))
+                cur.execute(self._query, (lo, hi), prepare=False)  # ranges vary: plan each
                 if cur.description is not None:
                     self.found.update(row[0] for row in cur.fetchall())
             return
@@ -715,35 +737,36 @@ class _StatementRun:
     def _start_isolating(self, cur: Cursor) -> None:
         if self._isolating:
             return
+        self._isolating = True
         stage, ordinal = sql.Identifier(_STAGE), sql.Identifier(_ORD)
         cur.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage, ordinal))
         cur.execute(sql.SQL("ANALYZE {}").format(stage))
-        cur.execute(
-            "CREATE TEMPORARY TABLE _retl_outcome (ord bigint, message text) ON COMMIT DROP"
-        )
-        self._isolating = True
-
-    def _each_record(self, cur: Cursor, lo: int, hi: int) -> bool:
-        """Try records lo..hi one by one on the server; False when PL/pgSQL is unavailable."""
-        body = sql.SQL(_EACH_RECORD).format(
-            lo=sql.Literal(lo),
-            hi=sql.Literal(hi),
-            statement=sql.Literal(self.by_record.as_string(cur)),
+        function = sql.SQL(_EACH_RECORD).format(
+            statement=self.by_record,
             record_classes=sql.SQL(", ").join(
                 sql.Literal(c) for c in sorted(_RECORD_ERROR_CLASSES)
             ),
         )
         try:
             with self.conn.transaction():
-                cur.execute(sql.SQL("DO {}").format(sql.Literal(body.as_string(cur))))
+                cur.execute(function)
+        except psycopg.Error as exc:
+            if _is_transient(exc):
+                raise
+            self._server_loop = False  # no PL/pgSQL here (or not allowed): bisect instead
+
+    def _each_record(self, cur: Cursor, lo: int, hi: int) -> bool:
+        """Try records lo..hi one by one on the server."""
+        try:
+            with self.conn.transaction():
+                outcome = cur.execute(
+                    "SELECT * FROM pg_temp._retl_each_record(%s, %s)", (lo, hi)
+                ).fetchall()
         except psycopg.Error as exc:
             if is_record_error(exc) or _is_transient(exc):
                 raise
-            self._server_loop = False  # no PL/pgSQL here (or not allowed): bisect instead
+            self._server_loop = False
             return False
-        outcome = cur.execute(
-            "SELECT ord, message FROM _retl_outcome WHERE ord BETWEEN %s AND %s", (lo, hi)
-        ).fetchall()
         for ord, message in outcome:
             if message is None:
                 self.found.add(ord)
