@@ -471,6 +471,8 @@ def test_delivery_reconnects_after_the_connection_is_dropped(
 ) -> None:
     name = f"drop_{uuid.uuid4().hex[:8]}"
     with build_destination(name, {"type": "postgres", "url": postgres_url}, tmp_path) as dest:
+        assert isinstance(dest, PostgresDestination)
+        dest.retry_wait_seconds = 0  # type: ignore[misc]
         dest.deliver(batch(contacts, "upsert", "customer_id", customer_id=[1]))
         sql.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
