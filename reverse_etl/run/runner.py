@@ -330,6 +330,8 @@ class _Delivery:
             meta["watermark"] = self._next_watermark()
         SnapshotStore.acknowledge(self.writer, None, None, **meta)
         if failed is None:
+            self._forget_dead_letters_that_left_the_source()
+        if failed is None:
             self.engine._end(self.outcome, "success", None)
         else:
             self.engine._end(self.outcome, "failed", failed, hint)
@@ -419,6 +421,25 @@ class _Delivery:
             if done:
                 self.dead_letters.remove(self.sync.name, done)
                 self.pending_dead_letters -= done
+
+    def _forget_dead_letters_that_left_the_source(self) -> None:
+        """A rejected row that is no longer in the source (nor to be deleted) has nothing left
+        to retry. Incremental reads cannot tell, so they keep their dead letters."""
+        if not self.pending_dead_letters or self.config.incremental is not None:
+            return
+        if self.options.only_dead_letters:
+            return
+        self.writer.register(
+            "retl_pending",
+            pa.table({"key": pa.array(sorted(self.pending_dead_letters), pa.string())}),
+        )
+        gone = self.writer.execute(
+            f"SELECT key FROM retl_pending WHERE key NOT IN (SELECT {KEY_COLUMN} FROM {OPS_TABLE}) "
+            f"AND key NOT IN (SELECT {KEY_COLUMN} FROM {SOURCE_TABLE} WHERE {KEY_COLUMN} IS NOT NULL)"
+        ).fetchall()
+        self.writer.unregister("retl_pending")
+        if gone:
+            self.dead_letters.remove(self.sync.name, [str(row[0]) for row in gone])
 
     def _next_watermark(self) -> str | None:
         row = self.writer.execute(

@@ -156,3 +156,18 @@ def test_a_dead_letter_is_retried_by_the_next_run_even_if_its_row_went_back_to_t
     # SPEC §4: dead letters are "retried automatically on the next run".
     assert run["counts"]["update"] == 1
     assert checked.dead_letters() == []
+
+
+def test_a_dead_letter_whose_row_left_the_source_is_forgotten(
+    checked: RetlProject, pg: PostgresDb
+) -> None:
+    checked.write_sync(limits={"max_row_error_ratio": 0.1})
+    checked.run_json()
+    assert len(checked.dead_letters()) == len(BAD)
+
+    checked.warehouse("DELETE FROM src WHERE name LIKE 'bad%'")
+    run = checked.run_json()
+
+    assert run["status"] == "success"
+    assert run["counts"]["rejected"] == 0
+    assert checked.dead_letters() == []
