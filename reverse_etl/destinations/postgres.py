@@ -3,8 +3,9 @@
 Each batch is written with pyarrow's CSV writer into a temporary table of `text` columns plus a
 row ordinal, then applied with ONE set-based statement per action that casts every column to the
 target column's type. When that statement fails on some records, it is re-run on halves of the
-ordinal range inside savepoints until the failing records are isolated; the other records land and
-each failing one is reported with the database's message. One transaction (commit) per batch.
+ordinal range inside savepoints (no second COPY); once a failing range is small, a temporary
+PL/pgSQL function tries its records one by one on the server. The other records land and each
+failing one is reported with the database's message. One transaction (commit) per batch.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def _unquote(name: str) -> str:
 
 
 def is_record_error(exc: BaseException) -> bool:
+    """True when PostgreSQL blames the values of a record (a rejection), not the statement."""
     state = getattr(exc, "sqlstate", None) or ""
     return state[:2] in _RECORD_ERROR_CLASSES
 
@@ -215,6 +217,9 @@ def _as_csv_text(column: pa.ChunkedArray, target: _Column) -> pa.ChunkedArray:
         return column.cast(pa.large_string())
     if t.is_float16(dtype):
         return column.cast(pa.float32())
+    if t.is_timestamp(dtype) and dtype.tz and dtype.tz not in ("UTC", "Z", "+00:00"):
+        # Written in UTC ("...Z"), so a column without time zone gets the UTC wall time too.
+        return column.cast(pa.timestamp(dtype.unit, "UTC"))
     if t.is_duration(dtype):
         unit = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "microseconds"}
         if dtype.unit == "ns":
@@ -306,8 +311,10 @@ class PostgresDestination(Destination):
                 hint="check the destination url and that the server is running and reachable",
             ) from exc
         assert self._conn is not None
-        # Staged batches of ~100k rows stay in memory instead of spilling temp-table pages.
+        # Staged batches of ~100k rows stay in memory instead of spilling temp-table pages;
+        # timestamps without a zone are UTC, whatever the server's default time zone.
         self._conn.execute("SET temp_buffers = '128MB'")
+        self._conn.execute("SET TimeZone = 'UTC'")
         return self._conn
 
     def _query(self, query: sql.Composed | sql.SQL | str, params: Sequence[Any] = ()) -> list[Any]:

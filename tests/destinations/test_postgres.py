@@ -115,6 +115,24 @@ def test_null_stays_null_and_empty_string_stays_empty(
     ]
 
 
+def test_timestamps_without_a_zone_are_utc_and_zoned_ones_become_utc_wall_time(
+    dest: PostgresDestination, sql: Any, pg_schema: str
+) -> None:
+    sql.execute(
+        f"CREATE TABLE {pg_schema}.times (id int PRIMARY KEY, aware timestamptz, naive timestamp)"
+    )
+    naive = pa.array([dt.datetime(2024, 1, 1, 12)], pa.timestamp("us"))
+    paris = pa.array(
+        [dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC)], pa.timestamp("us", "Europe/Paris")
+    )
+
+    dest.deliver(batch(f"{pg_schema}.times", "insert", None, id=[1], aware=naive, naive=paris))
+
+    assert rows(sql, f"{pg_schema}.times") == [
+        (1, dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC), dt.datetime(2024, 1, 1, 12))
+    ]
+
+
 def test_timestamps_with_an_offset_and_nanoseconds_land_as_the_same_instant(
     dest: PostgresDestination, sql: Any, contacts: str
 ) -> None:
