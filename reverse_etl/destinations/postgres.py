@@ -469,9 +469,9 @@ class PostgresDestination(Destination):
         conn = self._connection()
         try:
             with conn.transaction():
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name))
-                )
+                # Only when missing: CREATE SCHEMA IF NOT EXISTS still needs CREATE on the database.
+                if not self._query("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema_name,)):
+                    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema_name)))
                 conn.execute(
                     sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
                         sql.Identifier(schema_name, name), sql.SQL(", ").join(columns)
