@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from rich.markup import escape
+
 from reverse_etl.cli.app import app
 from reverse_etl.config import Problem
 from reverse_etl.errors import ConfigError, RetlError
@@ -25,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
         problems = [p for p in exc.problems if isinstance(p, Problem)]
         if problems:
             print_problems(problems)
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
         sys.exit(exc.exit_code)
     except RetlError as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False, markup=True)
+        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, markup=True)
         if exc.hint:
             err.print(f"    hint: {exc.hint}", style="dim", markup=False)
         sys.exit(exc.exit_code)

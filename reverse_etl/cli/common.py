@@ -10,8 +10,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from reverse_etl.config import Problem, Project, Sync, find_project_root, load_project
+
 
 def _console(stderr: bool) -> Console:
     """Rich console; in CI logs and pipes (no terminal, no COLUMNS) tables get 120 columns
@@ -79,7 +81,7 @@ def print_problems(problems: list[Problem], console: Console = err) -> None:
     for problem in sorted(problems, key=lambda p: (p.file != "retl.yml", p.file, p.line or 0)):
         style = "red" if problem.severity == "error" else "yellow"
         console.print(
-            f"[bold]{problem.location()}[/bold]: [{style}]{problem.message}[/{style}]",
+            f"[bold]{escape(problem.location())}[/bold]: [{style}]{escape(problem.message)}[/{style}]",
             markup=True,
             highlight=False,
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
@@ -53,7 +54,7 @@ def plan(
             result = engine.plan(sync, full_resync=full_resync)
         except RetlError as exc:
             failed = True
-            err.print(f"[red]{sync.name}[/red]: {exc.message}", highlight=False)
+            err.print(f"[red]{sync.name}[/red]: {escape(exc.message)}", highlight=False)
             if exc.hint:
                 err.print(f"    hint: {exc.hint}", style="dim", markup=False)
             documents.append({"name": sync.name, "error": exc.message})

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reverse_etl.plan.model import Plan
@@ -62,9 +63,9 @@ def render_plan(console: Console, plan: Plan) -> None:
         if samples:
             console.print(records_table(samples, title=f"  {op} (first {len(samples)})"))
     for error in plan.row_errors[:5]:
-        console.print(f"  [red]row error[/red]: {error.message}")
+        console.print(f"  [red]row error[/red]: {escape(error.message)}")
     if plan.refusal:
-        console.print(f"  [bold red]a run would be refused:[/bold red] {plan.refusal}")
+        console.print(f"  [bold red]a run would be refused:[/bold red] {escape(plan.refusal)}")
         if plan.refusal_hint:
             console.print(f"    hint: {plan.refusal_hint}", style="dim", markup=False)
     elif plan.empty:
@@ -103,7 +104,9 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
     for outcome in outcomes:
         if outcome.error:
             style = "yellow" if outcome.status == "skipped" else "red"
-            console.print(f"[{style}]{outcome.sync}[/{style}]: {outcome.error}", highlight=False)
+            console.print(
+                f"[{style}]{outcome.sync}[/{style}]: {escape(outcome.error)}", highlight=False
+            )
             if outcome.hint:
                 console.print(f"    hint: {outcome.hint}", style="dim", markup=False)
 

@@ -26,7 +26,13 @@ def validate(
     syncs: SyncsArgument = None,
     select: SelectOption = None,
     all_syncs: AllOption = False,
-    connect: Annotated[bool, typer.Option("--connect", help="Also run the SQL with LIMIT 0 and check columns and destination fields.")] = False,
+    connect: Annotated[
+        bool,
+        typer.Option(
+            "--connect",
+            help="Also run the SQL with LIMIT 0 and check columns and destination fields.",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     project_dir: ProjectDirOption = None,
 ) -> None:
@@ -46,7 +52,9 @@ def validate(
     else:
         print_problems(problems)
         if errors:
-            err.print(f"[red]{len(errors)} error(s)[/red] in {len({p.file for p in errors})} file(s)")
+            err.print(
+                f"[red]{len(errors)} error(s)[/red] in {len({p.file for p in errors})} file(s)"
+            )
         else:
             err.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid")
     if errors:
