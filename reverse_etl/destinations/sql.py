@@ -264,12 +264,12 @@ class SqlDestination(Destination):
                 with conn, conn.begin():
                     return work(conn)
             except sa.exc.DBAPIError as exc:
-                if not exc.connection_invalidated:
+                if not (exc.connection_invalidated or self._is_conflict(exc)):
                     raise
                 last = exc
         detail = _first_lines(str(getattr(last, "orig", None) or last))
         raise DestinationError(
-            f"cannot reach destination '{self.name}' ({self._where}): {detail}",
+            f"cannot use destination '{self.name}' ({self._where}): {detail}",
             hint="check the destination url and that the database is running and reachable",
         ) from last
 
@@ -443,6 +443,17 @@ class SqlDestination(Destination):
         return BatchResult(rejected=dict(sorted(run.rejected.items())))
 
     # -- errors -----------------------------------------------------------------------------
+
+    def _is_conflict(self, exc: sa.exc.DBAPIError) -> bool:
+        """A deadlock, lock timeout or busy database: the transaction may simply be retried."""
+        orig = exc.orig
+        if self.dialect in ("mysql", "mariadb") and orig is not None and orig.args:
+            return orig.args[0] in (1205, 1213)
+        if self.dialect == "postgresql":
+            return str(getattr(orig, "sqlstate", "") or "")[:2] == "40"
+        if self.dialect == "sqlite":
+            return "database is locked" in str(orig)
+        return False
 
     def is_record_error(self, exc: sa.exc.DBAPIError) -> bool:
         """True when the database blames the values of the record(s), not the statement."""

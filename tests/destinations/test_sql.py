@@ -329,7 +329,7 @@ def test_an_unreachable_database_is_a_destination_error_without_the_password(
     with pytest.raises(DestinationError) as error:
         dest.open()
 
-    assert error.value.message.startswith("cannot reach destination 'app_db'")
+    assert error.value.message.startswith("cannot use destination 'app_db'")
     assert "s3cret" not in error.value.message
     assert "retl:***@127.0.0.1:1/db" in error.value.message
 
