@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-# Built-in connectors register themselves by type name when imported.
-from reverse_etl.destinations import file, postgres, sql  # noqa: F401
 from reverse_etl.destinations.base import (
     Action,
     Batch,

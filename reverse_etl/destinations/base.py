@@ -141,6 +141,11 @@ class Destination(ABC):
 
 
 _REGISTRY: dict[str, type[Destination]] = {}
+BUILT_IN_CONNECTORS = (
+    "reverse_etl.destinations.file",
+    "reverse_etl.destinations.postgres",
+    "reverse_etl.destinations.sql",
+)
 
 
 def register(type_name: str) -> Callable[[type[_D]], type[_D]]:
@@ -155,8 +160,12 @@ def register(type_name: str) -> Callable[[type[_D]], type[_D]]:
 
 
 def connector_types() -> dict[str, type[Destination]]:
-    """Every registered connector by type name (importing the built-in ones first)."""
-    from reverse_etl import destinations  # noqa: F401 - registers built-ins
+    """Every registered connector by type name. The built-in ones are imported here, on first
+    use, so that commands which never touch a destination do not pay for their drivers."""
+    import importlib
+
+    for module in BUILT_IN_CONNECTORS:
+        importlib.import_module(module)
 
     return dict(_REGISTRY)
 
