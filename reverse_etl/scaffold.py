@@ -37,10 +37,6 @@ class ScaffoldResult:
     overwritten: list[str] = field(default_factory=list)
     gitignore_updated: bool = False
 
-    @property
-    def written(self) -> list[str]:
-        return [*self.created, *self.overwritten]
-
 
 def template_root() -> Traversable:
     return files("reverse_etl").joinpath("templates", "init")

@@ -1,17 +1,24 @@
-"""The committed demo (examples/demo) is reproducible: CSVs from the seeded generator, the
-warehouse from the CSVs. A change to either script must come with the regenerated files."""
+"""The demo: its data (examples/demo) is reproducible, CSVs from the seeded generator and the
+warehouse from the CSVs, so a change to either script must come with the regenerated files;
+and the demo project at the repo root validates and runs (`retl run --all`)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 from types import ModuleType
 
 import duckdb
 import pytest
 
-DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo"
+from reverse_etl.cli import main
+from reverse_etl.config import load_project
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "examples" / "demo"
 
 
 def _script(name: str) -> ModuleType:
@@ -64,12 +71,7 @@ def test_warehouse_keeps_the_messy_values_the_syncs_clean_up() -> None:
     assert anonymous_events is not None and anonymous_events[0] > 0
 
 
-REPO = DEMO.parents[1]
-
-
 def test_demo_project_at_the_repo_root_validates() -> None:
-    from reverse_etl.config import load_project
-
     project = load_project(REPO, env={})
 
     assert [p.format() for p in project.all_problems] == []
@@ -81,11 +83,6 @@ def test_demo_project_at_the_repo_root_validates() -> None:
 def test_demo_runs_end_to_end_and_leaves_the_warehouse_untouched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import shutil
-    import sqlite3
-
-    from reverse_etl.cli import main
-
     for name in ("retl.yml", "syncs", "sql", "examples/demo/warehouse.duckdb"):
         source, target = REPO / name, tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ def test_existing_gitignore_is_kept_and_gains_only_missing_lines(tmp_path: Path)
 
     lines = (tmp_path / ".gitignore").read_text().splitlines()
     assert result.gitignore_updated
-    assert ".gitignore" not in result.written
+    assert ".gitignore" not in [*result.created, *result.overwritten]
     assert lines[:2] == ["node_modules/", ".retl/"]
     assert lines.count(".retl/") == 1
     assert "output/" in lines
