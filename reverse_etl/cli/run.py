@@ -27,6 +27,7 @@ from reverse_etl.errors import UsageError
 from reverse_etl.plan.model import Plan
 from reverse_etl.run import Engine, RunOptions, RunOutcome
 from reverse_etl.run.order import dependency_order
+from reverse_etl.run.schedule import not_due_reason
 
 
 @app.command()
@@ -35,7 +36,8 @@ def run(
     select: SelectOption = None,
     all_syncs: AllOption = False,
     force: Annotated[
-        bool, typer.Option("--force", help="With --all: run every sync, due or not.")
+        bool,
+        typer.Option("--force", help="With --all: run every sync, due by its schedule or not."),
     ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan and send nothing.")
@@ -56,11 +58,24 @@ def run(
         raise UsageError(
             "name the syncs to run, or use --all", "see `retl status` for the project's syncs"
         )
-    del force  # schedules are not evaluated yet: --all runs every sync
     project = open_project(project_dir)
     chosen = dependency_order(selected_syncs(project, syncs, select, all_syncs))
     engine = Engine(project, role=role)
-    outcomes = [_run_one(engine, sync, dry_run, full_resync, yes, json_output) for sync in chosen]
+    scheduled = all_syncs and not force and not syncs and not select
+    outcomes: list[RunOutcome] = []
+    succeeded: dict[str, bool] = {}
+    for sync in chosen:
+        reason = None
+        if all_syncs and sync.config is not None and sync.config.paused:
+            reason = "paused (set paused: false to run it)"
+        elif scheduled:
+            reason = not_due_reason(sync, engine.run_log, succeeded)
+        if reason is not None:
+            outcomes.append(RunOutcome(sync.name, "skipped", error=reason))
+            continue
+        outcome = _run_one(engine, sync, dry_run, full_resync, yes, json_output, scheduled)
+        succeeded[sync.name] = outcome.status == "success"
+        outcomes.append(outcome)
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
     elif not dry_run:
@@ -70,7 +85,13 @@ def run(
 
 
 def _run_one(
-    engine: Engine, sync: Sync, dry_run: bool, full_resync: bool, yes: bool, quiet: bool
+    engine: Engine,
+    sync: Sync,
+    dry_run: bool,
+    full_resync: bool,
+    yes: bool,
+    quiet: bool,
+    scheduled: bool = False,
 ) -> RunOutcome:
     interactive = sys.stdin.isatty() and err.is_terminal
 
@@ -89,7 +110,11 @@ def _run_one(
         )
 
     options = RunOptions(
-        dry_run=dry_run, full_resync=full_resync, confirm=confirm, on_plan=show_plan
+        dry_run=dry_run,
+        full_resync=full_resync,
+        confirm=confirm,
+        on_plan=show_plan,
+        trigger="schedule" if scheduled else "manual",
     )
     if not err.is_terminal or quiet or dry_run:
         return engine.run(sync, options)

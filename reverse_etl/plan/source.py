@@ -57,7 +57,9 @@ def source_sql(sync: Sync, watermark: str | None) -> str:
     if sync.config.incremental is None or watermark is None:
         return sync.sql
     column = '"' + sync.config.incremental.column.replace('"', '""') + '"'
-    return f"SELECT * FROM ({sync.sql}) AS retl_source WHERE {column} >= {quote_literal(watermark)}"
+    return (
+        f"SELECT * FROM ({sync.sql}\n) AS retl_source WHERE {column} >= {quote_literal(watermark)}"
+    )
 
 
 def read_source(
