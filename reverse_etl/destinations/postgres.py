@@ -65,6 +65,7 @@ class _Column:
     unique: bool
     has_default: bool
     category: str  # pg_type.typcategory ('A' array, 'S' string ...)
+    base: str = ""  # pg_type.typname of the (domain's base) type: int4, timestamptz ...
 
     def cast(self, expr: sql.Composable) -> sql.Composable:
         """`expr` (text) converted to this column's type the way an INSERT would assign it."""
@@ -241,6 +242,33 @@ def _as_csv_text(column: pa.ChunkedArray, target: _Column) -> pa.ChunkedArray:
     return column
 
 
+_NUMBERS = frozenset({"int2", "int4", "int8", "numeric", "float4", "float8"})
+_TIMESTAMPS = frozenset({"timestamp", "timestamptz"})
+
+
+def _stage_type(dtype: pa.DataType, target: _Column) -> str:
+    """The stage column's type: the Arrow type's own PostgreSQL type when pyarrow's rendering of
+    it always loads (COPY parses it once; the statement's cast is then cheap or a no-op) and it
+    converts to the target the way the text would; otherwise text, cast by the statement."""
+    t = pa.types
+    if t.is_dictionary(dtype):
+        dtype = dtype.value_type
+    base = target.base
+    if t.is_integer(dtype) and base in _NUMBERS and not t.is_uint64(dtype):
+        return "bigint"
+    if t.is_floating(dtype) and not t.is_float16(dtype) and base in ("float4", "float8", "numeric"):
+        return "double precision"
+    if t.is_decimal(dtype) and base in ("numeric", "float4", "float8"):
+        return "numeric"
+    if t.is_boolean(dtype) and base == "bool":
+        return "boolean"
+    if t.is_timestamp(dtype) and base in _TIMESTAMPS:
+        return "timestamp with time zone" if dtype.tz else "timestamp without time zone"
+    if t.is_date(dtype) and (base == "date" or base in _TIMESTAMPS):
+        return "date"
+    return "text"
+
+
 def _ordinals(n: int) -> pa.Array:
     return pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(array.array("q", range(n)))])
 
@@ -370,11 +398,13 @@ class PostgresDestination(Destination):
                          AND i.indexprs IS NULL
                    ),
                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
-                   t.typcategory
+                   t.typcategory,
+                   coalesce(b.typname, t.typname)
             FROM pg_class c
             JOIN pg_namespace n ON n.oid = c.relnamespace
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
             JOIN pg_type t ON t.oid = a.atttypid
+            LEFT JOIN pg_type b ON b.oid = t.typbasetype AND t.typtype = 'd'
             WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'f')
             ORDER BY a.attnum
             """,
@@ -384,7 +414,13 @@ class PostgresDestination(Destination):
             return None
         columns = {
             r[0]: _Column(
-                name=r[0], type=r[1], nullable=r[2], unique=r[3], has_default=r[4], category=r[5]
+                name=r[0],
+                type=r[1],
+                nullable=r[2],
+                unique=r[3],
+                has_default=r[4],
+                category=r[5],
+                base=r[6],
             )
             for r in rows
         }
@@ -496,7 +532,12 @@ class PostgresDestination(Destination):
                 reraise=True,
             ):
                 with attempt:
-                    return self._deliver_once(batch)
+                    try:
+                        return self._deliver_once(batch, typed_stage=True)
+                    except _StageRefused:
+                        # A value pyarrow rendered that its own type refuses (a year out of
+                        # range...): stage everything as text so the record can be isolated.
+                        return self._deliver_once(batch, typed_stage=False)
         except psycopg.Error as exc:
             if _is_transient(exc):
                 raise DestinationError(
@@ -509,10 +550,14 @@ class PostgresDestination(Destination):
             ) from exc
         raise AssertionError("unreachable")
 
-    def _deliver_once(self, batch: Batch) -> BatchResult:
+    def _deliver_once(self, batch: Batch, typed_stage: bool) -> BatchResult:
         table = self._table(batch.object)
         names = self._batch_columns(batch, table)
         columns = [table.columns[n] for n in names]
+        types = [
+            _stage_type(batch.records.column(c.name).type, c) if typed_stage else "text"
+            for c in columns
+        ]
         stage, unstageable = _stage_records(batch.records, columns)
         conn = self._connection()
         run = _StatementRun(conn, batch, table, columns)
@@ -524,12 +569,17 @@ class PostgresDestination(Destination):
                         sql.Identifier(_STAGE),
                         sql.Identifier(_ORD),
                         sql.SQL(", ").join(
-                            sql.SQL("{} text").format(sql.Identifier(f"c{i}"))
-                            for i in range(len(columns))
+                            sql.SQL("{} {}").format(sql.Identifier(f"c{i}"), sql.SQL(type_))
+                            for i, type_ in enumerate(types)
                         ),
                     )
                 )
-                _copy(cur, stage)
+                try:
+                    _copy(cur, stage)
+                except psycopg.Error as exc:
+                    if is_record_error(exc) and any(t != "text" for t in types):
+                        raise _StageRefused from exc
+                    raise
                 if stage.num_rows:
                     run.apply(cur, 0, batch.size - 1)
         except BaseException:
@@ -571,6 +621,10 @@ class PostgresDestination(Destination):
             names.remove(key)
             names.insert(0, key)
         return names
+
+
+class _StageRefused(Exception):
+    """COPY refused a value in a typed stage column: the batch is staged again as text."""
 
 
 def _unknown_fields(table: _Table, names: Iterable[str]) -> list[str]:

@@ -149,6 +149,39 @@ def test_timestamps_with_an_offset_and_nanoseconds_land_as_the_same_instant(
     ]
 
 
+def test_numbers_that_do_not_fit_their_column_are_rejected_per_record(
+    dest: PostgresDestination, sql: Any, contacts: str
+) -> None:
+    result = dest.deliver(
+        batch(
+            contacts,
+            "insert",
+            None,
+            customer_id=pa.array([1, 2**40, 3], pa.int64()),
+            balance=pa.array([1.25, 2.5, 1e12], pa.float64()),
+        )
+    )
+
+    assert result.rejected == {
+        1: "integer out of range",
+        2: "numeric field overflow: A field with precision 10, scale 2 must round to an "
+        "absolute value less than 10^8.",
+    }
+    assert rows(sql, contacts, "customer_id, balance") == [(1, Decimal("1.25"))]
+
+
+def test_a_value_outside_postgresqls_range_is_a_rejected_record_not_a_failed_batch(
+    dest: PostgresDestination, sql: Any, contacts: str
+) -> None:
+    born = pa.array([0, 2**31 - 1], pa.date32())  # the second is ~5.9 million years from now
+
+    result = dest.deliver(batch(contacts, "insert", None, customer_id=[1, 2], born=born))
+
+    assert list(result.rejected) == [1]
+    assert "date" in result.rejected[1]
+    assert rows(sql, contacts, "customer_id, born") == [(1, dt.date(1970, 1, 1))]
+
+
 def test_upsert_creates_new_records_and_updates_existing_ones(
     dest: PostgresDestination, sql: Any, contacts: str
 ) -> None:
