@@ -1,8 +1,9 @@
 """PostgreSQL destination, the fast path: COPY a batch into a temporary table, then one statement.
 
-Each batch is written with pyarrow's CSV writer into a temporary table of `text` columns plus a
-row ordinal, then applied with ONE set-based statement per action that casts every column to the
-target column's type. When that statement fails on some records, it is re-run on halves of the
+Each batch is written with pyarrow's CSV writer (COPY) into a temporary table with a row ordinal
+and one column per field, `text` unless the Arrow type has a PostgreSQL twin that converts to the
+target like its text would (numbers, booleans, dates, timestamps), then applied with ONE
+set-based statement per action that casts every column to the target column's type. When that statement fails on some records, it is re-run on halves of the
 ordinal range inside savepoints (no second COPY); once a failing range is small, a temporary
 PL/pgSQL function tries its records one by one on the server. The other records land and each
 failing one is reported with the database's message. One transaction (commit) per batch.
