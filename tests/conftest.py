@@ -12,9 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-POSTGRES_URL = os.environ.get(
-    "RETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("RETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("RETL_TEST_MYSQL_URL", "mysql+pymysql://root:@127.0.0.1:3306/test")
 
 
