@@ -66,7 +66,7 @@ def next_snapshot(path: Path, rows: int) -> None:
     con.close()
 
 
-def write_project(root: Path, source: Path, pg_url: str, batch_size: int) -> None:
+def write_project(root: Path, source: Path, pg_url: str, batch_size: int | None) -> None:
     (root / "syncs").mkdir(parents=True, exist_ok=True)
     (root / "retl.yml").write_text(
         f"version: 1\nwarehouses:\n  bench:\n    url: duckdb:///{source}\n"
@@ -76,7 +76,8 @@ def write_project(root: Path, source: Path, pg_url: str, batch_size: int) -> Non
     (root / "syncs" / "bench.yml").write_text(
         "warehouse: bench\nsource:\n  sql: select * from bench.customers\n"
         "destination:\n  name: pg\n  object: public.bench_pg_upsert_retl\nmode: upsert\nprimary_key: id\n"
-        f"mapping:\n{mapping}\non_removed: delete\nallow_destructive: true\nbatch_size: {batch_size}\n"
+        f"mapping:\n{mapping}\non_removed: delete\nallow_destructive: true\n"
+        + (f"batch_size: {batch_size}\n" if batch_size else "")
     )
     os.environ["BENCH_PG_URL"] = pg_url
 
@@ -141,7 +142,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=100_000)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the connector's own (50,000)"
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get(
@@ -185,7 +188,7 @@ def main() -> None:
         equal = check_equal(args.pg_url)
 
     print(
-        f"rows: {args.rows:,}  batch_size: {args.batch_size:,}  destination equal to raw: {equal}"
+        f"rows: {args.rows:,}  batch_size: {args.batch_size or 'connector default'}  equal to raw: {equal}"
     )
     print(f"{'case':<22}{'raw s':>10}{'retl s':>10}{'retl/raw':>10}{'peak RSS MiB':>14}")
     for case, r in results.items():

@@ -43,6 +43,9 @@ class Capabilities:
     actions: frozenset[Action] = ALL_ACTIONS
     default_batch_size: int = 500
     max_batch_size: int | None = None
+    # Batches the engine may deliver at once, each through its own instance (connection);
+    # only for destinations where batches with distinct keys cannot block each other.
+    concurrent_batches: int = 1
 
 
 @dataclass

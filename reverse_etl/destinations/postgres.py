@@ -279,7 +279,9 @@ class PostgresDestination(Destination):
     """Tables of one PostgreSQL database; objects are `table` or `schema.table`."""
 
     options_model = PostgresOptions
-    capabilities = Capabilities(default_batch_size=10_000, max_batch_size=200_000)
+    capabilities = Capabilities(
+        default_batch_size=50_000, max_batch_size=200_000, concurrent_batches=2
+    )
     options: PostgresOptions
 
     connect_attempts: ClassVar[int] = 3

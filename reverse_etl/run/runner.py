@@ -7,10 +7,13 @@ in flight. Rejected records go to the dead letter queue and are retried by the n
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import queue
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from reverse_etl.config import Project, Sync
-from reverse_etl.destinations.base import Batch, Destination, build_destination
+from reverse_etl.destinations.base import Batch, BatchResult, Destination, build_destination
 from reverse_etl.errors import DestinationError, RetlError, StateError, StateLockedError
 from reverse_etl.gitinfo import file_version
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
@@ -294,21 +297,26 @@ class _Delivery:
         self.acks = _AcknowledgementWriter(self.writer)
 
     def execute(self, config_hash: str, run_id: str | None) -> None:
+        project_root = self.engine.project.root
         block = self.engine.destination_config(self.sync)
-        destination = build_destination(
-            self.config.destination.name, block, self.engine.project.root
-        )
+        name = self.config.destination.name
+        destination = build_destination(name, block, project_root)
         failed: str | None = None
         hint: str | None = None
         try:
-            with destination, self.acks:
+            with destination, self.acks, contextlib.ExitStack() as stack:
                 if self.total:
                     self._prepare(destination)
-                for op in OPERATION_ORDER:
-                    if getattr(self.plan.counts, op):
-                        self._send(destination, op)
-                if self.total:
-                    destination.finish()
+                    lanes = [destination]
+                    for _ in range(1, destination.capabilities.concurrent_batches):
+                        lanes.append(
+                            stack.enter_context(build_destination(name, block, project_root))
+                        )
+                    for op in OPERATION_ORDER:
+                        if getattr(self.plan.counts, op):
+                            self._send(lanes, op)
+                    for lane in lanes:
+                        lane.finish()
         except _TooManyRejections as exc:
             failed, hint = (
                 str(exc),
@@ -359,33 +367,78 @@ class _Delivery:
                         "run `retl validate --connect` for details",
                     )
 
-    def _send(self, destination: Destination, op: str) -> None:
+    def _send(self, lanes: list[Destination], op: str) -> None:
+        """Deliver one operation's records in batches, up to one batch in flight per lane."""
+        capabilities = lanes[0].capabilities
         action = self.plan.action[op]
-        batch_size = self.config.batch_size or destination.capabilities.default_batch_size
-        if destination.capabilities.max_batch_size:
-            batch_size = min(batch_size, destination.capabilities.max_batch_size)
+        batch_size = self.config.batch_size or capabilities.default_batch_size
+        if capabilities.max_batch_size:
+            batch_size = min(batch_size, capabilities.max_batch_size)
         fields = [self.key_field] if op == "delete" and self.key_field else self.fields
         columns = ", ".join(quote_identifier(f) for f in fields)
         reader = self.con.sql(
             f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN} FROM {OPS_TABLE} "
             f"WHERE {OP_COLUMN} = '{op}'"
         ).to_arrow_reader(batch_size)
-        for record_batch in reader:
-            table = pa.Table.from_batches([record_batch])
-            records = table.select(fields)
-            result = destination.deliver(
-                Batch(self.config.destination.object, action, self.key_field, records)
-            )
+        free: queue.SimpleQueue[Destination] = queue.SimpleQueue()
+        for lane in lanes:
+            free.put(lane)
+
+        def deliver(batch: Batch) -> BatchResult:
+            lane = free.get()
+            try:
+                return lane.deliver(batch)
+            finally:
+                free.put(lane)
+
+        in_flight: collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]] = (
+            collections.deque()
+        )
+        with ThreadPoolExecutor(len(lanes), thread_name_prefix="retl-deliver") as pool:
+            try:
+                for record_batch in reader:
+                    table = pa.Table.from_batches([record_batch])
+                    records = table.select(fields)
+                    batch = Batch(self.config.destination.object, action, self.key_field, records)
+                    in_flight.append((pool.submit(deliver, batch), table, records))
+                    if len(in_flight) >= len(lanes):
+                        self._collect(op, *in_flight.popleft())
+                while in_flight:
+                    self._collect(op, *in_flight.popleft())
+            except BaseException:
+                self._drain(op, in_flight)
+                raise
+
+    def _drain(
+        self, op: str, in_flight: collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]]
+    ) -> None:
+        """The run is stopping: batches not started are cancelled, batches the destination
+        already took are still acknowledged, so state matches what was delivered."""
+        for future, _, _ in in_flight:
+            future.cancel()
+        for future, table, records in in_flight:
+            if future.cancelled():
+                continue
+            try:
+                result = future.result()
+            except Exception:
+                continue
             self._acknowledge(op, table, records, result.rejected)
-            self.sent += table.num_rows
-            if self.options.on_progress:
-                self.options.on_progress(self.sent, self.total)
-            if self.counts["rejected"] > self.allowed_errors:
-                raise _TooManyRejections(
-                    f"{self.counts['rejected']} records rejected by the destination, above "
-                    f"limits.max_row_error_ratio = {self.config.limits.max_row_error_ratio:g} of "
-                    f"{self.rows_considered} rows; the run stopped"
-                )
+
+    def _collect(
+        self, op: str, future: Future[BatchResult], table: pa.Table, records: pa.Table
+    ) -> None:
+        result = future.result()
+        self._acknowledge(op, table, records, result.rejected)
+        self.sent += table.num_rows
+        if self.options.on_progress:
+            self.options.on_progress(self.sent, self.total)
+        if self.counts["rejected"] > self.allowed_errors:
+            raise _TooManyRejections(
+                f"{self.counts['rejected']} records rejected by the destination, above "
+                f"limits.max_row_error_ratio = {self.config.limits.max_row_error_ratio:g} of "
+                f"{self.rows_considered} rows; the run stopped"
+            )
 
     def _acknowledge(
         self, op: str, table: pa.Table, records: pa.Table, rejected: dict[int, str]

@@ -63,7 +63,7 @@ def batch(object: str, action: Any, key: str | None, **columns: Any) -> Batch:
 
 def test_is_registered_as_type_postgres() -> None:
     assert connector_for("postgres") is PostgresDestination
-    assert PostgresDestination.capabilities.default_batch_size == 10_000
+    assert PostgresDestination.capabilities.default_batch_size == 50_000
 
 
 @pytest.mark.parametrize("scheme", ["postgresql://", "postgres://", "postgresql+psycopg://"])

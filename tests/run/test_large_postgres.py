@@ -130,9 +130,11 @@ def test_a_run_killed_half_way_is_finished_by_the_next_run(
     at_kill = {str(r[0]) for r in pg.rows(columns="id")}
     acknowledged = project.state_keys()
     assert 0 < len(at_kill) < ROWS
-    # Only what the destination committed is acknowledged; at most the batch in flight is not.
+    # Only what the destination committed is acknowledged; at most the batches in flight are
+    # not: one per delivery lane (PostgreSQL: 2) plus the acknowledgements being written (up
+    # to 3: 2 queued, 1 committing).
     assert acknowledged <= at_kill
-    assert len(at_kill) - len(acknowledged) <= batch_size
+    assert len(at_kill) - len(acknowledged) <= batch_size * 5
     (killed,) = project.runs()
     assert killed["status"] == "running"
     assert project.plan_counts()["create"] == ROWS - len(acknowledged)
