@@ -24,7 +24,13 @@ import pyarrow.compute as pc
 
 from reverse_etl.config import Project, Sync
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, build_destination
-from reverse_etl.errors import DestinationError, RetlError, StateError, StateLockedError
+from reverse_etl.errors import (
+    DestinationError,
+    RetlError,
+    RoleRefusedError,
+    StateError,
+    StateLockedError,
+)
 from reverse_etl.gitinfo import file_version
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import CHANGE_COLUMN, OP_COLUMN, OPS_TABLE, SOURCE_TABLE, build_plan
@@ -41,6 +47,7 @@ from reverse_etl.state.runlog import (
     RunTrigger,
 )
 from reverse_etl.state.snapshot import SnapshotStore
+from reverse_etl.warehouse import check_role
 
 OPERATION_ORDER = ("create", "update", "delete")
 
@@ -168,6 +175,13 @@ class Engine:
                 trigger=options.trigger,
             )
             return RunOutcome(sync.name, "skipped", record=record, error=record.message)
+        try:
+            self._check_role(sync)
+        except RoleRefusedError as exc:
+            record = self.run_log.record(
+                sync.name, "refused", message=exc.message, trigger=options.trigger
+            )
+            return RunOutcome(sync.name, "refused", record=record, error=exc.message, hint=exc.hint)
         command = "retl run " + sync.name
         lock = SyncLock(self.layout.locks, sync.name, command=command)
         try:
@@ -181,6 +195,12 @@ class Engine:
             return self._run_locked(sync, options)
         finally:
             lock.release()
+
+    def _check_role(self, sync: Sync) -> None:
+        assert self.project.config is not None and sync.config is not None
+        warehouse = self.project.config.warehouses.get(sync.config.warehouse)
+        if warehouse is not None:
+            check_role(sync.config.warehouse, warehouse.roles, self.role)
 
     def _run_locked(self, sync: Sync, options: RunOptions) -> RunOutcome:
         assert sync.config is not None
