@@ -118,18 +118,25 @@ def _run_one(
     )
     if not err.is_terminal or quiet or dry_run:
         return engine.run(sync, options)
-    with Progress(
+    # The bar starts with the first delivered batch, after any confirmation question.
+    progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=True,
-    ) as progress:
-        task = progress.add_task(sync.name, total=None)
+    )
+    task = progress.add_task(sync.name, total=None, start=False)
 
-        def advance(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+    def advance(done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+            progress.start_task(task)
+        progress.update(task, completed=done, total=total)
 
-        options.on_progress = advance
+    options.on_progress = advance
+    try:
         return engine.run(sync, options)
+    finally:
+        progress.stop()
