@@ -320,12 +320,12 @@ class _Delivery:
         project_root = self.engine.project.root
         block = self.engine.destination_config(self.sync)
         name = self.config.destination.name
-        destination = build_destination(name, block, project_root)
         failed: str | None = None
         hint: str | None = None
         try:
-            with destination, self.acks, contextlib.ExitStack() as stack:
-                if self.total:
+            with self.acks, contextlib.ExitStack() as stack:
+                if self.total:  # nothing to send: the destination is not even contacted
+                    destination = stack.enter_context(build_destination(name, block, project_root))
                     self._prepare(destination)
                     lanes = [destination]
                     for _ in range(1, destination.capabilities.concurrent_batches):
