@@ -1,11 +1,12 @@
-"""Imports every command module so that each registers itself on the Typer app (in help order)."""
+"""Imports every command module so that each registers itself on the Typer app.
+
+The import order is the order of the help panels: Project, Syncs, Operations.
+"""
 
 from __future__ import annotations
 
-from reverse_etl.cli import (  # noqa: F401
-    init,
-    inspect,
-    plan,
-    run,
-    validate,
-)
+# isort: off
+from reverse_etl.cli import init, validate  # noqa: F401  (Project)
+from reverse_etl.cli import plan, run  # noqa: F401  (Syncs)
+from reverse_etl.cli import inspect  # noqa: F401  (Operations)
+# isort: on

@@ -13,7 +13,7 @@ from reverse_etl.cli.common import JsonOption, err, print_json
 from reverse_etl.scaffold import init_project
 
 
-@app.command()
+@app.command(rich_help_panel="Project")
 def init(
     directory: Annotated[
         Path, typer.Argument(help="Where to create the project (created if missing).")

@@ -28,7 +28,7 @@ from reverse_etl.run import Engine, RunOptions
 from reverse_etl.state.lock import force_unlock, lock_holder
 
 
-@app.command()
+@app.command(rich_help_panel="Operations")
 def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None) -> None:
     """Per sync: mode, schedule, paused, last run, next due, dead letters."""
     project = open_project(project_dir)
@@ -90,7 +90,7 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
     out.print(table)
 
 
-@app.command()
+@app.command(rich_help_panel="Operations")
 def runs(
     args: Annotated[
         list[str] | None, typer.Argument(help="[SYNC] or `show RUN_ID`.", show_default=False)
@@ -153,7 +153,7 @@ def runs(
     out.print(table)
 
 
-@app.command()
+@app.command(rich_help_panel="Operations")
 def dlq(
     args: Annotated[
         list[str] | None,
@@ -238,7 +238,7 @@ def dlq(
 state_app = typer.Typer(
     help="Inspect or reset a sync's delivered-state snapshot.", no_args_is_help=True
 )
-app.add_typer(state_app, name="state")
+app.add_typer(state_app, name="state", rich_help_panel="Operations")
 
 
 @state_app.command("show")
@@ -297,7 +297,7 @@ def state_reset(
     err.print(f"state of {chosen.name} reset" if removed else f"{chosen.name} had no state")
 
 
-@app.command()
+@app.command(rich_help_panel="Operations")
 def unlock(
     sync: Annotated[str, typer.Argument(help="The sync whose lock to clear.")],
     project_dir: ProjectDirOption = None,
@@ -313,7 +313,7 @@ def unlock(
         err.print(f"{chosen.name} was not locked")
 
 
-@app.command()
+@app.command(rich_help_panel="Operations")
 def history(
     sync: Annotated[str, typer.Argument(help="The sync.")],
     limit: Annotated[int, typer.Option("--limit", "-n")] = 20,

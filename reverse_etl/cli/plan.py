@@ -28,7 +28,7 @@ from reverse_etl.plan.preview import preview_sync
 from reverse_etl.run import Engine
 
 
-@app.command()
+@app.command(rich_help_panel="Syncs")
 def plan(
     syncs: SyncsArgument = None,
     select: SelectOption = None,
@@ -72,7 +72,7 @@ def plan(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(rich_help_panel="Syncs")
 def preview(
     sync: Annotated[str, typer.Argument(help="The sync to preview.")],
     limit: Annotated[

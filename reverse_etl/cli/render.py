@@ -33,7 +33,7 @@ def records_table(records: Sequence[dict[str, Any]], title: str | None = None) -
     table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
     columns = list(records[0]) if records else []
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=32)
     for record in records:
         table.add_row(*(short(record.get(c)) for c in columns))
     return table

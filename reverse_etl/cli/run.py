@@ -30,7 +30,7 @@ from reverse_etl.run.order import dependency_order
 from reverse_etl.run.schedule import not_due_reason
 
 
-@app.command()
+@app.command(rich_help_panel="Syncs")
 def run(
     syncs: SyncsArgument = None,
     select: SelectOption = None,

@@ -21,7 +21,7 @@ from reverse_etl.cli.common import (
 )
 
 
-@app.command()
+@app.command(rich_help_panel="Project")
 def validate(
     syncs: SyncsArgument = None,
     select: SelectOption = None,
