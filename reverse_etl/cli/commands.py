@@ -7,6 +7,7 @@ from __future__ import annotations
 
 # isort: off
 from reverse_etl.cli import init, validate  # noqa: F401  (Project)
+from reverse_etl.cli import catalog  # noqa: F401  (Project: destinations, clone)
 from reverse_etl.cli import plan, run  # noqa: F401  (Syncs)
 from reverse_etl.cli import inspect  # noqa: F401  (Operations)
 # isort: on

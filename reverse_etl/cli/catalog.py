@@ -1,0 +1,127 @@
+"""`retl destinations`: connectors, a destination's objects, an object's fields."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from reverse_etl.cli.app import app
+from reverse_etl.cli.common import (
+    JsonOption,
+    ProjectDirOption,
+    err,
+    open_project,
+    out,
+    print_json,
+)
+from reverse_etl.errors import ProjectNotFoundError
+from reverse_etl.project_ops import (
+    destination_objects,
+    list_connectors,
+    list_destinations,
+    object_fields,
+)
+
+
+@app.command(rich_help_panel="Project")
+def destinations(
+    destination: Annotated[
+        str | None,
+        typer.Argument(help="A destination of retl.yml: list its objects.", show_default=False),
+    ] = None,
+    object: Annotated[
+        str | None,
+        typer.Argument(help="An object of that destination: list its fields.", show_default=False),
+    ] = None,
+    json_output: JsonOption = False,
+    project_dir: ProjectDirOption = None,
+) -> None:
+    """List connectors and destinations, a destination's objects, or an object's fields."""
+    if destination is None:
+        _list_all(json_output, project_dir)
+    elif object is None:
+        project = open_project(project_dir)
+        objects = destination_objects(project, destination)
+        if json_output:
+            print_json({"destination": destination, "objects": objects})
+            return
+        table = Table(title=f"objects of {destination}", title_justify="left", header_style="bold")
+        table.add_column("object")
+        for name in objects:
+            table.add_row(escape(name))
+        out.print(table)
+        if not objects:
+            err.print(f"destination '{destination}' has no objects yet")
+    else:
+        project = open_project(project_dir)
+        fields = object_fields(project, destination, object)
+        if json_output:
+            print_json(
+                {
+                    "destination": destination,
+                    "object": object,
+                    "fields": [
+                        {"name": f.name, "type": f.type, "nullable": f.nullable, "unique": f.unique}
+                        for f in fields
+                    ],
+                }
+            )
+            return
+        table = Table(
+            title=f"fields of {destination} {object}", title_justify="left", header_style="bold"
+        )
+        for column in ("field", "type", "nullable", "unique"):
+            table.add_column(column)
+        for f in fields:
+            table.add_row(escape(f.name), escape(f.type), _yes(f.nullable), _yes(f.unique))
+        out.print(table)
+
+
+def _list_all(json_output: bool, project_dir: Path | None) -> None:
+    connectors = list_connectors()
+    try:
+        project = open_project(project_dir)
+    except ProjectNotFoundError:
+        if project_dir is not None:
+            raise
+        project = None  # outside a project the connectors are still worth listing
+    configured = list_destinations(project) if project is not None else []
+    if json_output:
+        print_json(
+            {
+                "connectors": [
+                    {
+                        "type": c.type,
+                        "actions": list(c.actions),
+                        "default_batch_size": c.default_batch_size,
+                        "max_batch_size": c.max_batch_size,
+                    }
+                    for c in connectors
+                ],
+                "destinations": [{"name": d.name, "type": d.type} for d in configured],
+            }
+        )
+        return
+    table = Table(title="connectors", title_justify="left", header_style="bold")
+    for column in ("type", "actions", "default batch size"):
+        table.add_column(column)
+    for c in connectors:
+        table.add_row(c.type, ", ".join(c.actions), f"{c.default_batch_size:,}")
+    out.print(table)
+    if project is None:
+        err.print("not in a retl project: no configured destinations to list")
+        return
+    table = Table(title="destinations in retl.yml", title_justify="left", header_style="bold")
+    table.add_column("name")
+    table.add_column("type")
+    for d in configured:
+        table.add_row(escape(d.name), escape(d.type))
+    out.print(table)
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
