@@ -1,4 +1,5 @@
-"""`retl destinations`: connectors, a destination's objects, an object's fields."""
+"""`retl destinations` (connectors, a destination's objects, an object's fields) and
+`retl clone` (copy a sync file, e.g. onto a sandbox destination)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from reverse_etl.cli.common import (
     open_project,
     out,
     print_json,
+    print_problems,
 )
 from reverse_etl.errors import ProjectNotFoundError
 from reverse_etl.project_ops import (
+    clone_sync,
     destination_objects,
     list_connectors,
     list_destinations,
@@ -125,3 +128,49 @@ def _list_all(json_output: bool, project_dir: Path | None) -> None:
 
 def _yes(value: bool) -> str:
     return "yes" if value else "no"
+
+
+@app.command(rich_help_panel="Project")
+def clone(
+    sync: Annotated[str, typer.Argument(help="The sync to copy.", show_default=False)],
+    new: Annotated[
+        str, typer.Argument(help="Name of the copy (syncs/NEW.yml).", show_default=False)
+    ],
+    destination: Annotated[
+        str | None,
+        typer.Option("--destination", help="Destination of the copy.", show_default=False),
+    ] = None,
+    object: Annotated[
+        str | None,
+        typer.Option("--object", help="Destination object of the copy.", show_default=False),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite syncs/NEW.yml if it exists.")
+    ] = False,
+    json_output: JsonOption = False,
+    project_dir: ProjectDirOption = None,
+) -> None:
+    """Write syncs/NEW.yml as a copy of SYNC (comments kept), e.g. onto a sandbox destination."""
+    project = open_project(project_dir)
+    result = clone_sync(project, sync, new, destination=destination, object=object, force=force)
+    if json_output:
+        print_json(
+            {
+                "sync": result.name,
+                "file": result.file,
+                "overwritten": result.overwritten,
+                "ok": result.ok,
+                "problems": [p.to_json() for p in result.problems],
+            }
+        )
+    else:
+        verb = "overwrote" if result.overwritten else "wrote"
+        err.print(f"[green]{verb}[/green] {escape(result.file)} (a copy of {escape(sync)})")
+        print_problems(result.problems)
+        if not result.ok:
+            err.print(
+                f"[red]the new sync '{escape(result.name)}' is not valid[/red]: "
+                "fix the file above, then run `retl validate`"
+            )
+    if not result.ok:
+        raise typer.Exit(1)
