@@ -120,7 +120,7 @@ def test_flow_style_and_values_that_need_quotes(tmp_path: Path) -> None:
 
 
 def test_a_missing_destination_key_cannot_be_replaced() -> None:
-    with pytest.raises(ConfigError, match="has no destination.object value"):
+    with pytest.raises(ConfigError, match=r"has no destination\.object value"):
         replace_scalars(
             "destination:\n  name: a\n", "syncs/a.yml", {("destination", "object"): "b"}
         )
