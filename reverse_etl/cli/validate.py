@@ -33,6 +33,15 @@ def validate(
             help="Also run the SQL with LIMIT 0 and check columns and destination fields.",
         ),
     ] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            metavar="GIT_REF",
+            help="Also warn about risky changes since this git ref (new deletes, raised limits).",
+            show_default=False,
+        ),
+    ] = None,
     json_output: JsonOption = False,
     project_dir: ProjectDirOption = None,
 ) -> None:
@@ -46,6 +55,10 @@ def validate(
         from reverse_etl.config.connect import connect_checks
 
         problems.extend(connect_checks(project, [s for s in chosen if s.ok]))
+    if base is not None:
+        from reverse_etl.config.changes import changes_since
+
+        problems.extend(changes_since(project, chosen, base))
     errors = [p for p in problems if p.severity == "error"]
     if json_output:
         print_json({"ok": not errors, "problems": [p.to_json() for p in problems]})
@@ -56,6 +69,8 @@ def validate(
                 f"[red]{len(errors)} error(s)[/red] in {len({p.file for p in errors})} file(s)"
             )
         else:
-            err.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid")
+            warnings = len(problems) - len(errors)
+            note = f" ([yellow]{warnings} warning(s)[/yellow])" if warnings else ""
+            err.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid{note}")
     if errors:
         raise typer.Exit(1)
