@@ -12,10 +12,9 @@ failing one is reported with the database's message. One transaction (commit) pe
 from __future__ import annotations
 
 import array
-import difflib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,15 +26,13 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from reverse_etl.destinations.base import (
-    Action,
-    Batch,
-    BatchResult,
-    Capabilities,
-    Destination,
-    DestinationOptions,
-    FieldInfo,
-    register,
+from reverse_etl.destinations.base import Action, Batch, BatchResult, Capabilities, register
+from reverse_etl.destinations.tables import (
+    Column,
+    Table,
+    TableDestination,
+    TableOptions,
+    not_found,
 )
 from reverse_etl.errors import DestinationError
 
@@ -52,18 +49,14 @@ _RECORD_ERROR_CLASSES = frozenset({"21", "22", "23", "27", "38", "39", "44", "P0
 _LENGTH_TYPES = re.compile(r"^(character varying|character|bit varying|bit)\(")
 
 
-class PostgresOptions(DestinationOptions):
-    url: str
-    create_tables: bool = False
+class PostgresOptions(TableOptions):
     connect_timeout: int = 10
 
 
 @dataclass(frozen=True)
-class _Column:
-    name: str
-    type: str  # format_type(): valid SQL for a cast
-    nullable: bool
-    unique: bool
+class _Column(Column):
+    """A PostgreSQL column; `type` is format_type(), valid SQL for a cast."""
+
     has_default: bool
     category: str  # pg_type.typcategory ('A' array, 'S' string ...)
     base: str = ""  # pg_type.typname of the (domain's base) type: int4, timestamptz ...
@@ -76,10 +69,8 @@ class _Column:
 
 
 @dataclass(frozen=True)
-class _Table:
+class _Table(Table[_Column]):
     schema: str
-    name: str
-    columns: dict[str, _Column]
 
     @property
     def display(self) -> str:
@@ -275,7 +266,7 @@ def _ordinals(n: int) -> pa.Array:
 
 
 @register("postgres")
-class PostgresDestination(Destination):
+class PostgresDestination(TableDestination[_Table]):
     """Tables of one PostgreSQL database; objects are `table` or `schema.table`."""
 
     options_model = PostgresOptions
@@ -291,7 +282,6 @@ class PostgresDestination(Destination):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._conn: Connection | None = None
-        self._tables: dict[str, _Table] = {}
         self._conninfo = normalise_url(self.options.url)
 
     # -- connection -------------------------------------------------------------------------
@@ -380,13 +370,6 @@ class PostgresDestination(Destination):
         )
         return [f"{schema}.{name}" for schema, name in rows]
 
-    def fields(self, object: str) -> list[FieldInfo]:
-        table = self._table(object)
-        return [
-            FieldInfo(name=c.name, type=c.type, nullable=c.nullable, unique=c.unique)
-            for c in table.columns.values()
-        ]
-
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:
             return self._tables[object]
@@ -431,46 +414,19 @@ class PostgresDestination(Destination):
         self._tables[object] = table
         return table
 
-    def _missing_table(self, object: str) -> DestinationError:
+    def _qualified_name(self, object: str) -> str:
         schema, name = split_object(object)
-        known = self.objects()
-        close = difflib.get_close_matches(f"{schema}.{name}", known, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        hint += "Create the table, or set create_tables: true on the destination."
-        return DestinationError(
-            f"table {schema}.{name} does not exist in destination '{self.name}'", hint=hint
-        )
-
-    def _table(self, object: str) -> _Table:
-        table = self._find_table(object)
-        if table is None:
-            raise self._missing_table(object)
-        return table
+        return f"{schema}.{name}"
 
     # -- validation and setup ---------------------------------------------------------------
 
-    def check(
-        self, object: str, fields: Sequence[str], key_field: str | None, action: Action
+    def _upsert_check_hint(self, table: _Table, key: str) -> str:
+        return f"add one, e.g. ALTER TABLE {table.display} ADD UNIQUE ({key})"
+
+    def _more_problems(
+        self, table: _Table, fields: Sequence[str], key_field: str | None, action: Action
     ) -> list[str]:
-        if action not in self.capabilities.actions:
-            return [f"destination type '{self.type_name}' cannot {action} records"]
         problems: list[str] = []
-        if action != "insert" and not key_field:
-            problems.append(f"{action} needs a key field to find the records in the table")
-        table = self._find_table(object)
-        if table is None:
-            if self.options.create_tables:
-                return problems
-            error = self._missing_table(object)
-            return [*problems, f"{error.message}; {error.hint}"]
-        problems += _unknown_fields(table, [*fields, *([key_field] if key_field else [])])
-        key = table.columns.get(key_field or "")
-        if action == "upsert" and key is not None and not key.unique:
-            problems.append(
-                f"upsert needs a unique constraint or primary key on {table.display}"
-                f"({key.name}); add one, e.g. ALTER TABLE {table.display} "
-                f"ADD UNIQUE ({key.name})"
-            )
         if action in ("insert", "upsert"):
             mapped = set(fields) | {key_field}
             for column in table.columns.values():
@@ -480,20 +436,6 @@ class PostgresDestination(Destination):
                         "default, so it must be mapped"
                     )
         return problems
-
-    def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
-        table = self._find_table(object)
-        if table is None and self.options.create_tables:
-            self._create_table(object, schema, key_field)
-            table = self._table(object)
-        if table is None:
-            raise self._missing_table(object)
-        unknown = _unknown_fields(table, schema.names)
-        if unknown:
-            raise DestinationError(
-                f"cannot write to {table.display}: {'; '.join(unknown)}",
-                hint="fix the mapping, or add the columns to the table",
-            )
 
     def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
         schema_name, name = split_object(object)
@@ -590,54 +532,13 @@ class PostgresDestination(Destination):
                 self._conn = None
             raise
         if batch.action == "update":
-            key = batch.key_field or ""
-            values = batch.records.column(key)
-            for ord in range(batch.size):
-                if ord not in run.found and ord not in run.rejected:
-                    value = values[ord].as_py()
-                    shown = "NULL" if value is None else f"'{value}'"
-                    run.rejected[ord] = f"no record with {key} = {shown} in {table.display}"
+            missing = [o for o in range(batch.size) if o not in run.found and o not in run.rejected]
+            run.rejected.update(not_found(batch, table, missing))
         return BatchResult(rejected=dict(sorted(run.rejected.items())))
-
-    def _batch_columns(self, batch: Batch, table: _Table) -> list[str]:
-        key = batch.key_field
-        if batch.action != "insert":
-            if not key:
-                raise DestinationError(f"{batch.action} on {table.display} needs a key field")
-            if key not in batch.records.column_names:
-                raise DestinationError(
-                    f"the {batch.action} batch for {table.display} has no '{key}' column"
-                )
-        names = [key] if batch.action == "delete" and key else list(batch.records.column_names)
-        unknown = _unknown_fields(table, names)
-        if unknown:
-            raise DestinationError(
-                f"cannot write to {table.display}: {'; '.join(unknown)}",
-                hint="fix the mapping, or add the columns to the table",
-            )
-        if batch.action == "upsert" and key and not table.columns[key].unique:
-            raise DestinationError(
-                f"upsert into {table.display} needs a unique constraint or primary key on {key}",
-                hint=f"add one, e.g. ALTER TABLE {table.display} ADD UNIQUE ({key})",
-            )
-        if key and key in names:  # the key first: statements refer to it as c0
-            names.remove(key)
-            names.insert(0, key)
-        return names
 
 
 class _StageRefused(Exception):
     """COPY refused a value in a typed stage column: the batch is staged again as text."""
-
-
-def _unknown_fields(table: _Table, names: Iterable[str]) -> list[str]:
-    problems = []
-    for name in names:
-        if name not in table.columns:
-            close = difflib.get_close_matches(name, list(table.columns), n=1)
-            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"column '{name}' does not exist on {table.display}{suggestion}")
-    return problems
 
 
 def _stage_records(records: pa.Table, columns: list[_Column]) -> tuple[pa.Table, dict[int, str]]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import difflib
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -25,18 +23,16 @@ from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from reverse_etl.destinations.base import (
-    Action,
-    Batch,
-    BatchResult,
-    Capabilities,
-    Destination,
-    DestinationOptions,
-    FieldInfo,
-    register,
-)
+from reverse_etl.destinations.base import Action, Batch, BatchResult, Capabilities, register
 from reverse_etl.destinations.postgres import db_message as postgres_message
 from reverse_etl.destinations.postgres import is_record_error as postgres_record_error
+from reverse_etl.destinations.tables import (
+    Column,
+    Table,
+    TableDestination,
+    TableOptions,
+    not_found,
+)
 from reverse_etl.errors import DestinationError
 
 _T = TypeVar("_T")
@@ -53,28 +49,11 @@ _ORD = "_retl_ord"
 _STAGE = "_retl_stage"
 
 
-class SqlOptions(DestinationOptions):
-    url: str
-    create_tables: bool = False
+class SqlOptions(TableOptions):
+    """Options of a `sql` destination: the SQLAlchemy url and create_tables."""
 
 
-@dataclass(frozen=True)
-class _Column:
-    name: str
-    type: str
-    nullable: bool
-    unique: bool
-
-
-@dataclass(frozen=True)
-class _Table:
-    schema: str | None
-    name: str
-    columns: dict[str, _Column]
-
-    @property
-    def display(self) -> str:
-        return f"{self.schema}.{self.name}" if self.schema else self.name
+_Table = Table[Column]
 
 
 def resolve_url(url: str, project_root: Path) -> sa.URL:
@@ -200,7 +179,7 @@ def _python_columns(records: pa.Table, names: list[str], table: _Table, dialect:
 
 
 @register("sql")
-class SqlDestination(Destination):
+class SqlDestination(TableDestination[_Table]):
     """Tables of any database SQLAlchemy can reach; objects are `table` or `schema.table`."""
 
     options_model = SqlOptions
@@ -214,7 +193,6 @@ class SqlDestination(Destination):
         super().__init__(*args, **kwargs)
         self._url = resolve_url(self.options.url, self.project_root)
         self._engine: sa.Engine | None = None
-        self._tables: dict[str, _Table] = {}
 
     # -- connection -------------------------------------------------------------------------
 
@@ -310,13 +288,6 @@ class SqlDestination(Destination):
         except sa.exc.DBAPIError as exc:
             raise self._failed(exc, "listing tables") from exc
 
-    def fields(self, object: str) -> list[FieldInfo]:
-        table = self._table(object)
-        return [
-            FieldInfo(name=c.name, type=c.type, nullable=c.nullable, unique=c.unique)
-            for c in table.columns.values()
-        ]
-
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:
             return self._tables[object]
@@ -330,62 +301,17 @@ class SqlDestination(Destination):
             raise self._failed(exc, f"reading the columns of {object}") from exc
         if columns is None:
             return None
-        table = _Table(schema=schema, name=name, columns={c.name: c for c in columns})
+        table = Table(schema=schema, name=name, columns={c.name: c for c in columns})
         self._tables[object] = table
-        return table
-
-    def _missing_table(self, object: str) -> DestinationError:
-        close = difflib.get_close_matches(object, self.objects(), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        hint += "Create the table, or set create_tables: true on the destination."
-        return DestinationError(
-            f"table {object} does not exist in destination '{self.name}'", hint=hint
-        )
-
-    def _table(self, object: str) -> _Table:
-        table = self._find_table(object)
-        if table is None:
-            raise self._missing_table(object)
         return table
 
     # -- validation and setup ---------------------------------------------------------------
 
-    def check(
-        self, object: str, fields: Sequence[str], key_field: str | None, action: Action
-    ) -> list[str]:
-        if action not in self.capabilities.actions:
-            return [f"destination type '{self.type_name}' cannot {action} records"]
-        problems: list[str] = []
-        if action != "insert" and not key_field:
-            problems.append(f"{action} needs a key field to find the records in the table")
-        table = self._find_table(object)
-        if table is None:
-            if self.options.create_tables:
-                return problems
-            error = self._missing_table(object)
-            return [*problems, f"{error.message}; {error.hint}"]
-        problems += _unknown_fields(table, [*fields, *([key_field] if key_field else [])])
-        key = table.columns.get(key_field or "")
-        if action == "upsert" and key is not None and not key.unique:
-            problems.append(
-                f"upsert needs a unique constraint or primary key on {table.display}"
-                f"({key.name}); add one, e.g. a UNIQUE index on {key.name}"
-            )
-        return problems
+    def _upsert_check_hint(self, table: _Table, key: str) -> str:
+        return f"add one, e.g. a UNIQUE index on {key}"
 
-    def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
-        table = self._find_table(object)
-        if table is None and self.options.create_tables:
-            self._create_table(object, schema, key_field)
-            table = self._table(object)
-        if table is None:
-            raise self._missing_table(object)
-        unknown = _unknown_fields(table, schema.names)
-        if unknown:
-            raise DestinationError(
-                f"cannot write to {table.display}: {'; '.join(unknown)}",
-                hint="fix the mapping, or add the columns to the table",
-            )
+    def _upsert_batch_hint(self, table: _Table, key: str) -> str:
+        return f"add a UNIQUE index or PRIMARY KEY on {key}"
 
     def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
         schema_name, name = split_object(object)
@@ -422,7 +348,7 @@ class SqlDestination(Destination):
         if batch.size == 0:
             return BatchResult()
         table = self._table(batch.object)
-        names = _batch_columns(batch, table)
+        names = self._batch_columns(batch, table)
         try:
             if self.dialect == "duckdb":
                 run: _Run = _DuckDBRun(self, batch, table, names)
@@ -434,12 +360,7 @@ class SqlDestination(Destination):
         except sa.exc.DBAPIError as exc:
             raise self._failed(exc, f"writing to {table.display}") from exc
         if batch.action == "update":
-            key = batch.key_field or ""
-            values = batch.records.column(key)
-            for row in run.missing:
-                value = values[row].as_py()
-                shown = "NULL" if value is None else f"'{value}'"
-                run.rejected[row] = f"no record with {key} = {shown} in {table.display}"
+            run.rejected.update(not_found(batch, table, run.missing))
         return BatchResult(rejected=dict(sorted(run.rejected.items())))
 
     # -- errors -----------------------------------------------------------------------------
@@ -484,7 +405,7 @@ def _duckdb_session(dbapi_connection: Any, connection_record: Any) -> None:
         dbapi_connection.execute("SET TimeZone = 'UTC'")
 
 
-def _inspected_columns(conn: sa.Connection, schema: str | None, name: str) -> list[_Column] | None:
+def _inspected_columns(conn: sa.Connection, schema: str | None, name: str) -> list[Column] | None:
     inspector = sa.inspect(conn)
     if not inspector.has_table(name, schema=schema):
         return None
@@ -506,7 +427,7 @@ def _inspected_columns(conn: sa.Connection, schema: str | None, name: str) -> li
         except Exception:  # a type SQLAlchemy reflects but cannot render
             type_name = str(column["type"].__class__.__name__)
         columns.append(
-            _Column(
+            Column(
                 name=column["name"],
                 type=type_name,
                 nullable=bool(column["nullable"]) and column["name"] not in primary,
@@ -516,7 +437,7 @@ def _inspected_columns(conn: sa.Connection, schema: str | None, name: str) -> li
     return columns
 
 
-def _duckdb_columns(conn: sa.Connection, schema: str | None, name: str) -> list[_Column] | None:
+def _duckdb_columns(conn: sa.Connection, schema: str | None, name: str) -> list[Column] | None:
     """DuckDB columns from its catalog (SQLAlchemy's inspector fails on DuckDB 2.0)."""
     schema = schema or str(conn.exec_driver_sql("SELECT current_schema()").scalar())
     rows = conn.exec_driver_sql(
@@ -545,45 +466,7 @@ def _duckdb_columns(conn: sa.Connection, schema: str | None, name: str) -> list[
             unique.add(inner[1:-1].replace('""', '"'))
         elif "," not in inner:
             unique.add(inner)
-    return [_Column(name=n, type=t, nullable=bool(null), unique=n in unique) for n, t, null in rows]
-
-
-def _unknown_fields(table: _Table, names: Iterable[str]) -> list[str]:
-    problems = []
-    for name in names:
-        if name not in table.columns:
-            close = difflib.get_close_matches(name, list(table.columns), n=1)
-            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
-            problems.append(f"column '{name}' does not exist on {table.display}{suggestion}")
-    return problems
-
-
-def _batch_columns(batch: Batch, table: _Table) -> list[str]:
-    """The batch's columns to write, key first; DestinationError when they cannot be written."""
-    key = batch.key_field
-    if batch.action != "insert":
-        if not key:
-            raise DestinationError(f"{batch.action} on {table.display} needs a key field")
-        if key not in batch.records.column_names:
-            raise DestinationError(
-                f"the {batch.action} batch for {table.display} has no '{key}' column"
-            )
-    names = [key] if batch.action == "delete" and key else list(batch.records.column_names)
-    unknown = _unknown_fields(table, names)
-    if unknown:
-        raise DestinationError(
-            f"cannot write to {table.display}: {'; '.join(unknown)}",
-            hint="fix the mapping, or add the columns to the table",
-        )
-    if batch.action == "upsert" and key and not table.columns[key].unique:
-        raise DestinationError(
-            f"upsert into {table.display} needs a unique constraint or primary key on {key}",
-            hint=f"add a UNIQUE index or PRIMARY KEY on {key}",
-        )
-    if key and key in names:
-        names.remove(key)
-        names.insert(0, key)
-    return names
+    return [Column(name=n, type=t, nullable=bool(null), unique=n in unique) for n, t, null in rows]
 
 
 class _Run:

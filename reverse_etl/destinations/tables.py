@@ -1,0 +1,213 @@
+"""What the database-table connectors (`postgres`, `sql`) share: the table and column shapes, the
+options every one of them takes, and the checks of a mapping or batch against a table.
+
+A connector reads its catalog and writes batches its own way; `TableDestination` asks it for
+that through a few hooks (`_find_table`, `_create_table`, the name and hint texts) and keeps the
+messages of `check`, `prepare` and a refused batch the same for every database.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+
+from reverse_etl.destinations.base import (
+    Action,
+    Batch,
+    Destination,
+    DestinationOptions,
+    FieldInfo,
+)
+from reverse_etl.errors import DestinationError
+
+
+class TableOptions(DestinationOptions):
+    """Options of a database destination: where it is, and whether missing tables are created."""
+
+    url: str
+    create_tables: bool = False
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of a destination table, as its catalog describes it."""
+
+    name: str
+    type: str
+    nullable: bool
+    unique: bool
+
+
+_C = TypeVar("_C", bound=Column)
+
+
+@dataclass(frozen=True)
+class Table(Generic[_C]):
+    """A destination table and its columns by name; `display` is how messages name it."""
+
+    schema: str | None
+    name: str
+    columns: dict[str, _C]
+
+    @property
+    def display(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+_T = TypeVar("_T", bound="Table[Any]")
+
+
+class TableDestination(Destination, Generic[_T]):
+    """A destination whose objects are tables: shared checks, table lookup and missing-table
+    errors; the connector supplies the catalog (`_find_table`) and `_create_table`."""
+
+    options_model = TableOptions
+    options: TableOptions
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tables: dict[str, _T] = {}
+
+    # -- hooks ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _find_table(self, object: str) -> _T | None:
+        """The table named by `object` (cached in `_tables`), or None when it does not exist."""
+
+    @abstractmethod
+    def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        """Create the missing table from the records' Arrow schema, the key as primary key."""
+
+    def _qualified_name(self, object: str) -> str:
+        """How a missing table is named in messages and matched against `objects()`."""
+        return object
+
+    @abstractmethod
+    def _upsert_check_hint(self, table: _T, key: str) -> str:
+        """What `check` suggests when the upsert key has no unique constraint."""
+
+    def _upsert_batch_hint(self, table: _T, key: str) -> str:
+        """The hint of the error when an upsert batch's key has no unique constraint."""
+        return self._upsert_check_hint(table, key)
+
+    def _more_problems(
+        self, table: _T, fields: Sequence[str], key_field: str | None, action: Action
+    ) -> list[str]:
+        """Connector-specific problems `check` appends after the shared ones."""
+        return []
+
+    # -- catalog ----------------------------------------------------------------------------
+
+    def fields(self, object: str) -> list[FieldInfo]:
+        table = self._table(object)
+        return [
+            FieldInfo(name=c.name, type=c.type, nullable=c.nullable, unique=c.unique)
+            for c in table.columns.values()
+        ]
+
+    def _missing_table(self, object: str) -> DestinationError:
+        shown = self._qualified_name(object)
+        close = difflib.get_close_matches(shown, self.objects(), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        hint += "Create the table, or set create_tables: true on the destination."
+        return DestinationError(
+            f"table {shown} does not exist in destination '{self.name}'", hint=hint
+        )
+
+    def _table(self, object: str) -> _T:
+        table = self._find_table(object)
+        if table is None:
+            raise self._missing_table(object)
+        return table
+
+    # -- validation and setup ---------------------------------------------------------------
+
+    def check(
+        self, object: str, fields: Sequence[str], key_field: str | None, action: Action
+    ) -> list[str]:
+        if action not in self.capabilities.actions:
+            return [f"destination type '{self.type_name}' cannot {action} records"]
+        problems: list[str] = []
+        if action != "insert" and not key_field:
+            problems.append(f"{action} needs a key field to find the records in the table")
+        table = self._find_table(object)
+        if table is None:
+            if self.options.create_tables:
+                return problems
+            error = self._missing_table(object)
+            return [*problems, f"{error.message}; {error.hint}"]
+        problems += _unknown_fields(table, [*fields, *([key_field] if key_field else [])])
+        key = table.columns.get(key_field or "")
+        if action == "upsert" and key is not None and not key.unique:
+            problems.append(
+                f"upsert needs a unique constraint or primary key on {table.display}"
+                f"({key.name}); {self._upsert_check_hint(table, key.name)}"
+            )
+        return problems + self._more_problems(table, fields, key_field, action)
+
+    def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        table = self._find_table(object)
+        if table is None and self.options.create_tables:
+            self._create_table(object, schema, key_field)
+            table = self._table(object)
+        if table is None:
+            raise self._missing_table(object)
+        _refuse_unknown_fields(table, schema.names)
+
+    def _batch_columns(self, batch: Batch, table: _T) -> list[str]:
+        """The batch's columns to write, key first; DestinationError when they cannot be written."""
+        key = batch.key_field
+        if batch.action != "insert":
+            if not key:
+                raise DestinationError(f"{batch.action} on {table.display} needs a key field")
+            if key not in batch.records.column_names:
+                raise DestinationError(
+                    f"the {batch.action} batch for {table.display} has no '{key}' column"
+                )
+        names = [key] if batch.action == "delete" and key else list(batch.records.column_names)
+        _refuse_unknown_fields(table, names)
+        if batch.action == "upsert" and key and not table.columns[key].unique:
+            raise DestinationError(
+                f"upsert into {table.display} needs a unique constraint or primary key on {key}",
+                hint=self._upsert_batch_hint(table, key),
+            )
+        if key and key in names:  # the key first: statements refer to it as the first column
+            names.remove(key)
+            names.insert(0, key)
+        return names
+
+
+def not_found(batch: Batch, table: Table[Any], rows: Iterable[int]) -> dict[int, str]:
+    """Rejections for the rows of an update batch whose key matched no record."""
+    key = batch.key_field or ""
+    values = batch.records.column(key)
+    rejected: dict[int, str] = {}
+    for row in rows:
+        value = values[row].as_py()
+        shown = "NULL" if value is None else f"'{value}'"
+        rejected[row] = f"no record with {key} = {shown} in {table.display}"
+    return rejected
+
+
+def _unknown_fields(table: Table[Any], names: Iterable[str]) -> list[str]:
+    problems = []
+    for name in names:
+        if name not in table.columns:
+            close = difflib.get_close_matches(name, list(table.columns), n=1)
+            suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"column '{name}' does not exist on {table.display}{suggestion}")
+    return problems
+
+
+def _refuse_unknown_fields(table: Table[Any], names: Iterable[str]) -> None:
+    unknown = _unknown_fields(table, names)
+    if unknown:
+        raise DestinationError(
+            f"cannot write to {table.display}: {'; '.join(unknown)}",
+            hint="fix the mapping, or add the columns to the table",
+        )
