@@ -6,9 +6,12 @@ where a missing server is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -62,3 +65,37 @@ def pg_schema(postgres_url: str) -> Iterator[str]:
     yield name
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+@dataclass
+class CliResult:
+    """Exit code and captured output of one in-process `retl` command."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def retl_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run `retl ARGS...` in-process through the real entry point (error rendering included)."""
+    from reverse_etl.cli import main
+
+    def run(*args: str) -> CliResult:
+        with pytest.raises(SystemExit) as exited:
+            main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(int(exited.value.code or 0), captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RETL_*, GITHUB_*, GIT_* or FORCE_COLOR variables from the developer's shell."""
+    for key in list(os.environ):
+        if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR", "GIT_")):
+            monkeypatch.delenv(key)

@@ -4,7 +4,6 @@ destination swapped when asked, refused for a bad name or an existing file."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,8 @@ from reverse_etl.cli import main
 from reverse_etl.config import load_project
 from reverse_etl.errors import ConfigError
 from reverse_etl.project_ops import replace_scalars
+
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 PROJECT = """\
 version: 1
@@ -42,13 +43,6 @@ mapping:
   id: id
   email: email
 """
-
-
-@pytest.fixture(autouse=True)
-def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR")):
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture

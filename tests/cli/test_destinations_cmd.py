@@ -4,13 +4,14 @@ that are one message and an exit code, never a traceback."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from reverse_etl.cli import main
+
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 PROJECT = """\
 version: 1
@@ -25,10 +26,7 @@ destinations:
 
 
 @pytest.fixture(autouse=True)
-def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR")):
-            monkeypatch.delenv(key)
+def unreachable_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PG_URL", "postgresql://retl@127.0.0.1:1/none")
 
 

@@ -4,16 +4,18 @@ the key; they never change the exit code; a bad ref or no repository is exit 2."
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import CliResult
 
-from reverse_etl.cli import main
 from reverse_etl.config import load_project
 from reverse_etl.config.changes import changes_since
 from reverse_etl.errors import UsageError
+
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 PROJECT = """\
 version: 1
@@ -46,13 +48,6 @@ limits:
   max_deletes: 100
   max_delete_ratio: 0.1
 """
-
-
-@pytest.fixture(autouse=True)
-def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR", "GIT_")):
-            monkeypatch.delenv(key)
 
 
 def git(root: Path, *args: str) -> None:
@@ -195,17 +190,15 @@ def test_outside_git_is_a_usage_error(tmp_path: Path) -> None:
 # --- the command line -------------------------------------------------------------------------
 
 
-def validate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(["validate", *args])
-    captured = capsys.readouterr()
-    return int(exited.value.code or 0), captured.out, captured.err
+def validate(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+    result = retl_cli("validate", *args)
+    return result.code, result.out, result.err
 
 
-def test_warnings_are_printed_and_exit_0(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_warnings_are_printed_and_exit_0(repo: Path, retl_cli: Callable[..., CliResult]) -> None:
     edit(repo, "on_removed: ignore", "on_removed: delete\nallow_destructive: true")
 
-    code, out, err = validate(capsys, "--base", "main", "--project-dir", str(repo))
+    code, out, err = validate(retl_cli, "--base", "main", "--project-dir", str(repo))
 
     assert code == 0
     assert out == ""
@@ -219,11 +212,11 @@ def test_warnings_are_printed_and_exit_0(repo: Path, capsys: pytest.CaptureFixtu
 
 
 def test_json_keeps_ok_true_with_only_warnings(
-    repo: Path, capsys: pytest.CaptureFixture[str]
+    repo: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
     edit(repo, "mode: upsert", "mode: delete\nallow_destructive: true")
 
-    code, out, _ = validate(capsys, "--base", "main", "--json", "--project-dir", str(repo))
+    code, out, _ = validate(retl_cli, "--base", "main", "--json", "--project-dir", str(repo))
 
     assert code == 0
     document = json.loads(out)
@@ -239,11 +232,11 @@ def test_json_keeps_ok_true_with_only_warnings(
 
 
 def test_errors_still_fail_alongside_warnings(
-    repo: Path, capsys: pytest.CaptureFixture[str]
+    repo: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
     edit(repo, "mode: upsert", "mode: delete")  # without allow_destructive: an error
 
-    code, out, _ = validate(capsys, "--base", "main", "--json", "--project-dir", str(repo))
+    code, out, _ = validate(retl_cli, "--base", "main", "--json", "--project-dir", str(repo))
 
     assert code == 1
     severities = sorted(p["severity"] for p in json.loads(out)["problems"])
@@ -251,12 +244,12 @@ def test_errors_still_fail_alongside_warnings(
 
 
 def test_github_actions_gets_warning_annotations(
-    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    repo: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     edit(repo, "mode: upsert", "mode: delete\nallow_destructive: true")
 
-    _, out, _ = validate(capsys, "--base", "main", "--project-dir", str(repo))
+    _, out, _ = validate(retl_cli, "--base", "main", "--project-dir", str(repo))
 
     assert out.splitlines()[0] == (
         "::warning file=syncs/contacts.yml,line=7::syncs/contacts.yml:7: mode: "
@@ -264,8 +257,8 @@ def test_github_actions_gets_warning_annotations(
     )
 
 
-def test_a_bad_ref_exits_2(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = validate(capsys, "--base", "nope", "--project-dir", str(repo))
+def test_a_bad_ref_exits_2(repo: Path, retl_cli: Callable[..., CliResult]) -> None:
+    code, out, err = validate(retl_cli, "--base", "nope", "--project-dir", str(repo))
 
     assert code == 2
     assert out == ""
@@ -273,10 +266,10 @@ def test_a_bad_ref_exits_2(repo: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert "Traceback" not in err
 
 
-def test_no_repository_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_repository_exits_2(tmp_path: Path, retl_cli: Callable[..., CliResult]) -> None:
     (tmp_path / "retl.yml").write_text(PROJECT)
 
-    code, _, err = validate(capsys, "--base", "main", "--project-dir", str(tmp_path))
+    code, _, err = validate(retl_cli, "--base", "main", "--project-dir", str(tmp_path))
 
     assert code == 2
     assert "is not in a git repository" in err

@@ -6,11 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import CliResult
 
-from reverse_etl.cli import main
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 PROJECT = """\
 version: 1
@@ -38,13 +40,6 @@ mapping:
 """
 
 
-@pytest.fixture(autouse=True)
-def quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR")):
-            monkeypatch.delenv(key)
-
-
 def make_project(root: Path, **syncs: str) -> Path:
     (root / "syncs").mkdir(parents=True)
     (root / "retl.yml").write_text(PROJECT)
@@ -62,17 +57,15 @@ def broken(tmp_path: Path) -> Path:
     )
 
 
-def validate(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(["validate", *args])
-    captured = capsys.readouterr()
-    return int(exited.value.code or 0), captured.out, captured.err
+def validate(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+    result = retl_cli("validate", *args)
+    return result.code, result.out, result.err
 
 
 def test_json_output_is_one_document_in_the_spec_shape(
-    broken: Path, capsys: pytest.CaptureFixture[str]
+    broken: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, out, _ = validate(capsys, "--json", "--project-dir", str(broken))
+    code, out, _ = validate(retl_cli, "--json", "--project-dir", str(broken))
 
     assert code == 1
     document = json.loads(out)  # stdout holds nothing else
@@ -99,17 +92,17 @@ def test_json_output_is_one_document_in_the_spec_shape(
     }
 
 
-def test_json_output_of_a_valid_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_output_of_a_valid_project(tmp_path: Path, retl_cli: Callable[..., CliResult]) -> None:
     root = make_project(tmp_path, contacts=SYNC)
 
-    code, out, _ = validate(capsys, "--json", "--project-dir", str(root))
+    code, out, _ = validate(retl_cli, "--json", "--project-dir", str(root))
 
     assert code == 0
     assert json.loads(out) == {"ok": True, "problems": []}
 
 
-def test_human_output_goes_to_stderr_only(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = validate(capsys, "--project-dir", str(broken))
+def test_human_output_goes_to_stderr_only(broken: Path, retl_cli: Callable[..., CliResult]) -> None:
+    code, out, err = validate(retl_cli, "--project-dir", str(broken))
 
     assert code == 1
     assert out == ""
@@ -122,11 +115,11 @@ def test_human_output_goes_to_stderr_only(broken: Path, capsys: pytest.CaptureFi
 
 
 def test_github_actions_gets_error_annotations(
-    broken: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    broken: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
 
-    code, out, err = validate(capsys, "--project-dir", str(broken))
+    code, out, err = validate(retl_cli, "--project-dir", str(broken))
 
     assert code == 1
     assert out.splitlines() == [
@@ -139,19 +132,19 @@ def test_github_actions_gets_error_annotations(
 
 
 def test_no_annotations_outside_github_actions(
-    broken: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    broken: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "false")
 
-    _, out, _ = validate(capsys, "--project-dir", str(broken))
+    _, out, _ = validate(retl_cli, "--project-dir", str(broken))
 
     assert "::error" not in out
 
 
-def test_a_valid_project_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_valid_project_exits_0(tmp_path: Path, retl_cli: Callable[..., CliResult]) -> None:
     root = make_project(tmp_path, contacts=SYNC, leads=SYNC)
 
-    code, out, err = validate(capsys, "--project-dir", str(root))
+    code, out, err = validate(retl_cli, "--project-dir", str(root))
 
     assert code == 0
     assert out == ""
@@ -159,17 +152,17 @@ def test_a_valid_project_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_only_the_named_syncs_are_validated(
-    broken: Path, capsys: pytest.CaptureFixture[str]
+    broken: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, _, err = validate(capsys, "leads", "--project-dir", str(broken))
+    code, _, err = validate(retl_cli, "leads", "--project-dir", str(broken))
 
     assert code == 1
     assert "syncs/leads.yml" in err
     assert "syncs/contacts.yml" not in err
 
 
-def test_select_patterns_pick_syncs(broken: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = validate(capsys, "--select", "cont*", "--project-dir", str(broken))
+def test_select_patterns_pick_syncs(broken: Path, retl_cli: Callable[..., CliResult]) -> None:
+    code, _, err = validate(retl_cli, "--select", "cont*", "--project-dir", str(broken))
 
     assert code == 1
     assert "syncs/contacts.yml" in err
@@ -177,9 +170,9 @@ def test_select_patterns_pick_syncs(broken: Path, capsys: pytest.CaptureFixture[
 
 
 def test_an_unknown_sync_name_is_a_usage_error(
-    broken: Path, capsys: pytest.CaptureFixture[str]
+    broken: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, _, err = validate(capsys, "contact", "--project-dir", str(broken))
+    code, _, err = validate(retl_cli, "contact", "--project-dir", str(broken))
 
     assert code == 2
     assert "no sync named 'contact'" in err
@@ -187,11 +180,11 @@ def test_an_unknown_sync_name_is_a_usage_error(
 
 
 def test_the_project_is_found_from_the_working_directory(
-    broken: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    broken: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(broken / "syncs")
 
-    code, _, err = validate(capsys)
+    code, _, err = validate(retl_cli)
 
     assert code == 1
     assert "syncs/contacts.yml:1: warehouse: unknown warehouse 'dmo'" in err
@@ -200,24 +193,24 @@ def test_the_project_is_found_from_the_working_directory(
 def test_retl_project_dir_names_the_project(
     broken: Path,
     tmp_path_factory: pytest.TempPathFactory,
-    capsys: pytest.CaptureFixture[str],
+    retl_cli: Callable[..., CliResult],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     monkeypatch.setenv("RETL_PROJECT_DIR", str(broken))
 
-    code, _, err = validate(capsys)
+    code, _, err = validate(retl_cli)
 
     assert code == 1
     assert "syncs/leads.yml:12" in err
 
 
 def test_no_retl_yml_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
-    code, out, err = validate(capsys)
+    code, out, err = validate(retl_cli)
 
     assert code == 2
     assert out == ""
