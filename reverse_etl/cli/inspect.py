@@ -90,6 +90,9 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
     out.print(table)
 
 
+COUNTS = ("create", "update", "delete", "rejected")
+
+
 @app.command(rich_help_panel="Operations")
 def runs(
     args: Annotated[
@@ -138,13 +141,21 @@ def runs(
         "commit",
         "error",
     ):
-        table.add_column(column)
+        if column == "error":
+            table.add_column(column, overflow="ellipsis", no_wrap=True, max_width=30)
+        else:
+            table.add_column(
+                column,
+                no_wrap=True,
+                min_width=23 if column == "run id" else len(column),
+                justify="right" if column in COUNTS else "left",
+            )
     for r in records:
         table.add_row(
             r.id,
             r.sync,
             status_style(r.status),
-            r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.started_at.strftime("%m-%d %H:%M:%S"),
             f"{r.duration.total_seconds():.1f}s" if r.duration else "-",
             *(f"{r.counts.get(k, 0):,}" for k in ("create", "update", "delete", "rejected")),
             (r.git_commit or "-")[:8] + ("*" if r.git_dirty else ""),
@@ -258,7 +269,7 @@ def state_show(
         "records": meta.records if meta else 0,
         "watermark": meta.watermark if meta else None,
         "config_hash": meta.config_hash if meta else None,
-        "current_config_hash": chosen.config_hash() if chosen.config else None,
+        "current_config_hash": Engine(project).config_hash(chosen) if chosen.ok else None,
         "serial": meta.serial if meta else 0,
         "lineage": meta.lineage if meta else None,
         "updated_at": meta.updated_at if meta else None,

@@ -154,12 +154,13 @@ class Engine:
             retry_keys=self.dead_letters.keys(sync.name),
             incremental_from=watermark if sync.config.incremental else None,
             stored_config_hash=meta.config_hash,
-            config_hash=sync.config_hash(self._destination_block(sync)),
+            config_hash=self.config_hash(sync),
         )
 
-    def _destination_block(self, sync: Sync) -> Any:
+    def config_hash(self, sync: Sync) -> str:
+        """The hash a run records in state: the sync's settings, SQL and destination type."""
         assert self.project.config is not None and sync.config is not None
-        return self.project.config.destinations.get(sync.config.destination.name)
+        return sync.config_hash(self.project.config.destinations.get(sync.config.destination.name))
 
     # ------------------------------------------------------------------------------------- run
 
@@ -207,7 +208,7 @@ class Engine:
         run_log = self.run_log
         run_log.mark_abandoned(sync.name)
         version = file_version(sync.path)
-        config_hash = sync.config_hash(self._destination_block(sync))
+        config_hash = self.config_hash(sync)
         record: RunRecord | None = None
         if not options.dry_run:
             record = run_log.start(
