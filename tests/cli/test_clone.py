@@ -4,11 +4,12 @@ destination swapped when asked, refused for a bad name or an existing file."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import CliResult
 
-from reverse_etl.cli import main
 from reverse_etl.config import load_project
 from reverse_etl.errors import ConfigError
 from reverse_etl.project_ops import replace_scalars
@@ -53,18 +54,17 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as caught:
-        main(list(args))
-    captured = capsys.readouterr()
-    code = caught.value.code
-    return (code if isinstance(code, int) else 0 if code is None else 1), captured.out, captured.err
+def run(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+    result = retl_cli(*args)
+    return result.code, result.out, result.err
 
 
 def test_clone_copies_the_file_byte_for_byte(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, _, err = run(capsys, "clone", "contacts", "contacts_copy", "--project-dir", str(project))
+    code, _, err = run(
+        retl_cli, "clone", "contacts", "contacts_copy", "--project-dir", str(project)
+    )
 
     assert code == 0, err
     assert "wrote syncs/contacts_copy.yml (a copy of contacts)" in err
@@ -73,10 +73,10 @@ def test_clone_copies_the_file_byte_for_byte(
 
 
 def test_clone_points_the_copy_at_another_destination_keeping_comments(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
     code, _, err = run(
-        capsys,
+        retl_cli,
         "clone",
         "contacts",
         "contacts_sandbox",
@@ -121,11 +121,11 @@ def test_a_missing_destination_key_cannot_be_replaced() -> None:
 
 
 def test_an_existing_file_is_refused_without_force(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
     (project / "syncs" / "other.yml").write_text("# keep me\n")
 
-    code, _, err = run(capsys, "clone", "contacts", "other", "--project-dir", str(project))
+    code, _, err = run(retl_cli, "clone", "contacts", "other", "--project-dir", str(project))
 
     assert code == 1
     assert "syncs/other.yml already exists" in err
@@ -133,11 +133,11 @@ def test_an_existing_file_is_refused_without_force(
     assert (project / "syncs" / "other.yml").read_text() == "# keep me\n"
 
 
-def test_force_overwrites(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_force_overwrites(project: Path, retl_cli: Callable[..., CliResult]) -> None:
     (project / "syncs" / "other.yml").write_text("# old\n")
 
     code, out, _ = run(
-        capsys, "clone", "contacts", "other", "--force", "--json", "--project-dir", str(project)
+        retl_cli, "clone", "contacts", "other", "--force", "--json", "--project-dir", str(project)
     )
 
     assert code == 0
@@ -153,17 +153,17 @@ def test_force_overwrites(project: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 @pytest.mark.parametrize("name", ["Contacts", "-x", "a.b", "has space", "contacts"])
 def test_an_invalid_or_same_name_is_a_usage_error(
-    project: Path, capsys: pytest.CaptureFixture[str], name: str
+    project: Path, retl_cli: Callable[..., CliResult], name: str
 ) -> None:
-    code, _, err = run(capsys, "clone", "contacts", name, "--project-dir", str(project))
+    code, _, err = run(retl_cli, "clone", "contacts", name, "--project-dir", str(project))
 
     assert code == 2
     assert name in err
     assert sorted(p.name for p in (project / "syncs").iterdir()) == ["contacts.yml"]
 
 
-def test_an_unknown_sync_suggests_a_name(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "clone", "contact", "x", "--project-dir", str(project))
+def test_an_unknown_sync_suggests_a_name(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+    code, _, err = run(retl_cli, "clone", "contact", "x", "--project-dir", str(project))
 
     assert code == 2
     assert "no sync named 'contact'" in err
@@ -171,10 +171,10 @@ def test_an_unknown_sync_suggests_a_name(project: Path, capsys: pytest.CaptureFi
 
 
 def test_the_new_syncs_problems_are_printed_and_exit_1(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
     code, _, err = run(
-        capsys,
+        retl_cli,
         "clone",
         "contacts",
         "contacts_b",

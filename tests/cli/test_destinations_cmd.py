@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from reverse_etl.cli import main
+from conftest import CliResult
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -41,18 +41,15 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as caught:
-        main(list(args))
-    captured = capsys.readouterr()
-    code = caught.value.code
-    return (code if isinstance(code, int) else 0 if code is None else 1), captured.out, captured.err
+def run(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+    result = retl_cli(*args)
+    return result.code, result.out, result.err
 
 
 def test_without_arguments_lists_connectors_and_configured_destinations(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, out, err = run(capsys, "destinations", "--json", "--project-dir", str(project))
+    code, out, err = run(retl_cli, "destinations", "--json", "--project-dir", str(project))
 
     assert code == 0, err
     document = json.loads(out)
@@ -66,8 +63,8 @@ def test_without_arguments_lists_connectors_and_configured_destinations(
     ]
 
 
-def test_human_listing_shows_both_tables(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "destinations", "--project-dir", str(project))
+def test_human_listing_shows_both_tables(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+    code, out, _ = run(retl_cli, "destinations", "--project-dir", str(project))
 
     assert code == 0
     assert "connectors" in out and "destinations in retl.yml" in out
@@ -75,11 +72,11 @@ def test_human_listing_shows_both_tables(project: Path, capsys: pytest.CaptureFi
 
 
 def test_connectors_are_listed_outside_a_project(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
-    code, out, _ = run(capsys, "destinations", "--json")
+    code, out, _ = run(retl_cli, "destinations", "--json")
 
     assert code == 0
     document = json.loads(out)
@@ -87,18 +84,20 @@ def test_connectors_are_listed_outside_a_project(
     assert "sql" in {c["type"] for c in document["connectors"]}
 
 
-def test_a_destination_lists_its_objects(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys, "destinations", "app_db", "--json", "--project-dir", str(project))
+def test_a_destination_lists_its_objects(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+    code, out, err = run(
+        retl_cli, "destinations", "app_db", "--json", "--project-dir", str(project)
+    )
 
     assert code == 0, err
     assert json.loads(out) == {"destination": "app_db", "objects": ["accounts", "contacts"]}
 
 
 def test_an_object_lists_its_fields_and_types(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
     code, out, err = run(
-        capsys, "destinations", "app_db", "contacts", "--json", "--project-dir", str(project)
+        retl_cli, "destinations", "app_db", "contacts", "--json", "--project-dir", str(project)
     )
 
     assert code == 0, err
@@ -108,8 +107,10 @@ def test_an_object_lists_its_fields_and_types(
     assert fields["name"]["nullable"] is True
 
 
-def test_human_fields_table(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "destinations", "app_db", "contacts", "--project-dir", str(project))
+def test_human_fields_table(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+    code, out, _ = run(
+        retl_cli, "destinations", "app_db", "contacts", "--project-dir", str(project)
+    )
 
     assert code == 0
     assert "fields of app_db contacts" in out
@@ -117,9 +118,9 @@ def test_human_fields_table(project: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_an_unknown_destination_is_a_usage_error_with_a_suggestion(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, out, err = run(capsys, "destinations", "app", "--project-dir", str(project))
+    code, out, err = run(retl_cli, "destinations", "app", "--project-dir", str(project))
 
     assert code == 2
     assert out == ""
@@ -129,9 +130,9 @@ def test_an_unknown_destination_is_a_usage_error_with_a_suggestion(
 
 
 def test_a_missing_table_is_one_clear_error(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, _, err = run(capsys, "destinations", "app_db", "contact", "--project-dir", str(project))
+    code, _, err = run(retl_cli, "destinations", "app_db", "contact", "--project-dir", str(project))
 
     assert code == 1
     assert "table contact does not exist in destination 'app_db'" in err
@@ -140,9 +141,9 @@ def test_a_missing_table_is_one_clear_error(
 
 
 def test_an_unreachable_database_is_one_clear_error(
-    project: Path, capsys: pytest.CaptureFixture[str]
+    project: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
-    code, _, err = run(capsys, "destinations", "warehouse_pg", "--project-dir", str(project))
+    code, _, err = run(retl_cli, "destinations", "warehouse_pg", "--project-dir", str(project))
 
     assert code == 1
     assert "cannot connect to PostgreSQL destination 'warehouse_pg'" in err
@@ -150,13 +151,13 @@ def test_an_unreachable_database_is_one_clear_error(
 
 
 def test_an_invalid_destination_block_shows_its_problems(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, retl_cli: Callable[..., CliResult]
 ) -> None:
     (tmp_path / "retl.yml").write_text(
         "version: 1\ndestinations:\n  app_db:\n    type: sql\n    ulr: sqlite:///x.sqlite\n"
     )
 
-    code, _, err = run(capsys, "destinations", "app_db", "--project-dir", str(tmp_path))
+    code, _, err = run(retl_cli, "destinations", "app_db", "--project-dir", str(tmp_path))
 
     assert code == 1
     assert "retl.yml:5: destinations.app_db.ulr: unknown key 'ulr'" in err
@@ -167,7 +168,7 @@ def test_postgres_objects_and_fields(
     tmp_path: Path,
     postgres_url: str,
     pg_schema: str,
-    capsys: pytest.CaptureFixture[str],
+    retl_cli: Callable[..., CliResult],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import psycopg
@@ -181,13 +182,13 @@ def test_postgres_objects_and_fields(
     monkeypatch.setenv("PG_URL", postgres_url)
 
     code, out, err = run(
-        capsys, "destinations", "warehouse_pg", "--json", "--project-dir", str(tmp_path)
+        retl_cli, "destinations", "warehouse_pg", "--json", "--project-dir", str(tmp_path)
     )
     assert code == 0, err
     assert f"{pg_schema}.contacts" in json.loads(out)["objects"]
 
     code, out, err = run(
-        capsys,
+        retl_cli,
         "destinations",
         "warehouse_pg",
         f"{pg_schema}.contacts",
