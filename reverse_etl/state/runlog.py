@@ -328,6 +328,22 @@ def _counts_json(counts: Mapping[str, int] | None) -> str:
     return json.dumps({str(k): int(v) for k, v in (counts or {}).items()}, sort_keys=True)
 
 
+def _select_by_sync(
+    select: str, sync: str | None, order_by: str, limit: int | None
+) -> tuple[str, list[Any]]:
+    """`select` restricted to one sync (or all), ordered and optionally limited."""
+    sql = select
+    params: list[Any] = []
+    if sync is not None:
+        sql += " WHERE sync = ?"
+        params.append(sync)
+    sql += f" ORDER BY {order_by}"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return sql, params
+
+
 class RunLog:
     """The history of runs, newest first. Safe to use from several processes and threads."""
 
@@ -443,15 +459,9 @@ class RunLog:
 
     def list(self, sync: str | None = None, limit: int | None = 20) -> builtins.list[RunRecord]:
         """Runs newest first, of one sync or of all; `limit=None` for all of them."""
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
-        params: builtins.list[Any] = []
-        if sync is not None:
-            sql += " WHERE sync = ?"
-            params.append(sync)
-        sql += " ORDER BY started_at DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        sql, params = _select_by_sync(
+            f"SELECT {_RUN_COLUMNS} FROM runs", sync, "started_at DESC, id DESC", limit
+        )
         with self._db.read() as conn:
             return [_run_from_row(row) for row in conn.execute(sql, params)]
 
@@ -715,15 +725,9 @@ class DeadLetterQueue:
 
     def list(self, sync: str | None = None, limit: int | None = None) -> builtins.list[DeadLetter]:
         """Queued entries, oldest failure first, of one sync or of all."""
-        sql = f"SELECT {_DLQ_COLUMNS} FROM dead_letters"
-        params: builtins.list[Any] = []
-        if sync is not None:
-            sql += " WHERE sync = ?"
-            params.append(sync)
-        sql += " ORDER BY sync, first_failed_at, key"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        sql, params = _select_by_sync(
+            f"SELECT {_DLQ_COLUMNS} FROM dead_letters", sync, "sync, first_failed_at, key", limit
+        )
         with self._db.read() as conn:
             return [_dead_letter_from_row(row) for row in conn.execute(sql, params)]
 
