@@ -126,7 +126,8 @@ class Engine:
             try:
                 store = self.snapshot(sync.name)
                 store.attach(con, writable=False)
-                return self._plan(sync, con, store, full_resync=full_resync, only_keys=None)
+                dead_letter_keys = self.dead_letters.keys(sync.name)
+                return self._plan(sync, con, store, dead_letter_keys, full_resync=full_resync)
             finally:
                 con.close()
 
@@ -135,9 +136,10 @@ class Engine:
         sync: Sync,
         con: duckdb.DuckDBPyConnection,
         store: SnapshotStore,
+        dead_letter_keys: list[str],
         *,
         full_resync: bool,
-        only_keys: list[str] | None,
+        only_dead_letters: bool = False,
     ) -> Plan:
         assert sync.config is not None
         meta = store.meta(con)
@@ -150,8 +152,8 @@ class Engine:
             mapping=source.mapping,
             source_rows=source.rows,
             full_resync=full_resync,
-            only_keys=only_keys,
-            retry_keys=self.dead_letters.keys(sync.name),
+            only_keys=dead_letter_keys if only_dead_letters else None,
+            retry_keys=dead_letter_keys,
             incremental_from=watermark if sync.config.incremental else None,
             stored_config_hash=meta.config_hash,
             config_hash=self.config_hash(sync),
@@ -224,9 +226,14 @@ class Engine:
             try:
                 store = self.snapshot(sync.name)
                 store.attach(con, writable=not options.dry_run)
-                only_keys = self.dead_letters.keys(sync.name) if options.only_dead_letters else None
+                dead_letter_keys = self.dead_letters.keys(sync.name)
                 plan = self._plan(
-                    sync, con, store, full_resync=options.full_resync, only_keys=only_keys
+                    sync,
+                    con,
+                    store,
+                    dead_letter_keys,
+                    full_resync=options.full_resync,
+                    only_dead_letters=options.only_dead_letters,
                 )
                 outcome.plan = plan
                 outcome.counts = plan.counts.as_dict()
@@ -244,7 +251,7 @@ class Engine:
                         "the deletes were not confirmed",
                         "rerun with --yes to skip the question",
                     )
-                delivery = _Delivery(self, sync, con, plan, options, outcome)
+                delivery = _Delivery(self, sync, con, plan, options, outcome, dead_letter_keys)
                 delivery.execute(config_hash, record.id if record else None)
                 return outcome
             except RetlError as exc:
@@ -287,6 +294,7 @@ class _Delivery:
         plan: Plan,
         options: RunOptions,
         outcome: RunOutcome,
+        dead_letter_keys: list[str],
     ) -> None:
         assert sync.config is not None
         self.engine = engine
@@ -300,7 +308,7 @@ class _Delivery:
         self.key_field = sync.key_field()
         self.fields = list(sync.config.mapping)
         self.dead_letters = engine.dead_letters
-        self.pending_dead_letters = set(self.dead_letters.keys(sync.name))
+        self.pending_dead_letters = set(dead_letter_keys)
         self.counts = {
             "create": 0,
             "update": 0,
