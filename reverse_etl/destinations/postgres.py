@@ -338,15 +338,20 @@ class PostgresDestination(TableDestination[_Table]):
         self._conn.execute("SET TimeZone = 'UTC'")
         return self._conn
 
+    def _retrying(self) -> Retrying:
+        """Attempts of one unit of work, retried when the connection was lost or a transient
+        server error (deadlock, serialization failure) occurred."""
+        return Retrying(
+            stop=stop_after_attempt(self.batch_attempts),
+            wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
+            retry=retry_if_exception(_is_transient),
+            reraise=True,
+        )
+
     def _query(self, query: sql.Composed | sql.SQL | str, params: Sequence[Any] = ()) -> list[Any]:
         """Rows of a catalog query, retrying when the connection was lost."""
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(self.batch_attempts),
-                wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
-                retry=retry_if_exception(_is_transient),
-                reraise=True,
-            ):
+            for attempt in self._retrying():
                 with attempt:
                     return self._connection().execute(query, params).fetchall()
         except psycopg.Error as exc:
@@ -470,12 +475,7 @@ class PostgresDestination(TableDestination[_Table]):
         if batch.size == 0:
             return BatchResult()
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(self.batch_attempts),
-                wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
-                retry=retry_if_exception(_is_transient),
-                reraise=True,
-            ):
+            for attempt in self._retrying():
                 with attempt:
                     try:
                         return self._deliver_once(batch, typed_stage=True)
