@@ -22,6 +22,7 @@ from reverse_etl.cli.common import (
     selected_syncs,
 )
 from reverse_etl.cli.render import ago, render_summary, short, status_style
+from reverse_etl.config import Project
 from reverse_etl.errors import UsageError
 from reverse_etl.gitinfo import file_history
 from reverse_etl.run import Engine, RunOptions
@@ -93,6 +94,17 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
 COUNTS = ("create", "update", "delete", "rejected")
 
 
+def _optional_sync(project: Project, words: list[str], usage: str) -> str | None:
+    """The one sync named by `words`, or None for all; an unknown name is a usage error."""
+    if len(words) > 1:
+        raise UsageError(usage)
+    if not words:
+        return None
+    if words[0] not in project.syncs:
+        project.select(words)  # raises the usual "no sync named ..." with a suggestion
+    return words[0]
+
+
 @app.command(rich_help_panel="Operations")
 def runs(
     args: Annotated[
@@ -118,11 +130,7 @@ def runs(
         for key, value in record.to_dict().items():
             out.print(f"[bold]{key:>12}[/bold]  {value}", highlight=False)
         return
-    if len(words) > 1:
-        raise UsageError("usage: retl runs [SYNC] | retl runs show RUN_ID")
-    sync = words[0] if words else None
-    if sync is not None and sync not in project.syncs:
-        project.select([sync])
+    sync = _optional_sync(project, words, "usage: retl runs [SYNC] | retl runs show RUN_ID")
     records = run_log.list(sync, limit=limit)
     if json_output:
         print_json({"runs": [r.to_dict() for r in records]})
@@ -205,11 +213,9 @@ def dlq(
         if outcome.status in ("failed", "refused"):
             raise typer.Exit(1)
         return
-    if len(words) > 1:
-        raise UsageError("usage: retl dlq [SYNC] | retl dlq retry SYNC | retl dlq clear SYNC")
-    sync_name = words[0] if words else None
-    if sync_name is not None and sync_name not in project.syncs:
-        project.select([sync_name])
+    sync_name = _optional_sync(
+        project, words, "usage: retl dlq [SYNC] | retl dlq retry SYNC | retl dlq clear SYNC"
+    )
     letters = queue.list(sync_name, limit=limit)
     if json_output:
         print_json(

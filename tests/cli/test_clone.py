@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import CliResult
 
 from reverse_etl.config import load_project
 from reverse_etl.errors import ConfigError
@@ -54,14 +54,12 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+def run(retl_cli: Callable[..., Any], *args: str) -> tuple[int, str, str]:
     result = retl_cli(*args)
     return result.code, result.out, result.err
 
 
-def test_clone_copies_the_file_byte_for_byte(
-    project: Path, retl_cli: Callable[..., CliResult]
-) -> None:
+def test_clone_copies_the_file_byte_for_byte(project: Path, retl_cli: Callable[..., Any]) -> None:
     code, _, err = run(
         retl_cli, "clone", "contacts", "contacts_copy", "--project-dir", str(project)
     )
@@ -73,7 +71,7 @@ def test_clone_copies_the_file_byte_for_byte(
 
 
 def test_clone_points_the_copy_at_another_destination_keeping_comments(
-    project: Path, retl_cli: Callable[..., CliResult]
+    project: Path, retl_cli: Callable[..., Any]
 ) -> None:
     code, _, err = run(
         retl_cli,
@@ -121,7 +119,7 @@ def test_a_missing_destination_key_cannot_be_replaced() -> None:
 
 
 def test_an_existing_file_is_refused_without_force(
-    project: Path, retl_cli: Callable[..., CliResult]
+    project: Path, retl_cli: Callable[..., Any]
 ) -> None:
     (project / "syncs" / "other.yml").write_text("# keep me\n")
 
@@ -133,7 +131,7 @@ def test_an_existing_file_is_refused_without_force(
     assert (project / "syncs" / "other.yml").read_text() == "# keep me\n"
 
 
-def test_force_overwrites(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_force_overwrites(project: Path, retl_cli: Callable[..., Any]) -> None:
     (project / "syncs" / "other.yml").write_text("# old\n")
 
     code, out, _ = run(
@@ -153,7 +151,7 @@ def test_force_overwrites(project: Path, retl_cli: Callable[..., CliResult]) -> 
 
 @pytest.mark.parametrize("name", ["Contacts", "-x", "a.b", "has space", "contacts"])
 def test_an_invalid_or_same_name_is_a_usage_error(
-    project: Path, retl_cli: Callable[..., CliResult], name: str
+    project: Path, retl_cli: Callable[..., Any], name: str
 ) -> None:
     code, _, err = run(retl_cli, "clone", "contacts", name, "--project-dir", str(project))
 
@@ -162,7 +160,7 @@ def test_an_invalid_or_same_name_is_a_usage_error(
     assert sorted(p.name for p in (project / "syncs").iterdir()) == ["contacts.yml"]
 
 
-def test_an_unknown_sync_suggests_a_name(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_an_unknown_sync_suggests_a_name(project: Path, retl_cli: Callable[..., Any]) -> None:
     code, _, err = run(retl_cli, "clone", "contact", "x", "--project-dir", str(project))
 
     assert code == 2
@@ -171,7 +169,7 @@ def test_an_unknown_sync_suggests_a_name(project: Path, retl_cli: Callable[..., 
 
 
 def test_the_new_syncs_problems_are_printed_and_exit_1(
-    project: Path, retl_cli: Callable[..., CliResult]
+    project: Path, retl_cli: Callable[..., Any]
 ) -> None:
     code, _, err = run(
         retl_cli,

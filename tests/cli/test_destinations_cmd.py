@@ -7,9 +7,9 @@ import json
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import CliResult
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -41,13 +41,13 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+def run(retl_cli: Callable[..., Any], *args: str) -> tuple[int, str, str]:
     result = retl_cli(*args)
     return result.code, result.out, result.err
 
 
 def test_without_arguments_lists_connectors_and_configured_destinations(
-    project: Path, retl_cli: Callable[..., CliResult]
+    project: Path, retl_cli: Callable[..., Any]
 ) -> None:
     code, out, err = run(retl_cli, "destinations", "--json", "--project-dir", str(project))
 
@@ -63,7 +63,7 @@ def test_without_arguments_lists_connectors_and_configured_destinations(
     ]
 
 
-def test_human_listing_shows_both_tables(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_human_listing_shows_both_tables(project: Path, retl_cli: Callable[..., Any]) -> None:
     code, out, _ = run(retl_cli, "destinations", "--project-dir", str(project))
 
     assert code == 0
@@ -72,7 +72,7 @@ def test_human_listing_shows_both_tables(project: Path, retl_cli: Callable[..., 
 
 
 def test_connectors_are_listed_outside_a_project(
-    tmp_path: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
@@ -84,7 +84,7 @@ def test_connectors_are_listed_outside_a_project(
     assert "sql" in {c["type"] for c in document["connectors"]}
 
 
-def test_a_destination_lists_its_objects(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_a_destination_lists_its_objects(project: Path, retl_cli: Callable[..., Any]) -> None:
     code, out, err = run(
         retl_cli, "destinations", "app_db", "--json", "--project-dir", str(project)
     )
@@ -93,9 +93,7 @@ def test_a_destination_lists_its_objects(project: Path, retl_cli: Callable[..., 
     assert json.loads(out) == {"destination": "app_db", "objects": ["accounts", "contacts"]}
 
 
-def test_an_object_lists_its_fields_and_types(
-    project: Path, retl_cli: Callable[..., CliResult]
-) -> None:
+def test_an_object_lists_its_fields_and_types(project: Path, retl_cli: Callable[..., Any]) -> None:
     code, out, err = run(
         retl_cli, "destinations", "app_db", "contacts", "--json", "--project-dir", str(project)
     )
@@ -107,7 +105,7 @@ def test_an_object_lists_its_fields_and_types(
     assert fields["name"]["nullable"] is True
 
 
-def test_human_fields_table(project: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_human_fields_table(project: Path, retl_cli: Callable[..., Any]) -> None:
     code, out, _ = run(
         retl_cli, "destinations", "app_db", "contacts", "--project-dir", str(project)
     )
@@ -118,7 +116,7 @@ def test_human_fields_table(project: Path, retl_cli: Callable[..., CliResult]) -
 
 
 def test_an_unknown_destination_is_a_usage_error_with_a_suggestion(
-    project: Path, retl_cli: Callable[..., CliResult]
+    project: Path, retl_cli: Callable[..., Any]
 ) -> None:
     code, out, err = run(retl_cli, "destinations", "app", "--project-dir", str(project))
 
@@ -129,9 +127,7 @@ def test_an_unknown_destination_is_a_usage_error_with_a_suggestion(
     assert "Traceback" not in err
 
 
-def test_a_missing_table_is_one_clear_error(
-    project: Path, retl_cli: Callable[..., CliResult]
-) -> None:
+def test_a_missing_table_is_one_clear_error(project: Path, retl_cli: Callable[..., Any]) -> None:
     code, _, err = run(retl_cli, "destinations", "app_db", "contact", "--project-dir", str(project))
 
     assert code == 1
@@ -141,7 +137,7 @@ def test_a_missing_table_is_one_clear_error(
 
 
 def test_an_unreachable_database_is_one_clear_error(
-    project: Path, retl_cli: Callable[..., CliResult]
+    project: Path, retl_cli: Callable[..., Any]
 ) -> None:
     code, _, err = run(retl_cli, "destinations", "warehouse_pg", "--project-dir", str(project))
 
@@ -151,7 +147,7 @@ def test_an_unreachable_database_is_one_clear_error(
 
 
 def test_an_invalid_destination_block_shows_its_problems(
-    tmp_path: Path, retl_cli: Callable[..., CliResult]
+    tmp_path: Path, retl_cli: Callable[..., Any]
 ) -> None:
     (tmp_path / "retl.yml").write_text(
         "version: 1\ndestinations:\n  app_db:\n    type: sql\n    ulr: sqlite:///x.sqlite\n"
@@ -168,7 +164,7 @@ def test_postgres_objects_and_fields(
     tmp_path: Path,
     postgres_url: str,
     pg_schema: str,
-    retl_cli: Callable[..., CliResult],
+    retl_cli: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import psycopg

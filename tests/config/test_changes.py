@@ -7,9 +7,9 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import CliResult
 
 from reverse_etl.config import load_project
 from reverse_etl.config.changes import changes_since
@@ -190,12 +190,12 @@ def test_outside_git_is_a_usage_error(tmp_path: Path) -> None:
 # --- the command line -------------------------------------------------------------------------
 
 
-def validate(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+def validate(retl_cli: Callable[..., Any], *args: str) -> tuple[int, str, str]:
     result = retl_cli("validate", *args)
     return result.code, result.out, result.err
 
 
-def test_warnings_are_printed_and_exit_0(repo: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_warnings_are_printed_and_exit_0(repo: Path, retl_cli: Callable[..., Any]) -> None:
     edit(repo, "on_removed: ignore", "on_removed: delete\nallow_destructive: true")
 
     code, out, err = validate(retl_cli, "--base", "main", "--project-dir", str(repo))
@@ -211,9 +211,7 @@ def test_warnings_are_printed_and_exit_0(repo: Path, retl_cli: Callable[..., Cli
     ]
 
 
-def test_json_keeps_ok_true_with_only_warnings(
-    repo: Path, retl_cli: Callable[..., CliResult]
-) -> None:
+def test_json_keeps_ok_true_with_only_warnings(repo: Path, retl_cli: Callable[..., Any]) -> None:
     edit(repo, "mode: upsert", "mode: delete\nallow_destructive: true")
 
     code, out, _ = validate(retl_cli, "--base", "main", "--json", "--project-dir", str(repo))
@@ -231,9 +229,7 @@ def test_json_keeps_ok_true_with_only_warnings(
     }
 
 
-def test_errors_still_fail_alongside_warnings(
-    repo: Path, retl_cli: Callable[..., CliResult]
-) -> None:
+def test_errors_still_fail_alongside_warnings(repo: Path, retl_cli: Callable[..., Any]) -> None:
     edit(repo, "mode: upsert", "mode: delete")  # without allow_destructive: an error
 
     code, out, _ = validate(retl_cli, "--base", "main", "--json", "--project-dir", str(repo))
@@ -244,7 +240,7 @@ def test_errors_still_fail_alongside_warnings(
 
 
 def test_github_actions_gets_warning_annotations(
-    repo: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+    repo: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     edit(repo, "mode: upsert", "mode: delete\nallow_destructive: true")
@@ -257,7 +253,7 @@ def test_github_actions_gets_warning_annotations(
     )
 
 
-def test_a_bad_ref_exits_2(repo: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_a_bad_ref_exits_2(repo: Path, retl_cli: Callable[..., Any]) -> None:
     code, out, err = validate(retl_cli, "--base", "nope", "--project-dir", str(repo))
 
     assert code == 2
@@ -266,7 +262,7 @@ def test_a_bad_ref_exits_2(repo: Path, retl_cli: Callable[..., CliResult]) -> No
     assert "Traceback" not in err
 
 
-def test_no_repository_exits_2(tmp_path: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_no_repository_exits_2(tmp_path: Path, retl_cli: Callable[..., Any]) -> None:
     (tmp_path / "retl.yml").write_text(PROJECT)
 
     code, _, err = validate(retl_cli, "--base", "main", "--project-dir", str(tmp_path))

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import CliResult
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -57,13 +57,13 @@ def broken(tmp_path: Path) -> Path:
     )
 
 
-def validate(retl_cli: Callable[..., CliResult], *args: str) -> tuple[int, str, str]:
+def validate(retl_cli: Callable[..., Any], *args: str) -> tuple[int, str, str]:
     result = retl_cli("validate", *args)
     return result.code, result.out, result.err
 
 
 def test_json_output_is_one_document_in_the_spec_shape(
-    broken: Path, retl_cli: Callable[..., CliResult]
+    broken: Path, retl_cli: Callable[..., Any]
 ) -> None:
     code, out, _ = validate(retl_cli, "--json", "--project-dir", str(broken))
 
@@ -92,7 +92,7 @@ def test_json_output_is_one_document_in_the_spec_shape(
     }
 
 
-def test_json_output_of_a_valid_project(tmp_path: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_json_output_of_a_valid_project(tmp_path: Path, retl_cli: Callable[..., Any]) -> None:
     root = make_project(tmp_path, contacts=SYNC)
 
     code, out, _ = validate(retl_cli, "--json", "--project-dir", str(root))
@@ -101,7 +101,7 @@ def test_json_output_of_a_valid_project(tmp_path: Path, retl_cli: Callable[..., 
     assert json.loads(out) == {"ok": True, "problems": []}
 
 
-def test_human_output_goes_to_stderr_only(broken: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_human_output_goes_to_stderr_only(broken: Path, retl_cli: Callable[..., Any]) -> None:
     code, out, err = validate(retl_cli, "--project-dir", str(broken))
 
     assert code == 1
@@ -115,7 +115,7 @@ def test_human_output_goes_to_stderr_only(broken: Path, retl_cli: Callable[..., 
 
 
 def test_github_actions_gets_error_annotations(
-    broken: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+    broken: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
 
@@ -132,7 +132,7 @@ def test_github_actions_gets_error_annotations(
 
 
 def test_no_annotations_outside_github_actions(
-    broken: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+    broken: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GITHUB_ACTIONS", "false")
 
@@ -141,7 +141,7 @@ def test_no_annotations_outside_github_actions(
     assert "::error" not in out
 
 
-def test_a_valid_project_exits_0(tmp_path: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_a_valid_project_exits_0(tmp_path: Path, retl_cli: Callable[..., Any]) -> None:
     root = make_project(tmp_path, contacts=SYNC, leads=SYNC)
 
     code, out, err = validate(retl_cli, "--project-dir", str(root))
@@ -151,9 +151,7 @@ def test_a_valid_project_exits_0(tmp_path: Path, retl_cli: Callable[..., CliResu
     assert err.strip() == "ok: retl.yml and 2 sync(s) are valid"
 
 
-def test_only_the_named_syncs_are_validated(
-    broken: Path, retl_cli: Callable[..., CliResult]
-) -> None:
+def test_only_the_named_syncs_are_validated(broken: Path, retl_cli: Callable[..., Any]) -> None:
     code, _, err = validate(retl_cli, "leads", "--project-dir", str(broken))
 
     assert code == 1
@@ -161,7 +159,7 @@ def test_only_the_named_syncs_are_validated(
     assert "syncs/contacts.yml" not in err
 
 
-def test_select_patterns_pick_syncs(broken: Path, retl_cli: Callable[..., CliResult]) -> None:
+def test_select_patterns_pick_syncs(broken: Path, retl_cli: Callable[..., Any]) -> None:
     code, _, err = validate(retl_cli, "--select", "cont*", "--project-dir", str(broken))
 
     assert code == 1
@@ -169,9 +167,7 @@ def test_select_patterns_pick_syncs(broken: Path, retl_cli: Callable[..., CliRes
     assert "syncs/leads.yml" not in err
 
 
-def test_an_unknown_sync_name_is_a_usage_error(
-    broken: Path, retl_cli: Callable[..., CliResult]
-) -> None:
+def test_an_unknown_sync_name_is_a_usage_error(broken: Path, retl_cli: Callable[..., Any]) -> None:
     code, _, err = validate(retl_cli, "contact", "--project-dir", str(broken))
 
     assert code == 2
@@ -180,7 +176,7 @@ def test_an_unknown_sync_name_is_a_usage_error(
 
 
 def test_the_project_is_found_from_the_working_directory(
-    broken: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+    broken: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(broken / "syncs")
 
@@ -193,7 +189,7 @@ def test_the_project_is_found_from_the_working_directory(
 def test_retl_project_dir_names_the_project(
     broken: Path,
     tmp_path_factory: pytest.TempPathFactory,
-    retl_cli: Callable[..., CliResult],
+    retl_cli: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
@@ -206,7 +202,7 @@ def test_retl_project_dir_names_the_project(
 
 
 def test_no_retl_yml_exits_2(
-    tmp_path: Path, retl_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
 
