@@ -17,6 +17,7 @@ from reverse_etl.config.project import (
     model_problems,
 )
 from reverse_etl.config.yamlio import YamlDocument, uses_env
+from reverse_etl.types import mode_action
 
 if TYPE_CHECKING:
     from reverse_etl.destinations.base import Destination
@@ -238,7 +239,7 @@ def _check_sync(project: Project, sync: Sync) -> None:
         block = project_config.destinations[config.destination.name]
         cls = _connector_types().get(block.type)
         if cls is not None:
-            action = action_for(config.mode)
+            action = mode_action(config.mode)
             mode_is_valid = not any(p.field == "mode" for p in problems)  # else a stand-in
             if mode_is_valid and action not in cls.capabilities.actions:
                 add(
@@ -251,10 +252,6 @@ def _check_sync(project: Project, sync: Sync) -> None:
                     ("batch_size",),
                     f"{config.batch_size} is above the {block.type} connector's limit of {limit}",
                 )
-
-
-def action_for(mode: str) -> str:
-    return {"insert": "insert", "update": "update", "upsert": "upsert", "delete": "delete"}[mode]
 
 
 def _known(what: str, names: Any) -> str:

@@ -13,10 +13,11 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from reverse_etl.config.checks import action_for, is_secret_key
+from reverse_etl.config.checks import is_secret_key
 from reverse_etl.config.problems import Problem
 from reverse_etl.config.project import Project, Sync, did_you_mean
 from reverse_etl.errors import RetlError
+from reverse_etl.types import mode_action
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:)(?P<password>[^@/\s]+)@")
 MASK = "***"
@@ -176,7 +177,7 @@ class _ConnectChecker:
                 config.destination.object,
                 list(config.mapping),
                 sync.key_field(),
-                action_for(config.mode),
+                mode_action(config.mode),
             )
         except Exception as exc:
             message, hint = self._failure(

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 from croniter import croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from reverse_etl.types import Mode
+
 SYNC_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]*$")
-Mode = Literal["insert", "update", "upsert", "delete"]
 
 
 class HintedValueError(ValueError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from reverse_etl.destinations.base import (
-    Action,
     Batch,
     BatchResult,
     Capabilities,
@@ -15,6 +14,7 @@ from reverse_etl.destinations.base import (
     connector_types,
     register,
 )
+from reverse_etl.types import Action
 
 __all__ = [
     "Action",

@@ -11,13 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-Action = Literal["insert", "update", "upsert", "delete"]
-ALL_ACTIONS: frozenset[Action] = frozenset({"insert", "update", "upsert", "delete"})
+from reverse_etl.types import ALL_ACTIONS, Action
 
 
 class DestinationOptions(BaseModel):

@@ -29,7 +29,6 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from reverse_etl.destinations.base import (
-    Action,
     Batch,
     BatchResult,
     Capabilities,
@@ -39,6 +38,7 @@ from reverse_etl.destinations.base import (
     register,
 )
 from reverse_etl.errors import DestinationError
+from reverse_etl.types import Action
 
 ACTION_COLUMN = "_retl_action"
 _EXTENSIONS = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}

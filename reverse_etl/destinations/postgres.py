@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from reverse_etl.destinations.base import Action, Batch, BatchResult, Capabilities, register
+from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, register
 from reverse_etl.destinations.tables import (
     Column,
     Table,
@@ -35,6 +35,7 @@ from reverse_etl.destinations.tables import (
     not_found,
 )
 from reverse_etl.errors import DestinationError
+from reverse_etl.types import Action
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 Cursor = psycopg.Cursor[tuple[Any, ...]]

@@ -23,7 +23,7 @@ from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from reverse_etl.destinations.base import Action, Batch, BatchResult, Capabilities, register
+from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, register
 from reverse_etl.destinations.postgres import db_message as postgres_message
 from reverse_etl.destinations.postgres import is_record_error as postgres_record_error
 from reverse_etl.destinations.tables import (
@@ -34,6 +34,7 @@ from reverse_etl.destinations.tables import (
     not_found,
 )
 from reverse_etl.errors import DestinationError
+from reverse_etl.types import Action
 
 _T = TypeVar("_T")
 

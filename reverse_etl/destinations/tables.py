@@ -17,13 +17,13 @@ from typing import Any, Generic, TypeVar
 import pyarrow as pa
 
 from reverse_etl.destinations.base import (
-    Action,
     Batch,
     Destination,
     DestinationOptions,
     FieldInfo,
 )
 from reverse_etl.errors import DestinationError
+from reverse_etl.types import Action
 
 
 class TableOptions(DestinationOptions):

@@ -14,7 +14,6 @@ import duckdb
 import pyarrow as pa
 
 from reverse_etl.config.models import SyncConfig
-from reverse_etl.destinations.base import Action
 from reverse_etl.errors import MappingError
 from reverse_etl.mapping import (
     HASH_COLUMN,
@@ -26,6 +25,7 @@ from reverse_etl.mapping import (
 )
 from reverse_etl.plan.model import Plan, PlanCounts, RowError
 from reverse_etl.state.snapshot import SNAPSHOT
+from reverse_etl.types import Action
 
 SOURCE_TABLE = "retl_source"
 OPS_TABLE = "retl_ops"

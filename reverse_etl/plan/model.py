@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reverse_etl.destinations.base import Action
+from reverse_etl.types import Action
 
 OPERATIONS = ("create", "update", "delete")
 
