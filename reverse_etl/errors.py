@@ -58,5 +58,9 @@ class StateLockedError(StateError):
     """Another run holds the sync's lock."""
 
 
-class RunRefusedError(RetlError):
-    """A run was refused before anything was sent (delete limit, confirmation declined)."""
+class PlanFileError(RetlError):
+    """A plan file cannot be read or written, or is not a retl plan."""
+
+
+class StalePlanError(RetlError):
+    """A saved plan no longer matches state, config, target or source: it is not applied."""

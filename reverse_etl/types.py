@@ -75,3 +75,12 @@ class TargetId:
             )
         except KeyError:
             return None
+
+
+@dataclass(frozen=True)
+class TargetChange:
+    """A sync now points elsewhere than its state did; the old target's state is kept aside."""
+
+    previous: TargetId
+    # True when state kept aside earlier for the new target is used again.
+    restored: bool

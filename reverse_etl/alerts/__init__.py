@@ -14,7 +14,7 @@ import httpx
 from reverse_etl.config import Project
 
 if TYPE_CHECKING:
-    from reverse_etl.run.runner import RunOutcome
+    from reverse_etl.run.outcome import RunOutcome
 
 TIMEOUT_S = 10.0
 

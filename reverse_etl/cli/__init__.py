@@ -19,8 +19,10 @@ def _register_commands() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `retl` console script: one-screen errors, never a traceback."""
     from reverse_etl.cli.common import err, print_problems
+    from reverse_etl.run import interrupt
 
     _register_commands()
+    interrupt.install()
     try:
         app(args=argv, prog_name="retl")
     except ConfigError as exc:
@@ -34,8 +36,11 @@ def main(argv: list[str] | None = None) -> None:
         if exc.hint:
             err.print(f"    hint: {exc.hint}", style="dim", markup=False)
         sys.exit(exc.exit_code)
+    except interrupt.RunInterrupted as exc:
+        err.print(f"[yellow]interrupted by {exc}[/yellow]: nothing more was sent")
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]")
+        err.print("[yellow]interrupted[/yellow]: nothing more was sent")
         sys.exit(130)
     except Exception as exc:  # a bug: keep it to one screen unless asked for the traceback
         if os.environ.get("RETL_DEBUG"):

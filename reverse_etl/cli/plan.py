@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +23,7 @@ from reverse_etl.cli.common import (
 )
 from reverse_etl.cli.render import render_plan, render_preview
 from reverse_etl.errors import RetlError, UsageError
+from reverse_etl.plan.files import save_plans
 from reverse_etl.plan.preview import preview_sync
 from reverse_etl.run import Engine
 
@@ -37,7 +37,10 @@ def plan(
         bool, typer.Option("--full-resync", help="Plan as if nothing had been delivered.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Also write the plan as JSON to this file.")
+        Path | None,
+        typer.Option(
+            "--out", help="Also save the plan to this file, for `retl run --plan FILE` to apply."
+        ),
     ] = None,
     json_output: JsonOption = False,
     role: RoleOption = None,
@@ -48,6 +51,7 @@ def plan(
     chosen = selected_syncs(project, syncs, select, all_syncs)
     engine = Engine(project, role=role)
     documents = []
+    plans = []
     failed = False
     for sync in chosen:
         try:
@@ -59,13 +63,17 @@ def plan(
                 err.print(f"    hint: {exc.hint}", style="dim", markup=False)
             documents.append({"name": sync.name, "error": exc.message})
             continue
+        plans.append(result)
         documents.append(result.to_json())
         if not json_output:
             render_plan(err, result)
     document = {"syncs": documents}
     if out is not None:
-        out.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
-        err.print(f"plan written to {out}", style="dim")
+        if failed:
+            err.print(f"no plan file written: a sync could not be planned ({out} unchanged)")
+        else:
+            save_plans(out, plans)
+            err.print(f"plan saved to {out}; apply it with `retl run --plan {out}`", style="dim")
     if json_output:
         print_json(document)
     if failed:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from reverse_etl.plan.model import Plan
 from reverse_etl.plan.preview import Preview
-from reverse_etl.run.runner import RunOutcome
+from reverse_etl.run.outcome import RunOutcome
 
 _STATUS_STYLE = {
     "success": "green",
@@ -45,11 +45,14 @@ def render_plan(console: Console, plan: Plan) -> None:
         f"\n[bold]{plan.sync}[/bold]  {plan.mode} → {plan.destination} [cyan]{plan.object}[/cyan]"
         + ("  [yellow](full resync)[/yellow]" if plan.full_resync else "")
     )
+    for line in plan_banners(plan):
+        console.print(f"  [bold yellow]{escape(line)}[/bold yellow]", highlight=False)
     delete_style = "bold red" if counts.delete else "dim"
     console.print(
         f"  [green]+ {counts.create:,} create[/green]   [yellow]~ {counts.update:,} update[/yellow]   "
         f"[{delete_style}]- {counts.delete:,} delete[/{delete_style}]   "
         f"[dim]{counts.unchanged:,} unchanged[/dim]   "
+        + (f"[dim]{counts.ignored:,} ignored: insert mode[/dim]   " if counts.ignored else "")
         + (f"[red]! {counts.error:,} error[/red]" if counts.error else "[dim]0 error[/dim]")
     )
     details = f"  source rows {plan.source_rows:,} · delivered before {plan.snapshot_records:,}"
@@ -64,12 +67,38 @@ def render_plan(console: Console, plan: Plan) -> None:
             console.print(records_table(samples, title=f"  {op} (first {len(samples)})"))
     for error in plan.row_errors[:5]:
         console.print(f"  [red]row error[/red]: {escape(error.message)}")
+    for note in plan.notes:
+        if not note.endswith("insert mode never updates a record"):
+            console.print(f"  note: {escape(note)}", style="dim", highlight=False)
     if plan.refusal:
         console.print(f"  [bold red]a run would be refused:[/bold red] {escape(plan.refusal)}")
         if plan.refusal_hint:
             console.print(f"    hint: {plan.refusal_hint}", style="dim", markup=False)
     elif plan.empty:
         console.print("  nothing to do", style="green")
+
+
+def plan_banners(plan: Plan) -> list[str]:
+    """What must be read before the counts: a paused sync, a target change."""
+    lines: list[str] = []
+    if plan.paused:
+        lines.append("paused: `retl run` skips this sync until `paused: false`")
+    change = plan.target_change
+    if change is not None:
+        kept = (
+            "the state kept aside for it earlier is used again"
+            if change.restored
+            else "state of the old target is kept aside, every row counts as new"
+        )
+        old, new = change.previous, plan.target
+        if (old.destination, old.location) == (new.destination, new.location):
+            moved = f"{old.object} -> {new.object}"
+        elif old.destination == new.destination and old.object == new.object:
+            moved = f"{old.destination} now at {new.location}"
+        else:
+            moved = f"{old.label} -> {new.label}"
+        lines.append(f"target changed: {moved}; {kept}")
+    return lines
 
 
 def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reverse_etl.cli.app import app
@@ -22,12 +25,10 @@ from reverse_etl.cli.common import (
     selected_syncs,
 )
 from reverse_etl.cli.render import render_plan, render_summary
-from reverse_etl.config import Sync
 from reverse_etl.errors import UsageError
+from reverse_etl.plan.files import load_plans
 from reverse_etl.plan.model import Plan
-from reverse_etl.run import Engine, RunOptions, RunOutcome
-from reverse_etl.run.order import dependency_order
-from reverse_etl.run.schedule import not_due_reason
+from reverse_etl.run import Engine, RunOptions, RunOutcome, interrupt
 
 
 @app.command(rich_help_panel="Syncs")
@@ -37,8 +38,18 @@ def run(
     all_syncs: AllOption = False,
     force: Annotated[
         bool,
-        typer.Option("--force", help="With --all: run every sync, due by its schedule or not."),
+        typer.Option(
+            "--force",
+            help="With --all: run every sync, due by its schedule or not (a failed dependency still skips).",
+        ),
     ] = False,
+    plan_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="Apply exactly this saved plan (from `retl plan --out`), or refuse when it is stale.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan and send nothing.")
     ] = False,
@@ -54,53 +65,72 @@ def run(
     project_dir: ProjectDirOption = None,
 ) -> None:
     """Run syncs: send what changed since the last successful delivery, record what was accepted."""
-    if not syncs and not select and not all_syncs:
+    if plan_file is not None and (syncs or select or all_syncs or full_resync):
+        raise UsageError(
+            "--plan applies the syncs of the plan file: name no sync and no --all/--full-resync",
+            "retl run --plan plan.json",
+        )
+    if plan_file is None and not syncs and not select and not all_syncs:
         raise UsageError(
             "name the syncs to run, or use --all", "see `retl status` for the project's syncs"
         )
     project = open_project(project_dir)
-    chosen = dependency_order(selected_syncs(project, syncs, select, all_syncs))
     engine = Engine(project, role=role)
-    scheduled = all_syncs and not force and not syncs and not select
+    scheduled = all_syncs and not syncs and not select
+    display = _Display(dry_run=dry_run, yes=yes, quiet=json_output)
+    options = RunOptions(
+        dry_run=dry_run,
+        full_resync=full_resync,
+        force=force,
+        trigger="schedule" if scheduled else "manual",
+        confirm=display.confirm,
+        on_plan=display.show_plan,
+        on_progress=display.progress if display.bar else None,
+    )
     outcomes: list[RunOutcome] = []
-    succeeded: dict[str, bool] = {}
-    for sync in chosen:
-        reason = None
-        if all_syncs and sync.config is not None and sync.config.paused:
-            reason = "paused (set paused: false to run it)"
-        elif scheduled:
-            reason = not_due_reason(sync, engine.run_log, succeeded)
-        if reason is not None:
-            outcomes.append(RunOutcome(sync.name, "skipped", error=reason))
-            continue
-        outcome = _run_one(engine, sync, dry_run, full_resync, yes, json_output, scheduled)
-        succeeded[sync.name] = outcome.status == "success"
-        outcomes.append(outcome)
+    if plan_file is not None:
+        for saved in load_plans(plan_file):
+            outcome = engine.run_plan(saved, options)
+            display.done(outcome)
+            outcomes.append(outcome)
+            if outcome.status == "interrupted":
+                break
+    else:
+        chosen = selected_syncs(project, syncs, select, all_syncs)
+        outcomes = engine.run_many(chosen, options, scheduled=scheduled, on_outcome=display.done)
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
     elif not dry_run:
         render_summary(err, outcomes)
+    stopped = next((o for o in outcomes if o.status == "interrupted"), None)
+    if stopped is not None:
+        if not json_output:
+            err.print(f"[yellow]{escape(stopped.error or 'interrupted')}[/yellow]", highlight=False)
+        raise typer.Exit(128 + (interrupt.requested() or signal.SIGINT))
     if any(o.status in ("failed", "refused") for o in outcomes):
         raise typer.Exit(1)
 
 
-def _run_one(
-    engine: Engine,
-    sync: Sync,
-    dry_run: bool,
-    full_resync: bool,
-    yes: bool,
-    quiet: bool,
-    scheduled: bool = False,
-) -> RunOutcome:
-    interactive = sys.stdin.isatty() and err.is_terminal
+class _Display:
+    """What a person sees while syncs run: plans on --dry-run, the delete question on a
+    terminal, and one progress bar per sync that starts with its first delivered batch."""
 
-    def show_plan(plan: Plan) -> None:
-        if dry_run and not quiet:
+    def __init__(self, *, dry_run: bool, yes: bool, quiet: bool) -> None:
+        self.dry_run = dry_run
+        self.yes = yes
+        self.quiet = quiet
+        self.interactive = sys.stdin.isatty() and err.is_terminal
+        self.bar = err.is_terminal and not quiet and not dry_run
+        self.progress_bar: Progress | None = None
+        self.name = ""
+
+    def show_plan(self, plan: Plan) -> None:
+        self.name = plan.sync
+        if self.dry_run and not self.quiet:
             render_plan(err, plan)
 
-    def confirm(plan: Plan) -> bool:
-        if yes or not interactive:
+    def confirm(self, plan: Plan) -> bool:
+        if self.yes or not self.interactive:
             return True
         render_plan(err, plan)
         return typer.confirm(
@@ -109,34 +139,21 @@ def _run_one(
             err=True,
         )
 
-    options = RunOptions(
-        dry_run=dry_run,
-        full_resync=full_resync,
-        confirm=confirm,
-        on_plan=show_plan,
-        trigger="schedule" if scheduled else "manual",
-    )
-    if not err.is_terminal or quiet or dry_run:
-        return engine.run(sync, options)
-    # The bar starts with the first delivered batch, after any confirmation question.
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    task = progress.add_task(sync.name, total=None, start=False)
+    def progress(self, done: int, total: int) -> None:
+        if self.progress_bar is None:
+            self.progress_bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            self.progress_bar.add_task(self.name, total=total)
+            self.progress_bar.start()
+        self.progress_bar.update(self.progress_bar.task_ids[0], completed=done, total=total)
 
-    def advance(done: int, total: int) -> None:
-        if not progress.live.is_started:
-            progress.start()
-            progress.start_task(task)
-        progress.update(task, completed=done, total=total)
-
-    options.on_progress = advance
-    try:
-        return engine.run(sync, options)
-    finally:
-        progress.stop()
+    def done(self, outcome: RunOutcome) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.stop()
+            self.progress_bar = None

@@ -216,10 +216,36 @@ class IncrementalConfig(Strict):
     column: str
 
 
+DEFAULT_MAX_DELETES = 10_000
+_WINDOW = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_WINDOW_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 class Limits(Strict):
+    """Safety limits. Delete limits apply to every delete (mode delete and on_removed) and to
+    the deletes of the last `window` together, so repeated runs cannot erode a table; the error
+    ratio is rejected records over the records a run sent."""
+
     max_row_error_ratio: float = Field(default=0.1, ge=0, le=1)
-    max_deletes: int | None = Field(default=None, ge=0)
+    max_rejected: int | None = Field(default=None, ge=0)
+    max_deletes: int | None = Field(default=DEFAULT_MAX_DELETES, ge=0)
     max_delete_ratio: float | None = Field(default=0.5, ge=0, le=1)
+    window: str = "24h"
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if _WINDOW.match(value) is None:
+            raise HintedValueError(
+                f"'{value}' is not a duration", "write it as a number and a unit: 30m, 24h, 7d"
+            )
+        return value
+
+    @property
+    def window_seconds(self) -> int:
+        match = _WINDOW.match(self.window)
+        assert match is not None
+        return int(match.group(1)) * _WINDOW_SECONDS[match.group(2)]
 
 
 class SyncConfig(Strict):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
@@ -112,6 +113,25 @@ class Destination(ABC):
             f"field '{name}' does not exist on '{object}'" for name in fields if name not in known
         ]
 
+    def location(self) -> str:
+        """A non-secret fingerprint of where this destination writes, part of the target a
+        sync's state describes: a URL without password and query, or a resolved path."""
+        options = self.options.model_dump()
+        for name in ("url", "base_url", "instance_url"):
+            value = options.get(name)
+            if isinstance(value, str) and value:
+                return url_location(value)
+        for name in ("path", "directory"):
+            value = options.get(name)
+            if isinstance(value, str) and value:
+                return str((self.project_root / value).resolve())
+        return self.type_name
+
+    def count(self, object: str) -> int | None:
+        """How many records the object holds, or None when the destination cannot tell cheaply;
+        the base of `max_delete_ratio` for `mode: delete`."""
+        return None
+
     def open(self) -> None:  # noqa: B027 - optional hook
         """Connect before the first batch (optional)."""
 
@@ -140,6 +160,18 @@ class Destination(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def url_location(url: str) -> str:
+    """`scheme://user@host:port/path` of a URL: the password and the query are left out."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return parts.scheme + ":" + parts.path if parts.scheme else parts.path
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{parts.path}"
 
 
 _REGISTRY: dict[str, type[Destination]] = {}

@@ -363,6 +363,13 @@ class PostgresDestination(TableDestination[_Table]):
 
     # -- catalog ----------------------------------------------------------------------------
 
+    def count(self, object: str) -> int | None:
+        if self._find_table(object) is None:
+            return None
+        schema, name = split_object(object)
+        rows = self._query(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, name)))
+        return int(rows[0][0])
+
     def objects(self) -> list[str]:
         rows = self._query(
             """

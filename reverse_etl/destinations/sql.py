@@ -264,6 +264,17 @@ class SqlDestination(TableDestination[_Table]):
 
     # -- catalog ----------------------------------------------------------------------------
 
+    def count(self, object: str) -> int | None:
+        table = self._find_table(object)
+        if table is None:
+            return None
+        target = sa.table(self._name(table.name), schema=table.schema)
+        query = sa.select(sa.func.count()).select_from(target)
+        try:
+            return int(self._in_transaction(lambda conn: conn.execute(query).scalar_one()))
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, f"counting the records of {object}") from exc
+
     def objects(self) -> list[str]:
         def read(conn: sa.Connection) -> list[str]:
             if self.dialect == "duckdb":

@@ -6,30 +6,32 @@ streams in batches, and a Plan with counts and samples. Nothing here writes to s
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from reverse_etl.config.models import SyncConfig
+from reverse_etl.config.models import Limits, SyncConfig
 from reverse_etl.errors import MappingError
 from reverse_etl.mapping import (
     HASH_COLUMN,
-    INTERNAL_COLUMNS,
     KEY_COLUMN,
     WATERMARK_COLUMN,
     CompiledMapping,
     quote_identifier,
 )
-from reverse_etl.plan.model import Plan, PlanCounts, RowError
+from reverse_etl.plan.model import Plan, PlanCounts, RowError, RunLimits, StateRef
 from reverse_etl.state.snapshot import SNAPSHOT
-from reverse_etl.types import Action
+from reverse_etl.types import ACTIONS, OPERATIONS, TargetChange, TargetId
 
 SOURCE_TABLE = "retl_source"
 OPS_TABLE = "retl_ops"
 ERRORS_TABLE = "retl_key_errors"
+DUPLICATES_TABLE = "retl_source_duplicates"
 CHANGE_COLUMN = "__retl_change"
 OP_COLUMN = "__retl_op"
 SAMPLE_SIZE = 5
@@ -40,13 +42,6 @@ _OPERATION: dict[str, dict[str, str | None]] = {
     "update": {"new": "update", "changed": "update"},
     "upsert": {"new": "create", "changed": "update"},
     "delete": {"new": "delete", "changed": None},
-}
-# The destination action that carries each operation in each mode.
-ACTIONS: dict[str, dict[str, Action]] = {
-    "insert": {"create": "insert", "delete": "delete"},
-    "update": {"update": "update", "delete": "delete"},
-    "upsert": {"create": "upsert", "update": "upsert", "delete": "delete"},
-    "delete": {"delete": "delete"},
 }
 
 
@@ -84,42 +79,65 @@ def load_source(
     return int(row[0]) if row else 0
 
 
-def build_plan(
-    con: duckdb.DuckDBPyConnection,
-    *,
-    sync: str,
-    config: SyncConfig,
-    mapping: CompiledMapping,
-    source_rows: int,
-    full_resync: bool = False,
-    only_keys: Iterable[str] | None = None,
-    retry_keys: Iterable[str] = (),
-    incremental_from: str | None = None,
-    stored_config_hash: str | None = None,
-    config_hash: str | None = None,
-) -> Plan:
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the diff needs besides the source and the snapshot (both attached to `con`)."""
+
+    sync: str
+    config: SyncConfig
+    mapping: CompiledMapping
+    target: TargetId
+    batch_size: int
+    source_rows: int
+    state: StateRef
+    config_hash: str
+    stored_config_hash: str | None = None
+    target_change: TargetChange | None = None
+    full_resync: bool = False
+    only_keys: Sequence[str] | None = None
+    retry_keys: Sequence[str] = ()
+    incremental_from: str | None = None
+    # Applied deletes of this sync's runs inside `limits.window`, and the destination's record
+    # count (the ratio base of mode delete; None when the connector cannot tell).
+    recent_deletes: int = 0
+    destination_records: int | None = None
+
+
+def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
     """Compute `retl_ops` and the Plan. The snapshot must be attached (see SnapshotStore)."""
+    config = inputs.config
     mode = config.mode
     key = KEY_COLUMN
+    duplicates_elsewhere = ""
+    if _has_table(con, DUPLICATES_TABLE):
+        # Incremental reads see a slice of the source: keys duplicated in the whole query.
+        duplicates_elsewhere = (
+            f" UNION ALL SELECT key, n FROM {DUPLICATES_TABLE} "
+            f"WHERE key NOT IN (SELECT {key} FROM {SOURCE_TABLE} WHERE {key} IS NOT NULL "
+            f"GROUP BY {key} HAVING count(*) > 1)"
+        )
     con.execute(
         f"CREATE OR REPLACE TABLE {ERRORS_TABLE} AS SELECT {key}, count(*) AS n FROM {SOURCE_TABLE} "
-        f"GROUP BY {key} HAVING {key} IS NULL OR count(*) > 1"
+        f"GROUP BY {key} HAVING {key} IS NULL OR count(*) > 1{duplicates_elsewhere}"
     )
     snapshot = (
         "(SELECT CAST(NULL AS VARCHAR) AS key, CAST(NULL AS VARCHAR) AS hash WHERE false)"
-        if full_resync
+        if inputs.full_resync
         else SNAPSHOT
     )
     key_filter = ""
-    if only_keys is not None:
-        con.register("retl_only_keys", pa.table({"key": pa.array(list(only_keys), pa.string())}))
+    if inputs.only_keys is not None:
+        con.register(
+            "retl_only_keys", pa.table({"key": pa.array(list(inputs.only_keys), pa.string())})
+        )
         key_filter = f" AND g.{key} IN (SELECT key FROM retl_only_keys)"
 
     # Dead letters are retried even when the source went back to the delivered value.
-    retry = list(retry_keys)
     retried = ""
-    if retry:
-        con.register("retl_retry_keys", pa.table({"key": pa.array(retry, pa.string())}))
+    if inputs.retry_keys:
+        con.register(
+            "retl_retry_keys", pa.table({"key": pa.array(list(inputs.retry_keys), pa.string())})
+        )
         retried = f" OR g.{key} IN (SELECT key FROM retl_retry_keys)"
     operation = _OPERATION[mode]
     cases = " ".join(
@@ -134,18 +152,17 @@ def build_plan(
         f"WHERE g.{key} IS NOT NULL AND g.{key} NOT IN "
         f"(SELECT {key} FROM {ERRORS_TABLE} WHERE {key} IS NOT NULL){key_filter})"
     )
-    removed = 0
     deletes_removed = (
         config.on_removed == "delete"
         and mode != "delete"
         and config.incremental is None
-        and not full_resync
+        and not inputs.full_resync
     )
+    key_field = inputs.mapping.key_field
     if deletes_removed:
-        key_field = mapping.key_field
         assert key_field is not None, "validation requires the key to be mapped for on_removed"
         removed_filter = (
-            " AND key IN (SELECT key FROM retl_only_keys)" if only_keys is not None else ""
+            " AND key IN (SELECT key FROM retl_only_keys)" if inputs.only_keys is not None else ""
         )
         con.execute(
             f"INSERT INTO {OPS_TABLE} ({OP_COLUMN}, {CHANGE_COLUMN}, {key}, {quote_identifier(key_field)}) "
@@ -153,42 +170,79 @@ def build_plan(
             f"WHERE key NOT IN (SELECT {key} FROM {SOURCE_TABLE} WHERE {key} IS NOT NULL){removed_filter}"
         )
     counts = PlanCounts()
+    removed = 0
     for op, change, n in con.execute(
         f"SELECT {OP_COLUMN}, {CHANGE_COLUMN}, count(*) FROM {OPS_TABLE} GROUP BY ALL"
     ).fetchall():
-        if op is None:
-            counts.unchanged += int(n)
-        else:
+        if op is not None:
             setattr(counts, op, getattr(counts, op) + int(n))
             if change == "removed":
                 removed += int(n)
+        elif change == "changed":
+            counts.ignored += int(n)
+        else:
+            counts.unchanged += int(n)
     error_rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {ERRORS_TABLE}").fetchall()[0]
     counts.error = int(error_rows[0]) if error_rows else 0
-    snapshot_row = con.execute(f"SELECT count(*) FROM {SNAPSHOT}").fetchall()[0]
-    snapshot_records = int(snapshot_row[0]) if snapshot_row else 0
 
     plan = Plan(
-        sync=sync,
+        sync=inputs.sync,
         mode=mode,
-        destination=config.destination.name,
-        object=config.destination.object,
-        action={
-            op: ACTIONS[mode][op] for op in ("create", "update", "delete") if op in ACTIONS[mode]
-        },
+        target=inputs.target,
+        key_field=key_field,
+        fields=list(inputs.mapping.fields),
+        batch_size=inputs.batch_size,
+        action={op: ACTIONS[mode][op] for op in OPERATIONS if op in ACTIONS[mode]},
         counts=counts,
-        samples=_samples(con, list(mapping.fields), mapping.key_field),
-        row_errors=_row_errors(con, config.primary_key),
-        source_rows=source_rows,
-        snapshot_records=snapshot_records,
-        removed_deletes=removed,
-        full_resync=full_resync,
-        incremental_from=incremental_from,
-        config_changed=bool(
-            stored_config_hash and config_hash and stored_config_hash != config_hash
+        limits=RunLimits(
+            max_row_error_ratio=config.limits.max_row_error_ratio,
+            max_rejected=config.limits.max_rejected,
         ),
+        config_hash=inputs.config_hash,
+        state=inputs.state,
+        digest=operations_digest(con),
+        samples=_samples(con, list(inputs.mapping.fields), key_field),
+        row_errors=_row_errors(con, config.primary_key),
+        source_rows=inputs.source_rows,
+        removed_deletes=removed,
+        full_resync=inputs.full_resync,
+        only_dead_letters=inputs.only_keys is not None,
+        incremental=config.incremental is not None,
+        incremental_from=inputs.incremental_from,
+        config_changed=bool(
+            inputs.stored_config_hash
+            and inputs.target_change is None
+            and inputs.stored_config_hash != inputs.config_hash
+        ),
+        target_change=inputs.target_change,
+        paused=config.paused,
+        alerts=list(config.alerts),
     )
-    _check_delete_limits(plan, config)
+    if counts.ignored:
+        plan.notes.append(
+            f"{counts.ignored:,} changed row(s) ignored: insert mode never updates a record"
+        )
+    _check_delete_limits(plan, config.limits, inputs)
     return plan
+
+
+def operations_digest(con: duckdb.DuckDBPyConnection) -> str:
+    """A fingerprint of the planned operations: the same set of (operation, key, record hash)
+    gives the same digest whatever the row order, any other set a different one."""
+    row = con.execute(
+        f"SELECT count(*), coalesce(bit_xor(md5_number(concat({OP_COLUMN}, ':', "
+        f"length({KEY_COLUMN}), ':', {KEY_COLUMN}, ':', coalesce({HASH_COLUMN}, '')))), 0) "
+        f"FROM {OPS_TABLE} WHERE {OP_COLUMN} IS NOT NULL"
+    ).fetchall()[0]
+    return hashlib.sha256(f"{row[0]}:{row[1]}".encode()).hexdigest()[:32]
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    rows = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND database_name = 'memory'",
+        [name],
+    ).fetchall()
+    return bool(rows and rows[0][0])
 
 
 def _samples(
@@ -224,31 +278,46 @@ def _row_errors(con: duckdb.DuckDBPyConnection, primary_key: str) -> list[RowErr
     return errors
 
 
-def _check_delete_limits(plan: Plan, config: SyncConfig) -> None:
-    limits = config.limits
+def _check_delete_limits(plan: Plan, limits: Limits, inputs: PlanInputs) -> None:
+    """Refuse before anything is sent when this run's deletes, alone or with the deletes of the
+    last `limits.window`, go over `max_deletes` or `max_delete_ratio` (SPEC §3, §6.5)."""
     deletes = plan.counts.delete
-    if limits.max_deletes is not None and deletes > limits.max_deletes:
-        plan.refusal = (
-            f"the plan deletes {deletes} records, above limits.max_deletes = {limits.max_deletes}"
-        )
-        plan.refusal_hint = "check the source query; if the deletes are intended, raise limits.max_deletes in the sync file"
+    if not deletes:
         return
-    if (
-        limits.max_delete_ratio is not None
-        and plan.removed_deletes
-        and plan.snapshot_records
-        and plan.removed_deletes / plan.snapshot_records > limits.max_delete_ratio
-    ):
-        ratio = plan.removed_deletes / plan.snapshot_records
+    recent = inputs.recent_deletes
+    window = f" (and {recent:,} in the last {limits.window})" if recent else ""
+    total = deletes + recent
+    if limits.max_deletes is not None and total > limits.max_deletes:
         plan.refusal = (
-            f"the plan deletes {plan.removed_deletes} of {plan.snapshot_records} delivered records "
-            f"({ratio:.0%}), above limits.max_delete_ratio = {limits.max_delete_ratio:g}"
+            f"the plan deletes {deletes:,} records{window}, above limits.max_deletes = "
+            f"{limits.max_deletes:,}"
+        )
+        plan.refusal_hint = (
+            "check the source query; if the deletes are intended, raise limits.max_deletes "
+            "in the sync file"
+        )
+        return
+    if limits.max_delete_ratio is None:
+        return
+    if plan.mode == "delete":
+        base = inputs.destination_records
+        what = f"records in {plan.target.object}"
+        if base is None:
+            plan.notes.append(
+                f"max_delete_ratio not checked: {plan.target.type} cannot count the records "
+                "of the object; max_deletes applies"
+            )
+            return
+    else:
+        base = plan.state.records
+        what = "delivered records"
+    base += recent
+    if base and total / base > limits.max_delete_ratio:
+        plan.refusal = (
+            f"the plan deletes {deletes:,} of {base:,} {what}{window} ({total / base:.0%}), above "
+            f"limits.max_delete_ratio = {limits.max_delete_ratio:g}"
         )
         plan.refusal_hint = (
             "an empty or broken source query looks like this; if the deletes are intended, "
             "raise limits.max_delete_ratio in the sync file"
         )
-
-
-def internal_columns() -> tuple[str, ...]:
-    return (*INTERNAL_COLUMNS, CHANGE_COLUMN, OP_COLUMN)

@@ -1,13 +1,16 @@
-"""The Plan: what a run will do, computed once and then only read (by renderers and the runner)."""
+"""The Plan: what a run will do, computed once and then only read (by renderers and the runner).
+
+A Plan is self-contained: it names its target, key field, batch size, the action per operation,
+the limits the run obeys and the state it was computed against, so `run` executes a Plan without
+going back to the sync's file, and a saved plan (see `plan.files`) can be checked for staleness.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reverse_etl.types import Action
-
-OPERATIONS = ("create", "update", "delete")
+from reverse_etl.types import Action, Mode, Operation, TargetChange, TargetId
 
 
 @dataclass
@@ -16,14 +19,23 @@ class PlanCounts:
     update: int = 0
     delete: int = 0
     unchanged: int = 0
+    # Changed rows an insert-mode sync does not send (insert never updates).
+    ignored: int = 0
     error: int = 0
 
     @property
     def to_send(self) -> int:
         return self.create + self.update + self.delete
 
+    def of(self, op: Operation) -> int:
+        return int(getattr(self, op))
+
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PlanCounts:
+        return cls(**{k: int(v) for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -35,26 +47,67 @@ class RowError:
     message: str
 
 
+@dataclass(frozen=True)
+class StateRef:
+    """The state a plan was computed against: a later run or reset makes the plan stale."""
+
+    lineage: str | None
+    serial: int
+    records: int
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """The limits a run of this plan obeys while sending (delete limits are checked in the plan)."""
+
+    max_row_error_ratio: float
+    max_rejected: int | None
+
+
 @dataclass
 class Plan:
-    """Counts first, samples after, and why a run would be refused (if it would)."""
+    """Counts first, samples after, why a run would be refused, and all a run needs to execute."""
 
     sync: str
-    mode: str
-    destination: str
-    object: str
-    action: dict[str, Action]
+    mode: Mode
+    target: TargetId
+    key_field: str | None
+    fields: list[str]
+    batch_size: int
+    action: dict[Operation, Action]
     counts: PlanCounts
+    limits: RunLimits
+    config_hash: str
+    state: StateRef
+    # sha256 over the planned (operation, key, record hash) set: `run --plan` recomputes it.
+    digest: str = ""
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     row_errors: list[RowError] = field(default_factory=list)
     source_rows: int = 0
-    snapshot_records: int = 0
     removed_deletes: int = 0
     full_resync: bool = False
+    only_dead_letters: bool = False
+    incremental: bool = False
     incremental_from: str | None = None
     config_changed: bool = False
+    target_change: TargetChange | None = None
+    paused: bool = False
+    alerts: list[str] = field(default_factory=list)
     refusal: str | None = None
     refusal_hint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def destination(self) -> str:
+        return self.target.destination
+
+    @property
+    def object(self) -> str:
+        return self.target.object
+
+    @property
+    def snapshot_records(self) -> int:
+        return self.state.records
 
     @property
     def destructive(self) -> bool:
@@ -64,19 +117,92 @@ class Plan:
     def empty(self) -> bool:
         return self.counts.to_send == 0
 
+    def operations(self) -> list[Operation]:
+        """The operations this plan sends, in the order a run applies them."""
+        return [op for op in self.action if self.counts.of(op)]
+
     def to_json(self) -> dict[str, Any]:
+        """The plan as `retl plan --json` and plan files show it (no secret, no row beyond the
+        samples). `from_json` reads it back."""
         return {
             "name": self.sync,
             "mode": self.mode,
-            "destination": self.destination,
-            "object": self.object,
+            "destination": self.target.destination,
+            "object": self.target.object,
+            "target": self.target.to_json(),
+            "key_field": self.key_field,
+            "fields": list(self.fields),
+            "batch_size": self.batch_size,
+            "action": dict(self.action),
             "counts": self.counts.as_dict(),
             "samples": self.samples,
             "row_errors": [asdict(e) for e in self.row_errors],
             "source_rows": self.source_rows,
-            "snapshot_records": self.snapshot_records,
+            "snapshot_records": self.state.records,
+            "removed_deletes": self.removed_deletes,
             "full_resync": self.full_resync,
+            "only_dead_letters": self.only_dead_letters,
+            "incremental": self.incremental,
             "incremental_from": self.incremental_from,
+            "config_hash": self.config_hash,
             "config_changed": self.config_changed,
+            "state": asdict(self.state),
+            "target_change": (
+                {
+                    "previous": self.target_change.previous.to_json(),
+                    "restored": self.target_change.restored,
+                }
+                if self.target_change
+                else None
+            ),
+            "paused": self.paused,
+            "limits": asdict(self.limits),
+            "alerts": list(self.alerts),
+            "digest": self.digest,
             "refused": self.refusal,
+            "refusal_hint": self.refusal_hint,
+            "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        """Rebuild a plan written by `to_json`; raises KeyError/TypeError/ValueError on a
+        document of another shape (the caller turns that into a PlanFileError)."""
+        target = TargetId.from_json(data["target"])
+        if target is None:
+            raise ValueError("target")
+        change = data.get("target_change")
+        previous = TargetId.from_json(change.get("previous")) if change else None
+        return cls(
+            sync=str(data["name"]),
+            mode=data["mode"],
+            target=target,
+            key_field=data.get("key_field"),
+            fields=[str(f) for f in data["fields"]],
+            batch_size=int(data["batch_size"]),
+            action={k: v for k, v in dict(data["action"]).items()},
+            counts=PlanCounts.from_json(dict(data["counts"])),
+            limits=RunLimits(**dict(data["limits"])),
+            config_hash=str(data["config_hash"]),
+            state=StateRef(**dict(data["state"])),
+            digest=str(data["digest"]),
+            samples=dict(data.get("samples") or {}),
+            row_errors=[RowError(**e) for e in data.get("row_errors") or []],
+            source_rows=int(data.get("source_rows") or 0),
+            removed_deletes=int(data.get("removed_deletes") or 0),
+            full_resync=bool(data.get("full_resync")),
+            only_dead_letters=bool(data.get("only_dead_letters")),
+            incremental=bool(data.get("incremental")),
+            incremental_from=data.get("incremental_from"),
+            config_changed=bool(data.get("config_changed")),
+            target_change=(
+                TargetChange(previous, bool(change.get("restored")))
+                if change and previous
+                else None
+            ),
+            paused=bool(data.get("paused")),
+            alerts=[str(a) for a in data.get("alerts") or []],
+            refusal=data.get("refused"),
+            refusal_hint=data.get("refusal_hint"),
+            notes=[str(n) for n in data.get("notes") or []],
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import duckdb
 
 from reverse_etl.config import Project, Sync
 from reverse_etl.errors import ConfigError
-from reverse_etl.mapping import CompiledMapping, compile_mapping, quote_literal
-from reverse_etl.plan.diff import load_source
+from reverse_etl.mapping import CompiledMapping, compile_mapping, quote_identifier, quote_literal
+from reverse_etl.plan.diff import DUPLICATES_TABLE, load_source
 from reverse_etl.warehouse import check_role, open_warehouse
 
 READ_BATCH_ROWS = 100_000
@@ -47,7 +48,9 @@ def engine_connection(
     return con
 
 
-def source_sql(sync: Sync, watermark: str | None) -> str:
+def source_sql(
+    sync: Sync, watermark: str | None, quote: Callable[[str], str] = quote_identifier
+) -> str:
     """The sync's SQL, restricted to rows at or after the watermark when incremental.
 
     `>=` rather than `>`: rows sharing the watermark's value that arrived after the last run are
@@ -56,9 +59,20 @@ def source_sql(sync: Sync, watermark: str | None) -> str:
     assert sync.config is not None and sync.sql is not None
     if sync.config.incremental is None or watermark is None:
         return sync.sql
-    column = '"' + sync.config.incremental.column.replace('"', '""') + '"'
+    column = quote(sync.config.incremental.column)
     return (
         f"SELECT * FROM ({sync.sql}\n) AS retl_source WHERE {column} >= {quote_literal(watermark)}"
+    )
+
+
+def duplicate_keys_sql(sync: Sync, quote: Callable[[str], str]) -> str:
+    """Keys that more than one row of the whole query holds: an incremental read sees only a
+    slice of the source, and a key must not be sent while its duplication persists."""
+    assert sync.config is not None and sync.sql is not None
+    key = quote(sync.config.primary_key)
+    return (
+        f"SELECT {key} AS key, count(*) AS n FROM ({sync.sql}\n) AS "
+        f"retl_all WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1"
     )
 
 
@@ -70,7 +84,8 @@ def read_source(
     role: str | None,
     watermark: str | None = None,
 ) -> SourceRead:
-    """Run the sync's SQL on its warehouse and stream the mapped records into `retl_source`."""
+    """Run the sync's SQL on its warehouse and stream the mapped records into `retl_source`;
+    for an incremental read also the keys duplicated in the whole query."""
     config = sync.config
     assert config is not None and project.config is not None
     warehouse_config = project.config.warehouses.get(config.warehouse)
@@ -78,10 +93,23 @@ def read_source(
         raise ConfigError(f"sync '{sync.name}': unknown warehouse '{config.warehouse}'")
     check_role(config.warehouse, warehouse_config.roles, role)
     mapping = compile_mapping(config, sync.key_field())
-    sql = source_sql(sync, watermark)
+    con.execute(f"DROP TABLE IF EXISTS {DUPLICATES_TABLE}")
     with open_warehouse(
         config.warehouse, warehouse_config.url, project.root, warehouse_config.query_timeout
     ) as warehouse:
+        sql = source_sql(sync, watermark, warehouse.quote)
         reader = warehouse.stream(sql, READ_BATCH_ROWS)
         rows = load_source(con, reader, mapping)
+        if config.incremental is not None and watermark is not None:
+            duplicates = warehouse.stream(
+                duplicate_keys_sql(sync, warehouse.quote), READ_BATCH_ROWS
+            )
+            con.register("retl_duplicates_stream", duplicates)
+            try:
+                con.execute(
+                    f"CREATE TABLE {DUPLICATES_TABLE} AS SELECT CAST(key AS VARCHAR) AS key, "
+                    "CAST(n AS BIGINT) AS n FROM retl_duplicates_stream"
+                )
+            finally:
+                con.unregister("retl_duplicates_stream")
     return SourceRead(rows=rows, mapping=mapping, sql=sql)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from reverse_etl.run.runner import Engine, RunOptions, RunOutcome
+from reverse_etl.run.engine import Engine
+from reverse_etl.run.outcome import RunOptions, RunOutcome
 
 __all__ = ["Engine", "RunOptions", "RunOutcome"]

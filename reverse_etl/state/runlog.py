@@ -29,7 +29,7 @@ from uuid import UUID
 
 from reverse_etl.errors import StateError, UsageError
 
-RunStatus = Literal["running", "success", "failed", "refused", "skipped"]
+RunStatus = Literal["running", "success", "failed", "interrupted", "refused", "skipped"]
 RunTrigger = Literal["manual", "schedule", "dlq_retry"]
 
 RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))

@@ -8,6 +8,8 @@ are never stored here.
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ import duckdb
 import pyarrow as pa
 
 from reverse_etl.errors import StateError, StateLockedError
+from reverse_etl.types import TargetChange, TargetId
 
 ALIAS = "retl_state"
 SNAPSHOT = f"{ALIAS}.snapshot"
@@ -32,10 +35,17 @@ class SnapshotMeta:
     updated_at: str | None
     last_run_id: str | None
     records: int
+    # None for state written before retl 0.2, which did not record its target.
+    target: TargetId | None = None
 
 
 class SnapshotStore:
-    """Attach a sync's snapshot to the engine's DuckDB connection and write acknowledgements."""
+    """Attach a sync's snapshot to the engine's DuckDB connection and write acknowledgements.
+
+    A snapshot describes one target (SPEC §6.2). When the sync now points at another target, the
+    old snapshot is kept aside as `<sync>@<target digest>.duckdb` and the one kept aside earlier
+    for the new target, if any, is used again, so switching back does not resend everything.
+    """
 
     def __init__(self, state_dir: Path, sync: str) -> None:
         self.state_dir = state_dir
@@ -46,34 +56,54 @@ class SnapshotStore:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def attach(self, con: duckdb.DuckDBPyConnection, *, writable: bool) -> None:
-        """Attach as `retl_state`; a read-only attach of a missing file gives an empty snapshot
-        (planning never creates files)."""
-        try:
-            if writable:
-                self.state_dir.mkdir(parents=True, exist_ok=True)
-                con.execute(f"ATTACH '{_sql_path(self.path)}' AS {ALIAS}")
-            elif self.exists:
-                con.execute(f"ATTACH '{_sql_path(self.path)}' AS {ALIAS} (READ_ONLY)")
+    def aside_path(self, target: TargetId) -> Path:
+        return self.state_dir / f"{self.sync}@{target.digest}.duckdb"
+
+    def open(
+        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
+    ) -> TargetChange | None:
+        """Attach the snapshot that describes `target`. Read-only, nothing is moved: a target
+        change reads the kept-aside snapshot of the new target, or an empty one. Writable, the
+        files are swapped so that `<sync>.duckdb` describes `target` from now on."""
+        change: TargetChange | None = None
+        if self.exists:
+            self.attach(con, writable=writable)
+            stored = self.meta(con).target
+            if stored is not None and stored != target:
+                con.execute(f"DETACH {ALIAS}")
+                aside = self.aside_path(target)
+                change = TargetChange(previous=stored, restored=aside.exists())
+                if writable:
+                    _move(self.path, self.aside_path(stored))
+                    if aside.exists():
+                        _move(aside, self.path)
+                    self.attach(con, writable=True)
+                elif aside.exists():
+                    self._attach_file(con, aside, read_only=True)
+                else:
+                    self._attach_empty(con)
+        else:
+            aside = self.aside_path(target)
+            if writable and aside.exists():
+                _move(aside, self.path)
+            if not writable and aside.exists():
+                self._attach_file(con, aside, read_only=True)
             else:
-                con.execute(f"ATTACH ':memory:' AS {ALIAS}")
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StateLockedError(
-                    f"the state of sync '{self.sync}' is in use by another retl process",
-                    "wait for that run to finish (see `retl status`), then retry",
-                ) from None
-            raise StateError(f"cannot open state file {self.path}: {exc}") from None
-        if writable or not self.exists:
-            # No PRIMARY KEY: keeping an index costs more than the delete+insert of each batch,
-            # and the engine already guarantees one row per key.
+                self.attach(con, writable=writable)
+        if writable and self.meta(con).target != target:
             con.execute(
-                f"CREATE TABLE IF NOT EXISTS {SNAPSHOT} "
-                "(key VARCHAR NOT NULL, hash VARCHAR NOT NULL, synced_at TIMESTAMPTZ)"
+                f"INSERT OR REPLACE INTO {_META} VALUES ('target', ?)",
+                [json.dumps(target.to_json(), sort_keys=True)],
             )
-            con.execute(
-                f"CREATE TABLE IF NOT EXISTS {_META} (name VARCHAR PRIMARY KEY, value VARCHAR)"
-            )
+        return change
+
+    def attach(self, con: duckdb.DuckDBPyConnection, *, writable: bool) -> None:
+        """Attach `<sync>.duckdb` as `retl_state`; a read-only attach of a missing file gives an
+        empty snapshot (planning never creates files)."""
+        if writable:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._attach_file(con, self.path, read_only=False)
+            self._create_tables(con)
             lineage = con.execute(
                 f"SELECT count(*) FROM {_META} WHERE name = 'lineage'"
             ).fetchall()[0]
@@ -82,6 +112,36 @@ class SnapshotStore:
                     f"INSERT INTO {_META} VALUES ('lineage', ?), ('serial', '0')",
                     [uuid.uuid4().hex],
                 )
+        elif self.exists:
+            self._attach_file(con, self.path, read_only=True)
+        else:
+            self._attach_empty(con)
+
+    def _attach_empty(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(f"ATTACH ':memory:' AS {ALIAS}")
+        self._create_tables(con)
+
+    def _attach_file(self, con: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool) -> None:
+        mode = " (READ_ONLY)" if read_only else ""
+        try:
+            con.execute(f"ATTACH '{_sql_path(path)}' AS {ALIAS}{mode}")
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StateLockedError(
+                    f"the state of sync '{self.sync}' is in use by another retl process",
+                    "wait for that run to finish (see `retl status`), then retry",
+                ) from None
+            raise StateError(f"cannot open state file {path}: {exc}") from None
+
+    @staticmethod
+    def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
+        # No PRIMARY KEY: keeping an index costs more than the delete+insert of each batch,
+        # and the engine already guarantees one row per key.
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {SNAPSHOT} "
+            "(key VARCHAR NOT NULL, hash VARCHAR NOT NULL, synced_at TIMESTAMPTZ)"
+        )
+        con.execute(f"CREATE TABLE IF NOT EXISTS {_META} (name VARCHAR PRIMARY KEY, value VARCHAR)")
 
     @staticmethod
     def meta(con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
@@ -95,6 +155,7 @@ class SnapshotStore:
             updated_at=rows.get("updated_at"),
             last_run_id=rows.get("last_run_id"),
             records=int(count[0]) if count else 0,
+            target=_target(rows.get("target")),
         )
 
     @staticmethod
@@ -164,6 +225,23 @@ class SnapshotStore:
             return [(str(k), str(h)) for k, h in rows]
         finally:
             con.close()
+
+
+def _target(text: str | None) -> TargetId | None:
+    if not text:
+        return None
+    try:
+        return TargetId.from_json(json.loads(text))
+    except ValueError:
+        return None
+
+
+def _move(source: Path, destination: Path) -> None:
+    """Rename a snapshot file with its write-ahead log, if it has one."""
+    os.replace(source, destination)
+    wal = source.with_name(source.name + ".wal")
+    if wal.exists():
+        os.replace(wal, destination.with_name(destination.name + ".wal"))
 
 
 def _sql_path(path: Path) -> str:

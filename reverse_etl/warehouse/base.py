@@ -45,6 +45,10 @@ class Warehouse(ABC):
     #: Seconds a query may spend in the warehouse before it is cancelled, or None.
     query_timeout: float | None
 
+    def quote(self, name: str) -> str:
+        """An identifier quoted for this warehouse's SQL dialect."""
+        return quote_identifier(name, self.dialect)
+
     @abstractmethod
     def columns(self, sql: str) -> list[Column]:
         """The result columns of `sql`, without reading its rows."""
@@ -71,6 +75,13 @@ class Warehouse(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def quote_identifier(name: str, dialect: str) -> str:
+    """`name` quoted for `dialect`: backticks for MySQL/MariaDB, double quotes elsewhere."""
+    if dialect in ("mysql", "mariadb"):
+        return "`" + name.replace("`", "``") + "`"
+    return '"' + name.replace('"', '""') + '"'
 
 
 def source_statement(sql: str) -> str:

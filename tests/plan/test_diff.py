@@ -12,9 +12,17 @@ import pytest
 
 from reverse_etl.config.models import SyncConfig
 from reverse_etl.mapping import compile_mapping
-from reverse_etl.plan.diff import CHANGE_COLUMN, OP_COLUMN, OPS_TABLE, build_plan, load_source
-from reverse_etl.plan.model import Plan
+from reverse_etl.plan.diff import (
+    CHANGE_COLUMN,
+    OP_COLUMN,
+    OPS_TABLE,
+    PlanInputs,
+    build_plan,
+    load_source,
+)
+from reverse_etl.plan.model import Plan, StateRef
 from reverse_etl.state.snapshot import SnapshotStore
+from reverse_etl.types import TargetId
 
 
 def config(**fields: Any) -> SyncConfig:
@@ -52,9 +60,19 @@ class Diff:
             {"id": pa.array([r[0] for r in rows], pa.int64()), "name": [r[1] for r in rows]}
         )
         n = load_source(self.con, source.to_reader(), mapping)
-        return build_plan(
-            self.con, sync="s", config=sync, mapping=mapping, source_rows=n, **options
+        meta = SnapshotStore.meta(self.con)
+        inputs = PlanInputs(
+            sync="s",
+            config=sync,
+            mapping=mapping,
+            target=TargetId("d", "memory", "t", "test"),
+            batch_size=500,
+            source_rows=n,
+            state=StateRef(meta.lineage, meta.serial, meta.records),
+            config_hash="h",
+            **options,
         )
+        return build_plan(self.con, inputs)
 
     def operations(self) -> dict[str, tuple[str, str | None]]:
         rows = self.con.execute(

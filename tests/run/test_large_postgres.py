@@ -64,7 +64,14 @@ def test_100k_upsert_plans_and_delivers_exactly_the_change_set(
     )
     plan = project.plan_counts()
 
-    assert plan == {"create": 500, "update": 1000, "delete": 500, "unchanged": 98_500, "error": 0}
+    assert plan == {
+        "create": 500,
+        "update": 1000,
+        "delete": 500,
+        "unchanged": 98_500,
+        "ignored": 0,
+        "error": 0,
+    }
 
     run = project.run_json()
 

@@ -34,7 +34,7 @@ def two_runs(
     run = project.run_json()
     assert run["status"] == "success"
     assert run["counts"]["rejected"] == 0
-    return {k: counts[k] for k in ("create", "update", "delete", "unchanged")}
+    return {k: counts[k] for k in ("create", "update", "delete", "unchanged", "ignored")}
 
 
 @pytest.mark.parametrize(
@@ -44,28 +44,28 @@ def two_runs(
             "insert",
             "ignore",
             [],
-            {"create": 1, "update": 0, "delete": 0, "unchanged": 2},
+            {"create": 1, "update": 0, "delete": 0, "unchanged": 1, "ignored": 1},
             [(2, "a2"), (3, "a3"), (4, "edited"), (5, "a5")],
         ),
         (
             "insert",
             "delete",
             [],
-            {"create": 1, "update": 0, "delete": 1, "unchanged": 2},
+            {"create": 1, "update": 0, "delete": 1, "unchanged": 1, "ignored": 1},
             [(2, "a2"), (4, "edited"), (5, "a5")],
         ),
         (
             "upsert",
             "ignore",
             [],
-            {"create": 1, "update": 1, "delete": 0, "unchanged": 1},
+            {"create": 1, "update": 1, "delete": 0, "unchanged": 1, "ignored": 0},
             [(2, "b2"), (3, "a3"), (4, "edited"), (5, "a5")],
         ),
         (
             "upsert",
             "delete",
             [],
-            {"create": 1, "update": 1, "delete": 1, "unchanged": 1},
+            {"create": 1, "update": 1, "delete": 1, "unchanged": 1, "ignored": 0},
             [(2, "b2"), (4, "edited"), (5, "a5")],
         ),
         (
@@ -73,14 +73,14 @@ def two_runs(
             "update",
             "ignore",
             [(1, "old1"), (2, "a2"), (3, "old3"), (4, "old4"), (5, "old5")],
-            {"create": 0, "update": 2, "delete": 0, "unchanged": 1},
+            {"create": 0, "update": 2, "delete": 0, "unchanged": 1, "ignored": 0},
             [(1, "old1"), (2, "b2"), (3, "a3"), (4, "edited"), (5, "a5")],
         ),
         (
             "update",
             "delete",
             [(1, "old1"), (2, "old2"), (3, "old3"), (4, "old4"), (5, "old5")],
-            {"create": 0, "update": 2, "delete": 1, "unchanged": 1},
+            {"create": 0, "update": 2, "delete": 1, "unchanged": 1, "ignored": 0},
             [(1, "old1"), (2, "b2"), (4, "edited"), (5, "a5")],
         ),
     ],

@@ -40,7 +40,7 @@ def two_runs(
 
 
 def sent(counts: dict[str, int]) -> dict[str, int]:
-    return {k: counts[k] for k in ("create", "update", "delete", "unchanged", "error")}
+    return {k: counts[k] for k in ("create", "update", "delete", "unchanged", "ignored", "error")}
 
 
 @pytest.mark.parametrize(
@@ -50,26 +50,26 @@ def sent(counts: dict[str, int]) -> dict[str, int]:
         (
             "insert",
             "ignore",
-            {"create": 1, "update": 0, "delete": 0, "unchanged": 2, "error": 0},
+            {"create": 1, "update": 0, "delete": 0, "unchanged": 1, "ignored": 1, "error": 0},
             [(2, "a2"), (3, "a3"), (4, "edited"), (5, "a5")],
         ),
         (
             "insert",
             "delete",
-            {"create": 1, "update": 0, "delete": 1, "unchanged": 2, "error": 0},
+            {"create": 1, "update": 0, "delete": 1, "unchanged": 1, "ignored": 1, "error": 0},
             [(2, "a2"), (4, "edited"), (5, "a5")],
         ),
         # upsert: new -> create (upsert); changed -> update (upsert); removed -> on_removed
         (
             "upsert",
             "ignore",
-            {"create": 1, "update": 1, "delete": 0, "unchanged": 1, "error": 0},
+            {"create": 1, "update": 1, "delete": 0, "unchanged": 1, "ignored": 0, "error": 0},
             [(2, "b2"), (3, "a3"), (4, "edited"), (5, "a5")],
         ),
         (
             "upsert",
             "delete",
-            {"create": 1, "update": 1, "delete": 1, "unchanged": 1, "error": 0},
+            {"create": 1, "update": 1, "delete": 1, "unchanged": 1, "ignored": 0, "error": 0},
             [(2, "b2"), (4, "edited"), (5, "a5")],
         ),
     ],
@@ -95,12 +95,12 @@ def test_insert_and_upsert_cells(
     [
         (
             "ignore",
-            {"create": 0, "update": 2, "delete": 0, "unchanged": 1, "error": 0},
+            {"create": 0, "update": 2, "delete": 0, "unchanged": 1, "ignored": 0, "error": 0},
             [(1, "old1"), (2, "b2"), (3, "a3"), (4, "edited"), (5, "a5")],
         ),
         (
             "delete",
-            {"create": 0, "update": 2, "delete": 1, "unchanged": 1, "error": 0},
+            {"create": 0, "update": 2, "delete": 1, "unchanged": 1, "ignored": 0, "error": 0},
             [(1, "old1"), (2, "b2"), (4, "edited"), (5, "a5")],
         ),
     ],
@@ -138,7 +138,14 @@ def test_delete_mode_deletes_each_new_row_once_and_ignores_changed_and_removed_r
     counts = project.plan_counts()
     run = project.run_json()
 
-    assert sent(counts) == {"create": 0, "update": 0, "delete": 1, "unchanged": 2, "error": 0}
+    assert sent(counts) == {
+        "create": 0,
+        "update": 0,
+        "delete": 1,
+        "unchanged": 2,
+        "ignored": 0,
+        "error": 0,
+    }
     assert run["counts"]["delete"] == 1
     assert [r[0] for r in pg.rows()] == [1, 2, 3, 4, 6, 7, 8, 9]
 
@@ -196,7 +203,7 @@ def test_null_and_duplicate_primary_keys_are_row_errors_never_sent(
     assert "duplicate primary key id = '3'" in messages
     assert run["status"] == "success"
     assert run["counts"]["create"] == 9
-    assert run["counts"]["error"] == 4
+    assert run["planned"]["error"] == 4
     assert pg.rows() == [(k, f"n{k}") for k in range(1, 11) if k != 3]
     assert "3" not in project.state_keys()
 
@@ -231,7 +238,7 @@ def test_one_duplicate_key_in_an_otherwise_unchanged_source_stays_under_the_erro
     run = project.run_json()
 
     assert run["status"] == "success"
-    assert run["counts"]["error"] == 2
+    assert run["planned"]["error"] == 2
 
 
 def test_null_and_duplicate_keys_above_the_error_ratio_fail_the_run(

@@ -48,7 +48,8 @@ def test_max_deletes_refuses_the_whole_run_before_anything_is_sent(
     (run,) = result.json()["runs"]
     assert run["status"] == "refused"
     assert "deletes 4 records" in run["error"] and "max_deletes = 3" in run["error"]
-    assert (run["counts"]["update"], run["counts"]["delete"]) == (1, 4)
+    assert (run["planned"]["update"], run["planned"]["delete"]) == (1, 4)
+    assert (run["counts"]["update"], run["counts"]["delete"]) == (0, 0)  # refused: none applied
     assert pg.rows() == TEN  # not even the update went out
     assert state_file_bytes(project) == before
     assert project.runs()[0]["status"] == "refused"
@@ -64,7 +65,8 @@ def test_max_delete_ratio_refuses_removing_most_of_what_was_delivered(
 
     assert run["status"] == "refused"
     assert "max_delete_ratio" in run["error"]
-    assert run["counts"]["delete"] == 6
+    assert run["planned"]["delete"] == 6
+    assert run["counts"]["delete"] == 0
     assert pg.rows() == TEN
 
 
@@ -102,7 +104,8 @@ def test_max_deletes_also_limits_mode_delete(project: RetlProject, pg: PostgresD
     run = project.run_json(code=1)
 
     assert run["status"] == "refused"
-    assert run["counts"]["delete"] == 5
+    assert run["planned"]["delete"] == 5
+    assert run["counts"]["delete"] == 0
     assert pg.count() == 10
 
 
@@ -157,7 +160,8 @@ def test_dry_run_sends_and_records_nothing(project: RetlProject, pg: PostgresDb)
     run = project.run_json("contacts", "--dry-run")
 
     assert run["status"] == "planned"
-    assert run["counts"]["create"] == 10
+    assert run["planned"]["create"] == 10
+    assert run["counts"]["create"] == 0
     assert pg.rows() == []
     assert not (project.state_dir / "contacts.duckdb").exists()
     assert project.runs() == []

@@ -1,0 +1,295 @@
+"""Execute a Plan: deliver its operations in batches over one or more lanes (connections), and
+acknowledge each batch the destination answered into state and the dead letter queue.
+
+Everything here reads the Plan, never the sync's file: key field, fields, batch size, actions,
+limits and target all come from it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import queue
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from reverse_etl.destinations.base import Batch, BatchResult, Destination
+from reverse_etl.errors import DestinationError
+from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
+from reverse_etl.plan.diff import CHANGE_COLUMN, OP_COLUMN, OPS_TABLE, SOURCE_TABLE
+from reverse_etl.plan.model import Plan
+from reverse_etl.run import interrupt
+from reverse_etl.run.acks import AcknowledgementWriter
+from reverse_etl.state.runlog import DeadLetterEntry, DeadLetterQueue
+from reverse_etl.state.snapshot import SnapshotStore
+from reverse_etl.types import Operation
+
+_InFlight = collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]]
+
+
+@dataclass
+class DeliveryResult:
+    """How a delivery ended: `status` success|failed|interrupted, the applied counts, and why."""
+
+    status: str
+    counts: dict[str, int]
+    error: str | None = None
+    hint: str | None = None
+
+
+class Delivery:
+    """Sends a plan's operations in batches and acknowledges each answered batch into state."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        con: duckdb.DuckDBPyConnection,
+        open_lane: Callable[[], Destination],
+        dead_letters: DeadLetterQueue,
+        dead_letter_keys: list[str],
+        run_id: str | None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.con = con
+        self.writer = con.cursor()
+        self.open_lane = open_lane
+        self.dead_letters = dead_letters
+        self.pending_dead_letters = set(dead_letter_keys)
+        self.run_id = run_id
+        self.on_progress = on_progress
+        self.counts = {"create": 0, "update": 0, "delete": 0, "rejected": 0}
+        self.total = plan.counts.to_send
+        self.sent = 0
+        # The ratio is over the records this run sends (SPEC §6.5), checked against the planned
+        # total so that a run stops early only when the limit is certain to be exceeded.
+        self.allowed_rejections = plan.limits.max_row_error_ratio * self.total
+        self.writer.execute("CREATE OR REPLACE TABLE retl_rejected (key VARCHAR)")
+        self.acks = AcknowledgementWriter(self.writer)
+
+    def execute(self, config_hash: str) -> DeliveryResult:
+        failed: str | None = None
+        hint: str | None = None
+        status = "success"
+        try:
+            with self.acks, contextlib.ExitStack() as stack, interrupt.graceful():
+                if self.total:  # nothing to send: the destination is not even contacted
+                    first = stack.enter_context(self.open_lane())
+                    self._prepare(first)
+                    lanes = [first]
+                    for _ in range(1, first.capabilities.concurrent_batches):
+                        lanes.append(stack.enter_context(self.open_lane()))
+                    for op in self.plan.operations():
+                        self._send(lanes, op)
+                    for lane in lanes:
+                        lane.finish()
+        except _TooManyRejections as exc:
+            failed = str(exc)
+            hint = (
+                f"see `retl dlq {self.plan.sync}`; fix the data or raise "
+                "limits.max_row_error_ratio / limits.max_rejected"
+            )
+        except _Stopped:
+            status = "interrupted"
+            failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
+        except DestinationError as exc:
+            failed, hint = exc.message, exc.hint
+        if failed is None:
+            failed = self._key_error_failure()
+        meta: dict[str, str | None] = {"config_hash": config_hash, "last_run_id": self.run_id}
+        if failed is None and self.plan.incremental:
+            meta["watermark"] = self._next_watermark()
+        SnapshotStore.acknowledge(self.writer, None, None, **meta)
+        if failed is None:
+            self._forget_dead_letters_that_left_the_source()
+            return DeliveryResult("success", dict(self.counts))
+        return DeliveryResult(
+            "failed" if status == "success" else status, dict(self.counts), failed, hint
+        )
+
+    def _key_error_failure(self) -> str | None:
+        errors = self.plan.counts.error
+        rows = max(1, self.plan.source_rows)
+        if errors and errors > self.plan.limits.max_row_error_ratio * rows:
+            return (
+                f"{errors:,} of {self.plan.source_rows:,} source rows have a null or duplicate "
+                f"primary key, above limits.max_row_error_ratio = "
+                f"{self.plan.limits.max_row_error_ratio:g}"
+            )
+        return None
+
+    def _fields(self, op: Operation) -> list[str]:
+        key = self.plan.key_field
+        return [key] if op == "delete" and key else list(self.plan.fields)
+
+    def _prepare(self, destination: Destination) -> None:
+        plan = self.plan
+        columns = ", ".join(quote_identifier(f) for f in plan.fields)
+        schema = self.con.sql(f"SELECT {columns} FROM {OPS_TABLE} LIMIT 0").to_arrow_table().schema
+        destination.prepare(plan.target.object, schema, plan.key_field)
+        for op in plan.operations():
+            problems = destination.check(
+                plan.target.object, self._fields(op), plan.key_field, plan.action[op]
+            )
+            if problems:
+                raise DestinationError(
+                    f"destination '{plan.target.destination}' cannot take this sync: "
+                    + "; ".join(problems),
+                    "run `retl validate --connect` for details",
+                )
+
+    def _send(self, lanes: list[Destination], op: Operation) -> None:
+        """Deliver one operation's records in batches, up to one batch in flight per lane."""
+        action = self.plan.action[op]
+        fields = self._fields(op)
+        columns = ", ".join(quote_identifier(f) for f in fields)
+        reader = self.con.sql(
+            f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN} FROM {OPS_TABLE} "
+            f"WHERE {OP_COLUMN} = '{op}'"
+        ).to_arrow_reader(self.plan.batch_size)
+        free: queue.SimpleQueue[Destination] = queue.SimpleQueue()
+        for lane in lanes:
+            free.put(lane)
+
+        def deliver(batch: Batch) -> BatchResult:
+            lane = free.get()
+            try:
+                return lane.deliver(batch)
+            finally:
+                free.put(lane)
+
+        in_flight: _InFlight = collections.deque()
+        with ThreadPoolExecutor(len(lanes), thread_name_prefix="retl-deliver") as pool:
+            try:
+                for record_batch in reader:
+                    if interrupt.requested() is not None:
+                        raise _Stopped
+                    table = pa.Table.from_batches([record_batch])
+                    records = table.select(fields)
+                    batch = Batch(self.plan.target.object, action, self.plan.key_field, records)
+                    in_flight.append((pool.submit(deliver, batch), table, records))
+                    if len(in_flight) >= len(lanes):
+                        self._collect(op, *in_flight.popleft())
+                while in_flight:
+                    self._collect(op, *in_flight.popleft())
+                if interrupt.requested() is not None:
+                    raise _Stopped
+            except BaseException:
+                self._drain(op, in_flight)
+                raise
+
+    def _drain(self, op: Operation, in_flight: _InFlight) -> None:
+        """The run is stopping: batches not started are cancelled, batches the destination
+        already took are still acknowledged, so state matches what was delivered."""
+        for future, _, _ in in_flight:
+            future.cancel()
+        for future, table, records in in_flight:
+            if future.cancelled():
+                continue
+            try:
+                result = future.result()
+            except Exception:
+                continue
+            self._acknowledge(op, table, records, result.rejected)
+            self.sent += table.num_rows
+
+    def _collect(
+        self, op: Operation, future: Future[BatchResult], table: pa.Table, records: pa.Table
+    ) -> None:
+        result = future.result()
+        self._acknowledge(op, table, records, result.rejected)
+        self.sent += table.num_rows
+        if self.on_progress:
+            self.on_progress(self.sent, self.total)
+        rejected = self.counts["rejected"]
+        limits = self.plan.limits
+        if limits.max_rejected is not None and rejected > limits.max_rejected:
+            raise _TooManyRejections(
+                f"{rejected:,} records rejected by the destination, above limits.max_rejected = "
+                f"{limits.max_rejected:,}; the run stopped"
+            )
+        if rejected > self.allowed_rejections:
+            raise _TooManyRejections(
+                f"{rejected:,} of {self.total:,} records to send were rejected by the "
+                f"destination, above limits.max_row_error_ratio = {limits.max_row_error_ratio:g}; "
+                "the run stopped"
+            )
+
+    def _acknowledge(
+        self, op: Operation, table: pa.Table, records: pa.Table, rejected: dict[int, str]
+    ) -> None:
+        accepted = table
+        if rejected:
+            mask = pa.array([i not in rejected for i in range(table.num_rows)])
+            accepted = table.filter(mask)
+            indexes = sorted(rejected)
+            keys = table.column(KEY_COLUMN).take(indexes).to_pylist()
+            rows = records.take(indexes).to_pylist()
+            entries = [
+                DeadLetterEntry(key=str(key), operation=op, record=row, error=rejected[index])
+                for key, row, index in zip(keys, rows, indexes, strict=True)
+            ]
+            self.dead_letters.add(self.plan.sync, self.run_id, entries)
+            rejected_keys = pa.table({"key": pa.array([str(k) for k in keys], pa.string())})
+            self.acks.submit(_remember_rejected, rejected_keys)
+            self.counts["rejected"] += len(rejected)
+        removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed")
+        deleted = accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
+        delivered = (
+            accepted.filter(pc.invert(removed))
+            .select([KEY_COLUMN, HASH_COLUMN])
+            .rename_columns(["key", "hash"])
+        )
+        self.acks.submit(SnapshotStore.acknowledge, delivered, deleted)
+        self.counts[op] += accepted.num_rows
+        if self.pending_dead_letters and accepted.num_rows:
+            done = self.pending_dead_letters.intersection(accepted.column(KEY_COLUMN).to_pylist())
+            if done:
+                self.dead_letters.remove(self.plan.sync, done)
+                self.pending_dead_letters -= done
+
+    def _forget_dead_letters_that_left_the_source(self) -> None:
+        """A rejected row that is no longer in the source (nor to be deleted) has nothing left
+        to retry. Incremental reads cannot tell, so they keep their dead letters."""
+        if not self.pending_dead_letters or self.plan.incremental or self.plan.only_dead_letters:
+            return
+        self.writer.register(
+            "retl_pending",
+            pa.table({"key": pa.array(sorted(self.pending_dead_letters), pa.string())}),
+        )
+        gone = self.writer.execute(
+            f"SELECT key FROM retl_pending WHERE key NOT IN (SELECT {KEY_COLUMN} FROM {OPS_TABLE}) "
+            f"AND key NOT IN (SELECT {KEY_COLUMN} FROM {SOURCE_TABLE} WHERE {KEY_COLUMN} IS NOT NULL)"
+        ).fetchall()
+        self.writer.unregister("retl_pending")
+        if gone:
+            self.dead_letters.remove(self.plan.sync, [str(row[0]) for row in gone])
+
+    def _next_watermark(self) -> str | None:
+        row = self.writer.execute(
+            f"SELECT CAST(coalesce((SELECT min({WATERMARK_COLUMN}) FROM {SOURCE_TABLE} "
+            f"WHERE {KEY_COLUMN} IN (SELECT key FROM retl_rejected)), max({WATERMARK_COLUMN})) AS VARCHAR) "
+            f"FROM {SOURCE_TABLE}"
+        ).fetchall()[0]
+        if row is None or row[0] is None:
+            return self.plan.incremental_from
+        return str(row[0])
+
+
+class _TooManyRejections(Exception):
+    pass
+
+
+class _Stopped(Exception):
+    """A signal asked the run to stop; raised between batches."""
+
+
+def _remember_rejected(con: duckdb.DuckDBPyConnection, keys: pa.Table) -> None:
+    con.register("retl_rejected_batch", keys)
+    con.execute("INSERT INTO retl_rejected SELECT key FROM retl_rejected_batch")
+    con.unregister("retl_rejected_batch")

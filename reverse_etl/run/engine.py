@@ -1,0 +1,378 @@
+"""The Engine: everything retl does to a project's syncs, callable from Python without the CLI.
+
+`plan` computes a self-contained Plan; `run` computes one under the sync's lock (or checks a
+saved one against the present) and executes exactly it; `run_many` runs a selection in
+dependency order, skipping what is paused, not due, or waits on a dependency that failed.
+State advances only for records the destination accepted, one transaction per batch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from reverse_etl.config import Project, Sync
+from reverse_etl.destinations.base import Destination, build_destination, connector_for
+from reverse_etl.errors import (
+    ConfigError,
+    DestinationError,
+    RetlError,
+    RoleRefusedError,
+    StalePlanError,
+    StateLockedError,
+    UsageError,
+)
+from reverse_etl.gitinfo import file_version
+from reverse_etl.plan.diff import PlanInputs, build_plan
+from reverse_etl.plan.files import check_fresh
+from reverse_etl.plan.model import Plan, StateRef
+from reverse_etl.plan.source import engine_connection, read_source
+from reverse_etl.run import interrupt
+from reverse_etl.run.delivery import Delivery
+from reverse_etl.run.order import dependency_order
+from reverse_etl.run.outcome import RunOptions, RunOutcome
+from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
+from reverse_etl.state.layout import StateLayout
+from reverse_etl.state.lock import SyncLock
+from reverse_etl.state.runlog import DeadLetterQueue, RunLog, RunRecord, RunStatus
+from reverse_etl.state.snapshot import SnapshotStore
+from reverse_etl.types import TargetId
+from reverse_etl.warehouse import check_role
+
+PAUSED = "paused (set paused: false to run it)"
+
+
+class Engine:
+    """Plans and runs a project's syncs; the CLI is a thin layer over this class."""
+
+    def __init__(self, project: Project, role: str | None = None) -> None:
+        self.project = project
+        self.role = role
+        self.layout = StateLayout.for_project(project.root)
+
+    @property
+    def run_log(self) -> RunLog:
+        return RunLog(self.layout.database)
+
+    @property
+    def dead_letters(self) -> DeadLetterQueue:
+        return DeadLetterQueue(self.layout.database)
+
+    def snapshot(self, sync: str) -> SnapshotStore:
+        return SnapshotStore(self.layout.snapshots, sync)
+
+    def sync(self, name: str) -> Sync:
+        sync = self.project.syncs.get(name)
+        if sync is None or sync.config is None:
+            raise UsageError(f"no sync named '{name}' in this project", "see `retl status`")
+        return sync
+
+    def destination_config(self, name: str) -> dict[str, Any]:
+        """A destination's retl.yml block (interpolated), as connectors take it."""
+        assert self.project.config is not None
+        block = self.project.config.destinations.get(name)
+        if block is None:
+            raise ConfigError(f"unknown destination '{name}'")
+        return {"type": block.type, **block.options()}
+
+    def open_destination(self, name: str) -> Destination:
+        return build_destination(name, self.destination_config(name), self.project.root)
+
+    def target(self, sync: Sync) -> TargetId:
+        """What the sync's state describes: destination, connector type, object, location."""
+        assert sync.config is not None
+        name = sync.config.destination.name
+        destination = self.open_destination(name)
+        return TargetId(
+            destination=name,
+            type=destination.type_name,
+            object=sync.config.destination.object,
+            location=destination.location(),
+        )
+
+    def config_hash(self, sync: Sync) -> str:
+        """The hash a run records in state: the sync's settings, SQL and destination type."""
+        assert self.project.config is not None and sync.config is not None
+        return sync.config_hash(self.project.config.destinations.get(sync.config.destination.name))
+
+    def next_due(self, sync: Sync, now: datetime | None = None) -> datetime | None:
+        """When a cron sync is next due (the same rule `run --all` applies)."""
+        return next_due(sync, self.run_log, now)
+
+    def not_due_reason(
+        self, sync: Sync, succeeded_now: dict[str, bool] | None = None
+    ) -> str | None:
+        return not_due_reason(sync, self.run_log, succeeded_now or {})
+
+    # ------------------------------------------------------------------------------------ plan
+
+    def plan(
+        self, sync: Sync, *, full_resync: bool = False, only_dead_letters: bool = False
+    ) -> Plan:
+        """Compute what a run would do. Writes nothing (state is attached read-only)."""
+        self._check_role(sync)
+        with tempfile.TemporaryDirectory(prefix="retl-plan-") as tmp:
+            con = engine_connection(Path(tmp))
+            try:
+                return self._plan(
+                    sync,
+                    con,
+                    writable=False,
+                    full_resync=full_resync,
+                    only_dead_letters=only_dead_letters,
+                )
+            finally:
+                con.close()
+
+    def _plan(
+        self,
+        sync: Sync,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        writable: bool,
+        full_resync: bool,
+        only_dead_letters: bool,
+    ) -> Plan:
+        config = sync.config
+        assert config is not None
+        target = self.target(sync)
+        store = self.snapshot(sync.name)
+        change = store.open(con, target, writable=writable)
+        meta = store.meta(con)
+        watermark = None if full_resync else meta.watermark
+        source = read_source(self.project, sync, con, role=self.role, watermark=watermark)
+        dead_letter_keys = self.dead_letters.keys(sync.name)
+        inputs = PlanInputs(
+            sync=sync.name,
+            config=config,
+            mapping=source.mapping,
+            target=target,
+            batch_size=self._batch_size(sync, target),
+            source_rows=source.rows,
+            state=StateRef(meta.lineage, meta.serial, meta.records),
+            config_hash=self.config_hash(sync),
+            stored_config_hash=meta.config_hash,
+            target_change=change,
+            full_resync=full_resync,
+            only_keys=dead_letter_keys if only_dead_letters else None,
+            retry_keys=dead_letter_keys,
+            incremental_from=watermark if config.incremental else None,
+            recent_deletes=self._recent_deletes(sync),
+            destination_records=self._destination_records(sync),
+        )
+        return build_plan(con, inputs)
+
+    def _batch_size(self, sync: Sync, target: TargetId) -> int:
+        assert sync.config is not None
+        cls = connector_for(target.type)
+        assert cls is not None
+        capabilities = cls.capabilities
+        size = sync.config.batch_size or capabilities.default_batch_size
+        if capabilities.max_batch_size:
+            size = min(size, capabilities.max_batch_size)
+        return size
+
+    def _recent_deletes(self, sync: Sync) -> int:
+        """Records this sync deleted in its runs inside `limits.window`."""
+        assert sync.config is not None
+        since = datetime.now(UTC) - timedelta(seconds=sync.config.limits.window_seconds)
+        total = 0
+        for record in self.run_log.list(sync.name, limit=None):
+            if record.started_at < since:
+                break
+            if record.status in ("success", "failed", "interrupted"):
+                total += int(record.counts.get("delete", 0))
+        return total
+
+    def _destination_records(self, sync: Sync) -> int | None:
+        """The object's record count, the ratio base of `mode: delete` (None when unknown)."""
+        assert sync.config is not None
+        if sync.config.mode != "delete" or sync.config.limits.max_delete_ratio is None:
+            return None
+        try:
+            with self.open_destination(sync.config.destination.name) as destination:
+                return destination.count(sync.config.destination.object)
+        except DestinationError:
+            return None
+
+    # ------------------------------------------------------------------------------------- run
+
+    def run(
+        self, sync: Sync, options: RunOptions | None = None, *, plan: Plan | None = None
+    ) -> RunOutcome:
+        """Plan and execute one sync under its lock; with `plan` (a saved plan), execute exactly
+        that plan or refuse when it is stale. Never raises for a sync's own failure."""
+        options = options or RunOptions()
+        assert sync.config is not None
+        if (sync.config.paused or (plan is not None and plan.paused)) and not options.dry_run:
+            record = self.run_log.record(
+                sync.name, "skipped", message=PAUSED, trigger=options.trigger
+            )
+            return RunOutcome(sync.name, "skipped", record=record, error=PAUSED)
+        try:
+            self._check_role(sync)
+        except RoleRefusedError as exc:
+            return self._refused_before_start(sync, options, exc)
+        lock = SyncLock(self.layout.locks, sync.name, command="retl run " + sync.name)
+        try:
+            lock.acquire()
+        except StateLockedError as exc:
+            return self._refused_before_start(sync, options, exc)
+        try:
+            return self._run_locked(sync, options, plan)
+        finally:
+            lock.release()
+
+    def run_plan(self, saved: Plan, options: RunOptions | None = None) -> RunOutcome:
+        """Apply a saved plan (see `plan.files.load_plans`) to the sync it names."""
+        options = options or RunOptions()
+        options.full_resync = saved.full_resync
+        options.only_dead_letters = saved.only_dead_letters
+        return self.run(self.sync(saved.sync), options, plan=saved)
+
+    def run_many(
+        self,
+        syncs: Sequence[Sync],
+        options: RunOptions | None = None,
+        *,
+        scheduled: bool = False,
+        on_outcome: Callable[[RunOutcome], None] | None = None,
+    ) -> list[RunOutcome]:
+        """Run syncs in dependency order. With `scheduled`, only what is due (unless
+        `options.force`); paused syncs, and syncs whose dependency failed in this call, are
+        skipped either way. Stops after an interrupted run."""
+        options = options or RunOptions()
+        outcomes: list[RunOutcome] = []
+        finished: dict[str, bool] = {}
+        for sync in dependency_order(list(syncs)):
+            assert sync.config is not None
+            reason = failed_dependency(sync, finished)
+            if reason is None and sync.config.paused and scheduled:
+                reason = PAUSED
+            if reason is None and scheduled and not options.force:
+                reason = not_due_reason(sync, self.run_log, finished)
+            if reason is not None:
+                outcome = RunOutcome(sync.name, "skipped", error=reason)
+            else:
+                outcome = self.run(sync, options)
+                finished[sync.name] = outcome.status in ("success", "planned")
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+            if outcome.status == "interrupted":
+                break
+        return outcomes
+
+    def _check_role(self, sync: Sync) -> None:
+        assert self.project.config is not None and sync.config is not None
+        warehouse = self.project.config.warehouses.get(sync.config.warehouse)
+        if warehouse is not None:
+            check_role(sync.config.warehouse, warehouse.roles, self.role)
+
+    def _refused_before_start(self, sync: Sync, options: RunOptions, exc: RetlError) -> RunOutcome:
+        record = self.run_log.record(
+            sync.name, "refused", message=exc.message, trigger=options.trigger
+        )
+        return RunOutcome(sync.name, "refused", record=record, error=exc.message, hint=exc.hint)
+
+    def _run_locked(self, sync: Sync, options: RunOptions, saved: Plan | None) -> RunOutcome:
+        assert sync.config is not None
+        run_log = self.run_log
+        run_log.mark_abandoned(sync.name)
+        version = file_version(sync.path)
+        config_hash = self.config_hash(sync)
+        record: RunRecord | None = None
+        if not options.dry_run:
+            record = run_log.start(
+                sync.name, config_hash, version.commit, version.dirty, options.trigger
+            )
+        outcome = RunOutcome(sync.name, "failed", record=record)
+        with tempfile.TemporaryDirectory(prefix="retl-run-") as tmp:
+            con = engine_connection(Path(tmp))
+            try:
+                plan = self._plan(
+                    sync,
+                    con,
+                    writable=not options.dry_run,
+                    full_resync=options.full_resync,
+                    only_dead_letters=options.only_dead_letters,
+                )
+                if saved is not None:
+                    try:
+                        check_fresh(saved, plan)
+                    except StalePlanError as exc:
+                        outcome.plan = saved
+                        return self._end(outcome, "refused", exc.message, exc.hint)
+                    plan = saved
+                outcome.plan = plan
+                if options.on_plan:
+                    options.on_plan(plan)
+                if plan.refusal:
+                    return self._end(outcome, "refused", plan.refusal, plan.refusal_hint)
+                if options.dry_run:
+                    outcome.status = "planned"
+                    return outcome
+                if plan.destructive and options.confirm is not None and not options.confirm(plan):
+                    return self._end(
+                        outcome,
+                        "refused",
+                        "the deletes were not confirmed",
+                        "rerun with --yes to skip the question",
+                    )
+                delivery = Delivery(
+                    plan,
+                    con,
+                    lambda: self.open_destination(plan.target.destination),
+                    self.dead_letters,
+                    self.dead_letters.keys(sync.name),
+                    record.id if record else None,
+                    options.on_progress,
+                )
+                result = delivery.execute(config_hash)
+                outcome.counts = result.counts
+                status: RunStatus = "success"
+                if result.status == "interrupted":
+                    status = "interrupted"
+                elif result.status == "failed":
+                    status = "failed"
+                return self._end(outcome, status, result.error, result.hint)
+            except RetlError as exc:
+                return self._end(outcome, "failed", exc.message, exc.hint)
+            except interrupt.RunInterrupted:
+                self._end(outcome, "interrupted", _interrupted_message(outcome))
+                raise
+            except KeyboardInterrupt:
+                self._end(outcome, "interrupted", _interrupted_message(outcome))
+                raise
+            except Exception as exc:
+                # A bug: close the run record honestly before the CLI reports it.
+                self._end(outcome, "failed", f"internal error: {exc.__class__.__name__}: {exc}")
+                raise
+            finally:
+                con.close()
+
+    def _end(
+        self, outcome: RunOutcome, status: RunStatus, error: str | None, hint: str | None = None
+    ) -> RunOutcome:
+        outcome.status = status
+        outcome.error = error
+        outcome.hint = hint
+        if outcome.record is not None:
+            outcome.record = self.run_log.finish(
+                outcome.record.id, status, outcome.counts, error=error
+            )
+            if status == "failed":
+                from reverse_etl.alerts import send_failure_alerts
+
+                send_failure_alerts(self.project, outcome)
+        return outcome
+
+
+def _interrupted_message(outcome: RunOutcome) -> str:
+    total = outcome.plan.counts.to_send if outcome.plan else 0
+    return f"interrupted: {outcome.sent:,} of {total:,} sent and saved; run again to continue"
