@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("RETL_DEBUG"):
             raise
         err.print(
-            f"[red]internal error:[/red] {exc.__class__.__name__}: {exc}",
+            f"[red]internal error:[/red] {exc.__class__.__name__}: {escape(str(exc))}",
             markup=True,
             highlight=False,
         )

@@ -17,6 +17,7 @@ from reverse_etl.run.outcome import RunOutcome
 _STATUS_STYLE = {
     "success": "green",
     "failed": "red",
+    "interrupted": "yellow",
     "refused": "red",
     "skipped": "yellow",
     "planned": "cyan",
@@ -119,7 +120,7 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
         )
     for outcome in outcomes:
         c = outcome.counts
-        style = _STATUS_STYLE.get(outcome.status, "")
+        style = _STATUS_STYLE.get(outcome.status, "default")
         table.add_row(
             outcome.sync,
             f"[{style}]{outcome.status}[/{style}]",
