@@ -70,7 +70,9 @@ def test_mode_delete_obeys_max_delete_ratio_over_the_destinations_records(
 
 def test_deletes_obey_a_default_max_deletes(project: RetlProject, pg: PostgresDb) -> None:
     project.write_sync(mode="delete", allow_destructive=True, mapping={"id": "id"})
-    project.set_source([(k, "x") for k in range(1, 10_002)])
+    project.warehouse(
+        "CREATE OR REPLACE TABLE src AS SELECT i AS id, 'x' AS name FROM range(1, 10002) t(i)"
+    )
 
     plan = project.plan_json()
 
@@ -106,7 +108,9 @@ def test_rejections_count_against_the_records_sent_not_the_unchanged_ones(
         f"ALTER TABLE {pg.schema}.contacts ADD CONSTRAINT short_name CHECK (length(name) < 5)"
     )
     project.write_sync()
-    project.set_source([(k, "ok") for k in range(1, 1001)])
+    project.warehouse(
+        "CREATE OR REPLACE TABLE src AS SELECT i::INTEGER AS id, 'ok' AS name FROM range(1, 1001) t(i)"
+    )
     project.run_json()
     project.set_source(
         [(k, "ok") for k in range(1, 998)]
