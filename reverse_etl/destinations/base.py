@@ -71,9 +71,9 @@ class BatchResult:
     """Per-record outcome of a batch: row index -> the destination's message for rejected rows."""
 
     rejected: dict[int, str] = field(default_factory=dict)
-
-    def accepted_indexes(self, size: int) -> list[int]:
-        return [i for i in range(size) if i not in self.rejected]
+    # Accepted records that needed nothing: deletes whose record was already gone (reported by
+    # connectors that can tell; they count as delivered, not as deleted).
+    absent: int = 0
 
 
 _D = TypeVar("_D", bound="Destination")

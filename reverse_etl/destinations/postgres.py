@@ -539,10 +539,11 @@ class PostgresDestination(TableDestination[_Table]):
             if conn.broken:
                 self._conn = None
             raise
+        missing = [o for o in range(batch.size) if o not in run.found and o not in run.rejected]
         if batch.action == "update":
-            missing = [o for o in range(batch.size) if o not in run.found and o not in run.rejected]
             run.rejected.update(not_found(batch, table, missing))
-        return BatchResult(rejected=dict(sorted(run.rejected.items())))
+        absent = len(missing) if batch.action == "delete" else 0
+        return BatchResult(rejected=dict(sorted(run.rejected.items())), absent=absent)
 
 
 class _StageRefused(Exception):
@@ -632,9 +633,10 @@ def _statement(
             target, t, sql.SQL(", ").join(sets), stage, key_matches, in_range
         )
         return update if in_plpgsql else sql.SQL("{} RETURNING s.{}").format(update, ordinal)
-    return sql.SQL("DELETE FROM {} AS {} USING {} s WHERE {} AND {}").format(
+    delete = sql.SQL("DELETE FROM {} AS {} USING {} s WHERE {} AND {}").format(
         target, t, stage, key_matches, in_range
     )
+    return delete if in_plpgsql else sql.SQL("{} RETURNING s.{}").format(delete, ordinal)
 
 
 # A temporary function that runs the statement record by record, each in its own subtransaction,

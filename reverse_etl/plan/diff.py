@@ -312,9 +312,10 @@ def _check_delete_limits(plan: Plan, limits: Limits, inputs: PlanInputs) -> None
         base = plan.state.records
         what = "delivered records"
     base += recent
-    if base and total / base > limits.max_delete_ratio:
+    ratio = min(total, base) / base if base else 0.0
+    if ratio > limits.max_delete_ratio:
         plan.refusal = (
-            f"the plan deletes {deletes:,} of {base:,} {what}{window} ({total / base:.0%}), above "
+            f"the plan deletes {deletes:,} of {base:,} {what}{window} ({ratio:.0%}), above "
             f"limits.max_delete_ratio = {limits.max_delete_ratio:g}"
         )
         plan.refusal_hint = (

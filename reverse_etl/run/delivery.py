@@ -195,14 +195,14 @@ class Delivery:
                 result = future.result()
             except Exception:
                 continue
-            self._acknowledge(op, table, records, result.rejected)
+            self._acknowledge(op, table, records, result)
             self.sent += table.num_rows
 
     def _collect(
         self, op: Operation, future: Future[BatchResult], table: pa.Table, records: pa.Table
     ) -> None:
         result = future.result()
-        self._acknowledge(op, table, records, result.rejected)
+        self._acknowledge(op, table, records, result)
         self.sent += table.num_rows
         if self.on_progress:
             self.on_progress(self.sent, self.total)
@@ -221,8 +221,9 @@ class Delivery:
             )
 
     def _acknowledge(
-        self, op: Operation, table: pa.Table, records: pa.Table, rejected: dict[int, str]
+        self, op: Operation, table: pa.Table, records: pa.Table, result: BatchResult
     ) -> None:
+        rejected = result.rejected
         accepted = table
         if rejected:
             mask = pa.array([i not in rejected for i in range(table.num_rows)])
@@ -246,7 +247,9 @@ class Delivery:
             .rename_columns(["key", "hash"])
         )
         self.acks.submit(SnapshotStore.acknowledge, delivered, deleted)
-        self.counts[op] += accepted.num_rows
+        self.counts[op] += accepted.num_rows - result.absent
+        if result.absent:
+            self.counts["absent"] = self.counts.get("absent", 0) + result.absent
         if self.pending_dead_letters and accepted.num_rows:
             done = self.pending_dead_letters.intersection(accepted.column(KEY_COLUMN).to_pylist())
             if done:

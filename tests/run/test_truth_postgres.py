@@ -247,3 +247,22 @@ def test_sigint_stops_cleanly_with_exit_130(project: RetlProject, pg: PostgresDb
     assert "Traceback" not in done.stderr
     assert "interrupted" in done.stderr
     assert project.runs()[0]["status"] == "interrupted"
+
+
+def test_a_delete_of_records_already_gone_is_not_reported_as_deleted(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    pg.execute(f"INSERT INTO {pg.schema}.contacts VALUES (1, 'n1'), (2, 'n2')")
+    project.write_sync(
+        mode="delete", allow_destructive=True, mapping={"id": "id"}, limits={"max_delete_ratio": 1}
+    )
+    project.warehouse(
+        "CREATE OR REPLACE TABLE src AS SELECT i::INTEGER AS id, 'x' AS name FROM range(1, 1001) t(i)"
+    )
+
+    run = project.run_json()
+
+    assert run["planned"]["delete"] == 1000
+    assert run["counts"]["delete"] == 2
+    assert run["counts"]["absent"] == 998
+    assert pg.count() == 0
