@@ -60,6 +60,10 @@ class Batch:
     action: Action
     key_field: str | None
     records: pa.Table
+    # Per record, the id the destination gave it when it was delivered (update and delete
+    # batches; None for records without one), so APIs that address records by their own id
+    # need no lookup.
+    ids: list[str | None] | None = None
 
     @property
     def size(self) -> int:
@@ -68,9 +72,15 @@ class Batch:
 
 @dataclass
 class BatchResult:
-    """Per-record outcome of a batch: row index -> the destination's message for rejected rows."""
+    """Per-record outcome of a batch, by row index. A record is *accepted* unless it is
+    *rejected* (with the destination's message: it goes to the dead letter queue) or to be
+    *retried* later (throttled or transient, with the reason: neither acknowledged, nor dead
+    lettered, nor counted as an error; the run sends it again, or the next run does)."""
 
     rejected: dict[int, str] = field(default_factory=dict)
+    retry: dict[int, str] = field(default_factory=dict)
+    # Ids the destination assigned to accepted records (HubSpot `id`, Salesforce `Id`).
+    ids: dict[int, str] = field(default_factory=dict)
     # Accepted records that needed nothing: deletes whose record was already gone (reported by
     # connectors that can tell; they count as delivered, not as deleted).
     absent: int = 0

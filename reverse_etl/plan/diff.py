@@ -25,7 +25,7 @@ from reverse_etl.mapping import (
     quote_identifier,
 )
 from reverse_etl.plan.model import Plan, PlanCounts, RowError, RunLimits, StateRef
-from reverse_etl.state.snapshot import SNAPSHOT
+from reverse_etl.state.snapshot import SnapshotStore
 from reverse_etl.types import ACTIONS, OPERATIONS, TargetChange, TargetId
 
 SOURCE_TABLE = "retl_source"
@@ -34,6 +34,8 @@ ERRORS_TABLE = "retl_key_errors"
 DUPLICATES_TABLE = "retl_source_duplicates"
 CHANGE_COLUMN = "__retl_change"
 OP_COLUMN = "__retl_op"
+# The id the destination gave the record when it was delivered (None where it gives none).
+DEST_ID_COLUMN = "__retl_dest_id"
 SAMPLE_SIZE = 5
 
 # What each kind of change becomes in each mode (SPEC §3); None: nothing is sent.
@@ -120,10 +122,12 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         f"CREATE OR REPLACE TABLE {ERRORS_TABLE} AS SELECT {key}, count(*) AS n FROM {SOURCE_TABLE} "
         f"GROUP BY {key} HAVING {key} IS NULL OR count(*) > 1{duplicates_elsewhere}"
     )
+    stored = SnapshotStore.relation(con)
     snapshot = (
-        "(SELECT CAST(NULL AS VARCHAR) AS key, CAST(NULL AS VARCHAR) AS hash WHERE false)"
+        "(SELECT CAST(NULL AS VARCHAR) AS key, CAST(NULL AS VARCHAR) AS hash, "
+        "CAST(NULL AS VARCHAR) AS dest_id WHERE false)"
         if inputs.full_resync
-        else SNAPSHOT
+        else stored
     )
     key_filter = ""
     if inputs.only_keys is not None:
@@ -147,7 +151,7 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         f"CREATE OR REPLACE TABLE {OPS_TABLE} AS "
         f"SELECT CASE {CHANGE_COLUMN} {cases} ELSE NULL END AS {OP_COLUMN}, * FROM ("
         f"SELECT CASE WHEN s.key IS NULL THEN 'new' WHEN s.hash <> g.{HASH_COLUMN}{retried} THEN 'changed' "
-        f"ELSE 'unchanged' END AS {CHANGE_COLUMN}, g.* "
+        f"ELSE 'unchanged' END AS {CHANGE_COLUMN}, s.dest_id AS {DEST_ID_COLUMN}, g.* "
         f"FROM {SOURCE_TABLE} g LEFT JOIN {snapshot} s ON s.key = g.{key} "
         f"WHERE g.{key} IS NOT NULL AND g.{key} NOT IN "
         f"(SELECT {key} FROM {ERRORS_TABLE} WHERE {key} IS NOT NULL){key_filter})"
@@ -165,8 +169,9 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
             " AND key IN (SELECT key FROM retl_only_keys)" if inputs.only_keys is not None else ""
         )
         con.execute(
-            f"INSERT INTO {OPS_TABLE} ({OP_COLUMN}, {CHANGE_COLUMN}, {key}, {quote_identifier(key_field)}) "
-            f"SELECT 'delete', 'removed', key, key FROM {SNAPSHOT} "
+            f"INSERT INTO {OPS_TABLE} ({OP_COLUMN}, {CHANGE_COLUMN}, {DEST_ID_COLUMN}, {key}, "
+            f"{quote_identifier(key_field)}) "
+            f"SELECT 'delete', 'removed', dest_id, key, key FROM {stored} "
             f"WHERE key NOT IN (SELECT {key} FROM {SOURCE_TABLE} WHERE {key} IS NOT NULL){removed_filter}"
         )
     counts = PlanCounts()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import queue
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,13 +22,24 @@ import pyarrow.compute as pc
 from reverse_etl.destinations.base import Batch, BatchResult, Destination
 from reverse_etl.errors import DestinationError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
-from reverse_etl.plan.diff import CHANGE_COLUMN, OP_COLUMN, OPS_TABLE, SOURCE_TABLE
+from reverse_etl.plan.diff import (
+    CHANGE_COLUMN,
+    DEST_ID_COLUMN,
+    OP_COLUMN,
+    OPS_TABLE,
+    SOURCE_TABLE,
+)
 from reverse_etl.plan.model import Plan
 from reverse_etl.run import interrupt
 from reverse_etl.run.acks import AcknowledgementWriter
 from reverse_etl.state.runlog import DeadLetterEntry, DeadLetterQueue
 from reverse_etl.state.snapshot import SnapshotStore
 from reverse_etl.types import Operation
+
+# Records a destination asks to retry later are sent again up to this many times in a run,
+# after pauses of 1, 2, 4 ... seconds (the connector already honoured any Retry-After).
+RETRY_ROUNDS = 3
+RETRY_WAIT_SECONDS = 1.0
 
 _InFlight = collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]]
 
@@ -64,6 +76,7 @@ class Delivery:
         self.run_id = run_id
         self.on_progress = on_progress
         self.counts = {"create": 0, "update": 0, "delete": 0, "rejected": 0}
+        self.retry_later: list[pa.Table] = []
         self.total = plan.counts.to_send
         self.sent = 0
         # The ratio is over the records this run sends (SPEC §6.5), checked against the planned
@@ -73,6 +86,14 @@ class Delivery:
         self.acks = AcknowledgementWriter(self.writer)
 
     def execute(self, config_hash: str) -> DeliveryResult:
+        """Send every operation of the plan; never raises for the destination's failures."""
+        try:
+            return self._execute(config_hash)
+        finally:
+            # An open cursor keeps the state file attached after the run (and blocks the next).
+            self.writer.close()
+
+    def _execute(self, config_hash: str) -> DeliveryResult:
         failed: str | None = None
         hint: str | None = None
         status = "success"
@@ -144,14 +165,37 @@ class Delivery:
                 )
 
     def _send(self, lanes: list[Destination], op: Operation) -> None:
-        """Deliver one operation's records in batches, up to one batch in flight per lane."""
-        action = self.plan.action[op]
+        """Deliver one operation's records in batches, up to one batch in flight per lane;
+        records the destination asks to retry later are sent again after a pause, a few
+        times, then left to the next run (neither acknowledged nor dead lettered)."""
         fields = self._fields(op)
         columns = ", ".join(quote_identifier(f) for f in fields)
         reader = self.con.sql(
-            f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN} FROM {OPS_TABLE} "
-            f"WHERE {OP_COLUMN} = '{op}'"
+            f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN}, {DEST_ID_COLUMN} "
+            f"FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'"
         ).to_arrow_reader(self.plan.batch_size)
+        batches: Iterator[pa.Table] = (pa.Table.from_batches([b]) for b in reader)
+        for round in range(RETRY_ROUNDS + 1):
+            self._send_batches(lanes, op, fields, batches)
+            later, self.retry_later = self.retry_later, []
+            if not later:
+                return
+            if round == RETRY_ROUNDS or interrupt.requested() is not None:
+                self.counts["deferred"] = self.counts.get("deferred", 0) + sum(
+                    t.num_rows for t in later
+                )
+                return
+            time.sleep(min(RETRY_WAIT_SECONDS * 2**round, 30.0))
+            batches = iter(later)
+
+    def _send_batches(
+        self,
+        lanes: list[Destination],
+        op: Operation,
+        fields: list[str],
+        batches: Iterator[pa.Table],
+    ) -> None:
+        action = self.plan.action[op]
         free: queue.SimpleQueue[Destination] = queue.SimpleQueue()
         for lane in lanes:
             free.put(lane)
@@ -166,12 +210,18 @@ class Delivery:
         in_flight: _InFlight = collections.deque()
         with ThreadPoolExecutor(len(lanes), thread_name_prefix="retl-deliver") as pool:
             try:
-                for record_batch in reader:
+                for table in batches:
                     if interrupt.requested() is not None:
                         raise _Stopped
-                    table = pa.Table.from_batches([record_batch])
                     records = table.select(fields)
-                    batch = Batch(self.plan.target.object, action, self.plan.key_field, records)
+                    ids = table.column(DEST_ID_COLUMN)
+                    batch = Batch(
+                        self.plan.target.object,
+                        action,
+                        self.plan.key_field,
+                        records,
+                        ids.to_pylist() if op != "create" and ids.null_count < len(ids) else None,
+                    )
                     in_flight.append((pool.submit(deliver, batch), table, records))
                     if len(in_flight) >= len(lanes):
                         self._collect(op, *in_flight.popleft())
@@ -225,9 +275,19 @@ class Delivery:
     ) -> None:
         rejected = result.rejected
         accepted = table
-        if rejected:
-            mask = pa.array([i not in rejected for i in range(table.num_rows)])
+        if result.retry:
+            self.retry_later.append(table.take(sorted(result.retry)))
+        if rejected or result.retry:
+            mask = pa.array(
+                [i not in rejected and i not in result.retry for i in range(table.num_rows)]
+            )
             accepted = table.filter(mask)
+            if result.ids:
+                kept = [i for i in range(table.num_rows) if mask[i].as_py()]
+                ids = [result.ids.get(i) for i in kept]
+        elif result.ids:
+            ids = [result.ids.get(i) for i in range(table.num_rows)]
+        if rejected:
             indexes = sorted(rejected)
             keys = table.column(KEY_COLUMN).take(indexes).to_pylist()
             rows = records.take(indexes).to_pylist()
@@ -241,10 +301,19 @@ class Delivery:
             self.counts["rejected"] += len(rejected)
         removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed")
         deleted = accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
+        if result.ids:
+            # A new id replaces the stored one; records the destination gave none keep theirs.
+            stored = accepted.column(DEST_ID_COLUMN).to_pylist()
+            given = pa.array(
+                [n if n is not None else o for n, o in zip(ids, stored, strict=True)], pa.string()
+            )
+            accepted = accepted.set_column(
+                accepted.schema.get_field_index(DEST_ID_COLUMN), DEST_ID_COLUMN, given
+            )
         delivered = (
             accepted.filter(pc.invert(removed))
-            .select([KEY_COLUMN, HASH_COLUMN])
-            .rename_columns(["key", "hash"])
+            .select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN])
+            .rename_columns(["key", "hash", "dest_id"])
         )
         self.acks.submit(SnapshotStore.acknowledge, delivered, deleted)
         self.counts[op] += accepted.num_rows - result.absent

@@ -104,6 +104,8 @@ class SnapshotStore:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._attach_file(con, self.path, read_only=False)
             self._create_tables(con)
+            # State written before retl 0.2 has no destination ids.
+            con.execute(f"ALTER TABLE {SNAPSHOT} ADD COLUMN IF NOT EXISTS dest_id VARCHAR")
             lineage = con.execute(
                 f"SELECT count(*) FROM {_META} WHERE name = 'lineage'"
             ).fetchall()[0]
@@ -139,9 +141,21 @@ class SnapshotStore:
         # and the engine already guarantees one row per key.
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {SNAPSHOT} "
-            "(key VARCHAR NOT NULL, hash VARCHAR NOT NULL, synced_at TIMESTAMPTZ)"
+            "(key VARCHAR NOT NULL, hash VARCHAR NOT NULL, synced_at TIMESTAMPTZ, dest_id VARCHAR)"
         )
         con.execute(f"CREATE TABLE IF NOT EXISTS {_META} (name VARCHAR PRIMARY KEY, value VARCHAR)")
+
+    @staticmethod
+    def relation(con: duckdb.DuckDBPyConnection) -> str:
+        """The attached snapshot as `(key, hash, dest_id)`, also for files written before
+        destination ids were kept (read-only attaches are not migrated)."""
+        rows = con.execute(
+            "SELECT count(*) FROM duckdb_columns() WHERE database_name = ? "
+            "AND table_name = 'snapshot' AND column_name = 'dest_id'",
+            [ALIAS],
+        ).fetchall()
+        dest_id = "dest_id" if rows and rows[0][0] else "CAST(NULL AS VARCHAR) AS dest_id"
+        return f"(SELECT key, hash, {dest_id} FROM {SNAPSHOT})"
 
     @staticmethod
     def meta(con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
@@ -165,16 +179,20 @@ class SnapshotStore:
         deleted: pa.Table | None = None,
         **meta: str | None,
     ) -> None:
-        """Record accepted records (`key`, `hash` columns) and deleted keys (`key`) and update
-        meta values, all in one transaction."""
+        """Record accepted records (`key`, `hash` and optionally `dest_id`, the id the
+        destination gave the record) and deleted keys (`key`) and update meta values, all in
+        one transaction."""
         now = datetime.now(UTC)
         con.execute("BEGIN TRANSACTION")
         try:
             if delivered is not None and delivered.num_rows:
                 con.register("retl_delivered", delivered)
                 con.execute(f"DELETE FROM {SNAPSHOT} WHERE key IN (SELECT key FROM retl_delivered)")
+                dest_id = "dest_id" if "dest_id" in delivered.column_names else "NULL"
                 con.execute(
-                    f"INSERT INTO {SNAPSHOT} SELECT key, hash, ? FROM retl_delivered", [now]
+                    f"INSERT INTO {SNAPSHOT} (key, hash, synced_at, dest_id) "
+                    f"SELECT key, hash, ?, {dest_id} FROM retl_delivered",
+                    [now],
                 )
                 con.unregister("retl_delivered")
             if deleted is not None and deleted.num_rows:

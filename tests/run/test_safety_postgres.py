@@ -214,7 +214,7 @@ def test_state_holds_keys_and_hashes_never_values(project: RetlProject, pg: Post
         (row,) = con.execute("SELECT key, hash FROM snapshot").fetchall()
     finally:
         con.close()
-    assert columns == ["key", "hash", "synced_at"]
+    assert columns == ["key", "hash", "synced_at", "dest_id"]  # dest_id: the id a destination gave
     assert row[0] == "1" and len(row[1]) == 32
     assert b"recognisable" not in (project.state_dir / "contacts.duckdb").read_bytes()
 
