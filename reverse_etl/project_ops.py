@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from reverse_etl.config import Problem, Project, load_project
+from reverse_etl.config import Problem, Project
 from reverse_etl.config.models import SYNC_NAME
 from reverse_etl.config.project import SYNCS_DIR, declared_names, did_you_mean
 from reverse_etl.destinations.base import (
@@ -26,6 +26,7 @@ from reverse_etl.destinations.base import (
     connector_types,
 )
 from reverse_etl.errors import ConfigError, DestinationError, RetlError, UsageError
+from reverse_etl.validate import load_project
 
 ACTION_ORDER = ("insert", "update", "upsert", "delete")
 

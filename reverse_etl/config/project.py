@@ -41,7 +41,13 @@ class Sync:
     document: YamlDocument
     config: SyncConfig | None
     sql: str | None = None
+    sql_path: Path | None = None
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file that decides what the sync sends: its sync file, then its SQL file."""
+        return [self.path] if self.sql_path is None else [self.path, self.sql_path]
 
     @property
     def ok(self) -> bool:
@@ -241,6 +247,7 @@ def _read_sql(project: Project, sync: Sync) -> str | None:
     candidates = [project.root / source.file, sync.path.parent / source.file]
     for candidate in candidates:
         if candidate.is_file():
+            sync.sql_path = candidate
             return candidate.read_text(encoding="utf-8").strip().rstrip(";").strip()
     sync.problems.append(
         sync.document.problem(

@@ -31,7 +31,7 @@ from reverse_etl.errors import (
     StateError,
     StateLockedError,
 )
-from reverse_etl.gitinfo import file_version
+from reverse_etl.git import file_version
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import CHANGE_COLUMN, OP_COLUMN, OPS_TABLE, SOURCE_TABLE, build_plan
 from reverse_etl.plan.model import Plan
@@ -209,7 +209,7 @@ class Engine:
         assert sync.config is not None
         run_log = self.run_log
         run_log.mark_abandoned(sync.name)
-        version = file_version(sync.path)
+        version = file_version(sync.files)
         config_hash = self.config_hash(sync)
         record: RunRecord | None = None
         if not options.dry_run:
