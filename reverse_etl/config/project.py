@@ -22,7 +22,7 @@ from reverse_etl.config.models import (
     SyncConfig,
 )
 from reverse_etl.config.problems import Problem, format_path
-from reverse_etl.config.yamlio import YamlDocument, load_yaml
+from reverse_etl.config.yamlio import YamlDocument, read_yaml_file
 from reverse_etl.errors import ConfigError, ProjectNotFoundError, UsageError
 
 M = TypeVar("M", bound=BaseModel)
@@ -163,10 +163,9 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
     env = os.environ if env is None else env
     project_file = root / PROJECT_FILE
     try:
-        text = project_file.read_text(encoding="utf-8")
+        document = read_yaml_file(project_file, PROJECT_FILE, env)
     except OSError as exc:
         raise ProjectNotFoundError(f"cannot read {project_file}: {exc.strerror}") from None
-    document = load_yaml(text, PROJECT_FILE, env)
     project = Project(root=root, document=document, config=None, syncs={})
     project.problems.extend(document.problems)
     if document.data is not None:
@@ -201,13 +200,12 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
 def _load_sync(project: Project, path: Path, env: Mapping[str, str]) -> Sync:
     file = project.relative(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        document = read_yaml_file(path, file, env)
     except (OSError, UnicodeDecodeError) as exc:
         document = YamlDocument(file=file, data=None)
         sync = Sync(path.stem, path, file, document, None)
         sync.problems.append(Problem(file, None, "", f"cannot read file: {exc}"))
         return sync
-    document = load_yaml(text, file, env)
     sync = Sync(path.stem, path, file, document, None, problems=list(document.problems))
     if not SYNC_NAME.match(sync.name):
         sync.problems.append(
