@@ -119,15 +119,55 @@ class Project:
                 raise UsageError(f"no sync named '{name}'", did_you_mean(name, self.syncs))
         return list(chosen.values())
 
+    def problems_of(self, sync: Sync) -> list[Problem]:
+        """The problems that concern `sync`: its own, and those of retl.yml that are outside
+        the named blocks or in a block it uses, so a broken block blocks only its users."""
+        used = self._blocks_used(sync)
+        found = [
+            p
+            for p in self.problems
+            if used is None or not _in_a_block(p) or any(in_block(p, block) for block in used)
+        ]
+        return found + sync.problems
+
     def require_valid(self, syncs: Iterable[Sync]) -> None:
-        """Raise ConfigError listing the problems of the project file and of these syncs."""
-        problems = [p for p in self.problems if p.severity == "error"]
+        """Raise ConfigError listing the errors that concern these syncs (`problems_of`)."""
+        problems: list[Problem] = []
         for sync in syncs:
-            problems.extend(p for p in sync.problems if p.severity == "error")
+            for problem in self.problems_of(sync):
+                if problem.severity == "error" and problem not in problems:
+                    problems.append(problem)
         if problems:
             raise ConfigError(
                 f"{len(problems)} problem(s) in the project; run `retl validate`", list(problems)
             )
+
+    def _blocks_used(self, sync: Sync) -> set[str] | None:
+        """`section.name` of every retl.yml block the sync uses; None when that is unknown."""
+        if self.config is None or sync.config is None:
+            return None
+        used = {
+            f"warehouses.{sync.config.warehouse}",
+            f"destinations.{sync.config.destination.name}",
+        }
+        used.update(f"alerts.{alert}" for alert in sync.config.alerts)
+        if self.config.state.backend == "warehouse":
+            used.add(f"warehouses.{self.config.state.warehouse}")
+        return used
+
+
+_BLOCK_SECTIONS = ("warehouses", "destinations", "alerts")
+
+
+def in_block(problem: Problem, block: str) -> bool:
+    """Whether a problem of retl.yml lies in `block` (`warehouses.analytics`)."""
+    field = problem.field
+    return problem.file == PROJECT_FILE and (field == block or field.startswith(block + "."))
+
+
+def _in_a_block(problem: Problem) -> bool:
+    section, _, rest = problem.field.partition(".")
+    return problem.file == PROJECT_FILE and section in _BLOCK_SECTIONS and bool(rest)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

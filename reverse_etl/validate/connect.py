@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from reverse_etl.config.checks import is_secret_key
 from reverse_etl.config.problems import Problem
-from reverse_etl.config.project import Project, Sync, did_you_mean
+from reverse_etl.config.project import Project, Sync, did_you_mean, in_block
 from reverse_etl.errors import RetlError, RoleRefusedError
 from reverse_etl.types import mode_action
 from reverse_etl.warehouse.roles import check_role
@@ -211,9 +211,8 @@ class _ConnectChecker:
     def _broken(self, section: str, name: str) -> bool:
         """True when retl.yml already has an error in this block: connecting would only
         repeat it (or send a literal secret or an uninterpolated ${VAR} to a server)."""
-        prefix = f"{section}.{name}"
         return any(
-            p.severity == "error" and (p.field == prefix or p.field.startswith(prefix + "."))
+            p.severity == "error" and in_block(p, f"{section}.{name}")
             for p in self.project.problems
         )
 
