@@ -20,6 +20,7 @@ from reverse_etl.config.models import (
     DestinationConfig,
     ProjectConfig,
     SyncConfig,
+    sync_name_problem,
 )
 from reverse_etl.config.problems import Problem, format_path
 from reverse_etl.config.yamlio import YamlDocument, read_yaml_file
@@ -247,16 +248,12 @@ def _load_sync(project: Project, path: Path, env: Mapping[str, str]) -> Sync:
         sync.problems.append(Problem(file, None, "", f"cannot read file: {exc}"))
         return sync
     sync = Sync(path.stem, path, file, document, None, problems=list(document.problems))
-    if not SYNC_NAME.match(sync.name):
-        sync.problems.append(
-            Problem(
-                file,
-                None,
-                "",
-                f"'{sync.name}' is not a valid sync name",
-                "rename the file: lower-case letters, digits, '_' and '-' (e.g. crm_contacts.yml)",
-            )
-        )
+    bad_name = sync_name_problem(sync.name)
+    if bad_name is not None:
+        message, hint = bad_name
+        if not SYNC_NAME.match(sync.name):
+            hint = "lower-case letters, digits, '_' and '-' (e.g. crm_contacts.yml)"
+        sync.problems.append(Problem(file, None, "", message, f"rename the file: {hint}"))
     if document.data is None:
         return sync
     if document.data == {}:
