@@ -16,13 +16,14 @@ from reverse_etl.types import mode_action
 
 
 def check_connectors(project: Project) -> None:
-    """Append the problems of every destination block and every sync's mode and batch size."""
+    """Append the problems of every destination block and of every sync's object name, mode
+    and batch size."""
     if project.config is None:
         return
     known = connector_types()
     _check_destinations(project, known)
     for sync in project.syncs.values():
-        _check_capabilities(project, sync, known)
+        _check_sync(project, sync, known)
 
 
 def _check_destinations(project: Project, known: dict[str, type[Destination]]) -> None:
@@ -48,7 +49,7 @@ def _check_destinations(project: Project, known: dict[str, type[Destination]]) -
             )
 
 
-def _check_capabilities(project: Project, sync: Sync, known: dict[str, type[Destination]]) -> None:
+def _check_sync(project: Project, sync: Sync, known: dict[str, type[Destination]]) -> None:
     config, project_config = sync.config, project.config
     if config is None or project_config is None:
         return
@@ -56,6 +57,9 @@ def _check_capabilities(project: Project, sync: Sync, known: dict[str, type[Dest
     cls = known.get(block.type) if block is not None else None
     if block is None or cls is None:
         return
+    bad_object = cls.object_problem(config.destination.object)
+    if bad_object is not None:
+        sync.problems.append(sync.document.problem(("destination", "object"), *bad_object))
     mode_is_valid = not any(p.field == "mode" for p in sync.problems)  # else a stand-in
     if mode_is_valid and mode_action(config.mode) not in cls.capabilities.actions:
         sync.problems.append(
