@@ -207,6 +207,10 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
         document = read_yaml_file(project_file, PROJECT_FILE, env)
     except OSError as exc:
         raise ProjectNotFoundError(f"cannot read {project_file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ProjectNotFoundError(
+            f"cannot read {project_file}: it is not UTF-8 text", "save it as UTF-8"
+        ) from None
     project = Project(root=root, document=document, config=None, syncs={})
     project.problems.extend(document.problems)
     if document.data is not None:

@@ -141,3 +141,16 @@ def test_ordinary_anchors_and_merge_keys_still_work() -> None:
 
     assert doc.problems == []
     assert doc.data == {"base": {"a": 1}, "one": {"a": 1, "b": 2}, "two": {"a": 1}}
+
+
+def test_a_retl_yml_that_is_not_utf8_is_a_clear_error(
+    tmp_path: Path, retl_cli: Callable[..., Any]
+) -> None:
+    root = project_with(tmp_path, "none")
+    (root / "retl.yml").write_bytes(b"version: 1\nname: \xff\xfe\n")
+
+    result = retl_cli("validate", "--project-dir", str(root))
+
+    assert result.code == 2
+    assert "retl.yml: it is not UTF-8 text" in result.err
+    assert "Traceback" not in result.err

@@ -358,3 +358,21 @@ def test_connect_against_postgres_passes_a_matching_sync(
     )
 
     assert check(make_project(tmp_path, project, contacts=sync), env={"URL": postgres_url}) == []
+
+
+def test_a_role_the_warehouse_does_not_list_gets_a_problem_and_runs_no_sql(
+    tmp_path: Path, retl_cli: Any, clean_env: None
+) -> None:
+    project = PROJECT.replace(':memory:"\n', ':memory:"\n    roles: [ops]\n')
+    root = make_project(tmp_path, project)
+
+    refused = retl_cli("validate", "--connect", "--role", "analyst", "--project-dir", str(root))
+    allowed = retl_cli("validate", "--connect", "--role", "ops", "--project-dir", str(root))
+
+    assert refused.code == 1
+    assert refused.err.splitlines()[:2] == [
+        "syncs/contacts.yml:1: warehouse: role 'analyst' may not use warehouse 'memory'; "
+        "allowed roles: 'ops'",
+        "    hint: run with --role ROLE or set RETL_ROLE to one of the allowed roles",
+    ]
+    assert allowed.code == 0, allowed.err
