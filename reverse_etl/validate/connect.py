@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from reverse_etl.config.checks import is_secret_key
 from reverse_etl.config.problems import Problem
@@ -20,29 +20,14 @@ from reverse_etl.errors import RetlError, RoleRefusedError
 from reverse_etl.types import mode_action
 from reverse_etl.warehouse.roles import check_role
 
+if TYPE_CHECKING:  # both are imported when first needed: they pull in the database drivers
+    from reverse_etl.destinations.base import Destination
+    from reverse_etl.warehouse.base import Warehouse
+
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:)(?P<password>[^@/\s]+)@")
 MASK = "***"
 
 _Failure = tuple[str, str | None]
-
-
-class _Column(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-class _Warehouse(Protocol):
-    def columns(self, sql: str) -> Sequence[_Column]: ...
-
-    def close(self) -> None: ...
-
-
-class _Destination(Protocol):
-    def check(
-        self, object: str, fields: Sequence[str], key_field: str | None, action: Any
-    ) -> list[str]: ...
-
-    def close(self) -> None: ...
 
 
 def connect_checks(
@@ -67,8 +52,8 @@ class _ConnectChecker:
         self.role = role
         self.secrets = _secrets_of(project)
         # name -> an open connection, or (message, hint) saying why it could not be opened
-        self.warehouses: dict[str, _Warehouse | _Failure] = {}
-        self.destinations: dict[str, _Destination | _Failure] = {}
+        self.warehouses: dict[str, Warehouse | _Failure] = {}
+        self.destinations: dict[str, Destination | _Failure] = {}
 
     def check(self, sync: Sync) -> list[Problem]:
         config, project_config = sync.config, self.project.config
@@ -103,7 +88,7 @@ class _ConnectChecker:
 
     # --- warehouse --------------------------------------------------------------------------
 
-    def _warehouse(self, name: str) -> _Warehouse | _Failure:
+    def _warehouse(self, name: str) -> Warehouse | _Failure:
         if name not in self.warehouses:
             from reverse_etl.warehouse import open_warehouse
 
@@ -119,7 +104,7 @@ class _ConnectChecker:
                 )
         return self.warehouses[name]
 
-    def _check_columns(self, sync: Sync, warehouse: _Warehouse) -> list[Problem]:
+    def _check_columns(self, sync: Sync, warehouse: Warehouse) -> list[Problem]:
         config = sync.config
         assert config is not None and sync.sql is not None
         doc = sync.document
@@ -159,7 +144,7 @@ class _ConnectChecker:
 
     # --- destination ------------------------------------------------------------------------
 
-    def _destination(self, name: str) -> _Destination | _Failure:
+    def _destination(self, name: str) -> Destination | _Failure:
         if name not in self.destinations:
             from reverse_etl.destinations import build_destination
 
@@ -177,7 +162,7 @@ class _ConnectChecker:
                 )
         return self.destinations[name]
 
-    def _check_destination(self, sync: Sync, destination: _Destination) -> list[Problem]:
+    def _check_destination(self, sync: Sync, destination: Destination) -> list[Problem]:
         config = sync.config
         assert config is not None
         path = ("destination", "object")
