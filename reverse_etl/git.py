@@ -105,6 +105,21 @@ def repository_at_ref(folder: Path, ref: str) -> Path:
     return top
 
 
+def changed_since(folder: Path, ref: str) -> set[Path]:
+    """Files (resolved paths) that differ from `ref` in the working copy, committed or not,
+    untracked ones included: `plan --changed-since` picks the syncs with one of their files
+    (`Sync.files`) in it. UsageError for a bad ref or outside a repository."""
+    top = repository_at_ref(folder, ref)
+    changed = _git_or_raise(
+        top, "diff", "--name-only", "-z", ref, "--", error=f"cannot compare with '{ref}'"
+    )
+    untracked = _git_or_raise(
+        top, "ls-files", "--others", "--exclude-standard", "-z", error="cannot list new files"
+    )
+    names = [n for n in (changed + untracked).split("\0") if n]
+    return {(top / name).resolve() for name in names}
+
+
 def file_at(top: Path, ref: str, path: Path) -> str | None:
     """The file's text at `ref`, or None when it did not exist there or lies outside `top`."""
     try:

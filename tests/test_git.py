@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from reverse_etl.git import FileVersion, file_history, file_version
+from reverse_etl.errors import UsageError
+from reverse_etl.git import FileVersion, changed_since, file_history, file_version
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -262,3 +263,29 @@ def test_history_lists_the_commits_of_the_sync_file_and_its_sql_file(
     assert shown.code == 0, shown.err
     subjects = [c["message"] for c in shown.json()["commits"]]
     assert subjects == ["contacts: only the query", "add contacts sync"]
+
+
+def test_changed_since_lists_committed_modified_and_new_files_but_not_unchanged_ones(
+    repo: Path,
+) -> None:
+    for name in ("same.yml", "edited.yml", "committed.yml"):
+        (repo / "syncs" / name).write_text("mode: upsert\n")
+    commit(repo, "three syncs", "syncs")
+    git(repo, "branch", "base")
+    (repo / "syncs" / "committed.yml").write_text("mode: insert\n")
+    commit(repo, "change one", "syncs/committed.yml")
+    (repo / "syncs" / "edited.yml").write_text("mode: insert\n")
+    (repo / "syncs" / "new.yml").write_text("mode: insert\n")
+
+    changed = changed_since(repo, "base")
+
+    syncs = (repo / "syncs").resolve()
+    assert changed == {syncs / "committed.yml", syncs / "edited.yml", syncs / "new.yml"}
+
+
+def test_changed_since_an_unknown_ref_is_a_usage_error(repo: Path) -> None:
+    (repo / "a.yml").write_text("a\n")
+    commit(repo, "a", "a.yml")
+
+    with pytest.raises(UsageError, match="unknown git ref 'nope'"):
+        changed_since(repo, "nope")
