@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from reverse_etl.config import Project, Sync, find_project_root, load_project
+    from reverse_etl.config import Project, Sync, find_project_root
     from reverse_etl.errors import RetlError
     from reverse_etl.plan import Plan
     from reverse_etl.run import Engine, RunOptions, RunOutcome
+    from reverse_etl.validate import load_project
 
 # Imported on first use, so that `retl --version` does not load DuckDB and Arrow.
 _LAZY = {
@@ -31,7 +32,7 @@ _LAZY = {
     "Project": "reverse_etl.config",
     "Sync": "reverse_etl.config",
     "find_project_root": "reverse_etl.config",
-    "load_project": "reverse_etl.config",
+    "load_project": "reverse_etl.validate",
     "RetlError": "reverse_etl.errors",
 }
 

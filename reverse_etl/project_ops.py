@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from reverse_etl.config import Problem, Project, load_project
-from reverse_etl.config.models import SYNC_NAME
+from reverse_etl.config import Problem, Project
+from reverse_etl.config.models import sync_name_problem
 from reverse_etl.config.project import SYNCS_DIR, declared_names, did_you_mean
 from reverse_etl.destinations.base import (
     Destination,
@@ -26,6 +26,7 @@ from reverse_etl.destinations.base import (
     connector_types,
 )
 from reverse_etl.errors import ConfigError, DestinationError, RetlError, UsageError
+from reverse_etl.validate import load_project
 
 ACTION_ORDER = ("insert", "update", "upsert", "delete")
 
@@ -196,11 +197,9 @@ def clone_sync(
     """
     if source not in project.syncs:
         raise UsageError(f"no sync named '{source}'", did_you_mean(source, project.syncs))
-    if not SYNC_NAME.match(new):
-        raise UsageError(
-            f"'{new}' is not a valid sync name",
-            "lower-case letters, digits, '_' and '-', starting with a letter, digit or '_'",
-        )
+    bad_name = sync_name_problem(new)
+    if bad_name is not None:
+        raise UsageError(*bad_name)
     original = project.syncs[source]
     if new == source:
         raise UsageError(f"'{new}' is the sync being cloned", "give the copy another name")

@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from reverse_etl.config import Problem, Project, Sync, find_project_root, load_project
+from reverse_etl.config import Problem, Project, Sync, find_project_root
+from reverse_etl.validate import load_project
 
 
 def _console(stderr: bool) -> Console:
@@ -89,10 +90,7 @@ def print_problems(problems: list[Problem], console: Console = err) -> None:
             console.print(f"    hint: {problem.hint}", style="dim", markup=False)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for problem in problems:
-            level = "error" if problem.severity == "error" else "warning"
-            line = f",line={problem.line}" if problem.line else ""
-            message = problem.format().replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-            sys.stdout.write(f"::{level} file={problem.file}{line}::{message}\n")
+            sys.stdout.write(problem.github_annotation() + "\n")
 
 
 def print_json(document: Any) -> None:

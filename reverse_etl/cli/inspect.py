@@ -24,7 +24,7 @@ from reverse_etl.cli.common import (
 from reverse_etl.cli.render import ago, render_summary, short, status_style
 from reverse_etl.config import Project
 from reverse_etl.errors import UsageError
-from reverse_etl.gitinfo import file_history
+from reverse_etl.git import file_history
 from reverse_etl.run import Engine, RunOptions
 from reverse_etl.state.lock import force_unlock, lock_holder
 
@@ -340,7 +340,7 @@ def history(
     """The sync file's git log: its version notes."""
     project = open_project(project_dir)
     chosen = selected_syncs(project, [sync], None, False, require_valid=False)[0]
-    commits = file_history(chosen.path, limit=limit)
+    commits = file_history(chosen.files, limit=limit)
     if json_output:
         print_json({"sync": chosen.name, "commits": [c.__dict__ for c in commits]})
         return

@@ -11,6 +11,7 @@ from reverse_etl.cli.common import (
     AllOption,
     JsonOption,
     ProjectDirOption,
+    RoleOption,
     SelectOption,
     SyncsArgument,
     err,
@@ -19,6 +20,7 @@ from reverse_etl.cli.common import (
     print_problems,
     selected_syncs,
 )
+from reverse_etl.validate import validate_project
 
 
 @app.command(rich_help_panel="Project")
@@ -42,23 +44,14 @@ def validate(
             show_default=False,
         ),
     ] = None,
+    role: RoleOption = None,
     json_output: JsonOption = False,
     project_dir: ProjectDirOption = None,
 ) -> None:
     """Check retl.yml and sync files: schema, references, mapping, mode rules, cron, secrets."""
     project = open_project(project_dir)
     chosen = selected_syncs(project, syncs, select, all_syncs, require_valid=False)
-    problems = list(project.problems)
-    for sync in chosen:
-        problems.extend(sync.problems)
-    if connect:
-        from reverse_etl.config.connect import connect_checks
-
-        problems.extend(connect_checks(project, [s for s in chosen if s.ok]))
-    if base is not None:
-        from reverse_etl.config.changes import changes_since
-
-        problems.extend(changes_since(project, chosen, base))
+    problems = validate_project(project, chosen, connect=connect, base=base, role=role)
     errors = [p for p in problems if p.severity == "error"]
     if json_output:
         print_json({"ok": not errors, "problems": [p.to_json() for p in problems]})

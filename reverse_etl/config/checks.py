@@ -1,12 +1,14 @@
-"""Checks that need more than one model: references, mapping rules, mode rules and secrets."""
+"""Checks that need more than one model: references, mapping rules, mode rules and secrets.
+
+Checks against the installed connectors (types, options, capabilities) need the destinations
+layer and live in `reverse_etl.validate.connectors`.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
+from collections.abc import Iterator
+from typing import Any
 
 from reverse_etl.config.problems import Problem, format_path
 from reverse_etl.config.project import (
@@ -14,13 +16,8 @@ from reverse_etl.config.project import (
     Sync,
     declared_names,
     did_you_mean,
-    model_problems,
 )
 from reverse_etl.config.yamlio import YamlDocument, uses_env
-from reverse_etl.types import mode_action
-
-if TYPE_CHECKING:
-    from reverse_etl.destinations.base import Destination
 
 SECRET_KEYS = {
     "token",
@@ -45,7 +42,6 @@ def check_project(project: Project) -> None:
     """Append every cross-file problem to the project and its syncs."""
     _check_secrets(project.document, project.problems)
     if project.config is not None:
-        _check_destinations(project)
         state = project.config.state
         if state.backend == "warehouse" and state.warehouse not in project.config.warehouses:
             project.problems.append(
@@ -105,42 +101,6 @@ def _env_name(path: tuple[str | int, ...]) -> str:
         if isinstance(p, str) and p not in ("warehouses", "destinations", "alerts")
     ]
     return re.sub(r"[^A-Z0-9]+", "_", "_".join(words).upper()).strip("_") or "SECRET"
-
-
-def _check_destinations(project: Project) -> None:
-    assert project.config is not None
-    known = _connector_types()
-    for name, block in project.config.destinations.items():
-        cls = known.get(block.type)
-        if cls is None:
-            project.problems.append(
-                project.document.problem(
-                    ("destinations", name, "type"),
-                    f"unknown destination type '{block.type}'",
-                    did_you_mean(block.type, known) or _known_types(known),
-                )
-            )
-            continue
-        try:
-            cls.options_model.model_validate(block.options())
-        except ValidationError as exc:
-            project.problems.extend(
-                model_problems(
-                    cls.options_model, project.document, exc.errors(), ("destinations", name)
-                )
-            )
-
-
-def _connector_types() -> dict[str, type[Destination]]:
-    # Imported when needed: loading the connectors pulls in every database driver.
-    from reverse_etl.destinations.base import connector_types
-
-    return connector_types()
-
-
-def _known_types(known: Iterable[str]) -> str:
-    listed = ", ".join(sorted(known))
-    return f"known types: {listed}" if listed else "no destination connectors are installed"
 
 
 def _check_sync(project: Project, sync: Sync) -> None:
@@ -234,24 +194,6 @@ def _check_sync(project: Project, sync: Sync) -> None:
             "'delete' cannot be used with incremental: an incremental read cannot see removed rows",
             "remove incremental, or use on_removed: ignore",
         )
-
-    if project_config is not None and config.destination.name in project_config.destinations:
-        block = project_config.destinations[config.destination.name]
-        cls = _connector_types().get(block.type)
-        if cls is not None:
-            action = mode_action(config.mode)
-            mode_is_valid = not any(p.field == "mode" for p in problems)  # else a stand-in
-            if mode_is_valid and action not in cls.capabilities.actions:
-                add(
-                    ("mode",),
-                    f"destination type '{block.type}' does not support mode {config.mode}",
-                )
-            limit = cls.capabilities.max_batch_size
-            if limit is not None and config.batch_size is not None and config.batch_size > limit:
-                add(
-                    ("batch_size",),
-                    f"{config.batch_size} is above the {block.type} connector's limit of {limit}",
-                )
 
 
 def _known(what: str, names: Any) -> str:

@@ -11,6 +11,24 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from reverse_etl.types import Mode
 
 SYNC_NAME = re.compile(r"^[a-z0-9_][a-z0-9_-]*$")
+# State, lock and run files are named after the sync, with suffixes, within 255-byte file names.
+MAX_SYNC_NAME = 100
+
+
+def sync_name_problem(name: str) -> tuple[str, str] | None:
+    """(message, hint) saying why `name` cannot name a sync, or None when it can."""
+    if not SYNC_NAME.match(name):
+        return (
+            f"'{name}' is not a valid sync name",
+            "lower-case letters, digits, '_' and '-', starting with a letter, digit or '_'",
+        )
+    if len(name) > MAX_SYNC_NAME:
+        return (
+            f"sync name '{name[:20]}...' is {len(name)} characters long; "
+            f"the limit is {MAX_SYNC_NAME}",
+            "its state files are named after it: choose a shorter name",
+        )
+    return None
 
 
 class HintedValueError(ValueError):

@@ -20,9 +20,10 @@ from reverse_etl.config.models import (
     DestinationConfig,
     ProjectConfig,
     SyncConfig,
+    sync_name_problem,
 )
 from reverse_etl.config.problems import Problem, format_path
-from reverse_etl.config.yamlio import YamlDocument, load_yaml
+from reverse_etl.config.yamlio import YamlDocument, read_yaml_file
 from reverse_etl.errors import ConfigError, ProjectNotFoundError, UsageError
 
 M = TypeVar("M", bound=BaseModel)
@@ -41,7 +42,13 @@ class Sync:
     document: YamlDocument
     config: SyncConfig | None
     sql: str | None = None
+    sql_path: Path | None = None
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file that decides what the sync sends: its sync file, then its SQL file."""
+        return [self.path] if self.sql_path is None else [self.path, self.sql_path]
 
     @property
     def ok(self) -> bool:
@@ -113,15 +120,55 @@ class Project:
                 raise UsageError(f"no sync named '{name}'", did_you_mean(name, self.syncs))
         return list(chosen.values())
 
+    def problems_of(self, sync: Sync) -> list[Problem]:
+        """The problems that concern `sync`: its own, and those of retl.yml that are outside
+        the named blocks or in a block it uses, so a broken block blocks only its users."""
+        used = self._blocks_used(sync)
+        found = [
+            p
+            for p in self.problems
+            if used is None or not _in_a_block(p) or any(in_block(p, block) for block in used)
+        ]
+        return found + sync.problems
+
     def require_valid(self, syncs: Iterable[Sync]) -> None:
-        """Raise ConfigError listing the problems of the project file and of these syncs."""
-        problems = [p for p in self.problems if p.severity == "error"]
+        """Raise ConfigError listing the errors that concern these syncs (`problems_of`)."""
+        problems: list[Problem] = []
         for sync in syncs:
-            problems.extend(p for p in sync.problems if p.severity == "error")
+            for problem in self.problems_of(sync):
+                if problem.severity == "error" and problem not in problems:
+                    problems.append(problem)
         if problems:
             raise ConfigError(
                 f"{len(problems)} problem(s) in the project; run `retl validate`", list(problems)
             )
+
+    def _blocks_used(self, sync: Sync) -> set[str] | None:
+        """`section.name` of every retl.yml block the sync uses; None when that is unknown."""
+        if self.config is None or sync.config is None:
+            return None
+        used = {
+            f"warehouses.{sync.config.warehouse}",
+            f"destinations.{sync.config.destination.name}",
+        }
+        used.update(f"alerts.{alert}" for alert in sync.config.alerts)
+        if self.config.state.backend == "warehouse":
+            used.add(f"warehouses.{self.config.state.warehouse}")
+        return used
+
+
+_BLOCK_SECTIONS = ("warehouses", "destinations", "alerts")
+
+
+def in_block(problem: Problem, block: str) -> bool:
+    """Whether a problem of retl.yml lies in `block` (`warehouses.analytics`)."""
+    field = problem.field
+    return problem.file == PROJECT_FILE and (field == block or field.startswith(block + "."))
+
+
+def _in_a_block(problem: Problem) -> bool:
+    section, _, rest = problem.field.partition(".")
+    return problem.file == PROJECT_FILE and section in _BLOCK_SECTIONS and bool(rest)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
@@ -157,10 +204,13 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
     env = os.environ if env is None else env
     project_file = root / PROJECT_FILE
     try:
-        text = project_file.read_text(encoding="utf-8")
+        document = read_yaml_file(project_file, PROJECT_FILE, env)
     except OSError as exc:
         raise ProjectNotFoundError(f"cannot read {project_file}: {exc.strerror}") from None
-    document = load_yaml(text, PROJECT_FILE, env)
+    except UnicodeDecodeError:
+        raise ProjectNotFoundError(
+            f"cannot read {project_file}: it is not UTF-8 text", "save it as UTF-8"
+        ) from None
     project = Project(root=root, document=document, config=None, syncs={})
     project.problems.extend(document.problems)
     if document.data is not None:
@@ -195,24 +245,19 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
 def _load_sync(project: Project, path: Path, env: Mapping[str, str]) -> Sync:
     file = project.relative(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        document = read_yaml_file(path, file, env)
     except (OSError, UnicodeDecodeError) as exc:
         document = YamlDocument(file=file, data=None)
         sync = Sync(path.stem, path, file, document, None)
         sync.problems.append(Problem(file, None, "", f"cannot read file: {exc}"))
         return sync
-    document = load_yaml(text, file, env)
     sync = Sync(path.stem, path, file, document, None, problems=list(document.problems))
-    if not SYNC_NAME.match(sync.name):
-        sync.problems.append(
-            Problem(
-                file,
-                None,
-                "",
-                f"'{sync.name}' is not a valid sync name",
-                "rename the file: lower-case letters, digits, '_' and '-' (e.g. crm_contacts.yml)",
-            )
-        )
+    bad_name = sync_name_problem(sync.name)
+    if bad_name is not None:
+        message, hint = bad_name
+        if not SYNC_NAME.match(sync.name):
+            hint = "lower-case letters, digits, '_' and '-' (e.g. crm_contacts.yml)"
+        sync.problems.append(Problem(file, None, "", message, f"rename the file: {hint}"))
     if document.data is None:
         return sync
     if document.data == {}:
@@ -241,6 +286,7 @@ def _read_sql(project: Project, sync: Sync) -> str | None:
     candidates = [project.root / source.file, sync.path.parent / source.file]
     for candidate in candidates:
         if candidate.is_file():
+            sync.sql_path = candidate
             return candidate.read_text(encoding="utf-8").strip().rstrip(";").strip()
     sync.problems.append(
         sync.document.problem(

@@ -2,6 +2,11 @@
 
 PyYAML's safe loader is used to compose nodes; values are built here so that every path
 (`('mapping', 'email')`) remembers the line it came from and the raw text before interpolation.
+
+A config file cannot exhaust the machine: files over `MAX_FILE_BYTES` are refused unread,
+nesting deeper than `MAX_DEPTH` and more than `MAX_ALIASES` aliases are refused while parsing,
+and building stops after `MAX_VALUES` values (aliases count every repetition),
+each with a `file:line` problem instead of gigabytes of memory or a RecursionError.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -16,6 +22,12 @@ import yaml
 from reverse_etl.config.problems import Problem, format_path
 
 Path_ = tuple[str | int, ...]
+
+MAX_FILE_BYTES = 1024 * 1024  # retl.yml or one sync file; real ones are a few kilobytes
+MAX_DEPTH = 64  # nested mappings and lists
+MAX_ALIASES = 200  # `*name` references in one file
+MAX_VALUES = 20_000  # keys, list items and scalars once aliases are expanded
+_LIMIT_HINT = "config files are small: split the file, or write the repeated parts out"
 
 _ENV_PATTERN = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -71,15 +83,92 @@ def uses_env(text: str) -> bool:
     return bool(re.search(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}", text))
 
 
+class _LimitExceeded(Exception):
+    """A file is too large, too deep or expands too much to be read as configuration."""
+
+    def __init__(self, line: int, message: str, *, expansion: bool = False) -> None:
+        super().__init__(message)
+        self.line, self.message, self.expansion = line, message, expansion
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, counting nesting depth and aliases while it composes."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.aliases = 0
+        self.values_left = MAX_VALUES
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise _LimitExceeded(_line(event), f"more than {MAX_ALIASES} aliases (*name)")
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _LimitExceeded(_line(event), f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def spend(self, node: yaml.Node, count: int = 1) -> None:
+        """Count `count` values built at `node` against MAX_VALUES."""
+        self.values_left -= count
+        if self.values_left < 0:
+            raise _LimitExceeded(
+                _line(node),
+                f"more than {MAX_VALUES:,} values once aliases are expanded",
+                expansion=True,
+            )
+
+
+def _line(item: yaml.Node | yaml.Event) -> int:
+    mark = item.start_mark
+    return mark.line + 1 if mark is not None else 1
+
+
+def read_yaml_file(path: Path, file: str, env: Mapping[str, str]) -> YamlDocument:
+    """Read and parse a config file, refusing one over MAX_FILE_BYTES without reading it all;
+    OSError and UnicodeDecodeError are the caller's to report."""
+    with path.open("rb") as stream:
+        data = stream.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        return _too_large(file)
+    return load_yaml(data.decode("utf-8"), file, env)
+
+
+def _too_large(file: str) -> YamlDocument:
+    doc = YamlDocument(file=file, data=None)
+    doc.problems.append(
+        Problem(
+            file, 1, "", f"file is larger than {MAX_FILE_BYTES // 1024 // 1024} MiB", _LIMIT_HINT
+        )
+    )
+    return doc
+
+
 def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
     """Parse one YAML document; syntax errors become problems (data is then None)."""
+    if len(text) > MAX_FILE_BYTES:
+        return _too_large(file)
     doc = YamlDocument(file=file, data=None)
+    loader = _Loader(text)
     try:
-        loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                doc.data = _build(node, (), doc, env, loader)
         finally:
             loader.dispose()
+    except _LimitExceeded as exc:
+        # An expanded alias carries its anchor's line: the last key read is the one to fix.
+        at = next(reversed(doc.key_lines.values()), exc.line) if exc.expansion else exc.line
+        doc.data, doc.lines, doc.key_lines, doc.raw = None, {}, {}, {}
+        doc.problems = [Problem(file, at, "", f"cannot read: {exc.message}", _LIMIT_HINT)]
+        return doc
     except yaml.MarkedYAMLError as exc:
         line, message, hint = _syntax_problem(exc)
         doc.problems.append(Problem(file, line, "", f"invalid YAML: {message}", hint))
@@ -89,8 +178,6 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
         return doc
     if node is None:
         doc.data = {}
-        return doc
-    doc.data = _build(node, (), doc, env, loader)
     return doc
 
 
@@ -136,11 +223,13 @@ def _syntax_problem(exc: yaml.MarkedYAMLError) -> tuple[int | None, str, str]:
 
 
 def _build(
-    node: yaml.Node, path: Path_, doc: YamlDocument, env: Mapping[str, str], loader: yaml.SafeLoader
+    node: yaml.Node, path: Path_, doc: YamlDocument, env: Mapping[str, str], loader: _Loader
 ) -> Any:
+    loader.spend(node)
     doc.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
+        loader.flatten_mapping(node)  # merge keys (`<<: *a`) copy pairs, keeping each key once
+        loader.spend(node, len(node.value))
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)

@@ -101,6 +101,12 @@ class Destination(ABC):
         self.options = options
         self.project_root = project_root
 
+    @classmethod
+    def object_problem(cls, object: str) -> tuple[str, str | None] | None:
+        """(message, hint) when `object` cannot name an object of this connector, known
+        without connecting (so `retl validate` reports it, not the run); None otherwise."""
+        return None
+
     @abstractmethod
     def objects(self) -> list[str]:
         """Objects (tables, API objects, files) this destination can write to."""

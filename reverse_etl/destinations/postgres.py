@@ -96,6 +96,11 @@ def split_object(object: str) -> tuple[str, str]:
     Names are matched exactly as written (no case folding); quotes are only needed for dots.
     """
     match = re.fullmatch(rf"\s*({_IDENT})(?:\.({_IDENT}))?\s*", object)
+    if match is None and '"' in object:
+        raise DestinationError(
+            f"'{object}' is not a PostgreSQL table name: a name holding '\"' must be quoted",
+            hint='write the name in double quotes and double the quote inside: public."my""table"',
+        )
     if match is None:
         raise DestinationError(
             f"'{object}' is not a PostgreSQL table name",
@@ -284,6 +289,14 @@ class PostgresDestination(TableDestination[_Table]):
         super().__init__(*args, **kwargs)
         self._conn: Connection | None = None
         self._conninfo = normalise_url(self.options.url)
+
+    @classmethod
+    def object_problem(cls, object: str) -> tuple[str, str | None] | None:
+        try:
+            split_object(object)
+        except DestinationError as exc:
+            return exc.message, exc.hint
+        return None
 
     # -- connection -------------------------------------------------------------------------
 

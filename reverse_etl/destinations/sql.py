@@ -421,32 +421,43 @@ def _inspected_columns(conn: sa.Connection, schema: str | None, name: str) -> li
     inspector = sa.inspect(conn)
     if not inspector.has_table(name, schema=schema):
         return None
+    # SQLAlchemy reads MySQL/MariaDB names from SHOW CREATE TABLE and leaves their backticks
+    # escaped (`a``b` comes back as "a``b"), so they are unescaped here.
+    real = _unescape_backticks if conn.dialect.name in ("mysql", "mariadb") else str
     unique: set[str] = set()
-    primary = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    primary = [
+        real(n)
+        for n in inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    ]
     if len(primary) == 1:
         unique.add(primary[0])
     for constraint in inspector.get_unique_constraints(name, schema=schema):
         if len(constraint["column_names"]) == 1:
-            unique.add(constraint["column_names"][0])
+            unique.add(real(constraint["column_names"][0]))
     for index in inspector.get_indexes(name, schema=schema):
         names = index["column_names"]
         if index["unique"] and len(names) == 1 and names[0] is not None:
-            unique.add(names[0])
+            unique.add(real(names[0]))
     columns = []
     for column in inspector.get_columns(name, schema=schema):
         try:
             type_name = column["type"].compile(dialect=conn.dialect)
         except Exception:  # a type SQLAlchemy reflects but cannot render
             type_name = str(column["type"].__class__.__name__)
+        column_name = real(column["name"])
         columns.append(
             Column(
-                name=column["name"],
+                name=column_name,
                 type=type_name,
-                nullable=bool(column["nullable"]) and column["name"] not in primary,
-                unique=column["name"] in unique,
+                nullable=bool(column["nullable"]) and column_name not in primary,
+                unique=column_name in unique,
             )
         )
     return columns
+
+
+def _unescape_backticks(name: str) -> str:
+    return name.replace("``", "`")
 
 
 def _duckdb_columns(conn: sa.Connection, schema: str | None, name: str) -> list[Column] | None:

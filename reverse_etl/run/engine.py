@@ -27,7 +27,7 @@ from reverse_etl.errors import (
     StateLockedError,
     UsageError,
 )
-from reverse_etl.gitinfo import file_version
+from reverse_etl.git import file_version
 from reverse_etl.plan.diff import PlanInputs, build_plan
 from reverse_etl.plan.files import check_fresh
 from reverse_etl.plan.model import Plan, StateRef
@@ -284,7 +284,7 @@ class Engine:
         assert sync.config is not None
         run_log = self.run_log
         run_log.mark_abandoned(sync.name)
-        version = file_version(sync.path)
+        version = file_version(sync.files)
         config_hash = self.config_hash(sync)
         record: RunRecord | None = None
         if not options.dry_run:

@@ -123,9 +123,9 @@ def test_github_actions_gets_error_annotations(
 
     assert code == 1
     assert out.splitlines() == [
-        "::error file=syncs/contacts.yml,line=1::syncs/contacts.yml:1: warehouse: "
-        "unknown warehouse 'dmo'",
-        "::error file=syncs/leads.yml,line=12::syncs/leads.yml:12: batch_size: "
+        "::error file=syncs/contacts.yml,line=1,title=warehouse::"
+        "unknown warehouse 'dmo'%0Ahint: did you mean 'demo'?",
+        "::error file=syncs/leads.yml,line=12,title=batch_size::"
         "expected a whole number, got 'many'",
     ]
     assert "syncs/contacts.yml:1: warehouse: unknown warehouse 'dmo'" in err
@@ -245,3 +245,17 @@ def test_json_stdout_stays_pure_as_a_real_process(broken: Path) -> None:
     assert result.returncode == 1
     document = json.loads(result.stdout)
     assert [p["field"] for p in document["problems"]] == ["warehouse", "batch_size"]
+
+
+def test_github_annotations_escape_percent_and_newlines_in_message_and_properties(
+    tmp_path: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = make_project(tmp_path, contacts=SYNC.replace("warehouse: demo", "warehouse: '50%,a:b'"))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+
+    _, out, _ = validate(retl_cli, "--project-dir", str(root))
+
+    assert out.splitlines() == [
+        "::error file=syncs/contacts.yml,line=1,title=warehouse::"
+        "unknown warehouse '50%25,a:b'%0Ahint: warehouses defined in retl.yml: demo",
+    ]

@@ -9,18 +9,15 @@ new file. Warnings never fail validation; a bad ref or a project outside git is 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 from reverse_etl.config.models import Limits
 from reverse_etl.config.problems import Problem
 from reverse_etl.config.project import Project, Sync
 from reverse_etl.config.yamlio import Path_, load_yaml
-from reverse_etl.errors import UsageError
+from reverse_etl.git import file_at, repository_at_ref
 
-GIT_TIMEOUT_S = 10.0
 _DELETES = "review: this run may delete records"
 _UNSET = object()
 # What a missing key means (the models' defaults); None means "no limit".
@@ -31,24 +28,13 @@ _LIMIT_DEFAULTS: dict[str, float | None] = {
 
 def changes_since(project: Project, syncs: Iterable[Sync], ref: str) -> list[Problem]:
     """Warnings for the risky changes of each sync file since `ref`, in file order."""
-    if not ref or ref.startswith("-"):
-        raise UsageError(f"'{ref}' is not a git ref", "e.g. --base main or --base origin/main")
-    top = _repository_top(project.root)
-    _git(
-        top,
-        "rev-parse",
-        "--verify",
-        "--quiet",
-        f"{ref}^{{commit}}",
-        error=f"unknown git ref '{ref}'",
-        hint="name a branch, tag or commit; in CI fetch it first (e.g. fetch-depth: 0)",
-    )
+    top = repository_at_ref(project.root, ref)
     problems: list[Problem] = []
     for sync in syncs:
         new = sync.document.data
         if not isinstance(new, dict):
             continue  # validation already reports an unreadable file
-        old_text = _file_at(top, ref, sync.path)
+        old_text = file_at(top, ref, sync.path)
         if old_text is None:
             problems.extend(_new_sync(sync, new, ref))
             continue
@@ -175,51 +161,6 @@ def _warn(sync: Sync, path: Path_, message: str, hint: str, *, field: str | None
         hint,
         severity="warning",
     )
-
-
-def _repository_top(root: Path) -> Path:
-    out = _git(
-        root,
-        "rev-parse",
-        "--show-toplevel",
-        error=f"{root} is not in a git repository",
-        hint="--base compares with a git ref: run it in a clone of the project's repository",
-    )
-    assert out is not None
-    return Path(out.strip()).resolve()
-
-
-def _file_at(top: Path, ref: str, path: Path) -> str | None:
-    """The file's text at `ref`, or None when it did not exist there."""
-    try:
-        rel = (path.parent.resolve() / path.name).relative_to(top).as_posix()
-    except ValueError:
-        return None  # outside the repository: nothing to compare with
-    return _git(top, "show", f"{ref}:{rel}", error=None)
-
-
-def _git(cwd: Path, *args: str, error: str | None, hint: str | None = None) -> str | None:
-    """stdout of `git args`; on failure UsageError(error), or None when `error` is None."""
-    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
-    try:
-        proc = subprocess.run(
-            ["git", "--no-pager", *args],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise UsageError(f"git {args[0]} did not answer within {GIT_TIMEOUT_S:g}s") from None
-    except OSError as exc:
-        raise UsageError(f"cannot run git: {exc.strerror or exc}", "install git") from None
-    if proc.returncode != 0:
-        if error is None:
-            return None
-        raise UsageError(error, hint)
-    return proc.stdout.decode("utf-8", errors="replace")
 
 
 __all__ = ["changes_since"]

@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from reverse_etl.gitinfo import FileVersion, file_history, file_version
+from reverse_etl.errors import UsageError
+from reverse_etl.git import FileVersion, changed_since, file_history, file_version
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -180,3 +182,110 @@ def test_history_of_an_uncommitted_file_is_empty(repo: Path) -> None:
     sync = repo / "syncs" / "crm.yml"
     sync.write_text("mode: upsert\n")
     assert file_history(sync) == []
+
+
+SQL_RETL_YML = """version: 1
+warehouses:
+  memory:
+    url: "duckdb:///:memory:"
+destinations:
+  files:
+    type: file
+    path: out
+"""
+SQL_SYNC = """warehouse: memory
+source:
+  file: sql/contacts.sql
+destination:
+  name: files
+  object: contacts
+mode: insert
+primary_key: id
+mapping:
+  id: id
+"""
+
+
+@pytest.fixture
+def no_retl_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RETL_* variables from the developer's shell (GIT_* ones are set above)."""
+    for key in list(os.environ):
+        if key.startswith("RETL_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def sql_project(repo: Path) -> Path:
+    """A committed project whose sync reads its query from sql/contacts.sql; .retl/ ignored."""
+    (repo / "retl.yml").write_text(SQL_RETL_YML)
+    (repo / ".gitignore").write_text(".retl/\nout/\n")
+    (repo / "sql").mkdir()
+    (repo / "sql" / "contacts.sql").write_text("select 1 as id\n")
+    (repo / "syncs" / "contacts.yml").write_text(SQL_SYNC)
+    commit(repo, "add contacts sync", ".", date="2026-01-02T10:00:00+00:00")
+    return repo
+
+
+def test_editing_only_the_sql_file_makes_the_run_dirty(
+    sql_project: Path, retl_cli: Any, no_retl_env: None
+) -> None:
+    first = retl_cli("run", "contacts", "--yes", "--project-dir", str(sql_project))
+    assert first.code == 0, first.err
+    (sql_project / "sql" / "contacts.sql").write_text("select 2 as id\n")
+    second = retl_cli("run", "contacts", "--yes", "--project-dir", str(sql_project))
+    assert second.code == 0, second.err
+
+    runs = retl_cli("runs", "contacts", "--json", "--project-dir", str(sql_project)).json()["runs"]
+    head = git(sql_project, "rev-parse", "HEAD")
+    assert [(r["git_commit"], r["git_dirty"]) for r in runs] == [(head, True), (head, False)]
+
+
+def test_the_commit_of_a_run_is_the_last_one_that_changed_the_sql_file(
+    sql_project: Path, retl_cli: Any, no_retl_env: None
+) -> None:
+    (sql_project / "sql" / "contacts.sql").write_text("select 2 as id\n")
+    sql_commit = commit(sql_project, "contacts: new id", "sql", date="2026-02-03T00:00:00+00:00")
+    assert retl_cli("run", "contacts", "--yes", "--project-dir", str(sql_project)).code == 0
+    runs = retl_cli("runs", "contacts", "--json", "--project-dir", str(sql_project)).json()["runs"]
+    assert (runs[0]["git_commit"], runs[0]["git_dirty"]) == (sql_commit, False)
+
+
+def test_history_lists_the_commits_of_the_sync_file_and_its_sql_file(
+    sql_project: Path, retl_cli: Any, no_retl_env: None
+) -> None:
+    (sql_project / "sql" / "contacts.sql").write_text("select 2 as id\n")
+    commit(sql_project, "contacts: only the query", "sql", date="2026-02-03T00:00:00+00:00")
+    (sql_project / "README.md").write_text("unrelated\n")
+    commit(sql_project, "readme", "README.md", date="2026-03-04T00:00:00+00:00")
+
+    shown = retl_cli("history", "contacts", "--json", "--project-dir", str(sql_project))
+
+    assert shown.code == 0, shown.err
+    subjects = [c["message"] for c in shown.json()["commits"]]
+    assert subjects == ["contacts: only the query", "add contacts sync"]
+
+
+def test_changed_since_lists_committed_modified_and_new_files_but_not_unchanged_ones(
+    repo: Path,
+) -> None:
+    for name in ("same.yml", "edited.yml", "committed.yml"):
+        (repo / "syncs" / name).write_text("mode: upsert\n")
+    commit(repo, "three syncs", "syncs")
+    git(repo, "branch", "base")
+    (repo / "syncs" / "committed.yml").write_text("mode: insert\n")
+    commit(repo, "change one", "syncs/committed.yml")
+    (repo / "syncs" / "edited.yml").write_text("mode: insert\n")
+    (repo / "syncs" / "new.yml").write_text("mode: insert\n")
+
+    changed = changed_since(repo, "base")
+
+    syncs = (repo / "syncs").resolve()
+    assert changed == {syncs / "committed.yml", syncs / "edited.yml", syncs / "new.yml"}
+
+
+def test_changed_since_an_unknown_ref_is_a_usage_error(repo: Path) -> None:
+    (repo / "a.yml").write_text("a\n")
+    commit(repo, "a", "a.yml")
+
+    with pytest.raises(UsageError, match="unknown git ref 'nope'"):
+        changed_since(repo, "nope")

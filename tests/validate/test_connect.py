@@ -11,7 +11,6 @@ import pytest
 
 from reverse_etl.cli import main
 from reverse_etl.config import load_project
-from reverse_etl.config.connect import connect_checks
 from reverse_etl.config.problems import Problem
 from reverse_etl.destinations import base as destinations_base
 from reverse_etl.destinations.base import (
@@ -23,6 +22,7 @@ from reverse_etl.destinations.base import (
     FieldInfo,
 )
 from reverse_etl.errors import DestinationError
+from reverse_etl.validate.connect import connect_checks
 
 
 class RecordingOptions(DestinationOptions):
@@ -179,7 +179,7 @@ def test_a_missing_column_gets_a_did_you_mean_or_the_list_of_columns(tmp_path: P
 
     found = problems(make_project(tmp_path, contacts=sync))
 
-    hints = [p.hint for p in found if p.field.startswith("mapping.")]
+    hints = [p.hint for p in found if "source query" in p.message]
 
     assert hints == [
         "did you mean 'email'?",
@@ -196,11 +196,24 @@ def test_column_names_are_case_sensitive_with_a_hint(tmp_path: Path) -> None:
     assert problem.hint == "did you mean 'EMAIL'? (column names are case-sensitive)"
 
 
-def test_destination_messages_are_reported_at_destination_object(tmp_path: Path) -> None:
+def test_a_wrong_destination_field_is_reported_at_its_mapping_line(tmp_path: Path) -> None:
     sync = SYNC.replace("  id: id\n", "  id: id\n  phone: id\n")
 
     assert check(make_project(tmp_path, contacts=sync)) == [
-        "syncs/contacts.yml:8: destination.object: field 'phone' does not exist on 'contacts'"
+        "syncs/contacts.yml:13: mapping.phone: field 'phone' does not exist on 'contacts'"
+    ]
+
+
+def test_a_mapped_primary_key_missing_from_the_result_is_reported_on_primary_key_only(
+    tmp_path: Path,
+) -> None:
+    sync = SYNC.replace("primary_key: id", "primary_key: customer_id").replace(
+        "  id: id\n", "  id: customer_id\n"
+    )
+
+    assert check(make_project(tmp_path, contacts=sync)) == [
+        "syncs/contacts.yml:10: primary_key: column 'customer_id' is not in the source query's "
+        "result"
     ]
 
 
@@ -345,3 +358,21 @@ def test_connect_against_postgres_passes_a_matching_sync(
     )
 
     assert check(make_project(tmp_path, project, contacts=sync), env={"URL": postgres_url}) == []
+
+
+def test_a_role_the_warehouse_does_not_list_gets_a_problem_and_runs_no_sql(
+    tmp_path: Path, retl_cli: Any, clean_env: None
+) -> None:
+    project = PROJECT.replace(':memory:"\n', ':memory:"\n    roles: [ops]\n')
+    root = make_project(tmp_path, project)
+
+    refused = retl_cli("validate", "--connect", "--role", "analyst", "--project-dir", str(root))
+    allowed = retl_cli("validate", "--connect", "--role", "ops", "--project-dir", str(root))
+
+    assert refused.code == 1
+    assert refused.err.splitlines()[:2] == [
+        "syncs/contacts.yml:1: warehouse: role 'analyst' may not use warehouse 'memory'; "
+        "allowed roles: 'ops'",
+        "    hint: run with --role ROLE or set RETL_ROLE to one of the allowed roles",
+    ]
+    assert allowed.code == 0, allowed.err

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from reverse_etl.config import load_project
-from reverse_etl.config.changes import changes_since
 from reverse_etl.errors import UsageError
+from reverse_etl.validate.changes import changes_since
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -248,8 +248,8 @@ def test_github_actions_gets_warning_annotations(
     _, out, _ = validate(retl_cli, "--base", "main", "--project-dir", str(repo))
 
     assert out.splitlines()[0] == (
-        "::warning file=syncs/contacts.yml,line=7::syncs/contacts.yml:7: mode: "
-        "warning: mode changed from upsert to delete since main"
+        "::warning file=syncs/contacts.yml,line=7,title=mode::"
+        "mode changed from upsert to delete since main%0Ahint: review: this run may delete records"
     )
 
 

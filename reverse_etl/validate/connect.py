@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from reverse_etl.config.checks import is_secret_key
 from reverse_etl.config.problems import Problem
-from reverse_etl.config.project import Project, Sync, did_you_mean
-from reverse_etl.errors import RetlError
+from reverse_etl.config.project import Project, Sync, did_you_mean, in_block
+from reverse_etl.errors import RetlError, RoleRefusedError
 from reverse_etl.types import mode_action
+from reverse_etl.warehouse.roles import check_role
+
+if TYPE_CHECKING:  # both are imported when first needed: they pull in the database drivers
+    from reverse_etl.destinations.base import Destination
+    from reverse_etl.warehouse.base import Warehouse
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:)(?P<password>[^@/\s]+)@")
 MASK = "***"
@@ -25,29 +30,13 @@ MASK = "***"
 _Failure = tuple[str, str | None]
 
 
-class _Column(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-class _Warehouse(Protocol):
-    def columns(self, sql: str) -> Sequence[_Column]: ...
-
-    def close(self) -> None: ...
-
-
-class _Destination(Protocol):
-    def check(
-        self, object: str, fields: Sequence[str], key_field: str | None, action: Any
-    ) -> list[str]: ...
-
-    def close(self) -> None: ...
-
-
-def connect_checks(project: Project, syncs: Iterable[Sync]) -> list[Problem]:
-    """Problems found by running each sync's SQL with LIMIT 0 and asking its destination to
-    check the mapping. Warehouses and destinations are opened once each and always closed."""
-    checker = _ConnectChecker(project)
+def connect_checks(
+    project: Project, syncs: Iterable[Sync], *, role: str | None = None
+) -> list[Problem]:
+    """Problems found by running each sync's SQL with LIMIT 0 (as `role`, which a warehouse's
+    `roles` may refuse) and asking its destination to check the mapping. Warehouses and
+    destinations are opened once each and always closed."""
+    checker = _ConnectChecker(project, role)
     problems: list[Problem] = []
     try:
         for sync in syncs:
@@ -58,12 +47,13 @@ def connect_checks(project: Project, syncs: Iterable[Sync]) -> list[Problem]:
 
 
 class _ConnectChecker:
-    def __init__(self, project: Project) -> None:
+    def __init__(self, project: Project, role: str | None) -> None:
         self.project = project
+        self.role = role
         self.secrets = _secrets_of(project)
         # name -> an open connection, or (message, hint) saying why it could not be opened
-        self.warehouses: dict[str, _Warehouse | _Failure] = {}
-        self.destinations: dict[str, _Destination | _Failure] = {}
+        self.warehouses: dict[str, Warehouse | _Failure] = {}
+        self.destinations: dict[str, Destination | _Failure] = {}
 
     def check(self, sync: Sync) -> list[Problem]:
         config, project_config = sync.config, self.project.config
@@ -71,9 +61,11 @@ class _ConnectChecker:
             return []
         problems: list[Problem] = []
         doc = sync.document
-        if config.warehouse in project_config.warehouses and not self._broken(
-            "warehouses", config.warehouse
-        ):
+        block = project_config.warehouses.get(config.warehouse)
+        refusal = self._refusal(config.warehouse, block.roles) if block is not None else None
+        if refusal is not None:
+            problems.append(doc.problem(("warehouse",), *refusal))
+        elif block is not None and not self._broken("warehouses", config.warehouse):
             warehouse = self._warehouse(config.warehouse)
             if isinstance(warehouse, tuple):
                 problems.append(doc.problem(("warehouse",), *warehouse))
@@ -96,7 +88,7 @@ class _ConnectChecker:
 
     # --- warehouse --------------------------------------------------------------------------
 
-    def _warehouse(self, name: str) -> _Warehouse | _Failure:
+    def _warehouse(self, name: str) -> Warehouse | _Failure:
         if name not in self.warehouses:
             from reverse_etl.warehouse import open_warehouse
 
@@ -112,7 +104,7 @@ class _ConnectChecker:
                 )
         return self.warehouses[name]
 
-    def _check_columns(self, sync: Sync, warehouse: _Warehouse) -> list[Problem]:
+    def _check_columns(self, sync: Sync, warehouse: Warehouse) -> list[Problem]:
         config = sync.config
         assert config is not None and sync.sql is not None
         doc = sync.document
@@ -140,9 +132,11 @@ class _ConnectChecker:
                 )
             )
 
+        # The key column is reported once, on the primary_key line, even where it is mapped.
         for field, source in config.mapping.items():
             for column in dict.fromkeys(source.columns):
-                require(column, ("mapping", field))
+                if column != config.primary_key:
+                    require(column, ("mapping", field))
         require(config.primary_key, ("primary_key",))
         if config.incremental is not None:
             require(config.incremental.column, ("incremental", "column"))
@@ -150,7 +144,7 @@ class _ConnectChecker:
 
     # --- destination ------------------------------------------------------------------------
 
-    def _destination(self, name: str) -> _Destination | _Failure:
+    def _destination(self, name: str) -> Destination | _Failure:
         if name not in self.destinations:
             from reverse_etl.destinations import build_destination
 
@@ -168,7 +162,7 @@ class _ConnectChecker:
                 )
         return self.destinations[name]
 
-    def _check_destination(self, sync: Sync, destination: _Destination) -> list[Problem]:
+    def _check_destination(self, sync: Sync, destination: Destination) -> list[Problem]:
         config = sync.config
         assert config is not None
         path = ("destination", "object")
@@ -184,16 +178,26 @@ class _ConnectChecker:
                 exc, f"destination '{config.destination.name}' cannot check the mapping", None
             )
             return [sync.document.problem(path, message, hint)]
-        return [sync.document.problem(path, self._mask(message)) for message in messages]
+        return [
+            sync.document.problem(_field_path(message, config.mapping) or path, self._mask(message))
+            for message in messages
+        ]
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _refusal(self, warehouse: str, roles: list[str] | None) -> _Failure | None:
+        """Why the current role may not run SQL through this warehouse, or None."""
+        try:
+            check_role(warehouse, roles, self.role)
+        except RoleRefusedError as exc:
+            return exc.message, exc.hint
+        return None
 
     def _broken(self, section: str, name: str) -> bool:
         """True when retl.yml already has an error in this block: connecting would only
         repeat it (or send a literal secret or an uninterpolated ${VAR} to a server)."""
-        prefix = f"{section}.{name}"
         return any(
-            p.severity == "error" and (p.field == prefix or p.field.startswith(prefix + "."))
+            p.severity == "error" and in_block(p, f"{section}.{name}")
             for p in self.project.problems
         )
 
@@ -236,6 +240,17 @@ def _secrets_of(project: Project) -> list[str]:
             found.add(match.group("password"))
     # Longest first, so that a secret containing another is masked whole.
     return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
+
+
+_FIELD_MESSAGE = re.compile(r"^(?:field|column) '(?P<name>[^']+)'")
+
+
+def _field_path(message: str, mapping: Iterable[str]) -> tuple[str, str] | None:
+    """The mapping line of the field a connector's check message is about (`field 'x' ...`,
+    `column 'x' ...`), so the problem points at the line to fix; None for other messages."""
+    match = _FIELD_MESSAGE.match(message)
+    name = match.group("name") if match else None
+    return ("mapping", name) if name is not None and name in mapping else None
 
 
 def _first_line(text: str) -> str:
