@@ -49,12 +49,14 @@ class CompiledMapping:
         prefix = f"{relation_alias}." if relation_alias else ""
         parts: list[str] = []
         for name in sorted(self.fields):
-            value = f"CAST({prefix}{quote_identifier(name)} AS VARCHAR)"
-            # concat() skips NULLs, so a NULL value contributes `N` and `:` only.
+            column = f"{prefix}{quote_identifier(name)}"
+            value = f"CAST({column} AS VARCHAR)"
+            # concat() skips NULLs, so a NULL value contributes `N` and `:` only. Testing the
+            # column rather than its cast keeps this as fast as the legacy hash.
             parts.extend(
                 [
                     quote_literal(f"{len(name.encode())}:{name}"),
-                    f"CASE WHEN {value} IS NULL THEN 'N' ELSE 'S' END",
+                    f"CASE WHEN {column} IS NULL THEN 'N' ELSE 'S' END",
                     f"strlen({value})",
                     "':'",
                     value,

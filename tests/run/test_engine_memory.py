@@ -179,8 +179,8 @@ def test_delete_mode_deletes_each_returned_row_and_nothing_else(mem: MemoryProje
     assert mem.run().counts["delete"] == 2
     assert mem.names() == {"3": "cy", "9": "stays"}
 
-    # Changed and removed rows are nothing to delete mode; a new returned row is a delete.
-    mem.set_source([(2, "bobby"), (3, "cy")])
+    # Unchanged (1), changed (2) and removed rows are nothing to delete mode; a new one (3) is.
+    mem.set_source([(1, "ann"), (2, "bobby"), (3, "cy")])
     assert counts(mem) == {"delete": 1}
     mem.run()
     assert mem.names() == {"9": "stays"}
