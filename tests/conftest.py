@@ -99,3 +99,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR", "GIT_")):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def memory_destination(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Register `type: memory` (tests/memory_destination.py) for one test; yields `STORES`,
+    the process-global stores by name, emptied afterwards."""
+    from memory_destination import STORES, MemoryDestination
+
+    from reverse_etl.destinations import base
+
+    MemoryDestination.type_name = "memory"
+    monkeypatch.setitem(base._REGISTRY, "memory", MemoryDestination)
+    yield STORES
+    STORES.clear()

@@ -133,15 +133,14 @@ class FieldSource(BaseModel):
         if self.column is not None:
             return [self.column]
         if self.template is not None:
-            from reverse_etl.mapping.templates import template_columns
+            from reverse_etl.config.templates import template_columns
 
             return template_columns(self.template)
         return []
 
 
 def parse_field_source(raw: Any) -> FieldSource:
-    # Imported here: `mapping` imports `config`, never the other way round at import time.
-    from reverse_etl.mapping.templates import TemplateError, is_template, parse_template
+    from reverse_etl.config.templates import TemplateError, is_template, parse_template
 
     if isinstance(raw, FieldSource):
         return raw

@@ -1,8 +1,8 @@
 """Compile a sync's mapping into DuckDB SQL: one projection from source row to destination
 record, plus a stable hash of the record's values.
 
-The hash is md5 over a canonical text encoding (field names in sorted order, values cast to
-text, NULL as a marker byte), so it stays the same across DuckDB upgrades, unlike `hash()`.
+The hash is md5 over a canonical text encoding that no two distinct records share (see
+`record_encoding`), so it stays the same across DuckDB upgrades, unlike `hash()`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reverse_etl.config.models import FieldSource, SyncConfig
-from reverse_etl.mapping.templates import Placeholder, parse_template
+from reverse_etl.config.templates import Placeholder, parse_template
 
 KEY_COLUMN = "__retl_key"
 HASH_COLUMN = "__retl_hash"
@@ -42,8 +42,35 @@ class CompiledMapping:
     key_expression: str
     watermark_expression: str | None
 
+    def record_encoding(self, relation_alias: str = "") -> str:
+        """SQL text that tells every two distinct records apart: per field, in sorted name
+        order, `<bytes of name>:<name>` then `N:` for NULL or `S<bytes of value>:<value>`, the
+        value cast to VARCHAR. Length prefixes make it injective whatever the values hold."""
+        prefix = f"{relation_alias}." if relation_alias else ""
+        parts: list[str] = []
+        for name in sorted(self.fields):
+            column = f"{prefix}{quote_identifier(name)}"
+            value = f"CAST({column} AS VARCHAR)"
+            # concat() skips NULLs, so a NULL value contributes `N` and `:` only. Testing the
+            # column rather than its cast keeps this as fast as the legacy hash.
+            parts.extend(
+                [
+                    quote_literal(f"{len(name.encode())}:{name}"),
+                    f"CASE WHEN {column} IS NULL THEN 'N' ELSE 'S' END",
+                    f"strlen({value})",
+                    "':'",
+                    value,
+                ]
+            )
+        return f"concat({', '.join(parts)})" if parts else "''"
+
     def hash_expression(self, relation_alias: str = "") -> str:
-        """md5 of `name<RS>value<RS>...` over the mapped fields, in sorted field order."""
+        """md5 hex of `record_encoding`: what state stores to tell changed records apart."""
+        return f"md5({self.record_encoding(relation_alias)})"
+
+    def legacy_hash_expression(self, relation_alias: str = "") -> str:
+        """The hash of retl <= 0.1 (`name RS value ...`, NULL as NUL), ambiguous for values
+        holding those bytes; kept only so existing state migrates without re-sending rows."""
         prefix = f"{relation_alias}." if relation_alias else ""
         parts: list[str] = []
         for name in sorted(self.fields):
@@ -53,6 +80,8 @@ class CompiledMapping:
 
 
 def field_expression(source: FieldSource) -> str:
+    """The SQL of one destination field. A template is NULL when a placeholder without a
+    default is NULL (`||` propagates NULL), see `reverse_etl.config.templates`."""
     if source.is_constant:
         return quote_literal(source.value)
     if source.column is not None:
@@ -61,13 +90,15 @@ def field_expression(source: FieldSource) -> str:
     pieces: list[str] = []
     for part in parse_template(source.template):
         if isinstance(part, Placeholder):
-            expression = f"coalesce(CAST({quote_identifier(part.column)} AS VARCHAR), '')"
+            expression = f"CAST({quote_identifier(part.column)} AS VARCHAR)"
+            if part.default is not None:
+                expression = f"coalesce({expression}, {quote_literal(part.default)})"
             for name in part.filters:
                 expression = f"{name}({expression})"
             pieces.append(expression)
         else:
             pieces.append(quote_literal(part))
-    return f"concat({', '.join(pieces)})" if pieces else "''"
+    return f"({' || '.join(pieces)})" if pieces else "''"
 
 
 def compile_mapping(config: SyncConfig, key_field: str | None) -> CompiledMapping:
