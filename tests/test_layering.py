@@ -89,15 +89,8 @@ CONFIG = [m for m in MODULES if part_of(m) == "config"]
 TEMPLATES = "imports reverse_etl.mapping.templates"
 
 
-def test_config_imports_nothing_above_it_but_the_templates_being_moved() -> None:
-    assert CONFIG, "no config modules found"
-    assert [v for v in violations(CONFIG, ABOVE_CONFIG) if not v.endswith(TEMPLATES)] == []
-
-
-@pytest.mark.xfail(
-    strict=True, reason="config/models.py imports mapping.templates until templates move to config"
-)
 def test_config_imports_only_the_shared_bottom_modules() -> None:
+    assert CONFIG, "no config modules found"
     assert violations(CONFIG, ABOVE_CONFIG) == []
 
 

@@ -143,6 +143,10 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
             "retl_retry_keys", pa.table({"key": pa.array(list(inputs.retry_keys), pa.string())})
         )
         retried = f" OR g.{key} IN (SELECT key FROM retl_retry_keys)"
+    # State of retl <= 0.1 holds the old, ambiguous hash: a row whose stored hash is the old
+    # hash of its current values is unchanged (the run stores the new hash, sends nothing).
+    # CASE evaluates it only for rows whose hash differs, so migrated state pays nothing.
+    legacy = inputs.mapping.legacy_hash_expression("g")
     operation = _OPERATION[mode]
     cases = " ".join(
         f"WHEN '{change}' THEN '{op}'" for change, op in operation.items() if op is not None
@@ -150,7 +154,8 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
     con.execute(
         f"CREATE OR REPLACE TABLE {OPS_TABLE} AS "
         f"SELECT CASE {CHANGE_COLUMN} {cases} ELSE NULL END AS {OP_COLUMN}, * FROM ("
-        f"SELECT CASE WHEN s.key IS NULL THEN 'new' WHEN s.hash <> g.{HASH_COLUMN}{retried} THEN 'changed' "
+        f"SELECT CASE WHEN s.key IS NULL THEN 'new' WHEN (s.hash <> g.{HASH_COLUMN} AND "
+        f"s.hash <> {legacy}){retried} THEN 'changed' "
         f"ELSE 'unchanged' END AS {CHANGE_COLUMN}, s.dest_id AS {DEST_ID_COLUMN}, g.* "
         f"FROM {SOURCE_TABLE} g LEFT JOIN {snapshot} s ON s.key = g.{key} "
         f"WHERE g.{key} IS NOT NULL AND g.{key} NOT IN "

@@ -33,7 +33,7 @@ from reverse_etl.plan.model import Plan
 from reverse_etl.run import interrupt
 from reverse_etl.run.acks import AcknowledgementWriter
 from reverse_etl.state.runlog import DeadLetterEntry, DeadLetterQueue
-from reverse_etl.state.snapshot import SnapshotStore
+from reverse_etl.state.snapshot import SNAPSHOT, SnapshotStore
 from reverse_etl.types import Operation
 
 # Records a destination asks to retry later are sent again up to this many times in a run,
@@ -122,6 +122,7 @@ class Delivery:
             failed, hint = exc.message, exc.hint
         if failed is None:
             failed = self._key_error_failure()
+        self._store_new_hashes()
         meta: dict[str, str | None] = {"config_hash": config_hash, "last_run_id": self.run_id}
         if failed is None and self.plan.incremental:
             meta["watermark"] = self._next_watermark()
@@ -131,6 +132,15 @@ class Delivery:
             return DeliveryResult("success", dict(self.counts))
         return DeliveryResult(
             "failed" if status == "success" else status, dict(self.counts), failed, hint
+        )
+
+    def _store_new_hashes(self) -> None:
+        """Unchanged records whose state still holds the hash of retl <= 0.1 get the new one:
+        nothing is sent, and from now on their changes are told apart unambiguously."""
+        self.writer.execute(
+            f"UPDATE {SNAPSHOT} AS s SET hash = o.{HASH_COLUMN} FROM {OPS_TABLE} o "
+            f"WHERE o.{CHANGE_COLUMN} = 'unchanged' AND o.{KEY_COLUMN} = s.key "
+            f"AND s.hash <> o.{HASH_COLUMN}"
         )
 
     def _key_error_failure(self) -> str | None:
@@ -170,10 +180,25 @@ class Delivery:
         times, then left to the next run (neither acknowledged nor dead lettered)."""
         fields = self._fields(op)
         columns = ", ".join(quote_identifier(f) for f in fields)
-        reader = self.con.sql(
-            f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN}, {DEST_ID_COLUMN} "
-            f"FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'"
-        ).to_arrow_reader(self.plan.batch_size)
+        # Its own cursor, closed however the operation ends: an open result would keep the
+        # state file attached after the run.
+        with self.con.cursor() as cursor:
+            reader = cursor.sql(
+                f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN}, "
+                f"{DEST_ID_COLUMN} FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'"
+            ).to_arrow_reader(self.plan.batch_size)
+            try:
+                self._send_rounds(lanes, op, fields, reader)
+            finally:
+                reader.close()
+
+    def _send_rounds(
+        self,
+        lanes: list[Destination],
+        op: Operation,
+        fields: list[str],
+        reader: pa.RecordBatchReader,
+    ) -> None:
         batches: Iterator[pa.Table] = (pa.Table.from_batches([b]) for b in reader)
         for round in range(RETRY_ROUNDS + 1):
             self._send_batches(lanes, op, fields, batches)

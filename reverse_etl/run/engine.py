@@ -8,6 +8,7 @@ State advances only for records the destination accepted, one transaction per ba
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
 from reverse_etl.state.layout import StateLayout
 from reverse_etl.state.lock import SyncLock
 from reverse_etl.state.runlog import DeadLetterQueue, RunLog, RunRecord, RunStatus
+from reverse_etl.state.snapshot import ALIAS as STATE_ALIAS
 from reverse_etl.state.snapshot import SnapshotStore
 from reverse_etl.types import TargetId
 from reverse_etl.warehouse import check_role
@@ -127,7 +129,7 @@ class Engine:
                     only_dead_letters=only_dead_letters,
                 )
             finally:
-                con.close()
+                _close(con)
 
     def _plan(
         self,
@@ -354,7 +356,7 @@ class Engine:
                 self._end(outcome, "failed", f"internal error: {exc.__class__.__name__}: {exc}")
                 raise
             finally:
-                con.close()
+                _close(con)
 
     def _end(
         self, outcome: RunOutcome, status: RunStatus, error: str | None, hint: str | None = None
@@ -371,6 +373,15 @@ class Engine:
 
                 send_failure_alerts(self.project, outcome)
         return outcome
+
+
+def _close(con: duckdb.DuckDBPyConnection) -> None:
+    """Detach the state file before closing: a reader or cursor still referenced (by a caught
+    exception's traceback, say) must not keep it attached, or the next run in this process
+    cannot open it."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute(f"DETACH {STATE_ALIAS}")
+    con.close()
 
 
 def _interrupted_message(outcome: RunOutcome) -> str:
