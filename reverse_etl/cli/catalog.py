@@ -20,8 +20,8 @@ from reverse_etl.cli.common import (
     print_json,
     print_problems,
 )
-from reverse_etl.errors import ProjectNotFoundError
-from reverse_etl.project_ops import (
+from reverse_etl.errors import FailureReported, ProjectNotFoundError
+from reverse_etl.project import (
     clone_sync,
     destination_objects,
     list_connectors,
@@ -159,6 +159,8 @@ def clone(
                 "sync": result.name,
                 "file": result.file,
                 "overwritten": result.overwritten,
+                "schedule": "manual",
+                "schedule_was": result.schedule_was,
                 "ok": result.ok,
                 "problems": [p.to_json() for p in result.problems],
             }
@@ -166,6 +168,11 @@ def clone(
     else:
         verb = "overwrote" if result.overwritten else "wrote"
         err.print(f"[green]{verb}[/green] {escape(result.file)} (a copy of {escape(sync)})")
+        if result.schedule_was is not None:
+            err.print(
+                f"schedule: manual (the original runs on '{escape(result.schedule_was)}'); "
+                f"`retl run --all` leaves the copy alone until you set a schedule in {escape(result.file)}"
+            )
         print_problems(result.problems)
         if not result.ok:
             err.print(
@@ -173,4 +180,4 @@ def clone(
                 "fix the file above, then run `retl validate`"
             )
     if not result.ok:
-        raise typer.Exit(1)
+        raise FailureReported(f"the new sync '{result.name}' is not valid")

@@ -23,7 +23,7 @@ from reverse_etl.cli.common import (
 )
 from reverse_etl.cli.render import render_plan, render_summary
 from reverse_etl.config import Sync
-from reverse_etl.errors import UsageError
+from reverse_etl.errors import FailureReported, UsageError
 from reverse_etl.plan.model import Plan
 from reverse_etl.run import Engine, RunOptions, RunOutcome
 from reverse_etl.run.order import dependency_order
@@ -81,7 +81,7 @@ def run(
     elif not dry_run:
         render_summary(err, outcomes)
     if any(o.status in ("failed", "refused") for o in outcomes):
-        raise typer.Exit(1)
+        raise FailureReported("some syncs failed or were refused")
 
 
 def _run_one(

@@ -19,6 +19,7 @@ from reverse_etl.cli.common import (
     print_problems,
     selected_syncs,
 )
+from reverse_etl.errors import FailureReported
 
 
 @app.command(rich_help_panel="Project")
@@ -73,4 +74,4 @@ def validate(
             note = f" ([yellow]{warnings} warning(s)[/yellow])" if warnings else ""
             err.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid{note}")
     if errors:
-        raise typer.Exit(1)
+        raise FailureReported("validation found errors")
