@@ -60,6 +60,10 @@ class ConfirmationRequiredError(UsageError):
     """A destructive command needs a yes and there is no terminal to ask: pass --yes."""
 
 
+class DeclinedError(RetlError):
+    """The user answered no to a confirmation: nothing was changed."""
+
+
 class SyncFileExistsError(RetlError):
     """`retl clone` would overwrite an existing sync file (and --force was not given)."""
 

@@ -84,12 +84,14 @@ def print_rows(
             keep.remove(i)
     widths = {i: natural[i] for i in keep}
     excess = _total(widths.values()) - width
-    if excess > 0:
-        for i in (i for i in keep if columns[i].wrap):
-            floor = _longest_word(columns[i], cells, i)
-            give = min(excess, widths[i] - floor)
-            widths[i] -= give
-            excess -= give
+    floors = {i: _longest_word(columns[i], cells, i) for i in keep if columns[i].wrap}
+    while excess > 0:  # narrow the widest free-text column first, never below its longest word
+        shrinkable = [i for i in floors if widths[i] > floors[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
     if excess > 0:
         _blocks(console, columns, cells)
         return
@@ -138,9 +140,20 @@ def _table(
     options = console.options.update_width(max(_total(widths), 1))
     segments: list[Segment] = []
     for line in console.render_lines(table, options, pad=False):
-        segments.extend(line)
+        segments.extend(_rstrip(line))
         segments.append(Segment.line())
     console.print(Segments(segments), soft_wrap=True)
+
+
+def _rstrip(line: list[Segment]) -> list[Segment]:
+    """A rendered line without the padding after its last value (clean for grep and diff)."""
+    kept = list(line)
+    while kept and not kept[-1].control and not kept[-1].text.rstrip():
+        kept.pop()
+    if kept and not kept[-1].control:
+        last = kept[-1]
+        kept[-1] = Segment(last.text.rstrip(), last.style)
+    return kept
 
 
 def _blocks(console: Console, columns: Sequence[Column], cells: list[list[Text]]) -> None:
@@ -156,7 +169,9 @@ def _blocks(console: Console, columns: Sequence[Column], cells: list[list[Text]]
                 console.print(line, soft_wrap=True)
             else:
                 console.print(Text(f"{column.header:>{pad}}:", style="bold"))
-                console.print(Padding(cell, (0, 0, 0, 4)), soft_wrap=False)
+                longest = max((cell_len(w) for w in str(cell).split()), default=0)
+                indent = 4 if longest + 4 <= console.width else 0
+                console.print(Padding(cell, (0, 0, 0, indent)), soft_wrap=False)
 
 
 def print_fields(console: Console, fields: Sequence[tuple[str, Cell]]) -> None:

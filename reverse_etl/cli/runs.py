@@ -84,10 +84,13 @@ def runs(
             f"{r.duration.total_seconds():,.1f}s" if r.duration else "-",
             *(count(r.counts.get(k, 0)) for k in COUNTS),
             (r.git_commit or "-")[:8] + (" (dirty)" if r.git_dirty else ""),
-            r.error or r.message or "",
+            r.error or (r.message if r.status in ("skipped", "refused") else None) or "",
         ]
         for r in records
     ]
+    if sync is not None:  # every row is of that sync
+        columns.pop(1)
+        rows = [[row[0], *row[2:]] for row in rows]
     print_rows(out, columns, rows)
     if total > len(records):
         err.print(f"showing {len(records):,} of {total:,}; use --limit N or --json", style="dim")

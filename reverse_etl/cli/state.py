@@ -18,7 +18,7 @@ from reverse_etl.cli.common import (
     selected_syncs,
 )
 from reverse_etl.cli.render import Cell, Column, count, key_order, print_fields, print_rows
-from reverse_etl.errors import ConfirmationRequiredError, FailureReported
+from reverse_etl.errors import ConfirmationRequiredError, DeclinedError
 from reverse_etl.project.status import reset_state, state_summary, unlock_sync
 
 state_app = typer.Typer(
@@ -87,8 +87,7 @@ def state_reset(
         if not typer.confirm(
             f"Forget the delivered state of {chosen.name}?", default=False, err=True
         ):
-            err.print("nothing was reset")
-            raise FailureReported("state reset declined")
+            raise DeclinedError(f"the state of {chosen.name} was not reset")
     removed = reset_state(project, chosen)
     if json_output:
         print_json({"sync": chosen.name, "reset": removed})

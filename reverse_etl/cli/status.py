@@ -23,7 +23,7 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
         Column("mode"),
         Column("schedule", wrap=True),
         Column("paused"),
-        Column("last run", optional=True),
+        Column("last run"),
         Column("result"),
         Column("rows", numeric=True),
         Column("next due"),
