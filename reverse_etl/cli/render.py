@@ -255,8 +255,7 @@ def render_plan(console: Console, plan: Plan) -> None:
         samples = plan.samples.get(op)
         if samples:
             records_rows(console, samples, title=f"  {op} (first {len(samples)})")
-    for error in plan.row_errors[:5]:
-        console.print(f"  [red]row error[/red]: {escape(error.message)}")
+    _plan_row_errors(console, plan)
     if plan.refusal:
         console.print(f"  [bold red]a run would be refused:[/bold red] {escape(plan.refusal)}")
         if plan.refusal_hint:
@@ -291,6 +290,14 @@ def _plan_details(console: Console, plan: Plan) -> None:
     console.print(details, style="dim", markup=False)
     if plan.config_changed:
         console.print("  the sync's configuration changed since the last run", style="yellow")
+
+
+def _plan_row_errors(console: Console, plan: Plan, shown: int = 5) -> None:
+    for error in plan.row_errors[:shown]:
+        console.print(f"  [red]row error[/red]: {escape(error.message)}")
+    hidden = len(plan.row_errors) - shown
+    if hidden > 0:
+        console.print(f"  … and {hidden:,} more row error(s): see `retl plan --json`", style="dim")
 
 
 SUMMARY_COUNTS = ("create", "update", "delete", "rejected", "error", "unchanged")

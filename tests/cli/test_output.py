@@ -274,3 +274,58 @@ def test_help_shows_no_value_type_for_flags(
     assert result.code == 0
     assert "--json" in result.out
     assert "<bool>" not in result.out
+
+
+INLINE_PROJECT = """\
+version: 1
+warehouses:
+  local:
+    url: "duckdb:///:memory:"
+destinations:
+  app_db:
+    type: sql
+    url: sqlite:///app.sqlite
+    create_tables: true
+"""
+
+INLINE_SYNC = f"""\
+warehouse: local
+source:
+  sql: |
+    select * from (values (10, '{LONG_EMAIL}', 'Margaret Hamilton'),
+                          (9, 'ada@example.com', 'Ada Lovelace'))
+      as t (id, email, name)
+destination:
+  name: app_db
+  object: contacts
+mode: upsert
+primary_key: id
+mapping:
+  contact_id: id
+  email: email
+  full_name: name
+"""
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("command", ["plan", "preview"])
+def test_plan_and_preview_samples_show_whole_emails(
+    tmp_path: Path,
+    retl_cli: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    width: str | None,
+    command: str,
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    (tmp_path / "syncs" / f"{LONG_SYNC}.yml").write_text(INLINE_SYNC)
+    _at(monkeypatch, width)
+
+    result = retl_cli(command, LONG_SYNC, "--project-dir", str(tmp_path))
+
+    assert result.code == 0, result.err
+    assert LONG_EMAIL in result.err
+    assert "Margaret" in result.err
+    assert "…" not in result.err
+    if width is not None:
+        assert _widest_line(result.err) <= int(width)
