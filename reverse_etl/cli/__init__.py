@@ -41,9 +41,14 @@ def invoke(args: list[str], *, as_json: bool) -> int:
     try:
         code = app(args=args, prog_name="retl", standalone_mode=False)
         return code if isinstance(code, int) else 0
-    except NoArgsIsHelpError as exc:  # `retl state`: the help is the answer
+    except NoArgsIsHelpError as exc:  # `retl state`: the help on stderr, as a usage error
         exc.show()
-        return 0
+        if as_json:
+            command = exc.ctx.command_path if exc.ctx is not None else "retl"
+            _print_json_error(
+                {"type": "usage", "message": "missing command", "hint": f"see `{command} --help`"}
+            )
+        return USAGE_EXIT
     except ParserUsageError as exc:
         command = exc.ctx.command_path if exc.ctx is not None else "retl"
         hint = f"see `{command} --help`"

@@ -7,6 +7,7 @@ the terminal is too narrow; off a terminal (a pipe, a CI log) rows are printed a
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -193,15 +194,18 @@ def value_text(value: Any) -> str:
         return "∅"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, ensure_ascii=False)  # never a Python repr
     return str(value)
 
 
 def key_order(key: str) -> tuple[int, Decimal | int, str]:
     """Sort key for primary keys kept as text: numbers numerically, before other text."""
     try:
-        return (0, Decimal(key), key)
+        number = Decimal(key)
     except (ArithmeticError, ValueError):
         return (1, 0, key)
+    return (0, number, key) if number.is_finite() else (1, 0, key)
 
 
 def records_rows(

@@ -329,3 +329,13 @@ def test_plan_and_preview_samples_show_whole_emails(
     assert "…" not in result.err
     if width is not None:
         assert _widest_line(result.err) <= int(width)
+
+
+def test_a_command_group_without_its_command_shows_help_as_a_usage_error(
+    retl_cli: Callable[..., Any],
+) -> None:
+    result = retl_cli("state")
+
+    assert result.code == 2
+    shown = result.out + result.err  # typer prints the rich help itself
+    assert "show" in shown and "reset" in shown
