@@ -1,6 +1,10 @@
-"""The exceptions retl raises. The CLI maps each to an exit code and a one-screen message."""
+"""The exceptions retl raises. Each class carries its exit code; the CLI maps them to a
+one-screen message (or a JSON document) in one place, `reverse_etl.cli.main`."""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 
 class RetlError(Exception):
@@ -12,6 +16,16 @@ class RetlError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    @property
+    def kind(self) -> str:
+        """A stable snake_case name for scripts: `UsageError` -> "usage"."""
+        name = type(self).__name__.removesuffix("Error")
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+    def to_json(self) -> dict[str, Any]:
+        """The error as `--json` prints it under "error"."""
+        return {"type": self.kind, "message": self.message, "hint": self.hint}
 
 
 class ProjectNotFoundError(RetlError):
@@ -27,11 +41,35 @@ class ConfigError(RetlError):
         super().__init__(message)
         self.problems = problems or []
 
+    def to_json(self) -> dict[str, Any]:
+        document = super().to_json()
+        document["problems"] = [
+            to_json() if callable(to_json := getattr(p, "to_json", None)) else str(p)
+            for p in self.problems
+        ]
+        return document
+
 
 class UsageError(RetlError):
     """The command line asks for something that does not exist (unknown sync, bad option)."""
 
     exit_code = 2
+
+
+class ConfirmationRequiredError(UsageError):
+    """A destructive command needs a yes and there is no terminal to ask: pass --yes."""
+
+
+class DeclinedError(RetlError):
+    """The user answered no to a confirmation: nothing was changed."""
+
+
+class SyncFileExistsError(RetlError):
+    """`retl clone` would overwrite an existing sync file (and --force was not given)."""
+
+
+class ProjectFilesExistError(RetlError):
+    """`retl init` would overwrite files that already exist (and --force was not given)."""
 
 
 class WarehouseError(RetlError):
@@ -64,3 +102,16 @@ class PlanFileError(RetlError):
 
 class StalePlanError(RetlError):
     """A saved plan no longer matches state, config, target or source: it is not applied."""
+
+
+class FailureReported(RetlError):
+    """The command has already shown what failed (a run's summary, validate's problems, its
+    JSON document): exit with the code and print nothing more."""
+
+
+class RunInterruptedReported(FailureReported):
+    """A run stopped by SIGINT or SIGTERM was recorded and reported: exit 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

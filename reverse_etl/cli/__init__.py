@@ -1,15 +1,29 @@
-"""The command line: parses arguments, calls the engine, renders with rich or --json."""
+"""The command line: parses arguments, calls the engine, renders with rich or --json.
+
+Exit codes are decided here and nowhere else: 0 success, a `RetlError`'s own `exit_code`
+(1 failure, 2 usage or an unreadable project), 2 for the parser's usage errors, 130 on Ctrl-C.
+With `--json` every failure is also one JSON document on stdout:
+`{"ok": false, "error": {"type": ..., "message": ..., "hint": ...}}`.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from rich.markup import escape
+from typer import Abort
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer._click.exceptions import UsageError as ParserUsageError
 
+from reverse_etl import interrupt
 from reverse_etl.cli.app import app
 from reverse_etl.config import Problem
-from reverse_etl.errors import ConfigError, RetlError
+from reverse_etl.errors import ConfigError, FailureReported, RetlError
+
+USAGE_EXIT = 2
+INTERRUPTED_EXIT = 130
 
 
 def _register_commands() -> None:
@@ -18,43 +32,95 @@ def _register_commands() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `retl` console script: one-screen errors, never a traceback."""
-    from reverse_etl.cli.common import err, print_problems
-    from reverse_etl.run import interrupt
+    args = list(sys.argv[1:] if argv is None else argv)
+    sys.exit(invoke(args, as_json="--json" in args))
 
+
+def invoke(args: list[str], *, as_json: bool) -> int:
+    """Run one command line and return its exit code; every failure is rendered here."""
     _register_commands()
     interrupt.install()
     try:
-        app(args=argv, prog_name="retl")
-    except ConfigError as exc:
-        problems = [p for p in exc.problems if isinstance(p, Problem)]
-        if problems:
-            print_problems(problems)
-        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
-        sys.exit(exc.exit_code)
+        code = app(args=args, prog_name="retl", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except NoArgsIsHelpError as exc:  # `retl state`: the help on stderr, as a usage error
+        exc.show()
+        if as_json:
+            command = exc.ctx.command_path if exc.ctx is not None else "retl"
+            _print_json_error(
+                {"type": "usage", "message": "missing command", "hint": f"see `{command} --help`"}
+            )
+        return USAGE_EXIT
+    except ParserUsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "retl"
+        hint = f"see `{command} --help`"
+        return _fail(as_json, "usage", exc.format_message(), hint, USAGE_EXIT, exc)
+    except ClickException as exc:
+        return _fail(as_json, "usage", exc.format_message(), None, exc.exit_code)
+    except Abort:
+        return _fail(as_json, "aborted", "aborted", None, 1)
+    except FailureReported as exc:
+        return exc.exit_code
     except RetlError as exc:
-        err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False, markup=True)
-        if exc.hint:
-            err.print(f"    hint: {exc.hint}", style="dim", markup=False)
-        sys.exit(exc.exit_code)
+        if as_json:
+            _print_json_error(exc.to_json())
+        _print_error(exc, annotate=not as_json)
+        return exc.exit_code
     except interrupt.RunInterrupted as exc:
-        err.print(f"[yellow]interrupted by {exc}[/yellow]: nothing more was sent")
-        sys.exit(exc.exit_code)
+        message = f"interrupted by {exc}: nothing more was sent"
+        return _fail(as_json, "interrupted", message, None, exc.exit_code)
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted[/yellow]: nothing more was sent")
-        sys.exit(130)
+        message = "interrupted: nothing more was sent"
+        return _fail(as_json, "interrupted", message, None, INTERRUPTED_EXIT)
     except Exception as exc:  # a bug: keep it to one screen unless asked for the traceback
         if os.environ.get("RETL_DEBUG"):
             raise
-        err.print(
-            f"[red]internal error:[/red] {exc.__class__.__name__}: {escape(str(exc))}",
-            markup=True,
-            highlight=False,
-        )
-        err.print(
-            "    hint: this is a bug in retl; rerun with RETL_DEBUG=1 for the traceback and report it",
-            style="dim",
-        )
-        sys.exit(1)
+        hint = "this is a bug in retl; rerun with RETL_DEBUG=1 for the traceback and report it"
+        message = f"{exc.__class__.__name__}: {exc}"
+        if as_json:
+            _print_json_error({"type": "internal", "message": message, "hint": hint})
+        from reverse_etl.cli.common import err
+
+        err.print(f"[red]internal error:[/red] {escape(message)}", highlight=False)
+        err.print(f"    hint: {hint}", style="dim", markup=False)
+        return 1
 
 
-__all__ = ["app", "main"]
+def _fail(
+    as_json: bool,
+    kind: str,
+    message: str,
+    hint: str | None,
+    code: int,
+    parser_error: ParserUsageError | None = None,
+) -> int:
+    if as_json:
+        _print_json_error({"type": kind, "message": message, "hint": hint})
+    if parser_error is not None:
+        parser_error.show()  # the parser's own "Usage: ... Error: ..." on stderr
+    else:
+        from reverse_etl.cli.common import err
+
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    return code
+
+
+def _print_json_error(error: dict[str, Any]) -> None:
+    from reverse_etl.cli.common import print_json
+
+    print_json({"ok": False, "error": error})
+
+
+def _print_error(exc: RetlError, *, annotate: bool) -> None:
+    from reverse_etl.cli.common import err, print_problems
+
+    if isinstance(exc, ConfigError):
+        problems = [p for p in exc.problems if isinstance(p, Problem)]
+        if problems:
+            print_problems(problems, annotate=annotate)
+    err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+    if exc.hint:
+        err.print(f"    hint: {exc.hint}", style="dim", markup=False)
+
+
+__all__ = ["app", "invoke", "main"]

@@ -5,8 +5,22 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer._click import Context
+from typer.core import TyperOption
 
 from reverse_etl import __version__
+
+
+def _flag_aware_type(self: TyperOption, ctx: Context) -> str | None:
+    """Help shows no value type for a flag: typer 0.29 labels every flag `<bool>`, as if
+    `--json` took a value."""
+    if self.is_flag:
+        return None
+    return _typed(self, ctx)
+
+
+_typed = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_aware_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="retl",

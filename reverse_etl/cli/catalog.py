@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
@@ -20,8 +19,9 @@ from reverse_etl.cli.common import (
     print_json,
     print_problems,
 )
-from reverse_etl.errors import ProjectNotFoundError
-from reverse_etl.project_ops import (
+from reverse_etl.cli.render import Column, count, print_rows
+from reverse_etl.errors import FailureReported, ProjectNotFoundError
+from reverse_etl.project import (
     clone_sync,
     destination_objects,
     list_connectors,
@@ -52,11 +52,9 @@ def destinations(
         if json_output:
             print_json({"destination": destination, "objects": objects})
             return
-        table = Table(title=f"objects of {destination}", title_justify="left", header_style="bold")
-        table.add_column("object")
-        for name in objects:
-            table.add_row(escape(name))
-        out.print(table)
+        print_rows(
+            out, [Column("object")], [[name] for name in objects], title=f"objects of {destination}"
+        )
         if not objects:
             err.print(f"destination '{destination}' has no objects yet")
     else:
@@ -74,14 +72,12 @@ def destinations(
                 }
             )
             return
-        table = Table(
-            title=f"fields of {destination} {object}", title_justify="left", header_style="bold"
+        print_rows(
+            out,
+            [Column("field"), Column("type", wrap=True), Column("nullable"), Column("unique")],
+            [[f.name, f.type, _yes(f.nullable), _yes(f.unique)] for f in fields],
+            title=f"fields of {destination} {object}",
         )
-        for column in ("field", "type", "nullable", "unique"):
-            table.add_column(column)
-        for f in fields:
-            table.add_row(escape(f.name), escape(f.type), _yes(f.nullable), _yes(f.unique))
-        out.print(table)
 
 
 def _list_all(json_output: bool, project_dir: Path | None) -> None:
@@ -109,21 +105,21 @@ def _list_all(json_output: bool, project_dir: Path | None) -> None:
             }
         )
         return
-    table = Table(title="connectors", title_justify="left", header_style="bold")
-    for column in ("type", "actions", "default batch size"):
-        table.add_column(column)
-    for c in connectors:
-        table.add_row(c.type, ", ".join(c.actions), f"{c.default_batch_size:,}")
-    out.print(table)
+    print_rows(
+        out,
+        [Column("type"), Column("actions", wrap=True), Column("default batch size", numeric=True)],
+        [[c.type, ", ".join(c.actions), count(c.default_batch_size)] for c in connectors],
+        title="connectors",
+    )
     if project is None:
         err.print("not in a retl project: no configured destinations to list")
         return
-    table = Table(title="destinations in retl.yml", title_justify="left", header_style="bold")
-    table.add_column("name")
-    table.add_column("type")
-    for d in configured:
-        table.add_row(escape(d.name), escape(d.type))
-    out.print(table)
+    print_rows(
+        out,
+        [Column("name"), Column("type")],
+        [[d.name, d.type] for d in configured],
+        title="destinations in retl.yml",
+    )
 
 
 def _yes(value: bool) -> str:
@@ -159,6 +155,8 @@ def clone(
                 "sync": result.name,
                 "file": result.file,
                 "overwritten": result.overwritten,
+                "schedule": "manual",
+                "schedule_was": result.schedule_was,
                 "ok": result.ok,
                 "problems": [p.to_json() for p in result.problems],
             }
@@ -166,6 +164,11 @@ def clone(
     else:
         verb = "overwrote" if result.overwritten else "wrote"
         err.print(f"[green]{verb}[/green] {escape(result.file)} (a copy of {escape(sync)})")
+        if result.schedule_was is not None:
+            err.print(
+                f"schedule: manual (the original runs on '{escape(result.schedule_was)}'); "
+                f"`retl run --all` leaves the copy alone until you set a schedule in {escape(result.file)}"
+            )
         print_problems(result.problems)
         if not result.ok:
             err.print(
@@ -173,4 +176,4 @@ def clone(
                 "fix the file above, then run `retl validate`"
             )
     if not result.ok:
-        raise typer.Exit(1)
+        raise FailureReported(f"the new sync '{result.name}' is not valid")

@@ -13,20 +13,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from reverse_etl.config import Problem, Project, Sync, find_project_root
+from reverse_etl.errors import UsageError
 from reverse_etl.validate import load_project
 
-
-def _console(stderr: bool) -> Console:
-    """Rich console; in CI logs and pipes (no terminal, no COLUMNS) tables get 120 columns
-    instead of rich's 80 so that they stay readable."""
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
-
-
-# Human text goes to stderr so that --json output on stdout stays machine readable.
-out = _console(stderr=False)
-err = _console(stderr=True)
+# Human text goes to stderr so that --json output on stdout stays machine readable. The width
+# is read when printing (terminal size, or COLUMNS); tables off a terminal print at full width
+# (cli/render.py), and soft wrap leaves long lines whole for the terminal to wrap.
+out = Console(stderr=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ProjectDirOption = Annotated[
     Path | None,
@@ -78,7 +72,20 @@ def selected_syncs(
     return syncs
 
 
-def print_problems(problems: list[Problem], console: Console = err) -> None:
+def optional_sync(project: Project, words: list[str], usage: str) -> str | None:
+    """The one sync named by `words`, or None for all; an unknown name is a usage error."""
+    if len(words) > 1:
+        raise UsageError(usage)
+    if not words:
+        return None
+    if words[0] not in project.syncs:
+        project.select(words)  # raises the usual "no sync named ..." with a suggestion
+    return words[0]
+
+
+def print_problems(
+    problems: list[Problem], console: Console = err, *, annotate: bool = True
+) -> None:
     for problem in sorted(problems, key=lambda p: (p.file != "retl.yml", p.file, p.line or 0)):
         style = "red" if problem.severity == "error" else "yellow"
         console.print(
@@ -88,7 +95,7 @@ def print_problems(problems: list[Problem], console: Console = err) -> None:
         )
         if problem.hint:
             console.print(f"    hint: {problem.hint}", style="dim", markup=False)
-    if os.environ.get("GITHUB_ACTIONS") == "true":
+    if annotate and os.environ.get("GITHUB_ACTIONS") == "true":
         for problem in problems:
             sys.stdout.write(problem.github_annotation() + "\n")
 

@@ -10,7 +10,7 @@ import typer
 
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import JsonOption, err, print_json
-from reverse_etl.scaffold import init_project
+from reverse_etl.project.scaffold import init_project
 
 
 @app.command(rich_help_panel="Project")

@@ -22,7 +22,7 @@ from reverse_etl.cli.common import (
     selected_syncs,
 )
 from reverse_etl.cli.render import render_plan, render_preview
-from reverse_etl.errors import RetlError, UsageError
+from reverse_etl.errors import FailureReported, RetlError, UsageError
 from reverse_etl.plan.files import save_plans
 from reverse_etl.plan.preview import preview_sync
 from reverse_etl.run import Engine
@@ -77,7 +77,7 @@ def plan(
     if json_output:
         print_json(document)
     if failed:
-        raise typer.Exit(1)
+        raise FailureReported("some syncs could not be planned")
 
 
 @app.command(rich_help_panel="Syncs")

@@ -1,14 +1,28 @@
-"""Rich renderers: they only read engine objects (Plan, RunOutcome, Preview, records)."""
+"""Rich renderers: they only read engine objects (Plan, RunOutcome, Preview, records).
+
+Every table goes through `print_rows`, which never cuts a value: it drops decorative columns
+first, wraps free text at word boundaries, and switches to one `key: value` block per row when
+the terminal is too narrow; off a terminal (a pipe, a CI log) rows are printed at full width.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
+from rich.segment import Segment, Segments
 from rich.table import Table
+from rich.text import Text
 
 from reverse_etl.plan.model import Plan
 from reverse_etl.plan.preview import Preview
@@ -24,30 +38,248 @@ _STATUS_STYLE = {
     "running": "cyan",
 }
 
-
-def short(value: Any, width: int = 40) -> str:
-    text = "∅" if value is None else str(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
+Cell = str | Text
 
 
-def records_table(records: Sequence[dict[str, Any]], title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False, header_style="bold")
+@dataclass(frozen=True)
+class Column:
+    """A column of `print_rows` and how it may give way when the width is short."""
+
+    header: str
+    numeric: bool = False
+    """Right-aligned (counts)."""
+    wrap: bool = False
+    """Free text (errors, records): may wrap at word boundaries, never inside a word."""
+    optional: bool = False
+    """Decorative (a duration, a relative time): dropped first when the width is short."""
+
+
+def unbounded(console: Console) -> bool:
+    """True off a terminal without COLUMNS: a pipe or a log, where lines may be as long as
+    their values and nothing should wrap."""
+    return not console.is_terminal and not os.environ.get("COLUMNS")
+
+
+def print_rows(
+    console: Console,
+    columns: Sequence[Column],
+    rows: Iterable[Sequence[Cell]],
+    *,
+    title: str | None = None,
+) -> None:
+    """Print `rows` as a table when every value fits whole, else as `key: value` blocks."""
+    cells = [[_text(cell) for cell in row] for row in rows]
+    if title:
+        console.print(Text(title, style="bold"))
+    if unbounded(console):
+        _table(console, columns, cells, [_natural(columns, cells, i) for i in range(len(columns))])
+        return
+    width = console.width
+    keep = list(range(len(columns)))
+    natural = {i: _natural(columns, cells, i) for i in keep}
+    if _total(natural[i] for i in keep) > width:
+        # drop decorative columns (from the right) until the table fits or none is left
+        for i in reversed([i for i in keep if columns[i].optional]):
+            if _total(natural[j] for j in keep) <= width:
+                break
+            keep.remove(i)
+    widths = {i: natural[i] for i in keep}
+    excess = _total(widths.values()) - width
+    floors = {i: _longest_word(columns[i], cells, i) for i in keep if columns[i].wrap}
+    while excess > 0:  # narrow the widest free-text column first, never below its longest word
+        shrinkable = [i for i in floors if widths[i] > floors[i]]
+        if not shrinkable:
+            break
+        widest = max(shrinkable, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    if excess > 0:
+        _blocks(console, columns, cells)
+        return
+    shown = [columns[i] for i in keep]
+    _table(console, shown, [[row[i] for i in keep] for row in cells], [widths[i] for i in keep])
+
+
+def _text(cell: Cell) -> Text:
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
+def _lines_width(text: Text | str) -> int:
+    return max((cell_len(line) for line in str(text).splitlines()), default=0)
+
+
+def _natural(columns: Sequence[Column], cells: list[list[Text]], i: int) -> int:
+    return max([cell_len(columns[i].header), *(_lines_width(row[i]) for row in cells)])
+
+
+def _longest_word(column: Column, cells: list[list[Text]], i: int) -> int:
+    words = [w for row in cells for w in str(row[i]).split()]
+    return max([cell_len(column.header), 1, *(cell_len(w) for w in words)])
+
+
+def _total(widths: Iterable[int]) -> int:
+    """Width of a SIMPLE_HEAD table without edges: one space padding each side, one rule."""
+    values = list(widths)
+    return sum(values) + 3 * max(len(values) - 1, 0)
+
+
+def _table(
+    console: Console, columns: Sequence[Column], cells: list[list[Text]], widths: list[int]
+) -> None:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for column, width in zip(columns, widths, strict=True):
+        table.add_column(
+            column.header,
+            width=width,
+            no_wrap=not column.wrap,
+            overflow="fold",
+            justify="right" if column.numeric else "left",
+        )
+    for row in cells:
+        table.add_row(*row)
+    # rendered at exactly its own width: Console.print would cap it at the console's width
+    options = console.options.update_width(max(_total(widths), 1))
+    segments: list[Segment] = []
+    for line in console.render_lines(table, options, pad=False):
+        segments.extend(_rstrip(line))
+        segments.append(Segment.line())
+    console.print(Segments(segments), soft_wrap=True)
+
+
+def _rstrip(line: list[Segment]) -> list[Segment]:
+    """A rendered line without the padding after its last value (clean for grep and diff)."""
+    kept = list(line)
+    while kept and not kept[-1].control and not kept[-1].text.rstrip():
+        kept.pop()
+    if kept and not kept[-1].control:
+        last = kept[-1]
+        kept[-1] = Segment(last.text.rstrip(), last.style)
+    return kept
+
+
+def _blocks(console: Console, columns: Sequence[Column], cells: list[list[Text]]) -> None:
+    """One `key: value` block per row, for terminals too narrow for a table. A value too long
+    for its line goes below its key, indented, wrapped at word boundaries."""
+    pad = max(cell_len(c.header) for c in columns)
+    for n, row in enumerate(cells):
+        if n:
+            console.print()
+        for column, cell in zip(columns, row, strict=True):
+            line = Text.assemble((f"{column.header:>{pad}}: ", "bold"), cell)
+            if _lines_width(line) <= console.width:
+                console.print(line, soft_wrap=True)
+            else:
+                console.print(Text(f"{column.header:>{pad}}:", style="bold"))
+                longest = max((cell_len(w) for w in str(cell).split()), default=0)
+                indent = 4 if longest + 4 <= console.width else 0
+                console.print(Padding(cell, (0, 0, 0, indent)), soft_wrap=False)
+
+
+def print_fields(console: Console, fields: Sequence[tuple[str, Cell]]) -> None:
+    """One record as aligned `name: value` lines (`runs show`, `state show`)."""
+    _blocks(console, [Column(name) for name, _ in fields], [[_text(v) for _, v in fields]])
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+def count(value: int | None) -> str:
+    """A count as people read it (thousands separators); '-' when unknown."""
+    return "-" if value is None else f"{value:,}"
+
+
+def value_text(value: Any) -> str:
+    """A record value for people: numbers and strings bare, NULL as ∅."""
+    if value is None:
+        return "∅"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, ensure_ascii=False)  # never a Python repr
+    return str(value)
+
+
+def key_order(key: str) -> tuple[int, Decimal | int, str]:
+    """Sort key for primary keys kept as text: numbers numerically, before other text."""
+    try:
+        number = Decimal(key)
+    except (ArithmeticError, ValueError):
+        return (1, 0, key)
+    return (0, number, key) if number.is_finite() else (1, 0, key)
+
+
+def records_rows(
+    console: Console, records: Sequence[dict[str, Any]], title: str | None = None
+) -> None:
     columns = list(records[0]) if records else []
-    for column in columns:
-        table.add_column(column, no_wrap=True, overflow="ellipsis", max_width=32)
-    for record in records:
-        table.add_row(*(short(record.get(c)) for c in columns))
-    return table
+    print_rows(
+        console,
+        [Column(c, wrap=True) for c in columns],
+        [[Text(value_text(record.get(c))) for c in columns] for record in records],
+        title=title,
+    )
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, ""))
+
+
+def status_style(status: str) -> str:
+    style = _STATUS_STYLE.get(status, "")
+    return f"[{style}]{status}[/{style}]" if style else status
+
+
+def ago(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    seconds = int((datetime.now(UTC) - moment).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600}h ago"
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def when(moment: datetime | None) -> str:
+    """An absolute UTC time, to the second."""
+    return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# --- engine objects --------------------------------------------------------------------------
 
 
 def render_plan(console: Console, plan: Plan) -> None:
-    counts = plan.counts
+    """A sync's plan: headline, counts, details, samples, row errors, refusal."""
+    _plan_headline(console, plan)
+    _plan_counts(console, plan)
+    _plan_details(console, plan)
+    for op in ("create", "update", "delete"):
+        samples = plan.samples.get(op)
+        if samples:
+            records_rows(console, samples, title=f"  {op} (first {len(samples)})")
+    _plan_row_errors(console, plan)
+    if plan.refusal:
+        console.print(f"  [bold red]a run would be refused:[/bold red] {escape(plan.refusal)}")
+        if plan.refusal_hint:
+            console.print(f"    hint: {plan.refusal_hint}", style="dim", markup=False)
+    elif plan.empty:
+        console.print("  nothing to do", style="green")
+
+
+def _plan_headline(console: Console, plan: Plan) -> None:
     console.print(
-        f"\n[bold]{plan.sync}[/bold]  {plan.mode} → {plan.destination} [cyan]{plan.object}[/cyan]"
+        f"\n[bold]{escape(plan.sync)}[/bold]  {plan.mode} → {escape(plan.destination)} "
+        f"[cyan]{escape(plan.object)}[/cyan]"
         + ("  [yellow](full resync)[/yellow]" if plan.full_resync else "")
     )
     for line in plan_banners(plan):
         console.print(f"  [bold yellow]{escape(line)}[/bold yellow]", highlight=False)
+
+
+def _plan_counts(console: Console, plan: Plan) -> None:
+    counts = plan.counts
     delete_style = "bold red" if counts.delete else "dim"
     console.print(
         f"  [green]+ {counts.create:,} create[/green]   [yellow]~ {counts.update:,} update[/yellow]   "
@@ -56,27 +288,15 @@ def render_plan(console: Console, plan: Plan) -> None:
         + (f"[dim]{counts.ignored:,} ignored: insert mode[/dim]   " if counts.ignored else "")
         + (f"[red]! {counts.error:,} error[/red]" if counts.error else "[dim]0 error[/dim]")
     )
+
+
+def _plan_details(console: Console, plan: Plan) -> None:
     details = f"  source rows {plan.source_rows:,} · delivered before {plan.snapshot_records:,}"
     if plan.incremental_from:
         details += f" · incremental from {plan.incremental_from}"
-    console.print(details, style="dim")
+    console.print(details, style="dim", markup=False)
     if plan.config_changed:
         console.print("  the sync's configuration changed since the last run", style="yellow")
-    for op in ("create", "update", "delete"):
-        samples = plan.samples.get(op)
-        if samples:
-            console.print(records_table(samples, title=f"  {op} (first {len(samples)})"))
-    for error in plan.row_errors[:5]:
-        console.print(f"  [red]row error[/red]: {escape(error.message)}")
-    for note in plan.notes:
-        if not note.endswith("insert mode never updates a record"):
-            console.print(f"  note: {escape(note)}", style="dim", highlight=False)
-    if plan.refusal:
-        console.print(f"  [bold red]a run would be refused:[/bold red] {escape(plan.refusal)}")
-        if plan.refusal_hint:
-            console.print(f"    hint: {plan.refusal_hint}", style="dim", markup=False)
-    elif plan.empty:
-        console.print("  nothing to do", style="green")
 
 
 def plan_banners(plan: Plan) -> list[str]:
@@ -102,47 +322,61 @@ def plan_banners(plan: Plan) -> list[str]:
     return lines
 
 
+def _plan_row_errors(console: Console, plan: Plan, shown: int = 5) -> None:
+    for error in plan.row_errors[:shown]:
+        console.print(f"  [red]row error[/red]: {escape(error.message)}")
+    hidden = len(plan.row_errors) - shown
+    if hidden > 0:
+        console.print(f"  … and {hidden:,} more row error(s): see `retl plan --json`", style="dim")
+    for note in plan.notes:
+        if not note.endswith("insert mode never updates a record"):
+            console.print(f"  note: {escape(note)}", style="dim", highlight=False)
+
+
+# Applied by the run, then two of what its plan found (row errors, unchanged rows).
+SUMMARY_COUNTS = ("create", "update", "delete", "rejected")
+SUMMARY_PLANNED = ("error", "unchanged")
+
+
 def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
-    table = Table(title="retl run", title_justify="left", header_style="bold")
-    for column in (
-        "sync",
-        "status",
-        "create",
-        "update",
-        "delete",
-        "rejected",
-        "errors",
-        "unchanged",
-        "run id",
-    ):
-        table.add_column(
-            column, justify="right" if column not in ("sync", "status", "run id") else "left"
-        )
-    for outcome in outcomes:
-        c = outcome.counts
-        style = _STATUS_STYLE.get(outcome.status, "default")
-        table.add_row(
+    """The table after `retl run`: one row per sync, then each failure's message and hint."""
+    columns = [
+        Column("sync"),
+        Column("status"),
+        *(Column(k, numeric=True) for k in SUMMARY_COUNTS),
+        *(Column("errors" if k == "error" else k, numeric=True) for k in SUMMARY_PLANNED),
+        Column("run id"),
+    ]
+    rows: list[list[Cell]] = [
+        [
             outcome.sync,
-            f"[{style}]{outcome.status}[/{style}]",
-            *(
-                f"{c.get(k, 0):,}"
-                for k in ("create", "update", "delete", "rejected", "error", "unchanged")
-            ),
+            status_text(outcome.status),
+            *(count(outcome.counts.get(k, 0)) for k in SUMMARY_COUNTS),
+            *(count(outcome.planned.get(k, 0)) for k in SUMMARY_PLANNED),
             outcome.record.id if outcome.record else "-",
-        )
-    console.print(table)
+        ]
+        for outcome in outcomes
+    ]
+    print_rows(console, columns, rows, title="retl run")
     for outcome in outcomes:
         if outcome.error:
             style = "yellow" if outcome.status == "skipped" else "red"
             console.print(
-                f"[{style}]{outcome.sync}[/{style}]: {escape(outcome.error)}", highlight=False
+                f"[{style}]{escape(outcome.sync)}[/{style}]: {escape(outcome.error)}",
+                highlight=False,
             )
             if outcome.hint:
                 console.print(f"    hint: {outcome.hint}", style="dim", markup=False)
+        for key, what in (
+            ("absent", "deletes found their record already gone"),
+            ("deferred", "records the destination asked to retry later: the next run sends them"),
+        ):
+            if outcome.counts.get(key):
+                console.print(f"{escape(outcome.sync)}: {outcome.counts[key]:,} {what}")
 
 
 def render_preview(console: Console, preview: Preview) -> None:
-    console.print(f"\n[bold]{preview.sync}[/bold]: {preview.rows:,} rows")
+    console.print(f"\n[bold]{escape(preview.sync)}[/bold]: {preview.rows:,} rows")
     nulls = f"[red]{preview.null_keys:,}[/red]" if preview.null_keys else "0"
     dupes = (
         f"[red]{preview.duplicate_keys:,} keys in {preview.duplicate_rows:,} rows[/red]"
@@ -151,27 +385,8 @@ def render_preview(console: Console, preview: Preview) -> None:
     )
     console.print(f"  null primary keys: {nulls}   duplicate primary keys: {dupes}")
     if preview.records:
-        console.print(
-            records_table(
-                preview.records,
-                title=f"  first {len(preview.records)} records as they would be sent",
-            )
+        records_rows(
+            console,
+            preview.records,
+            title=f"  first {len(preview.records)} records as they would be sent",
         )
-
-
-def ago(moment: datetime | None) -> str:
-    if moment is None:
-        return "-"
-    seconds = int((datetime.now(UTC) - moment).total_seconds())
-    if seconds < 60:
-        return f"{seconds}s ago"
-    if seconds < 3600:
-        return f"{seconds // 60}m ago"
-    if seconds < 86400:
-        return f"{seconds // 3600}h ago"
-    return moment.strftime("%Y-%m-%d %H:%M")
-
-
-def status_style(status: str) -> str:
-    style = _STATUS_STYLE.get(status, "")
-    return f"[{style}]{status}[/{style}]" if style else status

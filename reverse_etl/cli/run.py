@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from reverse_etl import interrupt
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
     AllOption,
@@ -25,10 +26,10 @@ from reverse_etl.cli.common import (
     selected_syncs,
 )
 from reverse_etl.cli.render import render_plan, render_summary
-from reverse_etl.errors import UsageError
+from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
 from reverse_etl.plan.files import load_plans
 from reverse_etl.plan.model import Plan
-from reverse_etl.run import Engine, RunOptions, RunOutcome, interrupt
+from reverse_etl.run import Engine, RunOptions, RunOutcome
 
 
 @app.command(rich_help_panel="Syncs")
@@ -106,9 +107,11 @@ def run(
     if stopped is not None:
         if not json_output:
             err.print(f"[yellow]{escape(stopped.error or 'interrupted')}[/yellow]", highlight=False)
-        raise typer.Exit(128 + (interrupt.requested() or signal.SIGINT))
+        raise RunInterruptedReported(
+            stopped.error or "interrupted", interrupt.requested() or signal.SIGINT
+        )
     if any(o.status in ("failed", "refused") for o in outcomes):
-        raise typer.Exit(1)
+        raise FailureReported("some syncs failed or were refused")
 
 
 class _Display:

@@ -20,6 +20,7 @@ from reverse_etl.cli.common import (
     print_problems,
     selected_syncs,
 )
+from reverse_etl.errors import FailureReported
 from reverse_etl.validate import validate_project
 
 
@@ -66,4 +67,4 @@ def validate(
             note = f" ([yellow]{warnings} warning(s)[/yellow])" if warnings else ""
             err.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid{note}")
     if errors:
-        raise typer.Exit(1)
+        raise FailureReported("validation found errors")

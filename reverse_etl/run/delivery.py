@@ -19,6 +19,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination
 from reverse_etl.errors import DestinationError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
@@ -30,7 +31,6 @@ from reverse_etl.plan.diff import (
     SOURCE_TABLE,
 )
 from reverse_etl.plan.model import Plan
-from reverse_etl.run import interrupt
 from reverse_etl.run.acks import AcknowledgementWriter
 from reverse_etl.state.runlog import DeadLetterEntry, DeadLetterQueue
 from reverse_etl.state.snapshot import SNAPSHOT, SnapshotStore

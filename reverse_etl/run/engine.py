@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 
+from reverse_etl import interrupt
 from reverse_etl.config import Project, Sync
 from reverse_etl.destinations.base import Destination, build_destination, connector_for
 from reverse_etl.errors import (
@@ -33,7 +34,6 @@ from reverse_etl.plan.diff import PlanInputs, build_plan
 from reverse_etl.plan.files import check_fresh
 from reverse_etl.plan.model import Plan, StateRef
 from reverse_etl.plan.source import engine_connection, read_source
-from reverse_etl.run import interrupt
 from reverse_etl.run.delivery import Delivery
 from reverse_etl.run.order import dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome

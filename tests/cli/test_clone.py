@@ -12,7 +12,7 @@ import pytest
 
 from reverse_etl.config import load_project
 from reverse_etl.errors import ConfigError
-from reverse_etl.project_ops import replace_scalars
+from reverse_etl.project.clone import replace_scalars
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -143,6 +143,8 @@ def test_force_overwrites(project: Path, retl_cli: Callable[..., Any]) -> None:
         "sync": "other",
         "file": "syncs/other.yml",
         "overwritten": True,
+        "schedule": "manual",
+        "schedule_was": None,
         "ok": True,
         "problems": [],
     }
@@ -187,3 +189,22 @@ def test_the_new_syncs_problems_are_printed_and_exit_1(
     assert "syncs/contacts_b.yml:6: destination.name: unknown destination 'sandbx'" in err
     assert "did you mean 'sandbox'?" in err
     assert "syncs/contacts.yml" not in err  # only the new sync's problems
+
+
+@pytest.mark.parametrize(
+    "schedule", ['schedule: "*/15 * * * *"\n', "schedule:\n  after: [contacts]\n"]
+)
+def test_a_clone_starts_manual_so_run_all_leaves_it_alone(
+    project: Path, retl_cli: Callable[..., Any], schedule: str
+) -> None:
+    (project / "syncs" / "contacts.yml").write_text(SYNC + schedule)
+
+    code, _, err = run(retl_cli, "clone", "contacts", "copy", "--project-dir", str(project))
+
+    assert code == 0, err
+    assert "schedule: manual" in err
+    copied = load_project(project).syncs["copy"]
+    assert copied.ok, copied.problems
+    assert copied.config is not None and copied.config.schedule.is_manual
+    assert "# Contacts into the app" in (project / "syncs" / "copy.yml").read_text()
+    assert load_project(project).syncs["contacts"].config.schedule.describe() != "manual"

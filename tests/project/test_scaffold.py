@@ -7,12 +7,8 @@ from pathlib import Path
 import pytest
 
 from reverse_etl.config import load_project
-from reverse_etl.scaffold import (
-    TEMPLATES,
-    ProjectFilesExistError,
-    init_project,
-    template_root,
-)
+from reverse_etl.errors import ProjectFilesExistError
+from reverse_etl.project.scaffold import TEMPLATES, init_project, template_root
 
 
 def test_every_template_ships_with_the_package() -> None:

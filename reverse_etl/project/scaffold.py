@@ -1,6 +1,6 @@
 """`retl init`: write a new project that validates and runs as is, from packaged templates.
 
-The templates live in `reverse_etl/templates/init/` (package data). The example syncs rows of
+The templates live in `reverse_etl/project/templates/init/` (package data). The example syncs rows of
 an inline SQL table from an in-memory DuckDB into a SQLite file, so it needs no server.
 """
 
@@ -11,7 +11,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from reverse_etl.errors import RetlError
+from reverse_etl.errors import ProjectFilesExistError, RetlError
 
 # Template (under templates/init/) -> path in the new project. `gitignore` carries no dot so
 # that it is neither hidden from the package-data glob nor read by git as this repo's ignore file.
@@ -22,10 +22,6 @@ TEMPLATES: dict[str, str] = {
     "gitignore": ".gitignore",
 }
 GITIGNORE = ".gitignore"
-
-
-class ProjectFilesExistError(RetlError):
-    """`retl init` would overwrite files that already exist (and --force was not given)."""
 
 
 @dataclass
@@ -39,7 +35,8 @@ class ScaffoldResult:
 
 
 def template_root() -> Traversable:
-    return files("reverse_etl").joinpath("templates", "init")
+    """The packaged project templates, found the same way in an editable or a wheel install."""
+    return files("reverse_etl.project").joinpath("templates", "init")
 
 
 def init_project(directory: Path, *, force: bool = False) -> ScaffoldResult:
@@ -100,4 +97,4 @@ def _merge_lines(path: Path, template: str) -> bool:
     return True
 
 
-__all__ = ["TEMPLATES", "ProjectFilesExistError", "ScaffoldResult", "init_project"]
+__all__ = ["TEMPLATES", "ScaffoldResult", "init_project"]

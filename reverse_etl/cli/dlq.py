@@ -1,0 +1,108 @@
+"""`retl dlq [SYNC]`, `retl dlq retry SYNC`, `retl dlq clear SYNC`: the dead letter queue."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from reverse_etl.cli.app import app
+from reverse_etl.cli.common import (
+    JsonOption,
+    ProjectDirOption,
+    RoleOption,
+    err,
+    open_project,
+    optional_sync,
+    out,
+    print_json,
+    selected_syncs,
+)
+from reverse_etl.cli.render import Column, ago, count, key_order, print_rows, render_summary
+from reverse_etl.errors import FailureReported, UsageError
+from reverse_etl.run import Engine, RunOptions
+
+
+@app.command(rich_help_panel="Operations")
+def dlq(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="[SYNC], `retry SYNC` or `clear SYNC`.", show_default=False),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many rows to list.")] = 50,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before deleting (retry).")
+    ] = False,
+    json_output: JsonOption = False,
+    role: RoleOption = None,
+    project_dir: ProjectDirOption = None,
+) -> None:
+    """Rows the destination rejected, with its error. `retry SYNC` resends them now; `clear SYNC` forgets them."""
+    project = open_project(project_dir)
+    engine = Engine(project, role=role)
+    queue = engine.dead_letters
+    words = args or []
+    if words and words[0] in ("retry", "clear"):
+        if len(words) != 2:
+            raise UsageError(f"usage: retl dlq {words[0]} SYNC")
+        sync = selected_syncs(project, [words[1]], None, False)[0]
+        if words[0] == "clear":
+            removed = queue.clear(sync.name)
+            if json_output:
+                print_json({"sync": sync.name, "cleared": removed})
+                return
+            err.print(
+                f"cleared {removed:,} dead letter(s) of {sync.name}; rows still different from "
+                "what was delivered are sent again by the next run"
+            )
+            return
+        outcome = engine.run(
+            sync,
+            RunOptions(only_dead_letters=True, trigger="dlq_retry", confirm=lambda _: yes or True),
+        )
+        if json_output:
+            print_json({"runs": [outcome.to_json()]})
+        else:
+            render_summary(err, [outcome])
+        if outcome.status in ("failed", "refused"):
+            raise FailureReported(f"retrying the dead letters of {sync.name} {outcome.status}")
+        return
+    sync_name = optional_sync(
+        project, words, "usage: retl dlq [SYNC] | retl dlq retry SYNC | retl dlq clear SYNC"
+    )
+    letters = sorted(
+        queue.list(sync_name, limit=limit),
+        key=lambda d: (d.sync, d.first_failed_at, key_order(d.key)),
+    )
+    total = queue.count(sync_name)
+    if json_output:
+        print_json({"dead_letters": [d.to_dict() for d in letters], "total": total})
+        return
+    if not letters:
+        err.print("the dead letter queue is empty", style="green")
+        return
+    columns = [
+        Column("key"),
+        Column("operation"),
+        Column("attempts", numeric=True),
+        Column("last failed", optional=True),
+        Column("error", wrap=True),
+        Column("record", wrap=True),
+    ]
+    if sync_name is None:
+        columns.insert(0, Column("sync"))
+    rows = []
+    for d in letters:
+        row = [
+            d.key,
+            d.operation,
+            count(d.attempts),
+            ago(d.last_failed_at),
+            d.error,
+            json.dumps(d.record, default=str, ensure_ascii=False),
+        ]
+        rows.append([d.sync, *row] if sync_name is None else row)
+    print_rows(out, columns, rows)
+    if total > len(letters):
+        err.print(f"showing {len(letters):,} of {total:,}; use --limit N or --json", style="dim")

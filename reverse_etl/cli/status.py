@@ -1,0 +1,52 @@
+"""`retl status`: per sync its mode, schedule, last run, next due time and dead letters."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from reverse_etl.cli.app import app
+from reverse_etl.cli.common import JsonOption, ProjectDirOption, open_project, out, print_json
+from reverse_etl.cli.render import Cell, Column, ago, count, print_rows, status_text
+from reverse_etl.project.status import project_status
+
+
+@app.command(rich_help_panel="Operations")
+def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None) -> None:
+    """Per sync: mode, schedule, paused, last run, next due, dead letters."""
+    project = open_project(project_dir)
+    rows = project_status(project)
+    if json_output:
+        print_json({"syncs": [row.to_json() for row in rows]})
+        return
+    columns = [
+        Column("sync"),
+        Column("mode"),
+        Column("schedule", wrap=True),
+        Column("paused"),
+        Column("last run"),
+        Column("result"),
+        Column("rows", numeric=True),
+        Column("next due"),
+        Column("dead letters", numeric=True),
+    ]
+    table: list[list[Cell]] = []
+    for row in rows:
+        last = row.last_run
+        name = Text(row.sync)
+        if not row.valid:
+            name.append(" (invalid)", style="red")
+        result = "running" if row.running else (last.status if last else "-")
+        table.append(
+            [
+                name,
+                row.mode or "-",
+                row.schedule or "-",
+                "yes" if row.paused else "no",
+                ago(last.started_at) if last else "never",
+                status_text(result),
+                count(row.sent),
+                row.next_due.strftime("%Y-%m-%d %H:%M") if row.next_due else "-",
+                Text(count(row.dead_letters), style="red" if row.dead_letters else ""),
+            ]
+        )
+    print_rows(out, columns, table, title=f"retl status · {project.root}")

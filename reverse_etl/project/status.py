@@ -1,0 +1,190 @@
+"""What a project's syncs look like now, as `retl status`, `retl state`, `retl unlock` and
+`retl runs show` report it: plain dataclasses any Python caller can use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from croniter import croniter
+
+from reverse_etl.config import Project, Sync
+from reverse_etl.run import Engine
+from reverse_etl.state.lock import SyncLock, force_unlock, lock_holder
+from reverse_etl.state.runlog import DeadLetter, RunRecord
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """One sync in `retl status`: its settings, last run, next due time and dead letters."""
+
+    sync: str
+    valid: bool
+    mode: str | None
+    schedule: str | None
+    paused: bool | None
+    running: str | None
+    last_run: RunRecord | None
+    next_due: datetime | None
+    dead_letters: int
+
+    @property
+    def sent(self) -> int | None:
+        """Records the last run sent (created, updated, deleted); None without a run."""
+        if self.last_run is None:
+            return None
+        return sum(self.last_run.counts.get(k, 0) for k in ("create", "update", "delete"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "valid": self.valid,
+            "mode": self.mode,
+            "schedule": self.schedule,
+            "paused": self.paused,
+            "running": self.running,
+            "last_run": self.last_run.to_dict() if self.last_run else None,
+            "next_due": self.next_due.isoformat() if self.next_due else None,
+            "dead_letters": self.dead_letters,
+        }
+
+
+def project_status(project: Project, engine: Engine | None = None) -> list[SyncStatus]:
+    """Every sync of the project, sorted by name."""
+    engine = engine or Engine(project)
+    run_log, dead = engine.run_log, engine.dead_letters.counts_by_sync()
+    found = []
+    for name, sync in sorted(project.syncs.items()):
+        config = sync.config
+        last = run_log.last(name)
+        next_due = None
+        if config is not None and config.schedule.cron and not config.paused:
+            base = last.started_at if last else datetime.now(UTC)
+            next_due = croniter(config.schedule.cron, base).get_next(datetime)
+        holder = lock_holder(engine.layout.locks, name)
+        found.append(
+            SyncStatus(
+                sync=name,
+                valid=sync.ok,
+                mode=config.mode if config else None,
+                schedule=config.schedule.describe() if config else None,
+                paused=config.paused if config else None,
+                running=holder.describe() if holder else None,
+                last_run=last,
+                next_due=next_due,
+                dead_letters=dead.get(name, 0),
+            )
+        )
+    return found
+
+
+@dataclass(frozen=True)
+class StateSummary:
+    """A sync's delivered-state snapshot as `retl state show` reports it (no row values)."""
+
+    sync: str
+    path: str
+    exists: bool
+    records: int
+    watermark: Any
+    config_hash: str | None
+    current_config_hash: str | None
+    serial: int
+    lineage: str | None
+    updated_at: Any
+    last_run_id: str | None
+    sample: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sync": self.sync,
+            "path": self.path,
+            "records": self.records,
+            "watermark": self.watermark,
+            "config_hash": self.config_hash,
+            "current_config_hash": self.current_config_hash,
+            "serial": self.serial,
+            "lineage": self.lineage,
+            "updated_at": self.updated_at,
+            "last_run_id": self.last_run_id,
+            "sample": [{"key": k, "hash": h} for k, h in self.sample],
+        }
+
+
+def state_summary(project: Project, sync: Sync, sample: int = 5) -> StateSummary:
+    """What state says was delivered for `sync`: counts, watermark, hashes, a few keys."""
+    engine = Engine(project)
+    store = engine.snapshot(sync.name)
+    meta = store.read_meta()
+    return StateSummary(
+        sync=sync.name,
+        path=project.relative(store.path),
+        exists=meta is not None,
+        records=meta.records if meta else 0,
+        watermark=meta.watermark if meta else None,
+        config_hash=meta.config_hash if meta else None,
+        current_config_hash=engine.config_hash(sync) if sync.ok else None,
+        serial=meta.serial if meta else 0,
+        lineage=meta.lineage if meta else None,
+        updated_at=meta.updated_at if meta else None,
+        last_run_id=meta.last_run_id if meta else None,
+        sample=store.sample(sample),
+    )
+
+
+def reset_state(project: Project, sync: Sync) -> bool:
+    """Forget what was delivered for `sync`, under its lock; False when it had no state."""
+    engine = Engine(project)
+    with SyncLock(engine.layout.locks, sync.name, command=f"retl state reset {sync.name}"):
+        return engine.snapshot(sync.name).reset()
+
+
+def unlock_sync(project: Project, sync: Sync) -> tuple[bool, str | None]:
+    """Clear a stale lock of `sync`: whether it was locked, and who held it."""
+    locks = Engine(project).layout.locks
+    holder = lock_holder(locks, sync.name)
+    return force_unlock(locks, sync.name), holder.describe() if holder else None
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    """One run in full (`retl runs show`): its record and the dead letters it left."""
+
+    record: RunRecord
+    dead_letters: list[DeadLetter]
+
+    def to_json(self) -> dict[str, Any]:
+        document = self.record.to_dict()
+        document["dead_letters"] = [d.to_dict() for d in self.dead_letters]
+        return document
+
+
+def run_history(project: Project, sync: str | None, limit: int) -> tuple[list[RunRecord], int]:
+    """The newest `limit` runs of one sync (or all) and how many the run log holds in all."""
+    run_log = Engine(project).run_log
+    everything = run_log.list(sync, limit=None)
+    return everything[:limit], len(everything)
+
+
+def run_detail(project: Project, run_id: str) -> RunDetail | None:
+    """The run `run_id` (a unique prefix is enough) and its dead letters, or None."""
+    engine = Engine(project)
+    record = engine.run_log.get(run_id)
+    if record is None:
+        return None
+    letters = [d for d in engine.dead_letters.list(record.sync) if d.run_id == record.id]
+    return RunDetail(record=record, dead_letters=letters)
+
+
+__all__ = [
+    "RunDetail",
+    "StateSummary",
+    "SyncStatus",
+    "project_status",
+    "reset_state",
+    "run_detail",
+    "run_history",
+    "state_summary",
+    "unlock_sync",
+]
