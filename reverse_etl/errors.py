@@ -1,6 +1,11 @@
-"""The exceptions retl raises. The CLI maps each to an exit code and a one-screen message."""
+"""The exceptions retl raises. The CLI maps each to an exit code and a one-screen message.
+
+Messages and hints are redacted on creation (reverse_etl.redact): an error never carries a secret.
+"""
 
 from __future__ import annotations
+
+from reverse_etl.redact import redact
 
 
 class RetlError(Exception):
@@ -9,9 +14,11 @@ class RetlError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        # Masked here, once, so that no output path can show a secret a driver message repeats.
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else redact(hint)
 
 
 class ProjectNotFoundError(RetlError):

@@ -138,20 +138,16 @@ def object_fields(project: Project, name: str, object: str) -> list[FieldInfo]:
         return destination.fields(object)
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:)[^@/\s]+@")
-
-
 @contextmanager
 def _as_destination_error(context: str) -> Iterator[None]:
-    """A driver's exception becomes a DestinationError with its first line (URL passwords
-    masked); retl's own errors pass through as they are."""
+    """A driver's exception becomes a DestinationError with its first line (secrets masked
+    by DestinationError); retl's own errors pass through as they are."""
     try:
         yield
     except RetlError:
         raise
     except Exception as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
-        detail = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", detail)
         shown = f"{exc.__class__.__name__}: {detail}" if detail else exc.__class__.__name__
         raise DestinationError(
             f"{context}: {shown}",

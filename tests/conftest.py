@@ -99,3 +99,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith(("RETL_", "GITHUB_", "FORCE_COLOR", "GIT_")):
             monkeypatch.delenv(key)
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Each test starts with no registered secret (the registry is process-wide by design)."""
+    from reverse_etl.redact import clear_secrets
+
+    clear_secrets()
+    yield
+    clear_secrets()

@@ -6,13 +6,39 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from reverse_etl.config import Problem, Project, Sync, find_project_root, load_project
+from reverse_etl.redact import redact, redact_data
+
+
+class _RedactedStream:
+    """A text stream that masks secrets in everything written to it (reverse_etl.redact)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(redact(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _RedactedConsole(Console):
+    """A rich console whose output passes through `redact`, whatever renders into it."""
+
+    @property
+    def file(self) -> IO[str]:
+        return cast(IO[str], _RedactedStream(super().file))
+
+    @file.setter
+    def file(self, new_file: IO[str]) -> None:
+        self._file = new_file
 
 
 def _console(stderr: bool) -> Console:
@@ -20,7 +46,7 @@ def _console(stderr: bool) -> Console:
     instead of rich's 80 so that they stay readable."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() or os.environ.get("COLUMNS") else 120
-    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+    return _RedactedConsole(stderr=stderr, highlight=False, soft_wrap=True, width=width)
 
 
 # Human text goes to stderr so that --json output on stdout stays machine readable.
@@ -92,9 +118,11 @@ def print_problems(problems: list[Problem], console: Console = err) -> None:
             level = "error" if problem.severity == "error" else "warning"
             line = f",line={problem.line}" if problem.line else ""
             message = problem.format().replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-            sys.stdout.write(f"::{level} file={problem.file}{line}::{message}\n")
+            sys.stdout.write(redact(f"::{level} file={problem.file}{line}::{message}\n"))
 
 
 def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    """The document on stdout, with every string redacted (values stay valid JSON)."""
+    text = json.dumps(redact_data(json.loads(json.dumps(document, default=str))), indent=2)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()

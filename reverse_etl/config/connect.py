@@ -9,18 +9,14 @@ from drivers are cut to their first line and have secrets masked.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from reverse_etl.config.checks import is_secret_key
 from reverse_etl.config.problems import Problem
 from reverse_etl.config.project import Project, Sync, did_you_mean
 from reverse_etl.errors import RetlError
+from reverse_etl.redact import redact
 from reverse_etl.types import mode_action
-
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:)(?P<password>[^@/\s]+)@")
-MASK = "***"
 
 _Failure = tuple[str, str | None]
 
@@ -60,7 +56,6 @@ def connect_checks(project: Project, syncs: Iterable[Sync]) -> list[Problem]:
 class _ConnectChecker:
     def __init__(self, project: Project) -> None:
         self.project = project
-        self.secrets = _secrets_of(project)
         # name -> an open connection, or (message, hint) saying why it could not be opened
         self.warehouses: dict[str, _Warehouse | _Failure] = {}
         self.destinations: dict[str, _Destination | _Failure] = {}
@@ -207,35 +202,7 @@ class _ConnectChecker:
         return self._mask(f"{context}: {detail}"), hint
 
     def _mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
-
-
-def _secrets_of(project: Project) -> list[str]:
-    """Secret values of retl.yml after ${ENV} interpolation: URL passwords and secret options."""
-    found: set[str] = set()
-    config = project.config
-    if config is None:
-        return []
-    values: list[tuple[str, Any]] = [("url", block.url) for block in config.warehouses.values()]
-    for block in config.destinations.values():
-        values.extend(block.options().items())
-    for alert in config.alerts.values():
-        values.extend(alert.model_dump().items())
-    while values:
-        key, value = values.pop()
-        if isinstance(value, dict):
-            values.extend((str(k), v) for k, v in value.items())
-            continue
-        if not isinstance(value, str) or not value:
-            continue
-        if is_secret_key(key):
-            found.add(value)
-        for match in _URL_PASSWORD.finditer(value):
-            found.add(match.group("password"))
-    # Longest first, so that a secret containing another is masked whole.
-    return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
+        return redact(text)
 
 
 def _first_line(text: str) -> str:

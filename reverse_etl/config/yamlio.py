@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from reverse_etl.config.problems import Problem, format_path
+from reverse_etl.redact import is_secret_key, register_secret, register_url
 
 Path_ = tuple[str | int, ...]
 
@@ -188,4 +189,16 @@ def _build(
                         f"export {name}=... before running retl, or write ${{{name}:-default}}",
                     )
                 )
+        _register_secrets(path, value)
     return value
+
+
+def _register_secrets(path: Path_, value: str) -> None:
+    """Tell the redactor about the secrets this value holds, so no output can repeat them."""
+    register_url(value)
+    key = path[-1] if path else None
+    # A sync's mapping keys are destination field names (`password: password_hash`).
+    is_field_name = len(path) == 2 and path[0] == "mapping"
+    if isinstance(key, str) and is_secret_key(key) and not is_field_name:
+        register_secret(value)
+        register_secret(value.split()[-1] if value.split() else value)  # `Bearer <token>`

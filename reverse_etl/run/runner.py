@@ -277,9 +277,17 @@ class Engine:
                 error=error,
             )
             if status == "failed":
-                from reverse_etl.alerts import send_failure_alerts
+                from reverse_etl.alerts import Failure, send_failure_alerts
 
-                send_failure_alerts(self.project, outcome)
+                failure = Failure(
+                    sync=outcome.sync,
+                    run_id=outcome.record.id,
+                    status=status,
+                    error=error,
+                    hint=hint,
+                    counts=dict(outcome.counts),
+                )
+                send_failure_alerts(self.project, failure)
         return outcome
 
 
