@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from reverse_etl.errors import StateError, StateLockedError
+from reverse_etl.state.integrity import attaching_state_file
 
 ALIAS = "retl_state"
 SNAPSHOT = f"{ALIAS}.snapshot"
@@ -49,7 +49,7 @@ class SnapshotStore:
     def attach(self, con: duckdb.DuckDBPyConnection, *, writable: bool) -> None:
         """Attach as `retl_state`; a read-only attach of a missing file gives an empty snapshot
         (planning never creates files)."""
-        try:
+        with attaching_state_file(con, ALIAS, self.path, self.sync):
             if writable:
                 self.state_dir.mkdir(parents=True, exist_ok=True)
                 con.execute(f"ATTACH '{_sql_path(self.path)}' AS {ALIAS}")
@@ -57,13 +57,6 @@ class SnapshotStore:
                 con.execute(f"ATTACH '{_sql_path(self.path)}' AS {ALIAS} (READ_ONLY)")
             else:
                 con.execute(f"ATTACH ':memory:' AS {ALIAS}")
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StateLockedError(
-                    f"the state of sync '{self.sync}' is in use by another retl process",
-                    "wait for that run to finish (see `retl status`), then retry",
-                ) from None
-            raise StateError(f"cannot open state file {self.path}: {exc}") from None
         if writable or not self.exists:
             # No PRIMARY KEY: keeping an index costs more than the delete+insert of each batch,
             # and the engine already guarantees one row per key.
