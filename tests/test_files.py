@@ -11,41 +11,14 @@ import pytest
 
 from reverse_etl.files import private_dir, write_private
 
-RETL_YML = """version: 1
-warehouses:
-  memory:
-    url: "duckdb:///:memory:"
-destinations:
-  app:
-    type: sql
-    url: sqlite:///out/app.sqlite
-    create_tables: true
-"""
-SYNC = """warehouse: memory
-source:
-  sql: select 1 as id, 'ana@example.com' as email
-destination:
-  name: app
-  object: people
-mode: upsert
-primary_key: id
-mapping:
-  id: id
-  email: email
-"""
-
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None) -> Path:
-    (tmp_path / "syncs").mkdir()
-    (tmp_path / "retl.yml").write_text(RETL_YML)
-    (tmp_path / "syncs" / "people.yml").write_text(SYNC)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+def project(local_project: Callable[..., Path]) -> Path:
+    return local_project()
 
 
 def test_private_dir_creates_every_missing_level_0700(tmp_path: Path) -> None:

@@ -199,6 +199,8 @@ def _register_secrets(path: Path_, value: str) -> None:
     key = path[-1] if path else None
     # A sync's mapping keys are destination field names (`password: password_hash`).
     is_field_name = len(path) == 2 and path[0] == "mapping"
-    if isinstance(key, str) and is_secret_key(key) and not is_field_name:
+    # A webhook's URL is its credential: whoever has it can post to the channel.
+    is_alert_url = len(path) == 3 and path[0] == "alerts" and key == "url"
+    if isinstance(key, str) and (is_secret_key(key) or is_alert_url) and not is_field_name:
         register_secret(value)
         register_secret(value.split()[-1] if value.split() else value)  # `Bearer <token>`

@@ -9,40 +9,12 @@ from typing import Any
 
 import pytest
 
-RETL_YML = """version: 1
-warehouses:
-  memory:
-    url: "duckdb:///:memory:"
-destinations:
-  app:
-    type: sql
-    url: sqlite:///out/app.sqlite
-    create_tables: true
-"""
-SYNC = """warehouse: memory
-source:
-  sql: select range as id, 'ana' || range || '@example.com' as email from range(5000)
-destination:
-  name: app
-  object: people
-mode: upsert
-primary_key: id
-mapping:
-  id: id
-  email: email
-"""
-
 
 @pytest.fixture
-def project(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None, retl_cli: Callable[..., Any]
-) -> Path:
-    (tmp_path / "syncs").mkdir()
-    (tmp_path / "retl.yml").write_text(RETL_YML)
-    (tmp_path / "syncs" / "people.yml").write_text(SYNC)
-    monkeypatch.chdir(tmp_path)
+def project(local_project: Callable[[str], Path], retl_cli: Callable[..., Any]) -> Path:
+    root = local_project("select range as id, 'ana' || range || '@x.org' as email from range(5000)")
     assert retl_cli("run", "people").code == 0
-    return tmp_path
+    return root
 
 
 def truncate(path: Path) -> bytes:
