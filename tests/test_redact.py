@@ -100,3 +100,22 @@ def test_redact_keeps_the_text_around_a_masked_url() -> None:
     )
     register_secret("CANARY-registered")
     assert redact("(x://h/db?password=CANARY-registered): no") == "(x://h/db?password=***): no"
+
+
+@pytest.mark.parametrize("module", ["redact.py", "files.py"])
+def test_bottom_modules_import_nothing_of_retl(module: str) -> None:
+    import ast
+    from pathlib import Path
+
+    import reverse_etl
+
+    tree = ast.parse((Path(reverse_etl.__file__).parent / module).read_text())
+    imported = [
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    ] + [
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    ]
+    assert [name for name in imported if name.startswith("reverse_etl")] == []
