@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from reverse_etl.redact import redact
+
 
 class RetlError(Exception):
     """Base of every error retl raises on purpose; carries an optional hint for the user."""
@@ -13,9 +15,11 @@ class RetlError(Exception):
     exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        # Masked here, once, so that no output path can show a secret a driver message repeats.
+        message = redact(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else redact(hint)
 
     @property
     def kind(self) -> str:

@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,3 +114,54 @@ def memory_destination(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, An
     monkeypatch.setitem(base._REGISTRY, "memory", MemoryDestination)
     yield STORES
     STORES.clear()
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Each test starts with no registered secret (the registry is process-wide by design)."""
+    from reverse_etl.redact import clear_secrets
+
+    clear_secrets()
+    yield
+    clear_secrets()
+
+
+LOCAL_RETL_YML = """version: 1
+warehouses:
+  memory:
+    url: "duckdb:///:memory:"
+destinations:
+  app:
+    type: sql
+    url: sqlite:///out/app.sqlite
+    create_tables: true
+"""
+LOCAL_SYNC = """warehouse: memory
+source:
+  sql: {sql}
+destination:
+  name: app
+  object: people
+mode: upsert
+primary_key: id
+mapping:
+  id: id
+  email: email
+"""
+
+
+@pytest.fixture
+def local_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None
+) -> Callable[[str], Path]:
+    """A project needing no server (DuckDB in memory into SQLite) with one sync `people` whose
+    SQL returns `id` and `email`; the working directory is its root."""
+
+    def make(sql: str = "select 1 as id, 'ana@example.com' as email") -> Path:
+        (tmp_path / "syncs").mkdir()
+        (tmp_path / "retl.yml").write_text(LOCAL_RETL_YML)
+        (tmp_path / "syncs" / "people.yml").write_text(LOCAL_SYNC.format(sql=sql))
+        monkeypatch.chdir(tmp_path)
+        return tmp_path
+
+    return make

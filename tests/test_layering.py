@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 
-import pytest
-
 import reverse_etl
 
 PACKAGE = Path(reverse_etl.__file__).parent
@@ -149,10 +147,6 @@ def cycles(graph: dict[str, dict[str, str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alerts <-> run (lead's branch) and config <-> mapping (templates move) remain",
-)
 def test_no_import_cycles_between_the_parts_of_reverse_etl() -> None:
     graph = part_graph()
 

@@ -1,37 +1,50 @@
 """Alerts on failed runs: a Slack incoming webhook or a generic JSON webhook.
 
-Sending an alert never fails the run further: a channel that cannot be reached is reported on
-stderr and the run's own outcome stands.
+Alerts take a plain `Failure` message, so they know nothing of the run engine. Bodies are
+redacted: an alert never carries a secret. Sending an alert never fails the run further: a
+channel that cannot be reached is reported on stderr and the run's own outcome stands.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import httpx
 
 from reverse_etl.config import Project
-
-if TYPE_CHECKING:
-    from reverse_etl.run.outcome import RunOutcome
+from reverse_etl.redact import redact, redact_data
 
 TIMEOUT_S = 10.0
 
 
-def failure_message(outcome: RunOutcome) -> str:
-    run = outcome.record.id if outcome.record else "-"
-    text = (
-        f"retl: sync '{outcome.sync}' {outcome.status} (run {run}): {outcome.error or 'no detail'}"
-    )
-    if outcome.hint:
-        text += f"\nhint: {outcome.hint}"
-    return text
+@dataclass(frozen=True)
+class Failure:
+    """What an alert says about a run that did not succeed."""
+
+    sync: str
+    run_id: str | None
+    status: str
+    error: str | None
+    hint: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """One or two lines for a chat message."""
+        text = f"retl: sync '{self.sync}' {self.status} (run {self.run_id or '-'}): "
+        text += self.error or "no detail"
+        if self.hint:
+            text += f"\nhint: {self.hint}"
+        return redact(text)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(redact_data(asdict(self)))
 
 
-def send_failure_alerts(project: Project, outcome: RunOutcome) -> list[str]:
+def send_failure_alerts(project: Project, failure: Failure) -> list[str]:
     """Post to every alert channel of the sync; returns the channels that could not be reached."""
-    sync = project.syncs.get(outcome.sync)
+    sync = project.syncs.get(failure.sync)
     if project.config is None or sync is None or sync.config is None:
         return []
     unreachable: list[str] = []
@@ -42,12 +55,10 @@ def send_failure_alerts(project: Project, outcome: RunOutcome) -> list[str]:
         url: str | None
         body: dict[str, Any]
         if channel.type == "slack":
-            url, body = channel.webhook_url, {"text": failure_message(outcome)}
+            url, body = channel.webhook_url, {"text": failure.text()}
         else:
-            url, body = (
-                channel.url,
-                {"event": "run_failed", "text": failure_message(outcome), "run": outcome.to_json()},
-            )
+            body = {"event": "run_failed", "text": failure.text(), "run": failure.to_json()}
+            url = channel.url
         try:
             response = httpx.post(
                 url or "", json=body, headers=channel.headers or {}, timeout=TIMEOUT_S
@@ -59,3 +70,6 @@ def send_failure_alerts(project: Project, outcome: RunOutcome) -> list[str]:
                 f"warning: alert channel '{name}' could not be reached ({exc.__class__.__name__})\n"
             )
     return unreachable
+
+
+__all__ = ["Failure", "send_failure_alerts"]

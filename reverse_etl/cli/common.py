@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -14,13 +14,41 @@ from rich.markup import escape
 
 from reverse_etl.config import Problem, Project, Sync, find_project_root
 from reverse_etl.errors import UsageError
+from reverse_etl.redact import redact, redact_data
 from reverse_etl.validate import load_project
+
+
+class _RedactedStream:
+    """A text stream that masks secrets in everything written to it (reverse_etl.redact)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(redact(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _RedactedConsole(Console):
+    """A rich console whose output passes through `redact`, whatever renders into it."""
+
+    @property
+    def file(self) -> IO[str]:
+        return cast(IO[str], _RedactedStream(super().file))
+
+    @file.setter
+    def file(self, new_file: IO[str]) -> None:
+        self._file = new_file
+
 
 # Human text goes to stderr so that --json output on stdout stays machine readable. The width
 # is read when printing (terminal size, or COLUMNS); tables off a terminal print at full width
-# (cli/render.py), and soft wrap leaves long lines whole for the terminal to wrap.
-out = Console(stderr=False, highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# (cli/render.py), and soft wrap leaves long lines whole for the terminal to wrap. Everything
+# printed passes through `redact`.
+out = _RedactedConsole(stderr=False, highlight=False, soft_wrap=True)
+err = _RedactedConsole(stderr=True, highlight=False, soft_wrap=True)
 
 ProjectDirOption = Annotated[
     Path | None,
@@ -97,9 +125,11 @@ def print_problems(
             console.print(f"    hint: {problem.hint}", style="dim", markup=False)
     if annotate and os.environ.get("GITHUB_ACTIONS") == "true":
         for problem in problems:
-            sys.stdout.write(problem.github_annotation() + "\n")
+            sys.stdout.write(redact(problem.github_annotation()) + "\n")
 
 
 def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    """The document on stdout, with every string redacted (values stay valid JSON)."""
+    text = json.dumps(redact_data(json.loads(json.dumps(document, default=str))), indent=2)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()

@@ -18,24 +18,7 @@ from reverse_etl.config.project import (
     did_you_mean,
 )
 from reverse_etl.config.yamlio import YamlDocument, uses_env
-
-SECRET_KEYS = {
-    "token",
-    "api_key",
-    "apikey",
-    "password",
-    "secret",
-    "client_secret",
-    "access_token",
-    "refresh_token",
-    "private_key",
-    "webhook_url",
-}
-# Words that make a key a credential (`motherduck_token`, `X-Api-Key`, `Authorization`), unless
-# the key names where a credential goes rather than holding one (`token_url`).
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "authorization")
-_NOT_SECRET_SUFFIXES = ("_url", "_uri", "_field", "_property", "_header", "_env")
-_URL_WITH_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:([^@/\s]+)@")
+from reverse_etl.redact import is_secret_key, url_password
 
 
 def check_project(project: Project) -> None:
@@ -59,14 +42,6 @@ def check_project(project: Project) -> None:
     _check_dependency_cycles(project)
 
 
-def is_secret_key(key: str) -> bool:
-    """Whether a key of retl.yml holds a credential, which must come from ${ENV}."""
-    name = key.lower().replace("-", "_")
-    if name in SECRET_KEYS:
-        return True
-    return any(word in name for word in _SECRET_WORDS) and not name.endswith(_NOT_SECRET_SUFFIXES)
-
-
 def _check_secrets(document: YamlDocument, problems: list[Problem]) -> None:
     for path, raw in document.raw.items():
         if not path or not isinstance(path[-1], str):
@@ -82,8 +57,8 @@ def _check_secrets(document: YamlDocument, problems: list[Problem]) -> None:
                 )
             )
             continue
-        match = _URL_WITH_PASSWORD.match(raw)
-        if match and not uses_env(match.group(1)):
+        password = url_password(raw)
+        if password and not uses_env(password):
             problems.append(
                 document.problem(
                     path,

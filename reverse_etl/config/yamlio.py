@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from reverse_etl.config.problems import Problem, format_path
+from reverse_etl.redact import is_secret_key, register_secret, register_url
 
 Path_ = tuple[str | int, ...]
 
@@ -277,4 +278,18 @@ def _build(
                         f"export {name}=... before running retl, or write ${{{name}:-default}}",
                     )
                 )
+        _register_secrets(path, value)
     return value
+
+
+def _register_secrets(path: Path_, value: str) -> None:
+    """Tell the redactor about the secrets this value holds, so no output can repeat them."""
+    register_url(value)
+    key = path[-1] if path else None
+    # A sync's mapping keys are destination field names (`password: password_hash`).
+    is_field_name = len(path) == 2 and path[0] == "mapping"
+    # A webhook's URL is its credential: whoever has it can post to the channel.
+    is_alert_url = len(path) == 3 and path[0] == "alerts" and key == "url"
+    if isinstance(key, str) and (is_secret_key(key) or is_alert_url) and not is_field_name:
+        register_secret(value)
+        register_secret(value.split()[-1] if value.split() else value)  # `Bearer <token>`

@@ -7,13 +7,12 @@ A plan file holds no row values beyond the plans' samples and no secret; it is w
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from reverse_etl.errors import PlanFileError, StalePlanError
+from reverse_etl.files import write_private
 from reverse_etl.plan.model import Plan
 
 FORMAT = "retl-plan"
@@ -29,19 +28,8 @@ def save_plans(path: Path, plans: list[Plan]) -> None:
         "syncs": [p.to_json() for p in plans],
     }
     text = json.dumps(document, indent=2, default=str) + "\n"
-    directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_private(path, text)
     except OSError as exc:
         raise PlanFileError(
             f"cannot write the plan file {path}: {exc.strerror}",

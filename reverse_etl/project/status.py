@@ -11,8 +11,9 @@ from croniter import croniter
 
 from reverse_etl.config import Project, Sync
 from reverse_etl.run import Engine
+from reverse_etl.state.deadletters import DeadLetter
 from reverse_etl.state.lock import SyncLock, force_unlock, lock_holder
-from reverse_etl.state.runlog import DeadLetter, RunRecord
+from reverse_etl.state.runlog import RunRecord
 
 
 @dataclass(frozen=True)

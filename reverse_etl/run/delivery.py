@@ -32,7 +32,7 @@ from reverse_etl.plan.diff import (
 )
 from reverse_etl.plan.model import Plan
 from reverse_etl.run.acks import AcknowledgementWriter
-from reverse_etl.state.runlog import DeadLetterEntry, DeadLetterQueue
+from reverse_etl.state.deadletters import DeadLetterEntry, DeadLetterQueue
 from reverse_etl.state.snapshot import SNAPSHOT, SnapshotStore
 from reverse_etl.types import Operation
 

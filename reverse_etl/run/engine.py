@@ -38,9 +38,10 @@ from reverse_etl.run.delivery import Delivery
 from reverse_etl.run.order import dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
+from reverse_etl.state.deadletters import DeadLetterQueue
 from reverse_etl.state.layout import StateLayout
 from reverse_etl.state.lock import SyncLock
-from reverse_etl.state.runlog import DeadLetterQueue, RunLog, RunRecord, RunStatus
+from reverse_etl.state.runlog import RunLog, RunRecord, RunStatus
 from reverse_etl.state.snapshot import ALIAS as STATE_ALIAS
 from reverse_etl.state.snapshot import SnapshotStore
 from reverse_etl.types import TargetId
@@ -366,12 +367,15 @@ class Engine:
         outcome.hint = hint
         if outcome.record is not None:
             outcome.record = self.run_log.finish(
-                outcome.record.id, status, outcome.counts, error=error
+                outcome.record.id, status, outcome.counts, planned=outcome.planned, error=error
             )
             if status == "failed":
-                from reverse_etl.alerts import send_failure_alerts
+                from reverse_etl.alerts import Failure, send_failure_alerts
 
-                send_failure_alerts(self.project, outcome)
+                failure = Failure(
+                    outcome.sync, outcome.record.id, status, error, hint, dict(outcome.counts)
+                )
+                send_failure_alerts(self.project, failure)
         return outcome
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+from reverse_etl.state.deadletters import DeadLetter, DeadLetterEntry, DeadLetterQueue
 from reverse_etl.state.lock import LockInfo, SyncLock, force_unlock, lock_holder
 from reverse_etl.state.runlog import (
     INTERRUPTED_ERROR,
-    DeadLetter,
-    DeadLetterEntry,
-    DeadLetterQueue,
     RunLog,
     RunRecord,
     RunStatus,

@@ -15,7 +15,6 @@ import os
 import shlex
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +24,8 @@ from typing import Any
 
 import filelock
 
-from reverse_etl.errors import StateError, StateLockedError
+from reverse_etl.errors import StateError, StateLockedError, UsageError
+from reverse_etl.files import FILE_MODE, private_dir, write_private
 
 # How long a refused acquirer waits for a new holder to write its note before naming whatever
 # note it finds: the note is written just after the file lock is taken.
@@ -88,7 +88,7 @@ class SyncLock:
         self.command = command if command is not None else _current_command()
         self.info: LockInfo | None = None
         self._lock = filelock.FileLock(
-            _lock_path(self.lock_dir, sync), timeout=0, thread_local=False
+            _lock_path(self.lock_dir, sync), timeout=0, mode=FILE_MODE, thread_local=False
         )
 
     @property
@@ -100,7 +100,7 @@ class SyncLock:
         if self.info is not None:
             raise StateError(f"the lock of sync '{self.sync}' is already held by this SyncLock")
         try:
-            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.lock_dir)
             self._lock.acquire(timeout=0, blocking=False)
         except filelock.Timeout:
             raise _locked_error(self.sync, _wait_for_note(self.lock_dir, self.sync)) from None
@@ -171,7 +171,7 @@ def force_unlock(lock_dir: str | Path, sync: str) -> bool:
     lock_path, note = _lock_path(lock_dir, sync), _note_path(lock_dir, sync)
     if not lock_path.exists() and not note.exists():
         return False
-    probe = filelock.FileLock(lock_path, timeout=0, thread_local=False)
+    probe = filelock.FileLock(lock_path, timeout=0, mode=FILE_MODE, thread_local=False)
     try:
         probe.acquire(timeout=0, blocking=False)
     except filelock.Timeout:
@@ -205,12 +205,17 @@ def _note_path(lock_dir: Path, sync: str) -> Path:
 
 def _check_sync_name(sync: str) -> None:
     if not sync or sync in (".", "..") or any(c in sync for c in "/\\\0"):
-        raise ValueError(f"{sync!r} is not a sync name")
+        raise UsageError(
+            f"{sync!r} is not a sync name",
+            hint="a sync name is the stem of a file in syncs/ (e.g. crm_contacts)",
+        )
 
 
 def _is_locked(lock_dir: Path, sync: str) -> bool:
     # Taking the lock is the only portable test; it is held for microseconds.
-    probe = filelock.FileLock(_lock_path(lock_dir, sync), timeout=0, thread_local=False)
+    probe = filelock.FileLock(
+        _lock_path(lock_dir, sync), timeout=0, mode=FILE_MODE, thread_local=False
+    )
     try:
         probe.acquire(timeout=0, blocking=False)
     except filelock.Timeout:
@@ -250,17 +255,7 @@ def _read_note(path: Path) -> LockInfo | None:
 
 
 def _write_note(path: Path, info: LockInfo) -> None:
-    # Written whole or not at all: temp file in the same directory, then rename over.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_private(path, json.dumps(info.to_dict(), indent=2) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from reverse_etl.errors import StateError, StateLockedError
+from reverse_etl.state.integrity import attaching_state_file
 from reverse_etl.types import TargetChange, TargetId
 
 ALIAS = "retl_state"
@@ -101,7 +101,6 @@ class SnapshotStore:
         """Attach `<sync>.duckdb` as `retl_state`; a read-only attach of a missing file gives an
         empty snapshot (planning never creates files)."""
         if writable:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
             self._attach_file(con, self.path, read_only=False)
             self._create_tables(con)
             # State written before retl 0.2 has no destination ids.
@@ -124,16 +123,13 @@ class SnapshotStore:
         self._create_tables(con)
 
     def _attach_file(self, con: duckdb.DuckDBPyConnection, path: Path, *, read_only: bool) -> None:
+        """Attach a state file: created private, and a locked or damaged file is a StateError
+        naming it (see state.integrity)."""
         mode = " (READ_ONLY)" if read_only else ""
-        try:
+        with attaching_state_file(con, ALIAS, path, self.sync):
+            if not read_only:
+                self.state_dir.mkdir(parents=True, exist_ok=True)
             con.execute(f"ATTACH '{_sql_path(path)}' AS {ALIAS}{mode}")
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise StateLockedError(
-                    f"the state of sync '{self.sync}' is in use by another retl process",
-                    "wait for that run to finish (see `retl status`), then retry",
-                ) from None
-            raise StateError(f"cannot open state file {path}: {exc}") from None
 
     @staticmethod
     def _create_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -11,21 +11,18 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from reverse_etl.config.checks import is_secret_key
 from reverse_etl.config.problems import Problem
 from reverse_etl.config.project import Project, Sync, did_you_mean, in_block
 from reverse_etl.errors import RetlError, RoleRefusedError
+from reverse_etl.redact import redact
 from reverse_etl.types import mode_action
 from reverse_etl.warehouse.roles import check_role
 
 if TYPE_CHECKING:  # both are imported when first needed: they pull in the database drivers
     from reverse_etl.destinations.base import Destination
     from reverse_etl.warehouse.base import Warehouse
-
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/:@\s]*:)(?P<password>[^@/\s]+)@")
-MASK = "***"
 
 _Failure = tuple[str, str | None]
 
@@ -50,7 +47,6 @@ class _ConnectChecker:
     def __init__(self, project: Project, role: str | None) -> None:
         self.project = project
         self.role = role
-        self.secrets = _secrets_of(project)
         # name -> an open connection, or (message, hint) saying why it could not be opened
         self.warehouses: dict[str, Warehouse | _Failure] = {}
         self.destinations: dict[str, Destination | _Failure] = {}
@@ -211,35 +207,7 @@ class _ConnectChecker:
         return self._mask(f"{context}: {detail}"), hint
 
     def _mask(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, MASK)
-        return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
-
-
-def _secrets_of(project: Project) -> list[str]:
-    """Secret values of retl.yml after ${ENV} interpolation: URL passwords and secret options."""
-    found: set[str] = set()
-    config = project.config
-    if config is None:
-        return []
-    values: list[tuple[str, Any]] = [("url", block.url) for block in config.warehouses.values()]
-    for block in config.destinations.values():
-        values.extend(block.options().items())
-    for alert in config.alerts.values():
-        values.extend(alert.model_dump().items())
-    while values:
-        key, value = values.pop()
-        if isinstance(value, dict):
-            values.extend((str(k), v) for k, v in value.items())
-            continue
-        if not isinstance(value, str) or not value:
-            continue
-        if is_secret_key(key):
-            found.add(value)
-        for match in _URL_PASSWORD.finditer(value):
-            found.add(match.group("password"))
-    # Longest first, so that a secret containing another is masked whole.
-    return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
+        return redact(text)
 
 
 _FIELD_MESSAGE = re.compile(r"^(?:field|column) '(?P<name>[^']+)'")

@@ -5,9 +5,9 @@ goes through SQLAlchemy with a server-side cursor. Failures are `WarehouseError`
 warehouse and never show a password.
 """
 
+from reverse_etl.redact import mask_url
 from reverse_etl.warehouse.base import DEFAULT_BATCH_ROWS, Column, Warehouse
 from reverse_etl.warehouse.connect import open_warehouse
-from reverse_etl.warehouse.masking import mask_url
 from reverse_etl.warehouse.roles import check_role
 
 __all__ = [

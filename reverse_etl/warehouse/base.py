@@ -10,7 +10,7 @@ from types import TracebackType
 import pyarrow as pa
 
 from reverse_etl.errors import WarehouseError
-from reverse_etl.warehouse.masking import Redactor
+from reverse_etl.redact import redact
 
 DEFAULT_BATCH_ROWS = 100_000
 
@@ -112,7 +112,7 @@ def check_batch_rows(batch_rows: int) -> None:
         raise ValueError(f"batch_rows must be at least 1, not {batch_rows}")
 
 
-def database_message(exc: BaseException, redact: Redactor) -> str:
+def database_message(exc: BaseException) -> str:
     """The first lines of a database's own error message, secrets removed.
 
     PostgreSQL quotes the failing statement with a caret under the error; the text retl wraps

@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from reverse_etl.errors import WarehouseError
+from reverse_etl.redact import mask_url, register_url
 from reverse_etl.warehouse.base import (
     DEFAULT_BATCH_ROWS,
     Column,
@@ -30,7 +31,6 @@ from reverse_etl.warehouse.base import (
     source_statement,
     timeout_error,
 )
-from reverse_etl.warehouse.masking import Redactor, mask_url
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ class DuckDBWarehouse(Warehouse):
         self.name = name
         self.url = mask_url(url)
         self.query_timeout = query_timeout
-        self._redact = Redactor.for_url(url)
+        register_url(url)  # so that a driver message repeating the password is masked
         # Each open stream: its cursor and the DuckDB reader, closed with the warehouse.
         self._open: dict[duckdb.DuckDBPyConnection, Any] = {}
         try:
@@ -143,7 +143,7 @@ class DuckDBWarehouse(Warehouse):
             raise self._open_error(target, exc) from None
 
     def _open_error(self, target: DuckDBTarget, exc: Exception) -> WarehouseError:
-        detail = database_message(exc, self._redact)
+        detail = database_message(exc)
         if "lock" in detail.lower() and target.is_file:
             return WarehouseError(
                 f"DuckDB file '{target.database}' of warehouse '{self.name}' is locked by "
@@ -223,14 +223,14 @@ class DuckDBWarehouse(Warehouse):
             except Exception as exc:
                 if fired.is_set() and self.query_timeout is not None:
                     raise timeout_error(self.name, self.query_timeout) from None
-                raise query_error(self.name, database_message(exc, self._redact)) from None
+                raise query_error(self.name, database_message(exc)) from None
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         try:
             return self._connection.cursor()
         except Exception as exc:
             raise WarehouseError(
-                f"warehouse '{self.name}' is closed: {database_message(exc, self._redact)}"
+                f"warehouse '{self.name}' is closed: {database_message(exc)}"
             ) from None
 
     def _release(self, cursor: duckdb.DuckDBPyConnection) -> None:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from reverse_etl.errors import WarehouseError
+from reverse_etl.redact import mask_url, register_url
 from reverse_etl.warehouse.base import (
     DEFAULT_BATCH_ROWS,
     Column,
@@ -29,7 +30,6 @@ from reverse_etl.warehouse.base import (
     source_statement,
     timeout_error,
 )
-from reverse_etl.warehouse.masking import Redactor, mask_url
 from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, describe
 
 _DEFAULT_DRIVERS = {
@@ -60,7 +60,7 @@ class SQLAlchemyWarehouse(Warehouse):
         self.name = name
         self.url = mask_url(url)
         self.query_timeout = query_timeout
-        self._redact = Redactor.for_url(url)
+        register_url(url)  # so that a driver message repeating the password is masked
         # Each open stream: its connection and result, closed with the warehouse.
         self._open: dict[sa.Connection, sa.CursorResult[Any]] = {}
         try:
@@ -69,14 +69,13 @@ class SQLAlchemyWarehouse(Warehouse):
             self._engine = sa.create_engine(parsed, connect_args=self._connect_args(parsed))
         except (sa.exc.ArgumentError, ValueError) as exc:
             raise WarehouseError(
-                f"warehouse '{name}' has an invalid URL {self.url}: "
-                f"{database_message(exc, self._redact)}",
+                f"warehouse '{name}' has an invalid URL {self.url}: {database_message(exc)}",
                 hint="write a SQLAlchemy URL such as postgresql://user:${PASSWORD}@host/db",
             ) from None
         except (sa.exc.NoSuchModuleError, ImportError) as exc:
             raise WarehouseError(
                 f"warehouse '{name}' uses {self.url.split('://', 1)[0]}://, for which no "
-                f"SQLAlchemy dialect or driver is installed: {database_message(exc, self._redact)}",
+                f"SQLAlchemy dialect or driver is installed: {database_message(exc)}",
                 hint="install the SQLAlchemy dialect package for that database next to retl",
             ) from None
         # Fail here, with a clear message, rather than halfway through a command.
@@ -153,7 +152,7 @@ class SQLAlchemyWarehouse(Warehouse):
         except Exception as exc:
             raise WarehouseError(
                 f"could not connect to warehouse '{self.name}' at {self.url}: "
-                f"{database_message(_driver_error(exc), self._redact)}",
+                f"{database_message(_driver_error(exc))}",
                 hint=f"check warehouses.{self.name}.url in retl.yml, the environment variables "
                 "it uses, and that the server is reachable from here",
             ) from None
@@ -193,7 +192,7 @@ class SQLAlchemyWarehouse(Warehouse):
         error = _driver_error(exc)
         if self.query_timeout is not None and _is_timeout(error):
             return timeout_error(self.name, self.query_timeout)
-        return query_error(self.name, database_message(error, self._redact))
+        return query_error(self.name, database_message(error))
 
     def _discard(self, connection: sa.Connection, *, finished: bool) -> None:
         """Give a connection back; one left mid-result is dropped, not drained into the pool."""

@@ -175,3 +175,39 @@ def test_env_values_are_not_yaml_typed() -> None:
     doc = load_yaml("batch_size: ${SIZE}\n", "s.yml", {"SIZE": "10"})
 
     assert doc.data == {"batch_size": "10"}
+
+
+def test_interpolated_secrets_are_registered_for_redaction() -> None:
+    from reverse_etl.redact import redact
+
+    text = """\
+warehouses:
+  dw:
+    url: ${DW_URL}
+destinations:
+  crm:
+    token: ${CRM_TOKEN}
+alerts:
+  pager:
+    url: ${PAGER_URL}
+    headers:
+      Authorization: Bearer ${PAGER_TOKEN}
+"""
+    env = {
+        "DW_URL": "postgresql://ana:dw-pass-1@db/dw",
+        "CRM_TOKEN": "crm-token-2",
+        "PAGER_URL": "https://hooks.example.com/T0/B0/hook-path-3",
+        "PAGER_TOKEN": "pager-token-4",
+    }
+    load_yaml(text, "retl.yml", env)
+
+    echoed = "driver said: dw-pass-1 crm-token-2 https://hooks.example.com/T0/B0/hook-path-3 pager-token-4"
+    for secret in ("dw-pass-1", "crm-token-2", "hook-path-3", "pager-token-4"):
+        assert secret not in redact(echoed)
+
+
+def test_a_mapping_field_named_password_is_not_a_secret() -> None:
+    from reverse_etl.redact import redact
+
+    load_yaml("mapping:\n  password: password_hash\n", "syncs/a.yml", {})
+    assert redact("column password_hash") == "column password_hash"

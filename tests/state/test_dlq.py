@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from reverse_etl.errors import StateError
 from reverse_etl.state import DeadLetterEntry, DeadLetterQueue, RunLog
 
 
@@ -173,7 +174,7 @@ def test_list_filters_by_sync_and_limits(dlq: DeadLetterQueue) -> None:
 
 
 def test_keys_must_be_text(dlq: DeadLetterQueue) -> None:
-    with pytest.raises(TypeError, match="key must be str"):
+    with pytest.raises(StateError, match="key must be str"):
         dlq.add("crm", "run-1", [DeadLetterEntry(1, "create", {}, "e")])  # type: ignore[arg-type]
     assert dlq.count() == 0
 
@@ -215,3 +216,10 @@ def test_a_hundred_thousand_entries_are_added_and_removed_in_bulk(dlq: DeadLette
     sample = dlq.list("big", limit=1)[0]
     assert sample.attempts == 2
     assert sample.record == {"id": 0, "amount": "0", "at": "2026-01-01T00:00:00+00:00"}
+
+
+def test_a_rejection_error_is_stored_without_secrets(tmp_path: Path) -> None:
+    queue = DeadLetterQueue(tmp_path / "retl.db")
+    entry = DeadLetterEntry("1", "create", {"id": 1}, "401 for Authorization: Bearer Leaky.tok3n")
+    queue.add("crm", None, [entry])
+    assert [d.error for d in queue.list("crm")] == ["401 for Authorization: Bearer ***"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from reverse_etl.errors import StateLockedError
+from reverse_etl.errors import StateLockedError, UsageError
 from reverse_etl.state import LockInfo, SyncLock, force_unlock, lock_holder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -202,5 +202,5 @@ def test_describe_shows_the_date_when_the_lock_is_older_than_today() -> None:
 
 @pytest.mark.parametrize("name", ["", "..", "a/b", "a\\b"])
 def test_a_sync_name_cannot_leave_the_lock_folder(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="not a sync name"):
         SyncLock(tmp_path, name)

@@ -9,14 +9,17 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from reverse_etl.errors import StateError, UsageError
 from reverse_etl.state import INTERRUPTED_ERROR, RunLog
-from reverse_etl.state.runlog import SCHEMA_VERSION, new_run_id
+from reverse_etl.state.database import SCHEMA_VERSION
+from reverse_etl.state.runlog import new_run_id
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,12 +93,12 @@ def test_finishing_an_unknown_run_is_a_state_error(log: RunLog) -> None:
 
 
 def test_statuses_and_triggers_outside_the_contract_are_rejected(log: RunLog) -> None:
-    with pytest.raises(ValueError, match="trigger"):
+    with pytest.raises(StateError, match="trigger"):
         log.start("crm", "abc", None, False, trigger="cron")  # type: ignore[arg-type]
     run = log.start("crm", "abc", None, False)
-    with pytest.raises(ValueError, match="status"):
+    with pytest.raises(StateError, match="status"):
         log.finish(run.id, "running", {})
-    with pytest.raises(ValueError, match="status"):
+    with pytest.raises(StateError, match="status"):
         log.finish(run.id, "ok", {})  # type: ignore[arg-type]
 
 
@@ -117,7 +120,9 @@ def test_run_ids_are_unique_and_sort_by_start_time() -> None:
     assert earlier.startswith("20261124T211530Z-")
     assert len(earlier) == len("20261124T211530Z-") + 6
     assert earlier < later
-    assert len({new_run_id() for _ in range(1000)}) == 1000
+    # 6 hex digits collide within a second about 3% of the time at 1000 ids (the insert retries
+    # then); 100 ids collide once in ~3000 runs of this test.
+    assert len({new_run_id() for _ in range(100)}) == 100
 
 
 def test_list_is_newest_first_filters_by_sync_and_limits(log: RunLog) -> None:
@@ -307,3 +312,84 @@ def test_runs_of_two_syncs_in_two_processes_write_at_once(db: Path, log: RunLog)
     assert len(runs) == 80
     assert {r.status for r in runs} == {"success"}
     assert len(log.list("a", limit=None)) == len(log.list("b", limit=None)) == 40
+
+
+def test_planned_counts_are_kept_apart_from_applied_counts(log: RunLog) -> None:
+    refused = log.record(
+        "crm", "refused", message="would delete 11 records", planned={"delete": 11}
+    )
+    started = log.start("crm", config_hash=None, git_commit=None, git_dirty=False)
+    finished = log.finish(
+        started.id, "failed", {"create": 2}, planned={"create": 5}, error="destination down"
+    )
+
+    assert refused.counts == {} and refused.planned == {"delete": 11}
+    assert finished.counts == {"create": 2} and finished.planned == {"create": 5}
+    shown = log.get(refused.id)
+    assert shown is not None and shown.to_dict()["planned"] == {"delete": 11}
+    assert shown.to_dict()["counts"] == {}
+
+
+def test_interrupted_is_a_status_a_run_can_end_with(log: RunLog) -> None:
+    started = log.start("crm", config_hash=None, git_commit=None, git_dirty=False)
+    assert log.finish(started.id, "interrupted", {"create": 190}).status == "interrupted"
+
+
+def test_a_run_log_of_schema_version_1_gains_planned_counts_and_keeps_its_runs(db: Path) -> None:
+    db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        conn.execute(
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, sync TEXT NOT NULL, status TEXT NOT NULL, "
+            "trigger TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT, git_commit TEXT, "
+            "git_dirty INTEGER NOT NULL DEFAULT 0, config_hash TEXT, "
+            "counts TEXT NOT NULL DEFAULT '{}', error TEXT, message TEXT)"
+        )
+        conn.execute(
+            "INSERT INTO runs (id, sync, status, trigger, started_at, finished_at, counts) VALUES "
+            "('20260101T000000Z-abcdef', 'crm', 'success', 'manual', "
+            "'2026-01-01T00:00:00.000000+00:00', '2026-01-01T00:00:01.000000+00:00', "
+            "'{\"create\": 3}')"
+        )
+        conn.execute(
+            "CREATE TABLE dead_letters (sync TEXT NOT NULL, key TEXT NOT NULL, "
+            "operation TEXT NOT NULL, record TEXT NOT NULL, error TEXT NOT NULL, run_id TEXT, "
+            "first_failed_at TEXT NOT NULL, last_failed_at TEXT NOT NULL, "
+            "attempts INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (sync, key)) WITHOUT ROWID"
+        )
+    conn.close()
+
+    log = RunLog(db)
+    old = log.list("crm")
+    log.record("crm", "refused", planned={"delete": 4})
+
+    assert [(r.counts, r.planned) for r in old] == [({"create": 3}, {})]
+    assert [r.planned for r in log.list("crm")] == [{"delete": 4}, {}]
+
+
+def test_errors_and_messages_are_stored_without_secrets(db: Path, log: RunLog) -> None:
+    started = log.start("crm", config_hash=None, git_commit=None, git_dirty=False)
+    log.finish(started.id, "failed", {}, error="cannot reach x://u@h/db?password=Leaky-1")
+    log.record("crm", "refused", message="dsn host=h password=Leaky-2")
+
+    assert [r.error or r.message for r in log.list("crm")] == [
+        "dsn host=h password=***",
+        "cannot reach x://u@h/db?password=***",
+    ]
+    assert b"Leaky" not in db.read_bytes()
+
+
+def test_runs_json_shows_applied_and_planned_counts(
+    local_project: Callable[..., Path], retl_cli: Callable[..., Any]
+) -> None:
+    local_project()
+    assert retl_cli("run", "people").code == 0
+
+    listed = retl_cli("runs", "--json").json()["runs"]
+    shown = retl_cli("runs", "show", listed[0]["id"], "--json").json()
+
+    for run in (listed[0], shown):
+        assert run["counts"]["create"] == 1
+        assert isinstance(run["planned"], dict)

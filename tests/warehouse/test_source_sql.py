@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from reverse_etl.redact import register_secret
 from reverse_etl.warehouse.base import database_message, limit_zero, source_statement
-from reverse_etl.warehouse.masking import Redactor
 
 
 def test_source_statement_drops_trailing_semicolons_and_comment_lines() -> None:
@@ -23,20 +23,17 @@ def test_database_message_keeps_the_first_lines_without_retls_wrapping() -> None
         "                                           ^\n"
         "HINT: one\nmore\nlines"
     )
-    assert database_message(error, Redactor()) == (
+    assert database_message(error) == (
         'column "nope" does not exist\nLINE 1: select nope\n               ^'
     )
 
 
 def test_database_message_of_a_mysql_error_reads_like_the_mysql_client() -> None:
     error = Exception(1054, "Unknown column 'nope' in 'field list'")
-    assert database_message(error, Redactor()) == (
-        "ERROR 1054: Unknown column 'nope' in 'field list'"
-    )
+    assert database_message(error) == ("ERROR 1054: Unknown column 'nope' in 'field list'")
 
 
 def test_database_message_removes_secrets() -> None:
-    error = Exception("auth failed for postgresql://ana:hunter22@db/dw")
-    assert database_message(error, Redactor(["hunter22"])) == (
-        "auth failed for postgresql://ana:***@db/dw"
-    )
+    register_secret("hunter22")
+    error = Exception('auth failed for postgresql://ana:hunter22@db/dw: password "hunter22"')
+    assert database_message(error) == ('auth failed for postgresql://ana:***@db/dw: password "***"')
