@@ -97,7 +97,8 @@ def run(
             if outcome.status == "interrupted":
                 break
     else:
-        chosen = selected_syncs(project, syncs, select, all_syncs)
+        # With --all a broken sync file fails that sync (and what waits on it), not the others.
+        chosen = selected_syncs(project, syncs, select, all_syncs, require_valid=not scheduled)
         outcomes = engine.run_many(chosen, options, scheduled=scheduled, on_outcome=display.done)
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})

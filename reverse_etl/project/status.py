@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
-
-from croniter import croniter
 
 from reverse_etl.config import Project, Sync
 from reverse_etl.run import Engine
@@ -59,10 +57,9 @@ def project_status(project: Project, engine: Engine | None = None) -> list[SyncS
     for name, sync in sorted(project.syncs.items()):
         config = sync.config
         last = run_log.last(name)
-        next_due = None
-        if config is not None and config.schedule.cron and not config.paused:
-            base = last.started_at if last else datetime.now(UTC)
-            next_due = croniter(config.schedule.cron, base).get_next(datetime)
+        # The rule `run --all` applies (run.schedule.next_due); a paused sync is never due.
+        paused = config is None or config.paused
+        next_due = None if paused or not sync.ok else engine.next_due(sync)
         holder = lock_holder(engine.layout.locks, name)
         found.append(
             SyncStatus(

@@ -253,7 +253,22 @@ class Engine:
         outcomes: list[RunOutcome] = []
         finished: dict[str, bool] = {}
         for sync in dependency_order(list(syncs)):
-            assert sync.config is not None
+            broken = [p for p in self.project.problems_of(sync) if p.severity == "error"]
+            if broken or sync.config is None:
+                outcome = RunOutcome(
+                    sync.name,
+                    "failed",
+                    error=f"{len(broken)} problem(s) in its files: first {broken[0].location()}: "
+                    f"{broken[0].message}"
+                    if broken
+                    else "its sync file cannot be read",
+                    hint=f"run `retl validate {sync.name}`",
+                )
+                finished[sync.name] = False
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+                continue
             reason = failed_dependency(sync, finished)
             if reason is None and sync.config.paused and scheduled:
                 reason = PAUSED

@@ -266,3 +266,23 @@ def test_a_delete_of_records_already_gone_is_not_reported_as_deleted(
     assert run["counts"]["delete"] == 2
     assert run["counts"]["absent"] == 998
     assert pg.count() == 0
+
+
+# -- 13. a broken sync file stops only that sync under run --all ------------------------------
+
+
+def test_run_all_runs_the_valid_syncs_when_one_sync_file_is_broken(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    project.set_source(TEN)
+    project.write_sync("good", schedule="*/5 * * * *")
+    project.write_sync("broken", mode="sideways", schedule="*/5 * * * *")
+    project.write_sync("after_broken", schedule={"after": ["broken"]})
+
+    result = project.cli("run", "--all", "--json")
+
+    runs = {r["sync"]: r for r in result.json()["runs"]}
+    assert result.code == 1
+    assert runs["good"]["status"] == "success" and pg.count() == 10
+    assert runs["broken"]["status"] == "failed" and "retl validate broken" in runs["broken"]["hint"]
+    assert runs["after_broken"]["status"] == "skipped"
