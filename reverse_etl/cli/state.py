@@ -20,6 +20,7 @@ from reverse_etl.cli.common import (
 from reverse_etl.cli.render import Cell, Column, count, key_order, print_fields, print_rows
 from reverse_etl.errors import ConfirmationRequiredError, DeclinedError
 from reverse_etl.project.status import reset_state, state_summary, unlock_sync
+from reverse_etl.types import TargetId
 
 state_app = typer.Typer(
     help="Inspect or reset a sync's delivered-state snapshot.", no_args_is_help=True
@@ -54,6 +55,12 @@ def state_show(
         ("lineage", summary.lineage or "-"),
         ("updated at", "-" if summary.updated_at is None else str(summary.updated_at)),
         ("last run id", summary.last_run_id or "-"),
+        ("target", _target(summary.target)),
+    ]
+    if summary.current_target is not None and summary.current_target != summary.target:
+        fields.append(("sync now targets", _target(summary.current_target)))
+    fields += [
+        *(("kept aside", path) for path in summary.kept_aside),
     ]
     print_fields(out, fields)
     if summary.sample:
@@ -112,3 +119,9 @@ def unlock(
         err.print(f"unlocked {chosen.name}" + (f" (was: {holder})" if holder else ""))
     else:
         err.print(f"{chosen.name} was not locked")
+
+
+def _target(target: TargetId | None) -> str:
+    if target is None:
+        return "- (recorded by the next run)"
+    return f"{target.destination} ({target.type}) {target.object} at {target.location}"

@@ -12,6 +12,7 @@ from reverse_etl.run import Engine
 from reverse_etl.state.deadletters import DeadLetter
 from reverse_etl.state.lock import SyncLock, force_unlock, lock_holder
 from reverse_etl.state.runlog import RunRecord
+from reverse_etl.types import TargetId
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ class StateSummary:
     updated_at: Any
     last_run_id: str | None
     sample: list[tuple[str, str]] = field(default_factory=list)
+    # The target the state describes (None for state of retl 0.1) and the sync's target now.
+    target: TargetId | None = None
+    current_target: TargetId | None = None
+    # Targets whose state is kept aside (the sync pointed there before).
+    kept_aside: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +113,9 @@ class StateSummary:
             "updated_at": self.updated_at,
             "last_run_id": self.last_run_id,
             "sample": [{"key": k, "hash": h} for k, h in self.sample],
+            "target": self.target.to_json() if self.target else None,
+            "current_target": self.current_target.to_json() if self.current_target else None,
+            "kept_aside": list(self.kept_aside),
         }
 
 
@@ -128,6 +137,9 @@ def state_summary(project: Project, sync: Sync, sample: int = 5) -> StateSummary
         updated_at=meta.updated_at if meta else None,
         last_run_id=meta.last_run_id if meta else None,
         sample=store.sample(sample),
+        target=meta.target if meta else None,
+        current_target=engine.target(sync) if sync.ok else None,
+        kept_aside=sorted(project.relative(p) for p in store.kept_aside()),
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 
 from reverse_etl import interrupt
-from reverse_etl.config import Project, Sync
+from reverse_etl.config import Problem, Project, Sync
 from reverse_etl.destinations.base import Destination, build_destination, connector_for
 from reverse_etl.errors import (
     ConfigError,
@@ -45,6 +45,7 @@ from reverse_etl.state.runlog import RunLog, RunRecord, RunStatus
 from reverse_etl.state.snapshot import ALIAS as STATE_ALIAS
 from reverse_etl.state.snapshot import SnapshotStore
 from reverse_etl.types import TargetId
+from reverse_etl.validate import validate_project
 from reverse_etl.warehouse import check_role
 
 PAUSED = "paused (set paused: false to run it)"
@@ -111,6 +112,18 @@ class Engine:
         self, sync: Sync, succeeded_now: dict[str, bool] | None = None
     ) -> str | None:
         return not_due_reason(sync, self.run_log, succeeded_now or {})
+
+    def validate(
+        self,
+        syncs: Sequence[Sync] | None = None,
+        *,
+        connect: bool = False,
+        base: str | None = None,
+    ) -> list[Problem]:
+        """What `retl validate` reports: every problem of retl.yml and of these syncs (all by
+        default); `connect` adds the live checks, `base` the risky changes since a git ref."""
+        chosen = list(self.project.syncs.values()) if syncs is None else list(syncs)
+        return validate_project(self.project, chosen, connect=connect, base=base, role=self.role)
 
     # ------------------------------------------------------------------------------------ plan
 

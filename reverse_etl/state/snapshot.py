@@ -56,6 +56,10 @@ class SnapshotStore:
     def exists(self) -> bool:
         return self.path.exists()
 
+    def kept_aside(self) -> list[Path]:
+        """Snapshots of targets the sync pointed at before."""
+        return sorted(self.state_dir.glob(f"{self.sync}@*.duckdb"))
+
     def aside_path(self, target: TargetId) -> Path:
         return self.state_dir / f"{self.sync}@{target.digest}.duckdb"
 

@@ -158,3 +158,48 @@ def test_a_damaged_plan_file_is_a_clear_error(project: RetlProject, pg: Postgres
     assert applied.code == 1
     assert "damaged or incomplete" in applied.err
     assert "Traceback" not in applied.output
+
+
+def test_state_show_names_the_target_and_what_is_kept_aside(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    pg.execute(f"CREATE TABLE {pg.schema}.contacts2 (id integer PRIMARY KEY, name text)")
+    project.write_sync()
+    project.set_source(TEN)
+    project.run_json()
+    project.write_sync(destination={"name": "pg", "object": f"{pg.schema}.contacts2"})
+    project.run_json()
+
+    shown = project.state_show()
+    human = project.cli("state", "show", "contacts")
+
+    assert shown["target"]["object"] == f"{pg.schema}.contacts2"
+    assert shown["target"]["type"] == "postgres"
+    assert shown["target"]["location"] == pg.url  # host and database; a password never shows
+    assert len(shown["kept_aside"]) == 1
+    assert f"{pg.schema}.contacts2" in human.out + human.err
+
+
+def test_status_run_all_and_the_engine_agree_on_what_is_due(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    from reverse_etl.config import load_project
+    from reverse_etl.run import Engine
+
+    project.write_sync(schedule="0 0 1 1 *")  # once a year
+    project.set_source(TEN)
+    project.run_json()
+
+    status = project.cli("status", "--json").json()
+    run_all = project.cli("run", "--all", "--json").json()
+    engine = Engine(load_project(project.root))
+    due = engine.next_due(engine.sync("contacts"))
+
+    (entry,) = status["syncs"]
+    (skipped,) = run_all["runs"]
+    assert due is not None and entry["next_due"] == due.isoformat()
+    assert skipped["status"] == "skipped"
+    assert f"not due until {due:%Y-%m-%d %H:%M}" in skipped["error"]
+    # a skipped run does not move the schedule: the next due time stays the same
+    again = project.cli("status", "--json").json()["syncs"][0]["next_due"]
+    assert again == entry["next_due"]
