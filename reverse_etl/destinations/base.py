@@ -140,7 +140,9 @@ class Destination(ABC):
         for name in ("path", "directory"):
             value = options.get(name)
             if isinstance(value, str) and value:
-                return str((self.project_root / value).resolve())
+                # As written: a relative path stays relative to the project, so moving the
+                # project (or cloning it elsewhere) does not change the target.
+                return value
         return self.type_name
 
     def count(self, object: str) -> int | None:
@@ -181,8 +183,8 @@ class Destination(ABC):
 def url_location(url: str) -> str:
     """`scheme://user@host:port/path` of a URL: the password and the query are left out."""
     parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return parts.scheme + ":" + parts.path if parts.scheme else parts.path
+    if not parts.netloc:  # sqlite:///relative.db, duckdb:///path: no host, no userinfo
+        return url.split("?", 1)[0]
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
