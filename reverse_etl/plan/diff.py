@@ -37,6 +37,9 @@ OP_COLUMN = "__retl_op"
 # The id the destination gave the record when it was delivered (None where it gives none).
 DEST_ID_COLUMN = "__retl_dest_id"
 SAMPLE_SIZE = 5
+# Keys are kept as text; shown in number order when they are numbers (1, 2, 10 not 1, 10, 2).
+KEY_ORDER = f"TRY_CAST({KEY_COLUMN} AS DOUBLE) NULLS LAST, {KEY_COLUMN}"
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 # What each kind of change becomes in each mode (SPEC §3); None: nothing is sent.
 _OPERATION: dict[str, dict[str, str | None]] = {
@@ -263,7 +266,8 @@ def _samples(
     for op in ("create", "update", "delete"):
         columns = quote_identifier(key_field) if op == "delete" and key_field else selected
         result = con.execute(
-            f"SELECT {columns} FROM {OPS_TABLE} WHERE {OP_COLUMN} = ? ORDER BY {KEY_COLUMN} LIMIT {SAMPLE_SIZE}",
+            f"SELECT {columns} FROM {OPS_TABLE} WHERE {OP_COLUMN} = ? ORDER BY {KEY_ORDER} "
+            f"LIMIT {SAMPLE_SIZE}",
             [op],
         )
         names = [d[0] for d in result.description or []]
@@ -276,16 +280,23 @@ def _samples(
 def _row_errors(con: duckdb.DuckDBPyConnection, primary_key: str) -> list[RowError]:
     errors: list[RowError] = []
     for key, n in con.execute(
-        f"SELECT {KEY_COLUMN}, n FROM {ERRORS_TABLE} ORDER BY {KEY_COLUMN} NULLS FIRST LIMIT 20"
+        f"SELECT {KEY_COLUMN}, n FROM {ERRORS_TABLE} ORDER BY {KEY_COLUMN} IS NOT NULL, "
+        f"{KEY_ORDER} LIMIT 20"
     ).fetchall():
         if key is None:
             message = f"{n} row(s) with a null primary key '{primary_key}': never sent"
         else:
             message = (
-                f"duplicate primary key {primary_key} = '{key}' in {n} rows: none of them is sent"
+                f"duplicate primary key {primary_key} = {_shown_key(key)} in {n} rows: none of "
+                "them is sent"
             )
         errors.append(RowError(key=key, rows=int(n), message=message))
     return errors
+
+
+def _shown_key(key: str) -> str:
+    """A key as a user reads it: numbers bare, text quoted."""
+    return key if _NUMBER.match(key) else "'" + key.replace("'", "''") + "'"
 
 
 def _check_delete_limits(plan: Plan, limits: Limits, inputs: PlanInputs) -> None:

@@ -161,3 +161,14 @@ def test_max_delete_ratio_is_of_the_records_delivered_before(
     assert (plan.refusal is not None) == refused
     if refused:
         assert "max_delete_ratio" in (plan.refusal or "")
+
+
+def test_samples_and_row_errors_follow_number_order_and_show_numbers_bare(tmp_path: Path) -> None:
+    diff = Diff(tmp_path)
+    rows = [(k, "a") for k in (10, 2, 1, 33, 4, 9, 100)] + [(10, "dup"), (2, "dup")]
+
+    plan = diff.plan(config(), rows)
+
+    assert [r["id"] for r in plan.samples["create"]] == [1, 4, 9, 33, 100]
+    assert [e.key for e in plan.row_errors] == ["2", "10"]
+    assert plan.row_errors[0].message.startswith("duplicate primary key id = 2 in 2 rows")

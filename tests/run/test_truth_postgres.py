@@ -41,7 +41,7 @@ def test_an_incremental_run_never_sends_a_key_duplicated_in_the_whole_source(
 
     assert plan["counts"]["update"] == 0
     assert plan["counts"]["error"] >= 1
-    assert any("duplicate primary key id = '2'" in e["message"] for e in plan["row_errors"])
+    assert any("duplicate primary key id = 2 in" in e["message"] for e in plan["row_errors"])
     assert pg.rows() == [(1, "a"), (2, "old copy")]
 
 
@@ -286,3 +286,46 @@ def test_run_all_runs_the_valid_syncs_when_one_sync_file_is_broken(
     assert runs["good"]["status"] == "success" and pg.count() == 10
     assert runs["broken"]["status"] == "failed" and "retl validate broken" in runs["broken"]["hint"]
     assert runs["after_broken"]["status"] == "skipped"
+
+
+# -- 1. state written with retl 0.1's hash migrates without re-sending ------------------------
+
+
+def test_state_holding_the_old_hash_migrates_without_resending_unchanged_rows(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    import duckdb
+
+    from reverse_etl.config import load_project
+    from reverse_etl.mapping import compile_mapping
+
+    project.write_sync()
+    project.set_source(TEN)
+    project.run_json()
+    sync = load_project(project.root).syncs["contacts"]
+    assert sync.config is not None
+    legacy = compile_mapping(sync.config, "id").legacy_hash_expression("s")
+    con = duckdb.connect(str(project.state_dir / "contacts.duckdb"))
+    try:  # what retl 0.1 stored for the same rows
+        con.execute(f"ATTACH '{project.warehouse_path}' AS wh (READ_ONLY)")
+        con.execute(
+            f"UPDATE snapshot SET hash = (SELECT {legacy} FROM wh.src s "
+            "WHERE CAST(s.id AS VARCHAR) = snapshot.key)"
+        )
+        old = dict(con.execute("SELECT key, hash FROM snapshot").fetchall())
+    finally:
+        con.close()
+    project.set_source([(1, "changed"), *TEN[1:]])
+
+    plan = project.plan_json()
+    run = project.run_json()
+
+    assert (plan["counts"]["update"], plan["counts"]["unchanged"]) == (1, 9)
+    assert run["counts"]["update"] == 1
+    con = duckdb.connect(str(project.state_dir / "contacts.duckdb"), read_only=True)
+    try:
+        new = dict(con.execute("SELECT key, hash FROM snapshot").fetchall())
+    finally:
+        con.close()
+    assert all(new[k] != old[k] for k in old)  # every record now holds the new hash
+    assert project.plan_json()["counts"]["unchanged"] == 10
