@@ -211,15 +211,48 @@ def register(type_name: str) -> Callable[[type[_D]], type[_D]]:
     return decorate
 
 
+ENTRY_POINT_GROUP = "retl.destinations"
+_loaded_entry_points = False
+
+
 def connector_types() -> dict[str, type[Destination]]:
-    """Every registered connector by type name. The built-in ones are imported here, on first
-    use, so that commands which never touch a destination do not pay for their drivers."""
+    """Every registered connector by type name: the built-in ones, and those that installed
+    packages declare in the `retl.destinations` entry point group (`name = "pkg.mod:Class"`).
+    They are imported here, on first use, so that commands which never touch a destination do
+    not pay for their drivers."""
     import importlib
 
     for module in BUILT_IN_CONNECTORS:
         importlib.import_module(module)
-
+    _load_entry_points()
     return dict(_REGISTRY)
+
+
+def _load_entry_points() -> None:
+    """Register third-party connectors; one that fails to load is an error naming it."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    from importlib.metadata import entry_points
+
+    from reverse_etl.errors import ConfigError
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = point.load()
+        except Exception as exc:
+            raise ConfigError(
+                f"the destination connector '{point.name}' ({point.value}) failed to load: "
+                f"{exc.__class__.__name__}: {exc}"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, Destination)):
+            raise ConfigError(
+                f"the entry point '{point.name}' ({point.value}) of group {ENTRY_POINT_GROUP} "
+                "is not a retl Destination class"
+            )
+        if point.name not in _REGISTRY:
+            register(point.name)(cls)
+    _loaded_entry_points = True
 
 
 def connector_for(type_name: str) -> type[Destination] | None:

@@ -1,0 +1,60 @@
+"""The account-wide rate limiter: no window ever holds more requests than the limit allows,
+however many lanes or syncs draw from it, and a server's "wait" holds every caller back."""
+
+from __future__ import annotations
+
+from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def send_times(limiter: RateLimiter, clock: Clock, n: int) -> list[float]:
+    """Reserve n requests back to back (as concurrent lanes would) and return their times."""
+    return [clock.now + limiter.reserve() for _ in range(n)]
+
+
+def test_per_second_spaces_requests_evenly() -> None:
+    clock = Clock()
+    limiter = RateLimiter(RateLimit(per_second=10), clock)
+
+    times = send_times(limiter, clock, 5)
+
+    assert [round(t - times[0], 3) for t in times] == [0.0, 0.1, 0.2, 0.3, 0.4]
+
+
+def test_no_window_holds_more_than_per_window_requests() -> None:
+    clock = Clock()
+    limiter = RateLimiter(RateLimit(per_window=100, window_seconds=10), clock)
+
+    times = send_times(limiter, clock, 350)
+
+    for i, start in enumerate(times):
+        in_window = [t for t in times[i:] if t < start + 10]
+        assert len(in_window) <= 100
+    assert times[99] == times[0] and times[100] == times[0] + 10  # a burst, then the next window
+
+
+def test_a_server_pause_holds_back_every_caller() -> None:
+    clock = Clock()
+    limiter = RateLimiter(RateLimit(per_second=100), clock)
+    limiter.pause_for(2.5)
+
+    times = send_times(limiter, clock, 3)
+
+    assert min(times) >= clock.now + 2.5
+
+
+def test_syncs_writing_to_the_same_account_share_one_limiter() -> None:
+    first = limiter_for("test-account-shared", RateLimit(per_second=5))
+    second = limiter_for("test-account-shared", RateLimit(per_second=2))
+    other = limiter_for("test-account-other", RateLimit(per_second=5))
+
+    assert first is second
+    assert first.limit.per_second == 2  # the stricter limit wins
+    assert other is not first
