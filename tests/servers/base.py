@@ -117,6 +117,17 @@ class ContractServer:
             )
         return reply
 
+    def busiest(self, seconds: float) -> int:
+        """The most requests that arrived within any `seconds`-long span (rate-limit checks)."""
+        with self.lock:
+            times = sorted(entry.at for entry in self.log)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
     def early_retries(self) -> list[Logged]:
         """Resent requests that arrived before the Retry-After of their previous answer had passed.
 

@@ -17,8 +17,9 @@ Documented behaviours followed, with the pages they come from:
   VALIDATION_ERROR (developer changelog "Property Validations Rules will be enforced for APIs").
 - Multi-status: per-input errors are reported with 207 only when every input carries a unique
   objectWriteTraceId, and each error names its input in context.objectWriteTraceId ("Error
-  handling" > "Multi-status errors"). Without trace ids one invalid input fails the whole batch
-  with 400 and nothing is written. Unknown ids (update, read) are reported per input with
+  handling" > "Multi-status errors", documented for batch create; this server applies the same
+  rule to update and upsert). Without trace ids one invalid input fails the whole batch with 400
+  and nothing is written. Unknown ids (update, read) are reported per input with
   category OBJECT_NOT_FOUND and context.ids.
 - At most 100 inputs per batch call; more is rejected whole with 400 VALIDATION_ERROR (CRM object
   guides; community answer "Limit for contact batch API").
@@ -96,14 +97,6 @@ class Property:
         }
 
 
-def _common() -> list[Property]:
-    return [
-        Property("hs_object_id", "number", "number", unique=True, read_only=True),
-        Property("createdate", "datetime", "date", read_only=True),
-        Property("hs_lastmodifieddate", "datetime", "date", read_only=True),
-    ]
-
-
 @dataclass(frozen=True)
 class ObjectType:
     """A CRM object type: the names it answers to and its properties."""
@@ -118,66 +111,73 @@ class ObjectType:
         return next((p for p in self.properties if p.name == name), None)
 
 
+COMMON = """
+hs_object_id        number      number          unique readonly
+createdate          datetime    date            readonly
+hs_lastmodifieddate datetime    date            readonly
+"""
+CATALOG = {
+    ("contacts", "0-1", ""): """
+email               string      text            unique
+firstname           string      text
+lastname            string      text
+phone               string      phonenumber
+date_of_birth       date        date
+last_seen_at        datetime    date
+is_vip              bool        booleancheckbox options=true|false
+lifetime_value      number      number
+lifecyclestage      enumeration radio           options=lead|customer|other
+external_id         string      text            unique
+hs_email_domain     string      text            readonly
+""",
+    ("companies", "0-2", ""): """
+name                string      text
+domain              string      text            unique
+numberofemployees   number      number
+founded_on          date        date
+external_id         string      text            unique
+""",
+    ("deals", "0-3", ""): """
+dealname            string      text
+amount              number      number
+closedate           datetime    date
+dealstage           enumeration select          options=open|won|lost
+external_id         string      text            unique
+""",
+    ("projects", "2-1000001", "p1234567_projects"): """
+project_code        string      text            unique
+title               string      text
+starts_on           date        date
+budget              number      number
+active              bool        booleancheckbox options=true|false
+""",
+}
+
+
+def _properties(table: str) -> tuple[Property, ...]:
+    """Properties from lines of `name type fieldType [unique] [readonly] [options=a|b]`."""
+    props = []
+    for line in filter(None, table.splitlines()):
+        name, kind, field_type, *flags = line.split()
+        options = next((f.removeprefix("options=") for f in flags if f.startswith("options=")), "")
+        props.append(
+            Property(
+                name,
+                kind,
+                field_type,
+                unique="unique" in flags,
+                read_only="readonly" in flags,
+                options=tuple(options.split("|")) if options else (),
+            )
+        )
+    return tuple(props)
+
+
 def default_objects() -> list[ObjectType]:
     """contacts, companies, deals and a custom object `projects`, with typical properties."""
     return [
-        ObjectType(
-            "contacts",
-            "0-1",
-            (
-                *_common(),
-                Property("email", "string", "text", unique=True),
-                Property("firstname", "string", "text"),
-                Property("lastname", "string", "text"),
-                Property("phone", "string", "phonenumber"),
-                Property("date_of_birth", "date", "date"),
-                Property("last_seen_at", "datetime", "date"),
-                Property("is_vip", "bool", "booleancheckbox", options=("true", "false")),
-                Property("lifetime_value", "number", "number"),
-                Property(
-                    "lifecyclestage", "enumeration", "radio", options=("lead", "customer", "other")
-                ),
-                Property("external_id", "string", "text", unique=True),
-                Property("hs_email_domain", "string", "text", read_only=True),
-            ),
-        ),
-        ObjectType(
-            "companies",
-            "0-2",
-            (
-                *_common(),
-                Property("name", "string", "text"),
-                Property("domain", "string", "text", unique=True),
-                Property("numberofemployees", "number", "number"),
-                Property("founded_on", "date", "date"),
-                Property("external_id", "string", "text", unique=True),
-            ),
-        ),
-        ObjectType(
-            "deals",
-            "0-3",
-            (
-                *_common(),
-                Property("dealname", "string", "text"),
-                Property("amount", "number", "number"),
-                Property("closedate", "datetime", "date"),
-                Property("dealstage", "enumeration", "select", options=("open", "won", "lost")),
-                Property("external_id", "string", "text", unique=True),
-            ),
-        ),
-        ObjectType(
-            "projects",
-            "2-1000001",
-            (
-                *_common(),
-                Property("project_code", "string", "text", unique=True),
-                Property("title", "string", "text"),
-                Property("starts_on", "date", "date"),
-                Property("budget", "number", "number"),
-                Property("active", "bool", "booleancheckbox", options=("true", "false")),
-            ),
-            aliases=("p1234567_projects",),
-        ),
+        ObjectType(name, type_id, _properties(COMMON + table), (alias,) if alias else ())
+        for (name, type_id, alias), table in CATALOG.items()
     ]
 
 
@@ -247,9 +247,7 @@ class HubSpotServer(ContractServer):
                 "You have reached your ten_secondly_rolling limit.",
                 max(1, math.ceil(wait)),
             )
-        self._window.append(now)
-        self._daily_used += 1
-        roll = self.chaos.rng.random()
+        roll = self.chaos.rng.random()  # chaos answers, like refused ones, do not count
         if roll < self.chaos.throttle:
             return _rate_limited(
                 "TEN_SECONDLY_ROLLING",
@@ -258,6 +256,8 @@ class HubSpotServer(ContractServer):
             )
         if roll < self.chaos.throttle + self.chaos.error:
             return _error(500, "INTERNAL_ERROR", "internal error")
+        self._window.append(now)
+        self._daily_used += 1
         return self._route(request)
 
     def _rate_headers(self, now: float) -> dict[str, str]:
@@ -301,8 +301,11 @@ class HubSpotServer(ContractServer):
 
     def _list(self, obj: ObjectType, request: Incoming) -> Reply:
         """GET /crm/v3/objects/{objectType}?limit=&after=&properties=: paged by `after`."""
-        limit = min(100, int(request.query.get("limit", ["10"])[0]))
-        after = int(request.query.get("after", ["0"])[0])
+        try:
+            limit = min(100, int(request.query.get("limit", ["10"])[0]))
+            after = int(request.query.get("after", ["0"])[0])
+        except ValueError:
+            return _error(400, "VALIDATION_ERROR", "limit and after must be integers")
         ids = sorted(self.store[obj.name], key=int)
         page = [i for i in ids if int(i) > after][:limit]
         wanted = _wanted(request.query.get("properties", []))
@@ -373,7 +376,9 @@ class HubSpotServer(ContractServer):
         """Validate every input first; write the good ones only when errors can be reported."""
         seen: set[tuple[str, str]] = set()
         for item in inputs:
-            if action == "upsert" and not self._unique(obj, item.get("idProperty", "")):
+            id_property = item.get("idProperty", "" if action == "upsert" else "hs_object_id")
+            by_object_id = action == "update" and id_property == "hs_object_id"
+            if action != "create" and not by_object_id and not self._unique(obj, id_property):
                 return _error(
                     400,
                     "VALIDATION_ERROR",
@@ -447,29 +452,15 @@ class HubSpotServer(ContractServer):
         for name, value in props.items():
             prop = obj.prop(name)
             if prop is None:
-                problems.append(
-                    _result(name, "PROPERTY_DOESNT_EXIST", f'Property "{name}" does not exist')
-                )
+                problem = ("PROPERTY_DOESNT_EXIST", f'Property "{name}" does not exist')
             elif prop.read_only:
-                problems.append(
-                    _result(
-                        name,
-                        "READ_ONLY_VALUE",
-                        f'"{name}" is a read only property; its value cannot be set.',
-                    )
-                )
+                problem = ("READ_ONLY_VALUE", f'"{name}" is a read only property; not settable')
             else:
                 problem = _check_value(prop, value)
-                if problem is None and obj.name == "contacts" and name == "email" and value:
-                    problem = (
-                        None
-                        if EMAIL.match(value)
-                        else ("INVALID_EMAIL", f"Email address {value} is invalid")
-                    )
                 if problem is None and prop.unique and value != "":
                     problem = self._clash(obj, prop, value, target, claimed)
-                if problem:
-                    problems.append(_result(name, *problem))
+            if problem:
+                problems.append(_result(name, *problem))
         return problems
 
     def _clash(
@@ -525,58 +516,55 @@ def _check_value(prop: Property, value: Any) -> tuple[str, str] | None:
         return "INVALID_TYPE", f"{value!r} is not a string; HubSpot property values are strings"
     if value == "":
         return None  # clears the property
-    if prop.type == "number":
-        try:
-            ok = math.isfinite(float(value))
-        except ValueError:
-            ok = False
-        return None if ok else ("INVALID_NUMBER", f"{value} is not a valid number")
-    if prop.type == "bool":
-        return (
-            None
-            if value in ("true", "false")
-            else ("INVALID_BOOLEAN", f'{value} is not "true" or "false"')
+    if prop.name == "email" and not EMAIL.match(value):
+        return "INVALID_EMAIL", f"Email address {value} is invalid"
+    valid = {
+        "number": _is_number,
+        "bool": lambda v: v in ("true", "false"),
+        "enumeration": lambda v: v in prop.options,
+        "date": _is_date,
+        "datetime": _is_datetime,
+    }.get(prop.type)
+    if valid is None or valid(value):
+        return None
+    code, expected = _FORMATS[prop.type]
+    return code, f"{value!r} is not a valid {prop.type} for {prop.name}: expected {expected}"
+
+
+_FORMATS = {
+    "number": ("INVALID_NUMBER", "a decimal number as a string"),
+    "bool": ("INVALID_BOOLEAN", '"true" or "false"'),
+    "enumeration": ("INVALID_OPTION", "one of the property's options"),
+    "date": ("INVALID_DATE", "YYYY-MM-DD or epoch millis at midnight UTC"),
+    "datetime": ("INVALID_DATETIME", "epoch millis or ISO 8601 with a zone"),
+}
+
+
+def _is_number(value: str) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def _is_date(value: str) -> bool:
+    if value.isdigit():
+        return int(value) % 86_400_000 == 0
+    try:
+        return re.fullmatch(r"\d{4}-\d{2}-\d{2}", value) is not None and bool(
+            dt.date.fromisoformat(value)
         )
-    if prop.type == "enumeration":
-        return (
-            None
-            if value in prop.options
-            else (
-                "INVALID_OPTION",
-                f"{value} was not one of the allowed options: {list(prop.options)}",
-            )
-        )
-    if prop.type == "date":
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            try:
-                dt.date.fromisoformat(value)
-                return None
-            except ValueError:
-                return "INVALID_DATE", f"{value} is not a valid date"
-        if value.isdigit():
-            if int(value) % 86_400_000 == 0:
-                return None
-            return (
-                "INVALID_DATE",
-                f"{value} is not a valid date: epoch millis must be at midnight UTC",
-            )
-        return (
-            "INVALID_DATE",
-            f"{value} is not a valid date (YYYY-MM-DD or midnight-UTC epoch millis)",
-        )
-    if prop.type == "datetime":
-        if value.isdigit():
-            return None
-        try:
-            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is None or parsed.tzinfo is None:
-            return (
-                "INVALID_DATETIME",
-                f"{value} is not a valid datetime (epoch millis or ISO 8601 with zone)",
-            )
-    return None
+    except ValueError:
+        return False
+
+
+def _is_datetime(value: str) -> bool:
+    if value.isdigit():
+        return True
+    try:
+        return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def _wanted(names: list[str]) -> set[str] | None:

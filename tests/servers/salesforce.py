@@ -30,8 +30,10 @@ developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/ and .../platfo
   EXCEEDED_ID_LIMIT ("record limit reached. cannot submit more than 200 records into this call").
 - Query (`GET /query?q=SELECT ... FROM ...`): {totalSize, done, records[], nextRecordsUrl} with
   pages of `page_size` records fetched from /query/{locator}-{offset}.
-Choices of this server (the collection pages do not say): an unknown field fails its record, not
-the request; a wrong JSON type for a field fails its record with INVALID_TYPE_ON_FIELD_IN_RECORD;
+Choices of this server (the pages do not say): 401 answers carry no Sforce-Limit-Info (no org is
+known); an unknown field fails its record, not the request; a wrong JSON type for a field fails
+its record with INVALID_TYPE_ON_FIELD_IN_RECORD; a record of an unknown or missing
+attributes.type fails the request (400 INVALID_TYPE); upsert matches the external id exactly;
 only plain `SELECT f1, f2 FROM Obj` queries are understood.
 """
 
@@ -50,6 +52,8 @@ from .base import ContractServer, Incoming, Reply
 API_VERSION = "v60.0"
 MAX_RECORDS = 200
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+TOO_MANY = "record limit reached. cannot submit more than 200 records into this call"
+NO_RESOURCE = "The requested resource does not exist"
 
 
 @dataclass(frozen=True)
@@ -99,45 +103,6 @@ class Field:
         }
 
 
-def _system() -> list[Field]:
-    return [
-        Field(
-            "Id",
-            "id",
-            createable=False,
-            updateable=False,
-            nillable=False,
-            defaulted=True,
-            id_lookup=True,
-            length=18,
-        ),
-        Field(
-            "CreatedDate",
-            "datetime",
-            createable=False,
-            updateable=False,
-            nillable=False,
-            defaulted=True,
-        ),
-        Field(
-            "LastModifiedDate",
-            "datetime",
-            createable=False,
-            updateable=False,
-            nillable=False,
-            defaulted=True,
-        ),
-        Field(
-            "IsDeleted",
-            "boolean",
-            createable=False,
-            updateable=False,
-            nillable=False,
-            defaulted=True,
-        ),
-    ]
-
-
 @dataclass(frozen=True)
 class SObject:
     """An sObject type with its key prefix and fields."""
@@ -151,52 +116,73 @@ class SObject:
         return next((f for f in self.fields if f.name.lower() == name.lower()), None)
 
 
+# Flags: required = not nillable; defaulted = defaultedOnCreate; system = neither createable nor
+# updateable (and defaulted); readonly = neither createable nor updateable; external = external id
+# (unique, idLookup); lookup = idLookup.
+SYSTEM = """
+Id                  id          system lookup length=18
+CreatedDate         datetime    system
+LastModifiedDate    datetime    system
+IsDeleted           boolean     system
+"""
+CATALOG = {
+    ("Account", "001"): """
+Name                string      required lookup
+Industry            picklist    values=Banking|Retail|Technology
+AnnualRevenue       currency
+NumberOfEmployees   int
+Website             url
+External_Id__c      string      external
+""",
+    ("Contact", "003"): """
+LastName            string      required length=80
+FirstName           string      length=40
+Email               email       lookup length=80
+Birthdate           date
+HasOptedOutOfEmail  boolean     required defaulted
+AccountId           reference   length=18
+Name                string      readonly length=121
+External_Id__c      string      external
+""",
+    ("Project__c", "a01"): """
+Name                string      required length=80
+Code__c             string      external length=40
+Start_Date__c       date
+Budget__c           double
+Active__c           boolean     required defaulted
+""",
+}
+
+
+def _fields(table: str) -> tuple[Field, ...]:
+    """Fields from lines of `Name type [flags] [length=N] [values=a|b]` (flags above)."""
+    fields = []
+    for line in filter(None, table.splitlines()):
+        name, kind, *flags = line.split()
+        opts = dict(f.split("=", 1) for f in flags if "=" in f)
+        fixed = "system" in flags or "readonly" in flags
+        fields.append(
+            Field(
+                name,
+                kind,
+                createable=not fixed,
+                updateable=not fixed,
+                nillable="required" not in flags and "system" not in flags,
+                defaulted="defaulted" in flags or "system" in flags,
+                external_id="external" in flags,
+                id_lookup="lookup" in flags or "external" in flags,
+                unique="external" in flags,
+                length=int(opts.get("length", 255)),
+                picklist=tuple(opts["values"].split("|")) if "values" in opts else (),
+            )
+        )
+    return tuple(fields)
+
+
 def default_sobjects() -> list[SObject]:
     """Account, Contact and a custom object Project__c with typical fields."""
-    ext = Field("External_Id__c", "string", external_id=True, unique=True, id_lookup=True)
     return [
-        SObject(
-            "Account",
-            "001",
-            (
-                *_system(),
-                Field("Name", "string", nillable=False, id_lookup=True),
-                Field("Industry", "picklist", picklist=("Banking", "Retail", "Technology")),
-                Field("AnnualRevenue", "currency"),
-                Field("NumberOfEmployees", "int"),
-                Field("Website", "url"),
-                ext,
-            ),
-        ),
-        SObject(
-            "Contact",
-            "003",
-            (
-                *_system(),
-                Field("LastName", "string", nillable=False, length=80),
-                Field("FirstName", "string", length=40),
-                Field("Email", "email", id_lookup=True, length=80),
-                Field("Birthdate", "date"),
-                Field("HasOptedOutOfEmail", "boolean", nillable=False, defaulted=True),
-                Field("AccountId", "reference", length=18),
-                Field("Name", "string", createable=False, updateable=False, length=121),
-                ext,
-            ),
-        ),
-        SObject(
-            "Project__c",
-            "a01",
-            (
-                *_system(),
-                Field("Name", "string", nillable=False, length=80),
-                Field(
-                    "Code__c", "string", external_id=True, unique=True, id_lookup=True, length=40
-                ),
-                Field("Start_Date__c", "date"),
-                Field("Budget__c", "double"),
-                Field("Active__c", "boolean", nillable=False, defaulted=True),
-            ),
-        ),
+        SObject(name, prefix, _fields(SYSTEM + table)) for (name, prefix), table in CATALOG.items()
     ]
 
 
@@ -239,9 +225,9 @@ class SalesforceServer(ContractServer):
             return Reply(200, [{"label": "Spring '24", "url": self.base, "version": "60.0"}])
         auth = request.headers.get("authorization", "")
         if auth != f"Bearer {self.token}":
-            return Reply(401, [_err("INVALID_SESSION_ID", "Session expired or invalid")])
+            return _refuse(401, "INVALID_SESSION_ID", "Session expired or invalid")
         if self.api_used >= self.daily_limit:
-            reply = Reply(403, [_err("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")])
+            reply = _refuse(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
         else:
             self.api_used += 1
             reply = self._route(request)
@@ -280,7 +266,7 @@ class SalesforceServer(ContractServer):
 
     def _route(self, request: Incoming) -> Reply:
         if not request.path.startswith(self.base + "/"):
-            return Reply(404, [_err("NOT_FOUND", "The requested resource does not exist")])
+            return _refuse(404, "NOT_FOUND", NO_RESOURCE)
         parts = request.path.removeprefix(self.base + "/").strip("/").split("/")
         method = request.method
         if parts == ["sobjects"] and method == "GET":
@@ -293,7 +279,7 @@ class SalesforceServer(ContractServer):
         ):
             sobject = self.sobjects.get(parts[1])
             if sobject is None:
-                return Reply(404, [_err("NOT_FOUND", "The requested resource does not exist")])
+                return _refuse(404, "NOT_FOUND", NO_RESOURCE)
             return Reply(200, self._describe(sobject))
         if parts[0] == "query" and method == "GET":
             return self._query(request, parts[1] if len(parts) > 1 else None)
@@ -306,7 +292,7 @@ class SalesforceServer(ContractServer):
                 return self._delete(request)
             if len(parts) == 4 and method == "PATCH":
                 return self._collection(request, "upsert", parts[2], parts[3])
-        return Reply(404, [_err("NOT_FOUND", "The requested resource does not exist")])
+        return _refuse(404, "NOT_FOUND", NO_RESOURCE)
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -355,54 +341,34 @@ class SalesforceServer(ContractServer):
             all_or_none = bool(payload.get("allOrNone", False))
             assert isinstance(records, list) and all(isinstance(r, dict) for r in records)
         except (ValueError, KeyError, TypeError, AssertionError):
-            return Reply(
-                400, [_err("JSON_PARSER_ERROR", 'Expected {"allOrNone": ..., "records": [...]}')]
+            return _refuse(
+                400, "JSON_PARSER_ERROR", 'Expected {"allOrNone": ..., "records": [...]}'
             )
         if len(records) > MAX_RECORDS:
-            return Reply(
-                400,
-                [
-                    _err(
-                        "EXCEEDED_ID_LIMIT",
-                        "record limit reached. cannot submit more than 200 records into this call",
-                    )
-                ],
-            )
+            return _refuse(400, "EXCEEDED_ID_LIMIT", TOO_MANY)
         for index, record in enumerate(records):
             kind = (record.get("attributes") or {}).get("type")
             if kind not in self.sobjects:
-                return Reply(
+                return _refuse(
                     400,
-                    [
-                        _err(
-                            "INVALID_TYPE",
-                            f"record {index}: attributes.type {kind!r} is missing or not an sObject",
-                        )
-                    ],
+                    "INVALID_TYPE",
+                    f"record {index}: attributes.type {kind!r} is missing or not an sObject",
                 )
             if type_name is not None and kind != type_name:
-                return Reply(
+                return _refuse(
                     400,
-                    [
-                        _err(
-                            "INVALID_TYPE",
-                            f"record {index}: only {type_name} records may be sent to this URI",
-                        )
-                    ],
+                    "INVALID_TYPE",
+                    f"record {index}: only {type_name} records may be sent to this URI",
                 )
         ext = None
         if action == "upsert":
             sobject = self.sobjects.get(str(type_name))
             ext = sobject.field(str(ext_name)) if sobject else None
             if ext is None or not ext.external_id:
-                return Reply(
+                return _refuse(
                     404,
-                    [
-                        _err(
-                            "NOT_FOUND",
-                            f"Provided external ID field does not exist or is not accessible: {ext_name}",
-                        )
-                    ],
+                    "NOT_FOUND",
+                    f"Provided external ID field does not exist or is not accessible: {ext_name}",
                 )
         seen_ext: set[str] = set()
         plans: list[tuple[str, str | None, dict[str, Any]] | list[dict[str, Any]]] = []
@@ -511,15 +477,7 @@ class SalesforceServer(ContractServer):
         ids = [i for raw in request.query.get("ids", []) for i in raw.split(",") if i]
         all_or_none = request.query.get("allOrNone", ["false"])[0].lower() == "true"
         if len(ids) > MAX_RECORDS:
-            return Reply(
-                400,
-                [
-                    _err(
-                        "EXCEEDED_ID_LIMIT",
-                        "record limit reached. cannot submit more than 200 records into this call",
-                    )
-                ],
-            )
+            return _refuse(400, "EXCEEDED_ID_LIMIT", TOO_MANY)
         found = [(i, self._locate(i)) for i in ids]
         failed = any(where is None for _, where in found)
         results = []
@@ -543,28 +501,22 @@ class SalesforceServer(ContractServer):
             locator, _, offset = cursor.rpartition("-")
             rows = self._cursors.get(locator)
             if rows is None or not offset.isdigit():
-                return Reply(400, [_err("INVALID_QUERY_LOCATOR", "invalid query locator")])
+                return _refuse(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
             return Reply(200, self._page(locator, rows, int(offset)))
         soql = request.query.get("q", [""])[0]
         match = re.fullmatch(r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)\s*", soql, re.IGNORECASE)
         if match is None:
-            return Reply(400, [_err("MALFORMED_QUERY", f"unexpected token in: {soql}")])
+            return _refuse(400, "MALFORMED_QUERY", f"unexpected token in: {soql}")
         sobject = self.sobjects.get(match.group(2))
         if sobject is None:
-            return Reply(
-                400, [_err("INVALID_TYPE", f"sObject type '{match.group(2)}' is not supported.")]
+            return _refuse(
+                400, "INVALID_TYPE", f"sObject type '{match.group(2)}' is not supported."
             )
         names = [n.strip() for n in match.group(1).split(",")]
         unknown = [n for n in names if sobject.field(n) is None]
         if unknown:
-            return Reply(
-                400,
-                [
-                    _err(
-                        "INVALID_FIELD",
-                        f"No such column '{unknown[0]}' on entity '{sobject.name}'.",
-                    )
-                ],
+            return _refuse(
+                400, "INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{sobject.name}'."
             )
         canon = [sobject.field(n).name for n in names]  # type: ignore[union-attr]
         rows = [
@@ -625,6 +577,11 @@ class SalesforceServer(ContractServer):
             f"duplicate value found: {f.name} duplicates value on record with id: {owner}",
             [f.name],
         )
+
+
+def _refuse(status: int, code: str, message: str) -> Reply:
+    """A whole-request error: Salesforce answers a list of {message, errorCode}."""
+    return Reply(status, [_err(code, message)])
 
 
 def _err(code: str, message: str, fields: list[str] | None = None) -> dict[str, Any]:

@@ -366,3 +366,13 @@ def test_request_log_accepts_a_resend_after_its_retry_after(
     time.sleep(1.05)
     upsert(server, "a@x.io")
     assert server.early_retries() == []
+
+
+def test_request_log_tells_the_busiest_window(hubspot_server: HubSpotServer) -> None:
+    with httpx.Client(base_url=hubspot_server.url, headers=AUTH) as client:
+        for _ in range(5):
+            client.get("/crm/v3/properties/deals")
+        time.sleep(0.3)
+        client.get("/crm/v3/properties/deals")
+    assert hubspot_server.busiest(0.25) == 5
+    assert hubspot_server.busiest(60) == 6
