@@ -131,7 +131,8 @@ class ContractServer:
     def early_retries(self) -> list[Logged]:
         """Resent requests that arrived before the Retry-After of their previous answer had passed.
 
-        A request is a resend of an earlier one when its method, path, query and body are equal.
+        A request is a resend of an earlier one when its method, path, query and body are equal
+        (so a client that changes the body on a retry, e.g. new trace ids, is not recognised).
         """
         with self.lock:
             log = list(self.log)

@@ -10,7 +10,9 @@ Documented behaviours followed, with the pages they come from:
   message, context), numErrors, requestedAt/startedAt/completedAt; upsert results carry `new`
   ("Upsert contacts", "Update contacts", "Create a batch of objects" reference pages,
   developers.hubspot.com/docs/api-reference/legacy/crm/objects/...). Create answers 201,
-  update/upsert/read 200, archive 204, partial success 207.
+  update/upsert/read 200, partial success 207; archive answers 204 "regardless of the initial
+  state of the object (e.g. active, already archived, non-existent)" ("Archive a batch of
+  contacts by ID", in HubSpot's OpenAPI-generated hubspot-api-python, crm/contacts/batch_api.py).
 - "Read-only and non-existent properties will result in an error. Properties values can be cleared
   by passing an empty string." ("Update contacts"). Error names PROPERTY_DOESNT_EXIST and
   READ_ONLY_VALUE and the "Property values were not valid: [...]" message with category
