@@ -78,8 +78,7 @@ class ContractServer:
     def url(self) -> str:
         """Base URL, e.g. http://127.0.0.1:54321 (no trailing slash)."""
         assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def start(self) -> ContractServer:
         """Listen on a random loopback port and serve in a daemon thread."""

@@ -43,147 +43,16 @@ import datetime as dt
 import itertools
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
 from .base import ContractServer, Incoming, Reply
+from .salesforce_schema import Field, SObject, check_value, default_sobjects, sf_error
 
 API_VERSION = "v60.0"
 MAX_RECORDS = 200
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TOO_MANY = "record limit reached. cannot submit more than 200 records into this call"
 NO_RESOURCE = "The requested resource does not exist"
-
-
-@dataclass(frozen=True)
-class Field:
-    """One sObject field as describe shows it."""
-
-    name: str
-    type: (
-        str  # id string textarea email picklist boolean int double currency date datetime reference
-    )
-    createable: bool = True
-    updateable: bool = True
-    nillable: bool = True
-    defaulted: bool = False
-    external_id: bool = False
-    id_lookup: bool = False
-    unique: bool = False
-    length: int = 255
-    picklist: tuple[str, ...] = ()
-
-    @property
-    def required(self) -> bool:
-        """Required on create: createable, not nillable and not defaulted on create."""
-        return self.createable and not self.nillable and not self.defaulted
-
-    def describe(self) -> dict[str, Any]:
-        """The field as sObject Describe lists it."""
-        return {
-            "name": self.name,
-            "label": self.name.removesuffix("__c").replace("_", " "),
-            "type": self.type,
-            "length": self.length
-            if self.type in ("string", "textarea", "email", "picklist")
-            else 0,
-            "createable": self.createable,
-            "updateable": self.updateable,
-            "nillable": self.nillable,
-            "defaultedOnCreate": self.defaulted,
-            "externalId": self.external_id,
-            "idLookup": self.id_lookup,
-            "unique": self.unique,
-            "custom": self.name.endswith("__c"),
-            "picklistValues": [
-                {"active": True, "defaultValue": False, "label": v, "value": v}
-                for v in self.picklist
-            ],
-        }
-
-
-@dataclass(frozen=True)
-class SObject:
-    """An sObject type with its key prefix and fields."""
-
-    name: str
-    key_prefix: str
-    fields: tuple[Field, ...]
-
-    def field(self, name: str) -> Field | None:
-        """The field called `name` (case-insensitive, as Salesforce), if it exists."""
-        return next((f for f in self.fields if f.name.lower() == name.lower()), None)
-
-
-# Flags: required = not nillable; defaulted = defaultedOnCreate; system = neither createable nor
-# updateable (and defaulted); readonly = neither createable nor updateable; external = external id
-# (unique, idLookup); lookup = idLookup.
-SYSTEM = """
-Id                  id          system lookup length=18
-CreatedDate         datetime    system
-LastModifiedDate    datetime    system
-IsDeleted           boolean     system
-"""
-CATALOG = {
-    ("Account", "001"): """
-Name                string      required lookup
-Industry            picklist    values=Banking|Retail|Technology
-AnnualRevenue       currency
-NumberOfEmployees   int
-Website             url
-External_Id__c      string      external
-""",
-    ("Contact", "003"): """
-LastName            string      required length=80
-FirstName           string      length=40
-Email               email       lookup length=80
-Birthdate           date
-HasOptedOutOfEmail  boolean     required defaulted
-AccountId           reference   length=18
-Name                string      readonly length=121
-External_Id__c      string      external
-""",
-    ("Project__c", "a01"): """
-Name                string      required length=80
-Code__c             string      external length=40
-Start_Date__c       date
-Budget__c           double
-Active__c           boolean     required defaulted
-""",
-}
-
-
-def _fields(table: str) -> tuple[Field, ...]:
-    """Fields from lines of `Name type [flags] [length=N] [values=a|b]` (flags above)."""
-    fields = []
-    for line in filter(None, table.splitlines()):
-        name, kind, *flags = line.split()
-        opts = dict(f.split("=", 1) for f in flags if "=" in f)
-        fixed = "system" in flags or "readonly" in flags
-        fields.append(
-            Field(
-                name,
-                kind,
-                createable=not fixed,
-                updateable=not fixed,
-                nillable="required" not in flags and "system" not in flags,
-                defaulted="defaulted" in flags or "system" in flags,
-                external_id="external" in flags,
-                id_lookup="lookup" in flags or "external" in flags,
-                unique="external" in flags,
-                length=int(opts.get("length", 255)),
-                picklist=tuple(opts["values"].split("|")) if "values" in opts else (),
-            )
-        )
-    return tuple(fields)
-
-
-def default_sobjects() -> list[SObject]:
-    """Account, Contact and a custom object Project__c with typical fields."""
-    return [
-        SObject(name, prefix, _fields(SYSTEM + table)) for (name, prefix), table in CATALOG.items()
-    ]
 
 
 class SalesforceServer(ContractServer):
@@ -403,17 +272,17 @@ class SalesforceServer(ContractServer):
                 return [self._missing(record_id)]
         elif action == "insert" and "Id" in values:
             return [
-                _err(
+                sf_error(
                     "INVALID_FIELD_FOR_INSERT_UPDATE", "cannot specify Id in an insert call", ["Id"]
                 )
             ]
         elif action == "upsert" and ext is not None:
             key = values.get(ext.name)
             if key in (None, ""):
-                return [_err("MISSING_ARGUMENT", f"{ext.name} not specified", [ext.name])]
+                return [sf_error("MISSING_ARGUMENT", f"{ext.name} not specified", [ext.name])]
             if str(key) in seen_ext:
                 return [
-                    _err(
+                    sf_error(
                         "DUPLICATE_EXTERNAL_ID",
                         f"Duplicate external id specified: {key}",
                         [ext.name],
@@ -427,7 +296,7 @@ class SalesforceServer(ContractServer):
             f = sobject.field(name)
             if f is None:
                 errors.append(
-                    _err(
+                    sf_error(
                         "INVALID_FIELD",
                         f"No such column '{name}' on sobject of type {sobject.name}",
                         [name],
@@ -435,7 +304,7 @@ class SalesforceServer(ContractServer):
                 )
             elif not (f.createable if creating else f.updateable):
                 errors.append(
-                    _err(
+                    sf_error(
                         "INVALID_FIELD_FOR_INSERT_UPDATE",
                         f"Unable to create/update fields: {f.name}. Please check the security settings of this "
                         "field and verify that it is read/write for your profile or permission set.",
@@ -443,7 +312,7 @@ class SalesforceServer(ContractServer):
                     )
                 )
             else:
-                problem = _check(f, value) or self._duplicate(sobject, f, value, target)
+                problem = check_value(f, value) or self._duplicate(sobject, f, value, target)
                 if problem:
                     errors.append(problem)
         if creating:
@@ -451,7 +320,7 @@ class SalesforceServer(ContractServer):
             missing = [f.name for f in sobject.fields if f.required and f.name.lower() not in given]
             if missing:
                 errors.append(
-                    _err(
+                    sf_error(
                         "REQUIRED_FIELD_MISSING",
                         f"Required fields are missing: [{', '.join(missing)}]",
                         missing,
@@ -558,8 +427,10 @@ class SalesforceServer(ContractServer):
 
     def _missing(self, record_id: str) -> dict[str, Any]:
         if any(record_id in (d, d[:15]) for d in self.deleted):
-            return _err("ENTITY_IS_DELETED", "entity is deleted", [])
-        return _err("MALFORMED_ID", f"Record ID: id value of incorrect type: {record_id}", ["Id"])
+            return sf_error("ENTITY_IS_DELETED", "entity is deleted", [])
+        return sf_error(
+            "MALFORMED_ID", f"Record ID: id value of incorrect type: {record_id}", ["Id"]
+        )
 
     def _by_field(self, sobject: SObject, name: str, value: Any) -> str | None:
         return next((i for i, r in self.store[sobject.name].items() if r.get(name) == value), None)
@@ -572,7 +443,7 @@ class SalesforceServer(ContractServer):
         owner = self._by_field(sobject, f.name, value)
         if owner is None or owner == target:
             return None
-        return _err(
+        return sf_error(
             "DUPLICATE_VALUE",
             f"duplicate value found: {f.name} duplicates value on record with id: {owner}",
             [f.name],
@@ -581,71 +452,12 @@ class SalesforceServer(ContractServer):
 
 def _refuse(status: int, code: str, message: str) -> Reply:
     """A whole-request error: Salesforce answers a list of {message, errorCode}."""
-    return Reply(status, [_err(code, message)])
-
-
-def _err(code: str, message: str, fields: list[str] | None = None) -> dict[str, Any]:
-    """A Salesforce error object; top-level errors use errorCode, record errors statusCode."""
-    if fields is None:
-        return {"message": message, "errorCode": code}
-    return {"statusCode": code, "message": message, "fields": fields}
+    return Reply(status, [sf_error(code, message)])
 
 
 def _rolled_back() -> dict[str, Any]:
-    return _err(
+    return sf_error(
         "ALL_OR_NONE_OPERATION_ROLLED_BACK",
         "Record rolled back because not all records were valid and the request was using AllOrNone header",
         [],
     )
-
-
-def _check(f: Field, value: Any) -> dict[str, Any] | None:
-    """INVALID_TYPE_ON_FIELD_IN_RECORD and friends when `value` does not fit the field's type."""
-    if value is None:
-        return (
-            None
-            if f.nillable
-            else _err(
-                "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{f.name}]", [f.name]
-            )
-        )
-    bad = _err(
-        "INVALID_TYPE_ON_FIELD_IN_RECORD",
-        f"{f.name}: value not of required type: {value!r}",
-        [f.name],
-    )
-    if f.type == "boolean":
-        return None if isinstance(value, bool) else bad
-    if f.type == "int":
-        return None if isinstance(value, int) and not isinstance(value, bool) else bad
-    if f.type in ("double", "currency", "percent"):
-        return None if isinstance(value, int | float) and not isinstance(value, bool) else bad
-    if not isinstance(value, str):
-        return bad
-    if f.type == "date":
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-            return bad
-        try:
-            dt.date.fromisoformat(value)
-        except ValueError:
-            return bad
-    if f.type == "datetime":
-        try:
-            dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return bad
-    if f.type == "email" and not EMAIL.match(value):
-        return _err("INVALID_EMAIL_ADDRESS", f"Email: invalid email address: {value}", [f.name])
-    if f.type == "picklist" and f.picklist and value not in f.picklist:
-        return _err(
-            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-            f"{f.name}: bad value for restricted picklist field: {value}",
-            [f.name],
-        )
-    if len(value) > f.length:
-        return _err(
-            "STRING_TOO_LONG",
-            f"{f.name}: data value too large: {value[:20]}... (max length={f.length})",
-            [f.name],
-        )
-    return None

@@ -111,11 +111,10 @@ def test_invalid_input_without_trace_ids_fails_the_whole_batch(
 
 
 def test_207_names_exactly_the_failing_inputs(hubspot_server: HubSpotServer) -> None:
-    inputs = [
-        {"objectWriteTraceId": f"t{i}", "properties": {"email": f"c{i}@x.io"}} for i in range(10)
-    ]
-    inputs[3]["properties"]["nope"] = "x"
-    inputs[7]["properties"]["hs_email_domain"] = "x.io"
+    props: list[dict[str, str]] = [{"email": f"c{i}@x.io"} for i in range(10)]
+    props[3]["nope"] = "x"
+    props[7]["hs_email_domain"] = "x.io"
+    inputs = [{"objectWriteTraceId": f"t{i}", "properties": p} for i, p in enumerate(props)]
     response = post(hubspot_server, "/crm/v3/objects/contacts/batch/create", {"inputs": inputs})
     assert response.status_code == 207
     body = response.json()
