@@ -375,3 +375,19 @@ def test_request_log_tells_the_busiest_window(hubspot_server: HubSpotServer) -> 
         client.get("/crm/v3/properties/deals")
     assert hubspot_server.busiest(0.25) == 5
     assert hubspot_server.busiest(60) == 6
+
+
+def test_concurrent_clients_share_one_rate_window(
+    hubspot_server_factory: Callable[..., HubSpotServer],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = hubspot_server_factory(max_per_window=50, window_ms=60_000)
+
+    def burst(lane: int) -> list[int]:
+        with httpx.Client(base_url=server.url, headers=AUTH) as client:
+            return [client.get("/crm/v3/properties/deals").status_code for _ in range(10)]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [s for lane in pool.map(burst, range(8)) for s in lane]
+    assert statuses.count(200) == 50 and statuses.count(429) == 30
