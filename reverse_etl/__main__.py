@@ -1,3 +1,3 @@
-from reverse_etl.cli import main
+from reverse_etl.entry import main
 
 main()

@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def invoke(args: list[str], *, as_json: bool) -> int:
     """Run one command line and return its exit code; every failure is rendered here."""
-    _register_commands()
-    interrupt.install()
+    interrupt.install()  # first: a signal while the commands load is reported, not a traceback
     try:
+        _register_commands()
         code = app(args=args, prog_name="retl", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except NoArgsIsHelpError as exc:  # `retl state`: the help on stderr, as a usage error

@@ -329,3 +329,32 @@ def test_state_holding_the_old_hash_migrates_without_resending_unchanged_rows(
         con.close()
     assert all(new[k] != old[k] for k in old)  # every record now holds the new hash
     assert project.plan_json()["counts"]["unchanged"] == 10
+
+
+def test_a_signal_while_retl_starts_up_prints_no_traceback(project: RetlProject) -> None:
+    """Ctrl-C (SIGINT) at any moment of start-up: retl says so in one line and exits 130 (or
+    had already finished); never a KeyboardInterrupt traceback."""
+    project.write_sync()
+    project.set_source(TEN)
+    for delay in (0.1, 0.15, 0.2, 0.3, 0.4, 0.6):
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "reverse_etl",
+                "plan",
+                "contacts",
+                "--project-dir",
+                str(project.root),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        if "init_import_site" in err:
+            continue  # the signal came while Python itself started, before any line of retl
+        assert "Traceback" not in err, err
+        assert process.returncode in (130, 0), (process.returncode, err)
