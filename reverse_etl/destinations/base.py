@@ -64,6 +64,8 @@ class Batch:
     # batches; None for records without one), so APIs that address records by their own id
     # need no lookup.
     ids: list[str | None] | None = None
+    # The run delivering the batch (for idempotency keys); None outside a recorded run.
+    run_id: str | None = None
 
     @property
     def size(self) -> int:
@@ -195,6 +197,7 @@ def url_location(url: str) -> str:
 _REGISTRY: dict[str, type[Destination]] = {}
 BUILT_IN_CONNECTORS = (
     "reverse_etl.destinations.file",
+    "reverse_etl.destinations.http",
     "reverse_etl.destinations.postgres",
     "reverse_etl.destinations.sql",
 )

@@ -34,10 +34,10 @@ RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 class RetryPolicy:
     attempts: int = 8
     initial_wait: float = 0.5
-    # A single wait never exceeds this, even when Retry-After asks for more (then: give up).
-    max_wait: float = 120.0
+    # A single wait never exceeds this (a longer Retry-After still holds the account's limiter).
+    max_wait: float = 60.0
     # All attempts of one request together stop after this many seconds.
-    total_seconds: float = 600.0
+    total_seconds: float = 180.0
 
 
 class RetryableResponse(Exception):
@@ -52,10 +52,14 @@ class RetryableResponse(Exception):
 class GiveUp(Exception):
     """Retries exhausted: the last response (if any) and a one-line reason without secrets."""
 
-    def __init__(self, reason: str, response: httpx.Response | None = None) -> None:
+    def __init__(
+        self, reason: str, response: httpx.Response | None = None, *, unreachable: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.response = response
+        # No answer at all (connection refused, timeouts): the destination is unreachable.
+        self.unreachable = unreachable
 
 
 @dataclass
@@ -166,7 +170,9 @@ async def send(
             exc.response,
         ) from None
     except httpx.TransportError as exc:
-        raise GiveUp(f"{exc.__class__.__name__} after retries: {_first_line(exc)}") from None
+        raise GiveUp(
+            f"{exc.__class__.__name__} after retries: {_first_line(exc)}", unreachable=True
+        ) from None
     raise AssertionError("unreachable")
 
 

@@ -246,6 +246,7 @@ class Delivery:
                         self.plan.key_field,
                         records,
                         ids.to_pylist() if op != "create" and ids.null_count < len(ids) else None,
+                        self.run_id,
                     )
                     in_flight.append((pool.submit(deliver, batch), table, records))
                     if len(in_flight) >= len(lanes):
@@ -271,14 +272,14 @@ class Delivery:
             except Exception:
                 continue
             self._acknowledge(op, table, records, result)
-            self.sent += table.num_rows
+            self.sent += table.num_rows - len(result.retry)
 
     def _collect(
         self, op: Operation, future: Future[BatchResult], table: pa.Table, records: pa.Table
     ) -> None:
         result = future.result()
         self._acknowledge(op, table, records, result)
-        self.sent += table.num_rows
+        self.sent += table.num_rows - len(result.retry)  # retried records are not sent yet
         if self.on_progress:
             self.on_progress(self.sent, self.total)
         rejected = self.counts["rejected"]

@@ -1,0 +1,242 @@
+"""`type: http` against a loopback webhook that checks what a real one would: the token, the
+batch size, the body shape; that answers per-record errors, 429 with Retry-After, and 401."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+TOKEN = "hook-CANARY-token-1234"
+
+
+class Webhook:
+    """A contacts API: `POST /contacts/batch` ({"records": [...]}, at most 100, per-record
+    errors for emails without '@'), `PUT /contacts/<id>`, `DELETE /contacts/<id>`."""
+
+    def __init__(self, server: HTTPServer, throttle_first: int = 0) -> None:
+        self.store: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[float, str, str]] = []
+        self.throttled_until = 0.0
+        self.throttle_left = throttle_first
+        self.early = 0
+        self.lock = threading.Lock()
+        server.expect_request("/contacts/batch", method="POST").respond_with_handler(self.batch)
+        for method in ("PUT", "DELETE"):
+            server.expect_request(
+                __import__("re").compile(r"/contacts/[^/]+$"), method=method
+            ).respond_with_handler(self.one)
+
+    def _gate(self, request: Request) -> Response | None:
+        with self.lock:
+            now = time.monotonic()
+            self.requests.append((now, request.method, request.path))
+            if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return Response('{"error": "unauthorized"}', status=401)
+            if now < self.throttled_until:
+                self.early += 1  # sent before the Retry-After had passed
+                wait = str(max(1, round(self.throttled_until - now)))
+                return Response('{"error": "slow down"}', status=429, headers={"Retry-After": wait})
+            if self.throttle_left:
+                self.throttle_left -= 1
+                self.throttled_until = now + 1.0
+                return Response('{"error": "slow down"}', status=429, headers={"Retry-After": "1"})
+        return None
+
+    def batch(self, request: Request) -> Response:
+        refused = self._gate(request)
+        if refused is not None:
+            return refused
+        records = json.loads(request.data)["records"]
+        if len(records) > 100:
+            return Response('{"error": "at most 100 records per request"}', status=400)
+        errors = []
+        for index, record in enumerate(records):
+            if "@" not in str(record.get("email")):
+                errors.append({"index": index, "message": f"invalid email '{record.get('email')}'"})
+            else:
+                self.store[str(record["id"])] = record
+        return Response(json.dumps({"errors": errors}), status=200, content_type="application/json")
+
+    def one(self, request: Request) -> Response:
+        refused = self._gate(request)
+        if refused is not None:
+            return refused
+        key = request.path.rsplit("/", 1)[1]
+        if request.method == "DELETE":
+            self.store.pop(key, None)
+            return Response(status=204)
+        self.store[key] = json.loads(request.data)
+        return Response("{}", status=200)
+
+
+def write_project(root: Path, destination: dict[str, Any], sync: dict[str, Any]) -> None:
+    (root / "syncs").mkdir(parents=True, exist_ok=True)
+    config = {
+        "version": 1,
+        "warehouses": {"wh": {"url": "duckdb:///wh.duckdb"}},
+        "destinations": {"hook": destination},
+    }
+    (root / "retl.yml").write_text(yaml.safe_dump(config))
+    document = {
+        "warehouse": "wh",
+        "source": {"sql": "select id, email from src"},
+        "destination": {"name": "hook", "object": "contacts"},
+        "primary_key": "id",
+        "mapping": {"id": "id", "email": "email"},
+        **sync,
+    }
+    (root / "syncs" / "contacts.yml").write_text(yaml.safe_dump(document))
+
+
+def set_source(root: Path, rows: list[tuple[int, str]]) -> None:
+    con = duckdb.connect(str(root / "wh.duckdb"))
+    try:
+        con.execute("CREATE OR REPLACE TABLE src (id INTEGER, email VARCHAR)")
+        con.executemany("INSERT INTO src VALUES (?, ?)", rows)
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_env: None) -> Path:
+    monkeypatch.setenv("HOOK_TOKEN", TOKEN)
+    return tmp_path / "project"
+
+
+def hook(server: HTTPServer, **options: Any) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "base_url": server.url_for("/").rstrip("/"),
+        "headers": {"Authorization": "Bearer ${HOOK_TOKEN}"},
+        **options,
+    }
+
+
+BATCHED = {
+    "operations": {"upsert": {"method": "POST", "path": "/contacts/batch"}},
+    "batch_key": "records",
+    "errors_path": "errors",
+}
+
+
+def test_batches_deliver_and_per_record_errors_go_to_the_dead_letter_queue(
+    project: Path, httpserver: HTTPServer, retl_cli: Callable[..., Any]
+) -> None:
+    webhook = Webhook(httpserver)
+    write_project(project, hook(httpserver, **BATCHED), {"mode": "upsert", "batch_size": 100})
+    rows = [(k, f"user{k}@example.com") for k in range(1, 251)]
+    rows[9] = (10, "not-an-email")
+    rows[199] = (200, "also bad")
+    set_source(project, rows)
+
+    run = retl_cli("run", "contacts", "--json", "--project-dir", str(project))
+    dlq = retl_cli("dlq", "contacts", "--json", "--project-dir", str(project)).json()
+
+    (outcome,) = run.json()["runs"]
+    assert outcome["counts"]["create"] == 248 and outcome["counts"]["rejected"] == 2
+    assert len(webhook.store) == 248
+    assert sorted(d["key"] for d in dlq["dead_letters"]) == ["10", "200"]
+    assert "invalid email 'not-an-email'" in json.dumps(dlq)
+    assert TOKEN not in run.out + run.err + json.dumps(dlq)
+
+    set_source(
+        project,
+        [*rows[:9], (10, "fixed@example.com"), *rows[10:199], (200, "ok@example.com"), *rows[200:]],
+    )
+    again = retl_cli("run", "contacts", "--json", "--project-dir", str(project)).json()["runs"][0]
+
+    assert again["counts"]["update"] + again["counts"]["create"] == 2
+    assert len(webhook.store) == 250
+
+
+def test_a_429_is_honoured_and_every_record_arrives_once(
+    project: Path, httpserver: HTTPServer, retl_cli: Callable[..., Any]
+) -> None:
+    webhook = Webhook(httpserver, throttle_first=2)
+    write_project(
+        project,
+        hook(
+            httpserver,
+            operations={"upsert": {"method": "PUT", "path": "/contacts/{{ key }}"}},
+            concurrency=4,
+        ),
+        {"mode": "upsert"},
+    )
+    set_source(project, [(k, f"user{k}@example.com") for k in range(1, 201)])
+
+    run = retl_cli("run", "contacts", "--json", "--project-dir", str(project))
+
+    (outcome,) = run.json()["runs"]
+    assert outcome["status"] == "success", run.err
+    assert outcome["counts"]["create"] == 200 and outcome["counts"]["rejected"] == 0
+    assert sorted(webhook.store, key=int) == [str(k) for k in range(1, 201)]
+    # only requests already in flight when a 429 was answered (at most `concurrency` per
+    # lane) may arrive inside its Retry-After: the client then holds every lane back
+    assert webhook.early <= 2 * 4 * 2
+
+
+def test_removed_rows_are_deleted_by_key(
+    project: Path, httpserver: HTTPServer, retl_cli: Callable[..., Any]
+) -> None:
+    webhook = Webhook(httpserver)
+    write_project(
+        project,
+        hook(
+            httpserver,
+            operations={
+                "upsert": {"method": "PUT", "path": "/contacts/{{ key }}"},
+                "delete": {"method": "DELETE", "path": "/contacts/{{ key }}"},
+            },
+        ),
+        {"mode": "upsert", "on_removed": "delete", "allow_destructive": True},
+    )
+    set_source(project, [(k, f"user{k}@example.com") for k in range(1, 6)])
+    retl_cli("run", "contacts", "--project-dir", str(project))
+    set_source(project, [(k, f"user{k}@example.com") for k in range(1, 4)])
+
+    run = retl_cli("run", "contacts", "--json", "--project-dir", str(project)).json()["runs"][0]
+
+    assert run["counts"]["delete"] == 2
+    assert sorted(webhook.store, key=int) == ["1", "2", "3"]
+
+
+def test_refused_credentials_stop_the_run_without_showing_the_token(
+    project: Path,
+    httpserver: HTTPServer,
+    retl_cli: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    Webhook(httpserver)
+    monkeypatch.setenv("HOOK_TOKEN", "wrong-CANARY-secret")
+    write_project(project, hook(httpserver, **BATCHED), {"mode": "upsert"})
+    set_source(project, [(1, "a@example.com")])
+
+    run = retl_cli("run", "contacts", "--json", "--project-dir", str(project))
+
+    (outcome,) = run.json()["runs"]
+    assert run.code == 1 and outcome["status"] == "failed"
+    assert "refused the credentials (401" in outcome["error"]
+    assert "wrong-CANARY-secret" not in run.out + run.err
+
+
+def test_a_mode_without_an_operation_fails_validation(
+    project: Path, httpserver: HTTPServer, retl_cli: Callable[..., Any]
+) -> None:
+    write_project(project, hook(httpserver, **BATCHED), {"mode": "update"})
+    set_source(project, [(1, "a@example.com")])
+
+    run = retl_cli("run", "contacts", "--json", "--project-dir", str(project))
+
+    (outcome,) = run.json()["runs"]
+    assert outcome["status"] == "failed"
+    assert "no `operations.update`" in outcome["error"]
