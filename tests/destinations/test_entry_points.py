@@ -37,6 +37,7 @@ def install(tmp_path: Path, name: str, target: str, module: str = "retl_echo") -
 
 @pytest.fixture
 def fresh_registry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    base.connector_types()  # the built-in ones register in the real registry first
     monkeypatch.setattr(base, "_loaded_entry_points", False)
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     monkeypatch.syspath_prepend(str(tmp_path))
