@@ -195,6 +195,7 @@ def url_location(url: str) -> str:
 _REGISTRY: dict[str, type[Destination]] = {}
 BUILT_IN_CONNECTORS = (
     "reverse_etl.destinations.file",
+    "reverse_etl.destinations.hubspot",
     "reverse_etl.destinations.postgres",
     "reverse_etl.destinations.sql",
 )
