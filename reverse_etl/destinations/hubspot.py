@@ -20,7 +20,8 @@ Objects", "Properties", "Error handling", "API usage guidelines"). Documented be
 - rate limits: private apps get 100 requests per 10 s by default (Free/Starter; more on higher
   tiers: "API usage guidelines", developers.hubspot.com/docs/api/usage-details and
   developers.hubspot.com/apisbytier); 429 answers and `X-HubSpot-RateLimit-*` headers are honoured
-  by retry.send, under one limiter per account shared by every lane and sync.
+  by retry.send, under one limiter per account shared by every lane and sync; a 429 with
+  policyName DAILY (the daily budget is spent) fails the run instead of waiting.
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ from reverse_etl.destinations.base import (
     url_location,
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
-from reverse_etl.destinations.retry import GiveUp, RetryPolicy, RetryStats, send
+from reverse_etl.destinations.retry import (
+    RETRYABLE_STATUS,
+    GiveUp,
+    RetryPolicy,
+    RetryStats,
+    send,
+)
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
@@ -215,14 +222,10 @@ class HubSpotDestination(Destination):
             inputs.append(item)
         action = "create" if batch.action == "insert" else batch.action
         path = f"/crm/v3/objects/{batch.object}/batch/{action}"
-        try:
-            response = await self._send("POST", path, {"inputs": inputs})
-        except GiveUp as exc:
-            return BatchResult(retry=dict.fromkeys(range(len(rows)), exc.reason))
+        response = await self._post(path, {"inputs": inputs}, len(rows))
+        if isinstance(response, BatchResult):
+            return response
         result = BatchResult()
-        if response.status_code >= 400:
-            message = _message(response)
-            return BatchResult(rejected=dict.fromkeys(range(len(rows)), message))
         body = response.json() if response.content else {}
         by_id = {str(item.get("id")): i for i, item in enumerate(inputs) if "id" in item}
         for record in body.get("results", []):
@@ -259,29 +262,20 @@ class HubSpotDestination(Destination):
                 "properties": [key],
                 "inputs": [{"id": v} for v in values],
             }
-            try:
-                response = await self._send(
-                    "POST", f"/crm/v3/objects/{batch.object}/batch/read", body
-                )
-            except GiveUp as exc:
-                return BatchResult(retry=dict.fromkeys(range(len(rows)), exc.reason))
-            if response.status_code >= 400:
-                return BatchResult(rejected=dict.fromkeys(range(len(rows)), _message(response)))
-            for record in response.json().get("results", []):
+            found = await self._post(f"/crm/v3/objects/{batch.object}/batch/read", body, len(rows))
+            if isinstance(found, BatchResult):
+                return found
+            for record in found.json().get("results", []):
                 index = values.get(str(record.get("properties", {}).get(key)))
                 if index is not None:
                     ids[index] = str(record["id"])
             result.absent = sum(1 for i in missing if i not in ids)
         if ids:
             inputs = {"inputs": [{"id": hs_id} for hs_id in ids.values()]}
-            try:
-                response = await self._send(
-                    "POST", f"/crm/v3/objects/{batch.object}/batch/archive", inputs
-                )
-            except GiveUp as exc:
-                return BatchResult(retry=dict.fromkeys(range(len(rows)), exc.reason))
-            if response.status_code >= 400:
-                return BatchResult(rejected=dict.fromkeys(ids, _message(response)))
+            path = f"/crm/v3/objects/{batch.object}/batch/archive"
+            archived = await self._post(path, inputs, len(rows))
+            if isinstance(archived, BatchResult):
+                return archived
         return result
 
     # -- HTTP ---------------------------------------------------------------------------------
@@ -315,6 +309,17 @@ class HubSpotDestination(Destination):
             _properties_cache[cache_key] = (time.monotonic(), properties)
         return properties
 
+    async def _post(self, path: str, body: Any, size: int) -> httpx.Response | BatchResult:
+        """A batch call's answer, or the outcome of all `size` records when there is none to
+        read: retry later after GiveUp, rejected with HubSpot's message on a 4xx."""
+        try:
+            response = await self._send("POST", path, body)
+        except GiveUp as exc:
+            return BatchResult(retry=dict.fromkeys(range(size), exc.reason))
+        if response.status_code >= 400:
+            return BatchResult(rejected=dict.fromkeys(range(size), _message(response)))
+        return response
+
     async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
         """One request under the retry policy and the account's limiter; 401/403 raise."""
         response = await send(
@@ -322,7 +327,14 @@ class HubSpotDestination(Destination):
             limiter=self.limiter,
             policy=self.policy,
             stats=self.stats,
+            retryable=_worth_retrying,
         )
+        if response.status_code == 429:  # the daily budget: no wait within a run helps
+            raise DestinationError(
+                f"HubSpot's daily request limit of destination '{self.name}' is used up: "
+                f"{_message(response)}",
+                "run again after the limit resets (midnight in the account's time zone)",
+            )
         if response.status_code == 401:
             raise DestinationError(
                 f"HubSpot refused the token of destination '{self.name}' (HTTP 401): "
@@ -352,6 +364,21 @@ class HubSpotDestination(Destination):
             ) from None
 
 
+def _worth_retrying(response: httpx.Response) -> bool:
+    """429 of the rolling window and 5xx: yes; 429 of the daily limit: no."""
+    if response.status_code == 429:
+        return _body(response).get("policyName") != "DAILY"
+    return response.status_code in RETRYABLE_STATUS
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _read_only(prop: dict[str, Any]) -> bool:
     meta = prop.get("modificationMetadata")
     return isinstance(meta, dict) and bool(meta.get("readOnlyValue"))
@@ -379,11 +406,8 @@ def _error_indexes(error: dict[str, Any], by_id: dict[str, int], size: int) -> l
 
 def _message(response: httpx.Response) -> str:
     """HubSpot's error message (its body's `message`), else the status line."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
+    body = _body(response)
+    if body.get("message"):
         category = body.get("category") or body.get("errorType")
         prefix = f"{category}: " if category else ""
         return f"{prefix}{body['message']}"

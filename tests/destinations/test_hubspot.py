@@ -402,3 +402,44 @@ def test_batch_over_100_records_is_refused_before_sending(
     with destination, pytest.raises(Exception, match="at most 100"):
         destination.deliver(Batch("contacts", "upsert", "email", records))
     assert hs.sent("/batch/upsert") == []
+
+
+# -- catalog -----------------------------------------------------------------------------------
+
+
+def test_destinations_lists_objects_and_properties_with_their_unique_flag(
+    hs: HubSpotProject,
+) -> None:
+    code, out = hs.cli("destinations", "--json")
+    assert code == 0
+    (connector,) = [c for c in json.loads(out)["connectors"] if c["type"] == "hubspot"]
+    assert connector["max_batch_size"] == 100
+    code, out = hs.cli("destinations", "hs", "--json")
+    assert code == 0, out
+    assert {"contacts", "companies", "deals"} <= set(json.loads(out)["objects"])
+    code, out = hs.cli("destinations", "hs", "projects", "--json")
+    assert code == 0, out
+    fields = {f["name"]: f for f in json.loads(out)["fields"]}
+    assert fields["project_code"]["unique"] is True
+    assert fields["starts_on"]["type"] == "date"
+    assert fields["title"]["unique"] is False
+
+
+def test_unknown_object_is_reported_by_validate_connect(hs: HubSpotProject) -> None:
+    hs.write_sync(destination={"name": "hs", "object": "widgets"})
+    hs.contacts(emails(1))
+    code, out = hs.cli("validate", "--connect")
+    assert code == 1
+    assert "HubSpot has no object 'widgets'" in out
+
+
+def test_spent_daily_limit_fails_the_run_at_once_saying_so(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(daily_limit=1)  # the properties read spends it
+    hs.write_sync()
+    hs.contacts(emails(2))
+    code, out = hs.cli("run", "people")
+    assert code == 1
+    assert "daily request limit of destination 'hs' is used up" in out
+    assert len(hs.sent("/batch/upsert")) == 1  # not retried
