@@ -160,7 +160,7 @@ class HubSpotDestination(Destination):
         """Mapped properties must exist and be writable; the key must identify records."""
         try:
             properties = {p["name"]: p for p in self._properties(object)}
-        except DestinationError as exc:
+        except _NoSuchObject as exc:
             return [exc.message]
         problems = []
         for name in fields:
@@ -295,7 +295,7 @@ class HubSpotDestination(Destination):
                 "try again later",
             ) from None
         if response.status_code in (400, 404):
-            raise DestinationError(
+            raise _NoSuchObject(
                 f"HubSpot has no object '{object}': {_message(response)}",
                 "use contacts, companies, deals or a custom object's name "
                 f"(`retl destinations {self.name}` lists them)",
@@ -362,6 +362,10 @@ class HubSpotDestination(Destination):
             raise DestinationError(
                 f"destination '{self.name}': base_url {self.base_url} is not an http(s) URL: {exc}"
             ) from None
+
+
+class _NoSuchObject(DestinationError):
+    """The portal has no object of that name (a mapping problem, not an outage)."""
 
 
 def _worth_retrying(response: httpx.Response) -> bool:

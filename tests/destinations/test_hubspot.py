@@ -335,11 +335,11 @@ def test_throttled_and_failing_server_gets_every_record_exactly_once(
 ) -> None:
     hs = hubspot_project(chaos=Chaos(throttle=0.3, error=0.1, retry_after=1, seed=7))
     hs.write_sync()
-    hs.contacts(emails(500))
+    hs.contacts(emails(300))
     document = hs.run()
     assert document["status"] == "success"
-    assert sorted(hs.by("email")) == sorted(e for e, _ in emails(500))
-    assert len(hs.records()) == 500
+    assert sorted(hs.by("email")) == sorted(e for e, _ in emails(300))
+    assert len(hs.records()) == 300
     assert hs.dead_letters() == []
     assert hs.server.early_retries() == []
     assert any(entry.status == 429 for entry in hs.server.log)
@@ -356,6 +356,10 @@ def test_refused_token_fails_the_run_saying_so_without_the_token(
     assert code == 1
     assert "HubSpot refused the token of destination 'hs'" in out
     assert "wrong-secret-value" not in out
+    assert "cannot take this sync" not in out  # an outage of access, not a mapping problem
+    code, out = hs.cli("validate", "--connect")
+    assert code == 1
+    assert "HubSpot refused the token" in out and "wrong-secret-value" not in out
     assert hs.records() == {}
 
 
@@ -443,3 +447,26 @@ def test_spent_daily_limit_fails_the_run_at_once_saying_so(
     assert code == 1
     assert "daily request limit of destination 'hs' is used up" in out
     assert len(hs.sent("/batch/upsert")) == 1  # not retried
+
+
+def test_a_call_that_keeps_failing_leaves_its_records_to_retry_later(
+    hs: HubSpotProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+
+    from reverse_etl.destinations.hubspot import HubSpotDestination
+    from reverse_etl.destinations.retry import RetryPolicy
+
+    monkeypatch.setattr(HubSpotDestination, "policy", RetryPolicy(attempts=2, initial_wait=0.01))
+    destination = build_destination(
+        "hs", {"type": "hubspot", "token": hs.server.token, "base_url": hs.server.url}, tmp_path
+    )
+    records = pa.table({"email": ["a@x.com", "b@x.com"], "firstname": ["A", "B"]})
+    with destination:
+        destination.fields("contacts")  # read before the server starts failing
+        hs.server.chaos = Chaos(error=1.0)
+        result = destination.deliver(Batch("contacts", "upsert", "email", records))
+    assert result.rejected == {}
+    assert set(result.retry) == {0, 1}
+    assert result.retry[0].startswith("HTTP 500 after 2 attempts")
+    assert hs.records() == {}
