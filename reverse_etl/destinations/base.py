@@ -198,6 +198,7 @@ _REGISTRY: dict[str, type[Destination]] = {}
 BUILT_IN_CONNECTORS = (
     "reverse_etl.destinations.file",
     "reverse_etl.destinations.http",
+    "reverse_etl.destinations.hubspot",
     "reverse_etl.destinations.postgres",
     "reverse_etl.destinations.sql",
 )
