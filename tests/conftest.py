@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+pytest_plugins = ["servers.fixtures"]
+
 POSTGRES_URL = os.environ.get("RETL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("RETL_TEST_MYSQL_URL", "mysql+pymysql://root:@127.0.0.1:3306/test")
 

@@ -196,6 +196,7 @@ _REGISTRY: dict[str, type[Destination]] = {}
 BUILT_IN_CONNECTORS = (
     "reverse_etl.destinations.file",
     "reverse_etl.destinations.postgres",
+    "reverse_etl.destinations.salesforce",
     "reverse_etl.destinations.sql",
 )
 
