@@ -267,6 +267,11 @@ class SalesforceDestination(Destination):
                     f"'{object}' requires fields the mapping does not set: {', '.join(missing)}"
                 )
         key = described.get((key_field or "").lower())
+        if action == "upsert" and key_field is None:
+            problems.append(
+                f"upsert into '{object}' matches records by an External ID field: map "
+                "primary_key directly to one"
+            )
         if action == "upsert" and key is not None and not key.get("externalId"):
             problems.append(
                 f"field '{key['name']}' is not an external id field of '{object}': upsert "
@@ -541,10 +546,10 @@ class SalesforceDestination(Destination):
         if response.status_code != 200 or not isinstance(token, str):
             error = body.get("error", "") if isinstance(body, dict) else ""
             detail = body.get("error_description", "") if isinstance(body, dict) else ""
+            reason = ": ".join(str(part) for part in (error, detail) if part)
             raise DestinationError(
                 f"Salesforce refused the client credentials of destination '{self.name}' "
-                f"(HTTP {response.status_code} {error}: {detail})".rstrip(": )")
-                + ")",
+                f"(HTTP {response.status_code}{' ' + reason if reason else ''})",
                 "check client_id and client_secret of the connected app, and that the client "
                 "credentials flow is enabled with a run-as user",
             )

@@ -141,6 +141,41 @@ def test_client_credentials_fetch_a_token_and_fetch_a_new_one_once_the_session_e
     assert [e.status for e in salesforce_server.log].count(401) == 1
 
 
+class StaleTokens(SalesforceServer):
+    """A token endpoint that hands out a token the API no longer accepts."""
+
+    def handle(self, request: Incoming) -> Reply:
+        reply = super().handle(request)
+        if request.path == "/services/oauth2/token" and reply.status == 200:
+            reply.body = {**reply.body, "access_token": "00Dtest!stale"}
+        return reply
+
+
+def test_a_new_token_that_is_refused_too_fails_the_destination_after_one_refresh() -> None:
+    server = StaleTokens()
+    server.start()
+    try:
+        options = {"client_id": server.client_id, "client_secret": server.client_secret}
+        for crm in connect(server, **options):
+            with pytest.raises(DestinationError, match="INVALID_SESSION_ID") as error:
+                crm.objects()
+        assert "a new token from the client credentials flow was refused too" in str(
+            error.value.hint
+        )
+        assert [e.status for e in server.log] == [200, 401, 200, 401]
+    finally:
+        server.stop()
+
+
+def test_upsert_needs_the_primary_key_mapped_to_an_external_id_field(crm: Destination) -> None:
+    problems = crm.check("Account", ["Name"], None, "upsert")
+
+    assert problems == [
+        "upsert into 'Account' matches records by an External ID field: map primary_key "
+        "directly to one"
+    ]
+
+
 def test_wrong_client_credentials_fail_without_showing_the_secret(
     salesforce_server: SalesforceServer,
 ) -> None:
@@ -148,8 +183,10 @@ def test_wrong_client_credentials_fail_without_showing_the_secret(
     for crm in connect(salesforce_server, **options):
         with pytest.raises(DestinationError) as error:
             crm.objects()
-    assert "refused the client credentials" in error.value.message
-    assert "invalid_client" in error.value.message
+    assert error.value.message == (
+        "Salesforce refused the client credentials of destination 'crm' "
+        "(HTTP 400 invalid_client: invalid client credentials)"
+    )
     assert "s3cr3t-value-xyz" not in error.value.message + str(error.value.hint)
 
 
@@ -225,3 +262,14 @@ def test_location_is_instance_and_api_version() -> None:
         Path("."),
     )
     assert crm.location() == "https://acme.my.salesforce.com/services/data/v60.0"
+
+
+def test_rate_limit_spaces_the_requests_of_the_org(salesforce_server: SalesforceServer) -> None:
+    for crm in connect(salesforce_server, rate_limit=20):
+        for i in range(8):
+            crm.deliver(Batch("Account", "insert", None, accounts((i, f"n{i}"))))
+    # 9 requests (describe + 8 inserts) at 20/s: never more than 5 in a quarter second
+    assert len(salesforce_server.log) == 9
+    assert salesforce_server.busiest(0.25) <= 6
+    span = salesforce_server.log[-1].at - salesforce_server.log[0].at
+    assert span >= 8 / 20 - 0.01
