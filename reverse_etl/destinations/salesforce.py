@@ -139,10 +139,21 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
 # Access tokens from the client credentials flow, shared by every lane: (token_url, client_id)
 # -> (access token, instance URL). Only the loop's thread touches it.
 _TOKENS: dict[tuple[str, str], tuple[str, str]] = {}
-# Describe's fields per (location, sObject), shared by the lanes: each costs an API request.
-_DESCRIBES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-# Last `Sforce-Limit-Info` seen per org instance: (used, limit).
-_BUDGETS: dict[str, tuple[int, int]] = {}
+
+
+class _Shared:
+    """What the open lanes of one org share: describes (each costs a request) and the last
+    `Sforce-Limit-Info` seen (used, limit). It lives while a lane is open, so a later run (or
+    another org behind a reused URL) starts afresh."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.describes: dict[str, dict[str, dict[str, Any]]] = {}
+        self.budget: tuple[int, int] | None = None
+
+
+_SHARED: dict[str, _Shared] = {}
+_shared_lock = threading.Lock()
 
 
 @register("salesforce")
@@ -159,6 +170,7 @@ class SalesforceDestination(Destination):
         super().__init__(name, options, project_root)
         self._client: httpx.AsyncClient | None = None
         self._objects: list[str] | None = None
+        self._shared = _Shared()  # joins the org's while open
         self._instance = (self.options.base_url or self.options.instance_url or "").rstrip("/")
         self.policy = RetryPolicy()
 
@@ -194,6 +206,9 @@ class SalesforceDestination(Destination):
     def open(self) -> None:
         if self._client is None:
             self._client = _run(self._new_client())
+            with _shared_lock:
+                self._shared = _SHARED.setdefault(self.location(), self._shared)
+                self._shared.users += 1
 
     async def _new_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(timeout=httpx.Timeout(self.options.timeout))
@@ -202,6 +217,11 @@ class SalesforceDestination(Destination):
         if self._client is not None:
             _run(self._client.aclose())
             self._client = None
+            with _shared_lock:
+                self._shared.users -= 1
+                if self._shared.users <= 0:
+                    _SHARED.pop(self.location(), None)
+                self._shared = _Shared()
 
     # -- catalog ----------------------------------------------------------------------------
 
@@ -334,8 +354,8 @@ class SalesforceDestination(Destination):
         return result
 
     async def _adescribe(self, object: str) -> dict[str, dict[str, Any]]:
-        key = (self.location(), object)
-        if key not in _DESCRIBES:
+        describes = self._shared.describes
+        if object not in describes:
             response = await self._request("GET", f"/sobjects/{object}/describe", allow={404})
             if response.status_code == 404:
                 raise DestinationError(
@@ -344,8 +364,8 @@ class SalesforceDestination(Destination):
                     f"list the objects with `retl destinations {self.name}`",
                 )
             fields = response.json().get("fields", [])
-            _DESCRIBES[key] = {str(f["name"]).lower(): f for f in fields}
-        return _DESCRIBES[key]
+            describes[object] = {str(f["name"]).lower(): f for f in fields}
+        return describes[object]
 
     def _record(self, row: dict[str, Any], describe: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """A record with describe's field names and values in the JSON each field type takes."""
@@ -482,7 +502,7 @@ class SalesforceDestination(Destination):
                 return await client.request(method, url, params=params, json=json, headers=headers)
 
             response = await send(attempt, limiter=self._limiter, policy=self.policy)
-            self._note_usage(instance, response)
+            self._note_usage(response)
             if response.status_code == 401 and self._client_credentials and not refreshed:
                 refreshed = True  # the session expired: one new token, then give up
                 continue
@@ -557,18 +577,18 @@ class SalesforceDestination(Destination):
         instance = str(body.get("instance_url") or "").rstrip("/")
         return token, instance
 
-    def _note_usage(self, instance: str, response: httpx.Response) -> None:
+    def _note_usage(self, response: httpx.Response) -> None:
         match = _USAGE.search(response.headers.get("sforce-limit-info", ""))
         if match:
-            _BUDGETS[instance] = (int(match.group(1)), int(match.group(2)))
+            self._shared.budget = (int(match.group(1)), int(match.group(2)))
 
     def _refuse_when_over_budget(self, instance: str) -> None:
-        used, limit = _BUDGETS.get(instance, (0, 0))
+        used, limit = self._shared.budget or (0, 0)
         if limit and used >= limit:
             raise self._budget_error(instance)
 
     def _budget_error(self, instance: str) -> DestinationError:
-        used, limit = _BUDGETS.get(instance, (0, 0))
+        used, limit = self._shared.budget or (0, 0)
         usage = f" (api-usage={used}/{limit})" if limit else ""
         return DestinationError(
             f"the daily API request budget of Salesforce org {url_location(instance)} is used "

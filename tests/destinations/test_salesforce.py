@@ -214,6 +214,20 @@ def test_request_limit_exceeded_says_the_daily_budget_is_used_up(
     assert [e.status for e in server.log] == [403]
 
 
+def test_a_used_up_budget_is_asked_again_by_the_next_run(
+    salesforce_server_factory: Factory,
+) -> None:
+    server = salesforce_server_factory(daily_limit=5)
+    server.api_used = 5
+    for crm in connect(server):
+        with pytest.raises(DestinationError, match="daily API request budget"):
+            crm.objects()
+    server.api_used = 0  # the rolling 24 hours freed requests
+
+    for crm in connect(server):
+        assert "Account" in crm.objects()
+
+
 class FlakyCollections(SalesforceServer):
     """Answers every sObject Collections call with 503 (describe and queries still work)."""
 
