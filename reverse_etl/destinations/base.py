@@ -200,6 +200,7 @@ BUILT_IN_CONNECTORS = (
     "reverse_etl.destinations.http",
     "reverse_etl.destinations.hubspot",
     "reverse_etl.destinations.postgres",
+    "reverse_etl.destinations.salesforce",
     "reverse_etl.destinations.sql",
 )
 

@@ -34,7 +34,7 @@ Choices of this server (the pages do not say): 401 answers carry no Sforce-Limit
 known); an unknown field fails its record, not the request; a wrong JSON type for a field fails
 its record with INVALID_TYPE_ON_FIELD_IN_RECORD; a record of an unknown or missing
 attributes.type fails the request (400 INVALID_TYPE); upsert matches the external id exactly;
-only plain `SELECT f1, f2 FROM Obj` queries are understood.
+only `SELECT f1, f2 FROM Obj [WHERE f IN ('a', 'b', 3)]` queries are understood.
 """
 
 from __future__ import annotations
@@ -373,7 +373,11 @@ class SalesforceServer(ContractServer):
                 return _refuse(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
             return Reply(200, self._page(locator, rows, int(offset)))
         soql = request.query.get("q", [""])[0]
-        match = re.fullmatch(r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)\s*", soql, re.IGNORECASE)
+        match = re.fullmatch(
+            r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(\w+)\s+IN\s*\((.*)\))?\s*",
+            soql,
+            re.IGNORECASE | re.DOTALL,
+        )
         if match is None:
             return _refuse(400, "MALFORMED_QUERY", f"unexpected token in: {soql}")
         sobject = self.sobjects.get(match.group(2))
@@ -388,6 +392,16 @@ class SalesforceServer(ContractServer):
                 400, "INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{sobject.name}'."
             )
         canon = [sobject.field(n).name for n in names]  # type: ignore[union-attr]
+        where = sobject.field(match.group(3)) if match.group(3) else None
+        if match.group(3) and where is None:
+            return _refuse(
+                400,
+                "INVALID_FIELD",
+                f"No such column '{match.group(3)}' on entity '{sobject.name}'.",
+            )
+        wanted = _soql_values(match.group(4)) if where is not None else None
+        if wanted is None and where is not None:
+            return _refuse(400, "MALFORMED_QUERY", f"unexpected token in: {soql}")
         rows = [
             {
                 "attributes": {
@@ -397,6 +411,7 @@ class SalesforceServer(ContractServer):
                 **{n: rec.get(n) for n in canon},
             }
             for rid, rec in sorted(self.store[sobject.name].items())
+            if where is None or (wanted is not None and _soql_text(rec.get(where.name)) in wanted)
         ]
         locator = "01g" + uuid.uuid4().hex[:15]
         self._cursors[locator] = rows
@@ -453,6 +468,33 @@ class SalesforceServer(ContractServer):
 def _refuse(status: int, code: str, message: str) -> Reply:
     """A whole-request error: Salesforce answers a list of {message, errorCode}."""
     return Reply(status, [sf_error(code, message)])
+
+
+_SOQL_LITERAL = re.compile(r"\s*(?:'((?:[^'\\]|\\.)*)'|([-\w.]+))\s*(?:,|$)")
+
+
+def _soql_values(text: str) -> set[str] | None:
+    """The literals of `IN (...)` as text ('quoted' with backslash escapes, or bare numbers);
+    None when the list is malformed."""
+    values: set[str] = set()
+    at = 0
+    while at < len(text):
+        match = _SOQL_LITERAL.match(text, at)
+        if match is None or match.end() == at:
+            return None
+        quoted, bare = match.groups()
+        values.add(re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare)
+        at = match.end()
+    return values
+
+
+def _soql_text(value: Any) -> str | None:
+    """A stored value as a SOQL literal compares it (booleans as true/false)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _rolled_back() -> dict[str, Any]:

@@ -322,3 +322,15 @@ def test_query_pages_with_next_records_url(
 def test_query_of_an_unknown_field_is_invalid_field(salesforce_server: SalesforceServer) -> None:
     response = call(salesforce_server, "GET", "/query", params={"q": "SELECT Nope FROM Account"})
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "INVALID_FIELD"
+
+
+def test_query_where_in_selects_records_by_quoted_or_bare_literals(
+    salesforce_server: SalesforceServer,
+) -> None:
+    insert(salesforce_server, account("O'Brien"), account("Plain"), account("Other"))
+    soql = "SELECT Id, Name FROM Account WHERE Name IN ('O\\'Brien', 'Plain', 'nobody')"
+    body = call(salesforce_server, "GET", "/query", params={"q": soql}).json()
+    assert sorted(r["Name"] for r in body["records"]) == ["O'Brien", "Plain"]
+    bad = "SELECT Id FROM Account WHERE Name IN ('unclosed)"
+    response = call(salesforce_server, "GET", "/query", params={"q": bad})
+    assert response.status_code == 400 and response.json()[0]["errorCode"] == "MALFORMED_QUERY"

@@ -1,0 +1,289 @@
+"""The salesforce connector against the Salesforce REST contract server (tests/servers/
+salesforce.py): sObject Collections per action, per-record results in request order, describe
+for the catalog and checks, the OAuth client credentials flow, session expiry, the daily API
+budget, and records that run out of retries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from servers.base import Incoming, Reply
+from servers.salesforce import SalesforceServer
+
+from reverse_etl.destinations import Batch, Destination, FieldInfo, build_destination
+from reverse_etl.destinations.retry import RetryPolicy
+from reverse_etl.errors import DestinationError
+
+Factory = Callable[..., SalesforceServer]
+
+
+def connect(server: SalesforceServer, **options: Any) -> Iterator[Destination]:
+    config = {"type": "salesforce", "instance_url": server.url, **options}
+    if not {"access_token", "client_id"} & options.keys():
+        config["access_token"] = server.token
+    destination = build_destination("crm", config, Path("."))
+    destination.open()
+    yield destination
+    destination.close()
+
+
+@pytest.fixture
+def crm(salesforce_server: SalesforceServer) -> Iterator[Destination]:
+    yield from connect(salesforce_server)
+
+
+def accounts(*rows: tuple[Any, str]) -> pa.Table:
+    return pa.table(
+        {"External_Id__c": [r[0] for r in rows], "Name": [r[1] for r in rows]},
+    )
+
+
+def test_insert_returns_the_ids_salesforce_assigned_in_record_order(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    result = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+
+    assert result.rejected == {} and result.retry == {}
+    store = salesforce_server.store["Account"]
+    assert [store[result.ids[i]]["Name"] for i in (0, 1)] == ["a", "b"]
+    assert store[result.ids[0]]["External_Id__c"] == "1"  # text field: the number as text
+
+
+def test_only_the_invalid_records_are_rejected_with_code_message_and_fields(
+    crm: Destination,
+) -> None:
+    records = pa.table({"LastName": ["ok", None, "ok"], "Email": ["a@b.co", "c@d.co", "bad"]})
+
+    result = crm.deliver(Batch("Contact", "insert", None, records))
+
+    assert sorted(result.ids) == [0]
+    assert result.rejected == {
+        1: "REQUIRED_FIELD_MISSING: Required fields are missing: [LastName] (LastName)",
+        2: "INVALID_EMAIL_ADDRESS: Email: invalid email address: bad (Email)",
+    }
+
+
+def test_batches_above_200_records_are_split_into_collections_of_200(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    rows = [(i, f"n{i}") for i in range(250)]
+
+    result = crm.deliver(Batch("Account", "upsert", "External_Id__c", accounts(*rows)))
+
+    assert len(result.ids) == 250 and not result.rejected
+    upserts = [e for e in salesforce_server.log if e.method == "PATCH"]
+    assert len(upserts) == 2
+
+
+def test_delete_by_stored_id_counts_records_already_gone_as_absent(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    created = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+    ids: list[str | None] = [created.ids[0], created.ids[1]]
+    first = crm.deliver(Batch("Account", "delete", "External_Id__c", accounts((1, "a")), ids[:1]))
+    assert first.absent == 0 and not first.rejected
+
+    again = crm.deliver(
+        Batch("Account", "delete", "External_Id__c", accounts((1, "a"), (2, "b")), ids)
+    )
+
+    assert again.absent == 1 and not again.rejected
+    assert salesforce_server.store["Account"] == {}
+
+
+def test_fields_come_from_describe(crm: Destination) -> None:
+    fields = {f.name: f for f in crm.fields("Contact")}
+
+    assert fields["External_Id__c"] == FieldInfo("External_Id__c", "string", True, True)
+    assert fields["LastName"].nullable is False
+    assert fields["HasOptedOutOfEmail"].nullable is True  # defaulted on create
+    assert "Contact" in crm.objects() and "Project__c" in crm.objects()
+
+
+def test_check_reports_unwritable_fields_required_fields_and_a_key_that_is_no_external_id(
+    crm: Destination,
+) -> None:
+    problems = crm.check("Contact", ["Email", "CreatedDate"], "Email", "upsert")
+
+    assert any(p.startswith("field 'CreatedDate' cannot be created") for p in problems)
+    assert any(p.startswith("field 'CreatedDate' cannot be updated") for p in problems)
+    assert "'Contact' requires fields the mapping does not set: LastName" in problems
+    assert any(p.startswith("field 'Email' is not an external id field") for p in problems)
+    assert crm.check("Contact", ["External_Id__c", "LastName"], "External_Id__c", "upsert") == []
+    assert crm.check("Nope__c", ["X"], None, "insert") == [
+        "sObject 'Nope__c' does not exist in Salesforce destination 'crm' (or its user cannot "
+        "see it)"
+    ]
+
+
+def test_client_credentials_fetch_a_token_and_fetch_a_new_one_once_the_session_expires(
+    salesforce_server: SalesforceServer,
+) -> None:
+    options = {
+        "client_id": salesforce_server.client_id,
+        "client_secret": salesforce_server.client_secret,
+        "token_url": f"{salesforce_server.url}/services/oauth2/token",
+        "instance_url": None,
+    }
+    for crm in connect(salesforce_server, **options):
+        assert crm.deliver(Batch("Account", "insert", None, accounts((1, "a")))).ids
+        salesforce_server.token = "00Dtest!renewed"  # the old session expires
+
+        result = crm.deliver(Batch("Account", "insert", None, accounts((2, "b"))))
+
+        assert result.ids and not result.rejected
+    tokens = [e for e in salesforce_server.log if e.path == "/services/oauth2/token"]
+    assert len(tokens) == 2
+    assert [e.status for e in salesforce_server.log].count(401) == 1
+
+
+class StaleTokens(SalesforceServer):
+    """A token endpoint that hands out a token the API no longer accepts."""
+
+    def handle(self, request: Incoming) -> Reply:
+        reply = super().handle(request)
+        if request.path == "/services/oauth2/token" and reply.status == 200:
+            reply.body = {**reply.body, "access_token": "00Dtest!stale"}
+        return reply
+
+
+def test_a_new_token_that_is_refused_too_fails_the_destination_after_one_refresh() -> None:
+    server = StaleTokens()
+    server.start()
+    try:
+        options = {"client_id": server.client_id, "client_secret": server.client_secret}
+        for crm in connect(server, **options):
+            with pytest.raises(DestinationError, match="INVALID_SESSION_ID") as error:
+                crm.objects()
+        assert "a new token from the client credentials flow was refused too" in str(
+            error.value.hint
+        )
+        assert [e.status for e in server.log] == [200, 401, 200, 401]
+    finally:
+        server.stop()
+
+
+def test_upsert_needs_the_primary_key_mapped_to_an_external_id_field(crm: Destination) -> None:
+    problems = crm.check("Account", ["Name"], None, "upsert")
+
+    assert problems == [
+        "upsert into 'Account' matches records by an External ID field: map primary_key "
+        "directly to one"
+    ]
+
+
+def test_wrong_client_credentials_fail_without_showing_the_secret(
+    salesforce_server: SalesforceServer,
+) -> None:
+    options = {"client_id": "someone", "client_secret": "s3cr3t-value-xyz"}
+    for crm in connect(salesforce_server, **options):
+        with pytest.raises(DestinationError) as error:
+            crm.objects()
+    assert error.value.message == (
+        "Salesforce refused the client credentials of destination 'crm' "
+        "(HTTP 400 invalid_client: invalid client credentials)"
+    )
+    assert "s3cr3t-value-xyz" not in error.value.message + str(error.value.hint)
+
+
+def test_a_refused_access_token_fails_with_a_hint_and_is_not_retried(
+    salesforce_server: SalesforceServer,
+) -> None:
+    for crm in connect(salesforce_server, access_token="00Dwrong!token"):
+        with pytest.raises(DestinationError, match="INVALID_SESSION_ID") as error:
+            crm.deliver(Batch("Account", "insert", None, accounts((1, "a"))))
+    assert "fresh access token" in str(error.value.hint)
+    assert len(salesforce_server.log) == 1
+
+
+def test_request_limit_exceeded_says_the_daily_budget_is_used_up(
+    salesforce_server_factory: Factory,
+) -> None:
+    server = salesforce_server_factory(daily_limit=5)
+    server.api_used = 5
+    for crm in connect(server):
+        with pytest.raises(DestinationError, match="daily API request budget") as error:
+            crm.deliver(Batch("Account", "insert", None, accounts((1, "a"))))
+        assert "api-usage=5/5" in error.value.message
+        with pytest.raises(DestinationError, match="daily API request budget"):
+            crm.objects()  # refused without asking again
+    assert [e.status for e in server.log] == [403]
+
+
+def test_a_used_up_budget_is_asked_again_by_the_next_run(
+    salesforce_server_factory: Factory,
+) -> None:
+    server = salesforce_server_factory(daily_limit=5)
+    server.api_used = 5
+    for crm in connect(server):
+        with pytest.raises(DestinationError, match="daily API request budget"):
+            crm.objects()
+    server.api_used = 0  # the rolling 24 hours freed requests
+
+    for crm in connect(server):
+        assert "Account" in crm.objects()
+
+
+class FlakyCollections(SalesforceServer):
+    """Answers every sObject Collections call with 503 (describe and queries still work)."""
+
+    def handle(self, request: Incoming) -> Reply:
+        if "/composite/" in request.path:
+            return Reply(503, [{"errorCode": "SERVER_UNAVAILABLE", "message": "try later"}])
+        return super().handle(request)
+
+
+def test_records_of_a_request_that_runs_out_of_retries_are_to_be_retried_later() -> None:
+    server = FlakyCollections()
+    server.start()
+    try:
+        for crm in connect(server):
+            crm.policy = RetryPolicy(attempts=2, initial_wait=0.01, total_seconds=2)  # type: ignore[attr-defined]
+            result = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+        assert sorted(result.retry) == [0, 1] and not result.rejected
+        assert "HTTP 503" in result.retry[0]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "give access_token"),
+        ({"access_token": "x", "client_id": "c", "client_secret": "s"}, "not both"),
+        ({"access_token": "x", "instance_url": None}, "give instance_url"),
+        ({"access_token": "x", "api_version": "60"}, "api_version must look like v60.0"),
+    ],
+)
+def test_options_that_cannot_work_are_refused(options: dict[str, Any], message: str) -> None:
+    config = {"type": "salesforce", "instance_url": "https://x.my.salesforce.com", **options}
+    with pytest.raises(ValueError, match=message):
+        build_destination("crm", config, Path("."))
+
+
+def test_location_is_instance_and_api_version() -> None:
+    crm = build_destination(
+        "crm",
+        {
+            "type": "salesforce",
+            "instance_url": "https://acme.my.salesforce.com/",
+            "access_token": "t",
+        },
+        Path("."),
+    )
+    assert crm.location() == "https://acme.my.salesforce.com/services/data/v60.0"
+
+
+def test_rate_limit_spaces_the_requests_of_the_org(salesforce_server: SalesforceServer) -> None:
+    for crm in connect(salesforce_server, rate_limit=20):
+        for i in range(8):
+            crm.deliver(Batch("Account", "insert", None, accounts((i, f"n{i}"))))
+    # 9 requests (describe + 8 inserts) at 20/s: never more than 5 in a quarter second
+    assert len(salesforce_server.log) == 9
+    assert salesforce_server.busiest(0.25) <= 6
+    span = salesforce_server.log[-1].at - salesforce_server.log[0].at
+    assert span >= 8 / 20 - 0.01

@@ -1,0 +1,250 @@
+"""The sync modes (SPEC §3) end to end through `retl run` into the Salesforce contract server
+(tests/servers/salesforce.py): what each mode sends, that a second run sends only the changed
+records, that updates and deletes address records by the Id stored at their last delivery, and
+what a user sees when records are invalid or the org's daily API budget is used up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_harness import RetlProject
+from servers.salesforce import SalesforceServer
+
+OPEN_LIMITS = {"max_row_error_ratio": 1.0, "max_deletes": 1000, "max_delete_ratio": 1.0}
+FIRST = [(2, "a2"), (3, "a3"), (4, "a4")]
+SECOND = [(2, "b2"), (4, "a4"), (5, "a5")]  # 2 changed, 3 removed, 4 unchanged, 5 new
+MAPPING = {"External_Id__c": "id", "Name": "name"}
+
+
+@pytest.fixture
+def sf(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    salesforce_server: SalesforceServer,
+) -> RetlProject:
+    """A project whose destination `sf` is the contract server, object Account."""
+    monkeypatch.setenv("SF_TOKEN", salesforce_server.token)
+    destination = {
+        "type": "salesforce",
+        "instance_url": salesforce_server.url,
+        "access_token": "${SF_TOKEN}",
+    }
+    return RetlProject(
+        tmp_path / "project", {"sf": destination}, capsys, "sf", default_object="Account"
+    )
+
+
+def accounts(server: SalesforceServer) -> dict[str, str]:
+    """External id -> Name of every Account the server holds."""
+    with server.lock:
+        return {str(r["External_Id__c"]): r["Name"] for r in server.store["Account"].values()}
+
+
+def edit_by_hand(server: SalesforceServer, external_id: str, name: str) -> str:
+    """Change an Account behind retl's back (so a resend would show); returns its Id."""
+    with server.lock:
+        for record in server.store["Account"].values():
+            if record["External_Id__c"] == external_id:
+                record["Name"] = name
+                return str(record["Id"])
+    raise AssertionError(f"no Account {external_id}")
+
+
+def requests(server: SalesforceServer, since: int = 0) -> list[tuple[str, str]]:
+    return [(e.method, e.path.rsplit("/v60.0", 1)[-1]) for e in server.log[since:]]
+
+
+def test_upsert_creates_then_sends_only_changed_and_deletes_removed_by_stored_id(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    sf.write_sync(
+        mode="upsert",
+        mapping=MAPPING,
+        on_removed="delete",
+        allow_destructive=True,
+        limits=OPEN_LIMITS,
+    )
+    sf.set_source(FIRST)
+    assert sf.run_json()["counts"]["create"] == 3
+    assert accounts(salesforce_server) == {"2": "a2", "3": "a3", "4": "a4"}
+    removed_id = next(
+        i for i, r in salesforce_server.store["Account"].items() if r["External_Id__c"] == "3"
+    )
+    edit_by_hand(salesforce_server, "4", "edited")
+    sf.set_source(SECOND)
+    since = len(salesforce_server.log)
+
+    run = sf.run_json()
+
+    assert run["status"] == "success", run
+    assert run["counts"]["create"] == 1 and run["counts"]["update"] == 1
+    assert run["counts"]["delete"] == 1
+    assert accounts(salesforce_server) == {"2": "b2", "4": "edited", "5": "a5"}
+    assert removed_id in salesforce_server.deleted
+    sent = requests(salesforce_server, since)
+    assert ("PATCH", "/composite/sobjects/Account/External_Id__c") in sent
+    assert ("DELETE", "/composite/sobjects") in sent
+    assert not any(path.startswith("/query") for _, path in sent)  # the Id was stored
+    assert sf.plan_counts()["unchanged"] == 3
+
+
+def test_insert_creates_new_records_only_and_keeps_their_ids(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    sf.write_sync(
+        mode="insert",
+        mapping=MAPPING,
+        on_removed="delete",
+        allow_destructive=True,
+        limits=OPEN_LIMITS,
+    )
+    sf.set_source(FIRST)
+    sf.run_json()
+    sf.set_source(SECOND)
+
+    run = sf.run_json()
+
+    assert run["counts"]["create"] == 1 and run["counts"]["delete"] == 1
+    assert accounts(salesforce_server) == {"2": "a2", "4": "a4", "5": "a5"}
+    inserts = [p for m, p in requests(salesforce_server) if m == "POST"]
+    assert inserts == ["/composite/sobjects", "/composite/sobjects"]
+
+
+def test_update_finds_records_by_external_id_once_then_by_stored_id_and_never_creates(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    sf.write_sync(mode="upsert", name="seed", mapping=MAPPING, limits=OPEN_LIMITS)
+    sf.set_source([(2, "a2"), (3, "a3")])
+    sf.run_json("seed")
+    sf.write_sync(mode="update", mapping=MAPPING, limits=OPEN_LIMITS)
+    sf.set_source([(2, "u2"), (3, "u3"), (9, "nobody")])
+
+    first = sf.run_json()
+
+    assert first["counts"]["update"] == 2 and first["counts"]["rejected"] == 1
+    assert accounts(salesforce_server) == {"2": "u2", "3": "u3"}
+    (letter,) = sf.dead_letters()
+    assert letter["key"] == "9"
+    assert "no Account record has External_Id__c = '9'" in letter["error"]
+    assert "update never creates" in letter["error"]
+    sf.set_source([(2, "v2"), (3, "u3")])
+    since = len(salesforce_server.log)
+
+    second = sf.run_json()
+
+    assert second["counts"]["update"] == 1
+    assert accounts(salesforce_server) == {"2": "v2", "3": "u3"}
+    sent = requests(salesforce_server, since)
+    assert not any(path.startswith("/query") for _, path in sent)  # addressed by stored Id
+    assert ("PATCH", "/composite/sobjects") in sent
+
+
+def test_delete_mode_deletes_the_records_the_rows_name(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    sf.write_sync(mode="upsert", name="seed", mapping=MAPPING, limits=OPEN_LIMITS)
+    sf.set_source(FIRST)
+    sf.run_json("seed")
+    sf.write_sync(mode="delete", mapping=MAPPING, allow_destructive=True, limits=OPEN_LIMITS)
+    sf.set_source([(3, "a3"), (8, "never there")])
+
+    run = sf.run_json("contacts", "--yes")
+
+    assert run["status"] == "success", run
+    assert accounts(salesforce_server) == {"2": "a2", "4": "a4"}
+    assert run["counts"]["rejected"] == 0
+
+
+def test_k_invalid_records_of_a_batch_go_to_the_dlq_with_salesforces_message(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    bad = {7, 42, 99}
+    sf.warehouse(
+        "CREATE TABLE people AS SELECT i AS id, 'Last' || i AS last_name, "
+        "CASE WHEN i IN (7, 42, 99) THEN 'not-an-email-' || i ELSE 'p' || i || '@example.com' "
+        "END AS email FROM range(1, 101) t(i)"
+    )
+    sf.write_sync(
+        mode="upsert",
+        source={"sql": "select * from people"},
+        destination={"name": "sf", "object": "Contact"},
+        mapping={"External_Id__c": "id", "LastName": "last_name", "Email": "email"},
+        batch_size=100,
+        limits=OPEN_LIMITS,
+    )
+
+    run = sf.run_json()
+
+    assert run["counts"]["create"] == 97 and run["counts"]["rejected"] == 3
+    letters = sf.dead_letters()
+    assert {int(letter["key"]) for letter in letters} == bad
+    for letter in letters:
+        assert letter["error"] == (
+            f"INVALID_EMAIL_ADDRESS: Email: invalid email address: not-an-email-{letter['key']}"
+            " (Email)"
+        )
+    assert len(salesforce_server.store["Contact"]) == 97
+    sf.warehouse(
+        "UPDATE people SET email = 'fixed' || id || '@example.com' WHERE id IN (7, 42, 99)"
+    )
+    assert sf.plan_counts()["create"] == 3
+
+    again = sf.run_json()
+
+    assert again["counts"]["create"] == 3 and again["counts"]["rejected"] == 0
+    assert len(salesforce_server.store["Contact"]) == 100
+    assert sf.dead_letters() == []
+
+
+def test_a_used_up_daily_api_budget_fails_the_run_without_retries(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    salesforce_server_factory: Any,
+) -> None:
+    server: SalesforceServer = salesforce_server_factory(daily_limit=2)
+    monkeypatch.setenv("SF_TOKEN", server.token)
+    destination = {"type": "salesforce", "base_url": server.url, "access_token": "${SF_TOKEN}"}
+    project = RetlProject(tmp_path / "p", {"sf": destination}, capsys, "sf", "Account")
+    project.write_sync(mode="upsert", mapping=MAPPING, batch_size=1, limits=OPEN_LIMITS)
+    project.set_source(FIRST)
+
+    result = project.cli("run", "contacts")
+
+    assert result.code == 1
+    text = " ".join(result.output.split())
+    assert "daily API request budget" in text and "REQUEST_LIMIT_EXCEEDED" in text
+    assert server.token not in result.output
+    # describe + one batch fit the budget; batches already in flight are refused, none is
+    # sent again, and nothing after the refusal
+    refused = [e.digest for e in server.log if e.status == 403]
+    assert 1 <= len(refused) <= 2 and len(set(refused)) == len(refused)
+    assert len(server.log) == 2 + len(refused)
+    assert len(accounts(server)) == 1
+    assert project.state_keys() == set(accounts(server))
+
+
+def test_validate_connect_names_a_mapped_field_salesforce_cannot_update(
+    sf: RetlProject,
+) -> None:
+    sf.write_sync(
+        mode="upsert",
+        destination={"name": "sf", "object": "Contact"},
+        mapping={"External_Id__c": "id", "LastName": "name", "Name": "name"},
+    )
+    sf.set_source(FIRST)
+
+    result = sf.cli("validate", "--connect", "--json")
+
+    assert result.code == 1, result.output
+    problems = [p for p in result.json()["problems"] if p["message"].startswith("field 'Name'")]
+    assert [p["message"] for p in problems] == [
+        "field 'Name' cannot be created on 'Contact' (describe says createable: false): "
+        "remove it from the mapping",
+        "field 'Name' cannot be updated on 'Contact' (describe says updateable: false): "
+        "remove it from the mapping",
+    ]
+    assert {p["field"] for p in problems} == {"mapping.Name"}
