@@ -26,20 +26,19 @@ Objects", "Properties", "Error handling", "API usage guidelines"). Documented be
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import decimal
 import hashlib
 import json
 import threading
 import time
-from collections.abc import Coroutine, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 import httpx
 from pydantic import Field
 
+from reverse_etl.destinations import aio
 from reverse_etl.destinations.base import (
     Batch,
     BatchResult,
@@ -79,30 +78,6 @@ class HubSpotOptions(DestinationOptions):
     timeout: float = Field(default=30.0, gt=0)
 
 
-class _Loop:
-    """One event loop per process on a daemon thread: every lane submits its requests there,
-    so batches of all lanes are in flight together over asyncio."""
-
-    _lock = threading.Lock()
-    _loop: ClassVar[asyncio.AbstractEventLoop | None] = None
-
-    @classmethod
-    def get(cls) -> asyncio.AbstractEventLoop:
-        with cls._lock:
-            if cls._loop is None or cls._loop.is_closed():
-                loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=loop.run_forever, name="retl-hubspot-loop", daemon=True
-                ).start()
-                cls._loop = loop
-            return cls._loop
-
-    @classmethod
-    def run(cls, coro: Coroutine[Any, Any, _T]) -> _T:
-        future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, cls.get())
-        return future.result()
-
-
 _properties_cache: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
 _cache_lock = threading.Lock()
 
@@ -138,7 +113,7 @@ class HubSpotDestination(Destination):
         """The standard objects and the portal's custom objects (`GET /crm/v3/schemas`)."""
         names = list(STANDARD_OBJECTS)
         try:
-            response = _Loop.run(self._send("GET", "/crm/v3/schemas", None))
+            response = aio.run(self._send("GET", "/crm/v3/schemas", None))
         except GiveUp:
             return names
         if response.status_code == 200:
@@ -190,13 +165,13 @@ class HubSpotDestination(Destination):
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            _Loop.run(client.aclose())
+            aio.run(client.aclose())
 
     def deliver(self, batch: Batch) -> BatchResult:
         if batch.size > MAX_INPUTS:
             raise DestinationError(f"a HubSpot batch holds at most {MAX_INPUTS} records")
         types = {p["name"]: str(p.get("type", "string")) for p in self._properties(batch.object)}
-        return _Loop.run(self._deliver(batch, types))
+        return aio.run(self._deliver(batch, types))
 
     async def _deliver(self, batch: Batch, types: dict[str, str]) -> BatchResult:
         rows = batch.records.to_pylist()
@@ -288,7 +263,7 @@ class HubSpotDestination(Destination):
         if cached is not None and time.monotonic() - cached[0] < _PROPERTIES_TTL_SECONDS:
             return cached[1]
         try:
-            response = _Loop.run(self._send("GET", f"/crm/v3/properties/{object}", None))
+            response = aio.run(self._send("GET", f"/crm/v3/properties/{object}", None))
         except GiveUp as exc:
             raise DestinationError(
                 f"HubSpot did not answer the properties of '{object}': {exc.reason}",

@@ -30,7 +30,6 @@ rate limiter and the retry policy (destinations/retry.py).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import math
@@ -44,6 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import model_validator
 
+from reverse_etl.destinations import aio
 from reverse_etl.destinations.base import (
     Batch,
     BatchResult,
@@ -107,28 +107,11 @@ class SalesforceOptions(DestinationOptions):
         return self
 
 
-# -- one event loop per process ----------------------------------------------------------------
-
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def _background_loop() -> asyncio.AbstractEventLoop:
-    """The process's delivery loop, started on first use in a daemon thread."""
-    global _loop
-    with _loop_lock:
-        if _loop is None or _loop.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="retl-salesforce", daemon=True).start()
-            _loop = loop
-        return _loop
-
-
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on the background loop and wait for its result in this thread; a
     request that ran out of retries means Salesforce cannot be reached."""
     try:
-        return asyncio.run_coroutine_threadsafe(coroutine, _background_loop()).result()
+        return aio.run(coroutine)
     except GiveUp as exc:
         raise DestinationError(
             f"Salesforce cannot be reached: {exc.reason}",
