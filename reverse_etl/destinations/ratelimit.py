@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# Seconds added to every window, for the spread of network and scheduling delays.
+JITTER_MARGIN = 0.05
+
 
 @dataclass(frozen=True)
 class RateLimit:
@@ -36,30 +39,43 @@ class RateLimiter:
         self.clock = clock
         self._lock = threading.Lock()
         self._next = 0.0  # earliest time for the next request under per_second
-        self._sent: collections.deque[float] = collections.deque()  # times inside the window
+        self._sent: collections.deque[float] = collections.deque()  # sends inside the window
+        self._second: collections.deque[float] = collections.deque()  # sends inside 1 s
         self._paused_until = 0.0
         self.requests = 0
         self.waited = 0.0
 
     def reserve(self) -> float:
-        """Claim the next free slot; returns how many seconds to wait before sending."""
+        """Claim the next free slot; returns how many seconds to wait before sending.
+
+        Windows are kept `JITTER_MARGIN` seconds longer than the limit's: requests leave on
+        time but arrive with varying delays, and the server counts arrivals. `per_second` also
+        bounds any (1 s + margin) to `per_second` requests, so the server never sees more."""
         with self._lock:
             now = self.clock()
             at = max(now, self._paused_until)
             if self.limit.per_second:
                 at = max(at, self._next)
                 self._next = at + 1.0 / self.limit.per_second
+                at = self._fit(at, self._second, max(1, int(self.limit.per_second)), 1.0)
             if self.limit.per_window:
-                window = self.limit.window_seconds
-                while self._sent and self._sent[0] <= at - window:
-                    self._sent.popleft()
-                if len(self._sent) >= self.limit.per_window:
-                    # the slot opens when the oldest request in the window leaves it
-                    at = max(at, self._sent[-self.limit.per_window] + window)
-                self._sent.append(at)
+                at = self._fit(at, self._sent, self.limit.per_window, self.limit.window_seconds)
             self.requests += 1
             self.waited += at - now
             return at - now
+
+    @staticmethod
+    def _fit(at: float, sent: collections.deque[float], most: int, seconds: float) -> float:
+        """The earliest time from `at` at which a window of `seconds` holds fewer than `most`
+        earlier sends; records the send."""
+        window = seconds + JITTER_MARGIN
+        while sent and sent[0] <= at - window:
+            sent.popleft()
+        if len(sent) >= most:
+            # the slot opens when the oldest request that counts leaves the window
+            at = max(at, sent[-most] + window)
+        sent.append(at)
+        return at
 
     async def acquire(self) -> None:
         """Wait (on the caller's event loop) for a slot."""
