@@ -370,6 +370,7 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
         for key, what in (
             ("absent", "deletes found their record already gone"),
             ("deferred", "records the destination asked to retry later: the next run sends them"),
+            ("retries", "requests retried (429, 5xx, timeouts), Retry-After honoured"),
         ):
             if outcome.counts.get(key):
                 console.print(f"{escape(outcome.sync)}: {outcome.counts[key]:,} {what}")

@@ -152,6 +152,11 @@ class Destination(ABC):
         the base of `max_delete_ratio` for `mode: delete`."""
         return None
 
+    def delivery_stats(self) -> dict[str, int]:
+        """What delivering cost beyond the records (API connectors: `retries`, `throttled`),
+        added up over a run's lanes and shown in its summary."""
+        return {}
+
     def open(self) -> None:  # noqa: B027 - optional hook
         """Connect before the first batch (optional)."""
 

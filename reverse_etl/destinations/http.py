@@ -112,6 +112,9 @@ class HttpDestination(Destination):
 
     # -- delivery ---------------------------------------------------------------------------
 
+    def delivery_stats(self) -> dict[str, int]:
+        return self.stats.as_counts()
+
     def open(self) -> None:
         async def make() -> httpx.AsyncClient:
             return httpx.AsyncClient(

@@ -162,6 +162,9 @@ class HubSpotDestination(Destination):
 
     # -- delivery -----------------------------------------------------------------------------
 
+    def delivery_stats(self) -> dict[str, int]:
+        return self.stats.as_counts()
+
     def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:

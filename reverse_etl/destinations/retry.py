@@ -70,6 +70,9 @@ class RetryStats:
     throttled: int = 0
     waited_seconds: float = 0.0
 
+    def as_counts(self) -> dict[str, int]:
+        return {"retries": self.retries, "throttled": self.throttled} if self.retries else {}
+
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds the server asks to wait: `Retry-After` as seconds or an HTTP date, else a

@@ -105,10 +105,15 @@ class Delivery:
                     lanes = [first]
                     for _ in range(1, first.capabilities.concurrent_batches):
                         lanes.append(stack.enter_context(self.open_lane()))
-                    for op in self.plan.operations():
-                        self._send(lanes, op)
-                    for lane in lanes:
-                        lane.finish()
+                    try:
+                        for op in self.plan.operations():
+                            self._send(lanes, op)
+                        for lane in lanes:
+                            lane.finish()
+                    finally:
+                        for lane in lanes:
+                            for name, n in lane.delivery_stats().items():
+                                self.counts[name] = self.counts.get(name, 0) + n
         except _TooManyRejections as exc:
             failed = str(exc)
             hint = (

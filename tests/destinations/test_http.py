@@ -179,6 +179,7 @@ def test_a_429_is_honoured_and_every_record_arrives_once(
     (outcome,) = run.json()["runs"]
     assert outcome["status"] == "success", run.err
     assert outcome["counts"]["create"] == 200 and outcome["counts"]["rejected"] == 0
+    assert outcome["counts"]["retries"] >= 2 and outcome["counts"]["throttled"] >= 2  # shown
     assert sorted(webhook.store, key=int) == [str(k) for k in range(1, 201)]
     # only requests already in flight when a 429 was answered (at most `concurrency` per
     # lane) may arrive inside its Retry-After: the client then holds every lane back
