@@ -286,4 +286,4 @@ def test_rate_limit_spaces_the_requests_of_the_org(salesforce_server: Salesforce
     assert len(salesforce_server.log) == 9
     assert salesforce_server.busiest(0.25) <= 6
     span = salesforce_server.log[-1].at - salesforce_server.log[0].at
-    assert span >= 8 / 20 - 0.01
+    assert span >= 8 / 20 - 0.05  # sent 50 ms apart; arrivals may jitter by a few ms
