@@ -141,6 +141,7 @@ class Engine:
                     writable=False,
                     full_resync=full_resync,
                     only_dead_letters=only_dead_letters,
+                    dead_letter_keys=self.dead_letters.keys(sync.name),
                 )
             finally:
                 _close(con)
@@ -153,6 +154,7 @@ class Engine:
         writable: bool,
         full_resync: bool,
         only_dead_letters: bool,
+        dead_letter_keys: list[str],
     ) -> Plan:
         config = sync.config
         assert config is not None
@@ -162,7 +164,6 @@ class Engine:
         meta = store.meta(con)
         watermark = None if full_resync else meta.watermark
         source = read_source(self.project, sync, con, role=self.role, watermark=watermark)
-        dead_letter_keys = self.dead_letters.keys(sync.name)
         inputs = PlanInputs(
             sync=sync.name,
             config=config,
@@ -326,12 +327,15 @@ class Engine:
         with tempfile.TemporaryDirectory(prefix="retl-run-") as tmp:
             con = engine_connection(Path(tmp))
             try:
+                # Read once: the plan retries them, the delivery forgets the ones delivered.
+                dead_letter_keys = self.dead_letters.keys(sync.name)
                 plan = self._plan(
                     sync,
                     con,
                     writable=not options.dry_run,
                     full_resync=options.full_resync,
                     only_dead_letters=options.only_dead_letters,
+                    dead_letter_keys=dead_letter_keys,
                 )
                 if saved is not None:
                     try:
@@ -360,7 +364,7 @@ class Engine:
                     con,
                     lambda: self.open_destination(plan.target.destination),
                     self.dead_letters,
-                    self.dead_letters.keys(sync.name),
+                    dead_letter_keys,
                     record.id if record else None,
                     options.on_progress,
                 )
