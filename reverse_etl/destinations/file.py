@@ -9,7 +9,6 @@ delivered. Files accept every record: nothing is rejected, and I/O errors are De
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import csv
 import datetime as dt
@@ -19,7 +18,6 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +35,7 @@ from reverse_etl.destinations.base import (
     FieldInfo,
     register,
 )
+from reverse_etl.destinations.values import json_default
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
@@ -51,20 +50,6 @@ class FileOptions(DestinationOptions):
     format: Literal["csv", "jsonl", "parquet"] = "jsonl"
     write: Literal["append", "per_run"] = "append"
     include_action: bool = True
-
-
-def _json_value(value: Any) -> Any:
-    """JSON for what json.dumps cannot encode itself: ISO dates and times, exact decimals as
-    strings, bytes as base64, durations as seconds."""
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    return str(value)
 
 
 def _finite(value: float | None) -> float | str | None:
@@ -94,7 +79,7 @@ def _jsonl(table: pa.Table) -> bytes:
     lines = [
         json.dumps(
             dict(zip(names, row, strict=True)),
-            default=_json_value,
+            default=json_default,
             ensure_ascii=False,
             allow_nan=False,
         )
@@ -121,9 +106,9 @@ def _csv_ready(table: pa.Table) -> pa.Table:
             values = [
                 None
                 if v is None
-                else _json_value(v)
+                else json_default(v)
                 if isinstance(v, bytes)
-                else json.dumps(v, default=_json_value, ensure_ascii=False)
+                else json.dumps(v, default=json_default, ensure_ascii=False)
                 for v in column.to_pylist()
             ]
             column = pa.chunked_array([pa.array(values, pa.large_string())])

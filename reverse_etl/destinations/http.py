@@ -18,11 +18,9 @@ never appear in output, state or the dead letter queue.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import hashlib
 import json
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -41,6 +39,7 @@ from reverse_etl.destinations.base import (
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
 from reverse_etl.destinations.retry import GiveUp, RetryPolicy, RetryStats, send
+from reverse_etl.destinations.values import json_default
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
 from reverse_etl.types import Action
@@ -136,7 +135,7 @@ class HttpDestination(Destination):
         return aio.run(self._deliver(batch))
 
     async def _deliver(self, batch: Batch) -> BatchResult:
-        records = [_json_record(r) for r in batch.records.to_pylist()]
+        records = batch.records.to_pylist()
         operation = self.options.operations[batch.action]
         if self.options.batch_key:
             return await self._deliver_batch(batch, operation, records)
@@ -186,13 +185,14 @@ class HttpDestination(Destination):
         path = operation.path.replace("{{ object }}", quote(batch.object, safe=""))
         if key is not None:
             path = path.replace("{{ key }}", quote(str(key), safe=""))
-        headers = {}
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        content = None if body is None else json.dumps(body, default=json_default).encode()
         if self.options.idempotency_header:
-            basis = json.dumps([batch.run_id, batch.action, key, body], default=str)
+            basis = json.dumps([batch.run_id, batch.action, key, body], default=json_default)
             headers[self.options.idempotency_header] = hashlib.sha256(basis.encode()).hexdigest()
         try:
             response = await send(
-                lambda: client.request(operation.method, path, json=body, headers=headers),
+                lambda: client.request(operation.method, path, content=content, headers=headers),
                 limiter=self.limiter,
                 policy=self.policy,
                 stats=self.stats,
@@ -244,24 +244,6 @@ class HttpDestination(Destination):
                 message = entry.get("message") or entry.get("error") or "rejected"
                 rejected[index] = str(message)
         return rejected
-
-
-def _json_record(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: _json_value(v) for k, v in record.items()}
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    return value
 
 
 def _first_line(text: str, limit: int = 300) -> str:
