@@ -2,6 +2,12 @@
 
 Produces the `retl_ops` table (one row per record to send, with its operation) that the runner
 streams in batches, and a Plan with counts and samples. Nothing here writes to state.
+
+The source is joined to the snapshot on key and hash while it streams in (`load_source` with
+`against`): every row keeps its key, hash and watermark, but only rows that may be sent (new,
+changed, or retried) keep their values, so unchanged rows are never copied in full. Removed
+keys are an anti-join of the snapshot against the source's keys; unchanged and ignored rows
+are counted, not materialised.
 """
 
 from __future__ import annotations
@@ -32,14 +38,21 @@ SOURCE_TABLE = "retl_source"
 OPS_TABLE = "retl_ops"
 ERRORS_TABLE = "retl_key_errors"
 DUPLICATES_TABLE = "retl_source_duplicates"
+# Unchanged records whose snapshot holds the hash of retl <= 0.1: (key, hash) to store.
+REHASH_TABLE = "retl_rehash"
 CHANGE_COLUMN = "__retl_change"
 OP_COLUMN = "__retl_op"
 # The id the destination gave the record when it was delivered (None where it gives none).
 DEST_ID_COLUMN = "__retl_dest_id"
+# Columns of `retl_source` loaded against the snapshot: the stored hash (NULL: a new key) and
+# whether the row kept its values (only rows that may be sent do).
+STORED_HASH_COLUMN = "__retl_stored_hash"
+VALUES_COLUMN = "__retl_values"
 SAMPLE_SIZE = 5
 # Keys are kept as text; shown in number order when they are numbers (1, 2, 10 not 1, 10, 2).
 KEY_ORDER = f"TRY_CAST({KEY_COLUMN} AS DOUBLE) NULLS LAST, {KEY_COLUMN}"
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+_CANDIDATES = "retl_candidates"
 
 # What each kind of change becomes in each mode (SPEC §3); None: nothing is sent.
 _OPERATION: dict[str, dict[str, str | None]] = {
@@ -51,22 +64,54 @@ _OPERATION: dict[str, dict[str, str | None]] = {
 
 
 def load_source(
-    con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, mapping: CompiledMapping
+    con: duckdb.DuckDBPyConnection,
+    reader: pa.RecordBatchReader,
+    mapping: CompiledMapping,
+    *,
+    against: str | None = None,
+    keep_keys: Sequence[str] = (),
 ) -> int:
-    """Stream the source through the mapping into `retl_source` (key, record, hash)."""
+    """Stream the source through the mapping into `retl_source` (key, record, hash).
+
+    With `against` (a `(key, hash, dest_id)` relation: the attached snapshot), each row is joined
+    to it on the way in and gets the stored hash and destination id; only rows whose hash differs
+    from the stored one, new rows, and rows whose key is in `keep_keys` (dead letters to retry)
+    keep their values, the others only key, hash and watermark. Without it every row keeps its
+    values (preview, full resync)."""
     con.register("retl_source_stream", reader)
     watermark = (
         f", {mapping.watermark_expression} AS {WATERMARK_COLUMN}"
         if mapping.watermark_expression
         else ""
     )
-    try:
-        con.execute(
-            f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS "
-            f"SELECT *, {mapping.hash_expression()} AS {HASH_COLUMN} FROM ("
-            f"SELECT {mapping.key_expression} AS {KEY_COLUMN}, {mapping.projection}{watermark} "
-            f"FROM retl_source_stream)"
+    mapped = (
+        f"SELECT *, {mapping.hash_expression()} AS {HASH_COLUMN} FROM ("
+        f"SELECT {mapping.key_expression} AS {KEY_COLUMN}, {mapping.projection}{watermark} "
+        f"FROM retl_source_stream)"
+    )
+    if against is None:
+        statement = f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS {mapped}"
+    else:
+        kept = f"s.key IS NULL OR s.hash <> g.{HASH_COLUMN}"
+        if keep_keys:
+            con.register(
+                "retl_keep_keys", pa.table({"key": pa.array(list(keep_keys), pa.string())})
+            )
+            kept += f" OR g.{KEY_COLUMN} IN (SELECT key FROM retl_keep_keys)"
+        values = ", ".join(
+            f"CASE WHEN {VALUES_COLUMN} THEN g.{quote_identifier(f)} END AS {quote_identifier(f)}"
+            for f in mapping.fields
         )
+        wm = f", g.{WATERMARK_COLUMN}" if mapping.watermark_expression else ""
+        statement = (
+            f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS SELECT g.{KEY_COLUMN}, {values}{wm}, "
+            f"g.{HASH_COLUMN}, {STORED_HASH_COLUMN}, {DEST_ID_COLUMN}, {VALUES_COLUMN} FROM ("
+            f"SELECT g.*, s.hash AS {STORED_HASH_COLUMN}, s.dest_id AS {DEST_ID_COLUMN}, "
+            f"({kept}) AS {VALUES_COLUMN} FROM ({mapped}) g "
+            f"LEFT JOIN {against} s ON s.key = g.{KEY_COLUMN}) g"
+        )
+    try:
+        con.execute(statement)
     except duckdb.BinderException as exc:
         columns = ", ".join(reader.schema.names)
         missing = re.search(r'column "?([^"\s]+)"? not found', str(exc))
@@ -80,6 +125,8 @@ def load_source(
         raise MappingError(f"applying the mapping failed: {str(exc).splitlines()[0]}") from None
     finally:
         con.unregister("retl_source_stream")
+        if against is not None and keep_keys:
+            con.unregister("retl_keep_keys")
     row = con.execute(f"SELECT count(*) FROM {SOURCE_TABLE}").fetchall()[0]
     return int(row[0]) if row else 0
 
@@ -109,7 +156,11 @@ class PlanInputs:
 
 
 def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
-    """Compute `retl_ops` and the Plan. The snapshot must be attached (see SnapshotStore)."""
+    """Compute `retl_ops` and the Plan. The snapshot must be attached (see SnapshotStore).
+
+    `retl_ops` holds only the records to send; `retl_rehash` the unchanged records whose
+    snapshot still holds the legacy hash. `retl_source` may be loaded against the snapshot
+    (faster: see `load_source`) or not; a full resync needs it loaded without."""
     config = inputs.config
     mode = config.mode
     key = KEY_COLUMN
@@ -126,11 +177,22 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         f"GROUP BY {key} HAVING {key} IS NULL OR count(*) > 1{duplicates_elsewhere}"
     )
     stored = SnapshotStore.relation(con)
+    joined = _has_column(con, SOURCE_TABLE, VALUES_COLUMN)
+    if joined and inputs.full_resync:
+        raise RuntimeError("a full resync needs the source loaded without the snapshot")
     snapshot = (
         "(SELECT CAST(NULL AS VARCHAR) AS key, CAST(NULL AS VARCHAR) AS hash, "
         "CAST(NULL AS VARCHAR) AS dest_id WHERE false)"
         if inputs.full_resync
         else stored
+    )
+    # The source with each row's stored hash and destination id.
+    source = (
+        SOURCE_TABLE
+        if joined
+        else f"(SELECT g.*, s.hash AS {STORED_HASH_COLUMN}, s.dest_id AS {DEST_ID_COLUMN}, "
+        f"true AS {VALUES_COLUMN} FROM {SOURCE_TABLE} g LEFT JOIN {snapshot} s "
+        f"ON s.key = g.{key})"
     )
     key_filter = ""
     if inputs.only_keys is not None:
@@ -138,6 +200,13 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
             "retl_only_keys", pa.table({"key": pa.array(list(inputs.only_keys), pa.string())})
         )
         key_filter = f" AND g.{key} IN (SELECT key FROM retl_only_keys)"
+    has_errors = _count(con, f"SELECT count(*) FROM {ERRORS_TABLE}") > 0
+    error_filter = (
+        f" AND NOT EXISTS (SELECT 1 FROM {ERRORS_TABLE} e WHERE e.{key} = g.{key})"
+        if has_errors
+        else ""
+    )
+    valid = f"g.{key} IS NOT NULL{error_filter}{key_filter}"
 
     # Dead letters are retried even when the source went back to the delivered value.
     retried = ""
@@ -146,23 +215,43 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
             "retl_retry_keys", pa.table({"key": pa.array(list(inputs.retry_keys), pa.string())})
         )
         retried = f" OR g.{key} IN (SELECT key FROM retl_retry_keys)"
-    # State of retl <= 0.1 holds the old, ambiguous hash: a row whose stored hash is the old
-    # hash of its current values is unchanged (the run stores the new hash, sends nothing).
-    # CASE evaluates it only for rows whose hash differs, so migrated state pays nothing.
+    # Rows that may be sent: new, hash differs, or retried. Everything else is unchanged and
+    # only counted. State of retl <= 0.1 holds the old, ambiguous hash: a row whose stored hash
+    # is the old hash of its current values is unchanged (the run stores the new hash, sends
+    # nothing); it is computed only for rows whose hash differs, so migrated state pays nothing.
     legacy = inputs.mapping.legacy_hash_expression("g")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {_CANDIDATES} AS SELECT CASE "
+        f"WHEN g.{STORED_HASH_COLUMN} IS NULL THEN 'new' "
+        f"WHEN (g.{STORED_HASH_COLUMN} <> g.{HASH_COLUMN} AND g.{STORED_HASH_COLUMN} <> {legacy})"
+        f"{retried} THEN 'changed' ELSE 'unchanged' END AS {CHANGE_COLUMN}, g.* "
+        f"FROM {source} g WHERE {valid} AND (g.{STORED_HASH_COLUMN} IS NULL OR "
+        f"g.{STORED_HASH_COLUMN} <> g.{HASH_COLUMN}{retried})"
+    )
+    unsent = _count(
+        con,
+        f"SELECT count(*) FROM {_CANDIDATES} WHERE {CHANGE_COLUMN} <> 'unchanged' "
+        f"AND NOT {VALUES_COLUMN}",
+    )
+    if unsent:
+        raise RuntimeError(
+            f"{unsent} record(s) to send lost their values: the source was loaded against the "
+            "snapshot without their keys in keep_keys"
+        )
     operation = _OPERATION[mode]
     cases = " ".join(
         f"WHEN '{change}' THEN '{op}'" for change, op in operation.items() if op is not None
     )
+    record = ", ".join(quote_identifier(f) for f in inputs.mapping.fields)
+    watermark = f", {WATERMARK_COLUMN}" if inputs.mapping.watermark_expression else ""
     con.execute(
-        f"CREATE OR REPLACE TABLE {OPS_TABLE} AS "
-        f"SELECT CASE {CHANGE_COLUMN} {cases} ELSE NULL END AS {OP_COLUMN}, * FROM ("
-        f"SELECT CASE WHEN s.key IS NULL THEN 'new' WHEN (s.hash <> g.{HASH_COLUMN} AND "
-        f"s.hash <> {legacy}){retried} THEN 'changed' "
-        f"ELSE 'unchanged' END AS {CHANGE_COLUMN}, s.dest_id AS {DEST_ID_COLUMN}, g.* "
-        f"FROM {SOURCE_TABLE} g LEFT JOIN {snapshot} s ON s.key = g.{key} "
-        f"WHERE g.{key} IS NOT NULL AND g.{key} NOT IN "
-        f"(SELECT {key} FROM {ERRORS_TABLE} WHERE {key} IS NOT NULL){key_filter})"
+        f"CREATE OR REPLACE TABLE {OPS_TABLE} AS SELECT * FROM (SELECT CASE {CHANGE_COLUMN} "
+        f"{cases} ELSE NULL END AS {OP_COLUMN}, {CHANGE_COLUMN}, {DEST_ID_COLUMN}, {key}, "
+        f"{record}{watermark}, {HASH_COLUMN} FROM {_CANDIDATES}) WHERE {OP_COLUMN} IS NOT NULL"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TABLE {REHASH_TABLE} AS SELECT {key} AS key, {HASH_COLUMN} AS hash "
+        f"FROM {_CANDIDATES} WHERE {CHANGE_COLUMN} = 'unchanged'"
     )
     deletes_removed = (
         config.on_removed == "delete"
@@ -179,24 +268,31 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         con.execute(
             f"INSERT INTO {OPS_TABLE} ({OP_COLUMN}, {CHANGE_COLUMN}, {DEST_ID_COLUMN}, {key}, "
             f"{quote_identifier(key_field)}) "
-            f"SELECT 'delete', 'removed', dest_id, key, key FROM {stored} "
-            f"WHERE key NOT IN (SELECT {key} FROM {SOURCE_TABLE} WHERE {key} IS NOT NULL){removed_filter}"
+            f"SELECT 'delete', 'removed', dest_id, key, key FROM {stored} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {SOURCE_TABLE} g WHERE g.{key} = s.key)"
+            f"{removed_filter}"
         )
     counts = PlanCounts()
     removed = 0
     for op, change, n in con.execute(
         f"SELECT {OP_COLUMN}, {CHANGE_COLUMN}, count(*) FROM {OPS_TABLE} GROUP BY ALL"
     ).fetchall():
-        if op is not None:
-            setattr(counts, op, getattr(counts, op) + int(n))
-            if change == "removed":
-                removed += int(n)
-        elif change == "changed":
-            counts.ignored += int(n)
-        else:
-            counts.unchanged += int(n)
-    error_rows = con.execute(f"SELECT coalesce(sum(n), 0) FROM {ERRORS_TABLE}").fetchall()[0]
-    counts.error = int(error_rows[0]) if error_rows else 0
+        setattr(counts, op, getattr(counts, op) + int(n))
+        if change == "removed":
+            removed += int(n)
+    counts.ignored = _count(
+        con,
+        f"SELECT count(*) FROM {_CANDIDATES} WHERE {CHANGE_COLUMN} <> 'unchanged' AND "
+        f"CASE {CHANGE_COLUMN} {cases} ELSE NULL END IS NULL",
+    )
+    sent_or_ignored = _count(
+        con, f"SELECT count(*) FROM {_CANDIDATES} WHERE {CHANGE_COLUMN} <> 'unchanged'"
+    )
+    counts.unchanged = _count(con, f"SELECT count(*) FROM {SOURCE_TABLE} g WHERE {valid}") - (
+        sent_or_ignored
+    )
+    con.execute(f"DROP TABLE {_CANDIDATES}")
+    counts.error = _count(con, f"SELECT coalesce(sum(n), 0) FROM {ERRORS_TABLE}")
 
     plan = Plan(
         sync=inputs.sync,
@@ -248,6 +344,20 @@ def operations_digest(con: duckdb.DuckDBPyConnection) -> str:
         f"FROM {OPS_TABLE} WHERE {OP_COLUMN} IS NOT NULL"
     ).fetchall()[0]
     return hashlib.sha256(f"{row[0]}:{row[1]}".encode()).hexdigest()[:32]
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchall()[0]
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    rows = con.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
+        "AND database_name = 'memory'",
+        [table, column],
+    ).fetchall()
+    return bool(rows and rows[0][0])
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:

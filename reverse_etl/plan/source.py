@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +83,12 @@ def read_source(
     *,
     role: str | None,
     watermark: str | None = None,
+    against: str | None = None,
+    keep_keys: Sequence[str] = (),
 ) -> SourceRead:
-    """Run the sync's SQL on its warehouse and stream the mapped records into `retl_source`;
-    for an incremental read also the keys duplicated in the whole query."""
+    """Run the sync's SQL on its warehouse and stream the mapped records into `retl_source`
+    (joined to the snapshot relation `against` on the way in, see `load_source`); for an
+    incremental read also the keys duplicated in the whole query."""
     config = sync.config
     assert config is not None and project.config is not None
     warehouse_config = project.config.warehouses.get(config.warehouse)
@@ -99,7 +102,7 @@ def read_source(
     ) as warehouse:
         sql = source_sql(sync, watermark, warehouse.quote)
         reader = warehouse.stream(sql, READ_BATCH_ROWS)
-        rows = load_source(con, reader, mapping)
+        rows = load_source(con, reader, mapping, against=against, keep_keys=keep_keys)
         if config.incremental is not None and watermark is not None:
             duplicates = warehouse.stream(
                 duplicate_keys_sql(sync, warehouse.quote), READ_BATCH_ROWS

@@ -163,7 +163,16 @@ class Engine:
         change = store.open(con, target, writable=writable)
         meta = store.meta(con)
         watermark = None if full_resync else meta.watermark
-        source = read_source(self.project, sync, con, role=self.role, watermark=watermark)
+        source = read_source(
+            self.project,
+            sync,
+            con,
+            role=self.role,
+            watermark=watermark,
+            # A full resync sends every row: all keep their values.
+            against=None if full_resync else SnapshotStore.relation(con),
+            keep_keys=dead_letter_keys,
+        )
         inputs = PlanInputs(
             sync=sync.name,
             config=config,
