@@ -23,9 +23,6 @@ from reverse_etl.cli.common import (
 )
 from reverse_etl.cli.render import render_plan, render_preview
 from reverse_etl.errors import FailureReported, RetlError, UsageError
-from reverse_etl.plan.files import save_plans
-from reverse_etl.plan.preview import preview_sync
-from reverse_etl.run import Engine
 
 
 @app.command(rich_help_panel="Syncs")
@@ -49,6 +46,9 @@ def plan(
     """Show what a run would create, update and delete, counts first, then samples. Writes nothing."""
     project = open_project(project_dir)
     chosen = selected_syncs(project, syncs, select, all_syncs)
+    from reverse_etl.plan.files import save_plans
+    from reverse_etl.run import Engine
+
     engine = Engine(project, role=role)
     documents = []
     plans = []
@@ -95,6 +95,8 @@ def preview(
     chosen = selected_syncs(project, [sync], None, False)
     if len(chosen) != 1:
         raise UsageError(f"preview takes one sync; '{sync}' matches {len(chosen)}")
+    from reverse_etl.plan.preview import preview_sync
+
     result = preview_sync(project, chosen[0], limit=limit, role=role)
     if json_output:
         print_json(result.to_json())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -27,9 +27,10 @@ from reverse_etl.cli.common import (
 )
 from reverse_etl.cli.render import render_plan, render_summary
 from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
-from reverse_etl.plan.files import load_plans
-from reverse_etl.plan.model import Plan
-from reverse_etl.run import Engine, RunOptions, RunOutcome
+
+if TYPE_CHECKING:
+    from reverse_etl.plan.model import Plan
+    from reverse_etl.run import RunOutcome
 
 
 @app.command(rich_help_panel="Syncs")
@@ -76,6 +77,9 @@ def run(
             "name the syncs to run, or use --all", "see `retl status` for the project's syncs"
         )
     project = open_project(project_dir)
+    from reverse_etl.plan.files import load_plans
+    from reverse_etl.run import Engine, RunOptions
+
     engine = Engine(project, role=role)
     scheduled = all_syncs and not syncs and not select
     display = _Display(dry_run=dry_run, yes=yes, quiet=json_output)
