@@ -221,12 +221,12 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
     # nothing); it is computed only for rows whose hash differs, so migrated state pays nothing.
     legacy = inputs.mapping.legacy_hash_expression("g")
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {_CANDIDATES} AS SELECT CASE "
+        f"CREATE OR REPLACE TABLE {_CANDIDATES} AS SELECT CASE "
         f"WHEN g.{STORED_HASH_COLUMN} IS NULL THEN 'new' "
         f"WHEN (g.{STORED_HASH_COLUMN} <> g.{HASH_COLUMN} AND g.{STORED_HASH_COLUMN} <> {legacy})"
         f"{retried} THEN 'changed' ELSE 'unchanged' END AS {CHANGE_COLUMN}, g.* "
-        f"FROM {source} g WHERE {valid} AND (g.{STORED_HASH_COLUMN} IS NULL OR "
-        f"g.{STORED_HASH_COLUMN} <> g.{HASH_COLUMN}{retried})"
+        f"FROM {source} g WHERE {valid} AND ((g.{VALUES_COLUMN} AND (g.{STORED_HASH_COLUMN} "
+        f"IS NULL OR g.{STORED_HASH_COLUMN} <> g.{HASH_COLUMN})){retried})"
     )
     unsent = _count(
         con,
@@ -260,6 +260,8 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         and not inputs.full_resync
     )
     key_field = inputs.mapping.key_field
+    if deletes_removed and _all_snapshot_keys_in_source(con, joined, has_errors, stored):
+        deletes_removed = False  # nothing was removed: the anti-join would find nothing
     if deletes_removed:
         assert key_field is not None, "validation requires the key to be mapped for on_removed"
         removed_filter = (
@@ -344,6 +346,20 @@ def operations_digest(con: duckdb.DuckDBPyConnection) -> str:
         f"FROM {OPS_TABLE} WHERE {OP_COLUMN} IS NOT NULL"
     ).fetchall()[0]
     return hashlib.sha256(f"{row[0]}:{row[1]}".encode()).hexdigest()[:32]
+
+
+def _all_snapshot_keys_in_source(
+    con: duckdb.DuckDBPyConnection, joined: bool, has_errors: bool, stored: str
+) -> bool:
+    """True when the source matched every key of the snapshot on load, so none was removed:
+    a no-op run then skips the anti-join over all keys."""
+    if not joined:
+        return False
+    distinct = f"DISTINCT {KEY_COLUMN}" if has_errors else "*"  # duplicates match one key twice
+    matched = _count(
+        con, f"SELECT count({distinct}) FROM {SOURCE_TABLE} WHERE {STORED_HASH_COLUMN} IS NOT NULL"
+    )
+    return matched == _count(con, f"SELECT count(*) FROM {stored}")
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
