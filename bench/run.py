@@ -313,24 +313,53 @@ def plan_counts(output: str) -> dict[str, int]:
     return {k: int(v) for k, v in counts.items() if isinstance(v, int)}
 
 
-def pg_raw_load(
-    source: Path, pg_url: str, table: str, work: Path, delete_missing: bool
-) -> list[str]:
-    code = f"""
-    import sys, duckdb, psycopg
-    csv_path = sys.argv[2] + "/raw.csv"
-    con = duckdb.connect(sys.argv[1], read_only=True)
-    con.execute(f"COPY (SELECT {NAMES} FROM bench.customers) TO '{{csv_path}}' (HEADER false)")
+def export_rows(source: Path, state: Path | None, columns: str) -> str:
+    """Python that writes the rows to load to `raw.csv` (and, with the hand-written snapshot
+    `state`, only the new and changed rows, plus the removed ids to `removed.csv`): the
+    changed-run limit sends only the changes too."""
+    rows = f"SELECT {columns} FROM bench.customers"
+    removed = ""
+    if state is not None:
+        rows = (
+            f"SELECT {columns} FROM (SELECT *, {hand_hash()} AS hash FROM bench.customers) s "
+            "LEFT JOIN st.state p ON p.id = s.id WHERE p.id IS NULL OR p.hash <> s.hash"
+        )
+        removed = (
+            'con.execute(f"COPY (SELECT id FROM st.state p WHERE NOT EXISTS (SELECT 1 FROM '
+            "bench.customers s WHERE s.id = p.id)) TO '{work}/removed.csv' (HEADER false)\")"
+        )
+    attach = f"con.execute(\"ATTACH '{state}' AS st (READ_ONLY)\")" if state else ""
+    return f"""
+    import duckdb
+    work = sys.argv[2]
+    con = duckdb.connect("{source}", read_only=True)
+    {attach}
+    con.execute(f"COPY ({rows}) TO '{{work}}/raw.csv' (HEADER false)")
+    {removed}
     con.close()
-    updates = ", ".join(f"{{c}} = EXCLUDED.{{c}}" for c in "{VALUES}".split(", "))
+    """
+
+
+def pg_raw_load(source: Path, pg_url: str, table: str, work: Path, state: Path | None) -> list[str]:
+    """COPY the rows into a temp table, one INSERT ... ON CONFLICT; with `state`, only the
+    changes (md5 diff in DuckDB first) and one DELETE of the removed ids."""
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:])
+    code = f"""
+    import sys, psycopg
+    {textwrap.indent(textwrap.dedent(export_rows(source, state, NAMES)), "    ").strip()}
     with psycopg.connect(sys.argv[3]) as conn:
         conn.execute("CREATE TEMP TABLE raw_tmp ({PG_DDL.replace(" PRIMARY KEY", "")})")
-        with conn.cursor().copy("COPY raw_tmp ({NAMES}) FROM STDIN (FORMAT csv)") as copy, open(csv_path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                copy.write(chunk)
-        conn.execute(f"INSERT INTO {table} ({NAMES}) SELECT {NAMES} FROM raw_tmp ON CONFLICT (id) DO UPDATE SET {{updates}}")
-        if {delete_missing}:
-            conn.execute("DELETE FROM {table} r WHERE NOT EXISTS (SELECT 1 FROM raw_tmp t WHERE t.id = r.id)")
+        with conn.cursor().copy("COPY raw_tmp ({NAMES}) FROM STDIN (FORMAT csv)") as copy:
+            with open(work + "/raw.csv", "rb") as f:
+                while chunk := f.read(1 << 20):
+                    copy.write(chunk)
+        conn.execute("INSERT INTO {table} ({NAMES}) SELECT {NAMES} FROM raw_tmp "
+                     "ON CONFLICT (id) DO UPDATE SET {updates}")
+        if {state is not None}:
+            conn.execute("CREATE TEMP TABLE raw_removed (id BIGINT)")
+            with conn.cursor().copy("COPY raw_removed FROM STDIN (FORMAT csv)") as copy:
+                copy.write(open(work + "/removed.csv", "rb").read())
+            conn.execute("DELETE FROM {table} r USING raw_removed d WHERE d.id = r.id")
         conn.commit()
     """
     return python(code, str(source), str(work), pg_url)
@@ -349,25 +378,25 @@ def my_connect_args(url: str) -> dict[str, Any]:
     }
 
 
-def my_raw_load(
-    source: Path, my_url: str, table: str, work: Path, delete_missing: bool
-) -> list[str]:
+def my_raw_load(source: Path, my_url: str, table: str, work: Path, state: Path | None) -> list[str]:
+    """LOAD DATA LOCAL INFILE into a temp table, one INSERT ... ON DUPLICATE KEY UPDATE; with
+    `state`, only the changes and one DELETE ... JOIN of the removed ids."""
     exported = ", ".join("CAST(active AS INT) AS active" if c == "active" else c for c in COLUMNS)
     updates = ", ".join(f"{c} = VALUES({c})" for c in COLUMNS[1:])
+    load = "FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\\\"' LINES TERMINATED BY '\\\\n'"
     code = f"""
-    import json, sys, duckdb, pymysql
-    csv_path = sys.argv[2] + "/raw_my.csv"
-    con = duckdb.connect(sys.argv[1], read_only=True)
-    con.execute(f"COPY (SELECT {exported} FROM bench.customers) TO '{{csv_path}}' (HEADER false)")
-    con.close()
+    import json, sys, pymysql
+    {textwrap.indent(textwrap.dedent(export_rows(source, state, exported)), "    ").strip()}
     conn = pymysql.connect(**json.loads(sys.argv[3]), local_infile=True)
     with conn.cursor() as cur:
         cur.execute("CREATE TEMPORARY TABLE raw_tmp ({MY_DDL})")
-        cur.execute(f"LOAD DATA LOCAL INFILE '{{csv_path}}' INTO TABLE raw_tmp FIELDS TERMINATED BY ',' "
-                    "OPTIONALLY ENCLOSED BY '\\"' LINES TERMINATED BY '\\\\n' ({NAMES})")
-        cur.execute("INSERT INTO {table} ({NAMES}) SELECT {NAMES} FROM raw_tmp ON DUPLICATE KEY UPDATE {updates}")
-        if {delete_missing}:
-            cur.execute("DELETE r FROM {table} r LEFT JOIN raw_tmp t ON t.id = r.id WHERE t.id IS NULL")
+        cur.execute(f"LOAD DATA LOCAL INFILE '{{work}}/raw.csv' INTO TABLE raw_tmp {load} ({NAMES})")
+        cur.execute("INSERT INTO {table} ({NAMES}) SELECT {NAMES} FROM raw_tmp "
+                    "ON DUPLICATE KEY UPDATE {updates}")
+        if {state is not None}:
+            cur.execute("CREATE TEMPORARY TABLE raw_removed (id BIGINT PRIMARY KEY)")
+            cur.execute(f"LOAD DATA LOCAL INFILE '{{work}}/removed.csv' INTO TABLE raw_removed")
+            cur.execute("DELETE r FROM {table} r JOIN raw_removed d ON d.id = r.id")
     conn.commit()
     conn.close()
     """
@@ -520,7 +549,7 @@ def run_suite(args: argparse.Namespace, work: Path) -> list[Stage]:
                 conn.execute(f"CREATE TABLE {table} ({PG_DDL})")
         try:
             stage = Stage("pg first load", rows, retl_what="retl run", limit_what="COPY + merge")
-            stage.limit = measure(pg_raw_load(source, args.pg_url, pg_raw, work, False))
+            stage.limit = measure(pg_raw_load(source, args.pg_url, pg_raw, work, None))
             stage.retl = measure(retl(project, "run", "to_pg", "--yes"))
             stage.checks["equal"] = pg_equal(args.pg_url, pg_retl, pg_raw)
             log(stage)
@@ -529,9 +558,9 @@ def run_suite(args: argparse.Namespace, work: Path) -> list[Stage]:
                 "pg changed run",
                 rows,
                 retl_what="retl run 5/1/1",
-                limit_what="COPY + merge + delete",
+                limit_what="md5 diff, COPY changes + merge + delete",
             )
-            stage.limit = measure(pg_raw_load(source, args.pg_url, pg_raw, work, True))
+            stage.limit = measure(pg_raw_load(source, args.pg_url, pg_raw, work, hand_v1))
             stage.retl = measure(retl(project, "run", "to_pg", "--yes"))
             stage.checks["equal"] = pg_equal(args.pg_url, pg_retl, pg_raw)
             log(stage)
@@ -560,7 +589,7 @@ def run_suite(args: argparse.Namespace, work: Path) -> list[Stage]:
                 retl_what="retl run (type: sql)",
                 limit_what="LOAD DATA + merge",
             )
-            stage.limit = measure(my_raw_load(source, args.mysql_url, my_raw, work, False))
+            stage.limit = measure(my_raw_load(source, args.mysql_url, my_raw, work, None))
             stage.retl = measure(retl(project, "run", "to_my", "--yes"))
             stage.checks["equal"] = my_equal(args.mysql_url, my_retl, my_raw)
             log(stage)
@@ -569,9 +598,9 @@ def run_suite(args: argparse.Namespace, work: Path) -> list[Stage]:
                 "my changed run",
                 rows,
                 retl_what="retl run 5/1/1",
-                limit_what="LOAD DATA + merge + delete",
+                limit_what="md5 diff, LOAD DATA changes + merge + delete",
             )
-            stage.limit = measure(my_raw_load(source, args.mysql_url, my_raw, work, True))
+            stage.limit = measure(my_raw_load(source, args.mysql_url, my_raw, work, hand_v1))
             stage.retl = measure(retl(project, "run", "to_my", "--yes"))
             stage.checks["equal"] = my_equal(args.mysql_url, my_retl, my_raw)
             log(stage)
@@ -682,7 +711,11 @@ def api_stage(rows: int, work: Path) -> Stage:
     import api  # bench/api.py
 
     stage = Stage(
-        "api (http)", rows, retl_what="retl run, batches of 1,000", limit_what="raw httpx client"
+        "api (http)",
+        rows,
+        retl_what="retl run, batches of 1,000",
+        limit_what="raw httpx client",
+        note="bench/api.py's 4-column source",
     )
     server, sink = api.serve(None)
     url = f"http://127.0.0.1:{server.server_address[1]}"

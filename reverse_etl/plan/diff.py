@@ -63,9 +63,18 @@ _OPERATION: dict[str, dict[str, str | None]] = {
 }
 
 
+@dataclass(frozen=True)
+class AttachedQuery:
+    """The source query run inside the engine's connection, its warehouse attached as the
+    default catalog (see `DuckDBWarehouse.attached`); the engine's own tables are in `home`."""
+
+    sql: str
+    home: str
+
+
 def load_source(
     con: duckdb.DuckDBPyConnection,
-    reader: pa.RecordBatchReader,
+    reader: pa.RecordBatchReader | AttachedQuery,
     mapping: CompiledMapping,
     *,
     against: str | None = None,
@@ -78,7 +87,13 @@ def load_source(
     from the stored one, new rows, and rows whose key is in `keep_keys` (dead letters to retry)
     keep their values, the others only key, hash and watermark. Without it every row keeps its
     values (preview, full resync)."""
-    con.register("retl_source_stream", reader)
+    if isinstance(reader, AttachedQuery):
+        rows_from = f"({reader.sql}\n) AS retl_source_stream"
+        table = f"{reader.home}.main.{SOURCE_TABLE}"
+    else:
+        con.register("retl_source_stream", reader)
+        rows_from = "retl_source_stream"
+        table = SOURCE_TABLE
     watermark = (
         f", {mapping.watermark_expression} AS {WATERMARK_COLUMN}"
         if mapping.watermark_expression
@@ -87,10 +102,10 @@ def load_source(
     mapped = (
         f"SELECT *, {mapping.hash_expression()} AS {HASH_COLUMN} FROM ("
         f"SELECT {mapping.key_expression} AS {KEY_COLUMN}, {mapping.projection}{watermark} "
-        f"FROM retl_source_stream)"
+        f"FROM {rows_from})"
     )
     if against is None:
-        statement = f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS {mapped}"
+        statement = f"CREATE OR REPLACE TABLE {table} AS {mapped}"
     else:
         kept = f"s.key IS NULL OR s.hash <> g.{HASH_COLUMN}"
         if keep_keys:
@@ -104,7 +119,7 @@ def load_source(
         )
         wm = f", g.{WATERMARK_COLUMN}" if mapping.watermark_expression else ""
         statement = (
-            f"CREATE OR REPLACE TABLE {SOURCE_TABLE} AS SELECT g.{KEY_COLUMN}, {values}{wm}, "
+            f"CREATE OR REPLACE TABLE {table} AS SELECT g.{KEY_COLUMN}, {values}{wm}, "
             f"g.{HASH_COLUMN}, {STORED_HASH_COLUMN}, {DEST_ID_COLUMN}, {VALUES_COLUMN} FROM ("
             f"SELECT g.*, s.hash AS {STORED_HASH_COLUMN}, s.dest_id AS {DEST_ID_COLUMN}, "
             f"({kept}) AS {VALUES_COLUMN} FROM ({mapped}) g "
@@ -113,21 +128,27 @@ def load_source(
     try:
         con.execute(statement)
     except duckdb.BinderException as exc:
-        columns = ", ".join(reader.schema.names)
+        if isinstance(reader, AttachedQuery):
+            names = con.sql(reader.sql).columns
+        else:
+            names = reader.schema.names
         missing = re.search(r'column "?([^"\s]+)"? not found', str(exc))
         what = f"column '{missing.group(1)}'" if missing else "a column"
         raise MappingError(
             f"{what} used by the mapping, primary_key or incremental is not in the source "
             f"query's result",
-            f"the query returns: {columns}",
+            f"the query returns: {', '.join(names)}",
         ) from None
+    except duckdb.InterruptException:
+        raise
     except duckdb.Error as exc:
         raise MappingError(f"applying the mapping failed: {str(exc).splitlines()[0]}") from None
     finally:
-        con.unregister("retl_source_stream")
+        if not isinstance(reader, AttachedQuery):
+            con.unregister("retl_source_stream")
         if against is not None and keep_keys:
             con.unregister("retl_keep_keys")
-    row = con.execute(f"SELECT count(*) FROM {SOURCE_TABLE}").fetchall()[0]
+    row = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0]
     return int(row[0]) if row else 0
 
 

@@ -12,8 +12,9 @@ import duckdb
 from reverse_etl.config import Project, Sync
 from reverse_etl.errors import ConfigError
 from reverse_etl.mapping import CompiledMapping, compile_mapping, quote_identifier, quote_literal
-from reverse_etl.plan.diff import DUPLICATES_TABLE, load_source
-from reverse_etl.warehouse import check_role, open_warehouse
+from reverse_etl.plan.diff import DUPLICATES_TABLE, AttachedQuery, load_source
+from reverse_etl.warehouse import Warehouse, check_role, open_warehouse
+from reverse_etl.warehouse.duckdb_native import DuckDBWarehouse, home_catalog
 
 READ_BATCH_ROWS = 100_000
 
@@ -101,8 +102,7 @@ def read_source(
         config.warehouse, warehouse_config.url, project.root, warehouse_config.query_timeout
     ) as warehouse:
         sql = source_sql(sync, watermark, warehouse.quote)
-        reader = warehouse.stream(sql, READ_BATCH_ROWS)
-        rows = load_source(con, reader, mapping, against=against, keep_keys=keep_keys)
+        rows = _load(con, warehouse, sql, mapping, against, keep_keys)
         if config.incremental is not None and watermark is not None:
             duplicates = warehouse.stream(
                 duplicate_keys_sql(sync, warehouse.quote), READ_BATCH_ROWS
@@ -116,3 +116,23 @@ def read_source(
             finally:
                 con.unregister("retl_duplicates_stream")
     return SourceRead(rows=rows, mapping=mapping, sql=sql)
+
+
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
+    sql: str,
+    mapping: CompiledMapping,
+    against: str | None,
+    keep_keys: Sequence[str],
+) -> int:
+    """A DuckDB file is attached and read inside the engine (parallel, no Arrow hop); any
+    other warehouse streams Arrow batches into it."""
+    if isinstance(warehouse, DuckDBWarehouse):
+        home = home_catalog(con)
+        with warehouse.attached(con, sql) as statement:
+            if statement is not None:
+                query = AttachedQuery(statement, home)
+                return load_source(con, query, mapping, against=against, keep_keys=keep_keys)
+    reader = warehouse.stream(sql, READ_BATCH_ROWS)
+    return load_source(con, reader, mapping, against=against, keep_keys=keep_keys)
