@@ -321,8 +321,9 @@ def export_rows(source: Path, state: Path | None, columns: str) -> str:
     removed = ""
     if state is not None:
         rows = (
-            f"SELECT {columns} FROM (SELECT *, {hand_hash()} AS hash FROM bench.customers) s "
-            "LEFT JOIN st.state p ON p.id = s.id WHERE p.id IS NULL OR p.hash <> s.hash"
+            f"SELECT {columns} FROM (SELECT s.* FROM (SELECT *, {hand_hash()} AS hash FROM "
+            "bench.customers) s LEFT JOIN st.state p ON p.id = s.id "
+            "WHERE p.id IS NULL OR p.hash <> s.hash)"
         )
         removed = (
             'con.execute(f"COPY (SELECT id FROM st.state p WHERE NOT EXISTS (SELECT 1 FROM '
