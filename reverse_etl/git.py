@@ -120,6 +120,12 @@ def changed_since(folder: Path, ref: str) -> set[Path]:
     return {(top / name).resolve() for name in names}
 
 
+def head_commit(folder: Path) -> str | None:
+    """The commit checked out in the repository holding `folder`; None outside one."""
+    out = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
 def file_at(top: Path, ref: str, path: Path) -> str | None:
     """The file's text at `ref`, or None when it did not exist there or lies outside `top`."""
     try:
