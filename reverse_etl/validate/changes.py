@@ -179,7 +179,7 @@ def _warn(sync: Sync, path: Path_, message: str, hint: str, *, field: str | None
 # --- plan --changed-since ----------------------------------------------------------------------
 
 # Keys described by their own rules below; every other key of a sync file is compared as a value.
-_DESCRIBED = ("description", "mode", "mapping", "source", "destination", "warehouse")
+_DESCRIBED = ("description", "mode", "on_removed", "mapping", "source", "destination", "warehouse")
 _SHOWN_MAX = 60
 # What a missing key means, so that `paused false → true` reads as it does in the file.
 _DEFAULTS: dict[str, Any] = {"allow_destructive": False, "paused": False, "schedule": "manual"}
