@@ -23,6 +23,19 @@ BIN = Path(sys.executable).parent
 REQUIRED = {"id", "name", "entry", "language"}
 
 
+def run_entry(hook: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The hook's entry as pre-commit runs it: the installed console script, in the project."""
+    command = shlex.split(hook["entry"])
+    return subprocess.run(
+        [str(BIN / command[0]), *command[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 @pytest.fixture
 def hook() -> dict[str, Any]:
     hooks = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
@@ -58,15 +71,7 @@ def test_the_hook_runs_for_project_files_only(
 
 
 def test_the_entry_command_passes_on_the_demo_project(hook: dict[str, Any]) -> None:
-    command = shlex.split(hook["entry"])
-    done = subprocess.run(
-        [str(BIN / command[0]), *command[1:]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_entry(hook, ROOT)
 
     assert done.returncode == 0, done.stderr
     assert "ok: retl.yml and 5 sync(s) are valid" in done.stderr
@@ -84,15 +89,7 @@ def test_the_entry_command_fails_the_commit_on_a_broken_sync(
         "warehouse: w\nsource: {sql: select 1 as id}\ndestination: {name: d, object: a}\n"
         "mode: upsert\nprimary_key: id\nmapping: {id: id}\nbatch_sise: 5\n"
     )
-    command = shlex.split(hook["entry"])
-    done = subprocess.run(
-        [str(BIN / command[0]), *command[1:]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_entry(hook, tmp_path)
 
     assert done.returncode == 1
     assert "syncs/a.yml:7: batch_sise" in done.stderr

@@ -242,7 +242,7 @@ def _counts(plan: Plan) -> list[str]:
     parts = [f"+ {counts.create:,} create", f"~ {counts.update:,} update", deletes]
     parts.append(f"{counts.unchanged:,} unchanged")
     if counts.ignored:
-        parts.append(f"{counts.ignored:,} ignored (insert mode)")
+        parts.append(f"{counts.ignored:,} changed but not sent ({plan.mode} mode)")
     parts.append(f"{counts.error:,} row error(s)")
     details = f"<sub>source rows {plan.source_rows:,} · delivered before {plan.snapshot_records:,}"
     if plan.removed_deletes:

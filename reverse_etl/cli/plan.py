@@ -23,7 +23,12 @@ from reverse_etl.cli.common import (
     print_json,
     selected_syncs,
 )
-from reverse_etl.cli.markdown import ImpactContext, PlannedSync, render_markdown
+from reverse_etl.cli.markdown import (
+    ImpactContext,
+    PlannedSync,
+    render_markdown,
+    state_available,
+)
 from reverse_etl.cli.render import render_plan, render_preview
 from reverse_etl.config import Problem, Sync
 from reverse_etl.errors import ConfigError, FailureReported, RetlError, UsageError
@@ -91,6 +96,7 @@ def plan(
     else:
         project.require_valid(chosen)
     engine = Engine(project, role=role)
+    backend = project.config.state.backend if project.config else "local"
     documents = []
     plans = []
     planned: list[PlannedSync] = []
@@ -117,6 +123,13 @@ def plan(
         documents.append(_with_change(result.to_json(), change))
         if shape is PlanFormat.text:
             render_plan(err, result)
+            if changes is not None and not state_available(result, backend):
+                err.print(
+                    "  no state for this sync here (local state, no .retl/ snapshot): every "
+                    "source row counts as new",
+                    style="yellow",
+                    markup=False,
+                )
     document: dict[str, Any] = {"syncs": documents}
     if changes is not None:
         document["changed_since"] = changes.ref
@@ -133,7 +146,7 @@ def plan(
         context = ImpactContext(
             ref=changed_since,
             commit=head_commit(project.root),
-            state_backend=project.config.state.backend if project.config else "local",
+            state_backend=backend,
             command=_command(changed_since),
         )
         sys.stdout.write(render_markdown(planned, changes, context))

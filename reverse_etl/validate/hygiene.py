@@ -12,7 +12,8 @@ from reverse_etl.config import Problem, Project, Sync
 
 
 def alert_hygiene(project: Project, syncs: Iterable[Sync]) -> list[Problem]:
-    """A warning at the `schedule:` line of every scheduled sync with no alert channel."""
+    """A warning at the `schedule:` line of every valid scheduled sync with no alert channel
+    (an invalid one has errors to fix first, perhaps in its `alerts`)."""
     channels = sorted(project.config.alerts) if project.config is not None else []
     if channels:
         hint = f"add alerts: [{channels[0]}] (channels in retl.yml: {', '.join(channels)})"
@@ -24,7 +25,7 @@ def alert_hygiene(project: Project, syncs: Iterable[Sync]) -> list[Problem]:
     found = []
     for sync in syncs:
         config = sync.config
-        if config is None or config.schedule.is_manual or config.alerts:
+        if config is None or not sync.ok or config.schedule.is_manual or config.alerts:
             continue
         found.append(
             Problem(
