@@ -27,6 +27,8 @@ MARKER = "<!-- retl-plan-impact -->"
 VALUE_MAX = 60  # characters of a sample value shown; keys are never shortened
 NEWLINE = "↵"
 WARN = "⚠"
+# GitHub refuses comments over 65,536 characters: past this, sample tables are left out.
+MAX_COMMENT = 60_000
 # Inline markup (emphasis, code, links, tables, strikethrough); HTML is escaped separately, and
 # free text never starts a line, so block markup (`#`, `-`, `+`) cannot begin.
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\]|~])")
@@ -72,7 +74,21 @@ def is_destructive(plan: Plan, change: SyncChange | None, state_backend: str) ->
 def render_markdown(
     planned: Sequence[PlannedSync], changes: ChangeSet | None, context: ImpactContext
 ) -> str:
-    """The whole comment: header, summary table, one section per sync, removed syncs, footer."""
+    """The whole comment: header, summary table, one section per sync, removed syncs, footer.
+    Sample tables are left out (and the comment says so) when it would be too long to post."""
+    text = _comment(planned, changes, context, samples=True)
+    if len(text) > MAX_COMMENT:
+        text = _comment(planned, changes, context, samples=False)
+    return text
+
+
+def _comment(
+    planned: Sequence[PlannedSync],
+    changes: ChangeSet | None,
+    context: ImpactContext,
+    *,
+    samples: bool,
+) -> str:
     lines = [MARKER, "## retl plan: data impact", ""]
     lines.append(_headline(planned, changes, context))
     lines.append("")
@@ -81,7 +97,7 @@ def render_markdown(
     for entry in planned:
         change = changes.changes.get(entry.name) if changes else None
         lines.append("")
-        lines.extend(_section(entry, change, context))
+        lines.extend(_section(entry, change, context, samples=samples))
     if changes is not None and changes.removed:
         lines.append("")
         lines.append(f"### Syncs removed since {_code(changes.ref)}")
@@ -92,6 +108,12 @@ def render_markdown(
                 "destination (retl deletes nothing for a removed sync)"
             )
     lines.append("")
+    if not samples:
+        lines.append(
+            "Sample records are left out: with them this comment would be too long to post. "
+            f"{_code(context.command.replace(' --format markdown', ''))} shows them."
+        )
+        lines.append("")
     lines.extend(_footer(context))
     return redact("\n".join(lines)) + "\n"
 
@@ -171,7 +193,9 @@ def _delete_cell(deletes: int) -> str:
     return f"**{WARN} {deletes:,}**" if deletes else "0"
 
 
-def _section(entry: PlannedSync, change: SyncChange | None, context: ImpactContext) -> list[str]:
+def _section(
+    entry: PlannedSync, change: SyncChange | None, context: ImpactContext, *, samples: bool
+) -> list[str]:
     plan = entry.plan
     if plan is None:
         lines = [f"### ❌ {_code(entry.name)}", ""]
@@ -208,16 +232,16 @@ def _section(entry: PlannedSync, change: SyncChange | None, context: ImpactConte
     if plan.notes:
         lines.append("")
     available = state_available(plan, context.state_backend)
-    for op in ("create", "update", "delete"):
-        samples = plan.samples.get(op)
-        if not samples:
+    for op in ("create", "update", "delete") if samples else ():
+        records = plan.samples.get(op)
+        if not records:
             continue
         what = (
-            f"{op}: first {len(samples)}"
+            f"{op}: first {len(records)}"
             if available
-            else f"first {len(samples)} record(s) of the source, as a run would send them"
+            else f"first {len(records)} record(s) of the source, as a run would send them"
         )
-        lines.extend(_samples_table(what, samples, plan.key_field, open_=op == "delete"))
+        lines.extend(_samples_table(what, records, plan.key_field, open_=op == "delete"))
     return lines
 
 

@@ -193,3 +193,21 @@ def test_text_format_names_the_changed_syncs_and_their_changes(
     err = result.err
     assert "2 sync(s) changed since main: b_accounts, c_leads" in err
     assert "mode upsert → delete" in err
+
+
+def test_a_comment_too_long_to_post_leaves_the_samples_out(
+    repo: Path, retl_cli: Callable[..., Any]
+) -> None:
+    sql = "select repeat('k', 15000) || i as id, 'x' as email from range(5) t(i)"
+    edit(repo, "e_orders", "  sql: ", f'  sql: "{sql}"\n  # was: ')
+
+    result = retl_cli("plan", "--changed-since", "main", "--format", "markdown")
+
+    assert result.code == 0
+    assert len(result.out) < 65_536
+    assert "Sample records (" not in result.out
+    assert (
+        "Sample records are left out: with them this comment would be too long to post. "
+        "`retl plan --changed-since main` shows them."
+    ) in result.out
+    assert set(sections(result.out)) == {"b_accounts", "c_leads", "e_orders"}
