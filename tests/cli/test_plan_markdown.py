@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from five_syncs import SOURCE_ROWS, edit, git, repository
 
-from reverse_etl.cli.markdown import MARKER
+from reverse_etl.cli.markdown import MARKER, ImpactContext, PlannedSync, render_markdown
+from reverse_etl.plan.model import Plan
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -211,3 +212,18 @@ def test_a_comment_too_long_to_post_leaves_the_samples_out(
         "`retl plan --changed-since main` shows them."
     ) in result.out
     assert set(sections(result.out)) == {"b_accounts", "c_leads", "e_orders"}
+
+
+def test_with_a_shared_state_backend_a_plan_without_state_is_a_real_first_run(
+    repo: Path, retl_cli: Callable[..., Any]
+) -> None:
+    document = retl_cli("plan", "b_accounts", "--json").json()
+    (plan,) = [Plan.from_json(s) for s in document["syncs"]]
+    context = ImpactContext(ref="main", commit=None, state_backend="warehouse", command="retl")
+
+    markdown = render_markdown([PlannedSync("b_accounts", plan)], None, context)
+
+    assert "State is not available" not in markdown
+    assert f"+ {SOURCE_ROWS} create · ~ 0 update · − 0 delete" in markdown
+    assert summary_row(markdown, "b_accounts")[5:8] == [str(SOURCE_ROWS), "0", "0"]
+    assert "state: warehouse (shared)" in markdown
