@@ -147,6 +147,12 @@ class Destination(ABC):
                 return value
         return self.type_name
 
+    def batch_size(self, action: Action, records: int, planned: int) -> int:
+        """Records per batch for an operation of `records` records sent with `action`, given
+        the plan's batch size. Connectors with a bulk path (Salesforce Bulk API) ask for larger
+        batches; each batch is still acknowledged as one. The default keeps the plan's."""
+        return planned
+
     def count(self, object: str) -> int | None:
         """How many records the object holds, or None when the destination cannot tell cheaply;
         the base of `max_delete_ratio` for `mode: delete`."""
