@@ -28,12 +28,19 @@ class DestinationOptions(BaseModel):
 
 @dataclass(frozen=True)
 class FieldInfo:
-    """A field (column, property) of a destination object."""
+    """A field (column, property) of a destination object.
+
+    `unique`: its values identify records (a unique column, an external id or idLookup field,
+    a property with unique values), so it can be a sync's key field. `required`: a new record
+    must have a value (not null and no default). `writable`: a sync can set it at all (not
+    read-only, computed, generated or an identity that is always generated)."""
 
     name: str
     type: str
     nullable: bool = True
     unique: bool = False
+    required: bool = False
+    writable: bool = True
 
 
 @dataclass(frozen=True)

@@ -240,6 +240,8 @@ class SalesforceDestination(Destination):
                 type=str(f["type"]),
                 nullable=bool(f.get("nillable") or f.get("defaultedOnCreate")),
                 unique=bool(f.get("externalId") or f.get("idLookup")),
+                required=_required(f),
+                writable=bool(f.get("createable") or f.get("updateable")),
             )
             for f in self._describe(object).values()
         ]
@@ -279,10 +281,7 @@ class SalesforceDestination(Destination):
             missing = [
                 str(f["name"])
                 for f in described.values()
-                if f.get("createable")
-                and not f.get("nillable")
-                and not f.get("defaultedOnCreate")
-                and str(f["name"]).lower() not in given
+                if _required(f) and str(f["name"]).lower() not in given
             ]
             if missing:
                 problems.append(
@@ -697,6 +696,11 @@ def _soql(value: Any) -> str:
         return str(value)
     text = str(value).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{text}'"
+
+
+def _required(f: dict[str, Any]) -> bool:
+    """Describe's rule: required on create when createable, not nillable, not defaulted."""
+    return bool(f.get("createable") and not f.get("nillable") and not f.get("defaultedOnCreate"))
 
 
 def _str_or_none(value: Any) -> str | None:
