@@ -337,7 +337,8 @@ class SalesforceDestination(Destination):
         rows = [self._record(row, describe) for row in batch.records.to_pylist()]
         result = BatchResult()
         bulk = self._bulk(batch)
-        key = str(describe.get((batch.key_field or "").lower(), {}).get("name", batch.key_field))
+        described_key = describe.get((batch.key_field or "").lower())
+        key = str(described_key["name"]) if described_key else batch.key_field
         if batch.action == "delete":
             ids = await self._ids_for(batch, rows, result)
             todo = [i for i, record_id in enumerate(ids) if record_id is not None]

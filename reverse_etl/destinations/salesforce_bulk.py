@@ -93,6 +93,7 @@ class _Chunk:
 
     indexes: list[int]
     lines: list[str]
+    values: list[list[str]]
     size: int = 0
 
 
@@ -147,9 +148,10 @@ class BulkIngest:
     ) -> list[_Chunk]:
         """Records grouped so that no job's CSV exceeds `max_bytes`."""
         room = self.settings.max_bytes - len(header.encode())
-        chunks = [_Chunk([], [])]
+        chunks = [_Chunk([], [], [])]
         for index, row in zip(indexes, rows, strict=True):
-            line = _line([_text(row.get(name), nulls) for name in columns])
+            values = [_text(row.get(name), nulls) for name in columns]
+            line = _line(values)
             size = len(line.encode())
             if size > room:
                 result.rejected[index] = (
@@ -158,10 +160,11 @@ class BulkIngest:
                 )
                 continue
             if chunks[-1].size + size > room:
-                chunks.append(_Chunk([], []))
+                chunks.append(_Chunk([], [], []))
             chunk = chunks[-1]
             chunk.indexes.append(index)
             chunk.lines.append(line)
+            chunk.values.append(values)
             chunk.size += size
         return [c for c in chunks if c.indexes]
 
@@ -263,8 +266,8 @@ class BulkIngest:
                 else "check the mapping with `retl validate --connect`; nothing was changed",
             )
         by_identity = _Pending(columns, identity)
-        for index, line in zip(chunk.indexes, chunk.lines, strict=True):
-            by_identity.add(index, next(csv.reader([line])))
+        for index, values in zip(chunk.indexes, chunk.values, strict=True):
+            by_identity.add(index, values)
         by_id = action in ("update", "delete")
         for row in await self._results(job_id, "successfulResults", terminal=state):
             found = by_identity.take(row, row.get("sf__Id") if by_id else None)

@@ -298,3 +298,17 @@ def test_an_interrupted_run_aborts_its_job_and_leaves_every_record_to_retry(
     assert sorted(result.retry) == [0, 1, 2, 3, 4] and not result.ids
     assert all("interrupted" in why for why in result.retry.values())
     assert salesforce_server.store["Account"] == {}
+
+
+def test_values_with_commas_quotes_and_line_breaks_survive_the_csv_both_ways(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    names = ['a, "quoted"', "two\nlines", "plain", "trailing space ", "é ü 漢"]
+    records = pa.table({"Name": names, "NumberOfEmployees": [1, 2, None, 4, 5]})
+
+    result = crm.deliver(Batch("Account", "insert", None, records))
+
+    assert result.rejected == {} and result.retry == {}
+    store = salesforce_server.store["Account"]
+    assert [store[result.ids[i]]["Name"] for i in range(5)] == names
+    assert [store[result.ids[i]].get("NumberOfEmployees") for i in range(5)] == [1, 2, None, 4, 5]
