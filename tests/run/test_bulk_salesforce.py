@@ -6,11 +6,16 @@ Salesforce's sf__Error until they are fixed."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from run_harness import RetlProject
 from servers.salesforce import SalesforceServer
+
+from reverse_etl import interrupt
 
 OPEN_LIMITS = {"max_row_error_ratio": 1.0, "max_deletes": 1000, "max_delete_ratio": 1.0}
 MAPPING = {"External_Id__c": "id", "Name": "name"}
@@ -235,3 +240,35 @@ def test_small_operations_of_a_bulk_destination_keep_using_sobject_collections(
     assert collections_calls(salesforce_server) == [
         "/services/data/v60.0/composite/sobjects/Account/External_Id__c"
     ]
+
+
+def test_an_interrupted_run_aborts_its_bulk_job_and_the_next_run_sends_those_records(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    def stop(job: Any) -> None:
+        if job.state == "InProgress" and interrupt.requested() is None:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while Salesforce processes the job
+
+    sf.write_sync(mode="upsert", mapping=MAPPING, limits=OPEN_LIMITS)
+    sf.set_source(rows(range(1, 7)))
+    salesforce_server.bulk.on_poll = stop
+    salesforce_server.bulk.hold = True
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        result = sf.cli("run", "contacts", "--json")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupt.reset()
+
+    assert result.code == 130, result.output
+    (run,) = result.json()["runs"]
+    assert run["status"] == "interrupted"
+    (job,) = salesforce_server.bulk.jobs.values()
+    assert job.state == "Aborted" and accounts(salesforce_server) == {}
+    assert sf.state_keys() == set()
+    salesforce_server.bulk.on_poll, salesforce_server.bulk.hold = None, False
+
+    again = sf.run_json()
+
+    assert again["status"] == "success" and again["counts"]["create"] == 6
+    assert accounts(salesforce_server) == {str(i): f"a{i}" for i in range(1, 7)}
