@@ -38,6 +38,8 @@ def engine_connection(
     config: dict[str, str | bool | int | float | list[str]] = {
         "memory_limit": memory_limit,
         "preserve_insertion_order": str(keep_order).lower(),
+        # DuckDB draws a progress bar on stdout for long queries: it would corrupt --json.
+        "enable_progress_bar": False,
     }
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
