@@ -282,7 +282,8 @@ print(rows)
 
 READ_RAW = """
 import sys, duckdb
-con = duckdb.connect(sys.argv[1], read_only=True, config={"enable_progress_bar": False})
+con = duckdb.connect(sys.argv[1], read_only=True)
+con.execute("SET enable_progress_bar = false")
 rows = sum(b.num_rows for b in con.sql("select * from bench.customers").to_arrow_reader(100_000))
 print(rows)
 """
@@ -292,7 +293,8 @@ print(rows)
 MD5_DIFF = """
 import sys, duckdb
 con = duckdb.connect(config={{"memory_limit": "512MB", "temp_directory": sys.argv[3],
-                              "preserve_insertion_order": "false", "enable_progress_bar": False}})
+                              "preserve_insertion_order": "false"}})
+con.execute("SET enable_progress_bar = false")
 con.execute(f"ATTACH '{{sys.argv[1]}}' AS src (READ_ONLY)")
 con.execute(f"ATTACH '{{sys.argv[2]}}' AS st (READ_ONLY)")
 con.execute('''CREATE TABLE ops AS SELECT s.*, p.id IS NULL AS new FROM
@@ -333,7 +335,8 @@ def export_rows(source: Path, state: Path | None, columns: str) -> str:
     return f"""
     import duckdb
     work = sys.argv[2]
-    con = duckdb.connect("{source}", read_only=True, config={{"enable_progress_bar": False}})
+    con = duckdb.connect("{source}", read_only=True)
+    con.execute("SET enable_progress_bar = false")
     {attach}
     con.execute(f"COPY ({rows}) TO '{{work}}/raw.csv' (HEADER false)")
     {removed}

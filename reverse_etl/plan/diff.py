@@ -132,7 +132,10 @@ def load_source(
             names = con.sql(reader.sql).columns
         else:
             names = reader.schema.names
-        missing = re.search(r'column "?([^"\s]+)"? not found', str(exc))
+        # DuckDB names the column either way, depending on whether a field shares its name.
+        missing = re.search(r'column "?([^"\s]+)"? not found', str(exc)) or re.search(
+            r'Column "([^"]+)" referenced that exists in the SELECT clause', str(exc)
+        )
         what = f"column '{missing.group(1)}'" if missing else "a column"
         raise MappingError(
             f"{what} used by the mapping, primary_key or incremental is not in the source "

@@ -38,13 +38,13 @@ def engine_connection(
     config: dict[str, str | bool | int | float | list[str]] = {
         "memory_limit": memory_limit,
         "preserve_insertion_order": str(keep_order).lower(),
-        # DuckDB draws a progress bar on stdout for long queries: it would corrupt --json.
-        "enable_progress_bar": False,
     }
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(tmp_dir)
     con = duckdb.connect(":memory:", config=config)
+    # DuckDB draws a progress bar on stdout for long queries: it would corrupt --json.
+    con.execute("SET enable_progress_bar = false")
     # Without the ICU extension this fails, and DuckDB renders every timestamp in UTC anyway.
     with contextlib.suppress(duckdb.Error):
         con.execute("SET TimeZone = 'UTC'")

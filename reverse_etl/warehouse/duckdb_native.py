@@ -146,11 +146,12 @@ class DuckDBWarehouse(Warehouse):
                 f"the project root ({project_root})",
             )
         try:
-            # No progress bar on stdout (it would corrupt --json) unless the URL asks for one.
-            config = {"enable_progress_bar": False, **target.config}
             self._connection = duckdb.connect(
-                target.database, read_only=target.read_only, config=config
+                target.database, read_only=target.read_only, config=target.config
             )
+            if "enable_progress_bar" not in target.config:
+                # A progress bar on stdout would corrupt --json.
+                self._connection.execute("SET enable_progress_bar = false")
         except Exception as exc:
             raise self._open_error(target, exc) from None
 
