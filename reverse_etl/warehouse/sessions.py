@@ -227,7 +227,10 @@ class DuckDBSession(WarehouseSession):
 
     def stream(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
         try:
-            reader: pa.RecordBatchReader = self._conn.execute(sql).to_arrow_reader(batch_rows)
+            relation = self._conn.sql(sql)
+            if relation is None:
+                raise SessionError(f"a statement on warehouse '{self.name}' returned no rows")
+            reader: pa.RecordBatchReader = relation.to_arrow_reader(batch_rows)
             return reader
         except duckdb.Error as exc:
             raise self._error(exc) from None
