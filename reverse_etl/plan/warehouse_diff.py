@@ -99,43 +99,45 @@ def diff_queries(
     only = _in_list(only_keys) if only_keys is not None else None
     retried = _in_list(retry_keys) if retry_keys else None
 
-    # One pass: rows, key errors (null, duplicated), unchanged rows, highest watermark.
-    group_extra = f", max({watermark}) AS w" if mapping.watermark_expression else ""
-    groups = (
-        f"g AS (SELECT {key}, count(*) AS n, min({hash_}) AS h{group_extra} FROM src "
-        f"GROUP BY {key})"
+    # Keys alone (no record hash) for the passes that only count and find key errors.
+    keys = (
+        f"keys AS (SELECT {mapping.key_expression} AS {key}"
+        + (f", {mapping.watermark_expression} AS {watermark}" if extra else "")
+        + f" FROM {_SOURCE} AS retl_source)"
     )
+    light = [keys, *ctes[2:]]  # without src and snap: neither is read by these passes
+    # One pass over the keys: rows, key errors (null, duplicated), rows that can be sent
+    # (unchanged = those minus the new and changed ones fetched), highest watermark.
+    group_extra = f", max({watermark}) AS w" if extra else ""
+    groups = f"g AS (SELECT {key}, count(*) AS n{group_extra} FROM keys GROUP BY {key})"
     wd_join = " LEFT JOIN wdups AS wd ON wd.key = g." + key if whole_duplicates else ""
     wd_error = " WHEN wd.key IS NOT NULL THEN wd.n" if whole_duplicates else ""
-    wd_clean = " AND wd.key IS NULL" if whole_duplicates else ""
-    unchanged_filters = f"{wd_clean}"
+    clean_filters = " AND wd.key IS NULL" if whole_duplicates else ""
     if only is not None:
-        unchanged_filters += f" AND g.{key} IN {only}"
-    if retried is not None:
-        unchanged_filters += f" AND g.{key} NOT IN {retried}"
+        clean_filters += f" AND g.{key} IN {only}"
     counts = (
-        f"WITH {', '.join([*ctes, groups])} SELECT coalesce(sum(g.n), 0) AS source_rows, "
+        f"WITH {', '.join([*light, groups])} SELECT coalesce(sum(g.n), 0) AS source_rows, "
         f"coalesce(sum(CASE WHEN g.{key} IS NULL OR g.n > 1 THEN g.n{wd_error} ELSE 0 END), 0) "
         "AS error_rows, "
-        f"coalesce(sum(CASE WHEN g.{key} IS NOT NULL AND g.n = 1 AND s.key IS NOT NULL AND "
-        f"s.hash = g.h{unchanged_filters} THEN 1 ELSE 0 END), 0) AS unchanged"
-        + (", max(g.w) AS watermark" if mapping.watermark_expression else "")
-        + f" FROM g LEFT JOIN snap AS s ON s.key = g.{key}{wd_join}"
+        f"coalesce(sum(CASE WHEN g.{key} IS NOT NULL AND g.n = 1{clean_filters} THEN 1 ELSE 0 "
+        "END), 0) AS clean_rows"
+        + (", max(g.w) AS watermark" if extra else "")
+        + f" FROM g{wd_join}"
     )
 
     slice_errors = (
-        f"SELECT {key} AS key, count(*) AS n FROM src GROUP BY {key} "
+        f"SELECT {key} AS key, count(*) AS n FROM keys GROUP BY {key} "
         f"HAVING {key} IS NULL OR count(*) > 1"
     )
     if whole_duplicates:
         slice_errors += (
-            f" UNION ALL SELECT key, n FROM wdups WHERE key NOT IN (SELECT {key} FROM src "
+            f" UNION ALL SELECT key, n FROM wdups WHERE key NOT IN (SELECT {key} FROM keys "
             f"WHERE {key} IS NOT NULL GROUP BY {key} HAVING count(*) > 1)"
         )
-    errors = f"WITH {', '.join(ctes)} {slice_errors}"
+    errors = f"WITH {', '.join(light)} {slice_errors}"
 
     bad = (
-        f"bad AS (SELECT {key} FROM src WHERE {key} IS NOT NULL GROUP BY {key} "
+        f"bad AS (SELECT {key} FROM keys WHERE {key} IS NOT NULL GROUP BY {key} "
         "HAVING count(*) > 1"
         + (" UNION ALL SELECT key FROM wdups" if whole_duplicates else "")
         + ")"
@@ -150,7 +152,7 @@ def diff_queries(
         differs += f" OR g.{key} IN {retried}"
     filters.append(f"({differs})")
     changed = (
-        f"WITH {', '.join([*ctes, bad] if exclude_errors else ctes)} SELECT CASE WHEN s.key IS "
+        f"WITH {', '.join([*ctes, keys, bad] if exclude_errors else ctes)} SELECT CASE WHEN s.key IS "
         f"NULL THEN 'new' ELSE 'changed' END AS {CHANGE_COLUMN}, s.dest_id AS {DEST_ID_COLUMN}, "
         f"g.* FROM src AS g LEFT JOIN snap AS s ON s.key = g.{key} WHERE " + " AND ".join(filters)
     )
@@ -228,7 +230,7 @@ def build_warehouse_plan(
             )
 
         counts = session.execute(queries_for(True).counts)[0]
-        source_rows, error_rows, unchanged = int(counts[0]), int(counts[1]), int(counts[2])
+        source_rows, error_rows, clean_rows = int(counts[0]), int(counts[1]), int(counts[2])
         high_watermark = counts[3] if len(counts) > 3 else None
         # Without key errors the fetch needs no pass to find duplicated keys.
         queries = queries_for(bool(error_rows))
@@ -247,6 +249,8 @@ def build_warehouse_plan(
         finally:
             con.unregister("retl_changed_stream")
         fetched = _count(con, OPS_TABLE)
+        # Every row with a clean key is either fetched (new, changed, retried) or unchanged.
+        unchanged = clean_rows - fetched
         if queries.removed is not None:
             key_field = inputs.mapping.key_field
             assert key_field is not None, "validation requires the key to be mapped for on_removed"

@@ -9,6 +9,7 @@ warehouses get their SQL generated (see `plan.warehouse_diff`) but no session ye
 from __future__ import annotations
 
 import contextlib
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -132,16 +133,27 @@ class PostgresSession(WarehouseSession):
             raise self._error(exc, exc.sqlstate) from None
 
     def stream(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
+        """Read with `COPY (query) TO STDOUT`: unlike a cursor, PostgreSQL may plan it in
+        parallel, and the rows stream without a round trip per batch."""
         import psycopg
 
-        self._cursors += 1
-        cursor = self._conn.cursor(name=f"retl_state_{self._cursors}")
         try:
-            cursor.execute(sql.encode())
-            hints = describe("postgresql", cursor.description or [])
-            first = cursor.fetchmany(batch_rows)
+            with self._conn.cursor() as cursor:
+                cursor.execute(f"SELECT * FROM ({sql}\n) AS retl_result LIMIT 0".encode())
+                description = list(cursor.description or [])
+        except psycopg.Error as exc:
+            raise self._error(exc, exc.sqlstate) from None
+        hints = describe("postgresql", description)
+        cursor = self._conn.cursor()
+        try:
+            copy_context = cursor.copy(f"COPY ({sql}\n) TO STDOUT".encode())
+            copy = copy_context.__enter__()
+            copy.set_types([c.type_code for c in description])
+            rows = copy.rows()
+            first = list(itertools.islice(rows, batch_rows))
             builder = BatchBuilder(self.name, hints, first)
             batch = builder.batch(first)
+            del first
         except psycopg.Error as exc:
             cursor.close()
             raise self._error(exc, exc.sqlstate) from None
@@ -150,11 +162,14 @@ class PostgresSession(WarehouseSession):
             try:
                 if batch.num_rows:
                     yield batch
-                while rows := cursor.fetchmany(batch_rows):
-                    yield builder.batch(rows)
+                while chunk := list(itertools.islice(rows, batch_rows)):
+                    yield builder.batch(chunk)
             except psycopg.Error as exc:
                 raise self._error(exc, exc.sqlstate) from None
             finally:
+                # Left early, psycopg ends the COPY (cancelling it) on exit.
+                with contextlib.suppress(psycopg.Error):
+                    copy_context.__exit__(None, None, None)
                 cursor.close()
 
         return pa.RecordBatchReader.from_batches(builder.schema, batches())
