@@ -544,3 +544,62 @@ def test_the_duckdb_warehouse_keeps_state_in_its_own_schema(
     }
     keys = warehouse("SELECT count(*) FROM retl_state.retl_snapshot WHERE sync = 'people'")
     assert keys == [(99,)]
+
+
+@pytest.mark.postgres
+def test_rejected_rows_stay_out_of_state_and_are_retried_from_the_local_dlq(
+    wp: WarehouseProject,
+) -> None:
+    wp.write_sync(limits={"max_row_error_ratio": 0.5})
+    fill(wp, 4)
+    wp.sql(f"ALTER TABLE {wp.schema}.dst ADD CONSTRAINT small CHECK (id < 4)")
+
+    first = wp.run()
+
+    assert first.status == "success", first.error
+    assert first.counts["rejected"] == 1
+    assert wp.state_keys() == {"1", "2", "3"}
+    letters = wp.engine().dead_letters.keys("people")
+    assert letters == ["4"]
+    # The source did not change, but the dead letter is sent again (and fails again).
+    assert wp.plan().counts.create == 1
+    wp.sql(f"ALTER TABLE {wp.schema}.dst DROP CONSTRAINT small")
+    only = wp.plan(only_dead_letters=True)
+    assert (only.counts.create, only.counts.unchanged, only.fetched_rows) == (1, 0, 1)
+
+    second = wp.run()
+
+    assert second.status == "success" and second.counts["create"] == 1
+    assert wp.engine().dead_letters.keys("people") == []
+    assert wp.destination() == wp.source()
+
+
+@pytest.mark.postgres
+def test_a_dead_letter_whose_row_left_the_source_is_forgotten(wp: WarehouseProject) -> None:
+    wp.write_sync(limits={"max_row_error_ratio": 0.5})
+    fill(wp, 4)
+    wp.sql(f"ALTER TABLE {wp.schema}.dst ADD CONSTRAINT small CHECK (id < 4)")
+    assert wp.run().counts["rejected"] == 1
+    wp.sql(f"DELETE FROM {wp.schema}.src WHERE id = 4")
+
+    outcome = wp.run()
+
+    assert outcome.status == "success" and outcome.plan.counts.to_send == 0
+    assert wp.engine().dead_letters.keys("people") == []
+
+
+@pytest.mark.postgres
+def test_a_saved_plan_applies_and_goes_stale_like_a_local_one(
+    wp: WarehouseProject, retl_cli: Callable[..., Any]
+) -> None:
+    wp.write_sync()
+    fill(wp, 5)
+    saved = wp.root / "plan.json"
+    root = ("--project-dir", str(wp.root))
+    assert retl_cli("plan", "people", "--out", str(saved), *root).code == 0
+
+    applied = retl_cli("run", "--plan", str(saved), "--json", *root)
+    stale = retl_cli("run", "--plan", str(saved), "--json", *root)
+
+    assert applied.code == 0 and applied.json()["runs"][0]["counts"]["create"] == 5
+    assert stale.code == 1 and "plan is stale" in stale.json()["runs"][0]["error"]
