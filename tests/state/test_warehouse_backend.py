@@ -431,10 +431,12 @@ def test_a_sync_on_another_warehouse_is_refused_clearly(wp: WarehouseProject) ->
     wp.write_sync(warehouse="other", source={"sql": "select 1 as id, 'a' as name"})
 
     outcome = wp.run()
+    problems = wp.engine().validate()
 
     assert outcome.status == "failed"
     assert "reads warehouse 'other'" in (outcome.error or "")
-    assert "state.warehouse" in (outcome.hint or "")
+    assert [p.field for p in problems] == ["warehouse"]
+    assert "keeps state in warehouse 'wh'" in problems[0].message
 
 
 # --------------------------------------------------------------------------- kills mid-run
