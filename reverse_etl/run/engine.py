@@ -88,14 +88,18 @@ class Engine:
     def pause(self, name: str, reason: str, by: str | None = None) -> Pause:
         """Pause a sync for an incident, recorded in state with who (default: the git user or
         $USER), when and why; `run`, `run_many` and `plan` honour it until `resume`."""
-        self.sync(name)
+        self._known(name)
         return self.pauses.pause(name, reason, by or current_user(self.project.root))
 
     def resume(self, name: str) -> Pause | None:
         """Lift an operational pause; returns it, or None when there was none. `paused:` in the
         sync file is not changed (that one is lifted by a commit)."""
-        self.sync(name)
+        self._known(name)
         return self.pauses.resume(name)
+
+    def _known(self, name: str) -> None:
+        if name not in self.project.syncs:
+            self.project.select([name])  # raises the usual "no sync named ..." with a suggestion
 
     def paused(self, name: str) -> Pause | None:
         """The operational pause of a sync, if any (`paused:` in its file is `config.paused`)."""
