@@ -538,7 +538,8 @@ th{font-size:12px;color:var(--muted);font-weight:600}
 td.num,th:nth-child(n+3):nth-child(-n+7){text-align:right}
 .num{font-variant-numeric:tabular-nums;white-space:nowrap}
 td.when,td.id{white-space:nowrap}
-td.error,.top-errors .error{color:var(--bad);overflow-wrap:anywhere;min-width:12em}
+td.error,.top-errors .error{color:var(--bad);overflow-wrap:anywhere;min-width:14em}
+td.error{white-space:pre-wrap;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .top-errors{margin:6px 0 0;padding-left:0;list-style:none}
 .top-errors li{display:flex;gap:8px;padding:3px 0;border-bottom:1px solid var(--grid)}
 .empty{color:var(--muted);margin:10px 0}

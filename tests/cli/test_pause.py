@@ -114,9 +114,7 @@ def test_status_lists_the_pause_and_resume_lifts_it(
     assert run.json()["runs"][0]["status"] == "success"
 
 
-def test_pause_needs_a_reason_and_a_known_sync(
-    project: Path, retl_cli: Callable[..., Any]
-) -> None:
+def test_pause_needs_a_reason_and_a_known_sync(project: Path, retl_cli: Callable[..., Any]) -> None:
     blank = retl_cli("pause", "crm", "--reason", "  ", "--project-dir", str(project))
     unknown = retl_cli("pause", "crmm", "--reason", "x", "--project-dir", str(project))
     missing = retl_cli("pause", "crm", "--project-dir", str(project))
