@@ -103,7 +103,7 @@ def test_status_lists_the_pause_and_resume_lifts_it(
     assert rows["crm"]["paused"] is True and rows["crm"]["pause"]["reason"] == REASON
     assert rows["crm"]["next_due"] is None
     assert rows["exports"]["paused"] is False and rows["exports"]["pause"] is None
-    assert f"crm: paused by oncall-ann" in table.out and REASON in table.out
+    assert "crm: paused by oncall-ann" in table.out and REASON in table.out
 
     resumed = retl_cli("resume", "crm", "--json", "--project-dir", str(project)).json()
     again = retl_cli("resume", "crm", "--project-dir", str(project))
