@@ -42,7 +42,7 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
                 name,
                 row.mode or "-",
                 row.schedule or "-",
-                Text("yes: pause", style="yellow")
+                Text("yes (pause)", style="yellow")
                 if row.pause
                 else ("yes" if row.paused else "no"),
                 ago(last.started_at) if last else "never",
