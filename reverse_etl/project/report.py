@@ -69,14 +69,14 @@ def build_report(project: Project, *, chart_runs: int = CHART_RUNS) -> Report:
     syncs: list[SyncReport] = []
     for name, sync in sorted(project.syncs.items()):
         config = sync.config
-        drawn = [r for r in run_log.list(name, limit=None) if r.status in _DRAWN]
+        drawn = run_log.list_ended(name, _DRAWN, limit=chart_runs)
         syncs.append(
             SyncReport(
                 sync=name,
                 description=config.description if config else None,
                 mode=config.mode if config else None,
                 target=f"{config.destination.name} {config.destination.object}" if config else None,
-                runs=list(reversed(drawn[:chart_runs])),
+                runs=list(reversed(drawn)),
                 dead_letters=counts.get(name, 0),
                 top_errors=dead.top_errors(name) if counts.get(name) else [],
                 pause=pauses.get(name),
@@ -364,6 +364,7 @@ def _line(
         for path in paths
     )
     marks = []
+    radius = 3 if len(runs) <= 30 else 2
     for run, point, v in zip(runs, points, values, strict=True):
         if point is None:
             continue
@@ -371,7 +372,7 @@ def _line(
         marks.append(
             f'<g class="run {_e(run.status)}" data-run-id="{_e(run.id)}">'
             f"<title>{_e(tooltip)}</title>"
-            f'<circle class="point" cx="{point[0]:.1f}" cy="{point[1]:.1f}" r="3"/></g>'
+            f'<circle class="point" cx="{point[0]:.1f}" cy="{point[1]:.1f}" r="{radius}"/></g>'
         )
     return _svg("line " + kind, runs, _frame(top, label, runs) + lines + "".join(marks))
 
@@ -398,6 +399,10 @@ def _seconds_label(value: float) -> str:
         return f"{value / 3600:.1f}h"
     if value >= 60:
         return f"{value / 60:.1f}m"
+    if value == 0:
+        return "0s"
+    if value < 1:
+        return f"{value * 1000:.0f}ms" if value >= 0.001 else "<1ms"
     return f"{value:.2g}s" if value < 10 else f"{value:.0f}s"
 
 

@@ -290,6 +290,24 @@ class RunLog:
         with self._db.read() as conn:
             return [_run_from_row(row) for row in conn.execute(sql, params)]
 
+    def list_ended(
+        self, sync: str, statuses: Iterable[str], limit: int | None = 20
+    ) -> builtins.list[RunRecord]:
+        """Runs of `sync` with one of these statuses, newest first (the report draws the ones
+        that started, not every skip of a paused sync)."""
+        wanted = sorted(set(statuses))
+        placeholders = ", ".join("?" for _ in wanted)
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE sync = ? AND status IN ({placeholders}) "
+            "ORDER BY started_at DESC, id DESC"
+        )
+        params: builtins.list[Any] = [sync, *wanted]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._db.read() as conn:
+            return [_run_from_row(row) for row in conn.execute(sql, params)]
+
     def last(self, sync: str) -> RunRecord | None:
         """The newest run of `sync`, whatever its status."""
         runs = self.list(sync, limit=1)
