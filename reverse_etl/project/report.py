@@ -435,16 +435,20 @@ def _runs_table(sync: SyncReport) -> str:
     rows = []
     for run in latest:
         duration = _duration(run)
+        took = _seconds_label(duration) if duration is not None else "-"
         problem = run.error or run.message or ""
+        counts = "".join(
+            f'<td class="num" data-label="{k}">{run.counts.get(k, 0):,}</td>'
+            for k in (*OPERATIONS, "rejected")
+        )
+        error = (
+            f'<td class="error">{_e(problem)}</td>' if problem else '<td class="error none"></td>'
+        )
         rows.append(
             "<tr>"
             f'<td class="when">{_e(_short(run.started_at))}</td>'
             f'<td><span class="status {_e(run.status)}">{_e(run.status)}</span></td>'
-            + "".join(
-                f'<td class="num">{run.counts.get(k, 0):,}</td>' for k in (*OPERATIONS, "rejected")
-            )
-            + f'<td class="num">{_e(_seconds_label(duration)) if duration is not None else "-"}</td>'
-            f'<td class="error">{_e(problem)}</td>'
+            f'{counts}<td class="num" data-label="took">{_e(took)}</td>{error}'
             f'<td class="id"><code>{_e(run.id)}</code></td>'
             "</tr>"
         )
@@ -552,7 +556,10 @@ footer{color:var(--muted);font-size:12px;padding-bottom:30px}
 @media (max-width:720px){header,main,footer{padding:0 10px}header{padding-top:12px}
 .sync{padding:12px}.lower{grid-template-columns:1fr}.sync-head .latest{margin-left:0}
 .panels{grid-template-columns:1fr}td.id{display:none}th:last-child{display:none}
-table{font-size:12px}th,td{padding:3px 5px}.status{padding:0 5px}}
+thead{display:none}tbody tr{display:flex;flex-wrap:wrap;align-items:baseline;gap:2px 10px;
+padding:6px 0;border-bottom:1px solid var(--grid)}td{border:0;padding:0}td.error.none{display:none}
+td.num::before{content:attr(data-label) " ";color:var(--muted);font-size:12px}
+td.error{flex-basis:100%;min-width:0}}
 """
 
 
