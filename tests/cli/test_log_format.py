@@ -206,3 +206,21 @@ def test_python_callers_get_the_same_events(project: Path) -> None:
     assert names[0] == "run_started" and names[-1] == "run_finished"
     assert names.count("batch_acknowledged") == 3
     assert {e.run_id for e in seen} == {outcome.record.id if outcome.record else None}
+
+
+def test_an_alert_that_arrives_is_an_alert_sent_event(
+    project: Path,
+    retl_cli: Callable[..., Any],
+    httpserver: HTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    httpserver.expect_request("/alert", method="POST").respond_with_data("ok")
+    monkeypatch.setenv("ALERT_URL", httpserver.url_for("/alert") + f"?token={ALERT_SECRET}")
+
+    result = retl_cli("run", "bad", "--log-format", "json", "--project-dir", str(project))
+
+    found = events(result.err)
+    assert result.code == 1
+    (sent,) = of(found, "alert_sent", "bad")
+    assert sent["channel"] == "ops" and not of(found, "alert_failed")
+    assert ALERT_SECRET not in result.err
