@@ -145,7 +145,8 @@ class _Display:
         self.log_json = logs.json_logs()
         self.interactive = sys.stdin.isatty() and err.is_terminal
         self.bar = err.is_terminal and not quiet and not dry_run and not self.log_json
-        self.lines = not err.is_terminal and not dry_run and not self.log_json
+        # --json callers read the document (and often stderr with it): no progress lines
+        self.lines = not err.is_terminal and not quiet and not dry_run and not self.log_json
         self.interval = _progress_interval()
         self.progress_bar: Progress | None = None
         self.tasks: dict[str, TaskID] = {}

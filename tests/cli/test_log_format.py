@@ -224,3 +224,14 @@ def test_an_alert_that_arrives_is_an_alert_sent_event(
     (sent,) = of(found, "alert_sent", "bad")
     assert sent["channel"] == "ops" and not of(found, "alert_failed")
     assert ALERT_SECRET not in result.err
+
+
+def test_with_json_output_no_progress_line_joins_the_document(
+    project: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETL_PROGRESS_INTERVAL", "0")
+
+    result = retl_cli("run", "good", "--json", "--project-dir", str(project))
+
+    assert result.json()["runs"][0]["status"] == "success"
+    assert " sent, " not in result.err
