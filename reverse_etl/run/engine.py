@@ -531,20 +531,19 @@ class Engine:
                 state_records=outcome.state_records,
             )
             self._finished(outcome, options)
-            if status == "failed":
+            # A refusal by the plan (a delete limit) stops a scheduled sync as a failure does.
+            refused_by_plan = (
+                status == "refused" and outcome.plan is not None and (outcome.plan.refusal == error)
+            )
+            if status == "failed" or refused_by_plan:
                 self._alert(options, outcome)
         return outcome
 
     def _alert(self, options: RunOptions, outcome: RunOutcome) -> None:
-        from reverse_etl.alerts import Failure, send_failure_alerts
+        """Alert the sync's channels; an `alert_sent` or `alert_failed` event per channel."""
+        from reverse_etl.alerts import Failure, deliver_failure_alerts
 
-        assert outcome.record is not None and self.project.config is not None
-        sync = self.project.syncs.get(outcome.sync)
-        channels = [
-            name
-            for name in (sync.config.alerts if sync and sync.config else [])
-            if name in self.project.config.alerts
-        ]
+        assert outcome.record is not None
         failure = Failure(
             outcome.sync,
             outcome.record.id,
@@ -552,18 +551,23 @@ class Engine:
             outcome.error,
             outcome.hint,
             dict(outcome.counts),
+            dict(outcome.planned),
         )
-        unreachable = set(send_failure_alerts(self.project, failure))
-        for channel in channels:
-            failed = channel in unreachable
-            self._emit(
-                options,
-                "alert_failed" if failed else "alert_sent",
-                outcome.sync,
-                outcome.record.id,
-                "warning" if failed else "info",
-                channel=channel,
-            )
+        for delivery in deliver_failure_alerts(self.project, failure):
+            if delivery.ok:
+                self._emit(
+                    options, "alert_sent", outcome.sync, outcome.record.id, channel=delivery.channel
+                )
+            else:
+                self._emit(
+                    options,
+                    "alert_failed",
+                    outcome.sync,
+                    outcome.record.id,
+                    "warning",
+                    channel=delivery.channel,
+                    error=delivery.error,
+                )
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:

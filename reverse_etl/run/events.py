@@ -12,7 +12,7 @@ Events, with their `data` keys:
   destination asked to send again later), count, and wait_seconds for records
 - `rejection_summary`: rejected, top_errors [{error, count}]
 - `run_finished`: status, counts, planned, duration_seconds, error, hint
-- `alert_sent` / `alert_failed`: channel
+- `alert_sent` / `alert_failed`: channel (and error, for a failed one)
 """
 
 from __future__ import annotations
