@@ -293,6 +293,10 @@ def _plan_counts(console: Console, plan: Plan) -> None:
 
 def _plan_details(console: Console, plan: Plan) -> None:
     details = f"  source rows {plan.source_rows:,} · delivered before {plan.snapshot_records:,}"
+    if plan.fetched_rows is not None:
+        details += (
+            f" · fetched {plan.fetched_rows:,} of {plan.source_rows:,} rows from the warehouse"
+        )
     if plan.incremental_from:
         details += f" · incremental from {plan.incremental_from}"
     console.print(details, style="dim", markup=False)
@@ -303,7 +307,11 @@ def _plan_details(console: Console, plan: Plan) -> None:
 def plan_banners(plan: Plan) -> list[str]:
     """What must be read before the counts: a paused sync, a target change."""
     lines: list[str] = []
-    if plan.paused:
+    if plan.pause is not None:
+        lines.append(
+            f"{plan.pause.describe()}; `retl run` skips this sync until `retl resume {plan.sync}`"
+        )
+    elif plan.paused:
         lines.append("paused: `retl run` skips this sync until `paused: false`")
     change = plan.target_change
     if change is not None:

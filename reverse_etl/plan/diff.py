@@ -63,6 +63,14 @@ _OPERATION: dict[str, dict[str, str | None]] = {
 }
 
 
+def operation_sql(mode: str) -> str:
+    """SQL turning `__retl_change` into `__retl_op` for a mode (NULL: nothing is sent)."""
+    cases = " ".join(
+        f"WHEN '{change}' THEN '{op}'" for change, op in _OPERATION[mode].items() if op is not None
+    )
+    return f"CASE {CHANGE_COLUMN} {cases} WHEN 'removed' THEN 'delete' ELSE NULL END"
+
+
 @dataclass(frozen=True)
 class AttachedQuery:
     """The source query run inside the engine's connection, its warehouse attached as the
@@ -277,12 +285,7 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         f"CREATE OR REPLACE TABLE {REHASH_TABLE} AS SELECT {key} AS key, {HASH_COLUMN} AS hash "
         f"FROM {_CANDIDATES} WHERE {CHANGE_COLUMN} = 'unchanged'"
     )
-    deletes_removed = (
-        config.on_removed == "delete"
-        and mode != "delete"
-        and config.incremental is None
-        and not inputs.full_resync
-    )
+    deletes_removed = removes_deleted(inputs)
     key_field = inputs.mapping.key_field
     if deletes_removed and _all_snapshot_keys_in_source(con, joined, has_errors, stored):
         deletes_removed = False  # nothing was removed: the anti-join would find nothing
@@ -298,15 +301,7 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
             f"WHERE NOT EXISTS (SELECT 1 FROM {SOURCE_TABLE} g WHERE g.{key} = s.key)"
             f"{removed_filter}"
         )
-    counts = PlanCounts()
-    removed = 0
-    for op, change, n in con.execute(
-        f"SELECT {OP_COLUMN}, {CHANGE_COLUMN}, count(*) FROM {OPS_TABLE} GROUP BY ALL"
-    ).fetchall():
-        setattr(counts, op, getattr(counts, op) + int(n))
-        if change == "removed":
-            removed += int(n)
-    counts.ignored = _count(
+    ignored = _count(
         con,
         f"SELECT count(*) FROM {_CANDIDATES} WHERE {CHANGE_COLUMN} <> 'unchanged' AND "
         f"CASE {CHANGE_COLUMN} {cases} ELSE NULL END IS NULL",
@@ -314,10 +309,51 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
     sent_or_ignored = _count(
         con, f"SELECT count(*) FROM {_CANDIDATES} WHERE {CHANGE_COLUMN} <> 'unchanged'"
     )
-    counts.unchanged = _count(con, f"SELECT count(*) FROM {SOURCE_TABLE} g WHERE {valid}") - (
+    unchanged = _count(con, f"SELECT count(*) FROM {SOURCE_TABLE} g WHERE {valid}") - (
         sent_or_ignored
     )
     con.execute(f"DROP TABLE {_CANDIDATES}")
+    return plan_from_operations(con, inputs, unchanged=unchanged, ignored=ignored)
+
+
+def removes_deleted(inputs: PlanInputs) -> bool:
+    """Whether rows that left the source become deletes (on_removed: delete, SPEC §3)."""
+    config = inputs.config
+    return (
+        config.on_removed == "delete"
+        and config.mode != "delete"
+        and config.incremental is None
+        and not inputs.full_resync
+    )
+
+
+def plan_from_operations(
+    con: duckdb.DuckDBPyConnection,
+    inputs: PlanInputs,
+    *,
+    unchanged: int = 0,
+    ignored: int = 0,
+    fetched_rows: int | None = None,
+) -> Plan:
+    """The Plan of the operations in `retl_ops` and the key errors in `retl_key_errors`;
+    `unchanged` and `ignored` add rows counted, not kept (retl_ops holds what is sent; rows
+    of it without an operation still count as ignored or unchanged)."""
+    config = inputs.config
+    mode = config.mode
+    key_field = inputs.mapping.key_field
+    counts = PlanCounts(unchanged=unchanged, ignored=ignored)
+    removed = 0
+    for op, change, n in con.execute(
+        f"SELECT {OP_COLUMN}, {CHANGE_COLUMN}, count(*) FROM {OPS_TABLE} GROUP BY ALL"
+    ).fetchall():
+        if op is not None:
+            setattr(counts, op, getattr(counts, op) + int(n))
+            if change == "removed":
+                removed += int(n)
+        elif change == "changed":
+            counts.ignored += int(n)
+        else:
+            counts.unchanged += int(n)
     counts.error = _count(con, f"SELECT coalesce(sum(n), 0) FROM {ERRORS_TABLE}")
 
     plan = Plan(
@@ -352,6 +388,7 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         target_change=inputs.target_change,
         paused=config.paused,
         alerts=list(config.alerts),
+        fetched_rows=fetched_rows,
     )
     if counts.ignored:
         plan.notes.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reverse_etl.state.pauses import Pause
 from reverse_etl.types import Action, Mode, Operation, TargetChange, TargetId
 
 
@@ -91,11 +92,16 @@ class Plan:
     incremental_from: str | None = None
     config_changed: bool = False
     target_change: TargetChange | None = None
+    # `paused` covers both `paused:` in the sync file and an operational pause (`pause`).
     paused: bool = False
+    pause: Pause | None = None
     alerts: list[str] = field(default_factory=list)
     refusal: str | None = None
     refusal_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Rows the diff brought out of the warehouse (state.backend: warehouse); None: local diff,
+    # which reads every source row.
+    fetched_rows: int | None = None
 
     @property
     def destination(self) -> str:
@@ -156,12 +162,14 @@ class Plan:
                 else None
             ),
             "paused": self.paused,
+            "pause": self.pause.to_dict() if self.pause else None,
             "limits": asdict(self.limits),
             "alerts": list(self.alerts),
             "digest": self.digest,
             "refused": self.refusal,
             "refusal_hint": self.refusal_hint,
             "notes": list(self.notes),
+            "fetched_rows": self.fetched_rows,
         }
 
     @classmethod
@@ -201,8 +209,10 @@ class Plan:
                 else None
             ),
             paused=bool(data.get("paused")),
+            pause=Pause.from_dict(data["pause"]) if data.get("pause") else None,
             alerts=[str(a) for a in data.get("alerts") or []],
             refusal=data.get("refused"),
             refusal_hint=data.get("refusal_hint"),
             notes=[str(n) for n in data.get("notes") or []],
+            fetched_rows=(None if data.get("fetched_rows") is None else int(data["fetched_rows"])),
         )

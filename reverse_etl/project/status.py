@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reverse_etl.config import Project, Sync
 from reverse_etl.state.deadletters import DeadLetter
 from reverse_etl.state.lock import SyncLock, force_unlock, lock_holder
+from reverse_etl.state.pauses import Pause
 from reverse_etl.state.runlog import RunRecord
 from reverse_etl.types import TargetId
 
@@ -19,7 +21,11 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SyncStatus:
-    """One sync in `retl status`: its settings, last run, next due time and dead letters."""
+    """One sync in `retl status`: its settings, last run, next due time and dead letters.
+
+    `paused` is True when either `paused:` in its file or an operational pause (`pause`, who
+    paused it when and why: `retl pause`) stops it.
+    """
 
     sync: str
     valid: bool
@@ -30,6 +36,7 @@ class SyncStatus:
     last_run: RunRecord | None
     next_due: datetime | None
     dead_letters: int
+    pause: Pause | None = None
 
     @property
     def sent(self) -> int | None:
@@ -45,6 +52,7 @@ class SyncStatus:
             "mode": self.mode,
             "schedule": self.schedule,
             "paused": self.paused,
+            "pause": self.pause.to_dict() if self.pause else None,
             "running": self.running,
             "last_run": self.last_run.to_dict() if self.last_run else None,
             "next_due": self.next_due.isoformat() if self.next_due else None,
@@ -56,12 +64,13 @@ def project_status(project: Project, engine: Engine | None = None) -> list[SyncS
     """Every sync of the project, sorted by name."""
     engine = engine or _engine(project)
     run_log, dead = engine.run_log, engine.dead_letters.counts_by_sync()
+    pauses = engine.pauses.all()
     found = []
     for name, sync in sorted(project.syncs.items()):
         config = sync.config
         last = run_log.last(name)
         # The rule `run --all` applies (run.schedule.next_due); a paused sync is never due.
-        paused = config is None or config.paused
+        paused = config is None or config.paused or name in pauses
         next_due = None if paused or not sync.ok else engine.next_due(sync)
         holder = lock_holder(engine.layout.locks, name)
         found.append(
@@ -70,11 +79,12 @@ def project_status(project: Project, engine: Engine | None = None) -> list[SyncS
                 valid=sync.ok,
                 mode=config.mode if config else None,
                 schedule=config.schedule.describe() if config else None,
-                paused=config.paused if config else None,
+                paused=(config.paused or name in pauses) if config else name in pauses or None,
                 running=holder.describe() if holder else None,
                 last_run=last,
                 next_due=next_due,
                 dead_letters=dead.get(name, 0),
+                pause=pauses.get(name),
             )
         )
     return found
@@ -124,32 +134,42 @@ class StateSummary:
 def state_summary(project: Project, sync: Sync, sample: int = 5) -> StateSummary:
     """What state says was delivered for `sync`: counts, watermark, hashes, a few keys."""
     engine = _engine(project)
-    store = engine.snapshot(sync.name)
-    meta = store.read_meta()
-    return StateSummary(
-        sync=sync.name,
-        path=project.relative(store.path),
-        exists=meta is not None,
-        records=meta.records if meta else 0,
-        watermark=meta.watermark if meta else None,
-        config_hash=meta.config_hash if meta else None,
-        current_config_hash=engine.config_hash(sync) if sync.ok else None,
-        serial=meta.serial if meta else 0,
-        lineage=meta.lineage if meta else None,
-        updated_at=meta.updated_at if meta else None,
-        last_run_id=meta.last_run_id if meta else None,
-        sample=store.sample(sample),
-        target=meta.target if meta else None,
-        current_target=engine.target(sync) if sync.ok else None,
-        kept_aside=sorted(project.relative(p) for p in store.kept_aside()),
-    )
+    current_target = engine.target(sync) if sync.ok else None
+    with engine.state_backend(sync.name) as backend:
+        meta = backend.read_meta(current_target)
+        return StateSummary(
+            sync=sync.name,
+            path=backend.where,
+            exists=meta is not None,
+            records=meta.records if meta else 0,
+            watermark=meta.watermark if meta else None,
+            config_hash=meta.config_hash if meta else None,
+            current_config_hash=engine.config_hash(sync) if sync.ok else None,
+            serial=meta.serial if meta else 0,
+            lineage=meta.lineage if meta else None,
+            updated_at=meta.updated_at if meta else None,
+            last_run_id=meta.last_run_id if meta else None,
+            sample=backend.sample(sample),
+            target=meta.target if meta else None,
+            current_target=current_target,
+            kept_aside=sorted(_shown(project, p) for p in backend.kept_aside()),
+        )
+
+
+def _shown(project: Project, where: str) -> str:
+    """A kept-aside snapshot as `state show` lists it: files relative to the project."""
+    path = Path(where)
+    return project.relative(path) if path.is_absolute() else where
 
 
 def reset_state(project: Project, sync: Sync) -> bool:
     """Forget what was delivered for `sync`, under its lock; False when it had no state."""
     engine = _engine(project)
-    with SyncLock(engine.layout.locks, sync.name, command=f"retl state reset {sync.name}"):
-        return engine.snapshot(sync.name).reset()
+    with (
+        SyncLock(engine.layout.locks, sync.name, command=f"retl state reset {sync.name}"),
+        engine.state_backend(sync.name) as backend,
+    ):
+        return backend.reset()
 
 
 def unlock_sync(project: Project, sync: Sync) -> tuple[bool, str | None]:
