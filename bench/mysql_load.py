@@ -30,7 +30,7 @@ import duckdb
 import pymysql
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pg_upsert import NAMES, build_source, next_snapshot, retl_run  # noqa: E402
+from pg_upsert import NAMES, build_source, next_snapshot, retl_run
 
 COLUMNS = (
     "id BIGINT PRIMARY KEY, email VARCHAR(255), first_name VARCHAR(255), last_name VARCHAR(255), "
@@ -55,9 +55,7 @@ def _connect(url: str) -> pymysql.connections.Connection[Any]:
     )
 
 
-def write_project(
-    root: Path, source: Path, url: str, table: str, batch_size: int | None
-) -> None:
+def write_project(root: Path, source: Path, url: str, table: str, batch_size: int | None) -> None:
     (root / "syncs").mkdir(parents=True, exist_ok=True)
     (root / "retl.yml").write_text(
         f"version: 1\nwarehouses:\n  bench:\n    url: duckdb:///{source}\n"

@@ -73,35 +73,41 @@ def create_stage(columns: Sequence[StageColumn]) -> str:
     return f"CREATE TEMPORARY TABLE {quote(STAGE)} ({', '.join(defs)})"
 
 
-def load_statement(path: str, records: pa.Table) -> str:
-    """LOAD DATA of the file `path` written by `file_lines(records)` into the stage."""
-    targets = [quote(ORD)]
+def load_statement(
+    path: str, records: pa.Table, table: str | None = None, columns: Sequence[str] = ()
+) -> str:
+    """LOAD DATA of the file `path` that `file_lines(records)` wrote: into the stage (ordinal
+    first), or, given `table` (quoted) and its column names, straight into that table."""
+    names = list(columns) or [stage_name(i) for i in range(records.num_columns)]
+    targets = [] if table else [quote(ORD)]
     sets = []
     for i, field in enumerate(records.schema):
         if is_binary(field.type):
             targets.append(f"@_retl_v{i}")
-            sets.append(f"{quote(stage_name(i))} = UNHEX(@_retl_v{i})")
+            sets.append(f"{quote(names[i])} = UNHEX(@_retl_v{i})")
         else:
-            targets.append(quote(stage_name(i)))
+            targets.append(quote(names[i]))
     literal = "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
     statement = (
-        f"LOAD DATA LOCAL INFILE {literal} INTO TABLE {quote(STAGE)} CHARACTER SET utf8mb4 "
+        f"LOAD DATA LOCAL INFILE {literal} INTO TABLE {table or quote(STAGE)} "
+        "CHARACTER SET utf8mb4 "
         "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' "
         f"({', '.join(targets)})"
     )
     return statement + (f" SET {', '.join(sets)}" if sets else "")
 
 
-def file_lines(records: pa.Table) -> pa.Buffer:
-    """The records as LOAD DATA lines, `ordinal\\tvalue\\t...\\n`, as one buffer."""
+def file_lines(records: pa.Table, ordinals: bool = True) -> pa.Buffer:
+    """The records as LOAD DATA lines (the ordinal first, unless `ordinals` is false), values
+    separated by tabs, as one buffer."""
     n = records.num_rows
-    ordinals = pc.cast(pa.array(range(n), pa.int64()), pa.large_string())
-    texts = [ordinals, *[_text(c).combine_chunks() for c in records.columns]]
+    texts = [_text(c).combine_chunks() for c in records.columns]
+    if ordinals:
+        texts.insert(0, pc.cast(pa.array(range(n), pa.int64()), pa.large_string()))
     tab, newline = pa.scalar("\t", pa.large_string()), pa.scalar("\n", pa.large_string())
     lines = pc.binary_join_element_wise(*texts, tab)
-    whole = pc.binary_join(
-        pa.LargeListArray.from_arrays(pa.array([0, n], pa.int64()), lines), newline
-    )
+    offsets = pa.array([0, n], pa.int64())
+    whole = pc.binary_join(pa.LargeListArray.from_arrays(offsets, lines), newline)
     sink = pa.BufferOutputStream()
     sink.write(whole[0].as_buffer())
     sink.write(b"\n")

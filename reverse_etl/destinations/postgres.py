@@ -14,7 +14,6 @@ from __future__ import annotations
 import array
 import json
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -524,18 +523,13 @@ class PostgresDestination(TableDestination[_Table]):
             ) from exc
         raise AssertionError("unreachable")
 
-    # Per (database, table, run): whether the table was empty when the run's first batch of a
-    # first load reached it. Shared by the lanes (instances) of one run.
-    _empty_at_start: ClassVar[dict[tuple[str, str, str], bool]] = {}
-    _empty_lock: ClassVar[threading.Lock] = threading.Lock()
-
     def _copies_straight(self, batch: Batch) -> bool:
         """A first load (empty state) of insert or upsert records into a plain table that was
         empty when the run began, with every value loading as the stage would convert it:
         the batch is COPY'd into the table itself, with no stage and no merge. Upsert keys are
         unique, so a record that is already there aborts the COPY and the batch takes the
         stage path, which never duplicates a record."""
-        if not batch.first_load or batch.action not in ("insert", "upsert"):
+        if not batch.first_load:
             return False
         table = self._table(batch.object)
         if table.kind not in ("r", "p"):  # views, foreign tables: COPY may not reach them
@@ -546,14 +540,8 @@ class PostgresDestination(TableDestination[_Table]):
                 batch.records.column(name).type, column
             ):
                 return False
-        memo = (self._conninfo, batch.object, batch.run_id or f"instance {id(self)}")
-        with self._empty_lock:
-            if memo not in self._empty_at_start:
-                rows = self._query(
-                    sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(table.ident)
-                )
-                self._empty_at_start[memo] = bool(rows[0][0])
-            return self._empty_at_start[memo]
+        query = sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(table.ident)
+        return self._loads_straight(batch, lambda: bool(self._query(query)[0][0]))
 
     def _copy_straight(self, batch: Batch) -> BatchResult:
         """COPY the batch into its table in one transaction; _StageRefused when the table
@@ -572,9 +560,7 @@ class PostgresDestination(TableDestination[_Table]):
                 raise
             if not is_record_error(exc):
                 # Not allowed here (row-level security, rules...): this run takes the stage path.
-                memo = (self._conninfo, batch.object, batch.run_id or f"instance {id(self)}")
-                with self._empty_lock:
-                    self._empty_at_start[memo] = False
+                self._stop_loading_straight(batch)
             raise _StageRefused from exc
         return BatchResult(rejected=dict(sorted(unstageable.items())))
 

@@ -445,6 +445,14 @@ class SqlDestination(TableDestination[_Table]):
         connection fails); None when it must go through executemany instead."""
         columns = self._mysql_columns(table)
         stage = [columns[n] for n in names]
+        quote = mysql_load.quote
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        if self._loads_straight(batch, lambda: self._is_empty(target)):
+            loaded = self._load_straight(batch, target, names)
+            if loaded is not None:
+                return loaded
         last: Exception | None = None
         for attempt in range(self.attempts):
             if attempt:
@@ -488,6 +496,38 @@ class SqlDestination(TableDestination[_Table]):
             f"cannot use destination '{self.name}' ({self._where}): {detail}",
             hint="check the destination url and that the database is running and reachable",
         ) from last
+
+    def _is_empty(self, target: str) -> bool:
+        query = f"SELECT NOT EXISTS (SELECT 1 FROM {target})"
+        return bool(self._in_transaction(lambda conn: conn.exec_driver_sql(query).scalar()))
+
+    def _load_straight(self, batch: Batch, target: str, names: list[str]) -> BatchResult | None:
+        """A first load into an empty table: LOAD DATA straight into it, in one transaction.
+        None (rolled back) when any value or record was not taken as it is (LOAD DATA LOCAL
+        only warns: a duplicate key, a bad value), so the stage path isolates it."""
+        records = batch.records.select(names)
+        statement_columns = names
+        try:
+            with self._get_engine().connect() as conn, conn.begin() as transaction:
+                loaded, exact = _load_file(
+                    conn,
+                    mysql_load.file_lines(records, ordinals=False),
+                    lambda path: mysql_load.load_statement(
+                        path, records, target, statement_columns
+                    ),
+                )
+                if loaded != records.num_rows or not exact:
+                    transaction.rollback()
+                    return None
+        except sa.exc.DBAPIError as exc:
+            if self.is_record_error(exc) or exc.connection_invalidated or self._is_conflict(exc):
+                return None  # the stage path retries, isolates or reports it
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if code in mysql_load.LOCAL_INFILE_REFUSED:
+                return None  # the stage path meets the same refusal and says so
+            self._stop_loading_straight(batch)
+            return None
+        return BatchResult()
 
     def _mysql_columns(self, table: _Table) -> dict[str, mysql_load.StageColumn]:
         """The target's columns with their full MySQL types (for the stage), cached."""
@@ -819,6 +859,25 @@ class _DuckDBRun(_Run):
         return matched
 
 
+def _load_file(
+    conn: sa.Connection, data: pa.Buffer, statement: Callable[[str], str]
+) -> tuple[int, bool]:
+    """Run the LOAD DATA `statement(path)` of `data` written to a temporary file: the rows
+    loaded, and whether every value was taken as it is. Notes are allowed: they are roundings
+    an INSERT makes as well (a decimal to its scale)."""
+    fd, path = tempfile.mkstemp(prefix="retl-load-", suffix=".tsv")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        loaded = conn.exec_driver_sql(statement(path)).rowcount
+    finally:
+        os.unlink(path)
+    warnings = conn.exec_driver_sql("SHOW WARNINGS").fetchall()
+    [(count,)] = conn.exec_driver_sql("SELECT @@warning_count").fetchall()
+    exact = all(str(w[0]) == "Note" for w in warnings) and int(count) <= len(warnings)
+    return int(loaded), exact
+
+
 class _NotLoadedExactly(Exception):
     """LOAD DATA changed a value of the batch: its transaction is rolled back."""
 
@@ -853,19 +912,12 @@ class _LoadDataRun(_Run):
         records = self.batch.records.select(self.names)
         conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {mysql_load.quote(_STAGE)}")
         conn.exec_driver_sql(mysql_load.create_stage(columns))
-        fd, path = tempfile.mkstemp(prefix="retl-load-", suffix=".tsv")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(mysql_load.file_lines(records))
-            loaded = conn.exec_driver_sql(mysql_load.load_statement(path, records)).rowcount
-        finally:
-            os.unlink(path)
-        warnings = conn.exec_driver_sql("SHOW WARNINGS").fetchall()
-        # Notes are roundings an INSERT makes as well (a decimal to its scale).
-        if loaded != records.num_rows or any(str(w[0]) != "Note" for w in warnings):
-            return False
-        [(count,)] = conn.exec_driver_sql("SELECT @@warning_count").fetchall()
-        if int(count) > len(warnings):
+        loaded, exact = _load_file(
+            conn,
+            mysql_load.file_lines(records),
+            lambda path: mysql_load.load_statement(path, records),
+        )
+        if loaded != records.num_rows or not exact:
             return False
         if self.missing_query is not None:
             self.missing = sorted(int(r[0]) for r in conn.exec_driver_sql(self.missing_query))

@@ -233,3 +233,99 @@ def test_a_client_or_server_without_local_infile_falls_back_with_a_warning(
     assert len(warnings) == 1
     assert "refuses LOAD DATA LOCAL INFILE" in warnings[0]
     assert "SET GLOBAL local_infile = 1" in warnings[0]
+
+
+# -- first load: LOAD DATA straight into an empty table -------------------------------------
+
+
+@pytest.fixture
+def statements(maria: MariaDB) -> Iterator[str]:
+    """A log table the target's insert trigger fills with how each record arrived: 'stage'
+    when the session holds the stage table retl merges from, else 'straight'."""
+    log = f"{maria.table}_log"
+    maria.sql(f"CREATE TABLE {log} (statement VARCHAR(16))")
+    maria.sql(
+        f"""CREATE TRIGGER {maria.table}_t AFTER INSERT ON {maria.table} FOR EACH ROW
+        BEGIN
+          DECLARE staged INT DEFAULT 1;
+          DECLARE CONTINUE HANDLER FOR 1146 SET staged = 0;
+          DO (SELECT 1 FROM _retl_stage LIMIT 1);
+          INSERT INTO {log} VALUES (IF(staged, 'stage', 'straight'));
+        END"""
+    )
+    yield log
+    maria.sql(f"DROP TABLE IF EXISTS {log}")
+
+
+def written_by(maria: MariaDB, log: str) -> list[str]:
+    with maria.engine.begin() as conn:
+        return [r[0] for r in conn.exec_driver_sql(f"SELECT DISTINCT statement FROM {log}")]
+
+
+def first_load(object: str, action: Any, key: str | None, run_id: str, **columns: Any) -> Batch:
+    return Batch(object, action, key, pa.table(columns), run_id=run_id, first_load=True)
+
+
+@pytest.mark.parametrize("action", ["insert", "upsert"])
+def test_a_first_load_into_an_empty_table_loads_straight_into_it(
+    action: str, maria: MariaDB, statements: str
+) -> None:
+    columns = hostile_columns()
+
+    result = maria.dest.deliver(first_load(maria.table, action, "id", "run-1", **columns))
+
+    assert result.rejected == {}
+    assert written_by(maria, statements) == ["straight"]
+    assert maria.rows(SELECTED) == expected_rows(columns)
+
+
+def test_a_first_load_with_bad_records_takes_the_stage_path_and_rejects_only_them(
+    maria: MariaDB, statements: str
+) -> None:
+    result = maria.dest.deliver(
+        first_load(
+            maria.table,
+            "insert",
+            None,
+            "run-1",
+            id=[1, 2, 3, 1, 5],
+            code=["ok", "too long", "ok", "ok", "ok"],
+            score=pa.array([1, 2, 3, 4, None], pa.int64()),
+        )
+    )
+
+    assert sorted(result.rejected) == [1, 3, 4]
+    assert "Data too long for column 'code'" in result.rejected[1]
+    assert result.rejected[3] == "Duplicate entry '1' for key 'PRIMARY'"
+    assert result.rejected[4] == "Column 'score' cannot be null"
+    assert maria.rows("id, code, score") == [(1, "ok", 1), (3, "ok", 3)]
+    assert written_by(maria, statements) == ["stage"]  # the straight load was rolled back
+
+
+def test_a_first_load_into_a_table_with_records_merges_without_duplicates(
+    maria: MariaDB, statements: str
+) -> None:
+    maria.sql(f"INSERT INTO {maria.table} (id, note, score) VALUES (1, 'old', 5)")
+    maria.sql(f"DELETE FROM {statements}")
+
+    result = maria.dest.deliver(
+        first_load(maria.table, "upsert", "id", "run-1", id=[1, 2], note=["new", "b"])
+    )
+
+    assert result.rejected == {}
+    assert maria.rows("id, note, score") == [(1, "new", 5), (2, "b", 0)]
+    assert written_by(maria, statements) == ["stage"]
+
+
+def test_a_key_another_writer_added_mid_load_is_updated_not_duplicated(
+    maria: MariaDB, statements: str
+) -> None:
+    maria.dest.deliver(first_load(maria.table, "upsert", "id", "run-1", id=[1, 2]))
+    maria.sql(f"INSERT INTO {maria.table} (id, note) VALUES (3, 'someone else')")
+
+    result = maria.dest.deliver(
+        first_load(maria.table, "upsert", "id", "run-1", id=[3, 4], note=["c", "d"])
+    )
+
+    assert result.rejected == {}
+    assert maria.rows("id, note") == [(1, None), (2, None), (3, "c"), (4, "d")]
