@@ -195,7 +195,17 @@ class CopyReader:
 
     def _fix(self, index: int, plan: _Plan, column: pa.ChunkedArray) -> pa.Array:
         values = column.combine_chunks()
-        if plan.code in (_JSON, _JSONB):
+        if plan.code == _JSONB:
+            # jsonb text is what json.dumps writes back, but for numbers with a fraction or an
+            # exponent (1.50 comes back 1.5): only values that may hold one are rewritten.
+            maybe = pc.fill_null(pc.match_substring_regex(values, r"[0-9][.eE]"), False)
+            rows = pc.indices_nonzero(maybe).to_pylist()
+            if not rows:
+                return values
+            texts = values.take(rows).to_pylist()
+            rewritten = pa.array([json.dumps(json.loads(t), ensure_ascii=False) for t in texts])
+            return pc.replace_with_mask(values, maybe, rewritten)
+        if plan.code == _JSON:  # kept as written by PostgreSQL: rewritten as json.dumps does
             texts = values.to_pylist()
             return pa.array(
                 [

@@ -40,6 +40,8 @@ EVERY_TYPE = f"""
            CASE WHEN id > 1 THEN json_build_object('s', s, 'n', id, 'x', 1.50) END AS j,
            CASE WHEN id > 1 THEN ('{{"b": [1, 2.0], "a": "' || id || '"}}')::jsonb END AS jb,
            '{{"kept":  "as written"}}'::json AS raw_json,
+           CASE id % 3 WHEN 0 THEN '{{"x": 1.50, "y": 1e3, "s": "2.50"}}'::jsonb
+                       WHEN 1 THEN to_jsonb(s) ELSE '[1, -0, 12345678901234567890]' END AS jb2,
            decode(lpad(to_hex(id), 2, '0') || '00ff0a5c', 'hex') AS bytes,
            md5(id::text)::uuid AS uid, 'pad'::char(6) AS padded, 'x'::"char" AS one_char,
            'name'::name AS a_name, s::varchar(200000) AS v
