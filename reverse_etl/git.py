@@ -84,13 +84,16 @@ def repository_at_ref(folder: Path, ref: str) -> Path:
     """The top folder of the repository holding `folder`, once `ref` is known to name one of
     its commits; UsageError saying what to do otherwise."""
     if not ref or ref.startswith("-"):
-        raise UsageError(f"'{ref}' is not a git ref", "e.g. --base main or --base origin/main")
+        raise UsageError(
+            f"'{ref}' is not a git ref", "name a branch, tag or commit, e.g. main or origin/main"
+        )
     out = _git_or_raise(
         folder,
         "rev-parse",
         "--show-toplevel",
         error=f"{folder} is not in a git repository",
-        hint="--base compares with a git ref: run it in a clone of the project's repository",
+        hint="--base and --changed-since compare with a git ref: run them in a clone of the "
+        "project's repository",
     )
     top = Path(out.strip()).resolve()
     _git_or_raise(
@@ -118,6 +121,12 @@ def changed_since(folder: Path, ref: str) -> set[Path]:
     )
     names = [n for n in (changed + untracked).split("\0") if n]
     return {(top / name).resolve() for name in names}
+
+
+def head_commit(folder: Path) -> str | None:
+    """The commit checked out in the repository holding `folder`; None outside one."""
+    out = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD")
+    return out.strip() or None if out is not None else None
 
 
 def file_at(top: Path, ref: str, path: Path) -> str | None:

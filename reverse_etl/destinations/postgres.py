@@ -413,6 +413,7 @@ class PostgresDestination(TableDestination[_Table]):
                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
                    t.typcategory,
                    coalesce(b.typname, t.typname),
+                   a.attgenerated <> '' OR a.attidentity = 'a',
                    c.relkind
             FROM pg_class c
             JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -435,10 +436,12 @@ class PostgresDestination(TableDestination[_Table]):
                 has_default=r[4],
                 category=r[5],
                 base=r[6],
+                required=not r[2] and not r[4],
+                writable=not r[7],
             )
             for r in rows
         }
-        table = _Table(schema=schema, name=name, columns=columns, kind=rows[0][7])
+        table = _Table(schema=schema, name=name, columns=columns, kind=rows[0][8])
         self._tables[object] = table
         return table
 

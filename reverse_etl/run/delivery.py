@@ -185,13 +185,16 @@ class Delivery:
         times, then left to the next run (neither acknowledged nor dead lettered)."""
         fields = self._fields(op)
         columns = ", ".join(quote_identifier(f) for f in fields)
+        size = lanes[0].batch_size(
+            self.plan.action[op], self.plan.counts.of(op), self.plan.batch_size
+        )
         # Its own cursor, closed however the operation ends: an open result would keep the
         # state file attached after the run.
         with self.con.cursor() as cursor:
             reader = cursor.sql(
                 f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN}, "
                 f"{DEST_ID_COLUMN} FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'"
-            ).to_arrow_reader(self.plan.batch_size)
+            ).to_arrow_reader(size)
             try:
                 self._send_rounds(lanes, op, fields, reader)
             finally:

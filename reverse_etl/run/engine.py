@@ -401,11 +401,21 @@ class Engine:
             outcome.record = self.run_log.finish(
                 outcome.record.id, status, outcome.counts, planned=outcome.planned, error=error
             )
-            if status == "failed":
+            # A refusal by the plan (a delete limit) stops a scheduled sync as a failure does.
+            refused_by_plan = (
+                status == "refused" and outcome.plan is not None and (outcome.plan.refusal == error)
+            )
+            if status == "failed" or refused_by_plan:
                 from reverse_etl.alerts import Failure, send_failure_alerts
 
                 failure = Failure(
-                    outcome.sync, outcome.record.id, status, error, hint, dict(outcome.counts)
+                    outcome.sync,
+                    outcome.record.id,
+                    status,
+                    error,
+                    hint,
+                    dict(outcome.counts),
+                    dict(outcome.planned),
                 )
                 send_failure_alerts(self.project, failure)
         return outcome
