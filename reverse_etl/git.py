@@ -141,6 +141,16 @@ def file_at(top: Path, ref: str, path: Path) -> str | None:
 # --- helpers ----------------------------------------------------------------------------------
 
 
+def user_name(folder: Path) -> str | None:
+    """Who git says is working in `folder` (`user.name`, with `<user.email>` when set); None
+    without git or without a configured name."""
+    name = (_git(folder, "config", "user.name") or "").strip()
+    if not name:
+        return None
+    email = (_git(folder, "config", "user.email") or "").strip()
+    return f"{name} <{email}>" if email else name
+
+
 def _as_list(paths: PathLike | Iterable[PathLike]) -> list[PathLike]:
     return [paths] if isinstance(paths, str | Path) else list(paths)
 
