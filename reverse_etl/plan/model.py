@@ -99,6 +99,9 @@ class Plan:
     refusal: str | None = None
     refusal_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Rows the diff brought out of the warehouse (state.backend: warehouse); None: local diff,
+    # which reads every source row.
+    fetched_rows: int | None = None
 
     @property
     def destination(self) -> str:
@@ -166,6 +169,7 @@ class Plan:
             "refused": self.refusal,
             "refusal_hint": self.refusal_hint,
             "notes": list(self.notes),
+            "fetched_rows": self.fetched_rows,
         }
 
     @classmethod
@@ -210,4 +214,5 @@ class Plan:
             refusal=data.get("refused"),
             refusal_hint=data.get("refusal_hint"),
             notes=[str(n) for n in data.get("notes") or []],
+            fetched_rows=(None if data.get("fetched_rows") is None else int(data["fetched_rows"])),
         )

@@ -34,8 +34,9 @@ from reverse_etl.plan.diff import (
 from reverse_etl.plan.model import Plan
 from reverse_etl.run.acks import AcknowledgementWriter
 from reverse_etl.run.events import EventHook, EventLevel, RunEvent
+from reverse_etl.state.backends import LocalBackend, SnapshotBackend
 from reverse_etl.state.deadletters import DeadLetterEntry, DeadLetterQueue
-from reverse_etl.state.snapshot import SNAPSHOT, SnapshotStore
+from reverse_etl.state.snapshot import SNAPSHOT
 from reverse_etl.types import Operation
 
 # Records a destination asks to retry later are sent again up to this many times in a run,
@@ -69,8 +70,11 @@ class Delivery:
         run_id: str | None,
         on_progress: Callable[[int, int], None] | None = None,
         on_event: EventHook | None = None,
+        snapshot: SnapshotBackend | None = None,
     ) -> None:
         self.plan = plan
+        # Where acknowledgements go: the snapshot attached to `con` unless told otherwise.
+        self.snapshot = snapshot or LocalBackend.attached(plan.sync)
         self.con = con
         self.writer = con.cursor()
         self.open_lane = open_lane
@@ -135,11 +139,12 @@ class Delivery:
         if failed is None:
             failed = self._key_error_failure()
         self._report_rejections()
-        self._store_new_hashes()
+        if self.snapshot.local:
+            self._store_new_hashes()
         meta: dict[str, str | None] = {"config_hash": config_hash, "last_run_id": self.run_id}
         if failed is None and self.plan.incremental:
             meta["watermark"] = self._next_watermark()
-        SnapshotStore.acknowledge(self.writer, None, None, **meta)
+        self.snapshot.acknowledge(self.writer, None, None, **meta)
         if failed is None:
             self._forget_dead_letters_that_left_the_source()
             return DeliveryResult("success", dict(self.counts))
@@ -405,7 +410,7 @@ class Delivery:
             .select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN])
             .rename_columns(["key", "hash", "dest_id"])
         )
-        self.acks.submit(SnapshotStore.acknowledge, delivered, deleted)
+        self.acks.submit(self.snapshot.acknowledge, delivered, deleted)
         self.counts[op] += accepted.num_rows - result.absent
         if result.absent:
             self.counts["absent"] = self.counts.get("absent", 0) + result.absent
