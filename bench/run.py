@@ -146,36 +146,50 @@ class Measured:
     output: str = ""
 
 
+TIME = Path("/usr/bin/time")
+
+
 def measure(
     argv: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Measured:
-    """Wall seconds and peak RSS of one subprocess (its own rusage, from wait4)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        list(argv),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "COLUMNS": "120", **(env or {})},
-        cwd=cwd,
-    )
-    out_chunks: list[bytes] = []
-    err_chunks: list[bytes] = []
-    readers = [
-        threading.Thread(target=lambda: out_chunks.append(process.stdout.read())),  # type: ignore[union-attr]
-        threading.Thread(target=lambda: err_chunks.append(process.stderr.read())),  # type: ignore[union-attr]
-    ]
-    for reader in readers:
-        reader.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    for reader in readers:
-        reader.join()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    output = b"".join(out_chunks).decode(errors="replace")
-    if process.returncode != 0:
-        errors = b"".join(err_chunks).decode(errors="replace")
-        raise RuntimeError(f"{' '.join(argv[:4])} ... failed:\n{output[-2000:]}\n{errors[-2000:]}")
-    return Measured(seconds, usage.ru_maxrss / 1024, output)
+    """Wall seconds and peak RSS of one subprocess. Linux carries a process's RSS high-water
+    mark over fork and exec, so a child of this (large) process would report at least our
+    RSS: the child is started by GNU time (a small process) when there is one, which reports
+    the child's own peak; otherwise its rusage from wait4 (an upper bound)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        command = list(argv)
+        if TIME.exists():
+            command = [str(TIME), "-f", "%M", "-o", rss.name, *command]
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "120", **(env or {})},
+            cwd=cwd,
+        )
+        out_chunks: list[bytes] = []
+        err_chunks: list[bytes] = []
+        readers = [
+            threading.Thread(target=lambda: out_chunks.append(process.stdout.read())),  # type: ignore[union-attr]
+            threading.Thread(target=lambda: err_chunks.append(process.stderr.read())),  # type: ignore[union-attr]
+        ]
+        for reader in readers:
+            reader.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        for reader in readers:
+            reader.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        output = b"".join(out_chunks).decode(errors="replace")
+        if process.returncode != 0:
+            errors = b"".join(err_chunks).decode(errors="replace")
+            raise RuntimeError(
+                f"{' '.join(argv[:4])} ... failed:\n{output[-2000:]}\n{errors[-2000:]}"
+            )
+        reported = rss.read().strip().splitlines()
+        kib = int(reported[-1]) if reported and reported[-1].isdigit() else usage.ru_maxrss
+    return Measured(seconds, kib / 1024, output)
 
 
 def python(code: str, *args: str) -> list[str]:
