@@ -35,6 +35,7 @@ from reverse_etl.destinations.base import (
     Destination,
     DestinationOptions,
     FieldInfo,
+    RequestBudget,
     register,
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
@@ -62,6 +63,8 @@ class HttpOptions(DestinationOptions):
     idempotency_header: str | None = None
     rate_limit: float | None = Field(default=None, gt=0)
     concurrency: int = Field(default=8, ge=1, le=64)
+    # Requests the API allows in 24 hours (none by default: a generic API documents none).
+    daily_request_budget: int | None = Field(default=None, gt=0)
     timeout: float = Field(default=30.0, gt=0)
 
 
@@ -83,9 +86,10 @@ class HttpDestination(Destination):
         account = hashlib.sha256(
             json.dumps([self.options.base_url, sorted(self.options.headers.items())]).encode()
         ).hexdigest()[:16]
+        self.account = f"http:{account}"
         # Always a limiter, unlimited or not: a 429's Retry-After pauses the whole account.
         self.limiter: RateLimiter = limiter_for(
-            f"http:{account}", RateLimit(per_second=self.options.rate_limit)
+            self.account, RateLimit(per_second=self.options.rate_limit)
         )
 
     # -- catalog: a generic API has no schema to read ---------------------------------------
@@ -108,6 +112,21 @@ class HttpDestination(Destination):
         if "{{ key }}" in path and key_field is None:
             return [f"the path {path} needs the record key, but primary_key is not mapped"]
         return []
+
+    # -- request budget -----------------------------------------------------------------------
+
+    def request_account(self) -> str:
+        return self.account
+
+    def requests_needed(
+        self, action: Action, records: int, batch_size: int, unknown_ids: int = 0
+    ) -> int:
+        """One request per batch with `batch_key`, else one per record."""
+        return -(-records // batch_size) if self.options.batch_key else records
+
+    def request_budget(self) -> RequestBudget | None:
+        limit = self.options.daily_request_budget
+        return None if limit is None else RequestBudget(limit, source="daily_request_budget")
 
     # -- delivery ---------------------------------------------------------------------------
 

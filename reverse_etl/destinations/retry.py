@@ -64,14 +64,19 @@ class GiveUp(Exception):
 
 @dataclass
 class RetryStats:
-    """What the retries of a run cost, for the run summary."""
+    """What the requests of a run cost, for the run summary and the daily request budget:
+    every request sent (retries included), the retries, and how many of them followed a 429."""
 
+    requests: int = 0
     retries: int = 0
     throttled: int = 0
     waited_seconds: float = 0.0
 
     def as_counts(self) -> dict[str, int]:
-        return {"retries": self.retries, "throttled": self.throttled} if self.retries else {}
+        counts = {"requests": self.requests} if self.requests else {}
+        if self.retries:
+            counts.update(retries=self.retries, throttled=self.throttled)
+        return counts
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -147,6 +152,8 @@ async def send(
     async def attempt() -> httpx.Response:
         if limiter is not None:
             await limiter.acquire()
+        if stats is not None:
+            stats.requests += 1
         response = await request()
         if worth_retrying(response):
             asked = retry_after(response.headers)

@@ -30,6 +30,7 @@ from reverse_etl.errors import (
     UsageError,
 )
 from reverse_etl.git import file_version
+from reverse_etl.plan.budget import BUDGET_WINDOW, check_budget, request_plan
 from reverse_etl.plan.diff import PlanInputs, build_plan
 from reverse_etl.plan.files import check_fresh
 from reverse_etl.plan.model import Plan, StateRef
@@ -58,6 +59,7 @@ class Engine:
         self.project = project
         self.role = role
         self.layout = StateLayout.for_project(project.root)
+        self._accounts: dict[str, str | None] = {}
 
     @property
     def run_log(self) -> RunLog:
@@ -182,7 +184,35 @@ class Engine:
             recent_deletes=self._recent_deletes(sync),
             destination_records=self._destination_records(sync),
         )
-        return build_plan(con, inputs)
+        plan = build_plan(con, inputs)
+        self._plan_requests(plan, con)
+        return plan
+
+    def _plan_requests(self, plan: Plan, con: duckdb.DuckDBPyConnection) -> None:
+        """API destinations: the requests the run needs against the account's daily budget;
+        the plan is refused when they do not fit."""
+        destination = self.open_destination(plan.target.destination)
+        account = destination.request_account()
+        if account is None:
+            return
+        self._accounts[plan.target.destination] = account
+        sharing = [
+            s.name
+            for s in self.project.syncs.values()
+            if s.config is not None and self._account(s.config.destination.name) == account
+        ]
+        used = self.run_log.requests_since(sharing, datetime.now(UTC) - BUDGET_WINDOW)
+        plan.requests = request_plan(plan, con, destination, used)
+        check_budget(plan)
+
+    def _account(self, destination: str) -> str | None:
+        """The request account of a destination of retl.yml (None: not an API, or broken)."""
+        if destination not in self._accounts:
+            try:
+                self._accounts[destination] = self.open_destination(destination).request_account()
+            except (RetlError, ValueError):
+                self._accounts[destination] = None
+        return self._accounts[destination]
 
     def _batch_size(self, sync: Sync, target: TargetId) -> int:
         assert sync.config is not None
@@ -343,6 +373,8 @@ class Engine:
                     except StalePlanError as exc:
                         outcome.plan = saved
                         return self._end(outcome, "refused", exc.message, exc.hint)
+                    saved.requests = plan.requests  # the budget is checked as it is now
+                    check_budget(saved)
                     plan = saved
                 outcome.plan = plan
                 if options.on_plan:
