@@ -61,6 +61,15 @@ def run(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before deleting records.")
     ] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            min=1,
+            max=64,
+            help="Run up to N syncs at once (each after the syncs it runs after:); default 1.",
+        ),
+    ] = 1,
     json_output: JsonOption = False,
     role: RoleOption = None,
     project_dir: ProjectDirOption = None,
@@ -86,7 +95,8 @@ def run(
         trigger="schedule" if scheduled else "manual",
         confirm=display.confirm,
         on_plan=display.show_plan,
-        on_progress=display.progress if display.bar else None,
+        # One live bar follows one sync: with several at once there is none.
+        on_progress=display.progress if display.bar and threads == 1 else None,
     )
     outcomes: list[RunOutcome] = []
     if plan_file is not None:
@@ -99,7 +109,9 @@ def run(
     else:
         # With --all a broken sync file fails that sync (and what waits on it), not the others.
         chosen = selected_syncs(project, syncs, select, all_syncs, require_valid=not scheduled)
-        outcomes = engine.run_many(chosen, options, scheduled=scheduled, on_outcome=display.done)
+        outcomes = engine.run_many(
+            chosen, options, scheduled=scheduled, on_outcome=display.done, threads=threads
+        )
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
     elif not dry_run:

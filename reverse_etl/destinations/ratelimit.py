@@ -103,14 +103,15 @@ _REGISTRY_LOCK = threading.Lock()
 
 def limiter_for(account: str, limit: RateLimit) -> RateLimiter:
     """The process-wide limiter of one destination account (e.g. `hubspot:<portal or token
-    fingerprint>`): syncs of one `run --all` that write to the same account share it. A later
-    call with a stricter limit tightens it."""
+    fingerprint>`): syncs of one `run --all` that write to the same account share it, whatever
+    thread they run on (`--threads`). A later call with a stricter limit tightens it."""
     with _REGISTRY_LOCK:
         limiter = _LIMITERS.get(account)
         if limiter is None:
             limiter = _LIMITERS[account] = RateLimiter(limit)
         elif limit != limiter.limit:
-            limiter.limit = _stricter(limiter.limit, limit)
+            with limiter._lock:  # a reservation on another thread sees one limit or the other
+                limiter.limit = _stricter(limiter.limit, limit)
         return limiter
 
 

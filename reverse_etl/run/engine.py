@@ -9,11 +9,14 @@ State advances only for records the destination accepted, one transaction per ba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -50,6 +53,7 @@ from reverse_etl.validate import validate_project
 from reverse_etl.warehouse import check_role
 
 PAUSED = "paused (set paused: false to run it)"
+_R = TypeVar("_R")
 
 
 class Engine:
@@ -289,38 +293,24 @@ class Engine:
         *,
         scheduled: bool = False,
         on_outcome: Callable[[RunOutcome], None] | None = None,
+        threads: int = 1,
     ) -> list[RunOutcome]:
         """Run syncs in dependency order. With `scheduled`, only what is due (unless
         `options.force`); paused syncs, and syncs whose dependency failed in this call, are
-        skipped either way. Stops after an interrupted run."""
+        skipped either way. Stops after an interrupted run.
+
+        With `threads` > 1, up to that many syncs run at once, each as soon as the syncs it
+        runs `after:` have finished; `options`' callbacks are then called one at a time, and
+        `on_outcome` in the calling thread. Outcomes come back in dependency order."""
         options = options or RunOptions()
+        ordered = dependency_order(list(syncs))
+        if threads > 1 and len(ordered) > 1:
+            return self._run_parallel(ordered, options, scheduled, on_outcome, threads)
         outcomes: list[RunOutcome] = []
         finished: dict[str, bool] = {}
-        for sync in dependency_order(list(syncs)):
-            broken = [p for p in self.project.problems_of(sync) if p.severity == "error"]
-            if broken or sync.config is None:
-                outcome = RunOutcome(
-                    sync.name,
-                    "failed",
-                    error=f"{len(broken)} problem(s) in its files: first {broken[0].location()}: "
-                    f"{broken[0].message}"
-                    if broken
-                    else "its sync file cannot be read",
-                    hint=f"run `retl validate {sync.name}`",
-                )
-                finished[sync.name] = False
-                outcomes.append(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
-                continue
-            reason = failed_dependency(sync, finished)
-            if reason is None and sync.config.paused and scheduled:
-                reason = PAUSED
-            if reason is None and scheduled and not options.force:
-                reason = not_due_reason(sync, self.run_log, finished)
-            if reason is not None:
-                outcome = RunOutcome(sync.name, "skipped", error=reason)
-            else:
+        for sync in ordered:
+            outcome = self._before_run(sync, options, scheduled, finished)
+            if outcome is None:
                 outcome = self.run(sync, options)
                 finished[sync.name] = outcome.status in ("success", "planned")
             outcomes.append(outcome)
@@ -329,6 +319,91 @@ class Engine:
             if outcome.status == "interrupted":
                 break
         return outcomes
+
+    def _before_run(
+        self, sync: Sync, options: RunOptions, scheduled: bool, finished: dict[str, bool]
+    ) -> RunOutcome | None:
+        """The outcome of a sync that does not run (broken files, failed dependency, paused,
+        not due), None when it runs; a broken sync counts as failed in `finished`."""
+        broken = [p for p in self.project.problems_of(sync) if p.severity == "error"]
+        if broken or sync.config is None:
+            finished[sync.name] = False
+            return RunOutcome(
+                sync.name,
+                "failed",
+                error=f"{len(broken)} problem(s) in its files: first {broken[0].location()}: "
+                f"{broken[0].message}"
+                if broken
+                else "its sync file cannot be read",
+                hint=f"run `retl validate {sync.name}`",
+            )
+        reason = failed_dependency(sync, finished)
+        if reason is None and sync.config.paused and scheduled:
+            reason = PAUSED
+        if reason is None and scheduled and not options.force:
+            reason = not_due_reason(sync, self.run_log, finished)
+        return None if reason is None else RunOutcome(sync.name, "skipped", error=reason)
+
+    def _run_parallel(
+        self,
+        ordered: list[Sync],
+        options: RunOptions,
+        scheduled: bool,
+        on_outcome: Callable[[RunOutcome], None] | None,
+        threads: int,
+    ) -> list[RunOutcome]:
+        """`run_many` on a pool of `threads`: a sync starts once every selected sync it runs
+        after has finished (and is skipped when one of them failed). A signal stops starting
+        syncs; the running ones stop at their next safe point (a second signal at once)."""
+        selected = {s.name for s in ordered}
+        after = {
+            s.name: [d for d in (s.config.schedule.after if s.config else ()) if d in selected]
+            for s in ordered
+        }
+        worker_options = _one_at_a_time(options)
+        outcomes: dict[str, RunOutcome] = {}
+        finished: dict[str, bool] = {}
+        waiting = list(ordered)
+        running: dict[Future[RunOutcome], Sync] = {}
+        stopping = False
+
+        def settle(outcome: RunOutcome) -> None:
+            nonlocal stopping
+            outcomes[outcome.sync] = outcome
+            if on_outcome is not None:
+                on_outcome(outcome)
+            if outcome.status == "interrupted":
+                stopping = True
+
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="retl-sync")
+        try:
+            with interrupt.graceful():  # the first signal only asks every run to stop
+                while waiting or running:
+                    stopping = stopping or interrupt.requested() is not None
+                    for sync in [] if stopping else list(waiting):
+                        if len(running) >= threads:
+                            break
+                        if any(d not in outcomes for d in after[sync.name]):
+                            continue  # a dependency has not finished
+                        waiting.remove(sync)
+                        outcome = self._before_run(sync, options, scheduled, finished)
+                        if outcome is not None:
+                            settle(outcome)
+                        else:
+                            running[pool.submit(self.run, sync, worker_options)] = sync
+                    if not running:
+                        if stopping or not waiting:
+                            break
+                        continue  # syncs skipped just now may have released dependents
+                    done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        sync = running.pop(future)
+                        outcome = future.result()
+                        finished[sync.name] = outcome.status in ("success", "planned")
+                        settle(outcome)
+        finally:
+            pool.shutdown(wait=not running, cancel_futures=True)
+        return [outcomes[s.name] for s in ordered if s.name in outcomes]
 
     def _check_role(self, sync: Sync) -> None:
         assert self.project.config is not None and sync.config is not None
@@ -441,6 +516,30 @@ class Engine:
                 )
                 send_failure_alerts(self.project, failure)
         return outcome
+
+
+def _one_at_a_time(options: RunOptions) -> RunOptions:
+    """`options` whose callbacks never run at the same time (runs on several threads share
+    one terminal: a plan, a question or a progress line is printed whole)."""
+    lock = threading.Lock()
+
+    def serialised(callback: Callable[..., _R] | None) -> Callable[..., _R] | None:
+        if callback is None:
+            return None
+        function = callback
+
+        def call(*args: Any) -> _R:
+            with lock:
+                return function(*args)
+
+        return call
+
+    return dataclasses.replace(
+        options,
+        confirm=serialised(options.confirm),
+        on_plan=serialised(options.on_plan),
+        on_progress=serialised(options.on_progress),
+    )
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:
