@@ -150,11 +150,14 @@ async def send(
         stats.waited_seconds += state.upcoming_sleep
 
     async def attempt() -> httpx.Response:
-        if limiter is not None:
-            await limiter.acquire()
+        send = await limiter.acquire() if limiter is not None else None
         if stats is not None:
             stats.requests += 1
-        response = await request()
+        try:
+            response = await request()
+        finally:
+            if limiter is not None and send is not None:
+                limiter.answered(send)
         if worth_retrying(response):
             asked = retry_after(response.headers)
             if asked is not None and limiter is not None:

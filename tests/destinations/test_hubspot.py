@@ -525,6 +525,35 @@ def test_the_daily_remaining_hubspot_reports_limits_the_next_run(
     assert len(hs.records()) == 1
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_two_syncs_into_one_account_together_stay_under_its_rate_limit(
+    hubspot_project: Callable[..., HubSpotProject], threads: str
+) -> None:
+    hs = hubspot_project(max_per_window=20, window_ms=1000)  # 20 requests in any second
+    set_destination(hs, rate_limit=20)
+    path = hs.root / "retl.yml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config["destinations"]["crm"] = dict(config["destinations"]["hs"])  # same token and host
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    hs.write_sync("people")
+    hs.write_sync(
+        "companies",
+        destination={"name": "crm", "object": "companies"},
+        mapping={"domain": "email", "name": "firstname"},
+    )
+    hs.contacts(emails(1500))
+
+    code, out = hs.cli("run", "--all", "--force", "--threads", threads)
+
+    assert code == 0, out
+    assert len(hs.records("contacts")) == len(hs.records("companies")) == 1500
+    log = hs.server.log
+    assert len(log) == 2 * (15 + 1), out  # 15 batches and a properties list per sync
+    assert [e for e in log if e.status == 429] == []
+    # over any second (less a few ms of arrival jitter) the server saw at most 20 requests
+    assert hs.server.busiest(1.0 - 0.005) <= 20
+
+
 def test_a_call_that_keeps_failing_leaves_its_records_to_retry_later(
     hs: HubSpotProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
