@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# Seconds added to every window, for the spread of network and scheduling delays.
+# Seconds added to every window of sends counted at their slot (`reserve`), for the spread of
+# network and scheduling delays; sends counted at their answer (`acquire`) need only a trifle.
 JITTER_MARGIN = 0.05
+ANSWER_MARGIN = 0.005
 # How often a caller looks again when every slot of a window is held by a request in flight.
 IN_FLIGHT_POLL = 0.005
 
@@ -57,8 +59,8 @@ class RateLimiter:
     A server counts a request when it arrives, somewhere between the moment it left and the
     moment its answer came back. `acquire` therefore counts each request at its answer (and
     an unanswered one as arriving any moment): the limit holds for arrivals whatever the
-    network, the event loop or a loaded machine delay. Windows are also kept `JITTER_MARGIN`
-    longer than the limit's."""
+    network, the event loop or a loaded machine delay (windows are kept `ANSWER_MARGIN`
+    longer than the limit's; `JITTER_MARGIN` for sends planned ahead with `reserve`)."""
 
     def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
@@ -99,9 +101,13 @@ class RateLimiter:
             limit = self.limit
             if limit.per_second:
                 at = max(at, self._next)
-                at = self._opens(at, self._second, max(1, int(limit.per_second)), 1.0)
+                at = self._opens(
+                    at, self._second, max(1, int(limit.per_second)), 1.0, ANSWER_MARGIN
+                )
             if limit.per_window:
-                at = self._opens(at, self._sent, limit.per_window, limit.window_seconds)
+                at = self._opens(
+                    at, self._sent, limit.per_window, limit.window_seconds, ANSWER_MARGIN
+                )
             if at > now:
                 # a window full of requests still in flight opens when one is answered
                 return (min(at - now, IN_FLIGHT_POLL) if math.isinf(at) else at - now), None
@@ -124,10 +130,17 @@ class RateLimiter:
         self.requests += 1
 
     @staticmethod
-    def _opens(at: float, sent: collections.deque[Send], most: int, seconds: float) -> float:
-        """The earliest time from `at` at which a window of `seconds` holds fewer than `most`
-        of the recorded sends, each counted at the latest moment it can arrive."""
-        window = seconds + JITTER_MARGIN
+    def _opens(
+        at: float,
+        sent: collections.deque[Send],
+        most: int,
+        seconds: float,
+        margin: float = JITTER_MARGIN,
+    ) -> float:
+        """The earliest time from `at` at which a window of `seconds` (plus `margin`) holds
+        fewer than `most` of the recorded sends, each counted at the latest moment it can
+        arrive."""
+        window = seconds + margin
         while sent and sent[0].latest() <= at - window:
             sent.popleft()
         latest = sorted(s.latest() for s in sent)

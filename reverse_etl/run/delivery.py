@@ -346,7 +346,7 @@ class Delivery:
             .select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN])
             .rename_columns(["key", "hash", "dest_id"])
         )
-        self.acks.submit(SnapshotStore.acknowledge, delivered, deleted)
+        self.acks.acknowledge(delivered, deleted)
         self.counts[op] += accepted.num_rows - result.absent
         if result.absent:
             self.counts["absent"] = self.counts.get("absent", 0) + result.absent
