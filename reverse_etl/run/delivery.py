@@ -41,6 +41,7 @@ from reverse_etl.types import Operation
 RETRY_ROUNDS = 3
 RETRY_WAIT_SECONDS = 1.0
 
+_NO_KEYS = pa.table({"key": pa.array([], pa.string())})
 _InFlight = collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]]
 
 
@@ -330,8 +331,13 @@ class Delivery:
             rejected_keys = pa.table({"key": pa.array([str(k) for k in keys], pa.string())})
             self.acks.submit(_remember_rejected, rejected_keys)
             self.counts["rejected"] += len(rejected)
-        removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed")
-        deleted = accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
+        # Only deletes can be of rows removed from the source: the others all stay in state.
+        removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed") if op == "delete" else None
+        deleted = (
+            accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
+            if removed is not None
+            else _NO_KEYS
+        )
         if result.ids:
             # A new id replaces the stored one; records the destination gave none keep theirs.
             stored = accepted.column(DEST_ID_COLUMN).to_pylist()
@@ -341,10 +347,9 @@ class Delivery:
             accepted = accepted.set_column(
                 accepted.schema.get_field_index(DEST_ID_COLUMN), DEST_ID_COLUMN, given
             )
-        delivered = (
-            accepted.filter(pc.invert(removed))
-            .select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN])
-            .rename_columns(["key", "hash", "dest_id"])
+        staying = accepted.filter(pc.invert(removed)) if removed is not None else accepted
+        delivered = staying.select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN]).rename_columns(
+            ["key", "hash", "dest_id"]
         )
         self.acks.acknowledge(delivered, deleted)
         self.counts[op] += accepted.num_rows - result.absent
