@@ -181,7 +181,7 @@ class Delivery:
                 )
 
     def _send(self, lanes: list[Destination], op: Operation) -> None:
-        """Deliver one operation's records in batches, up to one batch in flight per lane;
+        """Deliver one operation's records in batches, up to two batches in flight per lane;
         records the destination asks to retry later are sent again after a pause, a few
         times, then left to the next run (neither acknowledged nor dead lettered)."""
         fields = self._fields(op)
@@ -255,7 +255,9 @@ class Delivery:
                         self.run_id,
                     )
                     in_flight.append((pool.submit(deliver, batch), table, records))
-                    if len(in_flight) >= len(lanes):
+                    # One batch waits behind each lane's: a lane never idles while the
+                    # oldest batch is acknowledged.
+                    if len(in_flight) >= 2 * len(lanes):
                         self._collect(op, *in_flight.popleft())
                 while in_flight:
                     self._collect(op, *in_flight.popleft())
