@@ -20,12 +20,13 @@ if TYPE_CHECKING:
     from reverse_etl.config import Project, Sync, find_project_root
     from reverse_etl.errors import RetlError
     from reverse_etl.plan import Plan
-    from reverse_etl.run import Engine, RunOptions, RunOutcome
+    from reverse_etl.run import Engine, RunEvent, RunOptions, RunOutcome
     from reverse_etl.validate import load_project
 
 # Imported on first use, so that `retl --version` does not load DuckDB and Arrow.
 _LAZY = {
     "Engine": "reverse_etl.run",
+    "RunEvent": "reverse_etl.run",
     "RunOptions": "reverse_etl.run",
     "RunOutcome": "reverse_etl.run",
     "Plan": "reverse_etl.plan",
@@ -41,6 +42,7 @@ __all__ = [
     "Plan",
     "Project",
     "RetlError",
+    "RunEvent",
     "RunOptions",
     "RunOutcome",
     "Sync",

@@ -84,13 +84,16 @@ def repository_at_ref(folder: Path, ref: str) -> Path:
     """The top folder of the repository holding `folder`, once `ref` is known to name one of
     its commits; UsageError saying what to do otherwise."""
     if not ref or ref.startswith("-"):
-        raise UsageError(f"'{ref}' is not a git ref", "e.g. --base main or --base origin/main")
+        raise UsageError(
+            f"'{ref}' is not a git ref", "name a branch, tag or commit, e.g. main or origin/main"
+        )
     out = _git_or_raise(
         folder,
         "rev-parse",
         "--show-toplevel",
         error=f"{folder} is not in a git repository",
-        hint="--base compares with a git ref: run it in a clone of the project's repository",
+        hint="--base and --changed-since compare with a git ref: run them in a clone of the "
+        "project's repository",
     )
     top = Path(out.strip()).resolve()
     _git_or_raise(
@@ -120,6 +123,12 @@ def changed_since(folder: Path, ref: str) -> set[Path]:
     return {(top / name).resolve() for name in names}
 
 
+def head_commit(folder: Path) -> str | None:
+    """The commit checked out in the repository holding `folder`; None outside one."""
+    out = _git(folder, "rev-parse", "--verify", "--quiet", "HEAD")
+    return out.strip() or None if out is not None else None
+
+
 def file_at(top: Path, ref: str, path: Path) -> str | None:
     """The file's text at `ref`, or None when it did not exist there or lies outside `top`."""
     try:
@@ -130,6 +139,16 @@ def file_at(top: Path, ref: str, path: Path) -> str | None:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def user_name(folder: Path) -> str | None:
+    """Who git says is working in `folder` (`user.name`, with `<user.email>` when set); None
+    without git or without a configured name."""
+    name = (_git(folder, "config", "user.name") or "").strip()
+    if not name:
+        return None
+    email = (_git(folder, "config", "user.email") or "").strip()
+    return f"{name} <{email}>" if email else name
 
 
 def _as_list(paths: PathLike | Iterable[PathLike]) -> list[PathLike]:

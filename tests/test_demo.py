@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -119,6 +120,14 @@ def test_demo_runs_end_to_end_and_leaves_the_warehouse_untouched(
     assert scored is not None and scored[0] > 0
     assert any((tmp_path / "demo_output" / "exports").rglob("*"))
     assert (tmp_path / "examples/demo/warehouse.duckdb").read_bytes() == warehouse
+
+    with pytest.raises(SystemExit) as caught:
+        main(["report", "--project-dir", str(tmp_path)])
+    assert capsys.readouterr().out.strip() == str((tmp_path / "retl-report.html").resolve())
+    page = (tmp_path / "retl-report.html").read_text(encoding="utf-8")
+    assert caught.value.code == 0
+    charts = dict(re.findall(r'<figure class="chart" data-sync="([^"]+)" data-runs="(\d+)"', page))
+    assert charts == {name: "0" if name == "gdpr_erasure" else "1" for name in statuses}
 
     with pytest.raises(SystemExit) as caught:
         main(["plan", "--all", "--json", "--project-dir", str(tmp_path)])

@@ -3,7 +3,8 @@
 Exit codes are decided here and nowhere else: 0 success, a `RetlError`'s own `exit_code`
 (1 failure, 2 usage or an unreadable project), 2 for the parser's usage errors, 130 on Ctrl-C.
 With `--json` every failure is also one JSON document on stdout:
-`{"ok": false, "error": {"type": ..., "message": ..., "hint": ...}}`.
+`{"ok": false, "error": {"type": ..., "message": ..., "hint": ...}}`. With `--log-format json`
+(any command, see cli/logs.py) stderr carries only JSON lines: a failure is an `error` event.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError
 from typer._click.exceptions import UsageError as ParserUsageError
 
 from reverse_etl import interrupt
+from reverse_etl.cli import logs
 from reverse_etl.cli.app import app
 from reverse_etl.config import Problem
 from reverse_etl.errors import ConfigError, FailureReported, RetlError
@@ -40,11 +42,27 @@ def invoke(args: list[str], *, as_json: bool) -> int:
     """Run one command line and return its exit code; every failure is rendered here."""
     interrupt.install()  # first: a signal while the commands load is reported, not a traceback
     try:
+        log_format, args = logs.take_log_format(args)
+    except RetlError as exc:
+        _print_error(exc, annotate=False)
+        return USAGE_EXIT
+    if log_format == "json":
+        with logs.json_stderr():
+            return _invoke(args, as_json=as_json)
+    return _invoke(args, as_json=as_json)
+
+
+def _invoke(args: list[str], *, as_json: bool) -> int:
+    try:
         _register_commands()
         code = app(args=args, prog_name="retl", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except NoArgsIsHelpError as exc:  # `retl state`: the help on stderr, as a usage error
-        exc.show()
+        if logs.json_logs():
+            command = exc.ctx.command_path if exc.ctx is not None else "retl"
+            _log_error("usage", "missing command", f"see `{command} --help`", USAGE_EXIT)
+        else:
+            exc.show()
         if as_json:
             command = exc.ctx.command_path if exc.ctx is not None else "retl"
             _print_json_error(
@@ -64,7 +82,12 @@ def invoke(args: list[str], *, as_json: bool) -> int:
     except RetlError as exc:
         if as_json:
             _print_json_error(exc.to_json())
-        _print_error(exc, annotate=not as_json)
+        if logs.json_logs():
+            logs.write_event(
+                logs.cli_event("error", "error", **exc.to_json(), exit_code=exc.exit_code)
+            )
+        else:
+            _print_error(exc, annotate=not as_json)
         return exc.exit_code
     except interrupt.RunInterrupted as exc:
         message = f"interrupted by {exc}: nothing more was sent"
@@ -79,6 +102,9 @@ def invoke(args: list[str], *, as_json: bool) -> int:
         message = f"{exc.__class__.__name__}: {exc}"
         if as_json:
             _print_json_error({"type": "internal", "message": message, "hint": hint})
+        if logs.json_logs():
+            _log_error("internal", message, hint, 1)
+            return 1
         from reverse_etl.cli.common import err
 
         err.print(f"[red]internal error:[/red] {escape(message)}", highlight=False)
@@ -96,13 +122,21 @@ def _fail(
 ) -> int:
     if as_json:
         _print_json_error({"type": kind, "message": message, "hint": hint})
-    if parser_error is not None:
+    if logs.json_logs():
+        _log_error(kind, message, hint, code)
+    elif parser_error is not None:
         parser_error.show()  # the parser's own "Usage: ... Error: ..." on stderr
     else:
         from reverse_etl.cli.common import err
 
         err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return code
+
+
+def _log_error(kind: str, message: str, hint: str | None, code: int) -> None:
+    logs.write_event(
+        logs.cli_event("error", "error", type=kind, message=message, hint=hint, exit_code=code)
+    )
 
 
 def _print_json_error(error: dict[str, Any]) -> None:

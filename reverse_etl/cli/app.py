@@ -46,5 +46,16 @@ def root(
             "--version", callback=_version, is_eager=True, help="Show the version and exit."
         ),
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="text, or json: one JSON object per event on stderr and nothing else (for "
+            "cron). Any command takes it, anywhere on the line; env RETL_LOG_FORMAT.",
+            show_default=False,
+        ),
+    ] = "text",
 ) -> None:
     """Declarative Reverse ETL: sync warehouse rows into databases, files and APIs."""
+    # `invoke` takes --log-format out of the command line first (cli/logs.py): it is declared
+    # here so that `retl --help` shows it.

@@ -66,7 +66,14 @@ def destinations(
                     "destination": destination,
                     "object": object,
                     "fields": [
-                        {"name": f.name, "type": f.type, "nullable": f.nullable, "unique": f.unique}
+                        {
+                            "name": f.name,
+                            "type": f.type,
+                            "nullable": f.nullable,
+                            "unique": f.unique,
+                            "required": f.required,
+                            "writable": f.writable,
+                        }
                         for f in fields
                     ],
                 }
@@ -74,8 +81,14 @@ def destinations(
             return
         print_rows(
             out,
-            [Column("field"), Column("type", wrap=True), Column("nullable"), Column("unique")],
-            [[f.name, f.type, _yes(f.nullable), _yes(f.unique)] for f in fields],
+            [
+                Column("field"),
+                Column("type", wrap=True),
+                Column("required"),
+                Column("writable"),
+                Column("unique"),
+            ],
+            [[f.name, f.type, _yes(f.required), _yes(f.writable), _yes(f.unique)] for f in fields],
             title=f"fields of {destination} {object}",
         )
 

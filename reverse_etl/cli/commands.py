@@ -9,5 +9,5 @@ from __future__ import annotations
 from reverse_etl.cli import init, validate  # noqa: F401  (Project)
 from reverse_etl.cli import catalog  # noqa: F401  (Project: destinations, clone)
 from reverse_etl.cli import plan, run  # noqa: F401  (Syncs)
-from reverse_etl.cli import status, runs, dlq, state, history  # noqa: F401  (Operations)
+from reverse_etl.cli import status, pause, runs, dlq, state, history, report  # noqa: F401  (Operations)
 # isort: on

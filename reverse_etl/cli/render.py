@@ -309,7 +309,11 @@ def _plan_details(console: Console, plan: Plan) -> None:
 def plan_banners(plan: Plan) -> list[str]:
     """What must be read before the counts: a paused sync, a target change."""
     lines: list[str] = []
-    if plan.paused:
+    if plan.pause is not None:
+        lines.append(
+            f"{plan.pause.describe()}; `retl run` skips this sync until `retl resume {plan.sync}`"
+        )
+    elif plan.paused:
         lines.append("paused: `retl run` skips this sync until `paused: false`")
     change = plan.target_change
     if change is not None:

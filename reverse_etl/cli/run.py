@@ -1,17 +1,30 @@
-"""`retl run`: execute plans, with a progress bar on a terminal and a summary table."""
+"""`retl run`: execute plans, with a progress bar on a terminal, a plain progress line every few
+seconds off one (a CI log is never silent), and a summary table; with `--log-format json`,
+the run's events instead (run/events.py)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from reverse_etl import interrupt
+from reverse_etl.cli import logs
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
     AllOption,
@@ -29,7 +42,11 @@ from reverse_etl.cli.render import render_plan, render_summary
 from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
 from reverse_etl.plan.files import load_plans
 from reverse_etl.plan.model import Plan
-from reverse_etl.run import Engine, RunOptions, RunOutcome
+from reverse_etl.run import Engine, RunEvent, RunOptions, RunOutcome
+
+# Off a terminal, a running sync prints a progress line at most this often (seconds).
+PROGRESS_INTERVAL_S = 5.0
+PROGRESS_INTERVAL_ENV = "RETL_PROGRESS_INTERVAL"
 
 
 @app.command(rich_help_panel="Syncs")
@@ -95,8 +112,7 @@ def run(
         trigger="schedule" if scheduled else "manual",
         confirm=display.confirm,
         on_plan=display.show_plan,
-        # One live bar follows one sync: with several at once there is none.
-        on_progress=display.progress if display.bar and threads == 1 else None,
+        on_event=display.event,
     )
     outcomes: list[RunOutcome] = []
     if plan_file is not None:
@@ -114,11 +130,11 @@ def run(
         )
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
-    elif not dry_run:
+    elif not dry_run and not display.log_json:
         render_summary(err, outcomes)
     stopped = next((o for o in outcomes if o.status == "interrupted"), None)
     if stopped is not None:
-        if not json_output:
+        if not json_output and not display.log_json:
             err.print(f"[yellow]{escape(stopped.error or 'interrupted')}[/yellow]", highlight=False)
         raise RunInterruptedReported(
             stopped.error or "interrupted", interrupt.requested() or signal.SIGINT
@@ -129,25 +145,34 @@ def run(
 
 class _Display:
     """What a person sees while syncs run: plans on --dry-run, the delete question on a
-    terminal, and one progress bar per sync that starts with its first delivered batch."""
+    terminal, and per sync a progress bar on a terminal (from its first delivered batch) or a
+    plain progress line every few seconds off one; with --log-format json, every event as a
+    JSON line instead. Events may come from several syncs' threads at once."""
 
     def __init__(self, *, dry_run: bool, yes: bool, quiet: bool) -> None:
         self.dry_run = dry_run
         self.yes = yes
         self.quiet = quiet
+        self.log_json = logs.json_logs()
         self.interactive = sys.stdin.isatty() and err.is_terminal
-        self.bar = err.is_terminal and not quiet and not dry_run
+        self.bar = err.is_terminal and not quiet and not dry_run and not self.log_json
+        # --json callers read the document (and often stderr with it): no progress lines
+        self.lines = not err.is_terminal and not quiet and not dry_run and not self.log_json
+        self.interval = _progress_interval()
         self.progress_bar: Progress | None = None
-        self.name = ""
+        self.tasks: dict[str, TaskID] = {}
+        self.last_line: dict[str, float] = {}
+        self.lock = threading.Lock()
 
     def show_plan(self, plan: Plan) -> None:
-        self.name = plan.sync
-        if self.dry_run and not self.quiet:
+        if self.dry_run and not self.quiet and not self.log_json:
             render_plan(err, plan)
 
     def confirm(self, plan: Plan) -> bool:
         if self.yes or not self.interactive:
             return True
+        with self.lock:
+            self._stop_bar()
         render_plan(err, plan)
         return typer.confirm(
             f"Delete {plan.counts.delete:,} records from {plan.destination} {plan.object}?",
@@ -155,21 +180,68 @@ class _Display:
             err=True,
         )
 
-    def progress(self, done: int, total: int) -> None:
-        if self.progress_bar is None:
-            self.progress_bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            )
-            self.progress_bar.add_task(self.name, total=total)
-            self.progress_bar.start()
-        self.progress_bar.update(self.progress_bar.task_ids[0], completed=done, total=total)
+    def event(self, event: RunEvent) -> None:
+        if self.log_json:
+            logs.write_event(event.to_json())
+            return
+        with self.lock:
+            if event.event == "run_started":
+                self.last_line[event.sync] = time.monotonic()
+            elif event.event == "batch_acknowledged":
+                self._progress(event)
+            elif event.event == "run_finished":
+                self._finished(event.sync)
 
-    def done(self, outcome: RunOutcome) -> None:
+    def _progress(self, event: RunEvent) -> None:
+        sent, total = int(event.data["sent"]), int(event.data["total"])
+        if self.bar:
+            if self.progress_bar is None:
+                self.progress_bar = Progress(
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=err,
+                    transient=True,
+                )
+                self.progress_bar.start()
+            task = self.tasks.get(event.sync)
+            if task is None:
+                task = self.tasks[event.sync] = self.progress_bar.add_task(event.sync, total=total)
+            self.progress_bar.update(task, completed=sent, total=total)
+        elif self.lines:
+            now = time.monotonic()
+            if now - self.last_line.setdefault(event.sync, now) >= self.interval:
+                self.last_line[event.sync] = now
+                rejected = int(event.data["counts"].get("rejected", 0))
+                err.print(
+                    f"{event.sync}: {sent:,} / {total:,} sent, {rejected:,} rejected",
+                    markup=False,
+                    highlight=False,
+                )
+
+    def _finished(self, sync: str) -> None:
+        self.last_line.pop(sync, None)
+        task = self.tasks.pop(sync, None)
+        if self.progress_bar is not None and task is not None:
+            self.progress_bar.remove_task(task)
+        if not self.tasks:
+            self._stop_bar()
+
+    def _stop_bar(self) -> None:
         if self.progress_bar is not None:
             self.progress_bar.stop()
             self.progress_bar = None
+            self.tasks.clear()
+
+    def done(self, outcome: RunOutcome) -> None:
+        with self.lock:
+            self._finished(outcome.sync)
+
+
+def _progress_interval() -> float:
+    value = os.environ.get(PROGRESS_INTERVAL_ENV)
+    try:
+        return max(0.0, float(value)) if value else PROGRESS_INTERVAL_S
+    except ValueError:
+        return PROGRESS_INTERVAL_S

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 
 from reverse_etl.cli.app import app
@@ -41,7 +42,9 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
                 name,
                 row.mode or "-",
                 row.schedule or "-",
-                "yes" if row.paused else "no",
+                Text("yes (pause)", style="yellow")
+                if row.pause
+                else ("yes" if row.paused else "no"),
                 ago(last.started_at) if last else "never",
                 status_text(result),
                 count(row.sent),
@@ -50,3 +53,10 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
             ]
         )
     print_rows(out, columns, table, title=f"retl status · {project.root}")
+    for row in rows:
+        if row.pause is not None:
+            out.print(
+                f"[yellow]{escape(row.sync)}[/yellow]: {escape(row.pause.describe())}; "
+                f"resume with `retl resume {escape(row.sync)}`",
+                highlight=False,
+            )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -45,6 +46,13 @@ def validate(
             show_default=False,
         ),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Treat warnings (risky changes, scheduled syncs without alerts) as errors.",
+        ),
+    ] = False,
     role: RoleOption = None,
     json_output: JsonOption = False,
     project_dir: ProjectDirOption = None,
@@ -53,14 +61,18 @@ def validate(
     project = open_project(project_dir)
     chosen = selected_syncs(project, syncs, select, all_syncs, require_valid=False)
     problems = validate_project(project, chosen, connect=connect, base=base, role=role)
+    if strict:
+        problems = [replace(p, severity="error") for p in problems]
     errors = [p for p in problems if p.severity == "error"]
     if json_output:
         print_json({"ok": not errors, "problems": [p.to_json() for p in problems]})
     else:
         print_problems(problems)
         if errors:
+            note = " (--strict: warnings count as errors)" if strict else ""
             err.print(
                 f"[red]{len(errors)} error(s)[/red] in {len({p.file for p in errors})} file(s)"
+                + note
             )
         else:
             warnings = len(problems) - len(errors)

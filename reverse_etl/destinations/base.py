@@ -28,12 +28,19 @@ class DestinationOptions(BaseModel):
 
 @dataclass(frozen=True)
 class FieldInfo:
-    """A field (column, property) of a destination object."""
+    """A field (column, property) of a destination object.
+
+    `unique`: its values identify records (a unique column, an external id or idLookup field,
+    a property with unique values), so it can be a sync's key field. `required`: a new record
+    must have a value (not null and no default). `writable`: a sync can set it at all (not
+    read-only, computed, generated or an identity that is always generated)."""
 
     name: str
     type: str
     nullable: bool = True
     unique: bool = False
+    required: bool = False
+    writable: bool = True
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,12 @@ class Destination(ABC):
                 # project (or cloning it elsewhere) does not change the target.
                 return value
         return self.type_name
+
+    def batch_size(self, action: Action, records: int, planned: int) -> int:
+        """Records per batch for an operation of `records` records sent with `action`, given
+        the plan's batch size. Connectors with a bulk path (Salesforce Bulk API) ask for larger
+        batches; each batch is still acknowledged as one. The default keeps the plan's."""
+        return planned
 
     def count(self, object: str) -> int | None:
         """How many records the object holds, or None when the destination cannot tell cheaply;

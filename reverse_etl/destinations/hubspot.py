@@ -137,7 +137,13 @@ class HubSpotDestination(Destination):
 
     def fields(self, object: str) -> list[FieldInfo]:
         return [
-            FieldInfo(p["name"], str(p.get("type", "string")), True, bool(p.get("hasUniqueValue")))
+            FieldInfo(
+                p["name"],
+                str(p.get("type", "string")),
+                nullable=True,
+                unique=bool(p.get("hasUniqueValue")) or _identifies(object, p["name"]),
+                writable=not _read_only(p),
+            )
             for p in self._properties(object)
         ]
 

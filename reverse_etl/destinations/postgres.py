@@ -411,7 +411,8 @@ class PostgresDestination(TableDestination[_Table]):
                    ),
                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
                    t.typcategory,
-                   coalesce(b.typname, t.typname)
+                   coalesce(b.typname, t.typname),
+                   a.attgenerated <> '' OR a.attidentity = 'a'
             FROM pg_class c
             JOIN pg_namespace n ON n.oid = c.relnamespace
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -433,6 +434,8 @@ class PostgresDestination(TableDestination[_Table]):
                 has_default=r[4],
                 category=r[5],
                 base=r[6],
+                required=not r[2] and not r[4],
+                writable=not r[7],
             )
             for r in rows
         }

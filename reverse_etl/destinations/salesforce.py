@@ -23,7 +23,13 @@ platform/api-rest/guide/ and atlas.en-us.api_rest.meta/api_rest/):
   fetched, then the destination fails.
 - "Query" (`GET /query?q=SOQL`, pages through `nextRecordsUrl`): finds the Ids of update and
   delete records whose Id retl does not know, by the key field (an external id or idLookup).
-Not used: Bulk API 2.0 (for very large batches) and the Composite / Graph APIs.
+Large operations go through Bulk API 2.0 ingest jobs (destinations/salesforce_bulk.py, which
+lists the pages it follows): when an operation of a run (its creates, updates or deletes) has
+more than `bulk_threshold` records (2,000, Salesforce's own guidance; null: never), the run
+hands the connector batches of `bulk_batch_size` records (100,000) and every batch larger than
+`bulk_threshold` becomes one job (more when its CSV passes `bulk_max_bytes`), acknowledged as
+one batch; smaller batches keep using sObject Collections.
+Not used: the Composite / Graph APIs.
 
 All HTTP goes through httpx.AsyncClient on one background event loop per process (a daemon
 thread); each lane's `deliver()` submits its batch there, so lanes share the loop, the account's
@@ -59,12 +65,15 @@ from reverse_etl.destinations.base import (
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
 from reverse_etl.destinations.retry import GiveUp, RetryPolicy, RetryStats, send
+from reverse_etl.destinations.salesforce_bulk import BulkIngest, BulkSettings
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
 from reverse_etl.types import Action
 
 MAX_RECORDS = 200  # per sObject Collections call
 LOOKUP_CHUNK = 100  # key values per SOQL lookup (keeps the query URL short)
+# Requests of one Bulk API job: create, upload, close, a few polls, three result listings.
+BULK_JOB_REQUESTS = 12
 _API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 _STRINGS = frozenset(
@@ -90,6 +99,13 @@ class SalesforceOptions(DestinationOptions):
     # Requests retl may use in 24 hours; default: the org's allocation, read from Salesforce.
     daily_request_budget: int | None = Field(default=None, gt=0)
     timeout: float = 60.0
+    # Bulk API 2.0: operations of more records than this go through ingest jobs (null: never)
+    bulk_threshold: int | None = Field(default=2000, ge=0)
+    bulk_batch_size: int = Field(default=100_000, gt=0)  # records per job
+    # CSV bytes per job: Salesforce takes 150 MB of base64 per job, "upload at most 100 MB"
+    bulk_max_bytes: int = Field(default=100_000_000, gt=0, le=100_000_000)
+    bulk_poll_seconds: float = Field(default=2.0, gt=0)  # first wait for a job; doubles to 30 s
+    bulk_timeout: float = Field(default=3600.0, gt=0)  # a job still running then is aborted
 
     @model_validator(mode="after")
     def _one_way_in(self) -> SalesforceOptions:
@@ -109,6 +125,11 @@ class SalesforceOptions(DestinationOptions):
             raise ValueError("give instance_url (e.g. https://MyDomain.my.salesforce.com)")
         if not re.fullmatch(r"v\d+\.\d", self.api_version):
             raise ValueError(f"api_version must look like v60.0, not {self.api_version!r}")
+        if self.bulk_threshold is not None and self.bulk_batch_size <= self.bulk_threshold:
+            raise ValueError(
+                f"bulk_batch_size ({self.bulk_batch_size}) must be above bulk_threshold "
+                f"({self.bulk_threshold}): only batches larger than the threshold use Bulk API"
+            )
         return self
 
 
@@ -231,6 +252,8 @@ class SalesforceDestination(Destination):
                 type=str(f["type"]),
                 nullable=bool(f.get("nillable") or f.get("defaultedOnCreate")),
                 unique=bool(f.get("externalId") or f.get("idLookup")),
+                required=_required(f),
+                writable=bool(f.get("createable") or f.get("updateable")),
             )
             for f in self._describe(object).values()
         ]
@@ -270,10 +293,7 @@ class SalesforceDestination(Destination):
             missing = [
                 str(f["name"])
                 for f in described.values()
-                if f.get("createable")
-                and not f.get("nillable")
-                and not f.get("defaultedOnCreate")
-                and str(f["name"]).lower() not in given
+                if _required(f) and str(f["name"]).lower() not in given
             ]
             if missing:
                 problems.append(
@@ -309,11 +329,17 @@ class SalesforceDestination(Destination):
     def requests_needed(
         self, action: Action, records: int, batch_size: int, unknown_ids: int = 0
     ) -> int:
-        """One collection call per 200 records; updates and deletes also look up, per batch,
-        the Ids not stored (one SOQL query per 100 keys)."""
-        batch = min(batch_size, MAX_RECORDS)
-        batches = -(-records // batch)
-        calls = batches * -(-batch // MAX_RECORDS)
+        """One collection call per 200 records, or for batches above `bulk_threshold` one Bulk
+        API job each (about `BULK_JOB_REQUESTS`: its polls depend on how long Salesforce takes);
+        updates and deletes also look up, per batch, the Ids not stored (a query per 100)."""
+        threshold = self.options.bulk_threshold
+        if threshold is not None and batch_size > threshold:
+            batches = -(-records // batch_size)
+            calls = batches * BULK_JOB_REQUESTS
+        else:
+            batch = min(batch_size, MAX_RECORDS)
+            batches = -(-records // batch)
+            calls = batches * -(-batch // MAX_RECORDS)
         if action in ("update", "delete") and unknown_ids:
             calls += min(batches, unknown_ids) + unknown_ids // LOOKUP_CHUNK
         return calls
@@ -352,17 +378,42 @@ class SalesforceDestination(Destination):
 
     # -- delivery ---------------------------------------------------------------------------
 
+    def batch_size(self, action: Action, records: int, planned: int) -> int:
+        """Bulk API batches for an operation above `bulk_threshold` records."""
+        threshold = self.options.bulk_threshold
+        if threshold is not None and records > threshold:
+            return max(planned, self.options.bulk_batch_size)
+        return planned
+
     def deliver(self, batch: Batch) -> BatchResult:
         return _run(self._deliver(batch))
+
+    def _bulk(self, batch: Batch) -> BulkIngest | None:
+        """Bulk API 2.0 for a batch larger than `bulk_threshold`, else None (Collections)."""
+        threshold = self.options.bulk_threshold
+        if threshold is None or batch.size <= threshold:
+            return None
+        options = self.options
+        settings = BulkSettings(
+            options.bulk_max_bytes, options.bulk_poll_seconds, options.bulk_timeout
+        )
+        return BulkIngest(self._request, settings)
 
     async def _deliver(self, batch: Batch) -> BatchResult:
         describe = await self._adescribe(batch.object)
         rows = [self._record(row, describe) for row in batch.records.to_pylist()]
         result = BatchResult()
+        bulk = self._bulk(batch)
+        described_key = describe.get((batch.key_field or "").lower())
+        key = str(described_key["name"]) if described_key else batch.key_field
         if batch.action == "delete":
             ids = await self._ids_for(batch, rows, result)
             todo = [i for i, record_id in enumerate(ids) if record_id is not None]
             result.absent += len(rows) - len(todo)
+            if bulk is not None:
+                records = [{"Id": ids[i]} for i in todo]
+                await bulk.deliver(batch.object, "delete", records, todo, result, identity="Id")
+                return result
             for start in range(0, len(todo), MAX_RECORDS):
                 chunk = todo[start : start + MAX_RECORDS]
                 await self._delete(chunk, [str(ids[i]) for i in chunk], result)
@@ -384,8 +435,19 @@ class SalesforceDestination(Destination):
                 }
                 for row in rows
             ]
+        if bulk is not None:
+            records = [{k: v for k, v in p.items() if k != "attributes"} for p in payload]
+            await bulk.deliver(
+                batch.object,
+                batch.action,
+                records,
+                todo,
+                result,
+                external_id=key if batch.action == "upsert" else None,
+                identity="Id" if batch.action == "update" else key,
+            )
+            return result
         if batch.action == "upsert":
-            key = describe.get((batch.key_field or "").lower(), {}).get("name", batch.key_field)
             method, path = "PATCH", f"/composite/sobjects/{batch.object}/{key}"
         else:
             method, path = ("POST" if batch.action == "insert" else "PATCH"), "/composite/sobjects"
@@ -522,6 +584,9 @@ class SalesforceDestination(Destination):
         *,
         params: dict[str, str] | None = None,
         json: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        accept: str = "application/json",
         allow: Iterable[int] = (),
         absolute: bool = False,
         policy: RetryPolicy | None = None,
@@ -539,10 +604,14 @@ class SalesforceDestination(Destination):
             url = instance + (
                 path if absolute else f"/services/data/{self.options.api_version}{path}"
             )
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            headers = {"Authorization": f"Bearer {token}", "Accept": accept}
+            if content_type is not None:
+                headers["Content-Type"] = content_type
 
             async def attempt(url: str = url, headers: dict[str, str] = headers) -> httpx.Response:
-                return await client.request(method, url, params=params, json=json, headers=headers)
+                return await client.request(
+                    method, url, params=params, json=json, content=content, headers=headers
+                )
 
             response = await send(
                 attempt, limiter=self._limiter, policy=policy or self.policy, stats=self.stats
@@ -699,6 +768,11 @@ def _soql(value: Any) -> str:
         return str(value)
     text = str(value).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{text}'"
+
+
+def _required(f: dict[str, Any]) -> bool:
+    """Describe's rule: required on create when createable, not nillable, not defaulted."""
+    return bool(f.get("createable") and not f.get("nillable") and not f.get("defaultedOnCreate"))
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -445,12 +445,24 @@ def _inspected_columns(conn: sa.Connection, schema: str | None, name: str) -> li
         except Exception:  # a type SQLAlchemy reflects but cannot render
             type_name = str(column["type"].__class__.__name__)
         column_name = real(column["name"])
+        nullable = bool(column["nullable"]) and column_name not in primary
+        computed = column.get("computed") is not None
+        identity = column.get("identity")
+        generated = computed or bool(identity and identity.get("always"))
+        defaulted = (
+            column.get("default") is not None
+            or column.get("autoincrement") is True
+            or computed
+            or identity is not None
+        )
         columns.append(
             Column(
                 name=column_name,
                 type=type_name,
-                nullable=bool(column["nullable"]) and column_name not in primary,
+                nullable=nullable,
                 unique=column_name in unique,
+                required=not nullable and not defaulted,
+                writable=not generated,
             )
         )
     return columns
@@ -464,7 +476,8 @@ def _duckdb_columns(conn: sa.Connection, schema: str | None, name: str) -> list[
     """DuckDB columns from its catalog (SQLAlchemy's inspector fails on DuckDB 2.0)."""
     schema = schema or str(conn.exec_driver_sql("SELECT current_schema()").scalar())
     rows = conn.exec_driver_sql(
-        "SELECT column_name, data_type, is_nullable = 'YES' FROM information_schema.columns "
+        "SELECT column_name, data_type, is_nullable = 'YES', column_default IS NOT NULL "
+        "FROM information_schema.columns "
         "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ? "
         "ORDER BY ordinal_position",
         (schema, name),
@@ -489,7 +502,16 @@ def _duckdb_columns(conn: sa.Connection, schema: str | None, name: str) -> list[
             unique.add(inner[1:-1].replace('""', '"'))
         elif "," not in inner:
             unique.add(inner)
-    return [Column(name=n, type=t, nullable=bool(null), unique=n in unique) for n, t, null in rows]
+    return [
+        Column(
+            name=n,
+            type=t,
+            nullable=bool(null),
+            unique=n in unique,
+            required=not null and not defaulted,
+        )
+        for n, t, null, defaulted in rows
+    ]
 
 
 class _Run:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import pyarrow as pa
@@ -41,6 +41,10 @@ class Column:
     type: str
     nullable: bool
     unique: bool
+    # Not null without a default: an insert must give it a value.
+    required: bool = field(default=False, kw_only=True)
+    # False for columns the database computes (generated, identity ALWAYS).
+    writable: bool = field(default=True, kw_only=True)
 
 
 _C = TypeVar("_C", bound=Column)
@@ -106,7 +110,14 @@ class TableDestination(Destination, Generic[_T]):
     def fields(self, object: str) -> list[FieldInfo]:
         table = self._table(object)
         return [
-            FieldInfo(name=c.name, type=c.type, nullable=c.nullable, unique=c.unique)
+            FieldInfo(
+                name=c.name,
+                type=c.type,
+                nullable=c.nullable,
+                unique=c.unique,
+                required=c.required,
+                writable=c.writable,
+            )
             for c in table.columns.values()
         ]
 
@@ -142,6 +153,12 @@ class TableDestination(Destination, Generic[_T]):
             error = self._missing_table(object)
             return [*problems, f"{error.message}; {error.hint}"]
         problems += _unknown_fields(table, [*fields, *([key_field] if key_field else [])])
+        problems += [
+            f"column '{name}' of {table.display} is computed by the database (generated or "
+            "an identity always generated): it cannot be written; remove it from the mapping"
+            for name in fields
+            if name in table.columns and not table.columns[name].writable and action != "delete"
+        ]
         key = table.columns.get(key_field or "")
         if action == "upsert" and key is not None and not key.unique:
             problems.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reverse_etl.state.pauses import Pause
 from reverse_etl.types import Action, Mode, Operation, TargetChange, TargetId
 
 
@@ -116,7 +117,9 @@ class Plan:
     incremental_from: str | None = None
     config_changed: bool = False
     target_change: TargetChange | None = None
+    # `paused` covers both `paused:` in the sync file and an operational pause (`pause`).
     paused: bool = False
+    pause: Pause | None = None
     alerts: list[str] = field(default_factory=list)
     refusal: str | None = None
     refusal_hint: str | None = None
@@ -183,6 +186,7 @@ class Plan:
                 else None
             ),
             "paused": self.paused,
+            "pause": self.pause.to_dict() if self.pause else None,
             "limits": asdict(self.limits),
             "alerts": list(self.alerts),
             "digest": self.digest,
@@ -229,6 +233,7 @@ class Plan:
                 else None
             ),
             paused=bool(data.get("paused")),
+            pause=Pause.from_dict(data["pause"]) if data.get("pause") else None,
             alerts=[str(a) for a in data.get("alerts") or []],
             refusal=data.get("refused"),
             refusal_hint=data.get("refusal_hint"),

@@ -11,13 +11,18 @@ from reverse_etl.config import Project, Sync
 from reverse_etl.run import Engine
 from reverse_etl.state.deadletters import DeadLetter
 from reverse_etl.state.lock import SyncLock, force_unlock, lock_holder
+from reverse_etl.state.pauses import Pause
 from reverse_etl.state.runlog import RunRecord
 from reverse_etl.types import TargetId
 
 
 @dataclass(frozen=True)
 class SyncStatus:
-    """One sync in `retl status`: its settings, last run, next due time and dead letters."""
+    """One sync in `retl status`: its settings, last run, next due time and dead letters.
+
+    `paused` is True when either `paused:` in its file or an operational pause (`pause`, who
+    paused it when and why: `retl pause`) stops it.
+    """
 
     sync: str
     valid: bool
@@ -28,6 +33,7 @@ class SyncStatus:
     last_run: RunRecord | None
     next_due: datetime | None
     dead_letters: int
+    pause: Pause | None = None
 
     @property
     def sent(self) -> int | None:
@@ -43,6 +49,7 @@ class SyncStatus:
             "mode": self.mode,
             "schedule": self.schedule,
             "paused": self.paused,
+            "pause": self.pause.to_dict() if self.pause else None,
             "running": self.running,
             "last_run": self.last_run.to_dict() if self.last_run else None,
             "next_due": self.next_due.isoformat() if self.next_due else None,
@@ -54,12 +61,13 @@ def project_status(project: Project, engine: Engine | None = None) -> list[SyncS
     """Every sync of the project, sorted by name."""
     engine = engine or Engine(project)
     run_log, dead = engine.run_log, engine.dead_letters.counts_by_sync()
+    pauses = engine.pauses.all()
     found = []
     for name, sync in sorted(project.syncs.items()):
         config = sync.config
         last = run_log.last(name)
         # The rule `run --all` applies (run.schedule.next_due); a paused sync is never due.
-        paused = config is None or config.paused
+        paused = config is None or config.paused or name in pauses
         next_due = None if paused or not sync.ok else engine.next_due(sync)
         holder = lock_holder(engine.layout.locks, name)
         found.append(
@@ -68,11 +76,12 @@ def project_status(project: Project, engine: Engine | None = None) -> list[SyncS
                 valid=sync.ok,
                 mode=config.mode if config else None,
                 schedule=config.schedule.describe() if config else None,
-                paused=config.paused if config else None,
+                paused=(config.paused or name in pauses) if config else name in pauses or None,
                 running=holder.describe() if holder else None,
                 last_run=last,
                 next_due=next_due,
                 dead_letters=dead.get(name, 0),
+                pause=pauses.get(name),
             )
         )
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from reverse_etl.run.engine import Engine
+from reverse_etl.run.events import EventHook, RunEvent
 from reverse_etl.run.outcome import RunOptions, RunOutcome
 
-__all__ = ["Engine", "RunOptions", "RunOutcome"]
+__all__ = ["Engine", "EventHook", "RunEvent", "RunOptions", "RunOutcome"]

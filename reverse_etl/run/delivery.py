@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -32,6 +33,7 @@ from reverse_etl.plan.diff import (
 )
 from reverse_etl.plan.model import Plan
 from reverse_etl.run.acks import AcknowledgementWriter
+from reverse_etl.run.events import EventHook, EventLevel, RunEvent
 from reverse_etl.state.deadletters import DeadLetterEntry, DeadLetterQueue
 from reverse_etl.state.snapshot import SNAPSHOT, SnapshotStore
 from reverse_etl.types import Operation
@@ -67,6 +69,7 @@ class Delivery:
         dead_letter_keys: list[str],
         run_id: str | None,
         on_progress: Callable[[int, int], None] | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         self.plan = plan
         self.con = con
@@ -76,6 +79,10 @@ class Delivery:
         self.pending_dead_letters = set(dead_letter_keys)
         self.run_id = run_id
         self.on_progress = on_progress
+        self.on_event = on_event
+        self.rejection_errors: collections.Counter[str] = collections.Counter()
+        self.lanes: list[Destination] = []
+        self.requests_retried = 0
         self.counts = {"create": 0, "update": 0, "delete": 0, "rejected": 0}
         self.retry_later: list[pa.Table] = []
         self.total = plan.counts.to_send
@@ -103,7 +110,7 @@ class Delivery:
                 if self.total:  # nothing to send: the destination is not even contacted
                     first = stack.enter_context(self.open_lane())
                     self._prepare(first)
-                    lanes = [first]
+                    lanes = self.lanes = [first]
                     for _ in range(1, first.capabilities.concurrent_batches):
                         lanes.append(stack.enter_context(self.open_lane()))
                     try:
@@ -128,6 +135,7 @@ class Delivery:
             failed, hint = exc.message, exc.hint
         if failed is None:
             failed = self._key_error_failure()
+        self._report_rejections()
         self._store_new_hashes()
         meta: dict[str, str | None] = {"config_hash": config_hash, "last_run_id": self.run_id}
         if failed is None and self.plan.incremental:
@@ -186,13 +194,16 @@ class Delivery:
         times, then left to the next run (neither acknowledged nor dead lettered)."""
         fields = self._fields(op)
         columns = ", ".join(quote_identifier(f) for f in fields)
+        size = lanes[0].batch_size(
+            self.plan.action[op], self.plan.counts.of(op), self.plan.batch_size
+        )
         # Its own cursor, closed however the operation ends: an open result would keep the
         # state file attached after the run.
         with self.con.cursor() as cursor:
             reader = cursor.sql(
                 f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN}, "
                 f"{DEST_ID_COLUMN} FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'"
-            ).to_arrow_reader(self.plan.batch_size)
+            ).to_arrow_reader(size)
             try:
                 self._send_rounds(lanes, op, fields, reader)
             finally:
@@ -216,7 +227,16 @@ class Delivery:
                     t.num_rows for t in later
                 )
                 return
-            time.sleep(min(RETRY_WAIT_SECONDS * 2**round, 30.0))
+            wait = min(RETRY_WAIT_SECONDS * 2**round, 30.0)
+            self._emit(
+                "retry",
+                "warning",
+                what="records",
+                operation=op,
+                count=sum(t.num_rows for t in later),
+                wait_seconds=wait,
+            )
+            time.sleep(wait)
             batches = iter(later)
 
     def _send_batches(
@@ -281,6 +301,7 @@ class Delivery:
                 continue
             self._acknowledge(op, table, records, result)
             self.sent += table.num_rows - len(result.retry)
+            self._report_batch(op, table, result)
 
     def _collect(
         self, op: Operation, future: Future[BatchResult], table: pa.Table, records: pa.Table
@@ -288,6 +309,7 @@ class Delivery:
         result = future.result()
         self._acknowledge(op, table, records, result)
         self.sent += table.num_rows - len(result.retry)  # retried records are not sent yet
+        self._report_batch(op, table, result)
         if self.on_progress:
             self.on_progress(self.sent, self.total)
         rejected = self.counts["rejected"]
@@ -302,6 +324,41 @@ class Delivery:
                 f"{rejected:,} of {self.total:,} records to send were rejected by the "
                 f"destination, above limits.max_row_error_ratio = {limits.max_row_error_ratio:g}; "
                 "the run stopped"
+            )
+
+    def _emit(self, event: str, level: EventLevel = "info", **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(RunEvent(event, self.plan.sync, self.run_id, level, data))
+
+    def _report_batch(self, op: Operation, table: pa.Table, result: BatchResult) -> None:
+        """A `batch_acknowledged` event, and a `retry` event when a connector retried requests
+        (429, 5xx, timeouts) since the last batch."""
+        if self.on_event is None:
+            return
+        retried = sum(lane.delivery_stats().get("retries", 0) for lane in self.lanes)
+        if retried > self.requests_retried:
+            self._emit("retry", "warning", what="requests", count=retried - self.requests_retried)
+            self.requests_retried = retried
+        self._emit(
+            "batch_acknowledged",
+            operation=op,
+            records=table.num_rows,
+            accepted=table.num_rows - len(result.rejected) - len(result.retry),
+            rejected=len(result.rejected),
+            retry_later=len(result.retry),
+            sent=self.sent,
+            total=self.total,
+            counts=dict(self.counts),
+        )
+
+    def _report_rejections(self) -> None:
+        if self.rejection_errors:
+            top = [{"error": e, "count": n} for e, n in self.rejection_errors.most_common(5)]
+            self._emit(
+                "rejection_summary",
+                "warning",
+                rejected=self.counts["rejected"],
+                top_errors=top,
             )
 
     def _acknowledge(
@@ -330,6 +387,7 @@ class Delivery:
                 for key, row, index in zip(keys, rows, indexes, strict=True)
             ]
             self.dead_letters.add(self.plan.sync, self.run_id, entries)
+            self.rejection_errors.update(rejected[index] for index in indexes)
             rejected_keys = pa.table({"key": pa.array([str(k) for k in keys], pa.string())})
             self.acks.submit(_remember_rejected, rejected_keys)
             self.counts["rejected"] += len(rejected)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
@@ -39,12 +40,14 @@ from reverse_etl.plan.files import check_fresh
 from reverse_etl.plan.model import Plan, StateRef
 from reverse_etl.plan.source import engine_connection, read_source
 from reverse_etl.run.delivery import Delivery
+from reverse_etl.run.events import EventLevel, RunEvent
 from reverse_etl.run.order import dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
 from reverse_etl.state.deadletters import DeadLetterQueue
 from reverse_etl.state.layout import StateLayout
 from reverse_etl.state.lock import SyncLock
+from reverse_etl.state.pauses import Pause, PauseStore, current_user
 from reverse_etl.state.runlog import RunLog, RunRecord, RunStatus
 from reverse_etl.state.snapshot import ALIAS as STATE_ALIAS
 from reverse_etl.state.snapshot import SnapshotStore
@@ -54,6 +57,15 @@ from reverse_etl.warehouse import check_role
 
 PAUSED = "paused (set paused: false to run it)"
 _R = TypeVar("_R")
+PAUSED_PLAN = "the saved plan was made while the sync was paused"
+_FINISHED_LEVEL: dict[str, EventLevel] = {
+    "success": "info",
+    "planned": "info",
+    "skipped": "info",
+    "interrupted": "warning",
+    "refused": "error",
+    "failed": "error",
+}
 
 
 class Engine:
@@ -72,6 +84,45 @@ class Engine:
     @property
     def dead_letters(self) -> DeadLetterQueue:
         return DeadLetterQueue(self.layout.database)
+
+    @property
+    def pauses(self) -> PauseStore:
+        return PauseStore(self.layout.database)
+
+    # ---------------------------------------------------------------------------------- pauses
+
+    def pause(self, name: str, reason: str, by: str | None = None) -> Pause:
+        """Pause a sync for an incident, recorded in state with who (default: the git user or
+        $USER), when and why; `run`, `run_many` and `plan` honour it until `resume`."""
+        self._known(name)
+        return self.pauses.pause(name, reason, by or current_user(self.project.root))
+
+    def resume(self, name: str) -> Pause | None:
+        """Lift an operational pause; returns it, or None when there was none. `paused:` in the
+        sync file is not changed (that one is lifted by a commit)."""
+        self._known(name)
+        return self.pauses.resume(name)
+
+    def _known(self, name: str) -> None:
+        if name not in self.project.syncs:
+            self.project.select([name])  # raises the usual "no sync named ..." with a suggestion
+
+    def paused(self, name: str) -> Pause | None:
+        """The operational pause of a sync, if any (`paused:` in its file is `config.paused`)."""
+        return self.pauses.get(name)
+
+    def pause_reason(self, sync: Sync) -> tuple[str, str] | None:
+        """Why a run would skip the sync now and how to lift it, or None when it may run."""
+        assert sync.config is not None
+        pause = self.paused(sync.name)
+        if pause is not None:
+            return (
+                f"{pause.describe()}",
+                f"`retl resume {sync.name}` when the incident is over",
+            )
+        if sync.config.paused:
+            return PAUSED, f"set paused: false in {self.project.relative(sync.path)}"
+        return None
 
     def snapshot(self, sync: str) -> SnapshotStore:
         return SnapshotStore(self.layout.snapshots, sync)
@@ -189,6 +240,10 @@ class Engine:
             destination_records=self._destination_records(sync),
         )
         plan = build_plan(con, inputs)
+        pause = self.paused(sync.name)
+        if pause is not None:
+            plan.pause = pause
+            plan.paused = True
         self._plan_requests(plan, con)
         return plan
 
@@ -260,11 +315,16 @@ class Engine:
         that plan or refuse when it is stale. Never raises for a sync's own failure."""
         options = options or RunOptions()
         assert sync.config is not None
-        if (sync.config.paused or (plan is not None and plan.paused)) and not options.dry_run:
+        paused = self.pause_reason(sync)
+        if paused is None and plan is not None and plan.paused:
+            paused = PAUSED_PLAN, f"make a new plan: `retl plan {sync.name} --out ...`"
+        if paused is not None and not options.dry_run:
+            reason, hint = paused
             record = self.run_log.record(
-                sync.name, "skipped", message=PAUSED, trigger=options.trigger
+                sync.name, "skipped", message=reason, trigger=options.trigger
             )
-            return RunOutcome(sync.name, "skipped", record=record, error=PAUSED)
+            outcome = RunOutcome(sync.name, "skipped", record=record, error=reason, hint=hint)
+            return self._finished(outcome, options)
         try:
             self._check_role(sync)
         except RoleRefusedError as exc:
@@ -324,11 +384,12 @@ class Engine:
         self, sync: Sync, options: RunOptions, scheduled: bool, finished: dict[str, bool]
     ) -> RunOutcome | None:
         """The outcome of a sync that does not run (broken files, failed dependency, paused,
-        not due), None when it runs; a broken sync counts as failed in `finished`."""
+        not due; its `run_finished` event is reported), None when it runs; a broken sync counts
+        as failed in `finished`."""
         broken = [p for p in self.project.problems_of(sync) if p.severity == "error"]
         if broken or sync.config is None:
             finished[sync.name] = False
-            return RunOutcome(
+            outcome = RunOutcome(
                 sync.name,
                 "failed",
                 error=f"{len(broken)} problem(s) in its files: first {broken[0].location()}: "
@@ -337,12 +398,16 @@ class Engine:
                 else "its sync file cannot be read",
                 hint=f"run `retl validate {sync.name}`",
             )
+            return self._finished(outcome, options)
         reason = failed_dependency(sync, finished)
-        if reason is None and sync.config.paused and scheduled:
-            reason = PAUSED
+        hint = None
+        if reason is None and scheduled:
+            reason, hint = self.pause_reason(sync) or (None, None)
         if reason is None and scheduled and not options.force:
             reason = not_due_reason(sync, self.run_log, finished)
-        return None if reason is None else RunOutcome(sync.name, "skipped", error=reason)
+        if reason is None:
+            return None
+        return self._finished(RunOutcome(sync.name, "skipped", error=reason, hint=hint), options)
 
     def _run_parallel(
         self,
@@ -386,7 +451,7 @@ class Engine:
                         if any(d not in outcomes for d in after[sync.name]):
                             continue  # a dependency has not finished
                         waiting.remove(sync)
-                        outcome = self._before_run(sync, options, scheduled, finished)
+                        outcome = self._before_run(sync, worker_options, scheduled, finished)
                         if outcome is not None:
                             settle(outcome)
                         else:
@@ -415,7 +480,46 @@ class Engine:
         record = self.run_log.record(
             sync.name, "refused", message=exc.message, trigger=options.trigger
         )
-        return RunOutcome(sync.name, "refused", record=record, error=exc.message, hint=exc.hint)
+        outcome = RunOutcome(sync.name, "refused", record=record, error=exc.message, hint=exc.hint)
+        return self._finished(outcome, options)
+
+    def _emit(
+        self,
+        options: RunOptions,
+        event: str,
+        sync: str,
+        run_id: str | None,
+        level: EventLevel = "info",
+        **data: Any,
+    ) -> None:
+        if options.on_event is not None:
+            options.on_event(RunEvent(event, sync, run_id, level, data))
+
+    def _finished(
+        self, outcome: RunOutcome, options: RunOptions, started: float | None = None
+    ) -> RunOutcome:
+        """Report the `run_finished` event of an outcome; returns the outcome."""
+        record = outcome.record
+        duration: float | None = None
+        if record is not None and record.finished_at is not None:
+            duration = (record.finished_at - record.started_at).total_seconds()
+        elif started is not None:
+            duration = time.monotonic() - started
+        self._emit(
+            options,
+            "run_finished",
+            outcome.sync,
+            record.id if record else None,
+            _FINISHED_LEVEL.get(outcome.status, "info"),
+            status=outcome.status,
+            counts=dict(outcome.counts),
+            planned=outcome.planned,
+            duration_seconds=None if duration is None else round(duration, 3),
+            state_records=record.state_records if record else None,
+            error=outcome.error,
+            hint=outcome.hint,
+        )
+        return outcome
 
     def _run_locked(self, sync: Sync, options: RunOptions, saved: Plan | None) -> RunOutcome:
         assert sync.config is not None
@@ -429,6 +533,17 @@ class Engine:
                 sync.name, config_hash, version.commit, version.dirty, options.trigger
             )
         outcome = RunOutcome(sync.name, "failed", record=record)
+        started = time.monotonic()
+        self._emit(
+            options,
+            "run_started",
+            sync.name,
+            record.id if record else None,
+            trigger=options.trigger,
+            dry_run=options.dry_run,
+            git_commit=version.commit,
+            git_dirty=version.dirty,
+        )
         with tempfile.TemporaryDirectory(prefix="retl-run-") as tmp:
             con = engine_connection(Path(tmp))
             try:
@@ -447,7 +562,7 @@ class Engine:
                         check_fresh(saved, plan)
                     except StalePlanError as exc:
                         outcome.plan = saved
-                        return self._end(outcome, "refused", exc.message, exc.hint)
+                        return self._end(options, outcome, "refused", exc.message, exc.hint)
                     saved.requests = plan.requests  # the budget is checked as it is now
                     check_budget(saved)
                     plan = saved
@@ -455,12 +570,13 @@ class Engine:
                 if options.on_plan:
                     options.on_plan(plan)
                 if plan.refusal:
-                    return self._end(outcome, "refused", plan.refusal, plan.refusal_hint)
+                    return self._end(options, outcome, "refused", plan.refusal, plan.refusal_hint)
                 if options.dry_run:
                     outcome.status = "planned"
-                    return outcome
+                    return self._finished(outcome, options, started)
                 if plan.destructive and options.confirm is not None and not options.confirm(plan):
                     return self._end(
+                        options,
                         outcome,
                         "refused",
                         "the deletes were not confirmed",
@@ -474,48 +590,92 @@ class Engine:
                     dead_letter_keys,
                     record.id if record else None,
                     options.on_progress,
+                    options.on_event,
                 )
                 result = delivery.execute(config_hash)
                 outcome.counts = result.counts
+                outcome.state_records = _snapshot_records(con)
                 status: RunStatus = "success"
                 if result.status == "interrupted":
                     status = "interrupted"
                 elif result.status == "failed":
                     status = "failed"
-                return self._end(outcome, status, result.error, result.hint)
+                return self._end(options, outcome, status, result.error, result.hint)
             except RetlError as exc:
-                return self._end(outcome, "failed", exc.message, exc.hint)
+                return self._end(options, outcome, "failed", exc.message, exc.hint)
             except interrupt.RunInterrupted:
-                self._end(outcome, "interrupted", _interrupted_message(outcome))
+                self._end(options, outcome, "interrupted", _interrupted_message(outcome))
                 raise
             except KeyboardInterrupt:
-                self._end(outcome, "interrupted", _interrupted_message(outcome))
+                self._end(options, outcome, "interrupted", _interrupted_message(outcome))
                 raise
             except Exception as exc:
                 # A bug: close the run record honestly before the CLI reports it.
-                self._end(outcome, "failed", f"internal error: {exc.__class__.__name__}: {exc}")
+                self._end(
+                    options, outcome, "failed", f"internal error: {exc.__class__.__name__}: {exc}"
+                )
                 raise
             finally:
                 _close(con)
 
     def _end(
-        self, outcome: RunOutcome, status: RunStatus, error: str | None, hint: str | None = None
+        self,
+        options: RunOptions,
+        outcome: RunOutcome,
+        status: RunStatus,
+        error: str | None,
+        hint: str | None = None,
     ) -> RunOutcome:
         outcome.status = status
         outcome.error = error
         outcome.hint = hint
         if outcome.record is not None:
             outcome.record = self.run_log.finish(
-                outcome.record.id, status, outcome.counts, planned=outcome.planned, error=error
+                outcome.record.id,
+                status,
+                outcome.counts,
+                planned=outcome.planned,
+                error=error,
+                state_records=outcome.state_records,
             )
-            if status == "failed":
-                from reverse_etl.alerts import Failure, send_failure_alerts
-
-                failure = Failure(
-                    outcome.sync, outcome.record.id, status, error, hint, dict(outcome.counts)
-                )
-                send_failure_alerts(self.project, failure)
+            self._finished(outcome, options)
+            # A refusal by the plan (a delete limit) stops a scheduled sync as a failure does.
+            refused_by_plan = (
+                status == "refused" and outcome.plan is not None and (outcome.plan.refusal == error)
+            )
+            if status == "failed" or refused_by_plan:
+                self._alert(options, outcome)
         return outcome
+
+    def _alert(self, options: RunOptions, outcome: RunOutcome) -> None:
+        """Alert the sync's channels; an `alert_sent` or `alert_failed` event per channel."""
+        from reverse_etl.alerts import Failure, deliver_failure_alerts
+
+        assert outcome.record is not None
+        failure = Failure(
+            outcome.sync,
+            outcome.record.id,
+            outcome.status,
+            outcome.error,
+            outcome.hint,
+            dict(outcome.counts),
+            dict(outcome.planned),
+        )
+        for delivery in deliver_failure_alerts(self.project, failure):
+            if delivery.ok:
+                self._emit(
+                    options, "alert_sent", outcome.sync, outcome.record.id, channel=delivery.channel
+                )
+            else:
+                self._emit(
+                    options,
+                    "alert_failed",
+                    outcome.sync,
+                    outcome.record.id,
+                    "warning",
+                    channel=delivery.channel,
+                    error=delivery.error,
+                )
 
 
 def _one_at_a_time(options: RunOptions) -> RunOptions:
@@ -539,6 +699,7 @@ def _one_at_a_time(options: RunOptions) -> RunOptions:
         confirm=serialised(options.confirm),
         on_plan=serialised(options.on_plan),
         on_progress=serialised(options.on_progress),
+        on_event=serialised(options.on_event),
     )
 
 
@@ -549,6 +710,14 @@ def _close(con: duckdb.DuckDBPyConnection) -> None:
     with contextlib.suppress(duckdb.Error):
         con.execute(f"DETACH {STATE_ALIAS}")
     con.close()
+
+
+def _snapshot_records(con: duckdb.DuckDBPyConnection) -> int | None:
+    """Records the attached snapshot holds now (None when it cannot be read)."""
+    try:
+        return SnapshotStore.meta(con).records
+    except duckdb.Error:
+        return None
 
 
 def _interrupted_message(outcome: RunOutcome) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reverse_etl.plan.model import Plan
+from reverse_etl.run.events import EventHook
 from reverse_etl.state.runlog import RunRecord, RunTrigger
 
 
@@ -22,6 +23,8 @@ class RunOptions:
     confirm: Callable[[Plan], bool] | None = None
     on_plan: Callable[[Plan], None] | None = None
     on_progress: Callable[[int, int], None] | None = None
+    # Every event of the run as it happens (run/events.py): started, batches, retries, end.
+    on_event: EventHook | None = None
 
 
 @dataclass
@@ -41,6 +44,8 @@ class RunOutcome:
     )
     error: str | None = None
     hint: str | None = None
+    # Records in the sync's snapshot after the delivery (None when it did not get that far).
+    state_records: int | None = None
 
     @property
     def planned(self) -> dict[str, int]:

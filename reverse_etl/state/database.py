@@ -1,5 +1,5 @@
-"""The SQLite file `.retl/retl.db` that holds the run log and the dead letter queue: connections,
-schema and migrations.
+"""The SQLite file `.retl/retl.db` that holds the run log, the dead letter queue and operational
+pauses: connections, schema and migrations.
 
 SQLite in WAL mode rather than DuckDB because several processes use the file at once: `retl status`
 reads while a run writes, and runs of two different syncs write side by side (a DuckDB file admits
@@ -26,7 +26,7 @@ from typing import Any
 from reverse_etl.errors import StateError
 from reverse_etl.files import create_private, make_private, private_dir
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 30.0
 
 # Statements that take the schema from version N-1 to N. Append; never edit a released entry.
@@ -67,6 +67,18 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # Planned counts apart from applied ones: a refused run planned deletes but sent nothing.
     2: ("ALTER TABLE runs ADD COLUMN planned TEXT NOT NULL DEFAULT '{}'",),
+    # Operational pauses (state/pauses.py) and the snapshot's size after each run (the report).
+    3: (
+        """
+        CREATE TABLE pauses (
+            sync       TEXT PRIMARY KEY,
+            paused_by  TEXT NOT NULL,
+            paused_at  TEXT NOT NULL,
+            reason     TEXT NOT NULL
+        ) WITHOUT ROWID
+        """,
+        "ALTER TABLE runs ADD COLUMN state_records INTEGER",
+    ),
 }
 
 

@@ -226,6 +226,16 @@ class DeadLetterQueue:
             )
             return {sync: int(n) for sync, n in rows}
 
+    def top_errors(self, sync: str, limit: int = 5) -> builtins.list[tuple[str, int]]:
+        """The most frequent errors of a sync's queued keys, with how many keys each."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT error, count(*) AS n FROM dead_letters WHERE sync = ? GROUP BY error "
+                "ORDER BY n DESC, error LIMIT ?",
+                (sync, limit),
+            )
+            return [(str(error), int(n)) for error, n in rows]
+
     def keys(self, sync: str) -> builtins.list[str]:
         """The queued keys of `sync`, sorted (e.g. to re-read them on the next run)."""
         with self._db.read() as conn:

@@ -56,6 +56,8 @@ class RunRecord:
     error: str | None = None
     message: str | None = None
     planned: dict[str, int] = field(default_factory=dict)
+    # Records in the sync's snapshot when the run ended (None: unknown, or before retl 0.3).
+    state_records: int | None = None
 
     @property
     def duration(self) -> timedelta | None:
@@ -77,12 +79,13 @@ class RunRecord:
             "planned": dict(self.planned),
             "error": self.error,
             "message": self.message,
+            "state_records": self.state_records,
         }
 
 
 _RUN_COLUMNS = (
     "id, sync, status, trigger, started_at, finished_at, git_commit, git_dirty, config_hash, "
-    "counts, error, message, planned"
+    "counts, error, message, planned, state_records"
 )
 
 
@@ -101,6 +104,7 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         error,
         msg,
         planned,
+        state_records,
     ) = row
     started_at = parse_timestamp(started)
     assert started_at is not None
@@ -118,6 +122,7 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         error=error,
         message=msg,
         planned=json.loads(planned),
+        state_records=state_records,
     )
 
 
@@ -191,14 +196,15 @@ class RunLog:
         planned: Mapping[str, int] | None = None,
         error: str | None = None,
         message: str | None = None,
+        state_records: int | None = None,
     ) -> RunRecord:
-        """Close a started run with its outcome, the counts the destination applied and the
-        counts that were planned; returns the result."""
+        """Close a started run with its outcome, the counts the destination applied, the
+        counts that were planned and the records its snapshot holds now; returns the result."""
         _check_status(status, RUN_STATUSES - {"running"})
         with self._db.write() as conn:
             cursor = conn.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, counts = ?, planned = ?, error = ?, "
-                "message = COALESCE(?, message) WHERE id = ?",
+                "message = COALESCE(?, message), state_records = ? WHERE id = ?",
                 (
                     status,
                     timestamp_text(utc_now()),
@@ -206,6 +212,7 @@ class RunLog:
                     _counts_json(planned),
                     _text(error),
                     _text(message),
+                    state_records,
                     run_id,
                 ),
             )
@@ -280,6 +287,24 @@ class RunLog:
         sql, params = select_by_sync(
             f"SELECT {_RUN_COLUMNS} FROM runs", sync, "started_at DESC, id DESC", limit
         )
+        with self._db.read() as conn:
+            return [_run_from_row(row) for row in conn.execute(sql, params)]
+
+    def list_ended(
+        self, sync: str, statuses: Iterable[str], limit: int | None = 20
+    ) -> builtins.list[RunRecord]:
+        """Runs of `sync` with one of these statuses, newest first (the report draws the ones
+        that started, not every skip of a paused sync)."""
+        wanted = sorted(set(statuses))
+        placeholders = ", ".join("?" for _ in wanted)
+        sql = (
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE sync = ? AND status IN ({placeholders}) "
+            "ORDER BY started_at DESC, id DESC"
+        )
+        params: builtins.list[Any] = [sync, *wanted]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         with self._db.read() as conn:
             return [_run_from_row(row) for row in conn.execute(sql, params)]
 
@@ -369,13 +394,14 @@ class RunLog:
             _text(error),
             _text(message),
             _counts_json(planned),
+            None,
         )
         with self._db.write() as conn:
             for _attempt in range(5):
                 run_id = new_run_id(started_at)
                 try:
                     conn.execute(
-                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?{', ?' * 12})",
+                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?{', ?' * 13})",
                         (run_id, *values),
                     )
                     break

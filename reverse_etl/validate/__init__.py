@@ -33,11 +33,15 @@ def validate_project(
     role: str | None = None,
 ) -> list[Problem]:
     """Every problem of retl.yml and of these syncs; `connect` adds the live checks (as `role`),
-    `base` the risky changes since that git ref (a bad ref raises UsageError)."""
+    `base` the risky changes since that git ref (a bad ref raises UsageError). Scheduled syncs
+    without an alert channel are warnings."""
+    from reverse_etl.validate.hygiene import alert_hygiene
+
     chosen = list(syncs)
     problems = list(project.problems)
     for sync in chosen:
         problems.extend(sync.problems)
+    problems.extend(alert_hygiene(project, chosen))
     if connect:
         from reverse_etl.validate.connect import connect_checks
 

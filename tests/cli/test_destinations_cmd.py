@@ -101,8 +101,15 @@ def test_an_object_lists_its_fields_and_types(project: Path, retl_cli: Callable[
     assert code == 0, err
     fields = {f["name"]: f for f in json.loads(out)["fields"]}
     assert list(fields) == ["id", "email", "name"]
-    assert fields["email"] == {"name": "email", "type": "TEXT", "nullable": False, "unique": True}
-    assert fields["name"]["nullable"] is True
+    assert fields["email"] == {
+        "name": "email",
+        "type": "TEXT",
+        "nullable": False,
+        "unique": True,
+        "required": True,
+        "writable": True,
+    }
+    assert fields["name"]["nullable"] is True and fields["name"]["required"] is False
 
 
 def test_human_fields_table(project: Path, retl_cli: Callable[..., Any]) -> None:
@@ -194,7 +201,28 @@ def test_postgres_objects_and_fields(
     )
     assert code == 0, err
     assert json.loads(out)["fields"] == [
-        {"name": "id", "type": "bigint", "nullable": False, "unique": True},
-        {"name": "email", "type": "text", "nullable": False, "unique": False},
-        {"name": "score", "type": "numeric(5,2)", "nullable": True, "unique": False},
+        {
+            "name": "id",
+            "type": "bigint",
+            "nullable": False,
+            "unique": True,
+            "required": True,
+            "writable": True,
+        },
+        {
+            "name": "email",
+            "type": "text",
+            "nullable": False,
+            "unique": False,
+            "required": True,
+            "writable": True,
+        },
+        {
+            "name": "score",
+            "type": "numeric(5,2)",
+            "nullable": True,
+            "unique": False,
+            "required": False,
+            "writable": True,
+        },
     ]

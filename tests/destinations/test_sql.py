@@ -215,6 +215,48 @@ def test_fields_describe_columns_and_unique_keys(db: Database) -> None:
     assert "INT" in fields["score"].type.upper()
 
 
+def test_a_not_null_column_without_a_default_is_required(db: Database) -> None:
+    name = db.create(
+        db.table + "_req",
+        "id INTEGER PRIMARY KEY, n INTEGER NOT NULL, d INTEGER NOT NULL DEFAULT 3",
+    )
+
+    fields = {f.name: f for f in db.dest.fields(name)}
+
+    assert {n: f.required for n, f in fields.items()} == {"id": True, "n": True, "d": False}
+    assert all(f.writable for f in fields.values())
+
+
+@pytest.mark.mysql
+def test_a_mariadb_generated_column_is_not_writable_and_check_names_it(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    engine = sa.create_engine(mysql_url)
+    name = unique("generated")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {name} (id INT PRIMARY KEY AUTO_INCREMENT, a INT NOT NULL, "
+            "b INT AS (a * 2) STORED)"
+        )
+    try:
+        with build_destination("m", {"type": "sql", "url": mysql_url}, tmp_path) as dest:
+            fields = {f.name: f for f in dest.fields(name)}
+            problems = dest.check(name, ["a", "b"], None, "insert")
+        assert {n: (f.required, f.writable) for n, f in fields.items()} == {
+            "id": (False, True),  # AUTO_INCREMENT
+            "a": (True, True),
+            "b": (False, False),
+        }
+        assert problems == [
+            f"column 'b' of {name} is computed by the database (generated or an identity "
+            "always generated): it cannot be written; remove it from the mapping"
+        ]
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        engine.dispose()
+
+
 def test_objects_list_the_tables(db: Database) -> None:
     assert db.table in db.dest.objects()
 

@@ -79,12 +79,12 @@ def test_existing_gitignore_is_kept_and_gains_only_missing_lines(tmp_path: Path)
 
 
 def test_gitignore_already_complete_is_left_alone(tmp_path: Path) -> None:
-    (tmp_path / ".gitignore").write_text(".retl/\noutput/\n")
+    (tmp_path / ".gitignore").write_text(".retl/\noutput/\nretl-report.html\n")
 
     result = init_project(tmp_path)
 
     assert not result.gitignore_updated
-    assert (tmp_path / ".gitignore").read_text() == ".retl/\noutput/\n"
+    assert (tmp_path / ".gitignore").read_text() == ".retl/\noutput/\nretl-report.html\n"
 
 
 def test_init_refuses_a_path_that_is_a_file(tmp_path: Path) -> None:

@@ -20,11 +20,14 @@ from urllib.parse import parse_qs, urlsplit
 
 @dataclass
 class Reply:
-    """What a contract server answers: status, JSON body (None: no body) and extra headers."""
+    """What a contract server answers: status, JSON body (None: no body) and extra headers;
+    `text` is a body that is not JSON (e.g. CSV), sent as `content_type`."""
 
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    text: str | None = None
+    content_type: str = "text/csv; charset=UTF-8"
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,14 @@ def _handler_for(server: ContractServer) -> type[BaseHTTPRequestHandler]:
                 reply = server.dispatch(request)
             except Exception as exc:  # a bug in a contract server must show, not hang the client
                 reply = Reply(500, {"message": f"contract server bug: {exc!r}"})
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode("utf-8")
+            if reply.text is not None:
+                payload = reply.text.encode("utf-8")
+            else:
+                payload = b"" if reply.body is None else json.dumps(reply.body).encode("utf-8")
             self.send_response(reply.status)
-            if reply.body is not None:
+            if reply.text is not None:
+                self.send_header("Content-Type", reply.content_type)
+            elif reply.body is not None:
                 self.send_header("Content-Type", "application/json;charset=UTF-8")
             for name, value in reply.headers.items():
                 self.send_header(name, value)

@@ -31,6 +31,7 @@ developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/ and .../platfo
   EXCEEDED_ID_LIMIT ("record limit reached. cannot submit more than 200 records into this call").
 - Query (`GET /query?q=SELECT ... FROM ...`): {totalSize, done, records[], nextRecordsUrl} with
   pages of `page_size` records fetched from /query/{locator}-{offset}.
+- Bulk API 2.0 ingest jobs under /jobs/ingest: see servers/salesforce_bulk.py.
 Choices of this server (the pages do not say): 401 answers carry no Sforce-Limit-Info (no org is
 known); an unknown field fails its record, not the request; a wrong JSON type for a field fails
 its record with INVALID_TYPE_ON_FIELD_IN_RECORD; a record of an unknown or missing
@@ -48,6 +49,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .base import ContractServer, Incoming, Reply
+from .salesforce_bulk import MAX_UPLOAD_BYTES, BulkIngest
 from .salesforce_schema import Field, SObject, check_value, default_sobjects, sf_error
 
 API_VERSION = "v60.0"
@@ -68,6 +70,9 @@ class SalesforceServer(ContractServer):
         daily_limit: int = 100_000,
         page_size: int = 2000,
         sobjects: list[SObject] | None = None,
+        bulk_daily_records: int = 150_000_000,
+        bulk_max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        bulk_process_limit: int | None = None,
     ) -> None:
         super().__init__()
         self.token = token
@@ -81,6 +86,12 @@ class SalesforceServer(ContractServer):
         self.deleted: set[str] = set()
         self._ids = itertools.count(1)
         self._cursors: dict[str, list[dict[str, Any]]] = {}
+        self.bulk = BulkIngest(
+            self,
+            daily_records=bulk_daily_records,
+            max_upload_bytes=bulk_max_upload_bytes,
+            process_limit=bulk_process_limit,
+        )
 
     @property
     def base(self) -> str:
@@ -154,6 +165,8 @@ class SalesforceServer(ContractServer):
             if sobject is None:
                 return _refuse(404, "NOT_FOUND", NO_RESOURCE)
             return Reply(200, self._describe(sobject))
+        if parts[:2] == ["jobs", "ingest"]:
+            return self.bulk.route(request, parts[2:])
         if parts[0] == "query" and method == "GET":
             return self._query(request, parts[1] if len(parts) > 1 else None)
         if parts[:2] == ["composite", "sobjects"]:

@@ -13,7 +13,7 @@ import pytest
 
 from reverse_etl.config import load_project
 from reverse_etl.errors import UsageError
-from reverse_etl.validate.changes import changes_since
+from reverse_etl.validate.changes import changed_syncs, changes_since
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -269,3 +269,54 @@ def test_no_repository_exits_2(tmp_path: Path, retl_cli: Callable[..., Any]) -> 
 
     assert code == 2
     assert "is not in a git repository" in err
+
+
+def test_changed_syncs_says_in_words_what_changed(repo: Path) -> None:
+    edit(repo, "  object: contacts\n", "  object: contacts_v2\n")
+    edit(repo, "  email: email\n", '  mail: email\n  name: "{{ email | lower }}"\n')
+    edit(repo, "  max_deletes: 100\n", "  max_deletes: 500\n")
+    edit(repo, "on_removed: ignore\n", "on_removed: delete\nallow_destructive: true\n")
+    (repo / "syncs" / "contacts.yml").write_text(
+        (repo / "syncs" / "contacts.yml").read_text() + "paused: true\n"
+    )
+    project = load_project(repo)
+
+    changes = changed_syncs(project, "main")
+
+    assert [s.name for s in changes.syncs] == ["contacts"]
+    change = changes.changes["contacts"]
+    assert change.reasons == ["sync file"]
+    assert change.destructive
+    assert change.changes == [
+        "on_removed ignore → delete",
+        "mapping: + mail, + name, − email",
+        "destination.object contacts → contacts_v2",
+        "allow_destructive false → true",
+        "limits.max_deletes 100 → 500",
+        "paused false → true",
+    ]
+
+
+def test_changed_syncs_sees_through_comments_and_lists_new_and_removed_syncs(repo: Path) -> None:
+    path = repo / "syncs" / "contacts.yml"
+    path.write_text("# who owns this: the CRM team\n" + path.read_text())
+    (repo / "syncs" / "erasure.yml").write_text(
+        SYNC.replace("mode: upsert", "mode: delete\nallow_destructive: true")
+        .replace("  email: email\n", "")
+        .replace("on_removed: ignore\n", "")
+    )
+    project = load_project(repo)
+
+    changes = changed_syncs(project, "main")
+
+    assert changes.changes["contacts"].changes == [
+        "no setting changed (comments or formatting only)"
+    ]
+    erasure = changes.changes["erasure"]
+    assert erasure.new and erasure.destructive
+    assert erasure.changes == ["new sync (not in main)"]
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "erasure")
+    path.unlink()
+
+    assert changed_syncs(load_project(repo), "HEAD").removed == ["contacts"]
