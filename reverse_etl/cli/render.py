@@ -292,6 +292,10 @@ def _plan_counts(console: Console, plan: Plan) -> None:
 
 def _plan_details(console: Console, plan: Plan) -> None:
     details = f"  source rows {plan.source_rows:,} · delivered before {plan.snapshot_records:,}"
+    if plan.fetched_rows is not None:
+        details += (
+            f" · fetched {plan.fetched_rows:,} of {plan.source_rows:,} rows from the warehouse"
+        )
     if plan.incremental_from:
         details += f" · incremental from {plan.incremental_from}"
     console.print(details, style="dim", markup=False)

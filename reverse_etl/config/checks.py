@@ -99,6 +99,19 @@ def _check_sync(project: Project, sync: Sync) -> None:
                 f"unknown warehouse '{config.warehouse}'",
                 did_you_mean(config.warehouse, warehouses) or _known("warehouses", warehouses),
             )
+        elif (
+            project_config is not None
+            and project_config.state.backend == "warehouse"
+            and project_config.state.warehouse in warehouses
+            and config.warehouse != project_config.state.warehouse
+        ):
+            add(
+                ("warehouse",),
+                f"state.backend 'warehouse' keeps state in warehouse "
+                f"'{project_config.state.warehouse}', but this sync reads '{config.warehouse}': "
+                "the diff runs in SQL where both are",
+                f"read from '{project_config.state.warehouse}', or use state.backend: local",
+            )
         if config.destination.name not in destinations:
             add(
                 ("destination", "name"),

@@ -29,19 +29,21 @@ def request_plan(
     at most) only when the run sends something."""
     unknown: dict[str, int] = {}
     if any(plan.action[op] in ("update", "delete") for op in plan.operations()):
-        unknown = {
-            str(op): int(n)
-            for op, n in con.execute(
-                f"SELECT {OP_COLUMN}, count(*) FILTER (WHERE {DEST_ID_COLUMN} IS NULL) "
-                f"FROM {OPS_TABLE} WHERE {OP_COLUMN} IS NOT NULL GROUP BY ALL"
-            ).fetchall()
-        }
-    by_operation: dict[str, int] = {
-        op: destination.requests_needed(
-            plan.action[op], plan.counts.of(op), plan.batch_size, unknown.get(op, 0)
-        )
-        for op in plan.operations()
-    }
+        try:
+            unknown = {
+                str(op): int(n)
+                for op, n in con.execute(
+                    f"SELECT {OP_COLUMN}, count(*) FILTER (WHERE {DEST_ID_COLUMN} IS NULL) "
+                    f"FROM {OPS_TABLE} WHERE {OP_COLUMN} IS NOT NULL GROUP BY ALL"
+                ).fetchall()
+            }
+        except duckdb.Error:  # no local operations table: count every id as unknown
+            unknown = {op: plan.counts.of(op) for op in plan.operations()}
+    by_operation: dict[str, int] = {}
+    for op in plan.operations():
+        action, records = plan.action[op], plan.counts.of(op)
+        size = destination.batch_size(action, records, plan.batch_size)  # as the run batches
+        by_operation[op] = destination.requests_needed(action, records, size, unknown.get(op, 0))
     if not any(by_operation.values()):
         return RequestPlan(0, by_operation, used=used)
     extra = destination.setup_requests()

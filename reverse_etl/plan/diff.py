@@ -50,6 +50,14 @@ _OPERATION: dict[str, dict[str, str | None]] = {
 }
 
 
+def operation_sql(mode: str) -> str:
+    """SQL turning `__retl_change` into `__retl_op` for a mode (NULL: nothing is sent)."""
+    cases = " ".join(
+        f"WHEN '{change}' THEN '{op}'" for change, op in _OPERATION[mode].items() if op is not None
+    )
+    return f"CASE {CHANGE_COLUMN} {cases} WHEN 'removed' THEN 'delete' ELSE NULL END"
+
+
 def load_source(
     con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, mapping: CompiledMapping
 ) -> int:
@@ -164,14 +172,9 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         f"WHERE g.{key} IS NOT NULL AND g.{key} NOT IN "
         f"(SELECT {key} FROM {ERRORS_TABLE} WHERE {key} IS NOT NULL){key_filter})"
     )
-    deletes_removed = (
-        config.on_removed == "delete"
-        and mode != "delete"
-        and config.incremental is None
-        and not inputs.full_resync
-    )
-    key_field = inputs.mapping.key_field
+    deletes_removed = removes_deleted(inputs)
     if deletes_removed:
+        key_field = inputs.mapping.key_field
         assert key_field is not None, "validation requires the key to be mapped for on_removed"
         removed_filter = (
             " AND key IN (SELECT key FROM retl_only_keys)" if inputs.only_keys is not None else ""
@@ -182,7 +185,33 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
             f"SELECT 'delete', 'removed', dest_id, key, key FROM {stored} "
             f"WHERE key NOT IN (SELECT {key} FROM {SOURCE_TABLE} WHERE {key} IS NOT NULL){removed_filter}"
         )
-    counts = PlanCounts()
+    return plan_from_operations(con, inputs)
+
+
+def removes_deleted(inputs: PlanInputs) -> bool:
+    """Whether rows that left the source become deletes (on_removed: delete, SPEC §3)."""
+    config = inputs.config
+    return (
+        config.on_removed == "delete"
+        and config.mode != "delete"
+        and config.incremental is None
+        and not inputs.full_resync
+    )
+
+
+def plan_from_operations(
+    con: duckdb.DuckDBPyConnection,
+    inputs: PlanInputs,
+    *,
+    unchanged: int = 0,
+    fetched_rows: int | None = None,
+) -> Plan:
+    """The Plan of the operations in `retl_ops` and the key errors in `retl_key_errors`;
+    `unchanged` adds rows counted elsewhere (a warehouse diff sends only the changed ones)."""
+    config = inputs.config
+    mode = config.mode
+    key_field = inputs.mapping.key_field
+    counts = PlanCounts(unchanged=unchanged)
     removed = 0
     for op, change, n in con.execute(
         f"SELECT {OP_COLUMN}, {CHANGE_COLUMN}, count(*) FROM {OPS_TABLE} GROUP BY ALL"
@@ -230,6 +259,7 @@ def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
         target_change=inputs.target_change,
         paused=config.paused,
         alerts=list(config.alerts),
+        fetched_rows=fetched_rows,
     )
     if counts.ignored:
         plan.notes.append(

@@ -126,6 +126,9 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # API destinations: the requests a run needs and the daily budget (None for databases).
     requests: RequestPlan | None = None
+    # Rows the diff brought out of the warehouse (state.backend: warehouse); None: local diff,
+    # which reads every source row.
+    fetched_rows: int | None = None
 
     @property
     def destination(self) -> str:
@@ -194,6 +197,7 @@ class Plan:
             "refusal_hint": self.refusal_hint,
             "notes": list(self.notes),
             "requests": asdict(self.requests) if self.requests else None,
+            "fetched_rows": self.fetched_rows,
         }
 
     @classmethod
@@ -239,4 +243,5 @@ class Plan:
             refusal_hint=data.get("refusal_hint"),
             notes=[str(n) for n in data.get("notes") or []],
             requests=RequestPlan.from_json(data["requests"]) if data.get("requests") else None,
+            fetched_rows=(None if data.get("fetched_rows") is None else int(data["fetched_rows"])),
         )

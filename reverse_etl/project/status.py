@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from reverse_etl.config import Project, Sync
@@ -131,32 +132,42 @@ class StateSummary:
 def state_summary(project: Project, sync: Sync, sample: int = 5) -> StateSummary:
     """What state says was delivered for `sync`: counts, watermark, hashes, a few keys."""
     engine = Engine(project)
-    store = engine.snapshot(sync.name)
-    meta = store.read_meta()
-    return StateSummary(
-        sync=sync.name,
-        path=project.relative(store.path),
-        exists=meta is not None,
-        records=meta.records if meta else 0,
-        watermark=meta.watermark if meta else None,
-        config_hash=meta.config_hash if meta else None,
-        current_config_hash=engine.config_hash(sync) if sync.ok else None,
-        serial=meta.serial if meta else 0,
-        lineage=meta.lineage if meta else None,
-        updated_at=meta.updated_at if meta else None,
-        last_run_id=meta.last_run_id if meta else None,
-        sample=store.sample(sample),
-        target=meta.target if meta else None,
-        current_target=engine.target(sync) if sync.ok else None,
-        kept_aside=sorted(project.relative(p) for p in store.kept_aside()),
-    )
+    current_target = engine.target(sync) if sync.ok else None
+    with engine.state_backend(sync.name) as backend:
+        meta = backend.read_meta(current_target)
+        return StateSummary(
+            sync=sync.name,
+            path=backend.where,
+            exists=meta is not None,
+            records=meta.records if meta else 0,
+            watermark=meta.watermark if meta else None,
+            config_hash=meta.config_hash if meta else None,
+            current_config_hash=engine.config_hash(sync) if sync.ok else None,
+            serial=meta.serial if meta else 0,
+            lineage=meta.lineage if meta else None,
+            updated_at=meta.updated_at if meta else None,
+            last_run_id=meta.last_run_id if meta else None,
+            sample=backend.sample(sample),
+            target=meta.target if meta else None,
+            current_target=current_target,
+            kept_aside=sorted(_shown(project, p) for p in backend.kept_aside()),
+        )
+
+
+def _shown(project: Project, where: str) -> str:
+    """A kept-aside snapshot as `state show` lists it: files relative to the project."""
+    path = Path(where)
+    return project.relative(path) if path.is_absolute() else where
 
 
 def reset_state(project: Project, sync: Sync) -> bool:
     """Forget what was delivered for `sync`, under its lock; False when it had no state."""
     engine = Engine(project)
-    with SyncLock(engine.layout.locks, sync.name, command=f"retl state reset {sync.name}"):
-        return engine.snapshot(sync.name).reset()
+    with (
+        SyncLock(engine.layout.locks, sync.name, command=f"retl state reset {sync.name}"),
+        engine.state_backend(sync.name) as backend,
+    ):
+        return backend.reset()
 
 
 def unlock_sync(project: Project, sync: Sync) -> tuple[bool, str | None]:

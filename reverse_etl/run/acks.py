@@ -12,7 +12,9 @@ import duckdb
 import pyarrow as pa
 
 from reverse_etl.errors import StateError
-from reverse_etl.state.snapshot import SnapshotStore
+
+# Commits accepted records and deleted keys into state (a snapshot backend's `acknowledge`).
+Commit = Callable[[duckdb.DuckDBPyConnection, pa.Table, pa.Table], None]
 
 
 @dataclass(frozen=True)
@@ -30,8 +32,9 @@ class AcknowledgementWriter:
     the rows it holds): each batch is still all in state or not at all, and a crash loses at
     most the `depth` waiting batches, which the next run sends again."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, depth: int = 4) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, commit: Commit, depth: int = 4) -> None:
         self.con = con
+        self.commit = commit
         self.jobs: queue.Queue[
             _Acknowledgement | tuple[Callable[..., None], tuple[Any, ...]] | None
         ] = queue.Queue(depth)
@@ -48,7 +51,7 @@ class AcknowledgementWriter:
         self._raise()
 
     def acknowledge(self, delivered: pa.Table, deleted: pa.Table) -> None:
-        """Record a batch's accepted records and deleted keys (`SnapshotStore.acknowledge`)."""
+        """Record a batch's accepted records and deleted keys (through `commit`)."""
         self._raise()
         self.jobs.put(_Acknowledgement(delivered, deleted))
 
@@ -89,7 +92,7 @@ class AcknowledgementWriter:
             return
         delivered = _concat([a.delivered for a in acknowledgements])
         deleted = _concat([a.deleted for a in acknowledgements])
-        self._guarded(SnapshotStore.acknowledge, delivered, deleted)
+        self._guarded(self.commit, delivered, deleted)
 
     def _guarded(self, job: Callable[..., None], *args: Any) -> None:
         if self.error is None:

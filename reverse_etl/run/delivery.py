@@ -34,8 +34,9 @@ from reverse_etl.plan.diff import (
 from reverse_etl.plan.model import Plan
 from reverse_etl.run.acks import AcknowledgementWriter
 from reverse_etl.run.events import EventHook, EventLevel, RunEvent
+from reverse_etl.state.backends import LocalBackend, SnapshotBackend
 from reverse_etl.state.deadletters import DeadLetterEntry, DeadLetterQueue
-from reverse_etl.state.snapshot import SNAPSHOT, SnapshotStore
+from reverse_etl.state.snapshot import SNAPSHOT
 from reverse_etl.types import Operation
 
 # Records a destination asks to retry later are sent again up to this many times in a run,
@@ -70,8 +71,11 @@ class Delivery:
         run_id: str | None,
         on_progress: Callable[[int, int], None] | None = None,
         on_event: EventHook | None = None,
+        snapshot: SnapshotBackend | None = None,
     ) -> None:
         self.plan = plan
+        # Where acknowledgements go: the snapshot attached to `con` unless told otherwise.
+        self.snapshot = snapshot or LocalBackend.attached(plan.sync)
         self.con = con
         self.writer = con.cursor()
         self.open_lane = open_lane
@@ -91,7 +95,7 @@ class Delivery:
         # total so that a run stops early only when the limit is certain to be exceeded.
         self.allowed_rejections = plan.limits.max_row_error_ratio * self.total
         self.writer.execute("CREATE OR REPLACE TABLE retl_rejected (key VARCHAR)")
-        self.acks = AcknowledgementWriter(self.writer)
+        self.acks = AcknowledgementWriter(self.writer, self.snapshot.acknowledge)
 
     def execute(self, config_hash: str) -> DeliveryResult:
         """Send every operation of the plan; never raises for the destination's failures."""
@@ -136,11 +140,12 @@ class Delivery:
         if failed is None:
             failed = self._key_error_failure()
         self._report_rejections()
-        self._store_new_hashes()
+        if self.snapshot.local:
+            self._store_new_hashes()
         meta: dict[str, str | None] = {"config_hash": config_hash, "last_run_id": self.run_id}
         if failed is None and self.plan.incremental:
             meta["watermark"] = self._next_watermark()
-        SnapshotStore.acknowledge(self.writer, None, None, **meta)
+        self.snapshot.acknowledge(self.writer, None, None, **meta)
         if failed is None:
             self._forget_dead_letters_that_left_the_source()
             return DeliveryResult("success", dict(self.counts))

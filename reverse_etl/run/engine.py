@@ -30,20 +30,24 @@ from reverse_etl.errors import (
     RetlError,
     RoleRefusedError,
     StalePlanError,
+    StateError,
     StateLockedError,
     UsageError,
 )
 from reverse_etl.git import file_version
+from reverse_etl.mapping import compile_mapping
 from reverse_etl.plan.budget import BUDGET_WINDOW, check_budget, request_plan
 from reverse_etl.plan.diff import PlanInputs, build_plan
 from reverse_etl.plan.files import check_fresh
 from reverse_etl.plan.model import Plan, StateRef
 from reverse_etl.plan.source import engine_connection, read_source
+from reverse_etl.plan.warehouse_diff import build_warehouse_plan
 from reverse_etl.run.delivery import Delivery
 from reverse_etl.run.events import EventLevel, RunEvent
 from reverse_etl.run.order import dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
+from reverse_etl.state.backends import SnapshotBackend, WarehouseBackend, open_backend
 from reverse_etl.state.deadletters import DeadLetterQueue
 from reverse_etl.state.layout import StateLayout
 from reverse_etl.state.lock import SyncLock
@@ -127,6 +131,10 @@ class Engine:
     def snapshot(self, sync: str) -> SnapshotStore:
         return SnapshotStore(self.layout.snapshots, sync)
 
+    def state_backend(self, sync: str) -> SnapshotBackend:
+        """The sync's snapshot where retl.yml's `state:` keeps it (close it after use)."""
+        return open_backend(self.project, sync, self.layout.snapshots)
+
     def sync(self, name: str) -> Sync:
         sync = self.project.syncs.get(name)
         if sync is None or sync.config is None:
@@ -189,12 +197,16 @@ class Engine:
     ) -> Plan:
         """Compute what a run would do. Writes nothing (state is attached read-only)."""
         self._check_role(sync)
-        with tempfile.TemporaryDirectory(prefix="retl-plan-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="retl-plan-") as tmp,
+            self.state_backend(sync.name) as backend,
+        ):
             con = engine_connection(Path(tmp))
             try:
                 return self._plan(
                     sync,
                     con,
+                    backend,
                     writable=False,
                     full_resync=full_resync,
                     only_dead_letters=only_dead_letters,
@@ -207,6 +219,7 @@ class Engine:
         self,
         sync: Sync,
         con: duckdb.DuckDBPyConnection,
+        backend: SnapshotBackend,
         *,
         writable: bool,
         full_resync: bool,
@@ -214,20 +227,33 @@ class Engine:
         dead_letter_keys: list[str],
     ) -> Plan:
         config = sync.config
-        assert config is not None
+        assert config is not None and self.project.config is not None
         target = self.target(sync)
-        store = self.snapshot(sync.name)
-        change = store.open(con, target, writable=writable)
-        meta = store.meta(con)
+        in_warehouse = isinstance(backend, WarehouseBackend)
+        state_warehouse = self.project.config.state.warehouse
+        if in_warehouse and config.warehouse != state_warehouse:
+            raise StateError(
+                f"sync '{sync.name}' reads warehouse '{config.warehouse}' but state.backend "
+                f"'warehouse' keeps state in warehouse '{state_warehouse}': the diff runs "
+                "where both are",
+                hint=f"point state.warehouse at '{config.warehouse}', or use state.backend: local",
+            )
+        change = backend.open(con, target, writable=writable)
+        meta = backend.meta(con)
         watermark = None if full_resync else meta.watermark
-        source = read_source(self.project, sync, con, role=self.role, watermark=watermark)
+        if isinstance(backend, WarehouseBackend):
+            mapping = compile_mapping(config, sync.key_field())
+            rows = 0
+        else:
+            source = read_source(self.project, sync, con, role=self.role, watermark=watermark)
+            mapping, rows = source.mapping, source.rows
         inputs = PlanInputs(
             sync=sync.name,
             config=config,
-            mapping=source.mapping,
+            mapping=mapping,
             target=target,
             batch_size=self._batch_size(sync, target),
-            source_rows=source.rows,
+            source_rows=rows,
             state=StateRef(meta.lineage, meta.serial, meta.records),
             config_hash=self.config_hash(sync),
             stored_config_hash=meta.config_hash,
@@ -239,7 +265,12 @@ class Engine:
             recent_deletes=self._recent_deletes(sync),
             destination_records=self._destination_records(sync),
         )
-        plan = build_plan(con, inputs)
+        if isinstance(backend, WarehouseBackend):
+            plan = build_warehouse_plan(
+                con, backend.session, backend.relation(), sync, inputs, watermark
+            )
+        else:
+            plan = build_plan(con, inputs)
         pause = self.paused(sync.name)
         if pause is not None:
             plan.pause = pause
@@ -546,12 +577,15 @@ class Engine:
         )
         with tempfile.TemporaryDirectory(prefix="retl-run-") as tmp:
             con = engine_connection(Path(tmp))
+            backend: SnapshotBackend | None = None
             try:
+                backend = self.state_backend(sync.name)
                 # Read once: the plan retries them, the delivery forgets the ones delivered.
                 dead_letter_keys = self.dead_letters.keys(sync.name)
                 plan = self._plan(
                     sync,
                     con,
+                    backend,
                     writable=not options.dry_run,
                     full_resync=options.full_resync,
                     only_dead_letters=options.only_dead_letters,
@@ -591,6 +625,7 @@ class Engine:
                     record.id if record else None,
                     options.on_progress,
                     options.on_event,
+                    snapshot=backend,
                 )
                 result = delivery.execute(config_hash)
                 outcome.counts = result.counts
@@ -617,6 +652,8 @@ class Engine:
                 raise
             finally:
                 _close(con)
+                if backend is not None:
+                    backend.close()
 
     def _end(
         self,

@@ -1,0 +1,188 @@
+"""Where a sync's snapshot lives: `.retl/state/` (local, the default) or a schema of the
+warehouse (`state.backend: warehouse`, SPEC §6.3). The Engine plans and the delivery
+acknowledges through this interface; `retl state show/reset` read and reset through it.
+
+The run log, the dead letter queue and the locks stay local with either backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from reverse_etl.config import Project
+from reverse_etl.errors import ConfigError
+from reverse_etl.state.snapshot import SnapshotMeta, SnapshotStore
+from reverse_etl.state.warehouse import WarehouseSnapshotStore
+from reverse_etl.types import TargetChange, TargetId
+from reverse_etl.warehouse.sessions import WarehouseSession, open_session
+
+
+class SnapshotBackend(ABC):
+    """One sync's snapshot. `open` binds it to a target (see `SnapshotStore.open`); while a
+    plan or run is under way, `con` is the engine's DuckDB connection."""
+
+    sync: str
+    #: Where the state lives, as a user reads it.
+    where: str
+    #: True for `.retl/state/` (the diff runs locally over an attached snapshot).
+    local: bool
+
+    @abstractmethod
+    def open(
+        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
+    ) -> TargetChange | None: ...
+
+    @abstractmethod
+    def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta: ...
+
+    @abstractmethod
+    def acknowledge(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        delivered: pa.Table | None = None,
+        deleted: pa.Table | None = None,
+        **meta: str | None,
+    ) -> None:
+        """Commit one batch: accepted records, deleted keys and meta values, atomically."""
+
+    @abstractmethod
+    def read_meta(self, target: TargetId | None = None) -> SnapshotMeta | None:
+        """Meta for `status` / `state show` outside a run; None when never run."""
+
+    @abstractmethod
+    def sample(self, limit: int = 10) -> list[tuple[str, str]]: ...
+
+    @abstractmethod
+    def kept_aside(self) -> list[str]:
+        """State of targets the sync pointed at before, as a user reads where it is."""
+
+    @abstractmethod
+    def reset(self) -> bool: ...
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> SnapshotBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LocalBackend(SnapshotBackend):
+    """`.retl/state/<sync>.duckdb`, attached to the engine's connection (state.snapshot)."""
+
+    local = True
+
+    def __init__(self, store: SnapshotStore, where: str) -> None:
+        self.store = store
+        self.sync = store.sync
+        self.where = where
+
+    @classmethod
+    def attached(cls, sync: str) -> LocalBackend:
+        """The snapshot already attached to the engine's connection (acknowledgements only)."""
+        return cls(SnapshotStore(Path(), sync), "")
+
+    def open(
+        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
+    ) -> TargetChange | None:
+        return self.store.open(con, target, writable=writable)
+
+    def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
+        return SnapshotStore.meta(con)
+
+    def acknowledge(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        delivered: pa.Table | None = None,
+        deleted: pa.Table | None = None,
+        **meta: str | None,
+    ) -> None:
+        SnapshotStore.acknowledge(con, delivered, deleted, **meta)
+
+    def read_meta(self, target: TargetId | None = None) -> SnapshotMeta | None:
+        return self.store.read_meta()
+
+    def sample(self, limit: int = 10) -> list[tuple[str, str]]:
+        return self.store.sample(limit)
+
+    def kept_aside(self) -> list[str]:
+        return [str(p) for p in self.store.kept_aside()]
+
+    def reset(self) -> bool:
+        return self.store.reset()
+
+
+class WarehouseBackend(SnapshotBackend):
+    """Tables in a schema of the warehouse (state.warehouse); holds its own session, used by
+    one thread at a time (the plan, then the acknowledgement writer, then the run's end)."""
+
+    local = False
+
+    def __init__(self, session: WarehouseSession, schema: str, sync: str) -> None:
+        self.session = session
+        self.store = WarehouseSnapshotStore(session, schema, sync)
+        self.sync = sync
+        self.where = self.store.where
+
+    def open(
+        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
+    ) -> TargetChange | None:
+        return self.store.open(target, writable=writable)
+
+    def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
+        return self.store.meta()
+
+    def relation(self) -> str:
+        return self.store.relation()
+
+    def acknowledge(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        delivered: pa.Table | None = None,
+        deleted: pa.Table | None = None,
+        **meta: str | None,
+    ) -> None:
+        self.store.acknowledge(delivered, deleted, **meta)
+
+    def read_meta(self, target: TargetId | None = None) -> SnapshotMeta | None:
+        return self.store.read_meta(target)
+
+    def sample(self, limit: int = 10) -> list[tuple[str, str]]:
+        return self.store.sample(limit)
+
+    def kept_aside(self) -> list[str]:
+        return self.store.kept_aside()
+
+    def reset(self) -> bool:
+        return self.store.reset()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def uses_warehouse_state(project: Project) -> bool:
+    return project.config is not None and project.config.state.backend == "warehouse"
+
+
+def open_backend(project: Project, sync: str, state_dir: Path) -> SnapshotBackend:
+    """The snapshot backend retl.yml's `state:` names, for one sync."""
+    if not uses_warehouse_state(project):
+        store = SnapshotStore(state_dir, sync)
+        return LocalBackend(store, project.relative(store.path))
+    assert project.config is not None
+    state = project.config.state
+    name = state.warehouse
+    block = project.config.warehouses.get(name or "")
+    if name is None or block is None:
+        raise ConfigError(
+            "state.backend 'warehouse' needs state.warehouse naming a warehouse of retl.yml; "
+            "run `retl validate`"
+        )
+    session = open_session(name, block.url, project.root, block.query_timeout)
+    return WarehouseBackend(session, state.schema_, sync)

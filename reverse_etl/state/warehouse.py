@@ -1,0 +1,463 @@
+"""Snapshots in a schema of the warehouse (`state.backend: warehouse`, SPEC §6.3).
+
+Two tables in retl's schema (`state.schema`, default `retl_state`) hold every sync's state:
+
+    retl_snapshot (sync, target, key, hash, dest_id, acknowledged_at)   one row per record
+    retl_meta     (sync, target, name, value)                          lineage, serial, ...
+
+`target` is the digest of the TargetId the rows describe, so a sync that points at another
+target reads that target's rows (none, or the ones left when it pointed there before): every
+row is new and no delete is derived from another target's state, as with local state. The
+meta row (sync, '', 'target') names the target the sync described last.
+
+Acknowledgements are loaded in bulk into a temporary stage table and merged with one MERGE,
+together with the meta values and the serial, in one transaction: a batch enters the snapshot
+only as a whole, after the destination accepted it. The SQL is PostgreSQL syntax translated
+per dialect with sqlglot (`state_statements` lists it, for golden tests).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from reverse_etl.errors import StateError
+from reverse_etl.mapping.compile import quote_identifier, quote_literal
+from reverse_etl.mapping.dialects import translate
+from reverse_etl.state.snapshot import SnapshotMeta
+from reverse_etl.types import TargetChange, TargetId
+from reverse_etl.warehouse.sessions import SessionError, WarehouseSession
+
+SNAPSHOT_TABLE = "retl_snapshot"
+META_TABLE = "retl_meta"
+STAGE_TABLE = "retl_ack_stage"
+CURRENT = ""  # the `target` of the meta row that names the sync's current target
+_INSUFFICIENT_PRIVILEGE = "42501"
+_MISSING_SCHEMA = "3F000"
+
+
+@dataclass(frozen=True)
+class StateTables:
+    """Where a project's warehouse state lives, and the SQL over it in one dialect."""
+
+    schema: str
+    dialect: str
+
+    @property
+    def snapshot(self) -> str:
+        return f"{quote_identifier(self.schema)}.{SNAPSHOT_TABLE}"
+
+    @property
+    def meta(self) -> str:
+        return f"{quote_identifier(self.schema)}.{META_TABLE}"
+
+    def sql(self, statement: str) -> str:
+        return translate(statement, self.dialect)
+
+    def create_schema(self) -> str:
+        return self.sql(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(self.schema)}")
+
+    def create_tables(self) -> list[str]:
+        return [
+            self.sql(
+                f"CREATE TABLE IF NOT EXISTS {self.snapshot} (sync TEXT NOT NULL, target TEXT "
+                "NOT NULL, key TEXT NOT NULL, hash TEXT NOT NULL, dest_id TEXT, acknowledged_at "
+                "TIMESTAMPTZ, PRIMARY KEY (sync, target, key))"
+            ),
+            self.sql(
+                f"CREATE TABLE IF NOT EXISTS {self.meta} (sync TEXT NOT NULL, target TEXT NOT "
+                "NULL, name TEXT NOT NULL, value TEXT, PRIMARY KEY (sync, target, name))"
+            ),
+        ]
+
+    def create_stage(self) -> str:
+        return self.sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE_TABLE} (key TEXT, hash TEXT, "
+            "dest_id TEXT, deleted BOOLEAN)"
+        )
+
+    def relation(self, sync: str, target: str) -> str:
+        """The sync's snapshot of `target` as `(key, hash, dest_id)`, PostgreSQL syntax."""
+        return (
+            f"(SELECT key, hash, dest_id FROM {self.snapshot} WHERE sync = "
+            f"{quote_literal(sync)} AND target = {quote_literal(target)})"
+        )
+
+    def merge(self, sync: str, target: str, now: str) -> str:
+        """One statement applying the staged acknowledgements: deleted keys leave the snapshot,
+        delivered ones are inserted or get their new hash and id."""
+        at = f"CAST({quote_literal(now)} AS TIMESTAMPTZ)"
+        return self.sql(
+            f"MERGE INTO {self.snapshot} AS s USING {STAGE_TABLE} AS a "
+            f"ON s.sync = {quote_literal(sync)} AND s.target = {quote_literal(target)} "
+            "AND s.key = a.key "
+            "WHEN MATCHED AND a.deleted THEN DELETE "
+            f"WHEN MATCHED THEN UPDATE SET hash = a.hash, dest_id = a.dest_id, acknowledged_at = {at} "
+            "WHEN NOT MATCHED AND NOT a.deleted THEN INSERT (sync, target, key, hash, dest_id, "
+            f"acknowledged_at) VALUES ({quote_literal(sync)}, {quote_literal(target)}, a.key, "
+            f"a.hash, a.dest_id, {at})"
+        )
+
+    def set_meta(self, sync: str, target: str, values: dict[str, str | None]) -> list[str]:
+        names = ", ".join(quote_literal(n) for n in values)
+        rows = ", ".join(
+            f"({quote_literal(sync)}, {quote_literal(target)}, {quote_literal(n)}, "
+            f"{'CAST(NULL AS TEXT)' if v is None else quote_literal(v)})"
+            for n, v in values.items()
+        )
+        return [
+            self.sql(
+                f"DELETE FROM {self.meta} WHERE sync = {quote_literal(sync)} AND target = "
+                f"{quote_literal(target)} AND name IN ({names})"
+            ),
+            self.sql(f"INSERT INTO {self.meta} (sync, target, name, value) VALUES {rows}"),
+        ]
+
+    def bump_serial(self, sync: str, target: str) -> str:
+        return self.sql(
+            f"UPDATE {self.meta} SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) WHERE sync = "
+            f"{quote_literal(sync)} AND target = {quote_literal(target)} AND name = 'serial'"
+        )
+
+    def read_meta(self, sync: str, target: str) -> str:
+        return self.sql(
+            f"SELECT name, value FROM {self.meta} WHERE sync = {quote_literal(sync)} AND "
+            f"target = {quote_literal(target)}"
+        )
+
+    def count(self, sync: str, target: str) -> str:
+        return self.sql(f"SELECT count(*) FROM {self.relation(sync, target)} AS s")
+
+    def forget(self, sync: str, target: str) -> list[str]:
+        return [
+            self.sql(
+                f"DELETE FROM {table} WHERE sync = {quote_literal(sync)} AND target = "
+                f"{quote_literal(target)}"
+            )
+            for table in (self.snapshot, self.meta)
+        ]
+
+    def exists(self) -> str:
+        return self.sql(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = "
+            f"{quote_literal(self.schema)} AND table_name IN ('{SNAPSHOT_TABLE}', '{META_TABLE}')"
+        )
+
+    def schema_exists(self) -> str:
+        return self.sql(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = "
+            f"{quote_literal(self.schema)}"
+        )
+
+
+def state_statements(schema: str, dialect: str, sync: str, target: str) -> dict[str, str]:
+    """Every statement of the warehouse state backend for one sync, by name (golden files)."""
+    tables = StateTables(schema, dialect)
+    snapshot_table, meta_table = tables.create_tables()
+    set_meta = tables.set_meta(sync, target, {"config_hash": "c0ffee", "watermark": None})
+    return {
+        "create_schema": tables.create_schema(),
+        "create_snapshot": snapshot_table,
+        "create_meta": meta_table,
+        "create_stage": tables.create_stage(),
+        "merge": tables.merge(sync, target, "2026-01-01T00:00:00+00:00"),
+        "delete_meta": set_meta[0],
+        "insert_meta": set_meta[1],
+        "bump_serial": tables.bump_serial(sync, target),
+        "read_meta": tables.read_meta(sync, target),
+    }
+
+
+class WarehouseSnapshotStore:
+    """One sync's snapshot in the warehouse, read and written through a WarehouseSession.
+
+    `open` binds the store to a target (as `SnapshotStore.open` does); `acknowledge` commits one
+    batch; `relation` is the snapshot as SQL for the diff that runs in the warehouse.
+    """
+
+    def __init__(self, session: WarehouseSession, schema: str, sync: str) -> None:
+        self.session = session
+        self.tables = StateTables(schema, session.dialect)
+        self.schema = schema
+        self.sync = sync
+        self.target: TargetId | None = None
+        self.present = False
+        self._stage_ready = False
+
+    @property
+    def where(self) -> str:
+        return f"warehouse '{self.session.name}', {self.schema}.{SNAPSHOT_TABLE}"
+
+    @property
+    def digest(self) -> str:
+        assert self.target is not None, "open the store first"
+        return self.target.digest
+
+    # ------------------------------------------------------------------------------ setup
+
+    def _tables_present(self) -> bool:
+        rows = self._run(self.tables.exists(), "read")
+        return bool(rows and int(str(rows[0][0])) == 2)
+
+    def ensure_tables(self) -> None:
+        """Create retl's schema and tables when missing; a missing privilege is a StateError
+        that shows the statement to run."""
+        if self._tables_present():
+            self.present = True
+            return
+        schema = quote_identifier(self.schema)
+        if not int(str(self._run(self.tables.schema_exists(), "read")[0][0])):
+            try:
+                self.session.execute(self.tables.create_schema())
+            except SessionError as exc:
+                raise self._grant_error(
+                    exc,
+                    f"cannot create the state schema {self.schema}",
+                    f"CREATE SCHEMA {schema} AUTHORIZATION {self._user()};",
+                ) from None
+        for statement in self.tables.create_tables():
+            try:
+                self.session.execute(statement)
+            except SessionError as exc:
+                raise self._grant_error(
+                    exc,
+                    f"cannot create the state tables in schema {self.schema}",
+                    f"GRANT USAGE, CREATE ON SCHEMA {schema} TO {self._user()};",
+                ) from None
+        self.present = True
+
+    def _user(self) -> str:
+        try:
+            rows = self.session.execute("SELECT current_user")
+            return quote_identifier(str(rows[0][0])) if rows else "<retl user>"
+        except SessionError:
+            return "<retl user>"
+
+    def _grant_error(self, exc: SessionError, what: str, statement: str) -> StateError:
+        if exc.sqlstate in (_INSUFFICIENT_PRIVILEGE, _MISSING_SCHEMA):
+            return StateError(
+                f"{what} on warehouse '{self.session.name}': {exc.message.split(': ', 1)[-1]}",
+                hint=f"retl needs SELECT on the source and create/write rights only in its own "
+                f"schema; as an administrator run: {statement}",
+            )
+        return StateError(f"{what} on warehouse '{self.session.name}': {exc.message}")
+
+    def _run(self, sql: str, what: str) -> list[tuple[object, ...]]:
+        try:
+            return self.session.execute(sql)
+        except SessionError as exc:
+            schema = quote_identifier(self.schema)
+            statement = (
+                f"GRANT USAGE ON SCHEMA {schema} TO {self._user()}; GRANT SELECT, INSERT, "
+                f"UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {self._user()};"
+            )
+            raise self._grant_error(
+                exc, f"cannot {what} the state of {self.sync}", statement
+            ) from None
+
+    # ------------------------------------------------------------------------------ binding
+
+    def open(self, target: TargetId, *, writable: bool) -> TargetChange | None:
+        """Bind to `target`. Writable, the tables are created when missing and the sync's
+        current target becomes `target`; read-only, nothing is written (planning creates
+        nothing) and missing tables read as an empty snapshot."""
+        if writable:
+            self.ensure_tables()
+        else:
+            self.present = self._tables_present()
+        self.target = target
+        change: TargetChange | None = None
+        stored = self._current_target()
+        if stored is not None and stored != target:
+            change = TargetChange(previous=stored, restored=self._has_state(target.digest))
+        if writable:
+            meta = self._meta_rows(target.digest)
+            statements: list[str] = []
+            values: dict[str, str | None] = {}
+            if "lineage" not in meta:
+                values = {"lineage": uuid.uuid4().hex, "serial": "0"}
+            with self.session.transaction():
+                if values:
+                    statements += self.tables.set_meta(self.sync, target.digest, values)
+                if stored != target:
+                    statements += self.tables.set_meta(
+                        self.sync,
+                        CURRENT,
+                        {"target": json.dumps(target.to_json(), sort_keys=True)},
+                    )
+                for statement in statements:
+                    self._run(statement, "write")
+        return change
+
+    def _current_target(self) -> TargetId | None:
+        if not self.present:
+            return None
+        text = self._meta_rows(CURRENT).get("target")
+        if not text:
+            return None
+        try:
+            return TargetId.from_json(json.loads(text))
+        except ValueError:
+            return None
+
+    def _has_state(self, digest: str) -> bool:
+        return bool(self._meta_rows(digest))
+
+    def _meta_rows(self, digest: str) -> dict[str, str | None]:
+        if not self.present:
+            return {}
+        return {
+            str(name): (None if value is None else str(value))
+            for name, value in self._run(self.tables.read_meta(self.sync, digest), "read")
+        }
+
+    def relation(self) -> str:
+        """The bound snapshot as `(key, hash, dest_id)` in PostgreSQL syntax (an empty relation
+        when retl's tables do not exist yet)."""
+        if not self.present:
+            return (
+                "(SELECT CAST(NULL AS TEXT) AS key, CAST(NULL AS TEXT) AS hash, "
+                "CAST(NULL AS TEXT) AS dest_id WHERE 1 = 0)"
+            )
+        return self.tables.relation(self.sync, self.digest)
+
+    def meta(self) -> SnapshotMeta:
+        rows = self._meta_rows(self.digest)
+        count = self._run(self.tables.count(self.sync, self.digest), "read") if self.present else []
+        return SnapshotMeta(
+            lineage=rows.get("lineage"),
+            serial=int(rows.get("serial") or 0),
+            watermark=rows.get("watermark"),
+            config_hash=rows.get("config_hash"),
+            updated_at=rows.get("updated_at"),
+            last_run_id=rows.get("last_run_id"),
+            records=int(str(count[0][0])) if count else 0,
+            target=self.target if rows else None,
+        )
+
+    # ------------------------------------------------------------------------------ writing
+
+    def acknowledge(
+        self, delivered: pa.Table | None = None, deleted: pa.Table | None = None, **meta: str | None
+    ) -> None:
+        """Record accepted records (`key`, `hash`, optional `dest_id`) and deleted keys (`key`)
+        and meta values: staged in bulk, merged, serial bumped, in one transaction."""
+        now = datetime.now(UTC).isoformat()
+        stage = _stage(delivered, deleted)
+        with self.session.transaction():
+            if stage.num_rows:
+                if not self._stage_ready:
+                    self._run(self.tables.create_stage(), "write")
+                    self._stage_ready = True
+                self._run(self.tables.sql(f"DELETE FROM {STAGE_TABLE}"), "write")
+                try:
+                    self.session.load(STAGE_TABLE, stage)
+                except SessionError as exc:
+                    raise StateError(f"could not stage acknowledgements: {exc.message}") from None
+                self._run(self.tables.merge(self.sync, self.digest, now), "write")
+            values = dict(meta)
+            values["updated_at"] = now
+            for statement in self.tables.set_meta(self.sync, self.digest, values):
+                self._run(statement, "write")
+            self._run(self.tables.bump_serial(self.sync, self.digest), "write")
+
+    def reset(self) -> bool:
+        """Forget what was delivered to the current target: the next run sends every row."""
+        self.present = self._tables_present()
+        if not self.present:
+            return False
+        target = self._current_target()
+        digests = [target.digest] if target is not None else []
+        found = any(self._has_state(d) for d in digests)
+        with self.session.transaction():
+            for digest in digests:
+                for statement in self.tables.forget(self.sync, digest):
+                    self._run(statement, "reset")
+            for statement in self.tables.forget(self.sync, CURRENT):
+                self._run(statement, "reset")
+        return found
+
+    def read_meta(self, target: TargetId | None = None) -> SnapshotMeta | None:
+        """Meta of the sync's state for `status` / `state show`; None when never run."""
+        self.present = self._tables_present()
+        current = self._current_target()
+        chosen = current or target
+        if chosen is None:
+            return None
+        self.target = chosen
+        if not self._has_state(chosen.digest):
+            return None
+        return self.meta()
+
+    def sample(self, limit: int = 10) -> list[tuple[str, str]]:
+        if not self.present or self.target is None:
+            return []
+        rows = self._run(
+            self.tables.sql(
+                f"SELECT key, hash FROM {self.tables.relation(self.sync, self.digest)} AS s "
+                f"ORDER BY key LIMIT {int(limit)}"
+            ),
+            "read",
+        )
+        return [(str(k), str(h)) for k, h in rows]
+
+    def kept_aside(self) -> list[str]:
+        """Targets the sync pointed at before whose state is kept, as `target <digest>`."""
+        if not self.present or self.target is None:
+            return []
+        rows = self._run(
+            self.tables.sql(
+                f"SELECT DISTINCT target FROM {self.tables.meta} WHERE sync = "
+                f"{quote_literal(self.sync)} AND target <> '' AND target <> "
+                f"{quote_literal(self.digest)} ORDER BY target"
+            ),
+            "read",
+        )
+        return [f"{self.schema}.{SNAPSHOT_TABLE} target {r[0]}" for r in rows]
+
+
+def _stage(delivered: pa.Table | None, deleted: pa.Table | None) -> pa.Table:
+    parts: list[pa.Table] = []
+    if delivered is not None and delivered.num_rows:
+        n = delivered.num_rows
+        ids = (
+            delivered.column("dest_id").cast(pa.string())
+            if "dest_id" in delivered.column_names
+            else pa.nulls(n, pa.string())
+        )
+        parts.append(
+            pa.table(
+                {
+                    "key": delivered.column("key").cast(pa.string()),
+                    "hash": delivered.column("hash").cast(pa.string()),
+                    "dest_id": ids,
+                    "deleted": pa.array([False] * n, pa.bool_()),
+                }
+            )
+        )
+    if deleted is not None and deleted.num_rows:
+        n = deleted.num_rows
+        parts.append(
+            pa.table(
+                {
+                    "key": deleted.column("key").cast(pa.string()),
+                    "hash": pa.nulls(n, pa.string()),
+                    "dest_id": pa.nulls(n, pa.string()),
+                    "deleted": pa.array([True] * n, pa.bool_()),
+                }
+            )
+        )
+    if not parts:
+        return pa.table(
+            {
+                "key": pa.array([], pa.string()),
+                "hash": pa.array([], pa.string()),
+                "dest_id": pa.array([], pa.string()),
+                "deleted": pa.array([], pa.bool_()),
+            }
+        )
+    return pa.concat_tables(parts)

@@ -1,0 +1,302 @@
+"""One read-write session on a warehouse, for the warehouse state backend: queries in one
+consistent snapshot, Arrow streams, bulk loads into a stage table, transactions.
+
+PostgreSQL goes through psycopg (server-side cursors to read, COPY FROM STDIN to load) and
+DuckDB through its own API (the file opened for writing: retl's schema lives in it). Other
+warehouses get their SQL generated (see `plan.warehouse_diff`) but no session yet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from reverse_etl.errors import WarehouseError
+from reverse_etl.redact import mask_url, register_url
+from reverse_etl.warehouse.base import database_message, source_statement
+from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, describe
+
+# PostgreSQL float4 and float8 type OIDs.
+_POSTGRES_FLOATS = {700, 701}
+_DUCKDB_FLOATS = {"FLOAT", "DOUBLE", "REAL"}
+
+
+class SessionError(WarehouseError):
+    """A statement failed; `sqlstate` is the database's error code where it has one."""
+
+    def __init__(self, message: str, hint: str | None = None, sqlstate: str | None = None):
+        super().__init__(message, hint)
+        self.sqlstate = sqlstate
+
+
+class WarehouseSession(ABC):
+    """A connection that can read and write; use it as a context manager."""
+
+    name: str
+    #: sqlglot's dialect name ("postgres", "duckdb").
+    dialect: str
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; its rows (none for a statement without a result)."""
+
+    @abstractmethod
+    def stream(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
+        """The rows of a query as Arrow batches in bounded memory; read it to its end before
+        the next statement."""
+
+    @abstractmethod
+    def float_columns(self, sql: str) -> dict[str, bool]:
+        """Each result column of a query, and whether it holds floating-point numbers."""
+
+    @abstractmethod
+    def load(self, table: str, data: pa.Table) -> None:
+        """Append rows to a (stage) table in bulk; the columns are named as in `data`."""
+
+    @abstractmethod
+    def begin(self, *, snapshot: bool = False) -> None:
+        """Start a transaction; `snapshot`: read-only, every query sees the same data."""
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @contextlib.contextmanager
+    def transaction(self, *, snapshot: bool = False) -> Iterator[None]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        self.begin(snapshot=snapshot)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.rollback()
+            raise
+        self.commit()
+
+    def __enter__(self) -> WarehouseSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _error(self, exc: BaseException, sqlstate: str | None = None) -> SessionError:
+        return SessionError(
+            f"warehouse '{self.name}' refused a statement of the warehouse state backend: "
+            f"{database_message(exc)}",
+            sqlstate=sqlstate,
+        )
+
+
+class PostgresSession(WarehouseSession):
+    dialect = "postgres"
+
+    def __init__(self, name: str, url: str, query_timeout: float | None = None) -> None:
+        import psycopg
+
+        self.name = name
+        register_url(url)
+        scheme, _, rest = url.partition("://")
+        conninfo = f"{scheme.split('+', 1)[0]}://{rest}"
+        try:
+            self._conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise WarehouseError(
+                f"cannot connect to warehouse '{name}' at {mask_url(url)}: {database_message(exc)}",
+                hint=f"check warehouses.{name}.url in retl.yml",
+            ) from None
+        self._cursors = 0
+        # Text of timestamps with a time zone in UTC, as the local engine writes them.
+        self.execute("SET TIME ZONE 'UTC'")
+        if query_timeout is not None:
+            self.execute(f"SET statement_timeout = {int(query_timeout * 1000)}")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute(sql.encode(), params or None)  # bytes: no %-placeholders parsed
+                return list(cursor.fetchall()) if cursor.description else []
+        except psycopg.Error as exc:
+            raise self._error(exc, exc.sqlstate) from None
+
+    def stream(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
+        """Read with `COPY (query) TO STDOUT`: unlike a cursor, PostgreSQL may plan it in
+        parallel, and the rows stream without a round trip per batch."""
+        import psycopg
+
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute(f"SELECT * FROM ({sql}\n) AS retl_result LIMIT 0".encode())
+                description = list(cursor.description or [])
+        except psycopg.Error as exc:
+            raise self._error(exc, exc.sqlstate) from None
+        hints = describe("postgresql", description)
+        cursor = self._conn.cursor()
+        try:
+            copy_context = cursor.copy(f"COPY ({sql}\n) TO STDOUT".encode())
+            copy = copy_context.__enter__()
+            copy.set_types([c.type_code for c in description])
+            rows = copy.rows()
+            first = list(itertools.islice(rows, batch_rows))
+            builder = BatchBuilder(self.name, hints, first)
+            batch = builder.batch(first)
+            del first
+        except psycopg.Error as exc:
+            cursor.close()
+            raise self._error(exc, exc.sqlstate) from None
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                if batch.num_rows:
+                    yield batch
+                while chunk := list(itertools.islice(rows, batch_rows)):
+                    yield builder.batch(chunk)
+            except psycopg.Error as exc:
+                raise self._error(exc, exc.sqlstate) from None
+            finally:
+                # Left early, psycopg ends the COPY (cancelling it) on exit.
+                with contextlib.suppress(psycopg.Error):
+                    copy_context.__exit__(None, None, None)
+                cursor.close()
+
+        return pa.RecordBatchReader.from_batches(builder.schema, batches())
+
+    def float_columns(self, sql: str) -> dict[str, bool]:
+        import psycopg
+
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT * FROM ({source_statement(sql)}\n) AS retl_source LIMIT 0".encode()
+                )
+                return {c.name: c.type_code in _POSTGRES_FLOATS for c in cursor.description or []}
+        except psycopg.Error as exc:
+            raise self._error(exc, exc.sqlstate) from None
+
+    def load(self, table: str, data: pa.Table) -> None:
+        import psycopg
+
+        columns = ", ".join('"' + c.replace('"', '""') + '"' for c in data.column_names)
+        try:
+            with (
+                self._conn.cursor() as cursor,
+                cursor.copy(f"COPY {table} ({columns}) FROM STDIN".encode()) as copy,
+            ):
+                for row in zip(*(c.to_pylist() for c in data.columns), strict=True):
+                    copy.write_row(row)
+        except psycopg.Error as exc:
+            raise self._error(exc, exc.sqlstate) from None
+
+    def begin(self, *, snapshot: bool = False) -> None:
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if snapshot else "BEGIN")
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class DuckDBSession(WarehouseSession):
+    dialect = "duckdb"
+
+    def __init__(self, name: str, url: str, project_root: Path) -> None:
+        from reverse_etl.warehouse.duckdb_native import parse_duckdb_url
+
+        self.name = name
+        try:
+            target = parse_duckdb_url(url, project_root)
+            self._conn = duckdb.connect(target.database, config=target.config)
+        except (ValueError, duckdb.Error) as exc:
+            raise WarehouseError(
+                f"cannot open DuckDB warehouse '{name}' for the warehouse state backend "
+                f"(it needs write access to its own schema): {database_message(exc)}",
+                hint=f"check warehouses.{name}.url in retl.yml; no other process may hold the "
+                "file open for writing",
+            ) from None
+        with contextlib.suppress(duckdb.Error):
+            self._conn.execute("SET TimeZone = 'UTC'")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            result = self._conn.execute(sql, list(params) if params else None)
+            return list(result.fetchall()) if result.description else []
+        except duckdb.Error as exc:
+            raise self._error(exc) from None
+
+    def stream(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
+        try:
+            relation = self._conn.sql(sql)
+            if relation is None:
+                raise SessionError(f"a statement on warehouse '{self.name}' returned no rows")
+            reader: pa.RecordBatchReader = relation.to_arrow_reader(batch_rows)
+            return reader
+        except duckdb.Error as exc:
+            raise self._error(exc) from None
+
+    def float_columns(self, sql: str) -> dict[str, bool]:
+        try:
+            relation = self._conn.sql(source_statement(sql))
+        except duckdb.Error as exc:
+            raise self._error(exc) from None
+        if relation is None:
+            raise SessionError(f"the source SQL on warehouse '{self.name}' is not a query")
+        return {
+            name: str(type_).upper() in _DUCKDB_FLOATS
+            for name, type_ in zip(relation.columns, relation.types, strict=True)
+        }
+
+    def load(self, table: str, data: pa.Table) -> None:
+        columns = ", ".join('"' + c.replace('"', '""') + '"' for c in data.column_names)
+        try:
+            self._conn.register("retl_load", data)
+            self._conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM retl_load")
+        except duckdb.Error as exc:
+            raise self._error(exc) from None
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                self._conn.unregister("retl_load")
+
+    def begin(self, *, snapshot: bool = False) -> None:
+        self.execute("BEGIN TRANSACTION")
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_session(
+    name: str, url: str, project_root: Path, query_timeout: float | None = None
+) -> WarehouseSession:
+    """A session on warehouse `name`; a warehouse of another kind is a WarehouseError."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme == "duckdb":
+        return DuckDBSession(name, url, project_root)
+    if scheme in ("postgres", "postgresql"):
+        return PostgresSession(name, url, query_timeout)
+    raise WarehouseError(
+        f"state.backend 'warehouse' cannot run on warehouse '{name}' ({scheme}://) yet: this "
+        "retl runs it on PostgreSQL and DuckDB",
+        hint="use state.backend: local, or a PostgreSQL/DuckDB warehouse for state.warehouse",
+    )

@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS `retl_state`.retl_snapshot (sync STRING NOT NULL, target STRING NOT NULL, key STRING NOT NULL, `hash` STRING NOT NULL, dest_id STRING, acknowledged_at TIMESTAMP, PRIMARY KEY (sync, target, key))

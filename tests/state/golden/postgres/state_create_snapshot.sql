@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS "retl_state".retl_snapshot (sync TEXT NOT NULL, target TEXT NOT NULL, key TEXT NOT NULL, hash TEXT NOT NULL, dest_id TEXT, acknowledged_at TIMESTAMPTZ, PRIMARY KEY (sync, target, key))

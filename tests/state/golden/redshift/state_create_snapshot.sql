@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS "retl_state".retl_snapshot (sync VARCHAR(MAX) NOT NULL, target VARCHAR(MAX) NOT NULL, key VARCHAR(MAX) NOT NULL, hash VARCHAR(MAX) NOT NULL, dest_id VARCHAR(MAX), acknowledged_at TIMESTAMP WITH TIME ZONE, PRIMARY KEY (sync, target, key))

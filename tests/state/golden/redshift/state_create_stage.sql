@@ -1,0 +1,1 @@
+CREATE TEMPORARY TABLE IF NOT EXISTS retl_ack_stage (key VARCHAR(MAX), hash VARCHAR(MAX), dest_id VARCHAR(MAX), deleted BOOLEAN)

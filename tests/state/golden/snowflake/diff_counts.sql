@@ -1,0 +1,2 @@
+WITH keys AS (SELECT CAST("id" AS VARCHAR) AS __retl_key FROM (select id, email, first_name, score, updated_at from analytics.customers
+) AS retl_source), g AS (SELECT __retl_key, COUNT(*) AS n FROM keys GROUP BY __retl_key) SELECT COALESCE(SUM(g.n), 0) AS source_rows, COALESCE(SUM(CASE WHEN g.__retl_key IS NULL OR g.n > 1 THEN g.n ELSE 0 END), 0) AS error_rows, COALESCE(SUM(CASE WHEN g.__retl_key IS NOT NULL AND g.n = 1 THEN 1 ELSE 0 END), 0) AS clean_rows FROM g

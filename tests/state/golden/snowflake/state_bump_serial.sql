@@ -1,0 +1,1 @@
+UPDATE "retl_state".retl_meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) WHERE sync = 'customers' AND target = '0123456789abcdef' AND name = 'serial'

@@ -1,0 +1,1 @@
+CREATE TABLE IF NOT EXISTS "retl_state".retl_snapshot (sync VARCHAR NOT NULL, target VARCHAR NOT NULL, key VARCHAR NOT NULL, hash VARCHAR NOT NULL, dest_id VARCHAR, acknowledged_at TIMESTAMPTZ, PRIMARY KEY (sync, target, key))

@@ -1,0 +1,1 @@
+CREATE TEMPORARY TABLE IF NOT EXISTS retl_ack_stage (key VARCHAR, hash VARCHAR, dest_id VARCHAR, deleted BOOLEAN)

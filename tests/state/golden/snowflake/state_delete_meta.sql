@@ -1,0 +1,1 @@
+DELETE FROM "retl_state".retl_meta WHERE sync = 'customers' AND target = '0123456789abcdef' AND name IN ('config_hash', 'watermark')
