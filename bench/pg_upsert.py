@@ -9,7 +9,8 @@ INSERT ... ON CONFLICT DO UPDATE (and, for (b), one DELETE of the removed keys).
 
     python bench/pg_upsert.py --rows 1000000
 
-Prints a table and writes bench/results/pg_upsert.json.
+Prints a table and writes bench/results/pg_upsert.json. `measure(rows)` returns the figures
+(the first load COPYs straight into the empty table; the raw first load is COPY + merge).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psycopg
@@ -66,7 +69,9 @@ def next_snapshot(path: Path, rows: int) -> None:
     con.close()
 
 
-def write_project(root: Path, source: Path, pg_url: str, batch_size: int | None) -> None:
+def write_project(
+    root: Path, source: Path, pg_url: str, batch_size: int | None, table: str
+) -> None:
     (root / "syncs").mkdir(parents=True, exist_ok=True)
     (root / "retl.yml").write_text(
         f"version: 1\nwarehouses:\n  bench:\n    url: duckdb:///{source}\n"
@@ -75,7 +80,7 @@ def write_project(root: Path, source: Path, pg_url: str, batch_size: int | None)
     mapping = "\n".join(f"  {c.strip()}: {c.strip()}" for c in NAMES.split(","))
     (root / "syncs" / "bench.yml").write_text(
         "warehouse: bench\nsource:\n  sql: select * from bench.customers\n"
-        "destination:\n  name: pg\n  object: public.bench_pg_upsert_retl\nmode: upsert\nprimary_key: id\n"
+        f"destination:\n  name: pg\n  object: public.{table}\nmode: upsert\nprimary_key: id\n"
         f"mapping:\n{mapping}\non_removed: delete\nallow_destructive: true\n"
         + (f"batch_size: {batch_size}\n" if batch_size else "")
     )
@@ -99,7 +104,7 @@ def retl_run(root: Path) -> tuple[float, float]:
     return seconds, max(peak, before) / 1024
 
 
-def raw_load(source: Path, pg_url: str, work: Path, delete_missing: bool) -> float:
+def raw_load(source: Path, pg_url: str, work: Path, delete_missing: bool, table: str) -> float:
     """The machine's limit: DuckDB export, COPY into a temp table, one merge statement."""
     start = time.perf_counter()
     csv_path = work / "raw.csv"
@@ -116,25 +121,63 @@ def raw_load(source: Path, pg_url: str, work: Path, delete_missing: bool) -> flo
             while chunk := f.read(1 << 20):
                 copy.write(chunk)
         conn.execute(
-            f"INSERT INTO bench_pg_upsert_raw ({NAMES}) SELECT {NAMES} FROM raw_tmp "
+            f"INSERT INTO {table} ({NAMES}) SELECT {NAMES} FROM raw_tmp "
             f"ON CONFLICT (id) DO UPDATE SET {updates}"
         )
         if delete_missing:
             conn.execute(
-                "DELETE FROM bench_pg_upsert_raw r WHERE NOT EXISTS (SELECT 1 FROM raw_tmp t WHERE t.id = r.id)"
+                f"DELETE FROM {table} r WHERE NOT EXISTS (SELECT 1 FROM raw_tmp t WHERE t.id = r.id)"
             )
         conn.commit()
     csv_path.unlink()
     return time.perf_counter() - start
 
 
-def check_equal(pg_url: str) -> bool:
+def check_equal(pg_url: str, retl: str, raw: str) -> bool:
     with psycopg.connect(pg_url) as conn:
         row = conn.execute(
-            f"SELECT (SELECT count(*) FROM (SELECT {NAMES} FROM bench_pg_upsert_retl EXCEPT SELECT {NAMES} FROM bench_pg_upsert_raw) a), "
-            f"(SELECT count(*) FROM (SELECT {NAMES} FROM bench_pg_upsert_raw EXCEPT SELECT {NAMES} FROM bench_pg_upsert_retl) b)"
+            f"SELECT (SELECT count(*) FROM (SELECT {NAMES} FROM {retl} EXCEPT SELECT {NAMES} FROM {raw}) a), "
+            f"(SELECT count(*) FROM (SELECT {NAMES} FROM {raw} EXCEPT SELECT {NAMES} FROM {retl}) b)"
         ).fetchone()
     return row == (0, 0)
+
+
+def measure(
+    rows: int,
+    pg_url: str = "postgresql://postgres@127.0.0.1:5432/test",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """First load and next snapshot into PostgreSQL: retl and the raw path in the same run."""
+    tag = uuid.uuid4().hex[:8]
+    retl, raw = f"bench_pg_upsert_retl_{tag}", f"bench_pg_upsert_raw_{tag}"
+    results: dict[str, Any] = {"rows": rows, "batch_size": batch_size}
+    try:
+        with tempfile.TemporaryDirectory(prefix="retl-bench-") as tmp:
+            work = Path(tmp)
+            source = work / "source.duckdb"
+            build_source(source, rows)
+            write_project(work / "project", source, pg_url, batch_size, retl)
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                for table in (retl, raw):
+                    conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
+                conn.execute("CHECKPOINT")
+            raw_a = raw_load(source, pg_url, work, delete_missing=False, table=raw)
+            retl_a, rss_a = retl_run(work / "project")
+            results["a_first_load"] = {
+                "raw_s": raw_a, "retl_s": retl_a, "ratio": retl_a / raw_a, "peak_rss_mib": rss_a
+            }  # fmt: skip
+            next_snapshot(source, rows)
+            raw_b = raw_load(source, pg_url, work, delete_missing=True, table=raw)
+            retl_b, rss_b = retl_run(work / "project")
+            results["b_next_snapshot"] = {
+                "raw_s": raw_b, "retl_s": retl_b, "ratio": retl_b / raw_b, "peak_rss_mib": rss_b
+            }  # fmt: skip
+            results["equal"] = check_equal(pg_url, retl, raw)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for table in (retl, raw):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+    return results
 
 
 def main() -> None:
@@ -156,37 +199,9 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="retl-bench-") as tmp:
-        work = Path(tmp)
-        source = work / "source.duckdb"
-        build_source(source, args.rows)
-        write_project(work / "project", source, args.pg_url, args.batch_size)
-        with psycopg.connect(args.pg_url, autocommit=True) as conn:
-            for table in ("bench_pg_upsert_retl", "bench_pg_upsert_raw"):
-                conn.execute(f"DROP TABLE IF EXISTS {table}")
-                conn.execute(f"CREATE TABLE {table} ({COLUMNS})")
-            conn.execute("CHECKPOINT")
-
-        results = {}
-        raw_a = raw_load(source, args.pg_url, work, delete_missing=False)
-        retl_a, rss_a = retl_run(work / "project")
-        results["a_first_load"] = {
-            "raw_s": raw_a,
-            "retl_s": retl_a,
-            "ratio": retl_a / raw_a,
-            "peak_rss_mib": rss_a,
-        }
-        next_snapshot(source, args.rows)
-        raw_b = raw_load(source, args.pg_url, work, delete_missing=True)
-        retl_b, rss_b = retl_run(work / "project")
-        results["b_next_snapshot"] = {
-            "raw_s": raw_b,
-            "retl_s": retl_b,
-            "ratio": retl_b / raw_b,
-            "peak_rss_mib": rss_b,
-        }
-        equal = check_equal(args.pg_url)
-
+    results = measure(args.rows, args.pg_url, args.batch_size)
+    equal = results.pop("equal")
+    results.pop("rows"), results.pop("batch_size")
     print(
         f"rows: {args.rows:,}  batch_size: {args.batch_size or 'connector default'}  equal to raw: {equal}"
     )

@@ -73,6 +73,9 @@ class Batch:
     ids: list[str | None] | None = None
     # The run delivering the batch (for idempotency keys); None outside a recorded run.
     run_id: str | None = None
+    # The sync's state held no record when the run was planned (a first load): every record
+    # is new to retl. A table connector may then load an empty table without merging.
+    first_load: bool = False
 
     @property
     def size(self) -> int:

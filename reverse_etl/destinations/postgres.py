@@ -72,6 +72,7 @@ class _Column(Column):
 @dataclass(frozen=True)
 class _Table(Table[_Column]):
     schema: str
+    kind: str = "r"  # pg_class.relkind: r table, p partitioned, v view, f foreign
 
     @property
     def display(self) -> str:
@@ -412,7 +413,8 @@ class PostgresDestination(TableDestination[_Table]):
                    a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '',
                    t.typcategory,
                    coalesce(b.typname, t.typname),
-                   a.attgenerated <> '' OR a.attidentity = 'a'
+                   a.attgenerated <> '' OR a.attidentity = 'a',
+                   c.relkind
             FROM pg_class c
             JOIN pg_namespace n ON n.oid = c.relnamespace
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -439,7 +441,7 @@ class PostgresDestination(TableDestination[_Table]):
             )
             for r in rows
         }
-        table = _Table(schema=schema, name=name, columns=columns)
+        table = _Table(schema=schema, name=name, columns=columns, kind=rows[0][8])
         self._tables[object] = table
         return table
 
@@ -501,6 +503,11 @@ class PostgresDestination(TableDestination[_Table]):
         try:
             for attempt in self._retrying():
                 with attempt:
+                    if self._copies_straight(batch):
+                        try:
+                            return self._copy_straight(batch)
+                        except _StageRefused:
+                            pass  # a record the table refuses: the stage path isolates it
                     try:
                         return self._deliver_once(batch, typed_stage=True)
                     except _StageRefused:
@@ -518,6 +525,47 @@ class PostgresDestination(TableDestination[_Table]):
                 f"PostgreSQL destination '{self.name}' failed on {batch.object}: {db_message(exc)}"
             ) from exc
         raise AssertionError("unreachable")
+
+    def _copies_straight(self, batch: Batch) -> bool:
+        """A first load (empty state) of insert or upsert records into a plain table that was
+        empty when the run began, with every value loading as the stage would convert it:
+        the batch is COPY'd into the table itself, with no stage and no merge. Upsert keys are
+        unique, so a record that is already there aborts the COPY and the batch takes the
+        stage path, which never duplicates a record."""
+        if not batch.first_load:
+            return False
+        table = self._table(batch.object)
+        if table.kind not in ("r", "p"):  # views, foreign tables: COPY may not reach them
+            return False
+        for name in batch.records.column_names:
+            column = table.columns.get(name)
+            if column is None or not _copies_like_the_stage(
+                batch.records.column(name).type, column
+            ):
+                return False
+        query = sql.SQL("SELECT NOT EXISTS (SELECT FROM {})").format(table.ident)
+        return self._loads_straight(batch, lambda: bool(self._query(query)[0][0]))
+
+    def _copy_straight(self, batch: Batch) -> BatchResult:
+        """COPY the batch into its table in one transaction; _StageRefused when the table
+        refuses a record (the transaction is rolled back, nothing landed)."""
+        table = self._table(batch.object)
+        names = self._batch_columns(batch, table)
+        stage, unstageable = _stage_records(batch.records, [table.columns[n] for n in names])
+        conn = self._connection()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                _copy(cur, stage.drop_columns([_ORD]), table.ident, names)
+        except psycopg.Error as exc:
+            if conn.broken:
+                self._conn = None
+            if _is_transient(exc):
+                raise
+            if not is_record_error(exc):
+                # Not allowed here (row-level security, rules...): this run takes the stage path.
+                self._stop_loading_straight(batch)
+            raise _StageRefused from exc
+        return BatchResult(rejected=dict(sorted(unstageable.items())))
 
     def _deliver_once(self, batch: Batch, typed_stage: bool) -> BatchResult:
         table = self._table(batch.object)
@@ -544,7 +592,7 @@ class PostgresDestination(TableDestination[_Table]):
                     )
                 )
                 try:
-                    _copy(cur, stage)
+                    _copy(cur, stage, sql.Identifier(_STAGE), stage.column_names)
                 except psycopg.Error as exc:
                     if is_record_error(exc) and any(t != "text" for t in types):
                         raise _StageRefused from exc
@@ -586,16 +634,29 @@ def _stage_records(records: pa.Table, columns: list[_Column]) -> tuple[pa.Table,
     return stage, rejected
 
 
-def _copy(cur: Cursor, stage: pa.Table) -> None:
-    if not stage.num_rows:
+def _copies_like_the_stage(dtype: pa.DataType, target: _Column) -> bool:
+    """Whether COPY of the value's text into the target column stores what the stage path's
+    cast would: not so for fractions into integers (the cast rounds, COPY refuses) and floats
+    into numeric (the cast keeps 15 digits, the text has up to 17)."""
+    t = pa.types
+    if t.is_dictionary(dtype):
+        dtype = dtype.value_type
+    if t.is_floating(dtype) or t.is_decimal(dtype):
+        if target.base in ("int2", "int4", "int8"):
+            return False
+        return not (t.is_floating(dtype) and target.base == "numeric")
+    return True
+
+
+def _copy(cur: Cursor, records: pa.Table, table: sql.Identifier, columns: Sequence[str]) -> None:
+    """COPY the records (CSV-ready columns, in the order of `columns`) into `table`."""
+    if not records.num_rows:
         return
     sink = pa.BufferOutputStream()
-    pa_csv.write_csv(stage, sink, pa_csv.WriteOptions(include_header=False))
+    pa_csv.write_csv(records, sink, pa_csv.WriteOptions(include_header=False))
     data = memoryview(sink.getvalue())
-    columns = sql.SQL(", ").join(sql.Identifier(n) for n in stage.column_names)
-    with cur.copy(
-        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(_STAGE), columns)
-    ) as copy:
+    names = sql.SQL(", ").join(sql.Identifier(n) for n in columns)
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, names)) as copy:
         step = 8 << 20
         for start in range(0, len(data), step):
             copy.write(data[start : start + step])

@@ -5,6 +5,13 @@ is re-run in halves, each in a fresh transaction, until every failing record is 
 others land and each failing one is reported with the database's message. `update` never creates
 a record: the rows its statement did not match are rejected. DuckDB takes the batch as an Arrow
 table and applies it with set-based statements instead (its executemany is slow).
+
+MySQL/MariaDB through PyMySQL load a batch with `LOAD DATA LOCAL INFILE` into a temporary table
+of the target's column types, then apply it with one statement (INSERT ... ON DUPLICATE KEY
+UPDATE, UPDATE ... JOIN, DELETE ... JOIN), bisecting the stage's ordinal range inside savepoints
+when it fails on some records; one transaction per batch. A batch whose load needed any value
+changed (LOAD DATA only warns) is sent with executemany instead, so a bad value is rejected with
+the database's message, never stored altered. Sessions run in strict mode (STRICT_ALL_TABLES).
 """
 
 from __future__ import annotations
@@ -12,17 +19,22 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as sa_mysql
 from sqlalchemy.dialects import postgresql as sa_postgresql
 from sqlalchemy.dialects import sqlite as sa_sqlite
 
+from reverse_etl.destinations import mysql_load
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, register
 from reverse_etl.destinations.postgres import db_message as postgres_message
 from reverse_etl.destinations.postgres import is_record_error as postgres_record_error
@@ -50,8 +62,14 @@ _ORD = "_retl_ord"
 _STAGE = "_retl_stage"
 
 
+_log = logging.getLogger(__name__)
+
+
 class SqlOptions(TableOptions):
-    """Options of a `sql` destination: the SQLAlchemy url and create_tables."""
+    """Options of a `sql` destination: the SQLAlchemy url and create_tables; `bulk_load` lets
+    MySQL/MariaDB (PyMySQL) batches use LOAD DATA LOCAL INFILE (false: executemany only)."""
+
+    bulk_load: bool = True
 
 
 _Table = Table[Column]
@@ -194,6 +212,12 @@ class SqlDestination(TableDestination[_Table]):
         super().__init__(*args, **kwargs)
         self._url = resolve_url(self.options.url, self.project_root)
         self._engine: sa.Engine | None = None
+        self._bulk_load = (
+            self.options.bulk_load
+            and self.dialect in ("mysql", "mariadb")
+            and self._url.get_driver_name() == "pymysql"
+        )
+        self._stage_columns: dict[str, dict[str, mysql_load.StageColumn]] = {}
 
     # -- connection -------------------------------------------------------------------------
 
@@ -208,7 +232,14 @@ class SqlDestination(TableDestination[_Table]):
     def _get_engine(self) -> sa.Engine:
         if self._engine is None:
             try:
-                engine = sa.create_engine(self._url, pool_pre_ping=True)
+                engine = sa.create_engine(
+                    self._url,
+                    pool_pre_ping=True,
+                    # As the URL says (`?local_infile=0` turns it off), else on for LOAD DATA.
+                    connect_args={"local_infile": True}
+                    if self._bulk_load and "local_infile" not in self._url.query
+                    else {},
+                )
             except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
                 raise DestinationError(
                     f"destination '{self.name}' cannot use {self._where}: {_first_lines(str(exc))}",
@@ -216,6 +247,8 @@ class SqlDestination(TableDestination[_Table]):
                 ) from exc
             if self.dialect == "duckdb":
                 sa.event.listen(engine, "connect", _duckdb_session)
+            if self.dialect in ("mysql", "mariadb"):
+                sa.event.listen(engine, "connect", _mysql_session)
             self._engine = engine
         return self._engine
 
@@ -225,6 +258,7 @@ class SqlDestination(TableDestination[_Table]):
     def close(self) -> None:
         engine, self._engine = self._engine, None
         self._tables.clear()
+        self._stage_columns.clear()
         if engine is not None:
             engine.dispose()
 
@@ -361,7 +395,17 @@ class SqlDestination(TableDestination[_Table]):
             return BatchResult()
         table = self._table(batch.object)
         names = self._batch_columns(batch, table)
+        if self.dialect in ("mysql", "mariadb"):
+            unstorable = _non_finite_rows(batch.records.select(names))
+            if unstorable:
+                return self._deliver_without(batch, unstorable)
         try:
+            if self._bulk_load and all(
+                mysql_load.loadable(batch.records.column(n).type) for n in names
+            ):
+                loaded = self._load_data(batch, table, names)
+                if loaded is not None:
+                    return loaded
             if self.dialect == "duckdb":
                 run: _Run = _DuckDBRun(self, batch, table, names)
             else:
@@ -374,6 +418,137 @@ class SqlDestination(TableDestination[_Table]):
         if batch.action == "update":
             run.rejected.update(not_found(batch, table, run.missing))
         return BatchResult(rejected=dict(sorted(run.rejected.items())))
+
+    def _deliver_without(self, batch: Batch, rejected: dict[int, str]) -> BatchResult:
+        """Deliver the batch minus the `rejected` rows, which are reported with the rest."""
+        kept = [i for i in range(batch.size) if i not in rejected]
+        rest = Batch(
+            batch.object,
+            batch.action,
+            batch.key_field,
+            batch.records.take(kept),
+            [batch.ids[i] for i in kept] if batch.ids is not None else None,
+            batch.run_id,
+            batch.first_load,
+        )
+        result = self.deliver(rest)
+        rejected = {**rejected, **{kept[i]: m for i, m in result.rejected.items()}}
+        return BatchResult(
+            rejected=dict(sorted(rejected.items())),
+            retry={kept[i]: m for i, m in result.retry.items()},
+            ids={kept[i]: v for i, v in result.ids.items()},
+            absent=result.absent,
+        )
+
+    def _load_data(self, batch: Batch, table: _Table, names: list[str]) -> BatchResult | None:
+        """The batch through LOAD DATA LOCAL INFILE, in one transaction (retried whole when the
+        connection fails); None when it must go through executemany instead."""
+        columns = self._mysql_columns(table)
+        stage = [columns[n] for n in names]
+        quote = mysql_load.quote
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        if self._loads_straight(batch, lambda: self._is_empty(target)):
+            loaded = self._load_straight(batch, target, names)
+            if loaded is not None:
+                return loaded
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.retry_wait_seconds * 2 ** (attempt - 1))
+            try:
+                conn = self._get_engine().connect()
+            except sa.exc.DBAPIError as exc:
+                last = exc
+                continue
+            try:
+                with conn, conn.begin():
+                    run = _LoadDataRun(self, batch, table, names, conn)
+                    if not run.load(stage):
+                        raise _NotLoadedExactly
+                    run.apply(0, batch.size)
+                    conn.exec_driver_sql(f"DROP TEMPORARY TABLE {mysql_load.quote(_STAGE)}")
+            except _NotLoadedExactly:
+                return None
+            except sa.exc.DBAPIError as exc:
+                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+                if code in mysql_load.LOCAL_INFILE_REFUSED:
+                    self._bulk_load = False
+                    _log.warning(
+                        "destination '%s': the server refuses LOAD DATA LOCAL INFILE (%s); "
+                        "batches are sent with executemany, which is several times slower. "
+                        "Set local_infile = ON on the server (SET GLOBAL local_infile = 1), or "
+                        "bulk_load: false on the destination to silence this",
+                        self.name,
+                        self._message(exc),
+                    )
+                    return None
+                if not (exc.connection_invalidated or self._is_conflict(exc)):
+                    raise
+                last = exc
+                continue
+            if batch.action == "update":
+                run.rejected.update(not_found(batch, table, run.missing))
+            return BatchResult(rejected=dict(sorted(run.rejected.items())))
+        detail = _first_lines(str(getattr(last, "orig", None) or last))
+        raise DestinationError(
+            f"cannot use destination '{self.name}' ({self._where}): {detail}",
+            hint="check the destination url and that the database is running and reachable",
+        ) from last
+
+    def _is_empty(self, target: str) -> bool:
+        query = f"SELECT NOT EXISTS (SELECT 1 FROM {target})"
+        return bool(self._in_transaction(lambda conn: conn.exec_driver_sql(query).scalar()))
+
+    def _load_straight(self, batch: Batch, target: str, names: list[str]) -> BatchResult | None:
+        """A first load into an empty table: LOAD DATA straight into it, in one transaction.
+        None (rolled back) when any value or record was not taken as it is (LOAD DATA LOCAL
+        only warns: a duplicate key, a bad value), so the stage path isolates it."""
+        records = batch.records.select(names)
+        statement_columns = names
+        try:
+            with self._get_engine().connect() as conn, conn.begin() as transaction:
+                loaded, exact = _load_file(
+                    conn,
+                    mysql_load.file_lines(records, ordinals=False),
+                    lambda path: mysql_load.load_statement(
+                        path, records, target, statement_columns
+                    ),
+                )
+                if loaded != records.num_rows or not exact:
+                    transaction.rollback()
+                    return None
+        except sa.exc.DBAPIError as exc:
+            if self.is_record_error(exc) or exc.connection_invalidated or self._is_conflict(exc):
+                return None  # the stage path retries, isolates or reports it
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if code in mysql_load.LOCAL_INFILE_REFUSED:
+                return None  # the stage path meets the same refusal and says so
+            self._stop_loading_straight(batch)
+            return None
+        return BatchResult()
+
+    def _mysql_columns(self, table: _Table) -> dict[str, mysql_load.StageColumn]:
+        """The target's columns with their full MySQL types (for the stage), cached."""
+        key = table.display
+        if key not in self._stage_columns:
+
+            def read(conn: sa.Connection) -> list[Any]:
+                return list(
+                    conn.exec_driver_sql(
+                        "SELECT COLUMN_NAME, COLUMN_TYPE, CHARACTER_SET_NAME, COLLATION_NAME "
+                        "FROM information_schema.COLUMNS "
+                        "WHERE TABLE_SCHEMA = COALESCE(%s, DATABASE()) AND TABLE_NAME = %s",
+                        (table.schema, table.name),
+                    ).fetchall()
+                )
+
+            self._stage_columns[key] = {
+                str(r[0]): mysql_load.StageColumn(str(r[0]), str(r[1]), r[2], r[3])
+                for r in self._in_transaction(read)
+            }
+        return self._stage_columns[key]
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -408,6 +583,27 @@ class SqlDestination(TableDestination[_Table]):
         if self.dialect in ("mysql", "mariadb") and len(orig.args) >= 2:
             return _first_lines(str(orig.args[1]))
         return _first_lines(str(orig))
+
+
+def _non_finite_rows(records: pa.Table) -> dict[int, str]:
+    """Rows holding NaN or infinity, which MySQL/MariaDB have no value for."""
+    rejected: dict[int, str] = {}
+    for name in records.column_names:
+        column = records.column(name)
+        if pa.types.is_floating(column.type):
+            bad = pc.invert(pc.fill_null(pc.is_finite(column), True))
+            for row in pc.indices_nonzero(bad).to_pylist():
+                rejected.setdefault(
+                    row, f"column '{name}' holds NaN or infinity, which MySQL cannot store"
+                )
+    return rejected
+
+
+def _mysql_session(dbapi_connection: Any, connection_record: Any) -> None:
+    """Strict mode: a value that does not fit its column is an error (a rejected record), not a
+    warning and a silently altered value."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')")
 
 
 def _duckdb_session(dbapi_connection: Any, connection_record: Any) -> None:
@@ -531,9 +727,13 @@ class _Run:
         """Apply rows lo..hi-1; for update, return how many of them matched a record."""
         raise NotImplementedError
 
+    def transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run `work` so that a failure undoes exactly its own changes."""
+        return self.dest._in_transaction(work)
+
     def apply(self, lo: int, hi: int) -> None:
         try:
-            matched = self.dest._in_transaction(lambda conn: self.execute(conn, lo, hi))
+            matched = self.transaction(lambda conn: self.execute(conn, lo, hi))
         except sa.exc.DBAPIError as exc:
             if not self.dest.is_record_error(exc):
                 raise
@@ -679,3 +879,77 @@ class _DuckDBRun(_Run):
             conn.exec_driver_sql(self.statement, (lo, hi))
         raw.unregister(_STAGE)
         return matched
+
+
+def _load_file(
+    conn: sa.Connection, data: pa.Buffer, statement: Callable[[str], str]
+) -> tuple[int, bool]:
+    """Run the LOAD DATA `statement(path)` of `data` written to a temporary file: the rows
+    loaded, and whether every value was taken as it is. Notes are allowed: they are roundings
+    an INSERT makes as well (a decimal to its scale)."""
+    fd, path = tempfile.mkstemp(prefix="retl-load-", suffix=".tsv")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        loaded = conn.exec_driver_sql(statement(path)).rowcount
+    finally:
+        os.unlink(path)
+    warnings = conn.exec_driver_sql("SHOW WARNINGS").fetchall()
+    [(count,)] = conn.exec_driver_sql("SELECT @@warning_count").fetchall()
+    exact = all(str(w[0]) == "Note" for w in warnings) and int(count) <= len(warnings)
+    return int(loaded), exact
+
+
+class _NotLoadedExactly(Exception):
+    """LOAD DATA changed a value of the batch: its transaction is rolled back."""
+
+
+class _LoadDataRun(_Run):
+    """MySQL/MariaDB: the batch loaded into a temporary stage with LOAD DATA LOCAL INFILE, then
+    one statement per ordinal range, each inside a savepoint of the batch's transaction."""
+
+    def __init__(
+        self,
+        dest: SqlDestination,
+        batch: Batch,
+        table: _Table,
+        names: list[str],
+        conn: sa.Connection,
+    ):
+        super().__init__(dest, batch, table, names)
+        self.conn = conn
+        quote = mysql_load.quote
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        self.statement = mysql_load.merge_statement(batch.action, target, names)
+        self.missing_query = (
+            mysql_load.missing_statement(target, names[0]) if batch.action == "update" else None
+        )
+
+    def load(self, columns: list[mysql_load.StageColumn]) -> bool:
+        """Stage the batch; False when LOAD DATA had to change a value (it only warns), so the
+        batch must be sent another way to reject that record."""
+        conn = self.conn
+        records = self.batch.records.select(self.names)
+        conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {mysql_load.quote(_STAGE)}")
+        conn.exec_driver_sql(mysql_load.create_stage(columns))
+        loaded, exact = _load_file(
+            conn,
+            mysql_load.file_lines(records),
+            lambda path: mysql_load.load_statement(path, records),
+        )
+        if loaded != records.num_rows or not exact:
+            return False
+        if self.missing_query is not None:
+            self.missing = sorted(int(r[0]) for r in conn.exec_driver_sql(self.missing_query))
+        return True
+
+    def transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+        with self.conn.begin_nested():
+            return work(self.conn)
+
+    def execute(self, conn: sa.Connection, lo: int, hi: int) -> int | None:
+        if self.statement:
+            conn.exec_driver_sql(self.statement, (lo, hi))
+        return None

@@ -9,10 +9,11 @@ messages of `check`, `prepare` and a refused batch the same for every database.
 from __future__ import annotations
 
 import difflib
+import threading
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pyarrow as pa
 
@@ -104,6 +105,36 @@ class TableDestination(Destination, Generic[_T]):
     ) -> list[str]:
         """Connector-specific problems `check` appends after the shared ones."""
         return []
+
+    # -- first load -------------------------------------------------------------------------
+
+    # Per (connector, location, table, run): whether the table was empty when the run's first
+    # batch of a first load reached it. Shared by the lanes (instances) of one run.
+    _empty_at_start: ClassVar[dict[tuple[str, str, str, str], bool]] = {}
+    _empty_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def _loads_straight(self, batch: Batch, is_empty: Callable[[], bool]) -> bool:
+        """Whether a batch may be loaded straight into its table, with no stage and no merge:
+        a first load (the sync's state is empty) of records to create, into a table that was
+        empty when the run began (`is_empty` is asked once per run and table). The connector
+        still falls back to its merge when the table refuses a record: with a unique key, a
+        record that is already there can never be duplicated."""
+        if not batch.first_load or batch.action not in ("insert", "upsert"):
+            return False
+        memo = self._first_load_memo(batch)
+        with self._empty_lock:
+            if memo not in self._empty_at_start:
+                self._empty_at_start[memo] = is_empty()
+            return self._empty_at_start[memo]
+
+    def _stop_loading_straight(self, batch: Batch) -> None:
+        """The table refuses straight loads (not a record's fault): merge for the rest of the run."""
+        with self._empty_lock:
+            self._empty_at_start[self._first_load_memo(batch)] = False
+
+    def _first_load_memo(self, batch: Batch) -> tuple[str, str, str, str]:
+        run = batch.run_id or f"instance {id(self)}"
+        return (self.type_name, self.location(), batch.object, run)
 
     # -- catalog ----------------------------------------------------------------------------
 

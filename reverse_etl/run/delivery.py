@@ -278,6 +278,7 @@ class Delivery:
                         records,
                         ids.to_pylist() if op != "create" and ids.null_count < len(ids) else None,
                         self.run_id,
+                        first_load=op == "create" and self.plan.state.records == 0,
                     )
                     in_flight.append((pool.submit(deliver, batch), table, records))
                     # One batch waits behind each lane's: a lane never idles while the

@@ -18,7 +18,7 @@ _MESSAGE_LINES = 3
 # What retl puts before the source SQL, as PostgreSQL quotes it in `LINE 1: ...`.
 _QUOTED_WRAPPER = re.compile(
     r'^(LINE 1: )(?:DECLARE "[^"]*" (?:NO )?(?:SCROLL )?CURSOR (?:WITH(?:OUT)? HOLD )?FOR '
-    r"|SELECT \* FROM \()"
+    r"|SELECT \* FROM \(|COPY \()"
 )
 _LINE_CHARS = 300
 

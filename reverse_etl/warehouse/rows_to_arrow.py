@@ -157,14 +157,21 @@ class BatchBuilder:
             try:
                 arrays.append(convert(values))
             except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-                raise WarehouseError(
-                    f"column '{field.name}' of a query on warehouse '{self._warehouse}' has a "
-                    f"value that does not fit {field.type}, the type retl took from the first "
-                    f"rows: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}",
-                    hint=f"cast '{field.name}' to one definite type in the source SQL "
-                    "(e.g. numeric(38, 10) for numbers of varying scale)",
-                ) from None
+                raise value_error(self._warehouse, field.name, field.type, exc) from None
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+
+def value_error(
+    warehouse: str, column: str, arrow_type: pa.DataType | None, exc: BaseException
+) -> WarehouseError:
+    """A value of a later batch does not fit the type the first rows gave its column."""
+    detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return WarehouseError(
+        f"column '{column}' of a query on warehouse '{warehouse}' has a value that does not fit "
+        f"{arrow_type}, the type retl took from the first rows: {detail}",
+        hint=f"cast '{column}' to one definite type in the source SQL "
+        "(e.g. numeric(38, 10) for numbers of varying scale)",
+    )
 
 
 def _transpose(rows: Sequence[Any], width: int) -> list[Sequence[Any]]:
@@ -194,7 +201,7 @@ def _infer(values: Sequence[Any]) -> pa.DataType | None:
     if isinstance(sample, float):
         return pa.float64()
     if isinstance(sample, Decimal):
-        return _infer_decimal(values)
+        return infer_decimal(values)
     if isinstance(sample, str):
         return pa.string()
     if isinstance(sample, bytes | bytearray | memoryview):
@@ -215,7 +222,7 @@ def _infer(values: Sequence[Any]) -> pa.DataType | None:
     return pa.string()
 
 
-def _infer_decimal(values: Sequence[Any]) -> pa.DataType:
+def infer_decimal(values: Sequence[Any]) -> pa.DataType:
     """Room for the largest scale seen, and up to 38 digits in all (76 if more are needed)."""
     scale = 0
     whole_digits = 1

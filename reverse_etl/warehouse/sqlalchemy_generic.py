@@ -30,6 +30,8 @@ from reverse_etl.warehouse.base import (
     source_statement,
     timeout_error,
 )
+from reverse_etl.warehouse.postgres_copy import CopyReader, Deadline, copy_statement
+from reverse_etl.warehouse.postgres_copy import plan as copy_plan
 from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, describe
 
 _DEFAULT_DRIVERS = {
@@ -63,6 +65,8 @@ class SQLAlchemyWarehouse(Warehouse):
         register_url(url)  # so that a driver message repeating the password is masked
         # Each open stream: its connection and result, closed with the warehouse.
         self._open: dict[sa.Connection, sa.CursorResult[Any]] = {}
+        # Each open COPY stream (PostgreSQL): its connection and the COPY in progress.
+        self._copying: dict[sa.Connection, contextlib.ExitStack] = {}
         try:
             parsed = sqlalchemy_url(url)
             self.dialect = parsed.get_backend_name()
@@ -102,6 +106,10 @@ class SQLAlchemyWarehouse(Warehouse):
 
     def stream(self, sql: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> pa.RecordBatchReader:
         check_batch_rows(batch_rows)
+        if self._engine.dialect.driver == "psycopg":
+            reader = self._copy_stream(sql, batch_rows)
+            if reader is not None:
+                return reader
         connection = self._connect()
         try:
             self._apply_timeout(connection)
@@ -145,6 +153,89 @@ class SQLAlchemyWarehouse(Warehouse):
             finished = True
         finally:
             self._discard(connection, finished=finished)
+
+    def _copy_stream(self, sql: str, batch_rows: int) -> pa.RecordBatchReader | None:
+        """PostgreSQL: the rows through COPY (query) TO STDOUT, parsed by pyarrow; None when a
+        column's type needs the generic path."""
+        connection = self._connect()
+        stack = contextlib.ExitStack()
+        try:
+            self._apply_timeout(connection)
+            result = self._execute(connection, limit_zero(sql), _AS_WRITTEN)
+            if not result.returns_rows or result.cursor is None:
+                raise not_a_query_error(self.name)
+            description = result.cursor.description
+            result.close()
+            plans = copy_plan(description, describe(self.dialect, description))
+            settings = self._execute(
+                connection,
+                "SELECT left(current_setting('DateStyle'), 3) = 'ISO', "
+                "current_setting('bytea_output') = 'hex'",
+                _AS_WRITTEN,
+            ).one()
+            if plans is None or not all(settings):
+                connection.close()
+                return None
+            if self.query_timeout is not None:  # the COPY's time is bounded per batch below
+                self._execute(connection, "SET LOCAL statement_timeout = 0", _AS_WRITTEN)
+            raw: Any = connection.connection.driver_connection
+            cursor = stack.enter_context(raw.cursor())
+            deadline = Deadline(self.name, self.query_timeout, raw.cancel)
+            try:
+                with deadline.waiting():
+                    copy = stack.enter_context(cursor.copy(copy_statement(source_statement(sql))))
+            except Exception as exc:
+                raise self._query_error(exc) from None
+            self._copying[connection] = stack
+            reader = CopyReader(self.name, plans, copy.read, batch_rows, deadline)
+            first = self._next_copy_batch(reader)
+            assert first is not None and reader.schema is not None
+        except BaseException:
+            self._discard_copy(connection, stack, finished=False)
+            raise
+        batches = self._copy_batches(connection, stack, reader, first)
+        return pa.RecordBatchReader.from_batches(reader.schema, batches)
+
+    def _next_copy_batch(self, reader: CopyReader) -> pa.RecordBatch | None:
+        try:
+            return reader.next_batch()
+        except Exception as exc:
+            raise self._query_error(exc) from None
+
+    def _copy_batches(
+        self,
+        connection: sa.Connection,
+        stack: contextlib.ExitStack,
+        reader: CopyReader,
+        batch: pa.RecordBatch | None,
+    ) -> Iterator[pa.RecordBatch]:
+        finished = False
+        try:
+            while batch is not None:
+                if batch.num_rows:
+                    yield batch
+                del batch
+                if connection not in self._copying:
+                    raise closed_error(self.name)
+                batch = self._next_copy_batch(reader)
+            finished = True
+        finally:
+            self._discard_copy(connection, stack, finished=finished)
+
+    def _discard_copy(
+        self, connection: sa.Connection, stack: contextlib.ExitStack, *, finished: bool
+    ) -> None:
+        """End a COPY stream; one left mid-result is cancelled and its connection dropped."""
+        self._copying.pop(connection, None)
+        with contextlib.suppress(Exception):
+            if not finished:
+                raw: Any = connection.connection.driver_connection
+                raw.cancel()
+            stack.close()
+        with contextlib.suppress(Exception):
+            if not finished:
+                connection.invalidate()
+            connection.close()
 
     def _connect(self) -> sa.Connection:
         try:
@@ -232,6 +323,8 @@ class SQLAlchemyWarehouse(Warehouse):
     def close(self) -> None:
         for connection in list(self._open):
             self._discard(connection, finished=False)
+        for connection, stack in list(self._copying.items()):
+            self._discard_copy(connection, stack, finished=False)
         self._engine.dispose()
 
 

@@ -538,3 +538,155 @@ def test_delivery_reconnects_after_the_connection_is_dropped(
 def test_an_empty_batch_does_nothing(dest: PostgresDestination, contacts: str) -> None:
     empty = pa.table({"customer_id": pa.array([], pa.int64())})
     assert dest.deliver(Batch(contacts, "upsert", "customer_id", empty)).rejected == {}
+
+
+# -- first load: COPY straight into an empty table ------------------------------------------
+
+HOSTILE_TEXT = [
+    None,
+    "",
+    "NULL",
+    "\\N",
+    "tab\tnewline\nreturn\r quote \" apostrophe ' comma , backslash \\ end\\",
+    "unicode é ✓ 漢字 🚀",
+    "x" * 100_000,
+]
+
+
+def first_load(object: str, action: Any, key: str | None, run_id: str, **columns: Any) -> Batch:
+    return Batch(
+        object=object,
+        action=action,
+        key_field=key,
+        records=pa.table(columns),
+        run_id=run_id,
+        first_load=True,
+    )
+
+
+@pytest.fixture
+def statements(sql: psycopg.Connection[tuple[Any, ...]], contacts: str) -> list[str]:
+    """The statement that wrote each record into `contacts`, read back after delivery."""
+    schema = contacts.split(".")[0]
+    sql.execute(f"CREATE TABLE {schema}.writes (statement text)")
+    sql.execute(
+        f"""CREATE FUNCTION {schema}.log_write() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO {schema}.writes VALUES (split_part(current_query(), ' ', 1));
+        RETURN NEW; END $$"""
+    )
+    sql.execute(
+        f"CREATE TRIGGER log_write AFTER INSERT ON {contacts} "
+        f"FOR EACH ROW EXECUTE FUNCTION {schema}.log_write()"
+    )
+    return []
+
+
+def writes(sql: psycopg.Connection[tuple[Any, ...]], contacts: str) -> list[str]:
+    schema = contacts.split(".")[0]
+    return [r[0] for r in sql.execute(f"SELECT DISTINCT statement FROM {schema}.writes")]
+
+
+@pytest.mark.parametrize("action", ["insert", "upsert"])
+def test_a_first_load_into_an_empty_table_is_copied_straight_into_it(
+    action: str, dest: PostgresDestination, sql: Any, contacts: str, statements: list[str]
+) -> None:
+    n = len(HOSTILE_TEXT)
+    stamp = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+    columns = {
+        "customer_id": list(range(1, n + 1)),
+        "email": HOSTILE_TEXT,
+        "score": [None, 0, *range(1, n - 1)],
+        "active": [None, True, False, *[True] * (n - 3)],
+        "balance": [Decimal("-0.05"), *[Decimal("12.30")] * (n - 1)],
+        "updated_at": [stamp, *[None] * (n - 1)],
+        "born": [dt.date(1990, 1, 31), *[None] * (n - 1)],
+    }
+    result = dest.deliver(
+        first_load(
+            contacts,
+            action,
+            "customer_id",
+            "run-1",
+            **{name: pa.array(values) for name, values in columns.items()},
+        )
+    )
+
+    assert result.rejected == {}
+    assert writes(sql, contacts) == ["COPY"]
+    assert rows(sql, contacts, ", ".join(columns)) == list(zip(*columns.values(), strict=True))
+
+
+def test_a_first_load_isolates_bad_records_like_the_stage_path(
+    dest: PostgresDestination, sql: Any, contacts: str, statements: list[str]
+) -> None:
+    result = dest.deliver(
+        first_load(
+            contacts,
+            "upsert",
+            "customer_id",
+            "run-1",
+            customer_id=pa.array([1, 2, 3, 4, 5], pa.int64()),
+            plan=["pro", "far too long for eight", "free", "nul \x00 char", None],
+            score=pa.array([1, 2, -3, 4, 5], pa.int64()),
+        )
+    )
+
+    assert result.rejected == {
+        1: "value too long for type character varying(8)",
+        2: 'new row for relation "crm_contacts" violates check constraint '
+        '"crm_contacts_score_check": Failing row contains (3, null, free, -3, null, null, '
+        "null, null, null).",
+        3: "text contains a NUL character (0x00), which PostgreSQL cannot store",
+    }
+    assert rows(sql, contacts, "customer_id, plan, score") == [(1, "pro", 1), (5, None, 5)]
+    assert "COPY" not in writes(sql, contacts)  # rolled back: the stage path wrote them
+
+
+def test_a_first_load_into_a_table_that_has_records_merges_them(
+    dest: PostgresDestination, sql: Any, contacts: str, statements: list[str]
+) -> None:
+    sql.execute(f"INSERT INTO {contacts} (customer_id, email, score) VALUES (1, 'old@x', 5)")
+    sql.execute(f"TRUNCATE {contacts.split('.')[0]}.writes")
+
+    result = dest.deliver(
+        first_load(contacts, "upsert", "customer_id", "run-1", customer_id=[1, 2], email=["a", "b"])
+    )
+
+    assert result.rejected == {}
+    assert rows(sql, contacts, "customer_id, email, score") == [(1, "a", 5), (2, "b", None)]
+    assert writes(sql, contacts) == ["INSERT"]
+
+
+def test_a_key_another_writer_added_mid_load_is_merged_not_duplicated(
+    dest: PostgresDestination, sql: Any, contacts: str, statements: list[str]
+) -> None:
+    dest.deliver(first_load(contacts, "upsert", "customer_id", "run-1", customer_id=[1, 2]))
+    sql.execute(f"INSERT INTO {contacts} (customer_id, email) VALUES (3, 'someone else')")
+
+    result = dest.deliver(
+        first_load(contacts, "upsert", "customer_id", "run-1", customer_id=[3, 4], email=["c", "d"])
+    )
+
+    assert result.rejected == {}
+    assert rows(sql, contacts, "customer_id, email") == [(1, None), (2, None), (3, "c"), (4, "d")]
+
+
+def test_a_later_run_or_a_non_empty_state_never_copies_straight(
+    dest: PostgresDestination, sql: Any, contacts: str, statements: list[str]
+) -> None:
+    dest.deliver(batch(contacts, "upsert", "customer_id", customer_id=[1]))
+
+    assert writes(sql, contacts) == ["INSERT"]
+
+
+def test_floats_into_numeric_take_the_stage_path_so_both_paths_store_the_same(
+    dest: PostgresDestination, sql: Any, contacts: str, statements: list[str]
+) -> None:
+    dest.deliver(
+        first_load(
+            contacts, "insert", None, "run-1", customer_id=[1], balance=pa.array([0.1 + 0.2])
+        )
+    )
+
+    assert writes(sql, contacts) == ["INSERT"]
+    assert rows(sql, contacts, "customer_id, balance") == [(1, Decimal("0.30"))]
