@@ -100,6 +100,12 @@ def _invoke(args: list[str], *, as_json: bool) -> int:
         message = "interrupted: nothing more was sent"
         return _fail(as_json, "interrupted", message, None, INTERRUPTED_EXIT)
     except Exception as exc:  # a bug: keep it to one screen unless asked for the traceback
+        signum = interrupt.requested()
+        if signum is not None:  # a signal that a library turned into its own error (DuckDB's
+            # "Query interrupted"): an interruption, not a bug
+            stopped = interrupt.RunInterrupted(signum)
+            message = f"interrupted by {stopped}: nothing more was sent"
+            return _fail(as_json, "interrupted", message, None, stopped.exit_code)
         if os.environ.get("RETL_DEBUG"):
             raise
         hint = "this is a bug in retl; rerun with RETL_DEBUG=1 for the traceback and report it"

@@ -300,6 +300,13 @@ def _plan_details(console: Console, plan: Plan) -> None:
     if plan.incremental_from:
         details += f" · incremental from {plan.incremental_from}"
     console.print(details, style="dim", markup=False)
+    requests = plan.requests
+    if requests is not None and requests.needed:
+        line = f"  API requests: up to {requests.needed:,}"
+        if requests.left is not None:
+            budget = f" of {requests.budget:,}" if requests.budget is not None else ""
+            line += f" · {requests.left:,} left of the daily budget{budget} ({requests.source})"
+        console.print(line, style="red" if requests.over_budget else "dim", markup=False)
     if plan.config_changed:
         console.print("  the sync's configuration changed since the last run", style="yellow")
 
@@ -380,6 +387,7 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
             ("absent", "deletes found their record already gone"),
             ("deferred", "records the destination asked to retry later: the next run sends them"),
             ("retries", "requests retried (429, 5xx, timeouts), Retry-After honoured"),
+            ("requests", "API requests sent (the daily request budget counts them)"),
         ):
             if outcome.counts.get(key):
                 console.print(f"{escape(outcome.sync)}: {outcome.counts[key]:,} {what}")

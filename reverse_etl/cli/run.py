@@ -79,6 +79,15 @@ def run(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before deleting records.")
     ] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            min=1,
+            max=64,
+            help="Run up to N syncs at once (each after the syncs it runs after:); default 1.",
+        ),
+    ] = 1,
     json_output: JsonOption = False,
     role: RoleOption = None,
     project_dir: ProjectDirOption = None,
@@ -120,7 +129,9 @@ def run(
     else:
         # With --all a broken sync file fails that sync (and what waits on it), not the others.
         chosen = selected_syncs(project, syncs, select, all_syncs, require_valid=not scheduled)
-        outcomes = engine.run_many(chosen, options, scheduled=scheduled, on_outcome=display.done)
+        outcomes = engine.run_many(
+            chosen, options, scheduled=scheduled, on_outcome=display.done, threads=threads
+        )
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
     elif not dry_run and not display.log_json:

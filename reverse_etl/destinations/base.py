@@ -98,6 +98,17 @@ class BatchResult:
     absent: int = 0
 
 
+@dataclass(frozen=True)
+class RequestBudget:
+    """A destination account's daily request budget: at most `limit` requests in 24 hours
+    (None: no limit known), and `remaining` when the vendor itself reports what is left.
+    `source` says where the figures come from, for the messages that cite them."""
+
+    limit: int | None
+    remaining: int | None = None
+    source: str = ""
+
+
 _D = TypeVar("_D", bound="Destination")
 
 
@@ -169,9 +180,35 @@ class Destination(ABC):
         return None
 
     def delivery_stats(self) -> dict[str, int]:
-        """What delivering cost beyond the records (API connectors: `retries`, `throttled`),
-        added up over a run's lanes and shown in its summary."""
+        """What delivering cost beyond the records (API connectors: `requests`, `retries`,
+        `throttled`), added up over a run's lanes, shown in its summary and kept in the run log."""
         return {}
+
+    # -- request budgets (API connectors) ---------------------------------------------------
+
+    def request_account(self) -> str | None:
+        """The account whose request budget and rate limit this destination draws on (two
+        destinations with the same token and host are one account); None for destinations
+        that do not count requests (databases, files). No network."""
+        return None
+
+    def requests_needed(
+        self, action: Action, records: int, batch_size: int, unknown_ids: int = 0
+    ) -> int:
+        """At most how many requests delivering `records` records with `action` in batches of
+        `batch_size` takes; `unknown_ids` of them have no stored destination id (they may need
+        a lookup). Attempts repeated after a 429 or 5xx are not foreseen."""
+        return 0
+
+    def setup_requests(self) -> int:
+        """Requests a run makes besides its batches (a token, a describe, a properties list)."""
+        return 0
+
+    def request_budget(self) -> RequestBudget | None:
+        """The account's daily request budget (configured, or the vendor's documented
+        default), with the vendor's own count of what is left when the connector can read it
+        (that may cost one request); None when the destination has no budget."""
+        return None
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Connect before the first batch (optional)."""

@@ -35,6 +35,7 @@ from reverse_etl.destinations.base import (
     Destination,
     DestinationOptions,
     FieldInfo,
+    RequestBudget,
     register,
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
@@ -62,6 +63,8 @@ class HttpOptions(DestinationOptions):
     idempotency_header: str | None = None
     rate_limit: float | None = Field(default=None, gt=0)
     concurrency: int = Field(default=8, ge=1, le=64)
+    # Requests the API allows in 24 hours (none by default: a generic API documents none).
+    daily_request_budget: int | None = Field(default=None, gt=0)
     timeout: float = Field(default=30.0, gt=0)
 
 
@@ -69,7 +72,7 @@ class HttpOptions(DestinationOptions):
 class HttpDestination(Destination):
     options_model: ClassVar[type[DestinationOptions]] = HttpOptions
     capabilities: ClassVar[Capabilities] = Capabilities(
-        default_batch_size=100, max_batch_size=10_000, concurrent_batches=2
+        default_batch_size=100, max_batch_size=10_000, concurrent_batches=4
     )
     options: HttpOptions
     policy = RetryPolicy()
@@ -83,9 +86,10 @@ class HttpDestination(Destination):
         account = hashlib.sha256(
             json.dumps([self.options.base_url, sorted(self.options.headers.items())]).encode()
         ).hexdigest()[:16]
+        self.account = f"http:{account}"
         # Always a limiter, unlimited or not: a 429's Retry-After pauses the whole account.
         self.limiter: RateLimiter = limiter_for(
-            f"http:{account}", RateLimit(per_second=self.options.rate_limit)
+            self.account, RateLimit(per_second=self.options.rate_limit)
         )
 
     # -- catalog: a generic API has no schema to read ---------------------------------------
@@ -108,6 +112,21 @@ class HttpDestination(Destination):
         if "{{ key }}" in path and key_field is None:
             return [f"the path {path} needs the record key, but primary_key is not mapped"]
         return []
+
+    # -- request budget -----------------------------------------------------------------------
+
+    def request_account(self) -> str:
+        return self.account
+
+    def requests_needed(
+        self, action: Action, records: int, batch_size: int, unknown_ids: int = 0
+    ) -> int:
+        """One request per batch with `batch_key`, else one per record."""
+        return -(-records // batch_size) if self.options.batch_key else records
+
+    def request_budget(self) -> RequestBudget | None:
+        limit = self.options.daily_request_budget
+        return None if limit is None else RequestBudget(limit, source="daily_request_budget")
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -132,14 +151,13 @@ class HttpDestination(Destination):
     def deliver(self, batch: Batch) -> BatchResult:
         if self._client is None:
             self.open()
-        return aio.run(self._deliver(batch))
-
-    async def _deliver(self, batch: Batch) -> BatchResult:
+        # Records become JSON here, on the lane's thread: the event loop only moves bytes.
         records = batch.records.to_pylist()
         operation = self.options.operations[batch.action]
         if self.options.batch_key:
-            return await self._deliver_batch(batch, operation, records)
-        return await self._deliver_each(batch, operation, records)
+            body = {self.options.batch_key: records}
+            return aio.run(self._deliver_batch(batch, operation, records, body, _encode(body)))
+        return aio.run(self._deliver_each(batch, operation, records))
 
     async def _deliver_each(
         self, batch: Batch, operation: HttpOperation, records: list[dict[str, Any]]
@@ -160,11 +178,14 @@ class HttpDestination(Destination):
         return result
 
     async def _deliver_batch(
-        self, batch: Batch, operation: HttpOperation, records: list[dict[str, Any]]
+        self,
+        batch: Batch,
+        operation: HttpOperation,
+        records: list[dict[str, Any]],
+        body: dict[str, Any],
+        content: bytes,
     ) -> BatchResult:
-        assert self.options.batch_key is not None
-        body = {self.options.batch_key: records}
-        outcome = await self._send(batch, operation, body, None)
+        outcome = await self._send(batch, operation, body, None, content)
         if isinstance(outcome, tuple):
             kind, message = outcome
             everyone = dict.fromkeys(range(len(records)), message)
@@ -179,6 +200,7 @@ class HttpDestination(Destination):
         operation: HttpOperation,
         body: dict[str, Any] | None,
         key: Any,
+        content: bytes | None = None,
     ) -> httpx.Response | tuple[str, str]:
         client = self._client
         assert client is not None
@@ -186,7 +208,8 @@ class HttpDestination(Destination):
         if key is not None:
             path = path.replace("{{ key }}", quote(str(key), safe=""))
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        content = None if body is None else json.dumps(body, default=json_default).encode()
+        if content is None and body is not None:
+            content = _encode(body)
         if self.options.idempotency_header:
             basis = json.dumps([batch.run_id, batch.action, key, body], default=json_default)
             headers[self.options.idempotency_header] = hashlib.sha256(basis.encode()).hexdigest()
@@ -228,22 +251,28 @@ class HttpDestination(Destination):
             found = found.get(part) if isinstance(found, dict) else None
         if not isinstance(found, list):
             return {}
-        by_key = (
-            {str(r.get(batch.key_field)): i for i, r in enumerate(records)}
-            if batch.key_field
-            else {}
-        )
+        by_key: dict[str, int] | None = None  # built only for an error that names a key
         rejected: dict[int, str] = {}
         for entry in found:
             if not isinstance(entry, dict):
                 continue
             index = entry.get("index")
             if not isinstance(index, int) and "key" in entry:
+                if by_key is None:
+                    by_key = (
+                        {str(r.get(batch.key_field)): i for i, r in enumerate(records)}
+                        if batch.key_field
+                        else {}
+                    )
                 index = by_key.get(str(entry["key"]))
             if isinstance(index, int) and 0 <= index < len(records):
                 message = entry.get("message") or entry.get("error") or "rejected"
                 rejected[index] = str(message)
         return rejected
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, default=json_default, separators=(",", ":")).encode()
 
 
 def _first_line(text: str, limit: int = 300) -> str:

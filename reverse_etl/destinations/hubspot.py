@@ -21,7 +21,12 @@ Objects", "Properties", "Error handling", "API usage guidelines"). Documented be
   tiers: "API usage guidelines", developers.hubspot.com/docs/api/usage-details and
   developers.hubspot.com/apisbytier); 429 answers and `X-HubSpot-RateLimit-*` headers are honoured
   by retry.send, under one limiter per account shared by every lane and sync; a 429 with
-  policyName DAILY (the daily budget is spent) fails the run instead of waiting.
+  policyName DAILY (the daily budget is spent) fails the run instead of waiting;
+- daily limits (private apps, per account: developers.hubspot.com/docs/apps/legacy-apps/
+  private-apps/overview): 250,000 requests a day on Free and Starter, 625,000 on Professional,
+  1,000,000 on Enterprise (and 1,000,000 more per API limit increase); they reset at midnight in
+  the account's time zone. `daily_request_budget` defaults to the lowest; the
+  `X-HubSpot-RateLimit-Daily-Remaining` header of the last answer is read as what is left.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from reverse_etl.destinations.base import (
     Destination,
     DestinationOptions,
     FieldInfo,
+    RequestBudget,
     register,
     url_location,
 )
@@ -61,6 +67,7 @@ from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
 MAX_INPUTS = 100
+DAILY_REQUESTS = 250_000
 STANDARD_OBJECTS = ("contacts", "companies", "deals")
 # Property definitions change rarely; lanes and syncs of one process share what was read.
 _PROPERTIES_TTL_SECONDS = 300.0
@@ -75,11 +82,15 @@ class HubSpotOptions(DestinationOptions):
     # Requests per second (optional) on top of HubSpot's rolling window below.
     rate_limit: float | None = Field(default=None, gt=0)
     requests_per_10s: int = Field(default=100, gt=0)
+    # Requests a day: 250,000 on Free/Starter (HubSpot's documented lowest tier).
+    daily_request_budget: int = Field(default=DAILY_REQUESTS, gt=0)
     timeout: float = Field(default=30.0, gt=0)
 
 
 _properties_cache: dict[tuple[str, str], tuple[float, list[dict[str, Any]]]] = {}
 _cache_lock = threading.Lock()
+# The last X-HubSpot-RateLimit-Daily-Remaining each account answered in this process.
+_daily_remaining: dict[str, int] = {}
 
 
 @register("hubspot")
@@ -95,8 +106,9 @@ class HubSpotDestination(Destination):
         assert isinstance(options, HubSpotOptions)
         self.hs = options
         self.base_url = options.base_url.rstrip("/")
+        self.account = f"hubspot:{self.location()}"
         self.limiter: RateLimiter = limiter_for(
-            f"hubspot:{self.location()}",
+            self.account,
             RateLimit(per_second=options.rate_limit, per_window=options.requests_per_10s),
         )
         self.stats = RetryStats()
@@ -165,6 +177,31 @@ class HubSpotDestination(Destination):
                 + (" or to email" if object == "contacts" else "")
             )
         return problems
+
+    # -- request budget -----------------------------------------------------------------------
+
+    def request_account(self) -> str:
+        return self.account
+
+    def requests_needed(
+        self, action: Action, records: int, batch_size: int, unknown_ids: int = 0
+    ) -> int:
+        """One call per batch; archives also read, once per batch, the ids not stored."""
+        batches = -(-records // min(batch_size, MAX_INPUTS))
+        if action == "delete":
+            return batches + min(batches, unknown_ids)
+        return batches
+
+    def setup_requests(self) -> int:
+        return 1  # the object's properties
+
+    def request_budget(self) -> RequestBudget:
+        with _cache_lock:
+            remaining = _daily_remaining.get(self.account)
+        source = "daily_request_budget" + (
+            " and HubSpot's X-HubSpot-RateLimit-Daily-Remaining" if remaining is not None else ""
+        )
+        return RequestBudget(self.hs.daily_request_budget, remaining, source)
 
     # -- delivery -----------------------------------------------------------------------------
 
@@ -313,6 +350,10 @@ class HubSpotDestination(Destination):
             stats=self.stats,
             retryable=_worth_retrying,
         )
+        left = response.headers.get("x-hubspot-ratelimit-daily-remaining", "")
+        if left.isdigit():
+            with _cache_lock:
+                _daily_remaining[self.account] = int(left)
         if response.status_code == 429:  # the daily budget: no wait within a run helps
             raise DestinationError(
                 f"HubSpot's daily request limit of destination '{self.name}' is used up: "

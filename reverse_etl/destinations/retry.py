@@ -64,14 +64,19 @@ class GiveUp(Exception):
 
 @dataclass
 class RetryStats:
-    """What the retries of a run cost, for the run summary."""
+    """What the requests of a run cost, for the run summary and the daily request budget:
+    every request sent (retries included), the retries, and how many of them followed a 429."""
 
+    requests: int = 0
     retries: int = 0
     throttled: int = 0
     waited_seconds: float = 0.0
 
     def as_counts(self) -> dict[str, int]:
-        return {"retries": self.retries, "throttled": self.throttled} if self.retries else {}
+        counts = {"requests": self.requests} if self.requests else {}
+        if self.retries:
+            counts.update(retries=self.retries, throttled=self.throttled)
+        return counts
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -145,9 +150,14 @@ async def send(
         stats.waited_seconds += state.upcoming_sleep
 
     async def attempt() -> httpx.Response:
-        if limiter is not None:
-            await limiter.acquire()
-        response = await request()
+        send = await limiter.acquire() if limiter is not None else None
+        if stats is not None:
+            stats.requests += 1
+        try:
+            response = await request()
+        finally:
+            if limiter is not None and send is not None:
+                limiter.answered(send)
         if worth_retrying(response):
             asked = retry_after(response.headers)
             if asked is not None and limiter is not None:

@@ -15,6 +15,8 @@ platform/api-rest/guide/ and atlas.en-us.api_rest.meta/api_rest/):
   not nillable and not defaulted on create.
 - "Limit Info Header": `Sforce-Limit-Info: api-usage=N/M` is the org's daily API usage; past it
   the API answers 403 REQUEST_LIMIT_EXCEEDED, which no retry can fix before the budget recovers.
+  "Limits" (`GET /limits`, API 29.0+, needs View Setup and Configuration): `DailyApiRequests`
+  {Max, Remaining} over a rolling 24 hours; a plan reads it to check the run fits the budget.
 - "OAuth 2.0 Client Credentials Flow": POST /services/oauth2/token with grant_type=
   client_credentials, client_id, client_secret -> access_token, instance_url. An expired session
   answers 401 INVALID_SESSION_ID ("Error Handling for Session Expiration"): one new token is
@@ -57,11 +59,12 @@ from reverse_etl.destinations.base import (
     Destination,
     DestinationOptions,
     FieldInfo,
+    RequestBudget,
     register,
     url_location,
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
-from reverse_etl.destinations.retry import GiveUp, RetryPolicy, send
+from reverse_etl.destinations.retry import GiveUp, RetryPolicy, RetryStats, send
 from reverse_etl.destinations.salesforce_bulk import BulkIngest, BulkSettings
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
@@ -69,6 +72,8 @@ from reverse_etl.types import Action
 
 MAX_RECORDS = 200  # per sObject Collections call
 LOOKUP_CHUNK = 100  # key values per SOQL lookup (keeps the query URL short)
+# Requests of one Bulk API job: create, upload, close, a few polls, three result listings.
+BULK_JOB_REQUESTS = 12
 _API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 _STRINGS = frozenset(
@@ -91,6 +96,8 @@ class SalesforceOptions(DestinationOptions):
     client_secret: str | None = None
     token_url: str | None = None  # default: <instance>/services/oauth2/token
     rate_limit: float | None = None  # requests per second; Salesforce documents no such limit
+    # Requests retl may use in 24 hours; default: the org's allocation, read from Salesforce.
+    daily_request_budget: int | None = Field(default=None, gt=0)
     timeout: float = 60.0
     # Bulk API 2.0: operations of more records than this go through ingest jobs (null: never)
     bulk_threshold: int | None = Field(default=2000, ge=0)
@@ -156,6 +163,10 @@ class _Shared:
 
 _SHARED: dict[str, _Shared] = {}
 _shared_lock = threading.Lock()
+# The last Sforce-Limit-Info (used, limit) each org answered in this process.
+_USAGE_SEEN: dict[str, tuple[int, int]] = {}
+# Reading the limits must not hold up a plan for minutes when the org does not answer.
+_LIMITS_POLICY = RetryPolicy(attempts=2, max_wait=2.0, total_seconds=10.0)
 
 
 @register("salesforce")
@@ -175,6 +186,7 @@ class SalesforceDestination(Destination):
         self._shared = _Shared()  # joins the org's while open
         self._instance = (self.options.base_url or self.options.instance_url or "").rstrip("/")
         self.policy = RetryPolicy()
+        self.stats = RetryStats()
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -308,6 +320,61 @@ class SalesforceDestination(Destination):
                 "id nor idLookup): map primary_key to Id or to an External ID field"
             )
         return problems
+
+    # -- request budget ---------------------------------------------------------------------
+
+    def request_account(self) -> str:
+        return f"salesforce:{self.location()}"
+
+    def requests_needed(
+        self, action: Action, records: int, batch_size: int, unknown_ids: int = 0
+    ) -> int:
+        """One collection call per 200 records, or for batches above `bulk_threshold` one Bulk
+        API job each (about `BULK_JOB_REQUESTS`: its polls depend on how long Salesforce takes);
+        updates and deletes also look up, per batch, the Ids not stored (a query per 100)."""
+        threshold = self.options.bulk_threshold
+        if threshold is not None and batch_size > threshold:
+            batches = -(-records // batch_size)
+            calls = batches * BULK_JOB_REQUESTS
+        else:
+            batch = min(batch_size, MAX_RECORDS)
+            batches = -(-records // batch)
+            calls = batches * -(-batch // MAX_RECORDS)
+        if action in ("update", "delete") and unknown_ids:
+            calls += min(batches, unknown_ids) + unknown_ids // LOOKUP_CHUNK
+        return calls
+
+    def setup_requests(self) -> int:
+        return 1  # describe (the token endpoint does not count against the API budget)
+
+    def request_budget(self) -> RequestBudget:
+        """`daily_request_budget` if set, else the org's allocation; what is left from
+        `GET /limits` (or the last Sforce-Limit-Info seen when that cannot be read)."""
+        limit, remaining, source = self.options.daily_request_budget, None, "daily_request_budget"
+        try:
+            response = _run(
+                self._request("GET", "/limits", allow={403, 404}, policy=_LIMITS_POLICY)
+            )
+            body = _json(response) if response.status_code == 200 else None
+            daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
+        except DestinationError:
+            daily = None
+        if isinstance(daily, dict) and isinstance(daily.get("Max"), int):
+            remaining = daily.get("Remaining") if isinstance(daily.get("Remaining"), int) else None
+            limit = limit or int(daily["Max"])
+            source = "Salesforce /limits (DailyApiRequests)"
+        else:
+            seen = _USAGE_SEEN.get(self.location())
+            if seen is not None:
+                remaining = max(0, seen[1] - seen[0])
+                limit = limit or seen[1]
+                source = "Sforce-Limit-Info"
+        if self.options.daily_request_budget is not None:
+            source = "daily_request_budget" + (f" and {source}" if remaining is not None else "")
+        return RequestBudget(limit, remaining, source)
+
+    def delivery_stats(self) -> dict[str, int]:
+        return self.stats.as_counts()
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -522,6 +589,7 @@ class SalesforceDestination(Destination):
         accept: str = "application/json",
         allow: Iterable[int] = (),
         absolute: bool = False,
+        policy: RetryPolicy | None = None,
     ) -> httpx.Response:
         """One REST call under the retry policy and the org's rate limiter. Returns a 2xx
         response (or one of `allow`); raises DestinationError for a refusal no retry can fix
@@ -545,7 +613,9 @@ class SalesforceDestination(Destination):
                     method, url, params=params, json=json, content=content, headers=headers
                 )
 
-            response = await send(attempt, limiter=self._limiter, policy=self.policy)
+            response = await send(
+                attempt, limiter=self._limiter, policy=policy or self.policy, stats=self.stats
+            )
             self._note_usage(response)
             if response.status_code == 401 and self._client_credentials and not refreshed:
                 refreshed = True  # the session expired: one new token, then give up
@@ -625,6 +695,7 @@ class SalesforceDestination(Destination):
         match = _USAGE.search(response.headers.get("sforce-limit-info", ""))
         if match:
             self._shared.budget = (int(match.group(1)), int(match.group(2)))
+            _USAGE_SEEN[self.location()] = self._shared.budget
 
     def _refuse_when_over_budget(self, instance: str) -> None:
         used, limit = self._shared.budget or (0, 0)

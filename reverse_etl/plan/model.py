@@ -65,6 +65,31 @@ class RunLimits:
     max_rejected: int | None
 
 
+@dataclass(frozen=True)
+class RequestPlan:
+    """The API requests a run of this plan needs (at most: `by_operation` for the batches,
+    `extra` for a token, describe or properties list) and the destination account's daily
+    request budget: its `budget`, the requests `used` by runs of the last 24 hours (run log),
+    what the vendor reports as `remaining`, and so what is `left` (None: no budget known)."""
+
+    needed: int
+    by_operation: dict[str, int]
+    extra: int = 0
+    budget: int | None = None
+    used: int = 0
+    remaining: int | None = None
+    left: int | None = None
+    source: str = ""
+
+    @property
+    def over_budget(self) -> bool:
+        return self.left is not None and self.needed > self.left
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestPlan:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
 @dataclass
 class Plan:
     """Counts first, samples after, why a run would be refused, and all a run needs to execute."""
@@ -99,6 +124,8 @@ class Plan:
     refusal: str | None = None
     refusal_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    # API destinations: the requests a run needs and the daily budget (None for databases).
+    requests: RequestPlan | None = None
     # Rows the diff brought out of the warehouse (state.backend: warehouse); None: local diff,
     # which reads every source row.
     fetched_rows: int | None = None
@@ -169,6 +196,7 @@ class Plan:
             "refused": self.refusal,
             "refusal_hint": self.refusal_hint,
             "notes": list(self.notes),
+            "requests": asdict(self.requests) if self.requests else None,
             "fetched_rows": self.fetched_rows,
         }
 
@@ -214,5 +242,6 @@ class Plan:
             refusal=data.get("refused"),
             refusal_hint=data.get("refusal_hint"),
             notes=[str(n) for n in data.get("notes") or []],
+            requests=RequestPlan.from_json(data["requests"]) if data.get("requests") else None,
             fetched_rows=(None if data.get("fetched_rows") is None else int(data["fetched_rows"])),
         )

@@ -5,23 +5,39 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from reverse_etl.errors import StateError
+
+# Commits accepted records and deleted keys into state (a snapshot backend's `acknowledge`).
+Commit = Callable[[duckdb.DuckDBPyConnection, pa.Table, pa.Table], None]
+
+
+@dataclass(frozen=True)
+class _Acknowledgement:
+    delivered: pa.Table  # key, hash, dest_id
+    deleted: pa.Table  # key
 
 
 class AcknowledgementWriter:
     """Writes acknowledgements to state in order on a background thread, so that the next batch
     is delivered while the last one is committed. At most `depth` batches wait; the first error
-    stops the run at the next submit or at exit, and exit waits for every pending commit."""
+    stops the run at the next submit or at exit, and exit waits for every pending commit.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, depth: int = 2) -> None:
+    Batches that wait together are committed in one transaction (a commit costs far more than
+    the rows it holds): each batch is still all in state or not at all, and a crash loses at
+    most the `depth` waiting batches, which the next run sends again."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, commit: Commit, depth: int = 4) -> None:
         self.con = con
-        self.jobs: queue.Queue[tuple[Callable[..., None], tuple[Any, ...]] | None] = queue.Queue(
-            depth
-        )
+        self.commit = commit
+        self.jobs: queue.Queue[
+            _Acknowledgement | tuple[Callable[..., None], tuple[Any, ...]] | None
+        ] = queue.Queue(depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="retl-acks", daemon=True)
 
@@ -34,7 +50,13 @@ class AcknowledgementWriter:
         self.thread.join()
         self._raise()
 
+    def acknowledge(self, delivered: pa.Table, deleted: pa.Table) -> None:
+        """Record a batch's accepted records and deleted keys (through `commit`)."""
+        self._raise()
+        self.jobs.put(_Acknowledgement(delivered, deleted))
+
     def submit(self, job: Callable[..., None], *args: Any) -> None:
+        """Run `job(con, *args)` after everything submitted before it."""
         self._raise()
         self.jobs.put((job, args))
 
@@ -44,10 +66,41 @@ class AcknowledgementWriter:
             raise StateError(f"could not record delivered records in state: {error}") from error
 
     def _work(self) -> None:
-        while (item := self.jobs.get()) is not None:
-            if self.error is None:
-                job, args = item
+        while True:
+            items = [self.jobs.get()]
+            while True:
                 try:
-                    job(self.con, *args)
-                except BaseException as exc:
-                    self.error = exc
+                    items.append(self.jobs.get_nowait())
+                except queue.Empty:
+                    break
+            waiting: list[_Acknowledgement] = []
+            for item in items:
+                if item is None:
+                    self._commit(waiting)
+                    return
+                if isinstance(item, _Acknowledgement):
+                    waiting.append(item)
+                    continue
+                self._commit(waiting)
+                waiting = []
+                job, args = item
+                self._guarded(job, *args)
+            self._commit(waiting)
+
+    def _commit(self, acknowledgements: list[_Acknowledgement]) -> None:
+        if not acknowledgements:
+            return
+        delivered = _concat([a.delivered for a in acknowledgements])
+        deleted = _concat([a.deleted for a in acknowledgements])
+        self._guarded(self.commit, delivered, deleted)
+
+    def _guarded(self, job: Callable[..., None], *args: Any) -> None:
+        if self.error is None:
+            try:
+                job(self.con, *args)
+            except BaseException as exc:
+                self.error = exc
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")

@@ -45,6 +45,7 @@ from reverse_etl.types import Operation
 RETRY_ROUNDS = 3
 RETRY_WAIT_SECONDS = 1.0
 
+_NO_KEYS = pa.table({"key": pa.array([], pa.string())})
 _InFlight = collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]]
 
 
@@ -95,7 +96,7 @@ class Delivery:
         # total so that a run stops early only when the limit is certain to be exceeded.
         self.allowed_rejections = plan.limits.max_row_error_ratio * self.total
         self.writer.execute("CREATE OR REPLACE TABLE retl_rejected (key VARCHAR)")
-        self.acks = AcknowledgementWriter(self.writer)
+        self.acks = AcknowledgementWriter(self.writer, self.snapshot.acknowledge)
 
     def execute(self, config_hash: str) -> DeliveryResult:
         """Send every operation of the plan; never raises for the destination's failures."""
@@ -200,7 +201,7 @@ class Delivery:
                 )
 
     def _send(self, lanes: list[Destination], op: Operation) -> None:
-        """Deliver one operation's records in batches, up to one batch in flight per lane;
+        """Deliver one operation's records in batches, up to two batches in flight per lane;
         records the destination asks to retry later are sent again after a pause, a few
         times, then left to the next run (neither acknowledged nor dead lettered)."""
         fields = self._fields(op)
@@ -287,7 +288,9 @@ class Delivery:
                         first_load=op == "create" and self.plan.state.records == 0,
                     )
                     in_flight.append((pool.submit(deliver, batch), table, records))
-                    if len(in_flight) >= len(lanes):
+                    # One batch waits behind each lane's: a lane never idles while the
+                    # oldest batch is acknowledged.
+                    if len(in_flight) >= 2 * len(lanes):
                         self._collect(op, *in_flight.popleft())
                 while in_flight:
                     self._collect(op, *in_flight.popleft())
@@ -401,8 +404,13 @@ class Delivery:
             rejected_keys = pa.table({"key": pa.array([str(k) for k in keys], pa.string())})
             self.acks.submit(_remember_rejected, rejected_keys)
             self.counts["rejected"] += len(rejected)
-        removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed")
-        deleted = accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
+        # Only deletes can be of rows removed from the source: the others all stay in state.
+        removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed") if op == "delete" else None
+        deleted = (
+            accepted.filter(removed).select([KEY_COLUMN]).rename_columns(["key"])
+            if removed is not None
+            else _NO_KEYS
+        )
         if result.ids:
             # A new id replaces the stored one; records the destination gave none keep theirs.
             stored = accepted.column(DEST_ID_COLUMN).to_pylist()
@@ -412,12 +420,11 @@ class Delivery:
             accepted = accepted.set_column(
                 accepted.schema.get_field_index(DEST_ID_COLUMN), DEST_ID_COLUMN, given
             )
-        delivered = (
-            accepted.filter(pc.invert(removed))
-            .select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN])
-            .rename_columns(["key", "hash", "dest_id"])
+        staying = accepted.filter(pc.invert(removed)) if removed is not None else accepted
+        delivered = staying.select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN]).rename_columns(
+            ["key", "hash", "dest_id"]
         )
-        self.acks.submit(self.snapshot.acknowledge, delivered, deleted)
+        self.acks.acknowledge(delivered, deleted)
         self.counts[op] += accepted.num_rows - result.absent
         if result.absent:
             self.counts["absent"] = self.counts.get("absent", 0) + result.absent

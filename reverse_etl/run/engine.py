@@ -9,12 +9,15 @@ State advances only for records the destination accepted, one transaction per ba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -33,6 +36,7 @@ from reverse_etl.errors import (
 )
 from reverse_etl.git import file_version
 from reverse_etl.mapping import compile_mapping
+from reverse_etl.plan.budget import BUDGET_WINDOW, check_budget, request_plan
 from reverse_etl.plan.diff import PlanInputs, build_plan
 from reverse_etl.plan.files import check_fresh
 from reverse_etl.plan.model import Plan, StateRef
@@ -56,6 +60,7 @@ from reverse_etl.validate import validate_project
 from reverse_etl.warehouse import check_role
 
 PAUSED = "paused (set paused: false to run it)"
+_R = TypeVar("_R")
 PAUSED_PLAN = "the saved plan was made while the sync was paused"
 _FINISHED_LEVEL: dict[str, EventLevel] = {
     "success": "info",
@@ -74,6 +79,7 @@ class Engine:
         self.project = project
         self.role = role
         self.layout = StateLayout.for_project(project.root)
+        self._accounts: dict[str, str | None] = {}
 
     @property
     def run_log(self) -> RunLog:
@@ -278,7 +284,34 @@ class Engine:
         if pause is not None:
             plan.pause = pause
             plan.paused = True
+        self._plan_requests(plan, con)
         return plan
+
+    def _plan_requests(self, plan: Plan, con: duckdb.DuckDBPyConnection) -> None:
+        """API destinations: the requests the run needs against the account's daily budget;
+        the plan is refused when they do not fit."""
+        destination = self.open_destination(plan.target.destination)
+        account = destination.request_account()
+        if account is None:
+            return
+        self._accounts[plan.target.destination] = account
+        sharing = [
+            s.name
+            for s in self.project.syncs.values()
+            if s.config is not None and self._account(s.config.destination.name) == account
+        ]
+        used = self.run_log.requests_since(sharing, datetime.now(UTC) - BUDGET_WINDOW)
+        plan.requests = request_plan(plan, con, destination, used)
+        check_budget(plan)
+
+    def _account(self, destination: str) -> str | None:
+        """The request account of a destination of retl.yml (None: not an API, or broken)."""
+        if destination not in self._accounts:
+            try:
+                self._accounts[destination] = self.open_destination(destination).request_account()
+            except (RetlError, ValueError):
+                self._accounts[destination] = None
+        return self._accounts[destination]
 
     def _batch_size(self, sync: Sync, target: TargetId) -> int:
         assert sync.config is not None
@@ -360,41 +393,24 @@ class Engine:
         *,
         scheduled: bool = False,
         on_outcome: Callable[[RunOutcome], None] | None = None,
+        threads: int = 1,
     ) -> list[RunOutcome]:
         """Run syncs in dependency order. With `scheduled`, only what is due (unless
         `options.force`); paused syncs, and syncs whose dependency failed in this call, are
-        skipped either way. Stops after an interrupted run."""
+        skipped either way. Stops after an interrupted run.
+
+        With `threads` > 1, up to that many syncs run at once, each as soon as the syncs it
+        runs `after:` have finished; `options`' callbacks are then called one at a time, and
+        `on_outcome` in the calling thread. Outcomes come back in dependency order."""
         options = options or RunOptions()
+        ordered = dependency_order(list(syncs))
+        if threads > 1 and len(ordered) > 1:
+            return self._run_parallel(ordered, options, scheduled, on_outcome, threads)
         outcomes: list[RunOutcome] = []
         finished: dict[str, bool] = {}
-        for sync in dependency_order(list(syncs)):
-            broken = [p for p in self.project.problems_of(sync) if p.severity == "error"]
-            if broken or sync.config is None:
-                outcome = RunOutcome(
-                    sync.name,
-                    "failed",
-                    error=f"{len(broken)} problem(s) in its files: first {broken[0].location()}: "
-                    f"{broken[0].message}"
-                    if broken
-                    else "its sync file cannot be read",
-                    hint=f"run `retl validate {sync.name}`",
-                )
-                finished[sync.name] = False
-                outcomes.append(self._finished(outcome, options))
-                if on_outcome is not None:
-                    on_outcome(outcome)
-                continue
-            reason = failed_dependency(sync, finished)
-            hint = None
-            if reason is None and scheduled:
-                reason, hint = self.pause_reason(sync) or (None, None)
-            if reason is None and scheduled and not options.force:
-                reason = not_due_reason(sync, self.run_log, finished)
-            if reason is not None:
-                outcome = self._finished(
-                    RunOutcome(sync.name, "skipped", error=reason, hint=hint), options
-                )
-            else:
+        for sync in ordered:
+            outcome = self._before_run(sync, options, scheduled, finished)
+            if outcome is None:
                 outcome = self.run(sync, options)
                 finished[sync.name] = outcome.status in ("success", "planned")
             outcomes.append(outcome)
@@ -403,6 +419,96 @@ class Engine:
             if outcome.status == "interrupted":
                 break
         return outcomes
+
+    def _before_run(
+        self, sync: Sync, options: RunOptions, scheduled: bool, finished: dict[str, bool]
+    ) -> RunOutcome | None:
+        """The outcome of a sync that does not run (broken files, failed dependency, paused,
+        not due; its `run_finished` event is reported), None when it runs; a broken sync counts
+        as failed in `finished`."""
+        broken = [p for p in self.project.problems_of(sync) if p.severity == "error"]
+        if broken or sync.config is None:
+            finished[sync.name] = False
+            outcome = RunOutcome(
+                sync.name,
+                "failed",
+                error=f"{len(broken)} problem(s) in its files: first {broken[0].location()}: "
+                f"{broken[0].message}"
+                if broken
+                else "its sync file cannot be read",
+                hint=f"run `retl validate {sync.name}`",
+            )
+            return self._finished(outcome, options)
+        reason = failed_dependency(sync, finished)
+        hint = None
+        if reason is None and scheduled:
+            reason, hint = self.pause_reason(sync) or (None, None)
+        if reason is None and scheduled and not options.force:
+            reason = not_due_reason(sync, self.run_log, finished)
+        if reason is None:
+            return None
+        return self._finished(RunOutcome(sync.name, "skipped", error=reason, hint=hint), options)
+
+    def _run_parallel(
+        self,
+        ordered: list[Sync],
+        options: RunOptions,
+        scheduled: bool,
+        on_outcome: Callable[[RunOutcome], None] | None,
+        threads: int,
+    ) -> list[RunOutcome]:
+        """`run_many` on a pool of `threads`: a sync starts once every selected sync it runs
+        after has finished (and is skipped when one of them failed). A signal stops starting
+        syncs; the running ones stop at their next safe point (a second signal at once)."""
+        selected = {s.name for s in ordered}
+        after = {
+            s.name: [d for d in (s.config.schedule.after if s.config else ()) if d in selected]
+            for s in ordered
+        }
+        worker_options = _one_at_a_time(options)
+        outcomes: dict[str, RunOutcome] = {}
+        finished: dict[str, bool] = {}
+        waiting = list(ordered)
+        running: dict[Future[RunOutcome], Sync] = {}
+        stopping = False
+
+        def settle(outcome: RunOutcome) -> None:
+            nonlocal stopping
+            outcomes[outcome.sync] = outcome
+            if on_outcome is not None:
+                on_outcome(outcome)
+            if outcome.status == "interrupted":
+                stopping = True
+
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="retl-sync")
+        try:
+            with interrupt.graceful():  # the first signal only asks every run to stop
+                while waiting or running:
+                    stopping = stopping or interrupt.requested() is not None
+                    for sync in [] if stopping else list(waiting):
+                        if len(running) >= threads:
+                            break
+                        if any(d not in outcomes for d in after[sync.name]):
+                            continue  # a dependency has not finished
+                        waiting.remove(sync)
+                        outcome = self._before_run(sync, worker_options, scheduled, finished)
+                        if outcome is not None:
+                            settle(outcome)
+                        else:
+                            running[pool.submit(self.run, sync, worker_options)] = sync
+                    if not running:
+                        if stopping or not waiting:
+                            break
+                        continue  # syncs skipped just now may have released dependents
+                    done, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        sync = running.pop(future)
+                        outcome = future.result()
+                        finished[sync.name] = outcome.status in ("success", "planned")
+                        settle(outcome)
+        finally:
+            pool.shutdown(wait=not running, cancel_futures=True)
+        return [outcomes[s.name] for s in ordered if s.name in outcomes]
 
     def _check_role(self, sync: Sync) -> None:
         assert self.project.config is not None and sync.config is not None
@@ -500,6 +606,8 @@ class Engine:
                     except StalePlanError as exc:
                         outcome.plan = saved
                         return self._end(options, outcome, "refused", exc.message, exc.hint)
+                    saved.requests = plan.requests  # the budget is checked as it is now
+                    check_budget(saved)
                     plan = saved
                 outcome.plan = plan
                 if options.on_plan:
@@ -614,6 +722,31 @@ class Engine:
                     channel=delivery.channel,
                     error=delivery.error,
                 )
+
+
+def _one_at_a_time(options: RunOptions) -> RunOptions:
+    """`options` whose callbacks never run at the same time (runs on several threads share
+    one terminal: a plan, a question or a progress line is printed whole)."""
+    lock = threading.Lock()
+
+    def serialised(callback: Callable[..., _R] | None) -> Callable[..., _R] | None:
+        if callback is None:
+            return None
+        function = callback
+
+        def call(*args: Any) -> _R:
+            with lock:
+                return function(*args)
+
+        return call
+
+    return dataclasses.replace(
+        options,
+        confirm=serialised(options.confirm),
+        on_plan=serialised(options.on_plan),
+        on_progress=serialised(options.on_progress),
+        on_event=serialised(options.on_event),
+    )
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time as _time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -178,9 +179,9 @@ class Database:
 
     def _create(self) -> None:
         """Create the file whole: schema and WAL mode in a private temporary file, then linked
-        to `path` (another process may win the race: then its file is used)."""
+        to `path` (another process or thread may win the race: then its file is used)."""
         private_dir(self.path.parent)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.new")
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.new")
         try:
             create_private(tmp)
             conn = sqlite3.connect(tmp, isolation_level=None)

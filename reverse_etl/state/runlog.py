@@ -323,6 +323,21 @@ class RunLog:
             ).fetchone()
         return None if row is None else _run_from_row(row)
 
+    def requests_since(self, syncs: Iterable[str], since: datetime) -> int:
+        """API requests that runs of these syncs started at or after `since` recorded (the
+        `requests` count a run keeps, whatever its status)."""
+        names = sorted(set(syncs))
+        if not names:
+            return 0
+        placeholders = ", ".join("?" for _ in names)
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT coalesce(sum(json_extract(counts, '$.requests')), 0) FROM runs "
+                f"WHERE sync IN ({placeholders}) AND started_at >= ?",
+                (*names, timestamp_text(since)),
+            ).fetchone()
+        return int(row[0] or 0)
+
     def mark_abandoned(self, sync: str) -> builtins.list[RunRecord]:
         """Turn runs of `sync` still `running` into `failed` (interrupted); returns them.
 

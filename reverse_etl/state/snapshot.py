@@ -201,11 +201,27 @@ class SnapshotStore:
                 con.unregister("retl_deleted")
             values = {k: v for k, v in meta.items()}
             values["updated_at"] = now.isoformat()
-            for name, value in values.items():
-                con.execute(f"INSERT OR REPLACE INTO {_META} VALUES (?, ?)", [name, value])
-            con.execute(
-                f"UPDATE {_META} SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) WHERE name = 'serial'"
-            )
+            # One UPDATE for every meta value and the serial (an upsert rewrites the table's
+            # index and costs more than the rows of a batch); INSERT only what is missing.
+            names = list(values)
+            cases = " ".join("WHEN ? THEN ?" for _ in names)
+            marks = ", ".join("?" for _ in names)
+            updated = {
+                str(row[0])
+                for row in con.execute(
+                    f"UPDATE {_META} SET value = CASE name {cases} WHEN 'serial' THEN "
+                    f"CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) END "
+                    f"WHERE name IN ({marks}, 'serial') RETURNING name",
+                    [*(part for item in values.items() for part in item), *names],
+                ).fetchall()
+            }
+            missing = [(name, values[name]) for name in names if name not in updated]
+            if missing:
+                rows = ", ".join("(?, ?)" for _ in missing)
+                con.execute(
+                    f"INSERT INTO {_META} VALUES {rows}",
+                    [part for item in missing for part in item],
+                )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -241,3 +241,30 @@ def test_a_mode_without_an_operation_fails_validation(
     (outcome,) = run.json()["runs"]
     assert outcome["status"] == "failed"
     assert "no `operations.update`" in outcome["error"]
+
+
+def test_a_daily_request_budget_counts_one_request_per_record_without_batch_key(
+    project: Path, httpserver: HTTPServer, retl_cli: Callable[..., Any]
+) -> None:
+    webhook = Webhook(httpserver)
+    per_record = {"operations": {"upsert": {"method": "PUT", "path": "/contacts/{{ key }}"}}}
+    write_project(
+        project, hook(httpserver, daily_request_budget=12, **per_record), {"mode": "upsert"}
+    )
+    set_source(project, [(k, f"user{k}@example.com") for k in range(1, 9)])
+
+    planned = retl_cli("plan", "contacts", "--json", "--project-dir", str(project)).json()
+    first = retl_cli("run", "contacts", "--json", "--project-dir", str(project)).json()["runs"][0]
+    set_source(project, [(k, f"new{k}@example.com") for k in range(1, 9)])
+    second = retl_cli("run", "contacts", "--json", "--project-dir", str(project))
+
+    requests = planned["syncs"][0]["requests"]
+    assert requests["needed"] == 8 and requests["budget"] == 12 and requests["left"] == 12
+    assert first["counts"]["requests"] == len(webhook.requests) == 8
+    assert second.code == 1
+    (refused,) = second.json()["runs"]
+    assert refused["status"] == "refused"
+    assert refused["plan"]["requests"]["left"] == 4
+    assert "needs up to 8 API requests" in refused["error"]
+    assert len(webhook.requests) == 8  # the refused run sent nothing
+    assert all(r["email"].startswith("user") for r in webhook.store.values())

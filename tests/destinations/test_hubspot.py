@@ -449,6 +449,111 @@ def test_spent_daily_limit_fails_the_run_at_once_saying_so(
     assert len(hs.sent("/batch/upsert")) == 1  # not retried
 
 
+def set_destination(hs: HubSpotProject, **options: Any) -> None:
+    """Add options to destination `hs` in retl.yml."""
+    path = hs.root / "retl.yml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config["destinations"]["hs"].update(options)
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def plan_requests(hs: HubSpotProject) -> dict[str, Any]:
+    code, out = hs.cli("plan", "people", "--json")
+    assert code == 0, out
+    requests = json.loads(out)["syncs"][0]["requests"]
+    assert isinstance(requests, dict)
+    return requests
+
+
+def test_plan_shows_the_requests_a_run_needs_and_the_run_log_counts_them(
+    hs: HubSpotProject,
+) -> None:
+    hs.write_sync()
+    hs.contacts(emails(150))
+
+    planned = plan_requests(hs)
+    first = hs.run()
+
+    # 2 batches of at most 100, and the properties list
+    assert planned["needed"] == 3 and planned["by_operation"] == {"create": 2}
+    assert planned["extra"] == 1
+    assert planned["budget"] == 250_000 and planned["used"] == 0  # HubSpot's lowest tier
+    assert first["counts"]["requests"] == len(hs.server.log) == 3
+    hs.contacts(emails(150, start=1000))
+    again = plan_requests(hs)
+    assert again["used"] == 3
+    assert again["remaining"] == hs.server.daily_limit - 3  # X-HubSpot-RateLimit-Daily-Remaining
+    assert again["left"] == 250_000 - 3
+
+
+def test_a_run_needing_more_than_the_daily_budget_left_is_refused_before_sending(
+    hs: HubSpotProject,
+) -> None:
+    set_destination(hs, daily_request_budget=4)
+    hs.write_sync()
+    hs.contacts(emails(150))
+    hs.run()
+    hs.contacts(emails(150, start=1000))
+    sent_before = len(hs.server.log)
+
+    code, out = hs.cli("run", "people")
+
+    assert code == 1
+    text = " ".join(out.split())
+    assert "refused" in text
+    assert "needs up to 3 API requests" in text and "only 1 left" in text
+    assert "daily request budget of 4" in text and "3 used by runs of the last 24 hours" in text
+    assert "raise `daily_request_budget`" in text
+    assert len(hs.server.log) == sent_before  # nothing was sent
+    assert len(hs.records()) == 150
+
+
+def test_the_daily_remaining_hubspot_reports_limits_the_next_run(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(daily_limit=4)
+    hs.write_sync()
+    hs.contacts(emails(1))
+    hs.run()  # properties + 1 batch: HubSpot says 2 left
+    hs.contacts(emails(150, start=1000))
+
+    code, out = hs.cli("run", "people")
+
+    assert code == 1
+    text = " ".join(out.split())
+    assert "only 2 left" in text and "the vendor reports 2 left" in text
+    assert len(hs.records()) == 1
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_two_syncs_into_one_account_together_stay_under_its_rate_limit(
+    hubspot_project: Callable[..., HubSpotProject], threads: str
+) -> None:
+    hs = hubspot_project(max_per_window=20, window_ms=1000)  # 20 requests in any second
+    set_destination(hs, rate_limit=20)
+    path = hs.root / "retl.yml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    config["destinations"]["crm"] = dict(config["destinations"]["hs"])  # same token and host
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    hs.write_sync("people")
+    hs.write_sync(
+        "companies",
+        destination={"name": "crm", "object": "companies"},
+        mapping={"domain": "email", "name": "firstname"},
+    )
+    hs.contacts(emails(1500))
+
+    code, out = hs.cli("run", "--all", "--force", "--threads", threads)
+
+    assert code == 0, out
+    assert len(hs.records("contacts")) == len(hs.records("companies")) == 1500
+    log = hs.server.log
+    assert len(log) == 2 * (15 + 1), out  # 15 batches and a properties list per sync
+    assert [e for e in log if e.status == 429] == []
+    # over any second (less a few ms of arrival jitter) the server saw at most 20 requests
+    assert hs.server.busiest(1.0 - 0.005) <= 20
+
+
 def test_a_call_that_keeps_failing_leaves_its_records_to_retry_later(
     hs: HubSpotProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,3 +70,28 @@ def test_syncs_writing_to_the_same_account_share_one_limiter() -> None:
     assert first is second
     assert first.limit.per_second == 2  # the stricter limit wins
     assert other is not first
+
+
+def test_a_request_counts_until_its_answer_so_late_arrivals_never_crowd_a_window() -> None:
+    clock = Clock()
+    limiter = RateLimiter(RateLimit(per_second=2), clock)
+
+    first = limiter.claim()
+    second_wait, second = limiter.claim()
+    clock.now += 0.5
+    second = limiter.claim()
+    held = limiter.claim()  # both in flight: no third slot in any second, however long
+    clock.now += 5.0
+    still = limiter.claim()
+    assert first[1] is not None and second[1] is not None
+    limiter.answered(first[1])  # answered at 1005.5: it may have arrived just now
+    clock.now += 0.5
+    early = limiter.claim()
+    clock.now += 0.56
+    freed = limiter.claim()
+
+    assert second_wait == 0.5  # even spacing
+    assert held[1] is None and 0 < held[0] <= 0.005
+    assert still[1] is None  # a request in flight holds its slot
+    assert early[1] is None and 0.5 < early[0] < 0.51  # its second (plus a trifle) runs on
+    assert freed[1] is not None

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from run_harness import RetlProject
+from servers.base import Incoming, Reply
 from servers.salesforce import SalesforceServer
 
 OPEN_LIMITS = {"max_row_error_ratio": 1.0, "max_deletes": 1000, "max_delete_ratio": 1.0}
@@ -199,18 +200,57 @@ def test_k_invalid_records_of_a_batch_go_to_the_dlq_with_salesforces_message(
     assert sf.dead_letters() == []
 
 
-def test_a_used_up_daily_api_budget_fails_the_run_without_retries(
+def test_a_run_that_does_not_fit_the_orgs_api_budget_is_refused_before_sending(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     salesforce_server_factory: Any,
 ) -> None:
-    server: SalesforceServer = salesforce_server_factory(daily_limit=2)
+    server: SalesforceServer = salesforce_server_factory(daily_limit=4)
     monkeypatch.setenv("SF_TOKEN", server.token)
     destination = {"type": "salesforce", "base_url": server.url, "access_token": "${SF_TOKEN}"}
     project = RetlProject(tmp_path / "p", {"sf": destination}, capsys, "sf", "Account")
     project.write_sync(mode="upsert", mapping=MAPPING, batch_size=1, limits=OPEN_LIMITS)
     project.set_source(FIRST)
+
+    planned = project.plan_json()["requests"]
+    result = project.cli("run", "contacts")
+
+    # 3 batches of 1 + describe; /limits (read by the plan) says 3 are left, then 2
+    assert planned["needed"] == 4 and planned["by_operation"] == {"create": 3}
+    assert planned["budget"] == 4 and planned["remaining"] == 3 and planned["left"] == 3
+    assert result.code == 1
+    text = " ".join(result.output.split())
+    assert "refused" in text
+    assert "needs up to 4 API requests" in text and "only 2 left" in text
+    assert "daily_request_budget" in text  # what to do
+    assert server.token not in result.output
+    assert [(e.method, e.path.rsplit("/", 1)[-1]) for e in server.log] == [("GET", "limits")] * 2
+    assert accounts(server) == {}
+    assert project.runs()[0]["status"] == "refused"
+
+
+def test_a_daily_api_budget_used_up_during_a_run_fails_it_without_retries(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    salesforce_server_factory: Any,
+) -> None:
+    server: SalesforceServer = salesforce_server_factory(daily_limit=6)
+    monkeypatch.setenv("SF_TOKEN", server.token)
+    destination = {"type": "salesforce", "base_url": server.url, "access_token": "${SF_TOKEN}"}
+    project = RetlProject(tmp_path / "p", {"sf": destination}, capsys, "sf", "Account")
+    project.write_sync(mode="upsert", mapping=MAPPING, batch_size=1, limits=OPEN_LIMITS)
+    project.set_source(FIRST)
+    answer = server.handle
+
+    def another_client_spends_3_after_limits(request: Incoming) -> Reply:
+        reply = answer(request)
+        if request.path.endswith("/limits"):
+            server.api_used += 3  # the plan read 5 left; now only 2 are
+        return reply
+
+    monkeypatch.setattr(server, "handle", another_client_spends_3_after_limits)
 
     result = project.cli("run", "contacts")
 
@@ -218,12 +258,12 @@ def test_a_used_up_daily_api_budget_fails_the_run_without_retries(
     text = " ".join(result.output.split())
     assert "daily API request budget" in text and "REQUEST_LIMIT_EXCEEDED" in text
     assert server.token not in result.output
-    # describe + one batch fit the budget; batches already in flight are refused (none when
-    # the used-up budget was read from Sforce-Limit-Info before they left), none is sent
-    # again, and nothing after the refusal
+    # /limits, describe and one batch fit the budget; batches already in flight are refused
+    # (none when the used-up budget was read from Sforce-Limit-Info before they left), none is
+    # sent again, and nothing after the refusal
     refused = [e.digest for e in server.log if e.status == 403]
     assert len(refused) <= 2 and len(set(refused)) == len(refused)
-    assert len(server.log) == 2 + len(refused)
+    assert len(server.log) == 3 + len(refused)
     assert len(accounts(server)) == 1
     assert project.state_keys() == set(accounts(server))
 

@@ -11,7 +11,8 @@ developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/ and .../platfo
   bad credentials -> 400 {"error": "invalid_client", ...} ("OAuth 2.0 Client Credentials Flow").
 - "Limit Info Header": `Sforce-Limit-Info: api-usage=N/M` on every response except the Versions
   URI; past the daily budget 403 [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message":
-  "TotalRequests Limit exceeded."}].
+  "TotalRequests Limit exceeded."}]. "Limits" (`GET /limits`): {"DailyApiRequests": {"Max": M,
+  "Remaining": M - N}, ...} (this server lists only that limit).
 - describeGlobal (`GET /sobjects/`) and sObject Describe (`GET /sobjects/{name}/describe`): fields
   with name, type, length, createable, updateable, nillable, defaultedOnCreate, externalId,
   idLookup, unique; a field is required on create when createable, not nillable and not
@@ -151,6 +152,9 @@ class SalesforceServer(ContractServer):
         method = request.method
         if parts == ["sobjects"] and method == "GET":
             return Reply(200, self._describe_global())
+        if parts == ["limits"] and method == "GET":
+            left = max(0, self.daily_limit - self.api_used)
+            return Reply(200, {"DailyApiRequests": {"Max": self.daily_limit, "Remaining": left}})
         if (
             len(parts) == 3
             and parts[0] == "sobjects"
