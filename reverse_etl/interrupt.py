@@ -40,6 +40,14 @@ def install() -> None:
         signal.signal(signum, _handle)
 
 
+def ignore_from_now_on() -> None:
+    """SIGINT and SIGTERM are ignored from here on (the process is exiting); main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _handle(signum: int, frame: FrameType | None) -> None:
     global _requested
     first = _requested is None

@@ -35,7 +35,11 @@ def _register_commands() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `retl` console script: one-screen errors, never a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
-    sys.exit(invoke(args, as_json="--json" in args))
+    code = invoke(args, as_json="--json" in args)
+    # Done and reported. Python restores the default handlers while it shuts down, so a signal
+    # arriving now would kill the process (exit -2) after a complete run: ignore it instead.
+    interrupt.ignore_from_now_on()
+    sys.exit(code)
 
 
 def invoke(args: list[str], *, as_json: bool) -> int:

@@ -21,7 +21,6 @@ from reverse_etl.cli.common import (
 )
 from reverse_etl.cli.render import Column, ago, count, key_order, print_rows, render_summary
 from reverse_etl.errors import FailureReported, UsageError
-from reverse_etl.run import Engine, RunOptions
 
 
 @app.command(rich_help_panel="Operations")
@@ -40,6 +39,8 @@ def dlq(
 ) -> None:
     """Rows the destination rejected, with its error. `retry SYNC` resends them now; `clear SYNC` forgets them."""
     project = open_project(project_dir)
+    from reverse_etl.run import Engine, RunOptions
+
     engine = Engine(project, role=role)
     queue = engine.dead_letters
     words = args or []

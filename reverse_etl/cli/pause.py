@@ -10,7 +10,6 @@ from rich.markup import escape
 
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import JsonOption, ProjectDirOption, err, open_project, print_json
-from reverse_etl.run import Engine
 
 
 @app.command(rich_help_panel="Operations")
@@ -34,6 +33,8 @@ def pause(
     project_dir: ProjectDirOption = None,
 ) -> None:
     """Pause a sync during an incident: `run`, `run --all` and `plan` honour it until `retl resume`."""
+    from reverse_etl.run import Engine
+
     engine = Engine(open_project(project_dir))
     paused = engine.pause(sync, reason, by)
     if json_output:
@@ -50,6 +51,8 @@ def resume(
     project_dir: ProjectDirOption = None,
 ) -> None:
     """Lift the pause `retl pause` set (a `paused: true` in the sync file stays)."""
+    from reverse_etl.run import Engine
+
     engine = Engine(open_project(project_dir))
     lifted = engine.resume(sync)
     config = engine.sync(sync).config

@@ -33,9 +33,6 @@ from reverse_etl.cli.render import render_plan, render_preview
 from reverse_etl.config import Problem, Sync
 from reverse_etl.errors import ConfigError, FailureReported, RetlError, UsageError
 from reverse_etl.git import head_commit
-from reverse_etl.plan.files import save_plans
-from reverse_etl.plan.preview import preview_sync
-from reverse_etl.run import Engine
 from reverse_etl.validate.changes import ChangeSet, SyncChange, changed_syncs
 
 
@@ -95,6 +92,9 @@ def plan(
             _changes_headline(changes)
     else:
         project.require_valid(chosen)
+    from reverse_etl.plan.files import save_plans
+    from reverse_etl.run import Engine
+
     engine = Engine(project, role=role)
     backend = project.config.state.backend if project.config else "local"
     documents = []
@@ -228,6 +228,8 @@ def preview(
     chosen = selected_syncs(project, [sync], None, False)
     if len(chosen) != 1:
         raise UsageError(f"preview takes one sync; '{sync}' matches {len(chosen)}")
+    from reverse_etl.plan.preview import preview_sync
+
     result = preview_sync(project, chosen[0], limit=limit, role=role)
     if json_output:
         print_json(result.to_json())

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.cells import cell_len
@@ -24,9 +24,10 @@ from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
-from reverse_etl.plan.model import Plan
-from reverse_etl.plan.preview import Preview
-from reverse_etl.run.outcome import RunOutcome
+if TYPE_CHECKING:  # the engine (DuckDB, Arrow) is imported only by commands that run it
+    from reverse_etl.plan.model import Plan
+    from reverse_etl.plan.preview import Preview
+    from reverse_etl.run.outcome import RunOutcome
 
 _STATUS_STYLE = {
     "success": "green",

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -40,9 +40,10 @@ from reverse_etl.cli.common import (
 )
 from reverse_etl.cli.render import render_plan, render_summary
 from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
-from reverse_etl.plan.files import load_plans
-from reverse_etl.plan.model import Plan
-from reverse_etl.run import Engine, RunEvent, RunOptions, RunOutcome
+
+if TYPE_CHECKING:
+    from reverse_etl.plan.model import Plan
+    from reverse_etl.run import RunEvent, RunOutcome
 
 # Off a terminal, a running sync prints a progress line at most this often (seconds).
 PROGRESS_INTERVAL_S = 5.0
@@ -102,6 +103,9 @@ def run(
             "name the syncs to run, or use --all", "see `retl status` for the project's syncs"
         )
     project = open_project(project_dir)
+    from reverse_etl.plan.files import load_plans
+    from reverse_etl.run import Engine, RunOptions
+
     engine = Engine(project, role=role)
     scheduled = all_syncs and not syncs and not select
     display = _Display(dry_run=dry_run, yes=yes, quiet=json_output)

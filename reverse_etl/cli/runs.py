@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -29,7 +29,9 @@ from reverse_etl.cli.render import (
     when,
 )
 from reverse_etl.errors import UsageError
-from reverse_etl.project.status import RunDetail, run_detail, run_history
+
+if TYPE_CHECKING:
+    from reverse_etl.project.status import RunDetail
 
 COUNTS = ("create", "update", "delete", "rejected")
 
@@ -44,6 +46,8 @@ def runs(
     project_dir: ProjectDirOption = None,
 ) -> None:
     """Run history (`retl runs [SYNC]`) or one run in full (`retl runs show RUN_ID`)."""
+    from reverse_etl.project.status import run_detail, run_history
+
     project = open_project(project_dir)
     words = args or []
     if words and words[0] == "show":

@@ -19,7 +19,6 @@ from reverse_etl.cli.common import (
 )
 from reverse_etl.cli.render import Cell, Column, count, key_order, print_fields, print_rows
 from reverse_etl.errors import ConfirmationRequiredError, DeclinedError
-from reverse_etl.project.status import reset_state, state_summary, unlock_sync
 from reverse_etl.types import TargetId
 
 state_app = typer.Typer(
@@ -37,6 +36,8 @@ def state_show(
     """Records delivered, watermark, config hash and the last run of a sync."""
     project = open_project(project_dir)
     chosen = selected_syncs(project, [sync], None, False, require_valid=False)[0]
+    from reverse_etl.project.status import state_summary
+
     summary = state_summary(project, chosen)
     if json_output:
         print_json(summary.to_json())
@@ -95,6 +96,8 @@ def state_reset(
             f"Forget the delivered state of {chosen.name}?", default=False, err=True
         ):
             raise DeclinedError(f"the state of {chosen.name} was not reset")
+    from reverse_etl.project.status import reset_state
+
     removed = reset_state(project, chosen)
     if json_output:
         print_json({"sync": chosen.name, "reset": removed})
@@ -111,6 +114,8 @@ def unlock(
     """Clear a sync's lock left by a run that is gone."""
     project = open_project(project_dir)
     chosen = selected_syncs(project, [sync], None, False, require_valid=False)[0]
+    from reverse_etl.project.status import unlock_sync
+
     unlocked, holder = unlock_sync(project, chosen)
     if json_output:
         print_json({"sync": chosen.name, "unlocked": unlocked, "holder": holder})

@@ -8,13 +8,14 @@ from rich.text import Text
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import JsonOption, ProjectDirOption, open_project, out, print_json
 from reverse_etl.cli.render import Cell, Column, ago, count, print_rows, status_text
-from reverse_etl.project.status import project_status
 
 
 @app.command(rich_help_panel="Operations")
 def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None) -> None:
     """Per sync: mode, schedule, paused, last run, next due, dead letters."""
     project = open_project(project_dir)
+    from reverse_etl.project.status import project_status
+
     rows = project_status(project)
     if json_output:
         print_json({"syncs": [row.to_json() for row in rows]})

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -252,15 +252,32 @@ def url_location(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{parts.path}"
 
 
+def lazy_module(name: str) -> ModuleType:
+    """A stand-in for module `name` that imports it on first attribute use: a connector keeps
+    its driver out of commands that only read its declarations (`retl validate`)."""
+    return _LazyModule(name)
+
+
+class _LazyModule(ModuleType):
+    def __getattr__(self, attribute: str) -> Any:
+        import importlib
+
+        module = importlib.import_module(self.__name__)
+        self.__dict__.update(module.__dict__)
+        return getattr(module, attribute)
+
+
 _REGISTRY: dict[str, type[Destination]] = {}
-BUILT_IN_CONNECTORS = (
-    "reverse_etl.destinations.file",
-    "reverse_etl.destinations.http",
-    "reverse_etl.destinations.hubspot",
-    "reverse_etl.destinations.postgres",
-    "reverse_etl.destinations.salesforce",
-    "reverse_etl.destinations.sql",
-)
+# Each built-in connector's module by type name, imported only when a project uses the type, so
+# that a DuckDB-to-files project never loads psycopg, SQLAlchemy or httpx.
+BUILT_IN_CONNECTORS: dict[str, str] = {
+    "file": "reverse_etl.destinations.file",
+    "http": "reverse_etl.destinations.http",
+    "hubspot": "reverse_etl.destinations.hubspot",
+    "postgres": "reverse_etl.destinations.postgres",
+    "salesforce": "reverse_etl.destinations.salesforce",
+    "sql": "reverse_etl.destinations.sql",
+}
 
 
 def register(type_name: str) -> Callable[[type[_D]], type[_D]]:
@@ -281,14 +298,22 @@ _loaded_entry_points = False
 def connector_types() -> dict[str, type[Destination]]:
     """Every registered connector by type name: the built-in ones, and those that installed
     packages declare in the `retl.destinations` entry point group (`name = "pkg.mod:Class"`).
-    They are imported here, on first use, so that commands which never touch a destination do
-    not pay for their drivers."""
+    This imports them all (with their drivers): use `connector_for` for one type."""
     import importlib
 
-    for module in BUILT_IN_CONNECTORS:
+    for module in BUILT_IN_CONNECTORS.values():
         importlib.import_module(module)
     _load_entry_points()
     return dict(_REGISTRY)
+
+
+def connector_names() -> list[str]:
+    """Every connector type name, without importing any connector."""
+    from importlib.metadata import entry_points
+
+    names = set(_REGISTRY) | set(BUILT_IN_CONNECTORS)
+    names.update(point.name for point in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
 
 
 def _load_entry_points() -> None:
@@ -313,13 +338,25 @@ def _load_entry_points() -> None:
                 f"the entry point '{point.name}' ({point.value}) of group {ENTRY_POINT_GROUP} "
                 "is not a retl Destination class"
             )
-        if point.name not in _REGISTRY:
+        if point.name not in _REGISTRY and point.name not in BUILT_IN_CONNECTORS:
             register(point.name)(cls)
     _loaded_entry_points = True
 
 
 def connector_for(type_name: str) -> type[Destination] | None:
-    return connector_types().get(type_name)
+    """The connector of one type, importing only its module (a built-in one) or, for another
+    name, the installed packages' connectors."""
+    cls = _REGISTRY.get(type_name)
+    if cls is not None:
+        return cls
+    module = BUILT_IN_CONNECTORS.get(type_name)
+    if module is not None:
+        import importlib
+
+        importlib.import_module(module)
+    else:
+        _load_entry_points()
+    return _REGISTRY.get(type_name)
 
 
 def build_destination(name: str, config: dict[str, Any], project_root: Path) -> Destination:

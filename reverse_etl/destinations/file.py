@@ -19,12 +19,9 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 
 from reverse_etl.destinations.base import (
     Batch,
@@ -33,11 +30,21 @@ from reverse_etl.destinations.base import (
     Destination,
     DestinationOptions,
     FieldInfo,
+    lazy_module,
     register,
 )
 from reverse_etl.destinations.values import json_default
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
+
+if TYPE_CHECKING:
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+else:  # imported on first use: `retl validate` needs only the declarations below
+    pc = lazy_module("pyarrow.compute")
+    pa_csv = lazy_module("pyarrow.csv")
+    pq = lazy_module("pyarrow.parquet")
 
 ACTION_COLUMN = "_retl_action"
 _EXTENSIONS = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}

@@ -25,19 +25,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import sqlalchemy as sa
-from sqlalchemy.dialects import mysql as sa_mysql
-from sqlalchemy.dialects import postgresql as sa_postgresql
-from sqlalchemy.dialects import sqlite as sa_sqlite
 
-from reverse_etl.destinations import mysql_load
-from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, register
-from reverse_etl.destinations.postgres import db_message as postgres_message
-from reverse_etl.destinations.postgres import is_record_error as postgres_record_error
+from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
     Table,
@@ -47,6 +39,22 @@ from reverse_etl.destinations.tables import (
 )
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
+
+if TYPE_CHECKING:
+    import pyarrow.compute as pc
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql as sa_mysql
+    from sqlalchemy.dialects import postgresql as sa_postgresql
+    from sqlalchemy.dialects import sqlite as sa_sqlite
+
+    from reverse_etl.destinations import mysql_load
+else:  # imported on first use: `retl validate` needs only the declarations below
+    pc = lazy_module("pyarrow.compute")
+    mysql_load = lazy_module("reverse_etl.destinations.mysql_load")
+    sa = lazy_module("sqlalchemy")
+    sa_mysql = lazy_module("sqlalchemy.dialects.mysql")
+    sa_postgresql = lazy_module("sqlalchemy.dialects.postgresql")
+    sa_sqlite = lazy_module("sqlalchemy.dialects.sqlite")
 
 _T = TypeVar("_T")
 
@@ -567,7 +575,9 @@ class SqlDestination(TableDestination[_Table]):
         """True when the database blames the values of the record(s), not the statement."""
         orig = exc.orig
         if self.dialect == "postgresql" and orig is not None:
-            return postgres_record_error(orig)
+            from reverse_etl.destinations.postgres import is_record_error
+
+            return is_record_error(orig)
         if self.dialect in ("mysql", "mariadb") and orig is not None and orig.args:
             return orig.args[0] in _MYSQL_RECORD_ERRORS or isinstance(
                 exc, sa.exc.IntegrityError | sa.exc.DataError
@@ -579,7 +589,9 @@ class SqlDestination(TableDestination[_Table]):
         if orig is None:
             return _first_lines(str(exc))
         if self.dialect == "postgresql":
-            return postgres_message(orig)
+            from reverse_etl.destinations.postgres import db_message
+
+            return db_message(orig)
         if self.dialect in ("mysql", "mariadb") and len(orig.args) >= 2:
             return _first_lines(str(orig.args[1]))
         return _first_lines(str(orig))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +12,9 @@ import duckdb
 from reverse_etl.config import Project, Sync
 from reverse_etl.errors import ConfigError
 from reverse_etl.mapping import CompiledMapping, compile_mapping, quote_identifier, quote_literal
-from reverse_etl.plan.diff import DUPLICATES_TABLE, load_source
-from reverse_etl.warehouse import check_role, open_warehouse
+from reverse_etl.plan.diff import DUPLICATES_TABLE, AttachedQuery, load_source
+from reverse_etl.warehouse import Warehouse, check_role, open_warehouse
+from reverse_etl.warehouse.duckdb_native import DuckDBWarehouse, home_catalog
 
 READ_BATCH_ROWS = 100_000
 
@@ -42,6 +43,8 @@ def engine_connection(
         tmp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(tmp_dir)
     con = duckdb.connect(":memory:", config=config)
+    # DuckDB draws a progress bar on stdout for long queries: it would corrupt --json.
+    con.execute("SET enable_progress_bar = false")
     # Without the ICU extension this fails, and DuckDB renders every timestamp in UTC anyway.
     with contextlib.suppress(duckdb.Error):
         con.execute("SET TimeZone = 'UTC'")
@@ -83,9 +86,12 @@ def read_source(
     *,
     role: str | None,
     watermark: str | None = None,
+    against: str | None = None,
+    keep_keys: Sequence[str] = (),
 ) -> SourceRead:
-    """Run the sync's SQL on its warehouse and stream the mapped records into `retl_source`;
-    for an incremental read also the keys duplicated in the whole query."""
+    """Run the sync's SQL on its warehouse and stream the mapped records into `retl_source`
+    (joined to the snapshot relation `against` on the way in, see `load_source`); for an
+    incremental read also the keys duplicated in the whole query."""
     config = sync.config
     assert config is not None and project.config is not None
     warehouse_config = project.config.warehouses.get(config.warehouse)
@@ -98,8 +104,7 @@ def read_source(
         config.warehouse, warehouse_config.url, project.root, warehouse_config.query_timeout
     ) as warehouse:
         sql = source_sql(sync, watermark, warehouse.quote)
-        reader = warehouse.stream(sql, READ_BATCH_ROWS)
-        rows = load_source(con, reader, mapping)
+        rows = _load(con, warehouse, sql, mapping, against, keep_keys)
         if config.incremental is not None and watermark is not None:
             duplicates = warehouse.stream(
                 duplicate_keys_sql(sync, warehouse.quote), READ_BATCH_ROWS
@@ -113,3 +118,23 @@ def read_source(
             finally:
                 con.unregister("retl_duplicates_stream")
     return SourceRead(rows=rows, mapping=mapping, sql=sql)
+
+
+def _load(
+    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
+    sql: str,
+    mapping: CompiledMapping,
+    against: str | None,
+    keep_keys: Sequence[str],
+) -> int:
+    """A DuckDB file is attached and read inside the engine (parallel, no Arrow hop); any
+    other warehouse streams Arrow batches into it."""
+    if isinstance(warehouse, DuckDBWarehouse):
+        home = home_catalog(con)
+        with warehouse.attached(con, sql) as statement:
+            if statement is not None:
+                query = AttachedQuery(statement, home)
+                return load_source(con, query, mapping, against=against, keep_keys=keep_keys)
+    reader = warehouse.stream(sql, READ_BATCH_ROWS)
+    return load_source(con, reader, mapping, against=against, keep_keys=keep_keys)

@@ -21,7 +21,6 @@ from reverse_etl import __version__
 from reverse_etl.config import Project
 from reverse_etl.errors import UsageError
 from reverse_etl.files import write_private
-from reverse_etl.run import Engine
 from reverse_etl.state.pauses import Pause
 from reverse_etl.state.runlog import RunRecord
 
@@ -62,6 +61,8 @@ class Report:
 
 def build_report(project: Project, *, chart_runs: int = CHART_RUNS) -> Report:
     """Read the run log and dead letter queue of every sync of the project."""
+    from reverse_etl.run import Engine  # here: `retl validate` never loads the engine
+
     engine = Engine(project)
     run_log, dead = engine.run_log, engine.dead_letters
     counts = dead.counts_by_sync()

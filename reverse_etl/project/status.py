@@ -6,15 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reverse_etl.config import Project, Sync
-from reverse_etl.run import Engine
 from reverse_etl.state.deadletters import DeadLetter
 from reverse_etl.state.lock import SyncLock, force_unlock, lock_holder
 from reverse_etl.state.pauses import Pause
 from reverse_etl.state.runlog import RunRecord
 from reverse_etl.types import TargetId
+
+if TYPE_CHECKING:
+    from reverse_etl.run import Engine
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class SyncStatus:
 
 def project_status(project: Project, engine: Engine | None = None) -> list[SyncStatus]:
     """Every sync of the project, sorted by name."""
-    engine = engine or Engine(project)
+    engine = engine or _engine(project)
     run_log, dead = engine.run_log, engine.dead_letters.counts_by_sync()
     pauses = engine.pauses.all()
     found = []
@@ -131,7 +133,7 @@ class StateSummary:
 
 def state_summary(project: Project, sync: Sync, sample: int = 5) -> StateSummary:
     """What state says was delivered for `sync`: counts, watermark, hashes, a few keys."""
-    engine = Engine(project)
+    engine = _engine(project)
     current_target = engine.target(sync) if sync.ok else None
     with engine.state_backend(sync.name) as backend:
         meta = backend.read_meta(current_target)
@@ -162,7 +164,7 @@ def _shown(project: Project, where: str) -> str:
 
 def reset_state(project: Project, sync: Sync) -> bool:
     """Forget what was delivered for `sync`, under its lock; False when it had no state."""
-    engine = Engine(project)
+    engine = _engine(project)
     with (
         SyncLock(engine.layout.locks, sync.name, command=f"retl state reset {sync.name}"),
         engine.state_backend(sync.name) as backend,
@@ -172,7 +174,7 @@ def reset_state(project: Project, sync: Sync) -> bool:
 
 def unlock_sync(project: Project, sync: Sync) -> tuple[bool, str | None]:
     """Clear a stale lock of `sync`: whether it was locked, and who held it."""
-    locks = Engine(project).layout.locks
+    locks = _engine(project).layout.locks
     holder = lock_holder(locks, sync.name)
     return force_unlock(locks, sync.name), holder.describe() if holder else None
 
@@ -192,14 +194,14 @@ class RunDetail:
 
 def run_history(project: Project, sync: str | None, limit: int) -> tuple[list[RunRecord], int]:
     """The newest `limit` runs of one sync (or all) and how many the run log holds in all."""
-    run_log = Engine(project).run_log
+    run_log = _engine(project).run_log
     everything = run_log.list(sync, limit=None)
     return everything[:limit], len(everything)
 
 
 def run_detail(project: Project, run_id: str) -> RunDetail | None:
     """The run `run_id` (a unique prefix is enough) and its dead letters, or None."""
-    engine = Engine(project)
+    engine = _engine(project)
     record = engine.run_log.get(run_id)
     if record is None:
         return None
@@ -218,3 +220,10 @@ __all__ = [
     "state_summary",
     "unlock_sync",
 ]
+
+
+def _engine(project: Project) -> Engine:
+    """The engine, imported here so that commands which only read files skip DuckDB."""
+    from reverse_etl.run import Engine
+
+    return Engine(project)

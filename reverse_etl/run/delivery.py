@@ -29,6 +29,7 @@ from reverse_etl.plan.diff import (
     DEST_ID_COLUMN,
     OP_COLUMN,
     OPS_TABLE,
+    REHASH_TABLE,
     SOURCE_TABLE,
 )
 from reverse_etl.plan.model import Plan
@@ -156,10 +157,16 @@ class Delivery:
     def _store_new_hashes(self) -> None:
         """Unchanged records whose state still holds the hash of retl <= 0.1 get the new one:
         nothing is sent, and from now on their changes are told apart unambiguously."""
+        # A plan computed elsewhere (the warehouse state backend) may have no such records.
+        present = self.writer.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND database_name = 'memory'",
+            [REHASH_TABLE],
+        ).fetchall()
+        if not (present and present[0][0]):
+            return
         self.writer.execute(
-            f"UPDATE {SNAPSHOT} AS s SET hash = o.{HASH_COLUMN} FROM {OPS_TABLE} o "
-            f"WHERE o.{CHANGE_COLUMN} = 'unchanged' AND o.{KEY_COLUMN} = s.key "
-            f"AND s.hash <> o.{HASH_COLUMN}"
+            f"UPDATE {SNAPSHOT} AS s SET hash = r.hash FROM {REHASH_TABLE} r "
+            "WHERE r.key = s.key AND s.hash <> r.hash"
         )
 
     def _key_error_failure(self) -> str | None:

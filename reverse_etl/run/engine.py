@@ -245,7 +245,16 @@ class Engine:
             mapping = compile_mapping(config, sync.key_field())
             rows = 0
         else:
-            source = read_source(self.project, sync, con, role=self.role, watermark=watermark)
+            source = read_source(
+                self.project,
+                sync,
+                con,
+                role=self.role,
+                watermark=watermark,
+                # A full resync sends every row: all keep their values.
+                against=None if full_resync else SnapshotStore.relation(con),
+                keep_keys=dead_letter_keys,
+            )
             mapping, rows = source.mapping, source.rows
         inputs = PlanInputs(
             sync=sync.name,

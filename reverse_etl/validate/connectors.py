@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pydantic import ValidationError
 
 from reverse_etl.config.project import Project, Sync, did_you_mean, model_problems
-from reverse_etl.destinations.base import Destination, connector_types
+from reverse_etl.destinations.base import Destination, connector_for, connector_names
 from reverse_etl.types import mode_action
 
 
@@ -20,22 +20,27 @@ def check_connectors(project: Project) -> None:
     and batch size."""
     if project.config is None:
         return
-    known = connector_types()
+    # Only the connectors the project names are imported (each brings its driver).
+    known: dict[str, type[Destination] | None] = {}
+    for block in project.config.destinations.values():
+        if block.type not in known:
+            known[block.type] = connector_for(block.type)
     _check_destinations(project, known)
     for sync in project.syncs.values():
         _check_sync(project, sync, known)
 
 
-def _check_destinations(project: Project, known: dict[str, type[Destination]]) -> None:
+def _check_destinations(project: Project, known: dict[str, type[Destination] | None]) -> None:
     assert project.config is not None
     for name, block in project.config.destinations.items():
         cls = known.get(block.type)
         if cls is None:
+            names = connector_names()
             project.problems.append(
                 project.document.problem(
                     ("destinations", name, "type"),
                     f"unknown destination type '{block.type}'",
-                    did_you_mean(block.type, known) or _known_types(known),
+                    did_you_mean(block.type, names) or _known_types(names),
                 )
             )
             continue
@@ -49,7 +54,7 @@ def _check_destinations(project: Project, known: dict[str, type[Destination]]) -
             )
 
 
-def _check_sync(project: Project, sync: Sync, known: dict[str, type[Destination]]) -> None:
+def _check_sync(project: Project, sync: Sync, known: dict[str, type[Destination] | None]) -> None:
     config, project_config = sync.config, project.config
     if config is None or project_config is None:
         return

@@ -5,6 +5,7 @@ Files open read-only, so several syncs (and other readers) can use one warehouse
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,14 @@ from reverse_etl.warehouse.base import (
 T = TypeVar("T")
 
 MEMORY = ":memory:"
+# The catalog name of a warehouse file attached to the engine's connection (see `attached`).
+ATTACHED = "retl_warehouse"
+
+
+def home_catalog(con: duckdb.DuckDBPyConnection) -> str:
+    """The default catalog of `con` (where the engine keeps its tables)."""
+    row = con.execute("SELECT current_database()").fetchall()[0]
+    return str(row[0])
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,7 @@ class DuckDBWarehouse(Warehouse):
                 "or duckdb:///:memory:",
             ) from None
         self.database = target.database
+        self._attachable = target.is_file and target.read_only and not target.config
         if target.is_file and target.read_only and not Path(target.database).exists():
             raise WarehouseError(
                 f"DuckDB file '{target.database}' of warehouse '{name}' does not exist",
@@ -139,6 +149,9 @@ class DuckDBWarehouse(Warehouse):
             self._connection = duckdb.connect(
                 target.database, read_only=target.read_only, config=target.config
             )
+            if "enable_progress_bar" not in target.config:
+                # A progress bar on stdout would corrupt --json.
+                self._connection.execute("SET enable_progress_bar = false")
         except Exception as exc:
             raise self._open_error(target, exc) from None
 
@@ -238,6 +251,49 @@ class DuckDBWarehouse(Warehouse):
         if reader is not None:
             reader.close()
         cursor.close()
+
+    @contextmanager
+    def attached(self, con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[str | None]:
+        """Run the sync's query inside `con` instead of streaming it: the file is attached
+        read-only as the default catalog of `con` for the duration, so DuckDB scans it in
+        parallel with no Arrow hop in between. Yields the statement to read from (bound here,
+        so SQL errors are `WarehouseError`s), or None when this warehouse cannot be attached
+        (in memory, MotherDuck, writable, or with settings in its URL): stream it then.
+
+        Inside, unqualified names resolve in the warehouse: the caller qualifies its own tables
+        with `home_catalog(con)` (taken before). Calls into DuckDB there run under the
+        query_timeout; a timeout is a `WarehouseError`."""
+        if not self._attachable:
+            yield None
+            return
+        home = home_catalog(con)
+        con.execute(
+            f"ATTACH '{self.database.replace(chr(39), chr(39) * 2)}' AS {ATTACHED} (READ_ONLY)"
+        )
+        budget = _Budget(self.query_timeout)
+        try:
+            con.execute(f"USE {ATTACHED}")
+            statement = source_statement(sql)
+            with budget.armed(con) as fired:
+                try:
+                    relation = con.sql(statement)
+                except Exception as exc:
+                    if fired.is_set() and self.query_timeout is not None:
+                        raise timeout_error(self.name, self.query_timeout) from None
+                    raise query_error(self.name, database_message(exc)) from None
+                if relation is None:
+                    raise not_a_query_error(self.name)
+                try:
+                    yield statement
+                except duckdb.InterruptException:
+                    if fired.is_set() and self.query_timeout is not None:
+                        raise timeout_error(self.name, self.query_timeout) from None
+                    raise
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                con.execute(f"USE {home}")
+            with contextlib.suppress(duckdb.Error):
+                con.execute(f"DETACH {ATTACHED}")
 
     def close(self) -> None:
         for cursor in list(self._open):

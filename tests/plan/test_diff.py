@@ -1,5 +1,7 @@
 """The diff inside DuckDB, without a warehouse or a destination: which operation each kind of
-row becomes in each mode (SPEC §3), and where the delete limits draw the line."""
+row becomes in each mode (SPEC §3), where the delete limits draw the line, and that `retl_ops`
+holds only the records to send whether the source was joined to the snapshot as it streamed in
+or after."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from reverse_etl.plan.diff import (
     CHANGE_COLUMN,
     OP_COLUMN,
     OPS_TABLE,
+    SOURCE_TABLE,
     PlanInputs,
     build_plan,
     load_source,
@@ -54,12 +57,21 @@ class Diff:
         ).to_arrow_table()
         SnapshotStore.acknowledge(self.con, delivered, None)
 
-    def plan(self, sync: SyncConfig, rows: list[tuple[int, str]], **options: Any) -> Plan:
+    def plan(
+        self,
+        sync: SyncConfig,
+        rows: list[tuple[int, str]],
+        joined: bool = False,
+        keep_keys: tuple[str, ...] = (),
+        **options: Any,
+    ) -> Plan:
+        """Load `rows` (joined to the snapshot on the way in when `joined`) and plan them."""
         mapping = compile_mapping(sync, key_field="id")
         source = pa.table(
             {"id": pa.array([r[0] for r in rows], pa.int64()), "name": [r[1] for r in rows]}
         )
-        n = load_source(self.con, source.to_reader(), mapping)
+        against = SnapshotStore.relation(self.con) if joined else None
+        n = load_source(self.con, source.to_reader(), mapping, against=against, keep_keys=keep_keys)
         meta = SnapshotStore.meta(self.con)
         inputs = PlanInputs(
             sync="s",
@@ -85,28 +97,36 @@ BEFORE = [(2, "a"), (3, "a"), (4, "a")]
 AFTER = [(2, "b"), (4, "a"), (5, "a")]  # 2 changed, 3 removed, 4 unchanged, 5 new
 
 
+@pytest.mark.parametrize("joined", [False, True], ids=["joined-after", "joined-on-load"])
 @pytest.mark.parametrize(
-    ("mode", "on_removed", "expected"),
+    ("mode", "on_removed", "expected", "ignored"),
     [
-        ("insert", "ignore", {"5": "create", "2": None, "4": None}),
-        ("insert", "delete", {"5": "create", "2": None, "4": None, "3": "delete"}),
-        ("update", "ignore", {"5": "update", "2": "update", "4": None}),
-        ("update", "delete", {"5": "update", "2": "update", "4": None, "3": "delete"}),
-        ("upsert", "ignore", {"5": "create", "2": "update", "4": None}),
-        ("upsert", "delete", {"5": "create", "2": "update", "4": None, "3": "delete"}),
-        ("delete", "ignore", {"5": "delete", "2": None, "4": None}),
+        ("insert", "ignore", {"5": "create"}, 1),
+        ("insert", "delete", {"5": "create", "3": "delete"}, 1),
+        ("update", "ignore", {"5": "update", "2": "update"}, 0),
+        ("update", "delete", {"5": "update", "2": "update", "3": "delete"}, 0),
+        ("upsert", "ignore", {"5": "create", "2": "update"}, 0),
+        ("upsert", "delete", {"5": "create", "2": "update", "3": "delete"}, 0),
+        ("delete", "ignore", {"5": "delete"}, 1),
     ],
 )
 def test_each_kind_of_row_becomes_the_operation_of_the_mode_table(
-    tmp_path: Path, mode: str, on_removed: str, expected: dict[str, str | None]
+    tmp_path: Path,
+    mode: str,
+    on_removed: str,
+    expected: dict[str, str | None],
+    ignored: int,
+    joined: bool,
 ) -> None:
     sync = config(mode=mode, on_removed=on_removed)
     diff = Diff(tmp_path)
     diff.deliver(sync, BEFORE)
 
-    plan = diff.plan(sync, AFTER)
+    plan = diff.plan(sync, AFTER, joined=joined)
 
+    # Only records to send are in retl_ops; the unchanged row (4) and ignored changes are counted.
     assert {k: op for k, (_, op) in diff.operations().items()} == expected
+    assert (plan.counts.unchanged, plan.counts.ignored) == (1, ignored)
     assert (
         plan.action
         == {
@@ -172,3 +192,40 @@ def test_samples_and_row_errors_follow_number_order_and_show_numbers_bare(tmp_pa
     assert [r["id"] for r in plan.samples["create"]] == [1, 4, 9, 33, 100]
     assert [e.key for e in plan.row_errors] == ["2", "10"]
     assert plan.row_errors[0].message.startswith("duplicate primary key id = 2 in 2 rows")
+
+
+def test_rows_loaded_against_the_snapshot_keep_values_only_when_they_may_be_sent(
+    tmp_path: Path,
+) -> None:
+    sync = config()
+    diff = Diff(tmp_path)
+    diff.deliver(sync, BEFORE)
+
+    diff.plan(sync, AFTER, joined=True)
+
+    kept = diff.con.execute(
+        f"SELECT __retl_key, name FROM {SOURCE_TABLE} ORDER BY __retl_key"
+    ).fetchall()
+    assert kept == [("2", "b"), ("4", None), ("5", "a")]  # 4 is unchanged: key and hash only
+
+
+def test_a_dead_letter_is_retried_though_unchanged_when_its_key_was_kept(tmp_path: Path) -> None:
+    sync = config()
+    diff = Diff(tmp_path)
+    diff.deliver(sync, BEFORE)
+
+    plan = diff.plan(sync, BEFORE, joined=True, keep_keys=("3",), retry_keys=["3"])
+
+    assert diff.operations() == {"3": ("changed", "update")}
+    assert plan.samples["update"] == [{"id": 3, "name": "a"}]
+
+
+def test_retrying_a_key_whose_values_were_not_kept_fails_instead_of_sending_nulls(
+    tmp_path: Path,
+) -> None:
+    sync = config()
+    diff = Diff(tmp_path)
+    diff.deliver(sync, BEFORE)
+
+    with pytest.raises(RuntimeError, match="lost their values"):
+        diff.plan(sync, BEFORE, joined=True, retry_keys=["3"])
