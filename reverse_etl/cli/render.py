@@ -286,7 +286,7 @@ def _plan_counts(console: Console, plan: Plan) -> None:
         f"  [green]+ {counts.create:,} create[/green]   [yellow]~ {counts.update:,} update[/yellow]   "
         f"[{delete_style}]- {counts.delete:,} delete[/{delete_style}]   "
         f"[dim]{counts.unchanged:,} unchanged[/dim]   "
-        + (f"[dim]{counts.ignored:,} ignored: insert mode[/dim]   " if counts.ignored else "")
+        + (f"[dim]{counts.ignored:,} ignored: {plan.mode} mode[/dim]   " if counts.ignored else "")
         + (f"[red]! {counts.error:,} error[/red]" if counts.error else "[dim]0 error[/dim]")
     )
 

@@ -393,6 +393,8 @@ def plan_from_operations(
     if counts.ignored:
         plan.notes.append(
             f"{counts.ignored:,} changed row(s) ignored: insert mode never updates a record"
+            if inputs.config.mode == "insert"
+            else f"{counts.ignored:,} changed row(s) ignored: delete mode deleted them already"
         )
     _check_delete_limits(plan, config.limits, inputs)
     return plan

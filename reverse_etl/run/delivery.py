@@ -146,6 +146,10 @@ class Delivery:
         meta: dict[str, str | None] = {"config_hash": config_hash, "last_run_id": self.run_id}
         if failed is None and self.plan.incremental:
             meta["watermark"] = self._next_watermark()
+        if failed is None:
+            # What the state's keys mean from now on (see Engine: a switch to or from delete
+            # mode); only a complete run changes it, so an unfinished switch is planned again.
+            meta["mode"] = self.plan.mode
         self.snapshot.acknowledge(self.writer, None, None, **meta)
         if failed is None:
             self._forget_dead_letters_that_left_the_source()

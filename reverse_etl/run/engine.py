@@ -240,6 +240,10 @@ class Engine:
             )
         change = backend.open(con, target, writable=writable)
         meta = backend.meta(con)
+        switched = _delete_mode_switched(meta.mode, config.mode)
+        # State written in delete mode holds the keys deleted, in the other modes the keys
+        # delivered: across that switch it means nothing, and every row counts as new.
+        full_resync = full_resync or switched
         watermark = None if full_resync else meta.watermark
         if isinstance(backend, WarehouseBackend):
             mapping = compile_mapping(config, sync.key_field())
@@ -280,6 +284,11 @@ class Engine:
             )
         else:
             plan = build_plan(con, inputs)
+        if switched:
+            plan.notes.append(
+                f"mode changed from {meta.mode} to {config.mode}: the state of {meta.mode} mode "
+                "does not apply, every row counts as new"
+            )
         pause = self.paused(sync.name)
         if pause is not None:
             plan.pause = pause
@@ -747,6 +756,11 @@ def _one_at_a_time(options: RunOptions) -> RunOptions:
         on_progress=serialised(options.on_progress),
         on_event=serialised(options.on_event),
     )
+
+
+def _delete_mode_switched(stored: str | None, mode: str) -> bool:
+    """Whether the sync switched to or from delete mode since its last successful run."""
+    return stored is not None and (stored == "delete") != (mode == "delete")
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:

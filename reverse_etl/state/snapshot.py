@@ -37,6 +37,9 @@ class SnapshotMeta:
     records: int
     # None for state written before retl 0.2, which did not record its target.
     target: TargetId | None = None
+    # The mode of the last successful run: in delete mode state holds the keys deleted, in the
+    # other modes the keys delivered (None: not recorded yet).
+    mode: str | None = None
 
 
 class SnapshotStore:
@@ -170,6 +173,7 @@ class SnapshotStore:
             last_run_id=rows.get("last_run_id"),
             records=int(count[0]) if count else 0,
             target=_target(rows.get("target")),
+            mode=rows.get("mode"),
         )
 
     @staticmethod

@@ -337,6 +337,7 @@ class WarehouseSnapshotStore:
             last_run_id=rows.get("last_run_id"),
             records=int(str(count[0][0])) if count else 0,
             target=self.target if rows else None,
+            mode=rows.get("mode"),
         )
 
     # ------------------------------------------------------------------------------ writing

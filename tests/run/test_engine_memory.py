@@ -186,6 +186,31 @@ def test_delete_mode_deletes_each_returned_row_and_nothing_else(mem: MemoryProje
     assert mem.names() == {"9": "stays"}
 
 
+def test_switching_to_delete_mode_deletes_the_rows_an_earlier_mode_delivered(
+    mem: MemoryProject,
+) -> None:
+    mem.write("upsert")
+    mem.set_source(FIRST)
+    mem.run()
+    # The same sync now lists the records to delete: those in state exist, so they go.
+    mem.write("delete", allow_destructive=True, mapping={"id": "id"})
+    mem.set_source(FIRST[:2])
+
+    plan = mem.plan()
+    assert counts(mem) == {"delete": 2}
+    assert any("mode changed from upsert to delete" in note for note in plan.notes)
+    assert mem.run().counts["delete"] == 2
+    assert mem.names() == {"3": "cy"}
+    assert counts(mem) == {}  # delete mode's own state: deleted keys are not deleted again
+
+    # And back: the keys deleted are not delivered records, so they are created again.
+    mem.write("upsert")
+    mem.set_source(FIRST)
+    assert counts(mem) == {"create": 3}
+    mem.run()
+    assert mem.names() == {"1": "ann", "2": "bob", "3": "cy"}
+
+
 # -- state, dead letters and failures ----------------------------------------------------------
 
 
