@@ -168,6 +168,11 @@ class Destination(ABC):
                 return value
         return self.type_name
 
+    def default_batch_size(self) -> int:
+        """Records per batch when the sync sets no `batch_size`: the connector's default, which
+        a connector may choose per destination (a bulk load path takes larger batches)."""
+        return self.capabilities.default_batch_size
+
     def batch_size(self, action: Action, records: int, planned: int) -> int:
         """Records per batch for an operation of `records` records sent with `action`, given
         the plan's batch size. Connectors with a bulk path (Salesforce Bulk API) ask for larger

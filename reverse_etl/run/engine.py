@@ -327,7 +327,9 @@ class Engine:
         cls = connector_for(target.type)
         assert cls is not None
         capabilities = cls.capabilities
-        size = sync.config.batch_size or capabilities.default_batch_size
+        size = (
+            sync.config.batch_size or self.open_destination(target.destination).default_batch_size()
+        )
         if capabilities.max_batch_size:
             size = min(size, capabilities.max_batch_size)
         return size

@@ -329,3 +329,15 @@ def test_a_key_another_writer_added_mid_load_is_updated_not_duplicated(
 
     assert result.rejected == {}
     assert maria.rows("id, note") == [(1, None), (2, None), (3, "c"), (4, "d")]
+
+
+def test_a_loaded_mysql_destination_takes_larger_batches_by_default(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    def default(url: str, **options: Any) -> int:
+        config = {"type": "sql", "url": url, **options}
+        return build_destination("app_db", config, tmp_path).default_batch_size()
+
+    assert default(mysql_url) == 50_000
+    assert default(mysql_url, bulk_load=False) == SqlDestination.capabilities.default_batch_size
+    assert default("sqlite:///app.db") == SqlDestination.capabilities.default_batch_size == 5_000
