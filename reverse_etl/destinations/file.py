@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-
 from reverse_etl.destinations.base import (
     Batch,
     BatchResult,

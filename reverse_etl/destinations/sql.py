@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
