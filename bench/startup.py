@@ -86,7 +86,9 @@ def main() -> None:
                 "runs": args.runs,
                 "retl_validate": retl,
                 "python_pass": limit,
-                "imports": [{"name": n.strip(), "cumulative_us": c, "self_us": s} for c, s, n in top],
+                "imports": [
+                    {"name": n.strip(), "cumulative_us": c, "self_us": s} for c, s, n in top
+                ],
             },
             indent=2,
         )
