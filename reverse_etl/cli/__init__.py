@@ -9,6 +9,7 @@ With `--json` every failure is also one JSON document on stdout:
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -20,7 +21,7 @@ from typer._click.exceptions import UsageError as ParserUsageError
 
 from reverse_etl import interrupt
 from reverse_etl.cli import logs
-from reverse_etl.cli.app import app
+from reverse_etl.cli.app import COMMAND_MODULES, app
 from reverse_etl.config import Problem
 from reverse_etl.errors import ConfigError, FailureReported, RetlError
 
@@ -28,8 +29,15 @@ USAGE_EXIT = 2
 INTERRUPTED_EXIT = 130
 
 
-def _register_commands() -> None:
-    from reverse_etl.cli import commands  # noqa: F401 - registers every command on `app`
+def _register_commands(args: list[str]) -> None:
+    """Import the modules whose commands `args` may run: only the named command's when the line
+    starts with a command name (a quicker start, `retl validate` loads no engine), else all
+    (help, --version, a mistyped name that gets a "did you mean")."""
+    module = COMMAND_MODULES.get(args[0]) if args else None
+    if module is None:
+        from reverse_etl.cli import commands  # noqa: F401 - registers every command on `app`
+    else:
+        importlib.import_module(f"reverse_etl.cli.{module}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +66,7 @@ def invoke(args: list[str], *, as_json: bool) -> int:
 
 def _invoke(args: list[str], *, as_json: bool) -> int:
     try:
-        _register_commands()
+        _register_commands(args)
         code = app(args=args, prog_name="retl", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except NoArgsIsHelpError as exc:  # `retl state`: the help on stderr, as a usage error

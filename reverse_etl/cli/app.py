@@ -22,6 +22,27 @@ def _flag_aware_type(self: TyperOption, ctx: Context) -> str | None:
 _typed = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_aware_type  # type: ignore[method-assign]
 
+# The module of reverse_etl.cli that registers each command, so that a command line naming one
+# loads only that module (cli/__init__.py); tests/cli/test_startup.py checks it against `app`.
+COMMAND_MODULES: dict[str, str] = {
+    "init": "init",
+    "validate": "validate",
+    "destinations": "catalog",
+    "clone": "catalog",
+    "plan": "plan",
+    "preview": "plan",
+    "run": "run",
+    "status": "status",
+    "pause": "pause",
+    "resume": "pause",
+    "runs": "runs",
+    "dlq": "dlq",
+    "unlock": "state",
+    "state": "state",
+    "history": "history",
+    "report": "report",
+}
+
 app = typer.Typer(
     name="retl",
     help="Declarative Reverse ETL: sync warehouse rows into databases, files and APIs.",

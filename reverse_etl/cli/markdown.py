@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reverse_etl import __version__
 from reverse_etl.cli.render import plan_banners
-from reverse_etl.plan.model import Plan
 from reverse_etl.redact import redact
 from reverse_etl.validate.changes import ChangeSet, SyncChange
+
+if TYPE_CHECKING:
+    from reverse_etl.plan.model import Plan
 
 MARKER = "<!-- retl-plan-impact -->"
 VALUE_MAX = 60  # characters of a sample value shown; keys are never shortened

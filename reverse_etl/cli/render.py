@@ -15,13 +15,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from rich import box
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.padding import Padding
 from rich.segment import Segment, Segments
-from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # the engine (DuckDB, Arrow) is imported only by commands that run it
@@ -127,6 +125,9 @@ def _total(widths: Iterable[int]) -> int:
 def _table(
     console: Console, columns: Sequence[Column], cells: list[list[Text]], widths: list[int]
 ) -> None:
+    from rich import box  # only commands that print a table load rich's tables
+    from rich.table import Table
+
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for column, width in zip(columns, widths, strict=True):
         table.add_column(

@@ -14,14 +14,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from reverse_etl import interrupt
 from reverse_etl.cli import logs
@@ -42,6 +34,8 @@ from reverse_etl.cli.render import render_plan, render_summary
 from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from reverse_etl.plan.model import Plan
     from reverse_etl.run import RunEvent, RunOutcome
 
@@ -200,6 +194,14 @@ class _Display:
         sent, total = int(event.data["sent"]), int(event.data["total"])
         if self.bar:
             if self.progress_bar is None:
+                from rich.progress import (  # only a run on a terminal draws a bar
+                    BarColumn,
+                    MofNCompleteColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+
                 self.progress_bar = Progress(
                     TextColumn("[bold]{task.description}"),
                     BarColumn(),

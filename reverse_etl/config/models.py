@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from croniter import croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from reverse_etl.types import Mode
@@ -194,6 +193,44 @@ class Schedule(BaseModel):
         return "manual"
 
 
+# Minimum and maximum of each of the five fields: minute hour day-of-month month day-of-week.
+_CRON_BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 6))
+_CRON_PART = re.compile(
+    r"\*(?:/(?P<step>[0-9]{1,2}))?|(?P<low>[0-9]{1,2})(?:-(?P<high>[0-9]{1,2}))?"
+)
+
+
+def is_valid_cron(expression: str) -> bool:
+    """Whether croniter accepts `expression`. Plain five-field expressions of numbers, ranges,
+    lists and `*/n` (nearly every schedule) are checked here, so that `retl validate` need not
+    import croniter; anything else (names, `@hourly`, `L`, seconds...) is croniter's to judge."""
+    fields = expression.split(" ")
+    if len(fields) == len(_CRON_BOUNDS) and all(
+        _plain_cron_field(field, low, high)
+        for field, (low, high) in zip(fields, _CRON_BOUNDS, strict=True)
+    ):
+        return True
+    from croniter import croniter
+
+    return bool(croniter.is_valid(expression))
+
+
+def _plain_cron_field(field: str, low: int, high: int) -> bool:
+    for part in field.split(","):
+        match = _CRON_PART.fullmatch(part)
+        if match is None:
+            return False
+        if match["step"] is not None:
+            if not 1 <= int(match["step"]) <= high:
+                return False
+        elif match["low"] is not None:
+            first = int(match["low"])
+            last = first if match["high"] is None else int(match["high"])
+            if not low <= first <= last <= high:
+                return False
+    return True
+
+
 def parse_schedule(raw: Any) -> Schedule:
     if isinstance(raw, Schedule):
         return raw
@@ -201,7 +238,7 @@ def parse_schedule(raw: Any) -> Schedule:
         return Schedule()
     if isinstance(raw, str):
         expression = raw.strip()
-        if not croniter.is_valid(expression):
+        if not is_valid_cron(expression):
             raise HintedValueError(
                 f"'{expression}' is not a valid cron expression",
                 "five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *'; "

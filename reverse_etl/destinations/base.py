@@ -11,13 +11,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from reverse_etl.types import ALL_ACTIONS, Action
+
+if TYPE_CHECKING:  # annotations only: `retl validate` never loads pyarrow
+    import pyarrow as pa
 
 
 class DestinationOptions(BaseModel):

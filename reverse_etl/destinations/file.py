@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
-
 from reverse_etl.destinations.base import (
     Batch,
     BatchResult,
@@ -38,10 +36,12 @@ from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 else:  # imported on first use: `retl validate` needs only the declarations below
+    pa = lazy_module("pyarrow")
     pc = lazy_module("pyarrow.compute")
     pa_csv = lazy_module("pyarrow.csv")
     pq = lazy_module("pyarrow.parquet")

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import pyarrow as pa
-
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -41,6 +39,7 @@ from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import pyarrow.compute as pc
     import sqlalchemy as sa
     from sqlalchemy.dialects import mysql as sa_mysql
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
 
     from reverse_etl.destinations import mysql_load
 else:  # imported on first use: `retl validate` needs only the declarations below
+    pa = lazy_module("pyarrow")
     pc = lazy_module("pyarrow.compute")
     mysql_load = lazy_module("reverse_etl.destinations.mysql_load")
     sa = lazy_module("sqlalchemy")

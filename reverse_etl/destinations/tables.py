@@ -13,18 +13,22 @@ import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from reverse_etl.destinations.base import (
     Batch,
     Destination,
     DestinationOptions,
     FieldInfo,
+    lazy_module,
 )
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+else:  # imported on first use: `retl validate` needs only the declarations
+    pa = lazy_module("pyarrow")
 
 
 class TableOptions(DestinationOptions):

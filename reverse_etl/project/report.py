@@ -16,13 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from reverse_etl import __version__
 from reverse_etl.config import Project
 from reverse_etl.errors import UsageError
 from reverse_etl.files import write_private
-from reverse_etl.state.pauses import Pause
-from reverse_etl.state.runlog import RunRecord
+
+if TYPE_CHECKING:  # annotations only: `retl validate` (which imports this module) needs no state
+    from reverse_etl.state.pauses import Pause
+    from reverse_etl.state.runlog import RunRecord
 
 DEFAULT_REPORT = "retl-report.html"
 # Runs drawn per sync (the newest), and runs listed in its table.

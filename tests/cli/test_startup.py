@@ -1,6 +1,7 @@
 """Start-up: a command imports only the connectors and drivers the project uses, so that
 `retl validate` on a DuckDB project writing files stays quick (no psycopg, PyMySQL, httpx,
-SQLAlchemy, nor the engine's DuckDB)."""
+SQLAlchemy, nor the engine's DuckDB, pyarrow, croniter; no engine, plan or state layer; no
+other command's module)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,18 @@ except SystemExit as exc:
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 
-DRIVERS = ("psycopg", "pymysql", "httpx", "sqlalchemy", "duckdb")
+DRIVERS = ("psycopg", "pymysql", "httpx", "sqlalchemy", "duckdb", "pyarrow", "sqlglot", "croniter")
+# Layers that `retl validate` never needs, and rich's modules for bars and tables.
+NOT_FOR_VALIDATE = (
+    "reverse_etl.run",
+    "reverse_etl.plan",
+    "reverse_etl.state",
+    "reverse_etl.warehouse",
+    "reverse_etl.mapping",
+    "reverse_etl.alerts",
+    "rich.progress",
+    "rich.table",
+)
 
 
 def loaded_by_validate(root: Path) -> tuple[int, set[str]]:
@@ -65,7 +77,7 @@ def loaded_by_validate(root: Path) -> tuple[int, set[str]]:
 def test_validate_of_a_duckdb_to_files_project_loads_no_other_driver(tmp_path: Path) -> None:
     (tmp_path / "syncs").mkdir()
     (tmp_path / "retl.yml").write_text(PROJECT)
-    (tmp_path / "syncs" / "customers.yml").write_text(SYNC)
+    (tmp_path / "syncs" / "customers.yml").write_text(SYNC + 'schedule: "*/15 * * * *"\n')
 
     code, modules = loaded_by_validate(tmp_path)
 
@@ -78,6 +90,69 @@ def test_validate_of_a_duckdb_to_files_project_loads_no_other_driver(tmp_path: P
         "reverse_etl.destinations.file",
         "reverse_etl.destinations.values",
     }
+    assert not {m for m in modules if m.startswith(NOT_FOR_VALIDATE)}
+    commands = {m for m in modules if m.startswith("reverse_etl.cli.")}
+    assert commands == {
+        "reverse_etl.cli.app",
+        "reverse_etl.cli.common",
+        "reverse_etl.cli.logs",
+        "reverse_etl.cli.validate",
+    }
+
+
+def test_every_command_is_found_by_name_in_its_module() -> None:
+    from reverse_etl.cli import commands
+    from reverse_etl.cli.app import COMMAND_MODULES, app
+
+    registered = {
+        (info.name or info.callback.__name__).replace("_", "-"): info.callback.__module__
+        for info in app.registered_commands
+        if info.callback is not None
+    }
+    registered |= {
+        str(group.name): group.typer_instance.registered_commands[0].callback.__module__
+        for group in app.registered_groups
+        if group.typer_instance is not None
+        and group.typer_instance.registered_commands[0].callback is not None
+    }
+    assert registered == {
+        name: f"reverse_etl.cli.{module}" for name, module in COMMAND_MODULES.items()
+    }
+    assert [info.callback.__module__ for info in app.registered_commands if info.callback] == [
+        module
+        for module in commands.ORDER
+        for info in app.registered_commands
+        if info.callback and info.callback.__module__ == module
+    ]
+
+
+# `retl validate`, then `retl --help`, in one process: the help lists what a fresh one does.
+HELP_AFTER_A_COMMAND = """
+import contextlib, io, sys
+from reverse_etl.cli import invoke
+if sys.argv[1] == "after":
+    with contextlib.redirect_stderr(io.StringIO()):
+        invoke(["validate", "--project-dir", sys.argv[2]], as_json=False)
+invoke(["--help"], as_json=False)
+"""
+
+
+def test_help_after_one_command_lists_every_command_in_order(tmp_path: Path) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(PROJECT)
+
+    def help_text(when: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", HELP_AFTER_A_COMMAND, when, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"},
+        ).stdout
+
+    fresh = help_text("fresh")
+    assert "validate" in fresh and "report" in fresh
+    assert help_text("after") == fresh
 
 
 def test_an_unknown_destination_type_is_still_matched_against_every_connector(
