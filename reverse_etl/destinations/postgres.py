@@ -16,17 +16,11 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, register
+from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
     Table,
@@ -37,8 +31,24 @@ from reverse_etl.destinations.tables import (
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
-Connection = psycopg.Connection[tuple[Any, ...]]
-Cursor = psycopg.Cursor[tuple[Any, ...]]
+if TYPE_CHECKING:
+    import psycopg
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+    import tenacity
+    from psycopg import conninfo, sql
+
+    Connection = psycopg.Connection[tuple[Any, ...]]
+    Cursor = psycopg.Cursor[tuple[Any, ...]]
+else:
+    # Imported on first use: validating a project that names this connector (every command
+    # does) must not load psycopg.
+    conninfo = lazy_module("psycopg.conninfo")
+    pc = lazy_module("pyarrow.compute")
+    pa_csv = lazy_module("pyarrow.csv")
+    psycopg = lazy_module("psycopg")
+    sql = lazy_module("psycopg.sql")
+    tenacity = lazy_module("tenacity")
 
 _STAGE = "_retl_stage"
 _ORD = "_retl_ord"
@@ -305,7 +315,7 @@ class PostgresDestination(TableDestination[_Table]):
     def _where(self) -> str:
         """host:port/db of the URL, for messages (never the password)."""
         try:
-            info = conninfo_to_dict(self._conninfo)
+            info = conninfo.conninfo_to_dict(self._conninfo)
         except psycopg.Error:
             return "the configured url"
         host = info.get("host") or "localhost"
@@ -327,10 +337,12 @@ class PostgresDestination(TableDestination[_Table]):
         self._conn = None
         self._tables.clear()
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(self.connect_attempts),
-                wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
-                retry=retry_if_exception(lambda e: isinstance(e, psycopg.OperationalError)),
+            for attempt in tenacity.Retrying(
+                stop=tenacity.stop_after_attempt(self.connect_attempts),
+                wait=tenacity.wait_exponential(multiplier=self.retry_wait_seconds, max=10),
+                retry=tenacity.retry_if_exception(
+                    lambda e: isinstance(e, psycopg.OperationalError)
+                ),
                 reraise=True,
             ):
                 with attempt:
@@ -353,13 +365,13 @@ class PostgresDestination(TableDestination[_Table]):
         self._conn.execute("SET TimeZone = 'UTC'")
         return self._conn
 
-    def _retrying(self) -> Retrying:
+    def _retrying(self) -> tenacity.Retrying:
         """Attempts of one unit of work, retried when the connection was lost or a transient
         server error (deadlock, serialization failure) occurred."""
-        return Retrying(
-            stop=stop_after_attempt(self.batch_attempts),
-            wait=wait_exponential(multiplier=self.retry_wait_seconds, max=10),
-            retry=retry_if_exception(_is_transient),
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.batch_attempts),
+            wait=tenacity.wait_exponential(multiplier=self.retry_wait_seconds, max=10),
+            retry=tenacity.retry_if_exception(_is_transient),
             reraise=True,
         )
 

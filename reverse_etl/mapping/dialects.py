@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import sqlglot
-from sqlglot import exp
+from typing import TYPE_CHECKING
 
 from reverse_etl.config.models import FieldSource, SyncConfig
 from reverse_etl.config.templates import Placeholder, parse_template
 from reverse_etl.mapping.compile import quote_identifier, quote_literal
+
+if TYPE_CHECKING:
+    from sqlglot import exp
 
 #: Dialects whose SQL retl generates (sqlglot names); PostgreSQL and DuckDB also run it.
 DIALECTS = ("postgres", "duckdb", "snowflake", "bigquery", "redshift", "databricks")
@@ -35,6 +36,10 @@ def sqlglot_dialect(name: str) -> str:
 
 def translate(sql: str, dialect: str) -> str:
     """PostgreSQL-syntax SQL written by retl, in `dialect`."""
+    # Imported here: the engine imports this module, but only warehouse state translates.
+    import sqlglot
+    from sqlglot import exp
+
     tree = sqlglot.parse_one(sql, read="postgres")
     function = _BYTE_LENGTH.get(dialect, "OCTET_LENGTH")
 

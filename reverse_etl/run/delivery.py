@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from reverse_etl import interrupt
-from reverse_etl.destinations.base import Batch, BatchResult, Destination
+from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
 from reverse_etl.errors import DestinationError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
@@ -39,6 +38,11 @@ from reverse_etl.state.backends import LocalBackend, SnapshotBackend
 from reverse_etl.state.deadletters import DeadLetterEntry, DeadLetterQueue
 from reverse_etl.state.snapshot import SNAPSHOT
 from reverse_etl.types import Operation
+
+if TYPE_CHECKING:
+    import pyarrow.compute as pc
+else:
+    pc = lazy_module("pyarrow.compute")  # only when records are delivered (not a no-op run)
 
 # Records a destination asks to retry later are sent again up to this many times in a run,
 # after pauses of 1, 2, 4 ... seconds (the connector already honoured any Retry-After).
