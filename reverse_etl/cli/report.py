@@ -26,8 +26,7 @@ def report(
     json_output: JsonOption = False,
     project_dir: ProjectDirOption = None,
 ) -> None:
-    """Write a static HTML report: per sync, charts of records sent, rejections, duration and
-    state size over its runs, the latest runs with their errors, and the dead letter queue."""
+    """Write a static HTML report: per sync, charts of sent, rejected, duration, state size."""
     project = open_project(project_dir)
     path = write_report(project, out)
     if json_output:
