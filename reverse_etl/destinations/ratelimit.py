@@ -81,13 +81,8 @@ class RateLimiter:
         sees requests up to the margin late never sees more."""
         with self._lock:
             now = self.clock()
-            at = max(now, self._paused_until)
             limit = self.limit
-            if limit.per_second:
-                at = max(at, self._next)
-                at = self._opens(at, self._second, max(1, int(limit.per_second)), 1.0)
-            if limit.per_window:
-                at = self._opens(at, self._sent, limit.per_window, limit.window_seconds)
+            at = self._free_slot(now, limit, JITTER_MARGIN)
             self._record(limit, Send(at, in_flight=False))
             self.waited += at - now
             return at - now
@@ -97,17 +92,8 @@ class RateLimiter:
         else (seconds to wait before asking again, None) and nothing is recorded."""
         with self._lock:
             now = self.clock()
-            at = max(now, self._paused_until)
             limit = self.limit
-            if limit.per_second:
-                at = max(at, self._next)
-                at = self._opens(
-                    at, self._second, max(1, int(limit.per_second)), 1.0, ANSWER_MARGIN
-                )
-            if limit.per_window:
-                at = self._opens(
-                    at, self._sent, limit.per_window, limit.window_seconds, ANSWER_MARGIN
-                )
+            at = self._free_slot(now, limit, ANSWER_MARGIN)
             if at > now:
                 # a window full of requests still in flight opens when one is answered
                 return (min(at - now, IN_FLIGHT_POLL) if math.isinf(at) else at - now), None
@@ -120,6 +106,17 @@ class RateLimiter:
         with self._lock:
             send.at = self.clock()
             send.in_flight = False
+
+    def _free_slot(self, now: float, limit: RateLimit, margin: float) -> float:
+        """The earliest time a request may be sent under `limit`, windows kept `margin` longer
+        (infinite while a full window is still in flight). Call with the lock held."""
+        at = max(now, self._paused_until)
+        if limit.per_second:
+            at = max(at, self._next)
+            at = self._opens(at, self._second, max(1, int(limit.per_second)), 1.0, margin)
+        if limit.per_window:
+            at = self._opens(at, self._sent, limit.per_window, limit.window_seconds, margin)
+        return at
 
     def _record(self, limit: RateLimit, send: Send) -> None:
         if limit.per_second:
@@ -135,7 +132,7 @@ class RateLimiter:
         sent: collections.deque[Send],
         most: int,
         seconds: float,
-        margin: float = JITTER_MARGIN,
+        margin: float,
     ) -> float:
         """The earliest time from `at` at which a window of `seconds` (plus `margin`) holds
         fewer than `most` of the recorded sends, each counted at the latest moment it can
