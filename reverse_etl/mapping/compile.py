@@ -7,6 +7,7 @@ The hash is md5 over a canonical text encoding that no two distinct records shar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from reverse_etl.config.models import FieldSource, SyncConfig
@@ -87,10 +88,18 @@ def field_expression(source: FieldSource) -> str:
     if source.column is not None:
         return quote_identifier(source.column)
     assert source.template is not None
+    return template_expression(
+        source.template, lambda column: f"CAST({quote_identifier(column)} AS VARCHAR)"
+    )
+
+
+def template_expression(template: str, text: Callable[[str], str]) -> str:
+    """The SQL of a template: literal parts and placeholders (`text(column)`: the column as
+    text in the dialect at hand) with their defaults and filters, joined with `||`."""
     pieces: list[str] = []
-    for part in parse_template(source.template):
+    for part in parse_template(template):
         if isinstance(part, Placeholder):
-            expression = f"CAST({quote_identifier(part.column)} AS VARCHAR)"
+            expression = text(part.column)
             if part.default is not None:
                 expression = f"coalesce({expression}, {quote_literal(part.default)})"
             for name in part.filters:

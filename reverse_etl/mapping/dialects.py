@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reverse_etl.config.models import FieldSource, SyncConfig
-from reverse_etl.config.templates import Placeholder, parse_template
-from reverse_etl.mapping.compile import quote_identifier, quote_literal
+from reverse_etl.mapping.compile import quote_identifier, quote_literal, template_expression
 
 if TYPE_CHECKING:
     from sqlglot import exp
@@ -151,17 +150,7 @@ def _field_expression(
     if source.column is not None:
         return quote_identifier(source.column)
     assert source.template is not None
-    pieces: list[str] = []
-    for part in parse_template(source.template):
-        if isinstance(part, Placeholder):
-            expression = mapping.text(
-                quote_identifier(part.column), float_columns.get(part.column, False)
-            )
-            if part.default is not None:
-                expression = f"coalesce({expression}, {quote_literal(part.default)})"
-            for name in part.filters:
-                expression = f"{name}({expression})"
-            pieces.append(expression)
-        else:
-            pieces.append(quote_literal(part))
-    return f"({' || '.join(pieces)})" if pieces else "''"
+    return template_expression(
+        source.template,
+        lambda column: mapping.text(quote_identifier(column), float_columns.get(column, False)),
+    )
