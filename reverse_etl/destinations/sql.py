@@ -470,49 +470,36 @@ class SqlDestination(TableDestination[_Table]):
             loaded = self._load_straight(batch, target, names)
             if loaded is not None:
                 return loaded
-        last: Exception | None = None
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.retry_wait_seconds * 2 ** (attempt - 1))
-            try:
-                conn = self._get_engine().connect()
-            except sa.exc.DBAPIError as exc:
-                last = exc
-                continue
-            try:
-                with conn, conn.begin():
-                    run = _LoadDataRun(self, batch, table, names, conn)
-                    if not run.load(stage):
-                        raise _NotLoadedExactly
-                    run.apply(0, batch.size)
-                    conn.exec_driver_sql(f"DROP TEMPORARY TABLE {mysql_load.quote(_STAGE)}")
-            except _NotLoadedExactly:
-                return None
-            except sa.exc.DBAPIError as exc:
-                code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
-                if code in mysql_load.LOCAL_INFILE_REFUSED:
-                    self._bulk_load = False
-                    _log.warning(
-                        "destination '%s': the server refuses LOAD DATA LOCAL INFILE (%s); "
-                        "batches are sent with executemany, which is several times slower. "
-                        "Set local_infile = ON on the server (SET GLOBAL local_infile = 1), or "
-                        "bulk_load: false on the destination to silence this",
-                        self.name,
-                        self._message(exc),
-                    )
-                    return None
-                if not (exc.connection_invalidated or self._is_conflict(exc)):
-                    raise
-                last = exc
-                continue
-            if batch.action == "update":
-                run.rejected.update(not_found(batch, table, run.missing))
-            return BatchResult(rejected=dict(sorted(run.rejected.items())))
-        detail = _first_lines(str(getattr(last, "orig", None) or last))
-        raise DestinationError(
-            f"cannot use destination '{self.name}' ({self._where}): {detail}",
-            hint="check the destination url and that the database is running and reachable",
-        ) from last
+
+        def load(conn: sa.Connection) -> _LoadDataRun:
+            run = _LoadDataRun(self, batch, table, names, conn)
+            if not run.load(stage):
+                raise _NotLoadedExactly
+            run.apply(0, batch.size)
+            conn.exec_driver_sql(f"DROP TEMPORARY TABLE {mysql_load.quote(_STAGE)}")
+            return run
+
+        try:
+            run = self._in_transaction(load)
+        except _NotLoadedExactly:
+            return None
+        except sa.exc.DBAPIError as exc:
+            code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+            if code not in mysql_load.LOCAL_INFILE_REFUSED:
+                raise
+            self._bulk_load = False
+            _log.warning(
+                "destination '%s': the server refuses LOAD DATA LOCAL INFILE (%s); "
+                "batches are sent with executemany, which is several times slower. "
+                "Set local_infile = ON on the server (SET GLOBAL local_infile = 1), or "
+                "bulk_load: false on the destination to silence this",
+                self.name,
+                self._message(exc),
+            )
+            return None
+        if batch.action == "update":
+            run.rejected.update(not_found(batch, table, run.missing))
+        return BatchResult(rejected=dict(sorted(run.rejected.items())))
 
     def _is_empty(self, target: str) -> bool:
         query = f"SELECT NOT EXISTS (SELECT 1 FROM {target})"
