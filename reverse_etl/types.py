@@ -62,6 +62,20 @@ class TargetId:
     def to_json(self) -> dict[str, str]:
         return asdict(self)
 
+    def to_text(self) -> str:
+        """The target as state keeps it (JSON, keys sorted)."""
+        return json.dumps(self.to_json(), sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str | None) -> TargetId | None:
+        """A target kept by `to_text`; None when none is kept or it cannot be read."""
+        if not text:
+            return None
+        try:
+            return cls.from_json(json.loads(text))
+        except ValueError:
+            return None
+
     @classmethod
     def from_json(cls, data: Any) -> TargetId | None:
         if not isinstance(data, dict):

@@ -8,7 +8,6 @@ are never stored here.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -100,7 +99,7 @@ class SnapshotStore:
         if writable and self.meta(con).target != target:
             con.execute(
                 f"INSERT OR REPLACE INTO {_META} VALUES ('target', ?)",
-                [json.dumps(target.to_json(), sort_keys=True)],
+                [target.to_text()],
             )
         return change
 
@@ -172,7 +171,7 @@ class SnapshotStore:
             updated_at=rows.get("updated_at"),
             last_run_id=rows.get("last_run_id"),
             records=int(count[0]) if count else 0,
-            target=_target(rows.get("target")),
+            target=TargetId.from_text(rows.get("target")),
             mode=rows.get("mode"),
         )
 
@@ -263,15 +262,6 @@ class SnapshotStore:
             return [(str(k), str(h)) for k, h in rows]
         finally:
             con.close()
-
-
-def _target(text: str | None) -> TargetId | None:
-    if not text:
-        return None
-    try:
-        return TargetId.from_json(json.loads(text))
-    except ValueError:
-        return None
 
 
 def _move(source: Path, destination: Path) -> None:

@@ -18,7 +18,6 @@ per dialect with sqlglot (`state_statements` lists it, for golden tests).
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -287,7 +286,7 @@ class WarehouseSnapshotStore:
                     statements += self.tables.set_meta(
                         self.sync,
                         CURRENT,
-                        {"target": json.dumps(target.to_json(), sort_keys=True)},
+                        {"target": target.to_text()},
                     )
                 for statement in statements:
                     self._run(statement, "write")
@@ -296,13 +295,7 @@ class WarehouseSnapshotStore:
     def _current_target(self) -> TargetId | None:
         if not self.present:
             return None
-        text = self._meta_rows(CURRENT).get("target")
-        if not text:
-            return None
-        try:
-            return TargetId.from_json(json.loads(text))
-        except ValueError:
-            return None
+        return TargetId.from_text(self._meta_rows(CURRENT).get("target"))
 
     def _has_state(self, digest: str) -> bool:
         return bool(self._meta_rows(digest))
