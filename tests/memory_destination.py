@@ -86,6 +86,8 @@ class MemoryDestination(Destination):
             message = self._apply(table, batch.action, str(record[batch.key_field]), record)
             if message is not None:
                 result.rejected[index] = message
+            else:
+                result.accept(index)
         self.store.batches.append((batch.object, batch.action, batch.size))
         return result
 

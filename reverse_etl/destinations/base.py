@@ -1,7 +1,9 @@
 """The small interface every destination connector implements, and the registry by type name.
 
 A connector lists its objects and fields, checks a mapping, and delivers batches of records,
-reporting per record which were rejected and why. Everything not rejected counts as accepted.
+reporting an outcome for every record: accepted, rejected (why), retry later, or in doubt.
+Positive acknowledgement (SPEC §6.4): a record counts as delivered only when the destination's
+answer says so for that record; a record the answer does not mention is in doubt, never accepted.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
@@ -20,6 +22,8 @@ from reverse_etl.types import ALL_ACTIONS, Action
 
 if TYPE_CHECKING:  # annotations only: `retl validate` never loads pyarrow
     import pyarrow as pa
+
+    from reverse_etl.destinations.ledger import DeliveryMarker, LedgerEntry
 
 
 class DestinationOptions(BaseModel):
@@ -45,11 +49,23 @@ class FieldInfo:
     writable: bool = True
 
 
+# What a destination guarantees when a run is killed or an answer is lost (README's table):
+# `exactly-once`: the batch and a delivery marker commit together in the destination;
+# `idempotent`: at-least-once, but a re-send is harmless (keyed upserts, idempotency keys) and
+# records in doubt are looked up before they are created again; `at-least-once`: a re-send
+# after a lost answer may repeat a record.
+Guarantee = Literal["exactly-once", "idempotent", "at-least-once"]
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a connector supports, declared as data so planning and validation can read it."""
 
     actions: frozenset[Action] = ALL_ACTIONS
+    guarantee: Guarantee = "at-least-once"
+    # The connector can look records up by key (`Destination.resolve`), so a record in doubt
+    # is resolved rather than sent again blind.
+    resolves: bool = False
     default_batch_size: int = 500
     max_batch_size: int | None = None
     # Batches the engine may deliver at once, each through its own instance (connection);
@@ -78,6 +94,9 @@ class Batch:
     # The sync's state held no record when the run was planned (a first load): every record
     # is new to retl. A table connector may then load an empty table without merging.
     first_load: bool = False
+    # For `exactly-once` connectors: the delivery marker to commit with the batch, in the same
+    # transaction (see reverse_etl/destinations/ledger.py); None outside a recorded run.
+    marker: DeliveryMarker | None = None
 
     @property
     def size(self) -> int:
@@ -86,18 +105,92 @@ class Batch:
 
 @dataclass
 class BatchResult:
-    """Per-record outcome of a batch, by row index. A record is *accepted* unless it is
-    *rejected* (with the destination's message: it goes to the dead letter queue) or to be
-    *retried* later (throttled or transient, with the reason: neither acknowledged, nor dead
-    lettered, nor counted as an error; the run sends it again, or the next run does)."""
+    """Per-record outcome of a batch, by row index, one outcome per record:
 
+    - *accepted*: the destination's answer says this record was applied (with the id the
+      destination gave it, where it has one: HubSpot `id`, Salesforce `Id`);
+    - *rejected*: refused, with the destination's message (it goes to the dead letter queue);
+    - *retry*: not applied, to send again later (throttled or transient, with the reason);
+    - *in doubt*: the answer cannot tell (lost, short, unreadable): the record may or may not
+      have been applied. It is resolved by a look-up or re-sent idempotently, never counted.
+
+    A record with no outcome is in doubt (`settle`). Connectors report by identity (id, key or
+    echo), never by position in an answer or by absence from a list of errors."""
+
+    accepted: set[int] = field(default_factory=set)
     rejected: dict[int, str] = field(default_factory=dict)
     retry: dict[int, str] = field(default_factory=dict)
+    in_doubt: dict[int, str] = field(default_factory=dict)
     # Ids the destination assigned to accepted records (HubSpot `id`, Salesforce `Id`).
     ids: dict[int, str] = field(default_factory=dict)
     # Accepted records that needed nothing: deletes whose record was already gone (reported by
     # connectors that can tell; they count as delivered, not as deleted).
     absent: int = 0
+
+    @classmethod
+    def committed(
+        cls, size: int, rejected: dict[int, str] | None = None, absent: int = 0
+    ) -> BatchResult:
+        """A transaction that committed: every record not `rejected` was applied (the commit
+        itself is the destination's positive answer for each of them)."""
+        result = cls(rejected=dict(sorted((rejected or {}).items())), absent=absent)
+        result.accepted = {i for i in range(size) if i not in result.rejected}
+        return result
+
+    def accept(self, index: int, id: str | None = None) -> None:
+        """Record `index` as accepted (with the id the destination gave it, if any)."""
+        self.accepted.add(index)
+        if id is not None:
+            self.ids[index] = id
+
+    def settle(self, size: int) -> list[str]:
+        """Make the result whole for a batch of `size` records: every record without an outcome
+        becomes in doubt, and a record with two outcomes keeps the most cautious one (in doubt
+        over retry over rejected over accepted). Returns what was wrong with the answer, for
+        the run's warnings; an empty list when the connector reported every record once."""
+        problems: list[str] = []
+        outside = [
+            i
+            for part in (self.accepted, self.rejected, self.retry, self.in_doubt)
+            for i in part
+            if not 0 <= i < size
+        ]
+        if outside:
+            problems.append(f"outcomes for {len(outside)} records that were not in the batch")
+            self.accepted = {i for i in self.accepted if 0 <= i < size}
+            for part in (self.rejected, self.retry, self.in_doubt):
+                for i in [i for i in part if not 0 <= i < size]:
+                    del part[i]
+        doubled = 0
+        for i in list(self.retry):
+            if i in self.in_doubt:
+                del self.retry[i]
+                doubled += 1
+        for i in list(self.rejected):
+            if i in self.in_doubt or i in self.retry:
+                del self.rejected[i]
+                doubled += 1
+        both = self.accepted & (self.rejected.keys() | self.retry.keys() | self.in_doubt.keys())
+        if both:
+            doubled += len(both)
+            self.accepted -= both
+        if doubled:
+            problems.append(f"{doubled} records had two outcomes; the more cautious one was kept")
+        for i in [i for i in self.ids if i not in self.accepted]:
+            del self.ids[i]
+        missing = size - len(self.accepted) - len(self.rejected) - len(self.retry)
+        missing -= len(self.in_doubt)
+        if missing:
+            problems.append(f"the answer said nothing of {missing} of {size} records")
+            for i in range(size):
+                if not (
+                    i in self.accepted
+                    or i in self.rejected
+                    or i in self.retry
+                    or i in self.in_doubt
+                ):
+                    self.in_doubt[i] = "the destination's answer did not mention this record"
+        return problems
 
 
 @dataclass(frozen=True)
@@ -231,8 +324,35 @@ class Destination(ABC):
 
     @abstractmethod
     def deliver(self, batch: Batch) -> BatchResult:
-        """Apply a batch. Per-record failures go in the result; raise DestinationError only when
-        the destination as a whole cannot be reached or used (after retries)."""
+        """Apply a batch and report an outcome for every record (see BatchResult). Per-record
+        failures go in the result; raise DestinationError only when the destination as a whole
+        cannot be reached or used (after retries) and nothing of the batch was applied: when
+        some of it may have been, report those records in doubt instead."""
+
+    def resolve(self, batch: Batch) -> BatchResult:
+        """Records in doubt (their earlier answer was lost, short or unreadable): look each up
+        by key and report it *accepted* when the destination holds it with the batch's values
+        (an update or upsert that holds them, a delete whose record is gone), *retry* when it
+        must be sent again (absent, or holding other values), or still *in doubt*.
+
+        The default, for connectors that cannot look records up: a keyed update, upsert or
+        delete is idempotent, so it is sent again; an insert stays in doubt, since sending it
+        again could repeat it (connectors with idempotency keys override this)."""
+        if batch.action == "insert":
+            reason = "the destination cannot be asked whether it was created"
+            return BatchResult(in_doubt=dict.fromkeys(range(batch.size), reason))
+        return BatchResult(retry=dict.fromkeys(range(batch.size), "sent again (idempotent)"))
+
+    # -- delivery markers (`exactly-once` connectors) -----------------------------------------
+
+    def recover_markers(self, sync: str, target: str) -> list[LedgerEntry]:
+        """Markers of batches this destination committed for `sync` on `target` (a digest) and
+        that retl has not forgotten yet, in (run, seq) order. A run writes them into state
+        before it plans (a kill may have left state behind the destination)."""
+        return []
+
+    def forget_markers(self, sync: str, target: str) -> None:  # noqa: B027 - optional hook
+        """Drop the markers of `sync` on `target`: state holds everything they say."""
 
     def __enter__(self: _D) -> _D:
         self.open()

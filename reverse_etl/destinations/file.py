@@ -316,7 +316,7 @@ class FileDestination(Destination):
                 self._append(target, _jsonl(records))
         except OSError as exc:
             raise DestinationError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        return BatchResult()
+        return BatchResult.committed(batch.size)
 
     @staticmethod
     def _append(path: Path, data: bytes) -> None:

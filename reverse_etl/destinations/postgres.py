@@ -577,7 +577,7 @@ class PostgresDestination(TableDestination[_Table]):
                 # Not allowed here (row-level security, rules...): this run takes the stage path.
                 self._stop_loading_straight(batch)
             raise _StageRefused from exc
-        return BatchResult(rejected=dict(sorted(unstageable.items())))
+        return BatchResult.committed(batch.size, unstageable)
 
     def _deliver_once(self, batch: Batch, typed_stage: bool) -> BatchResult:
         table = self._table(batch.object)
@@ -619,7 +619,7 @@ class PostgresDestination(TableDestination[_Table]):
         if batch.action == "update":
             run.rejected.update(not_found(batch, table, missing))
         absent = len(missing) if batch.action == "delete" else 0
-        return BatchResult(rejected=dict(sorted(run.rejected.items())), absent=absent)
+        return BatchResult.committed(batch.size, run.rejected, absent=absent)
 
 
 class _StageRefused(Exception):

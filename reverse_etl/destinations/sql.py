@@ -434,7 +434,7 @@ class SqlDestination(TableDestination[_Table]):
             raise self._failed(exc, f"writing to {table.display}") from exc
         if batch.action == "update":
             run.rejected.update(not_found(batch, table, run.missing))
-        return BatchResult(rejected=dict(sorted(run.rejected.items())))
+        return BatchResult.committed(batch.size, run.rejected)
 
     def _deliver_without(self, batch: Batch, rejected: dict[int, str]) -> BatchResult:
         """Deliver the batch minus the `rejected` rows, which are reported with the rest."""
@@ -451,8 +451,10 @@ class SqlDestination(TableDestination[_Table]):
         result = self.deliver(rest)
         rejected = {**rejected, **{kept[i]: m for i, m in result.rejected.items()}}
         return BatchResult(
+            accepted={kept[i] for i in result.accepted},
             rejected=dict(sorted(rejected.items())),
             retry={kept[i]: m for i, m in result.retry.items()},
+            in_doubt={kept[i]: m for i, m in result.in_doubt.items()},
             ids={kept[i]: v for i, v in result.ids.items()},
             absent=result.absent,
         )
@@ -499,7 +501,7 @@ class SqlDestination(TableDestination[_Table]):
             return None
         if batch.action == "update":
             run.rejected.update(not_found(batch, table, run.missing))
-        return BatchResult(rejected=dict(sorted(run.rejected.items())))
+        return BatchResult.committed(batch.size, run.rejected)
 
     def _is_empty(self, target: str) -> bool:
         query = f"SELECT NOT EXISTS (SELECT 1 FROM {target})"
@@ -531,7 +533,7 @@ class SqlDestination(TableDestination[_Table]):
                 return None  # the stage path meets the same refusal and says so
             self._stop_loading_straight(batch)
             return None
-        return BatchResult()
+        return BatchResult.committed(batch.size)
 
     def _mysql_columns(self, table: _Table) -> dict[str, mysql_load.StageColumn]:
         """The target's columns with their full MySQL types (for the stage), cached."""

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
+from reverse_etl.destinations.ledger import DeliveryMarker
 from reverse_etl.errors import DestinationError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
@@ -36,6 +37,7 @@ from reverse_etl.run.acks import AcknowledgementWriter
 from reverse_etl.run.events import EventHook, EventLevel, RunEvent
 from reverse_etl.state.backends import LocalBackend, SnapshotBackend
 from reverse_etl.state.deadletters import DeadLetterEntry, DeadLetterQueue
+from reverse_etl.state.doubts import InDoubtRecords
 from reverse_etl.state.snapshot import SNAPSHOT
 from reverse_etl.types import Operation
 
@@ -50,6 +52,8 @@ RETRY_ROUNDS = 3
 RETRY_WAIT_SECONDS = 1.0
 
 _NO_KEYS = pa.table({"key": pa.array([], pa.string())})
+# Why a create sent to a destination without delivery markers is in doubt until answered.
+_SENT_UNANSWERED = "sent; the run ended before the destination's answer was recorded"
 _InFlight = collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]]
 
 
@@ -77,6 +81,7 @@ class Delivery:
         on_progress: Callable[[int, int], None] | None = None,
         on_event: EventHook | None = None,
         snapshot: SnapshotBackend | None = None,
+        doubts: InDoubtRecords | None = None,
     ) -> None:
         self.plan = plan
         # Where acknowledgements go: the snapshot attached to `con` unless told otherwise.
@@ -94,6 +99,15 @@ class Delivery:
         self.requests_retried = 0
         self.counts = {"create": 0, "update": 0, "delete": 0, "rejected": 0}
         self.retry_later: list[pa.Table] = []
+        # Records whose answer could not tell (lost, short, unreadable): resolved after each
+        # round of batches (Destination.resolve), never counted as delivered.
+        self.in_doubt_later: list[pa.Table] = []
+        self.doubts = doubts
+        # Keys a previous run left in doubt: looked up before they are created again.
+        self.unresolved: set[str] = doubts.keys(plan.sync) if doubts is not None else set()
+        self.exactly_once = False
+        self.batches = 0
+        self.answer_problems: collections.Counter[str] = collections.Counter()
         self.total = plan.counts.to_send
         self.sent = 0
         # The ratio is over the records this run sends (SPEC §6.5), checked against the planned
@@ -119,6 +133,9 @@ class Delivery:
                 if self.total:  # nothing to send: the destination is not even contacted
                     first = stack.enter_context(self.open_lane())
                     self._prepare(first)
+                    self.exactly_once = (
+                        first.capabilities.guarantee == "exactly-once" and self.run_id is not None
+                    )
                     lanes = self.lanes = [first]
                     for _ in range(1, first.capabilities.concurrent_batches):
                         lanes.append(stack.enter_context(self.open_lane()))
@@ -142,6 +159,10 @@ class Delivery:
             failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         except DestinationError as exc:
             failed, hint = exc.message, exc.hint
+        if self.batches and self.exactly_once:
+            self._forget_markers()
+        if failed is None:
+            failed, hint = self._unfinished_failure()
         if failed is None:
             failed = self._key_error_failure()
         self._report_rejections()
@@ -160,6 +181,40 @@ class Delivery:
             return DeliveryResult("success", dict(self.counts))
         return DeliveryResult(
             "failed" if status == "success" else status, dict(self.counts), failed, hint
+        )
+
+    def _forget_markers(self) -> None:
+        """State now holds every batch the destination committed: its markers can go. A failure
+        here loses nothing (the next run replays them, which is harmless)."""
+        try:
+            with self.open_lane() as lane:
+                lane.forget_markers(self.plan.sync, self.plan.target.digest)
+        except DestinationError as exc:
+            self._emit("warning", "warning", message=f"delivery markers kept: {exc.message}")
+
+    def _unfinished_failure(self) -> tuple[str | None, str | None]:
+        """A run that could not account for every record fails (and alerts), though nothing is
+        lost: records in doubt and records deferred are neither in state nor in the dead
+        letter queue, and the next run resolves or sends them first."""
+        doubt = self.counts.get("in_doubt", 0)
+        deferred = self.counts.get("deferred", 0)
+        if not doubt and not deferred:
+            return None, None
+        parts = []
+        if doubt:
+            parts.append(
+                f"{doubt:,} records are in doubt (the destination's answer did not say whether "
+                "it applied them)"
+            )
+        if deferred:
+            parts.append(
+                f"{deferred:,} records were deferred (the destination kept asking to retry later)"
+            )
+        problems = "; ".join(f"{p} ×{n}" if n > 1 else p for p, n in self.answer_problems.items())
+        message = "; ".join(parts) + (f"; answers: {problems}" if problems else "")
+        return message, (
+            "nothing of them counts as delivered; the next run looks them up or sends them "
+            f"again before anything else (`retl dlq {self.plan.sync}` lists those in doubt)"
         )
 
     def _store_new_hashes(self) -> None:
@@ -239,6 +294,7 @@ class Delivery:
         batches: Iterator[pa.Table] = (pa.Table.from_batches([b]) for b in reader)
         for round in range(RETRY_ROUNDS + 1):
             self._send_batches(lanes, op, fields, batches)
+            self._resolve(lanes[0], op, fields)
             later, self.retry_later = self.retry_later, []
             if not later:
                 return
@@ -284,8 +340,12 @@ class Delivery:
                 for table in batches:
                     if interrupt.requested() is not None:
                         raise _Stopped
+                    table = self._resolve_known(lanes[0], op, fields, table)
+                    if table.num_rows == 0:
+                        continue
                     records = table.select(fields)
                     ids = table.column(DEST_ID_COLUMN)
+                    self.batches += 1
                     batch = Batch(
                         self.plan.target.object,
                         action,
@@ -294,7 +354,14 @@ class Delivery:
                         ids.to_pylist() if op != "create" and ids.null_count < len(ids) else None,
                         self.run_id,
                         first_load=op == "create" and self.plan.state.records == 0,
+                        marker=self._marker(op, table) if self.exactly_once else None,
                     )
+                    if op == "create" and not self.exactly_once and self.doubts is not None:
+                        # Written before sending: a kill before the answer is recorded leaves
+                        # these keys in doubt, and the next run looks them up first.
+                        self.doubts.add(
+                            self.plan.sync, self.run_id, op, _keys(table), _SENT_UNANSWERED
+                        )
                     in_flight.append((pool.submit(deliver, batch), table, records))
                     # One batch waits behind each lane's: a lane never idles while the
                     # oldest batch is acknowledged.
@@ -320,14 +387,86 @@ class Delivery:
                 result = future.result()
             except Exception:
                 continue
+            self._settle(result, table)
             self._acknowledge(op, table, records, result)
             self.sent += table.num_rows - len(result.retry)
             self._report_batch(op, table, result)
+
+    def _settle(self, result: BatchResult, table: pa.Table) -> None:
+        """Make an answer whole (records it does not mention are in doubt) and note what was
+        wrong with it, for the warnings and the run's error."""
+        for problem in result.settle(table.num_rows):
+            self.answer_problems[problem] += 1
+            self._emit("answer_incomplete", "warning", problem=problem)
+
+    def _marker(self, op: Operation, table: pa.Table) -> DeliveryMarker:
+        assert self.run_id is not None
+        removed = (
+            pc.equal(table.column(CHANGE_COLUMN), "removed")
+            if op == "delete"
+            else pa.array([False] * table.num_rows, pa.bool_())
+        )
+        acknowledgement = pa.table(
+            {
+                "key": table.column(KEY_COLUMN),
+                "hash": table.column(HASH_COLUMN),
+                "dest_id": table.column(DEST_ID_COLUMN).cast(pa.string()),
+                "removed": pc.fill_null(removed, False),
+            }
+        )
+        return DeliveryMarker(
+            self.plan.sync, self.plan.target.digest, self.run_id, self.batches, acknowledgement
+        )
+
+    def _resolve_known(
+        self, lane: Destination, op: Operation, fields: list[str], table: pa.Table
+    ) -> pa.Table:
+        """Records an earlier run left in doubt are looked up before they are sent again; what
+        is left to send is returned (those found absent, and every other record)."""
+        if not self.unresolved or op != "create":
+            return table
+        keys = table.column(KEY_COLUMN).to_pylist()
+        doubtful = [i for i, key in enumerate(keys) if key in self.unresolved]
+        if not doubtful:
+            return table
+        self._resolve_table(lane, op, fields, _take(table, doubtful))
+        self.unresolved.difference_update(keys[i] for i in doubtful)
+        keep = sorted(set(range(table.num_rows)) - set(doubtful))
+        return _take(table, keep)
+
+    def _resolve(self, lane: Destination, op: Operation, fields: list[str]) -> None:
+        """Resolve the records of this round whose answer could not tell."""
+        doubtful, self.in_doubt_later = self.in_doubt_later, []
+        for table in doubtful:
+            self._resolve_table(lane, op, fields, table)
+
+    def _resolve_table(
+        self, lane: Destination, op: Operation, fields: list[str], table: pa.Table
+    ) -> None:
+        """Ask the destination about records in doubt (Destination.resolve): found as sent,
+        they are acknowledged; to send, they go to the next round; still in doubt, they stay
+        recorded as such and the run fails."""
+        ids = table.column(DEST_ID_COLUMN)
+        batch = Batch(
+            self.plan.target.object,
+            self.plan.action[op],
+            self.plan.key_field,
+            table.select(fields),
+            ids.to_pylist() if ids.null_count < len(ids) else None,
+            self.run_id,
+        )
+        try:
+            result = lane.resolve(batch)
+        except DestinationError as exc:
+            result = BatchResult(in_doubt=dict.fromkeys(range(table.num_rows), exc.message))
+        self._settle(result, table)
+        self._acknowledge(op, table, batch.records, result, resolving=True)
 
     def _collect(
         self, op: Operation, future: Future[BatchResult], table: pa.Table, records: pa.Table
     ) -> None:
         result = future.result()
+        self._settle(result, table)
         self._acknowledge(op, table, records, result)
         self.sent += table.num_rows - len(result.retry)  # retried records are not sent yet
         self._report_batch(op, table, result)
@@ -364,9 +503,10 @@ class Delivery:
             "batch_acknowledged",
             operation=op,
             records=table.num_rows,
-            accepted=table.num_rows - len(result.rejected) - len(result.retry),
+            accepted=len(result.accepted),
             rejected=len(result.rejected),
             retry_later=len(result.retry),
+            in_doubt=len(result.in_doubt),
             sent=self.sent,
             total=self.total,
             counts=dict(self.counts),
@@ -383,35 +523,63 @@ class Delivery:
             )
 
     def _acknowledge(
-        self, op: Operation, table: pa.Table, records: pa.Table, result: BatchResult
+        self,
+        op: Operation,
+        table: pa.Table,
+        records: pa.Table,
+        result: BatchResult,
+        *,
+        resolving: bool = False,
     ) -> None:
+        """Record a settled answer: accepted records into state, rejected ones into the dead
+        letter queue, retried ones to the next round, those in doubt to be resolved (or, when
+        already `resolving`, kept in doubt for the next run)."""
         rejected = result.rejected
-        accepted = table
+        keys = table.column(KEY_COLUMN)
         if result.retry:
-            self.retry_later.append(table.take(sorted(result.retry)))
-        if rejected or result.retry:
-            mask = pa.array(
-                [i not in rejected and i not in result.retry for i in range(table.num_rows)]
+            self.retry_later.append(_take(table, sorted(result.retry)))
+        unacknowledged = sorted(rejected.keys() | result.retry.keys() | result.in_doubt.keys())
+        if result.in_doubt:
+            doubtful = sorted(result.in_doubt)
+            if not resolving:
+                self.in_doubt_later.append(_take(table, doubtful))
+            else:
+                self.counts["in_doubt"] = self.counts.get("in_doubt", 0) + len(doubtful)
+                if self.doubts is not None:
+                    reasons = collections.Counter(result.in_doubt.values())
+                    self.doubts.add(
+                        self.plan.sync,
+                        self.run_id,
+                        op,
+                        [str(keys[i].as_py()) for i in doubtful],
+                        reasons.most_common(1)[0][0],
+                    )
+        if unacknowledged:
+            # Not passed by the watermark: the next incremental run reads them again.
+            unacked_keys = _take(keys, unacknowledged).to_pylist()
+            self.acks.submit(
+                _remember_rejected,
+                pa.table({"key": pa.array([str(k) for k in unacked_keys], pa.string())}),
             )
-            accepted = table.filter(mask)
-            if result.ids:
-                kept = [i for i in range(table.num_rows) if mask[i].as_py()]
-                ids = [result.ids.get(i) for i in kept]
-        elif result.ids:
-            ids = [result.ids.get(i) for i in range(table.num_rows)]
+        accepted_rows = sorted(result.accepted)
+        accepted = _take(table, accepted_rows) if len(accepted_rows) < table.num_rows else table
         if rejected:
             indexes = sorted(rejected)
-            keys = table.column(KEY_COLUMN).take(indexes).to_pylist()
-            rows = records.take(indexes).to_pylist()
+            rejected_keys = _take(keys, indexes).to_pylist()
+            rows = _take(records, indexes).to_pylist()
             entries = [
                 DeadLetterEntry(key=str(key), operation=op, record=row, error=rejected[index])
-                for key, row, index in zip(keys, rows, indexes, strict=True)
+                for key, row, index in zip(rejected_keys, rows, indexes, strict=True)
             ]
             self.dead_letters.add(self.plan.sync, self.run_id, entries)
             self.rejection_errors.update(rejected[index] for index in indexes)
-            rejected_keys = pa.table({"key": pa.array([str(k) for k in keys], pa.string())})
-            self.acks.submit(_remember_rejected, rejected_keys)
             self.counts["rejected"] += len(rejected)
+        if self.doubts is not None and op == "create" and not self.exactly_once:
+            answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
+            if answered:
+                self.doubts.remove(
+                    self.plan.sync, [str(k) for k in _take(keys, answered).to_pylist()]
+                )
         # Only deletes can be of rows removed from the source: the others all stay in state.
         removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed") if op == "delete" else None
         deleted = (
@@ -423,7 +591,11 @@ class Delivery:
             # A new id replaces the stored one; records the destination gave none keep theirs.
             stored = accepted.column(DEST_ID_COLUMN).to_pylist()
             given = pa.array(
-                [n if n is not None else o for n, o in zip(ids, stored, strict=True)], pa.string()
+                [
+                    result.ids.get(i) if result.ids.get(i) is not None else old
+                    for i, old in zip(accepted_rows, stored, strict=True)
+                ],
+                pa.string(),
             )
             accepted = accepted.set_column(
                 accepted.schema.get_field_index(DEST_ID_COLUMN), DEST_ID_COLUMN, given
@@ -432,7 +604,8 @@ class Delivery:
         delivered = staying.select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN]).rename_columns(
             ["key", "hash", "dest_id"]
         )
-        self.acks.acknowledge(delivered, deleted)
+        if accepted.num_rows:
+            self.acks.acknowledge(delivered, deleted)
         self.counts[op] += accepted.num_rows - result.absent
         if result.absent:
             self.counts["absent"] = self.counts.get("absent", 0) + result.absent
@@ -476,6 +649,15 @@ class _TooManyRejections(Exception):
 
 class _Stopped(Exception):
     """A signal asked the run to stop; raised between batches."""
+
+
+def _take(data: pa.Table | pa.ChunkedArray, indices: list[int]) -> Any:
+    """Rows `indices` of a table or column (an empty list included)."""
+    return data.take(pa.array(indices, pa.int64()))
+
+
+def _keys(table: pa.Table) -> list[str]:
+    return [str(k) for k in table.column(KEY_COLUMN).to_pylist()]
 
 
 def _remember_rejected(con: duckdb.DuckDBPyConnection, keys: pa.Table) -> None:

@@ -49,6 +49,7 @@ from reverse_etl.run.outcome import RunOptions, RunOutcome
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
 from reverse_etl.state.backends import SnapshotBackend, WarehouseBackend, open_backend
 from reverse_etl.state.deadletters import DeadLetterQueue
+from reverse_etl.state.doubts import InDoubtRecords
 from reverse_etl.state.layout import StateLayout
 from reverse_etl.state.lock import SyncLock
 from reverse_etl.state.pauses import Pause, PauseStore, current_user
@@ -88,6 +89,11 @@ class Engine:
     @property
     def dead_letters(self) -> DeadLetterQueue:
         return DeadLetterQueue(self.layout.database)
+
+    @property
+    def doubts(self) -> InDoubtRecords:
+        """Records sent whose outcome the destination has not told yet (state/doubts.py)."""
+        return InDoubtRecords(self.layout.database)
 
     @property
     def pauses(self) -> PauseStore:
@@ -239,6 +245,8 @@ class Engine:
                 hint=f"point state.warehouse at '{config.warehouse}', or use state.backend: local",
             )
         change = backend.open(con, target, writable=writable)
+        if writable:
+            self._recover_deliveries(sync, con, backend, target)
         meta = backend.meta(con)
         switched = _delete_mode_switched(meta.mode, config.mode)
         # State written in delete mode holds the keys deleted, in the other modes the keys
@@ -295,6 +303,35 @@ class Engine:
             plan.paused = True
         self._plan_requests(plan, con)
         return plan
+
+    def _recover_deliveries(
+        self,
+        sync: Sync,
+        con: duckdb.DuckDBPyConnection,
+        backend: SnapshotBackend,
+        target: TargetId,
+    ) -> None:
+        """Batches a database destination committed with their delivery marker, but that state
+        missed (a kill between the commit and the state write): recorded in state before the
+        plan, so they are neither lost nor sent again (SPEC §6.4)."""
+        cls = connector_for(target.type)
+        if cls is None or cls.capabilities.guarantee != "exactly-once":
+            return
+        with self.open_destination(target.destination) as destination:
+            entries = destination.recover_markers(sync.name, target.digest)
+            if not entries:
+                return
+            for entry in entries:
+                import pyarrow.compute as pc
+
+                acknowledgement = entry.acknowledgement()
+                removed = acknowledgement.column("removed")
+                delivered = acknowledgement.filter(pc.invert(removed)).select(
+                    ["key", "hash", "dest_id"]
+                )
+                deleted = acknowledgement.filter(removed).select(["key"])
+                backend.acknowledge(con, delivered, deleted)
+            destination.forget_markers(sync.name, target.digest)
 
     def _plan_requests(self, plan: Plan, con: duckdb.DuckDBPyConnection) -> None:
         """API destinations: the requests the run needs against the account's daily budget;
@@ -646,6 +683,7 @@ class Engine:
                     options.on_progress,
                     options.on_event,
                     snapshot=backend,
+                    doubts=self.doubts,
                 )
                 result = delivery.execute(config_hash)
                 outcome.counts = result.counts

@@ -26,7 +26,7 @@ from typing import Any
 from reverse_etl.errors import StateError
 from reverse_etl.files import create_private, make_private, private_dir
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 30.0
 
 # Statements that take the schema from version N-1 to N. Append; never edit a released entry.
@@ -78,6 +78,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         ) WITHOUT ROWID
         """,
         "ALTER TABLE runs ADD COLUMN state_records INTEGER",
+    ),
+    # Records in doubt (state/doubts.py): sent, with no readable answer yet.
+    4: (
+        """
+        CREATE TABLE in_doubt (
+            sync       TEXT NOT NULL,
+            key        TEXT NOT NULL,
+            operation  TEXT NOT NULL,
+            reason     TEXT NOT NULL,
+            run_id     TEXT,
+            since      TEXT NOT NULL,
+            PRIMARY KEY (sync, key)
+        ) WITHOUT ROWID
+        """,
     ),
 }
 

@@ -56,6 +56,7 @@ def test_a_run_log_of_schema_version_2_gains_pauses_and_state_records(db: Path) 
     conn = sqlite3.connect(db)
     with conn:  # back to what retl with schema version 2 wrote
         conn.execute("DROP TABLE pauses")
+        conn.execute("DROP TABLE in_doubt")
         conn.execute("ALTER TABLE runs DROP COLUMN state_records")
         conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.close()

@@ -1,0 +1,94 @@
+"""Records in doubt: sent to a destination whose answer did not say whether it applied them
+(a lost, short or unreadable answer, or a run killed while the batch was in flight).
+
+A record is written here before its create is sent to a destination that cannot commit a
+delivery marker with it, and removed once the answer accounts for it. Whatever is left after a
+run, or after a kill, is looked up (by key) or re-sent idempotently by the next run before it is
+created again: never counted as delivered, never created twice blind. Shares `.retl/retl.db`
+with the run log and the dead letter queue.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from reverse_etl.redact import redact
+from reverse_etl.state.database import Database, parse_timestamp, timestamp_text, utc_now
+
+
+@dataclass(frozen=True)
+class InDoubt:
+    """One record in doubt: its key, the operation sent, why it is in doubt, since when."""
+
+    sync: str
+    key: str
+    operation: str
+    reason: str
+    run_id: str | None
+    since: datetime
+
+
+class InDoubtRecords:
+    """The records in doubt of every sync, one entry per (sync, key)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = Database(path)
+
+    def add(
+        self, sync: str, run_id: str | None, operation: str, keys: Iterable[str], reason: str
+    ) -> None:
+        """Mark `keys` in doubt (a key already in doubt takes the new reason and run)."""
+        now = timestamp_text(utc_now())
+        rows = [(sync, key, operation, redact(reason), run_id, now) for key in keys]
+        if not rows:
+            return
+        with self._db.write() as conn:
+            conn.executemany(
+                "INSERT INTO in_doubt (sync, key, operation, reason, run_id, since) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sync, key) DO UPDATE SET "
+                "operation = excluded.operation, reason = excluded.reason, "
+                "run_id = excluded.run_id",
+                rows,
+            )
+
+    def remove(self, sync: str, keys: Iterable[str]) -> None:
+        """The answer accounted for these keys: they are no longer in doubt."""
+        rows = [(sync, key) for key in keys]
+        if rows:
+            with self._db.write() as conn:
+                conn.executemany("DELETE FROM in_doubt WHERE sync = ? AND key = ?", rows)
+
+    def keys(self, sync: str) -> set[str]:
+        with self._db.read() as conn:
+            rows = conn.execute("SELECT key FROM in_doubt WHERE sync = ?", (sync,))
+            return {key for (key,) in rows}
+
+    def count(self, sync: str) -> int:
+        with self._db.read() as conn:
+            row = conn.execute("SELECT count(*) FROM in_doubt WHERE sync = ?", (sync,)).fetchone()
+        return int(row[0])
+
+    def list(self, sync: str, limit: int | None = None) -> builtins.list[InDoubt]:
+        sql = (
+            "SELECT sync, key, operation, reason, run_id, since FROM in_doubt WHERE sync = ? "
+            "ORDER BY since, key"
+        )
+        params: tuple[object, ...] = (sync,)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (sync, limit)
+        with self._db.read() as conn:
+            result = []
+            for sync_, key, operation, reason, run_id, since in conn.execute(sql, params):
+                when = parse_timestamp(since)
+                assert when is not None
+                result.append(InDoubt(sync_, key, operation, reason, run_id, when))
+            return result
+
+    def clear(self, sync: str) -> int:
+        with self._db.write() as conn:
+            return conn.execute("DELETE FROM in_doubt WHERE sync = ?", (sync,)).rowcount
