@@ -11,6 +11,9 @@ record (a missing one is fine, as with SQL DELETE).
         objects: {contacts: [id, name]}
         reject_when: {name: bad}      # reject records whose field has this value
         fail_after_batches: 2         # deliver 2 batches, then raise DestinationError
+        lose_answer_when: {name: x}   # apply such records, but leave them out of the answer
+        defer_when: {name: later}     # never apply such records: "retry later", every time
+        resolves: true                # look records in doubt up by key (Destination.resolve)
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class MemoryOptions(DestinationOptions):
     objects: dict[str, list[str]] = Field(default_factory=lambda: {"contacts": ["id", "name"]})
     reject_when: dict[str, Any] = Field(default_factory=dict)
     fail_after_batches: int | None = None
+    lose_answer_when: dict[str, Any] = Field(default_factory=dict)
+    defer_when: dict[str, Any] = Field(default_factory=dict)
+    resolves: bool = True
 
 
 class MemoryDestination(Destination):
@@ -83,12 +89,36 @@ class MemoryDestination(Destination):
         table = self.store.records.setdefault(batch.object, {})
         result = BatchResult()
         for index, record in enumerate(batch.records.to_pylist()):
+            if _matches(record, self._options.defer_when):
+                result.retry[index] = "503 Service Unavailable"
+                continue
             message = self._apply(table, batch.action, str(record[batch.key_field]), record)
+            if _matches(record, self._options.lose_answer_when):
+                continue  # applied, but the answer does not say so
             if message is not None:
                 result.rejected[index] = message
             else:
                 result.accept(index)
         self.store.batches.append((batch.object, batch.action, batch.size))
+        return result
+
+    def resolve(self, batch: Batch) -> BatchResult:
+        if not self._options.resolves:
+            return super().resolve(batch)
+        assert batch.key_field is not None
+        table = self.store.records.get(batch.object, {})
+        result = BatchResult()
+        for index, record in enumerate(batch.records.to_pylist()):
+            held = table.get(str(record[batch.key_field]))
+            if batch.action == "delete":
+                if held is None:
+                    result.accept(index)
+                else:
+                    result.retry[index] = "still there"
+            elif held is not None and all(held.get(k) == v for k, v in record.items()):
+                result.accept(index)
+            else:
+                result.retry[index] = "not there as sent"
         return result
 
     def _apply(
@@ -107,3 +137,7 @@ class MemoryDestination(Destination):
         else:
             table[key] = {**table.get(key, {}), **record}
         return None
+
+
+def _matches(record: dict[str, Any], when: dict[str, Any]) -> bool:
+    return any(name in record and record[name] == value for name, value in when.items())

@@ -50,8 +50,14 @@ def dlq(
         sync = selected_syncs(project, [words[1]], None, False)[0]
         if words[0] == "clear":
             removed = queue.clear(sync.name)
+            doubts = engine.doubts.clear(sync.name)
+            if doubts:
+                err.print(
+                    f"forgot {doubts:,} record(s) in doubt of {sync.name}: the next run sends "
+                    "them again as if never sent (a record that did land may then be repeated)"
+                )
             if json_output:
-                print_json({"sync": sync.name, "cleared": removed})
+                print_json({"sync": sync.name, "cleared": removed, "in_doubt_cleared": doubts})
                 return
             err.print(
                 f"cleared {removed:,} dead letter(s) of {sync.name}; rows still different from "
@@ -77,9 +83,42 @@ def dlq(
         key=lambda d: (d.sync, d.first_failed_at, key_order(d.key)),
     )
     total = queue.count(sync_name)
+    doubtful = [
+        d
+        for name in ([sync_name] if sync_name else sorted(project.syncs))
+        for d in engine.doubts.list(name, limit=limit)
+    ]
     if json_output:
-        print_json({"dead_letters": [d.to_dict() for d in letters], "total": total})
+        print_json(
+            {
+                "dead_letters": [d.to_dict() for d in letters],
+                "total": total,
+                "in_doubt": [
+                    {
+                        "sync": d.sync,
+                        "key": d.key,
+                        "operation": d.operation,
+                        "reason": d.reason,
+                        "run_id": d.run_id,
+                        "since": d.since.isoformat(),
+                    }
+                    for d in doubtful
+                ],
+            }
+        )
         return
+    if doubtful:
+        out.print(
+            f"{len(doubtful):,} record(s) in doubt: sent, but the destination's answer did not "
+            "say whether it applied them. The next run looks them up (or sends them again where "
+            "that is harmless) before anything else; `retl dlq clear SYNC` forgets them.",
+            style="yellow",
+        )
+        print_rows(
+            out,
+            [Column("sync"), Column("key"), Column("operation"), Column("reason", wrap=True)],
+            [[d.sync, d.key, d.operation, d.reason] for d in doubtful],
+        )
     if not letters:
         err.print("the dead letter queue is empty", style="green")
         return

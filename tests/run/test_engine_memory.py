@@ -297,3 +297,102 @@ def test_run_through_the_cli_reports_what_the_destination_took(mem: MemoryProjec
     assert run["status"] == "success"
     assert run["counts"]["create"] == 2 and run["counts"]["rejected"] == 1
     assert mem.plan_counts()["create"] == 1
+
+
+# -- positive acknowledgement (SPEC §6.4) -------------------------------------------------------
+
+
+def test_a_record_the_answer_leaves_out_is_in_doubt_and_never_counted_delivered(
+    mem: MemoryProject,
+) -> None:
+    # The destination applies record 2 but its answer does not mention it, and it cannot be
+    # asked afterwards: the run must not call it delivered, and must not create it again blind.
+    mem.configure(lose_answer_when={"name": "bob"}, resolves=False)
+    mem.write("insert")
+    mem.set_source(FIRST)
+
+    outcome = mem.run()
+
+    assert outcome.status == "failed"
+    assert outcome.counts["create"] == 2 and outcome.counts["in_doubt"] == 1
+    assert outcome.error is not None and "1 records are in doubt" in outcome.error
+    assert mem.state_keys() == {"1", "3"}
+    assert mem.dead_letters() == []
+    assert mem.engine().doubts.keys("contacts") == {"2"}
+    listed = mem.cli("dlq", "contacts", "--json").json()
+    assert [(d["key"], d["operation"]) for d in listed["in_doubt"]] == [("2", "create")]
+    assert "1 record(s) in doubt" in mem.cli("dlq", "contacts").out
+
+    mem.configure(resolves=False)
+    again = mem.run()
+
+    # Still not resolvable: it stays in doubt rather than being inserted a second time.
+    assert again.status == "failed" and again.counts["in_doubt"] == 1
+    assert sum(1 for _, action, _ in mem.store.batches if action == "insert") == 1
+
+    # The operator decides: forgetting the doubt sends the record again (here: a duplicate
+    # key the destination rejects, so it lands in the dead letter queue, never twice).
+    assert mem.cli("dlq", "clear", "contacts", "--json").json()["in_doubt_cleared"] == 1
+    mem.configure()
+    assert mem.run().counts["rejected"] == 1
+    assert mem.names() == {"1": "ann", "2": "bob", "3": "cy"}
+
+
+def test_a_record_in_doubt_is_looked_up_and_acknowledged_when_it_landed(
+    mem: MemoryProject,
+) -> None:
+    mem.configure(lose_answer_when={"name": "bob"})
+    mem.write("insert")
+    mem.set_source(FIRST)
+
+    outcome = mem.run()
+
+    assert outcome.status == "success"
+    assert outcome.counts["create"] == 3 and "in_doubt" not in outcome.counts
+    assert mem.state_keys() == {"1", "2", "3"}
+    assert mem.engine().doubts.keys("contacts") == set()
+    assert counts(mem) == {}
+
+
+def test_a_create_left_in_doubt_by_a_killed_run_is_looked_up_before_it_is_sent_again(
+    mem: MemoryProject,
+) -> None:
+    mem.write("insert")
+    mem.set_source(FIRST)
+    # What a SIGKILL between the send and the state write leaves behind: record 2 landed,
+    # state does not know, and the key was written in doubt before it was sent.
+    mem.hold({"2": "bob"})
+    mem.engine().doubts.add("contacts", "killed-run", "create", ["2"], "sent; no answer")
+
+    outcome = mem.run()
+
+    assert outcome.status == "success", outcome.error
+    assert outcome.counts["create"] == 3 and outcome.counts["rejected"] == 0
+    assert mem.dead_letters() == []
+    assert mem.state_keys() == {"1", "2", "3"}
+    assert mem.engine().doubts.keys("contacts") == set()
+
+
+def test_records_the_destination_keeps_deferring_fail_the_run_and_hold_the_watermark(
+    mem: MemoryProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reverse_etl.run import delivery
+
+    monkeypatch.setattr(delivery, "RETRY_WAIT_SECONDS", 0.0)
+    mem.configure(defer_when={"name": "later"})
+    mem.write("upsert", incremental={"column": "id"})
+    mem.set_source([(1, "ann"), (2, "later"), (3, "cy")])
+
+    outcome = mem.run()
+
+    assert outcome.status == "failed"
+    assert outcome.counts["deferred"] == 1
+    assert outcome.error is not None and "deferred" in outcome.error
+    assert mem.state_keys() == {"1", "3"}
+    assert mem.state_show()["watermark"] in (None, "1")
+
+    mem.configure()
+    resumed = mem.run()
+
+    assert resumed.status == "success" and resumed.counts["create"] == 1
+    assert mem.names() == {"1": "ann", "2": "later", "3": "cy"}
