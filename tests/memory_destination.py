@@ -40,6 +40,7 @@ class MemoryStore:
 
     records: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     batches: list[tuple[str, str, int]] = field(default_factory=list)
+    sent_keys: list[str] = field(default_factory=list)  # every key delivered, in order
 
     def rows(self, object: str = "contacts") -> dict[str, dict[str, Any]]:
         return self.records.get(object, {})
@@ -89,6 +90,7 @@ class MemoryDestination(Destination):
         table = self.store.records.setdefault(batch.object, {})
         result = BatchResult()
         for index, record in enumerate(batch.records.to_pylist()):
+            self.store.sent_keys.append(str(record[batch.key_field]))
             if _matches(record, self._options.defer_when):
                 result.retry[index] = "503 Service Unavailable"
                 continue

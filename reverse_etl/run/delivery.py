@@ -33,6 +33,7 @@ from reverse_etl.plan.diff import (
     SOURCE_TABLE,
 )
 from reverse_etl.plan.model import Plan
+from reverse_etl.redact import redact
 from reverse_etl.run.acks import AcknowledgementWriter
 from reverse_etl.run.events import EventHook, EventLevel, RunEvent
 from reverse_etl.state.backends import LocalBackend, SnapshotBackend
@@ -91,6 +92,12 @@ class Delivery:
         self.open_lane = open_lane
         self.dead_letters = dead_letters
         self.pending_dead_letters = set(dead_letter_keys)
+        # The error each queued dead letter failed with: rejected again with the same error,
+        # it is reported but does not count toward the run's rejection limits (SPEC §6.5).
+        self.known_errors = (
+            {d.key: d.error for d in dead_letters.list(plan.sync)} if dead_letter_keys else {}
+        )
+        self.new_rejections = 0
         self.run_id = run_id
         self.on_progress = on_progress
         self.on_event = on_event
@@ -275,9 +282,18 @@ class Delivery:
         # Its own cursor, closed however the operation ends: an open result would keep the
         # state file attached after the run.
         with self.con.cursor() as cursor:
+            order = ""
+            if self.pending_dead_letters:
+                # Fresh changes first, dead letters after them: a record that keeps failing
+                # never holds back the rows that changed since (SPEC §6.5).
+                cursor.register(
+                    "retl_pending_letters",
+                    pa.table({"key": pa.array(sorted(self.pending_dead_letters), pa.string())}),
+                )
+                order = f" ORDER BY {KEY_COLUMN} IN (SELECT key FROM retl_pending_letters)"
             reader = cursor.sql(
                 f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN}, "
-                f"{DEST_ID_COLUMN} FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'"
+                f"{DEST_ID_COLUMN} FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'{order}"
             ).to_arrow_reader(size)
             try:
                 self._send_rounds(lanes, op, fields, reader)
@@ -472,18 +488,20 @@ class Delivery:
         self._report_batch(op, table, result)
         if self.on_progress:
             self.on_progress(self.sent, self.total)
-        rejected = self.counts["rejected"]
+        rejected = self.new_rejections
+        again = self.counts["rejected"] - rejected
+        also = f" (and {again:,} dead letters rejected again as before)" if again else ""
         limits = self.plan.limits
         if limits.max_rejected is not None and rejected > limits.max_rejected:
             raise _TooManyRejections(
-                f"{rejected:,} records rejected by the destination, above limits.max_rejected = "
-                f"{limits.max_rejected:,}; the run stopped"
+                f"{rejected:,} records newly rejected by the destination{also}, above "
+                f"limits.max_rejected = {limits.max_rejected:,}; the run stopped"
             )
         if rejected > self.allowed_rejections:
             raise _TooManyRejections(
-                f"{rejected:,} of {self.total:,} records to send were rejected by the "
-                f"destination, above limits.max_row_error_ratio = {limits.max_row_error_ratio:g}; "
-                "the run stopped"
+                f"{rejected:,} of {self.total:,} records to send were newly rejected by the "
+                f"destination{also}, above limits.max_row_error_ratio = "
+                f"{limits.max_row_error_ratio:g}; the run stopped"
             )
 
     def _emit(self, event: str, level: EventLevel = "info", **data: Any) -> None:
@@ -574,6 +592,14 @@ class Delivery:
             self.dead_letters.add(self.plan.sync, self.run_id, entries)
             self.rejection_errors.update(rejected[index] for index in indexes)
             self.counts["rejected"] += len(rejected)
+            repeated = sum(
+                1
+                for key, index in zip(rejected_keys, indexes, strict=True)
+                if self.known_errors.get(str(key)) == redact(rejected[index])
+            )
+            self.new_rejections += len(rejected) - repeated
+            if repeated:
+                self.counts["rejected_again"] = self.counts.get("rejected_again", 0) + repeated
         if self.doubts is not None and op == "create" and not self.exactly_once:
             answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
             if answered:

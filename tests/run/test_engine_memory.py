@@ -396,3 +396,30 @@ def test_records_the_destination_keeps_deferring_fail_the_run_and_hold_the_water
 
     assert resumed.status == "success" and resumed.counts["create"] == 1
     assert mem.names() == {"1": "ann", "2": "later", "3": "cy"}
+
+
+def test_dead_letters_go_after_fresh_changes_and_a_repeat_of_the_same_error_is_not_new(
+    mem: MemoryProject,
+) -> None:
+    mem.configure(reject_when={"name": "bad"})
+    limits = {**OPEN_LIMITS, "max_row_error_ratio": 0.3}
+    mem.write_sync(mode="upsert", limits=limits, batch_size=1)
+    mem.set_source([(1, "ann"), (2, "bad"), (3, "cy"), (4, "dee")])
+    assert mem.run().status == "success"  # 1 of 4 rejected: under the ratio
+
+    mem.store.sent_keys.clear()
+    mem.set_source([(1, "ann"), (2, "bad"), (3, "cy"), (4, "dee"), (5, "eve")])
+    outcome = mem.run()
+
+    # Key 2 fails again with the same error: reported, not a new rejection, so 1 of 2 records
+    # sent does not trip the 0.3 ratio; and the fresh row went out first.
+    assert outcome.status == "success", outcome.error
+    assert outcome.counts["rejected"] == 1 and outcome.counts["rejected_again"] == 1
+    assert mem.store.sent_keys == ["5", "2"]
+
+    mem.set_source([(1, "ann"), (2, "bad"), (3, "cy"), (4, "dee"), (5, "eve"), (6, "bad")])
+    refused = mem.run()
+
+    # A new rejection counts: 1 of 2 sent is above the ratio.
+    assert refused.status == "failed"
+    assert refused.error is not None and "newly rejected" in refused.error
