@@ -225,6 +225,13 @@ class Destination(ABC):
         without connecting (so `retl validate` reports it, not the run); None otherwise."""
         return None
 
+    @classmethod
+    def delete_problem(cls, options: DestinationOptions) -> tuple[str, str | None] | None:
+        """(message, hint) when, with these options, a delete would not reach the destination
+        as a delete (so `mode: delete` and `on_removed: delete` are validation errors); None
+        when deletes are delivered as deletes."""
+        return None
+
     @abstractmethod
     def objects(self) -> list[str]:
         """Objects (tables, API objects, files) this destination can write to."""

@@ -247,12 +247,25 @@ class FileDestination(Destination):
                 hint="use letters, digits, '_', '-' and '.', without folders",
             )
 
+    @classmethod
+    def delete_problem(cls, options: DestinationOptions) -> tuple[str, str | None] | None:
+        if isinstance(options, FileOptions) and not options.include_action:
+            return (
+                "with include_action: false a delete is written as a plain row, which readers "
+                f"of the file cannot tell from an insert (column {ACTION_COLUMN} says which)",
+                "set include_action: true on the destination, or do not delete",
+            )
+        return None
+
     def check(
         self, object: str, fields: Sequence[str], key_field: str | None, action: Action
     ) -> list[str]:
         """Files take any field; only the object must be usable as a file name."""
         if action not in self.capabilities.actions:
             return [f"destination type '{self.type_name}' cannot {action} records"]
+        problem = self.delete_problem(self.options) if action == "delete" else None
+        if problem is not None:
+            return [problem[0]]
         try:
             self._check_name(object)
         except DestinationError as exc:

@@ -72,6 +72,16 @@ def _check_sync(project: Project, sync: Sync, known: dict[str, type[Destination]
                 ("mode",), f"destination type '{block.type}' does not support mode {config.mode}"
             )
         )
+    deletes = "mode" if config.mode == "delete" else None
+    if config.on_removed == "delete":
+        deletes = "on_removed"
+    if mode_is_valid and deletes is not None:
+        try:
+            problem = cls.delete_problem(cls.options_model.model_validate(block.options()))
+        except ValidationError:
+            problem = None  # reported at the destination block
+        if problem is not None:
+            sync.problems.append(sync.document.problem((deletes,), *problem))
     limit = cls.capabilities.max_batch_size
     if limit is not None and config.batch_size is not None and config.batch_size > limit:
         sync.problems.append(

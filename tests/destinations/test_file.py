@@ -239,3 +239,25 @@ def test_a_folder_that_cannot_be_created_is_a_destination_error(tmp_path: Path) 
 def test_unknown_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="extra"):
         build_destination("out", {"type": "file", "path": "x", "fromat": "csv"}, tmp_path)
+
+
+def test_deleting_into_files_without_the_action_column_is_a_validation_error(
+    tmp_path: Path, retl_cli: Any
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(
+        "version: 1\nwarehouses:\n  w:\n    url: duckdb:///w.duckdb\n"
+        "destinations:\n  out:\n    type: file\n    path: out\n    include_action: false\n"
+    )
+    (tmp_path / "syncs" / "gone.yml").write_text(
+        "warehouse: w\nsource:\n  sql: select 1 as id\ndestination:\n  name: out\n"
+        "  object: people\nmode: upsert\nprimary_key: id\nmapping:\n  id: id\n"
+        "on_removed: delete\nallow_destructive: true\n"
+    )
+
+    result = retl_cli("validate", "--json", "--project-dir", str(tmp_path))
+
+    assert result.code == 1
+    (problem,) = result.json()["problems"]
+    assert problem["file"].endswith("gone.yml") and problem["field"] == "on_removed"
+    assert "include_action: false" in problem["message"] and problem["line"] == 11
