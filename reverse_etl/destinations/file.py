@@ -31,7 +31,7 @@ from reverse_etl.destinations.base import (
     lazy_module,
     register,
 )
-from reverse_etl.destinations.values import json_default
+from reverse_etl.destinations.values import json_default, plain_decimal, portable
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
@@ -81,6 +81,7 @@ def _python_column(column: pa.ChunkedArray) -> list[Any]:
 
 
 def _jsonl(table: pa.Table) -> bytes:
+    table = portable(table)
     names = table.column_names
     columns = [_python_column(c) for c in table.columns]
     lines = [
@@ -96,9 +97,10 @@ def _jsonl(table: pa.Table) -> bytes:
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:
-    """Columns pyarrow's CSV writer cannot render (nested, binary) as JSON / base64 text."""
+    """Columns pyarrow's CSV writer cannot render (nested, binary) as JSON / base64 text, and
+    decimals in plain notation (see values.py)."""
     arrays = []
-    for column in table.columns:
+    for column in portable(table).columns:
         dtype = column.type
         if pa.types.is_dictionary(dtype):
             column = column.cast(dtype.value_type)
@@ -119,6 +121,15 @@ def _csv_ready(table: pa.Table) -> pa.Table:
                 for v in column.to_pylist()
             ]
             column = pa.chunked_array([pa.array(values, pa.large_string())])
+        elif t.is_decimal(dtype):
+            column = pa.chunked_array(
+                [
+                    pa.array(
+                        [None if v is None else plain_decimal(v) for v in column.to_pylist()],
+                        pa.large_string(),
+                    )
+                ]
+            )
         elif t.is_string_view(dtype) or t.is_null(dtype):
             column = column.cast(pa.large_string())
         arrays.append(column)

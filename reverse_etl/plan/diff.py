@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from reverse_etl.config.models import Limits, SyncConfig
+from reverse_etl.destinations.values import display_rows
 from reverse_etl.errors import MappingError
 from reverse_etl.mapping import (
     HASH_COLUMN,
@@ -454,13 +455,12 @@ def _samples(
     selected = ", ".join(quote_identifier(f) for f in fields)
     for op in ("create", "update", "delete"):
         columns = quote_identifier(key_field) if op == "delete" and key_field else selected
-        result = con.execute(
-            f"SELECT {columns} FROM {OPS_TABLE} WHERE {OP_COLUMN} = ? ORDER BY {KEY_ORDER} "
-            f"LIMIT {SAMPLE_SIZE}",
-            [op],
+        rows = display_rows(
+            con.sql(
+                f"SELECT {columns} FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}' "
+                f"ORDER BY {KEY_ORDER} LIMIT {SAMPLE_SIZE}"
+            ).to_arrow_table()
         )
-        names = [d[0] for d in result.description or []]
-        rows = [dict(zip(names, row, strict=True)) for row in result.fetchall()]
         if rows:
             samples[op] = rows
     return samples

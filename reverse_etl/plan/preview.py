@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from reverse_etl.config import Project, Sync
+from reverse_etl.destinations.values import display_rows
 from reverse_etl.mapping import KEY_COLUMN, quote_identifier
 from reverse_etl.plan.diff import SOURCE_TABLE
 from reverse_etl.plan.source import engine_connection, read_source
@@ -53,8 +54,9 @@ def preview_sync(
             ).fetchall()[0]
             fields = list(source.mapping.fields)
             columns = ", ".join(quote_identifier(f) for f in fields)
-            result = con.execute(f"SELECT {columns} FROM {SOURCE_TABLE} LIMIT {int(limit)}")
-            records = [dict(zip(fields, row, strict=True)) for row in result.fetchall()]
+            records = display_rows(
+                con.sql(f"SELECT {columns} FROM {SOURCE_TABLE} LIMIT {int(limit)}").to_arrow_table()
+            )
             return Preview(
                 sync=sync.name,
                 rows=source.rows,
