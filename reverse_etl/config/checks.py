@@ -151,6 +151,23 @@ def _check_sync(project: Project, sync: Sync) -> None:
             f"on_removed: delete needs primary key column '{config.primary_key}' "
             "mapped to a destination field",
         )
+    if project_config is not None and project_config.state.backend == "warehouse":
+        block = project_config.warehouses.get(project_config.state.warehouse or "")
+        engine = block.url.split(":", 1)[0].split("+", 1)[0] if block is not None else "duckdb"
+        if engine != "duckdb":
+            for name, source in config.mapping.items():
+                used = _engine_dependent_filters(source.template)
+                if used:
+                    add(
+                        ("mapping", name),
+                        f"the {'/'.join(used)} filter is not portable: with state.backend "
+                        f"warehouse the template runs in {engine}, whose Unicode rules differ "
+                        "from the preview's (upper('straße'), lower('İ')), so the values sent "
+                        "could differ from the ones shown",
+                        f"map the column as is and change its case in the sync's SQL "
+                        f"({'/'.join(f'{f}(column)' for f in used)}), where {engine} computes "
+                        "it for the preview and the run alike",
+                    )
     lowered: dict[str, str] = {}
     for name in config.mapping:
         if name.lower() in lowered:
@@ -182,6 +199,21 @@ def _check_sync(project: Project, sync: Sync) -> None:
             "'delete' cannot be used with incremental: an incremental read cannot see removed rows",
             "remove incremental, or use on_removed: ignore",
         )
+
+
+def _engine_dependent_filters(template: str | None) -> list[str]:
+    if template is None:
+        return []
+    from reverse_etl.config.templates import ENGINE_DEPENDENT_FILTERS, Placeholder, parse_template
+
+    used = {
+        name
+        for part in parse_template(template)
+        if isinstance(part, Placeholder)
+        for name in part.filters
+        if name in ENGINE_DEPENDENT_FILTERS
+    }
+    return sorted(used)
 
 
 def _known(what: str, names: Any) -> str:

@@ -16,6 +16,9 @@ import re
 from dataclasses import dataclass
 
 FILTERS = ("lower", "upper", "trim")
+# Filters whose result depends on the engine's Unicode rules (DuckDB upper('ß') is 'ẞ',
+# PostgreSQL's is 'ß'): not portable to a warehouse that computes templates itself.
+ENGINE_DEPENDENT_FILTERS = ("lower", "upper")
 DEFAULT_FILTER = "default"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 _KNOWN = f"{DEFAULT_FILTER}('text'), {', '.join(FILTERS)}"

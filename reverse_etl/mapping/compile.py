@@ -93,6 +93,12 @@ def field_expression(source: FieldSource) -> str:
     )
 
 
+# What `trim` removes, spelled the same in every dialect (DuckDB's own trim also drops U+00A0,
+# PostgreSQL's only spaces): space, tab, line feed, vertical tab, form feed, carriage return
+# and no-break space.
+_WHITESPACE = "||".join(f"chr({code})" for code in (32, 9, 10, 11, 12, 13, 160))
+
+
 def template_expression(template: str, text: Callable[[str], str]) -> str:
     """The SQL of a template: literal parts and placeholders (`text(column)`: the column as
     text in the dialect at hand) with their defaults and filters, joined with `||`."""
@@ -103,7 +109,11 @@ def template_expression(template: str, text: Callable[[str], str]) -> str:
             if part.default is not None:
                 expression = f"coalesce({expression}, {quote_literal(part.default)})"
             for name in part.filters:
-                expression = f"{name}({expression})"
+                expression = (
+                    f"trim(BOTH {_WHITESPACE} FROM {expression})"
+                    if name == "trim"
+                    else f"{name}({expression})"
+                )
             pieces.append(expression)
         else:
             pieces.append(quote_literal(part))

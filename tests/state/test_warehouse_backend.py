@@ -55,6 +55,10 @@ HASHED_ROWS = [
     "(9, 9, 'w', 4, 1.2345678901234568e+16, 1e10, true, '2000-01-01', '2000-01-01', "
     "'2000-01-01 00:00+00')",
     "(10, 10, 'v', 5, -0.0, 2.5e-30, true, '2000-01-01', '2000-01-01', '2000-01-01 00:00+00')",
+    # `trim` removes the same characters everywhere (DuckDB's own trim drops U+00A0 too, and
+    # PostgreSQL's only spaces).
+    "(11, 11, chr(160) || ' Ann ' || chr(9) || chr(10), 6, 0, 0, true, '2000-01-01', "
+    "'2000-01-01', '2000-01-01 00:00+00')",
 ]
 HASHED_MAPPING = {
     "id": "id",
@@ -68,6 +72,7 @@ HASHED_MAPPING = {
     "seen": "seen",
     "seen_at": "seen_at",
     "label": "{{ name | default('nobody') | upper }} scored {{ score }}",
+    "trimmed": "[{{ name | trim }}]",
     "source_system": {"value": "warehouse"},
 }
 
