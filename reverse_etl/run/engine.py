@@ -238,12 +238,17 @@ class Engine:
                 "where both are",
                 hint=f"point state.warehouse at '{config.warehouse}', or use state.backend: local",
             )
-        change = backend.open(con, target, writable=writable)
+        # State of another target or mode family is kept aside only once the destination
+        # answered: a run that never reaches it changes no state (SPEC §6.2).
+        opened = backend.open(
+            con,
+            target,
+            writable=writable,
+            mode=config.mode,
+            before_change=lambda: self._reach(target),
+        )
+        change = opened.target_change
         meta = backend.meta(con)
-        switched = _delete_mode_switched(meta.mode, config.mode)
-        # State written in delete mode holds the keys deleted, in the other modes the keys
-        # delivered: across that switch it means nothing, and every row counts as new.
-        full_resync = full_resync or switched
         watermark = None if full_resync else meta.watermark
         if isinstance(backend, WarehouseBackend):
             mapping = compile_mapping(config, sync.key_field())
@@ -284,17 +289,18 @@ class Engine:
             )
         else:
             plan = build_plan(con, inputs)
-        if switched:
-            plan.notes.append(
-                f"mode changed from {meta.mode} to {config.mode}: the state of {meta.mode} mode "
-                "does not apply, every row counts as new"
-            )
+        plan.mode_switch = opened.mode_switch
         pause = self.paused(sync.name)
         if pause is not None:
             plan.pause = pause
             plan.paused = True
         self._plan_requests(plan, con)
         return plan
+
+    def _reach(self, target: TargetId) -> None:
+        """Raise DestinationError unless the destination answers (lists its objects)."""
+        with self.open_destination(target.destination) as destination:
+            destination.objects()
 
     def _plan_requests(self, plan: Plan, con: duckdb.DuckDBPyConnection) -> None:
         """API destinations: the requests the run needs against the account's daily budget;
@@ -758,11 +764,6 @@ def _one_at_a_time(options: RunOptions) -> RunOptions:
         on_progress=serialised(options.on_progress),
         on_event=serialised(options.on_event),
     )
-
-
-def _delete_mode_switched(stored: str | None, mode: str) -> bool:
-    """Whether the sync switched to or from delete mode since its last successful run."""
-    return stored is not None and (stored == "delete") != (mode == "delete")
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:
