@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import duckdb
 import pytest
 from run_harness import PostgresDb, RetlProject
+
+from reverse_etl.types import TargetId
 
 pytestmark = pytest.mark.postgres
 
@@ -507,3 +510,32 @@ def test_erasure_requests_after_a_switch_from_upsert_to_delete_mode_are_honoured
     assert (plan["delete"], plan["unchanged"], plan["ignored"]) == (400, 0, 0)
     assert run["counts"]["delete"] == 400
     assert pg.count() == 0
+
+
+def test_state_an_older_version_kept_aside_is_used_again_when_the_sync_points_back(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    """Until this release a kept-aside file was named after the digest of a location with
+    `user@` in it: pointing back after the upgrade still finds it by the target it names."""
+    pg.execute(f"CREATE TABLE {pg.schema}.contacts2 (id integer PRIMARY KEY, name text)")
+    project.write_sync()
+    project.set_source(TEN)
+    project.run_json()
+    project.write_sync(destination={"name": "pg", "object": f"{pg.schema}.contacts2"})
+    project.run_json()
+    (kept,) = project.state_dir.glob("contacts@*.duckdb")
+    con = duckdb.connect(str(kept))
+    try:
+        (text,) = con.execute("SELECT value FROM meta WHERE name = 'target'").fetchone() or ("",)
+        older = json.loads(text) | {"location": "postgresql://postgres@127.0.0.1:5432/test"}
+        older_text = json.dumps(older, sort_keys=True)
+        con.execute("UPDATE meta SET value = ? WHERE name = 'target'", [older_text])
+    finally:
+        con.close()
+    kept.rename(kept.with_name(f"contacts@{TargetId.digest_of_text(older_text)}.duckdb"))
+    project.write_sync()  # back to the first table
+
+    back = project.plan_json()
+
+    assert back["target_change"]["restored"] is True
+    assert back["counts"]["create"] == 0 and back["counts"]["unchanged"] == 10
