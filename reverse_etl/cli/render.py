@@ -313,7 +313,7 @@ def _plan_details(console: Console, plan: Plan) -> None:
 
 
 def plan_banners(plan: Plan) -> list[str]:
-    """What must be read before the counts: a paused sync, a target change."""
+    """What must be read before the counts: a paused sync, a target change, a mode switch."""
     lines: list[str] = []
     if plan.pause is not None:
         lines.append(
@@ -323,19 +323,28 @@ def plan_banners(plan: Plan) -> list[str]:
         lines.append("paused: `retl run` skips this sync until `paused: false`")
     change = plan.target_change
     if change is not None:
-        kept = (
-            "the state kept aside for it earlier is used again"
-            if change.restored
-            else "state of the old target is kept aside, every row counts as new"
-        )
         old, new = change.previous, plan.target
         if (old.destination, old.location) == (new.destination, new.location):
-            moved = f"{old.object} -> {new.object}"
+            moved = f"{old.object} -> {new.object} ({new.destination} at {new.location})"
         elif old.destination == new.destination and old.object == new.object:
-            moved = f"{old.destination} now at {new.location}"
+            moved = f"{old.destination} {old.object} at {old.location} -> at {new.location}"
         else:
-            moved = f"{old.label} -> {new.label}"
-        lines.append(f"target changed: {moved}; {kept}")
+            moved = f"{old.described} -> {new.described}"
+        used = (
+            "the state kept aside for the new target earlier is used again"
+            if change.restored
+            else "every row counts as new and no delete is derived from the old target's state"
+        )
+        kept = f" at {change.kept_aside}" if change.kept_aside else ""
+        lines.append(f"target changed: {moved}; {used}; the old state is kept aside{kept}")
+    switch = plan.mode_switch
+    if switch is not None:
+        kept = f" at {switch.kept_aside}" if switch.kept_aside else ""
+        lines.append(
+            f"mode changed from {switch.previous} to {switch.mode}: the state {switch.previous} "
+            f"mode left does not apply to {switch.mode} mode, so every row counts as new; the "
+            f"old state is kept aside{kept} and not used again"
+        )
     return lines
 
 

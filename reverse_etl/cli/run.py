@@ -30,7 +30,7 @@ from reverse_etl.cli.common import (
     print_json,
     selected_syncs,
 )
-from reverse_etl.cli.render import render_plan, render_summary
+from reverse_etl.cli.render import plan_banners, render_plan, render_summary
 from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
 
 if TYPE_CHECKING:
@@ -163,8 +163,17 @@ class _Display:
         self.lock = threading.Lock()
 
     def show_plan(self, plan: Plan) -> None:
-        if self.dry_run and not self.quiet and not self.log_json:
+        if self.quiet or self.log_json:
+            return
+        if self.dry_run:
             render_plan(err, plan)
+            return
+        # A run says what its plan says must be read first: state of another target or mode
+        # kept aside (a pause never gets this far).
+        for line in plan_banners(plan):
+            err.print(
+                f"[bold yellow]{escape(plan.sync)}: {escape(line)}[/bold yellow]", highlight=False
+            )
 
     def confirm(self, plan: Plan) -> bool:
         if self.yes or not self.interactive:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-from reverse_etl.types import ALL_ACTIONS, Action
+from reverse_etl.types import ALL_ACTIONS, Action, canonical_location
 
 if TYPE_CHECKING:  # annotations only: `retl validate` never loads pyarrow
     import pyarrow as pa
@@ -256,7 +256,8 @@ class Destination(ABC):
 
     def location(self) -> str:
         """A non-secret fingerprint of where this destination writes, part of the target a
-        sync's state describes: a URL without password and query, or a resolved path."""
+        sync's state describes: a URL's server and path (no user, password or query), or a
+        path as written."""
         options = self.options.model_dump()
         for name in ("url", "base_url", "instance_url"):
             value = options.get(name)
@@ -375,15 +376,12 @@ class Destination(ABC):
 
 
 def url_location(url: str) -> str:
-    """`scheme://user@host:port/path` of a URL: the password and the query are left out."""
+    """The server and path of a URL, one spelling per server (`types.canonical_location`):
+    user, password and query are left out, so rotating credentials is not a new target."""
     parts = urlsplit(url)
     if not parts.netloc:  # sqlite:///relative.db, duckdb:///path: no host, no userinfo
         return url.split("?", 1)[0]
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{parts.path}"
+    return canonical_location(url)
 
 
 def lazy_module(name: str) -> ModuleType:

@@ -18,9 +18,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from reverse_etl.types import TargetId
+
 LEDGER_TABLE = "retl_deliveries"
 # Columns of an acknowledgement: what state needs to record a batch.
 ACK_COLUMNS = ("key", "hash", "dest_id", "removed")
+
+
+def marker_target(target: TargetId, mode: str) -> str:
+    """What a marker's `target` says: the target's digest and the mode family (state of the
+    delete mode is kept apart from the other modes' state, so are their markers)."""
+    return f"{target.digest}-{'delete' if mode == 'delete' else 'write'}"
 
 
 @dataclass(frozen=True)
@@ -31,7 +39,7 @@ class DeliveryMarker:
     (`removed`: a delete of a key that left the source, to drop from state)."""
 
     sync: str
-    target: str  # TargetId.digest: markers of another target never apply
+    target: str  # marker_target(): markers of another target or mode family never apply
     run_id: str
     seq: int  # the batch's number in its run (1, 2, ...): markers replay in this order
     acknowledgement: pa.Table

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reverse_etl.state.pauses import Pause
-from reverse_etl.types import Action, Mode, Operation, TargetChange, TargetId
+from reverse_etl.types import Action, Mode, ModeSwitch, Operation, TargetChange, TargetId
 
 
 @dataclass
@@ -117,6 +117,8 @@ class Plan:
     incremental_from: str | None = None
     config_changed: bool = False
     target_change: TargetChange | None = None
+    # A switch to or from delete mode: the other mode family's state is kept aside.
+    mode_switch: ModeSwitch | None = None
     # `paused` covers both `paused:` in the sync file and an operational pause (`pause`).
     paused: bool = False
     pause: Pause | None = None
@@ -184,10 +186,12 @@ class Plan:
                 {
                     "previous": self.target_change.previous.to_json(),
                     "restored": self.target_change.restored,
+                    "kept_aside": self.target_change.kept_aside,
                 }
                 if self.target_change
                 else None
             ),
+            "mode_switch": asdict(self.mode_switch) if self.mode_switch else None,
             "paused": self.paused,
             "pause": self.pause.to_dict() if self.pause else None,
             "limits": asdict(self.limits),
@@ -232,10 +236,13 @@ class Plan:
             incremental_from=data.get("incremental_from"),
             config_changed=bool(data.get("config_changed")),
             target_change=(
-                TargetChange(previous, bool(change.get("restored")))
+                TargetChange(previous, bool(change.get("restored")), change.get("kept_aside"))
                 if change and previous
                 else None
             ),
+            mode_switch=ModeSwitch(**dict(data["mode_switch"]))
+            if data.get("mode_switch")
+            else None,
             paused=bool(data.get("paused")),
             pause=Pause.from_dict(data["pause"]) if data.get("pause") else None,
             alerts=[str(a) for a in data.get("alerts") or []],

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
-from reverse_etl.destinations.ledger import DeliveryMarker
+from reverse_etl.destinations.ledger import DeliveryMarker, marker_target
 from reverse_etl.errors import DestinationError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
@@ -179,8 +179,8 @@ class Delivery:
         if failed is None and self.plan.incremental:
             meta["watermark"] = self._next_watermark()
         if failed is None:
-            # What the state's keys mean from now on (see Engine: a switch to or from delete
-            # mode); only a complete run changes it, so an unfinished switch is planned again.
+            # The mode of the last successful run (`retl state show`); which mode family the
+            # state belongs to was settled when the run opened it (SnapshotBackend.open).
             meta["mode"] = self.plan.mode
         self.snapshot.acknowledge(self.writer, None, None, **meta)
         if failed is None:
@@ -195,7 +195,7 @@ class Delivery:
         here loses nothing (the next run replays them, which is harmless)."""
         try:
             with self.open_lane() as lane:
-                lane.forget_markers(self.plan.sync, self.plan.target.digest)
+                lane.forget_markers(self.plan.sync, marker_target(self.plan.target, self.plan.mode))
         except DestinationError as exc:
             self._emit("warning", "warning", message=f"delivery markers kept: {exc.message}")
 
@@ -431,7 +431,11 @@ class Delivery:
             }
         )
         return DeliveryMarker(
-            self.plan.sync, self.plan.target.digest, self.run_id, self.batches, acknowledgement
+            self.plan.sync,
+            marker_target(self.plan.target, self.plan.mode),
+            self.run_id,
+            self.batches,
+            acknowledgement,
         )
 
     def _resolve_known(

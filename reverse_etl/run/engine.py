@@ -24,6 +24,7 @@ import duckdb
 from reverse_etl import interrupt
 from reverse_etl.config import Problem, Project, Sync
 from reverse_etl.destinations.base import Destination, build_destination, connector_for
+from reverse_etl.destinations.ledger import marker_target
 from reverse_etl.errors import (
     ConfigError,
     DestinationError,
@@ -244,14 +245,19 @@ class Engine:
                 "where both are",
                 hint=f"point state.warehouse at '{config.warehouse}', or use state.backend: local",
             )
-        change = backend.open(con, target, writable=writable)
+        # State of another target or mode family is kept aside only once the destination
+        # answered: a run that never reaches it changes no state (SPEC §6.2).
+        opened = backend.open(
+            con,
+            target,
+            writable=writable,
+            mode=config.mode,
+            before_change=lambda: self._reach(target),
+        )
+        change = opened.target_change
         if writable:
             self._recover_deliveries(sync, con, backend, target)
         meta = backend.meta(con)
-        switched = _delete_mode_switched(meta.mode, config.mode)
-        # State written in delete mode holds the keys deleted, in the other modes the keys
-        # delivered: across that switch it means nothing, and every row counts as new.
-        full_resync = full_resync or switched
         watermark = None if full_resync else meta.watermark
         if isinstance(backend, WarehouseBackend):
             mapping = compile_mapping(config, sync.key_field())
@@ -292,11 +298,7 @@ class Engine:
             )
         else:
             plan = build_plan(con, inputs)
-        if switched:
-            plan.notes.append(
-                f"mode changed from {meta.mode} to {config.mode}: the state of {meta.mode} mode "
-                "does not apply, every row counts as new"
-            )
+        plan.mode_switch = opened.mode_switch
         pause = self.paused(sync.name)
         if pause is not None:
             plan.pause = pause
@@ -317,8 +319,10 @@ class Engine:
         cls = connector_for(target.type)
         if cls is None or cls.capabilities.guarantee != "exactly-once":
             return
+        assert sync.config is not None
+        where = marker_target(target, sync.config.mode)
         with self.open_destination(target.destination) as destination:
-            entries = destination.recover_markers(sync.name, target.digest)
+            entries = destination.recover_markers(sync.name, where)
             if not entries:
                 return
             for entry in entries:
@@ -331,7 +335,12 @@ class Engine:
                 )
                 deleted = acknowledgement.filter(removed).select(["key"])
                 backend.acknowledge(con, delivered, deleted)
-            destination.forget_markers(sync.name, target.digest)
+            destination.forget_markers(sync.name, where)
+
+    def _reach(self, target: TargetId) -> None:
+        """Raise DestinationError unless the destination answers (lists its objects)."""
+        with self.open_destination(target.destination) as destination:
+            destination.objects()
 
     def _plan_requests(self, plan: Plan, con: duckdb.DuckDBPyConnection) -> None:
         """API destinations: the requests the run needs against the account's daily budget;
@@ -796,11 +805,6 @@ def _one_at_a_time(options: RunOptions) -> RunOptions:
         on_progress=serialised(options.on_progress),
         on_event=serialised(options.on_event),
     )
-
-
-def _delete_mode_switched(stored: str | None, mode: str) -> bool:
-    """Whether the sync switched to or from delete mode since its last successful run."""
-    return stored is not None and (stored == "delete") != (mode == "delete")
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:

@@ -8,6 +8,8 @@ The run log, the dead letter queue and the locks stay local with either backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -15,9 +17,9 @@ import pyarrow as pa
 
 from reverse_etl.config import Project
 from reverse_etl.errors import ConfigError
-from reverse_etl.state.snapshot import SnapshotMeta, SnapshotStore
+from reverse_etl.state.snapshot import SnapshotMeta, SnapshotStore, StateOpened
 from reverse_etl.state.warehouse import WarehouseSnapshotStore
-from reverse_etl.types import TargetChange, TargetId
+from reverse_etl.types import TargetId
 from reverse_etl.warehouse.sessions import WarehouseSession, open_session
 
 
@@ -33,8 +35,16 @@ class SnapshotBackend(ABC):
 
     @abstractmethod
     def open(
-        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
-    ) -> TargetChange | None: ...
+        self,
+        con: duckdb.DuckDBPyConnection,
+        target: TargetId,
+        *,
+        writable: bool,
+        mode: str | None = None,
+        before_change: Callable[[], None] | None = None,
+    ) -> StateOpened:
+        """Bind to the state of `target` in `mode`'s family; writable, state of another target
+        or mode family is kept aside, after `before_change` (which may raise to change nothing)."""
 
     @abstractmethod
     def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta: ...
@@ -89,9 +99,27 @@ class LocalBackend(SnapshotBackend):
         return cls(SnapshotStore(Path(), sync), "")
 
     def open(
-        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
-    ) -> TargetChange | None:
-        return self.store.open(con, target, writable=writable)
+        self,
+        con: duckdb.DuckDBPyConnection,
+        target: TargetId,
+        *,
+        writable: bool,
+        mode: str | None = None,
+        before_change: Callable[[], None] | None = None,
+    ) -> StateOpened:
+        opened = self.store.open(
+            con, target, writable=writable, mode=mode, before_change=before_change
+        )
+        # Kept-aside files as the user finds them: next to `where`, in the project.
+        change, switch = opened.target_change, opened.mode_switch
+        if change is not None and change.kept_aside:
+            change = replace(change, kept_aside=self._shown(change.kept_aside))
+        if switch is not None and switch.kept_aside:
+            switch = replace(switch, kept_aside=self._shown(switch.kept_aside))
+        return StateOpened(change, switch)
+
+    def _shown(self, path: str) -> str:
+        return str(Path(self.where).parent / Path(path).name) if self.where else path
 
     def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
         return SnapshotStore.meta(con)
@@ -131,9 +159,15 @@ class WarehouseBackend(SnapshotBackend):
         self.where = self.store.where
 
     def open(
-        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
-    ) -> TargetChange | None:
-        return self.store.open(target, writable=writable)
+        self,
+        con: duckdb.DuckDBPyConnection,
+        target: TargetId,
+        *,
+        writable: bool,
+        mode: str | None = None,
+        before_change: Callable[[], None] | None = None,
+    ) -> StateOpened:
+        return self.store.open(target, writable=writable, mode=mode, before_change=before_change)
 
     def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
         return self.store.meta()

@@ -9,7 +9,9 @@ are never stored here.
 from __future__ import annotations
 
 import os
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,11 +20,14 @@ import duckdb
 import pyarrow as pa
 
 from reverse_etl.state.integrity import attaching_state_file
-from reverse_etl.types import TargetChange, TargetId
+from reverse_etl.types import ModeSwitch, TargetChange, TargetId, mode_family
 
 ALIAS = "retl_state"
 SNAPSHOT = f"{ALIAS}.snapshot"
 _META = f"{ALIAS}.meta"
+# `@<digest>.duckdb` after the sync's name: a target's kept-aside snapshot (a mode family's
+# has `-<family>` after the digest).
+_ASIDE_NAME = re.compile(r"@[0-9a-f]{16}\.duckdb")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,15 @@ class SnapshotMeta:
     # The mode of the last successful run: in delete mode state holds the keys deleted, in the
     # other modes the keys delivered (None: not recorded yet).
     mode: str | None = None
+
+
+@dataclass(frozen=True)
+class StateOpened:
+    """What opening a sync's state found: the sync points at another target than its state
+    did, or switched to or from delete mode (each: its old state is kept aside)."""
+
+    target_change: TargetChange | None = None
+    mode_switch: ModeSwitch | None = None
 
 
 class SnapshotStore:
@@ -59,49 +73,96 @@ class SnapshotStore:
         return self.path.exists()
 
     def kept_aside(self) -> list[Path]:
-        """Snapshots of targets the sync pointed at before."""
+        """Snapshots of targets the sync pointed at before, and of the other mode family."""
         return sorted(self.state_dir.glob(f"{self.sync}@*.duckdb"))
 
     def aside_path(self, target: TargetId) -> Path:
         return self.state_dir / f"{self.sync}@{target.digest}.duckdb"
 
+    def mode_aside_path(self, target: TargetId, family: str) -> Path:
+        """Where the state of one mode family is kept once the sync switched to the other;
+        never used again (the other mode changed the destination meanwhile)."""
+        return self.state_dir / f"{self.sync}@{target.digest}-{family}.duckdb"
+
     def open(
-        self, con: duckdb.DuckDBPyConnection, target: TargetId, *, writable: bool
-    ) -> TargetChange | None:
-        """Attach the snapshot that describes `target`. Read-only, nothing is moved: a target
-        change reads the kept-aside snapshot of the new target, or an empty one. Writable, the
-        files are swapped so that `<sync>.duckdb` describes `target` from now on."""
+        self,
+        con: duckdb.DuckDBPyConnection,
+        target: TargetId,
+        *,
+        writable: bool,
+        mode: str | None = None,
+        before_change: Callable[[], None] | None = None,
+    ) -> StateOpened:
+        """Attach the snapshot that describes `target` in `mode`'s family (SPEC §6.2).
+
+        Read-only, nothing is moved: a target change reads the kept-aside snapshot of the new
+        target, or an empty one; a switch to or from delete mode reads an empty one. Writable,
+        `before_change` is called first when files would move (it raises when the destination
+        cannot be reached, and then nothing changes); then the old target's snapshot is kept
+        aside as `<sync>@<digest>.duckdb` and one kept earlier for the new target is used
+        again, and the other mode family's snapshot is kept aside as
+        `<sync>@<digest>-<family>.duckdb`, so `<sync>.duckdb` describes `target` and mode."""
+        current = self._peek(con, self.path) if self.exists else None
+        stored = current.target if current is not None else None
         change: TargetChange | None = None
-        if self.exists:
-            self.attach(con, writable=writable)
-            stored = self.meta(con).target
-            if stored is not None and stored != target:
-                con.execute(f"DETACH {ALIAS}")
-                aside = self.aside_path(target)
-                change = TargetChange(previous=stored, restored=aside.exists())
-                if writable:
-                    _move(self.path, self.aside_path(stored))
-                    if aside.exists():
-                        _move(aside, self.path)
-                    self.attach(con, writable=True)
-                elif aside.exists():
-                    self._attach_file(con, aside, read_only=True)
-                else:
-                    self._attach_empty(con)
-        else:
-            aside = self.aside_path(target)
-            if writable and aside.exists():
-                _move(aside, self.path)
-            if not writable and aside.exists():
-                self._attach_file(con, aside, read_only=True)
+        source: Path | None = self.path if current is not None else None
+        if stored is not None and stored != target:
+            source = self._aside_for(con, target)
+            change = TargetChange(stored, source is not None, str(self.aside_path(stored)))
+        elif current is None:
+            source = self._aside_for(con, target)  # restored: kept aside, nothing current
+        source_mode = current.mode if current is not None and source == self.path else None
+        if source is not None and source != self.path:
+            source_mode = self._peek(con, source).mode
+        switch: ModeSwitch | None = None
+        if mode is not None and source_mode and mode_family(source_mode) != mode_family(mode):
+            family = mode_family(source_mode)
+            switch = ModeSwitch(source_mode, mode, str(self.mode_aside_path(target, family)))
+        if not writable:
+            if source is None or switch is not None:
+                self._attach_empty(con)
             else:
-                self.attach(con, writable=writable)
-        if writable and self.meta(con).target != target:
-            con.execute(
-                f"INSERT OR REPLACE INTO {_META} VALUES ('target', ?)",
-                [target.to_text()],
-            )
-        return change
+                self._attach_file(con, source, read_only=True)
+            return StateOpened(change, switch)
+        if (change is not None or switch is not None) and before_change is not None:
+            before_change()
+        if change is not None and stored is not None:
+            _move(self.path, self.aside_path(stored))
+        if source is not None and source != self.path:
+            _move(source, self.path)
+        if switch is not None:
+            _move(self.path, self.mode_aside_path(target, mode_family(source_mode or "")))
+        self.attach(con, writable=True)
+        meta = self.meta(con)
+        values: dict[str, str] = {}
+        if meta.target != target:
+            values["target"] = target.to_text()
+        if mode is not None and meta.mode != mode:
+            values["mode"] = mode
+        for name, value in values.items():
+            con.execute(f"INSERT OR REPLACE INTO {_META} VALUES (?, ?)", [name, value])
+        return StateOpened(change, switch)
+
+    def _peek(self, con: duckdb.DuckDBPyConnection, path: Path) -> SnapshotMeta:
+        """Meta of a snapshot file, attached read-only for the look and detached again."""
+        self._attach_file(con, path, read_only=True)
+        try:
+            return self.meta(con)
+        finally:
+            con.execute(f"DETACH {ALIAS}")
+
+    def _aside_for(self, con: duckdb.DuckDBPyConnection, target: TargetId) -> Path | None:
+        """The snapshot kept aside for `target`, if any; one kept by an older version is found
+        by the target it names (its file name hashed the location as it was then written)."""
+        path = self.aside_path(target)
+        if path.exists():
+            return path
+        for other in self.kept_aside():
+            if _ASIDE_NAME.fullmatch(other.name[len(self.sync) :]) is None:
+                continue  # the other mode family of some target: never used again
+            if self._peek(con, other).target == target:
+                return other
+        return None
 
     def attach(self, con: duckdb.DuckDBPyConnection, *, writable: bool) -> None:
         """Attach `<sync>.duckdb` as `retl_state`; a read-only attach of a missing file gives an

@@ -19,6 +19,7 @@ per dialect with sqlglot (`state_statements` lists it, for golden tests).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -27,8 +28,8 @@ import pyarrow as pa
 from reverse_etl.errors import StateError
 from reverse_etl.mapping.compile import quote_identifier, quote_literal
 from reverse_etl.mapping.dialects import translate
-from reverse_etl.state.snapshot import SnapshotMeta
-from reverse_etl.types import TargetChange, TargetId
+from reverse_etl.state.snapshot import SnapshotMeta, StateOpened
+from reverse_etl.types import ModeSwitch, TargetChange, TargetId, mode_family
 from reverse_etl.warehouse.sessions import SessionError, WarehouseSession
 
 SNAPSHOT_TABLE = "retl_snapshot"
@@ -131,6 +132,16 @@ class StateTables:
     def count(self, sync: str, target: str) -> str:
         return self.sql(f"SELECT count(*) FROM {self.relation(sync, target)} AS s")
 
+    def rekey(self, sync: str, old: str, new: str) -> list[str]:
+        """Move a sync's rows of one target key to another (kept aside, or an old digest)."""
+        return [
+            self.sql(
+                f"UPDATE {table} SET target = {quote_literal(new)} WHERE sync = "
+                f"{quote_literal(sync)} AND target = {quote_literal(old)}"
+            )
+            for table in (self.snapshot, self.meta)
+        ]
+
     def forget(self, sync: str, target: str) -> list[str]:
         return [
             self.sql(
@@ -184,6 +195,10 @@ class WarehouseSnapshotStore:
         self.schema = schema
         self.sync = sync
         self.target: TargetId | None = None
+        self._key: str | None = None
+        # True when a read-only open found a switch to or from delete mode: the snapshot the
+        # plan reads is empty, as it is once a writable open kept the old one aside.
+        self._fresh = False
         self.present = False
         self._stage_ready = False
 
@@ -193,8 +208,10 @@ class WarehouseSnapshotStore:
 
     @property
     def digest(self) -> str:
+        """The key of the bound target's rows (its digest, or the one an older version gave
+        it until a writable open moves them)."""
         assert self.target is not None, "open the store first"
-        return self.target.digest
+        return self._key or self.target.digest
 
     # ------------------------------------------------------------------------------ setup
 
@@ -260,37 +277,85 @@ class WarehouseSnapshotStore:
 
     # ------------------------------------------------------------------------------ binding
 
-    def open(self, target: TargetId, *, writable: bool) -> TargetChange | None:
-        """Bind to `target`. Writable, the tables are created when missing and the sync's
-        current target becomes `target`; read-only, nothing is written (planning creates
-        nothing) and missing tables read as an empty snapshot."""
+    def open(
+        self,
+        target: TargetId,
+        *,
+        writable: bool,
+        mode: str | None = None,
+        before_change: Callable[[], None] | None = None,
+    ) -> StateOpened:
+        """Bind to `target` in `mode`'s family. Writable, the tables are created when missing,
+        `before_change` is called before the sync is re-pointed (it raises when the destination
+        cannot be reached, and then nothing changes), the other mode family's rows are kept
+        aside under `<digest>-<family>` and the sync's current target becomes `target`;
+        read-only, nothing is written (planning creates nothing) and missing tables or a mode
+        switch read as an empty snapshot."""
         if writable:
             self.ensure_tables()
         else:
             self.present = self._tables_present()
         self.target = target
+        self._key = target.digest
+        self._fresh = False
+        stored_text = self._meta_rows(CURRENT).get("target") if self.present else None
+        stored = TargetId.from_text(stored_text)
+        # State kept by a version whose location held the user is keyed by that digest.
+        legacy = self._legacy_key(stored, stored_text)
+        if stored == target and legacy is not None:
+            self._key = legacy
         change: TargetChange | None = None
-        stored = self._current_target()
         if stored is not None and stored != target:
-            change = TargetChange(previous=stored, restored=self._has_state(target.digest))
-        if writable:
-            meta = self._meta_rows(target.digest)
-            statements: list[str] = []
+            change = TargetChange(
+                stored, self._has_state(target.digest), f"{self.aside_where} {stored.digest}"
+            )
+        switch: ModeSwitch | None = None
+        meta = self._meta_rows(self._key)
+        stored_mode = meta.get("mode")
+        if mode is not None and stored_mode and mode_family(stored_mode) != mode_family(mode):
+            aside = f"{target.digest}-{mode_family(stored_mode)}"
+            switch = ModeSwitch(stored_mode, mode, f"{self.aside_where} {aside}")
+        if not writable:
+            self._fresh = switch is not None
+            return StateOpened(change, switch)
+        if (change is not None or switch is not None) and before_change is not None:
+            before_change()
+        statements: list[str] = []
+        with self.session.transaction():
+            if legacy is not None and stored is not None:
+                statements += self.tables.rekey(self.sync, legacy, stored.digest)
+                self._key = target.digest
+            if switch is not None:
+                aside = f"{target.digest}-{mode_family(stored_mode or '')}"
+                statements += self.tables.forget(self.sync, aside)
+                statements += self.tables.rekey(self.sync, target.digest, aside)
+                meta = {}
             values: dict[str, str | None] = {}
             if "lineage" not in meta:
                 values = {"lineage": uuid.uuid4().hex, "serial": "0"}
-            with self.session.transaction():
-                if values:
-                    statements += self.tables.set_meta(self.sync, target.digest, values)
-                if stored != target:
-                    statements += self.tables.set_meta(
-                        self.sync,
-                        CURRENT,
-                        {"target": target.to_text()},
-                    )
-                for statement in statements:
-                    self._run(statement, "write")
-        return change
+            if mode is not None and meta.get("mode") != mode:
+                values["mode"] = mode
+            if values:
+                statements += self.tables.set_meta(self.sync, target.digest, values)
+            if stored != target or stored_text != target.to_text():
+                statements += self.tables.set_meta(self.sync, CURRENT, {"target": target.to_text()})
+            for statement in statements:
+                self._run(statement, "write")
+        return StateOpened(change, switch)
+
+    def _legacy_key(self, stored: TargetId | None, stored_text: str | None) -> str | None:
+        """The key of the rows of `stored` when an older version wrote them under the digest of
+        its location as then written; None when they are under its digest (or there are none)."""
+        if stored is None or not stored_text:
+            return None
+        old = TargetId.digest_of_text(stored_text)
+        if old is None or old == stored.digest or not self._has_state(old):
+            return None
+        return old
+
+    @property
+    def aside_where(self) -> str:
+        return f"{self.schema}.{SNAPSHOT_TABLE} target"
 
     def _current_target(self) -> TargetId | None:
         if not self.present:
@@ -311,7 +376,7 @@ class WarehouseSnapshotStore:
     def relation(self) -> str:
         """The bound snapshot as `(key, hash, dest_id)` in PostgreSQL syntax (an empty relation
         when retl's tables do not exist yet)."""
-        if not self.present:
+        if not self.present or self._fresh:
             return (
                 "(SELECT CAST(NULL AS TEXT) AS key, CAST(NULL AS TEXT) AS hash, "
                 "CAST(NULL AS TEXT) AS dest_id WHERE 1 = 0)"
@@ -319,6 +384,8 @@ class WarehouseSnapshotStore:
         return self.tables.relation(self.sync, self.digest)
 
     def meta(self) -> SnapshotMeta:
+        if self._fresh:
+            return SnapshotMeta(None, 0, None, None, None, None, 0, None, None)
         rows = self._meta_rows(self.digest)
         count = self._run(self.tables.count(self.sync, self.digest), "read") if self.present else []
         return SnapshotMeta(
@@ -364,8 +431,12 @@ class WarehouseSnapshotStore:
         self.present = self._tables_present()
         if not self.present:
             return False
-        target = self._current_target()
+        stored_text = self._meta_rows(CURRENT).get("target")
+        target = TargetId.from_text(stored_text)
         digests = [target.digest] if target is not None else []
+        legacy = self._legacy_key(target, stored_text)
+        if legacy is not None:
+            digests.append(legacy)
         found = any(self._has_state(d) for d in digests)
         with self.session.transaction():
             for digest in digests:
@@ -378,12 +449,14 @@ class WarehouseSnapshotStore:
     def read_meta(self, target: TargetId | None = None) -> SnapshotMeta | None:
         """Meta of the sync's state for `status` / `state show`; None when never run."""
         self.present = self._tables_present()
-        current = self._current_target()
+        stored_text = self._meta_rows(CURRENT).get("target") if self.present else None
+        current = TargetId.from_text(stored_text)
         chosen = current or target
         if chosen is None:
             return None
         self.target = chosen
-        if not self._has_state(chosen.digest):
+        self._key = self._legacy_key(current, stored_text) if current is not None else None
+        if not self._has_state(self.digest):
             return None
         return self.meta()
 

@@ -198,7 +198,7 @@ def test_switching_to_delete_mode_deletes_the_rows_an_earlier_mode_delivered(
 
     plan = mem.plan()
     assert counts(mem) == {"delete": 2}
-    assert any("mode changed from upsert to delete" in note for note in plan.notes)
+    assert plan.mode_switch is not None and plan.mode_switch.previous == "upsert"
     assert mem.run().counts["delete"] == 2
     assert mem.names() == {"3": "cy"}
     assert counts(mem) == {}  # delete mode's own state: deleted keys are not deleted again
@@ -209,6 +209,91 @@ def test_switching_to_delete_mode_deletes_the_rows_an_earlier_mode_delivered(
     assert counts(mem) == {"create": 3}
     mem.run()
     assert mem.names() == {"1": "ann", "2": "bob", "3": "cy"}
+
+
+FOUR_HUNDRED = [(k, f"name {k}") for k in range(1, 401)]
+
+
+def test_erasure_requests_after_a_switch_to_delete_mode_are_honoured(mem: MemoryProject) -> None:
+    """Keys delivered by upsert say nothing about what delete mode erased: a key requested
+    for erasure in a later delete-mode run is deleted, never counted unchanged or changed."""
+    mem.write("upsert")
+    mem.set_source(FOUR_HUNDRED)
+    mem.run()
+    mem.write("delete", allow_destructive=True, mapping={"id": "id"})
+    mem.set_source(FOUR_HUNDRED[:10])  # the first erasure requests
+    assert mem.run().counts["delete"] == 10
+
+    mem.set_source(FOUR_HUNDRED)  # then every record is to be erased
+
+    assert counts(mem) == {"delete": 390}
+    assert mem.run().counts["delete"] == 390
+    assert mem.names() == {}
+
+
+def test_a_switch_back_and_forth_never_reuses_the_other_modes_state(mem: MemoryProject) -> None:
+    mem.write("upsert")
+    mem.set_source(FOUR_HUNDRED)
+    mem.run()
+    mem.write("delete", allow_destructive=True, mapping={"id": "id"})
+    assert mem.run().counts["delete"] == 400
+
+    mem.write("upsert")  # the records come back: every row is new, upsert is idempotent
+    assert counts(mem) == {"create": 400}
+    mem.run()
+    mem.write("delete", allow_destructive=True, mapping={"id": "id"})  # erasure requests again
+
+    assert counts(mem) == {"delete": 400}
+    assert mem.run().counts["delete"] == 400
+    assert mem.names() == {}
+    # The last state of each family is kept aside for a look, none is used again.
+    kept = sorted(p.name for p in mem.state_dir.glob("contacts@*.duckdb"))
+    assert [name.rsplit("-", 1)[1] for name in kept] == ["delete.duckdb", "deliver.duckdb"]
+
+
+def test_plan_and_run_say_a_mode_switch_keeps_the_old_state_aside(mem: MemoryProject) -> None:
+    mem.write("upsert")
+    mem.set_source(FIRST)
+    mem.run()
+    mem.write("delete", allow_destructive=True, mapping={"id": "id"})
+
+    human = mem.cli("plan", "contacts")
+    document = mem.plan_json()
+    run = mem.cli("run", "contacts", "--yes")
+
+    said = "mode changed from upsert to delete: the state upsert mode left does not apply"
+    assert said in human.err and "every row counts as new" in human.err
+    assert document["mode_switch"]["previous"] == "upsert"
+    kept = document["mode_switch"]["kept_aside"]
+    assert kept.startswith(".retl/state/contacts@") and kept.endswith("-deliver.duckdb")
+    assert f"kept aside at {kept}" in human.err
+    assert run.code == 0 and said in run.err
+    assert (mem.root / kept).exists()
+
+
+def test_plan_and_run_say_a_target_change_and_where_the_old_state_is(mem: MemoryProject) -> None:
+    mem.configure(objects={"contacts": ["id", "name"], "people": ["id", "name"]})
+    mem.write("upsert", on_removed="delete", allow_destructive=True)
+    mem.set_source(FIRST)
+    mem.run()
+    mem.set_source(FIRST[:2])
+    people = {"name": "mem", "object": "people"}
+    mem.write("upsert", on_removed="delete", allow_destructive=True, destination=people)
+
+    human = mem.cli("plan", "contacts")
+    document = mem.plan_json()
+    run = mem.cli("run", "contacts", "--yes")
+
+    said = (
+        "target changed: contacts -> people (mem at memory); every row counts as new and no "
+        "delete is derived from the old target's state; the old state is kept aside at "
+        ".retl/state/contacts@"
+    )
+    assert said in " ".join(human.err.split())
+    assert document["counts"]["create"] == 2 and document["counts"]["delete"] == 0
+    assert document["target_change"]["previous"]["object"] == "contacts"
+    assert document["target_change"]["kept_aside"].startswith(".retl/state/contacts@")
+    assert run.code == 0 and said in " ".join(run.err.split())
 
 
 # -- state, dead letters and failures ----------------------------------------------------------

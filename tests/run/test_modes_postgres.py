@@ -8,10 +8,14 @@ contents afterwards are the table's cells.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import duckdb
 import pytest
 from run_harness import PostgresDb, RetlProject
+
+from reverse_etl.types import TargetId
 
 pytestmark = pytest.mark.postgres
 
@@ -403,3 +407,135 @@ def test_a_changed_mapping_changes_every_record(project: RetlProject, pg: Postgr
     assert plan["config_changed"] is True
     assert plan["counts"]["update"] == 5
     assert pg.rows(columns="id, source_system") == [(k, "warehouse") for k in range(1, 6)]
+
+
+# -- the target the state describes (SPEC §6.2) ------------------------------------------------
+
+TEN = [(k, f"n{k}") for k in range(1, 11)]
+
+
+def other_spelling(url: str) -> str:
+    """The test server's URL with `localhost` for 127.0.0.1 and the default port left out."""
+    if "@127.0.0.1:5432/" not in url:
+        pytest.skip("the test database is not at 127.0.0.1:5432")
+    return url.replace("@127.0.0.1:5432/", "@localhost/")
+
+
+def test_a_new_user_password_or_host_alias_of_the_same_server_is_the_same_target(
+    project: RetlProject, pg: PostgresDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotating credentials sends nothing again and keeps the deletes pending (issue 15)."""
+    project.write_sync(on_removed="delete", allow_destructive=True)
+    project.set_source(TEN)
+    assert project.run_json()["counts"]["create"] == 10
+    role, secret = f"rotated_{pg.schema}", "s3cret-rotated"
+    pg.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+    try:
+        pg.execute(f"GRANT USAGE ON SCHEMA {pg.schema} TO {role}")
+        pg.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {pg.schema}.contacts TO {role}")
+        aliased = other_spelling(pg.url)
+        rotated = aliased.replace("://postgres@", f"://{role}:{secret}@", 1)
+        project.set_source(TEN[:8])  # 9 and 10 left the source: two deletes are pending
+
+        for url in (aliased, rotated):
+            monkeypatch.setenv("PG_URL", url)
+            plan = project.plan_json()
+            assert plan["target_change"] is None, url
+            assert (plan["counts"]["create"], plan["counts"]["delete"]) == (0, 2), url
+            assert plan["counts"]["unchanged"] == 8
+
+        human = project.cli("plan", "contacts")
+        run = project.run_json()
+
+        assert "target changed" not in human.err
+        assert run["counts"] == {"create": 0, "update": 0, "delete": 2, "rejected": 0}
+        assert [r[0] for r in pg.rows()] == list(range(1, 9))
+        assert not list(project.state_dir.glob("contacts@*"))
+        assert secret not in human.output and role not in json.dumps(project.state_show())
+        assert secret.encode() not in (project.state_dir / "contacts.duckdb").read_bytes()
+    finally:
+        pg.execute(f"DROP OWNED BY {role}")
+        pg.execute(f"DROP ROLE {role}")
+
+
+def test_a_run_that_cannot_reach_a_new_target_changes_no_state(
+    project: RetlProject, pg: PostgresDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.write_sync(on_removed="delete", allow_destructive=True)
+    project.set_source(TEN)
+    project.run_json()
+    project.set_source(TEN[:8])
+    kept = project.state_show()
+    monkeypatch.setenv("PG_URL", "postgresql://postgres@127.0.0.1:1/test")  # nothing listens
+
+    failed = project.run_json(code=1)
+    shown = project.state_show()
+
+    assert failed["status"] == "failed" and "127.0.0.1:1" in (failed["error"] or "")
+    assert shown["target"] == kept["target"] and shown["records"] == kept["records"] == 10
+    assert shown["serial"] == kept["serial"] and shown["kept_aside"] == []
+    assert not list(project.state_dir.glob("contacts@*"))
+    monkeypatch.setenv("PG_URL", pg.url)  # pointed back: as if the failed run never happened
+    back = project.plan_json()
+    assert back["target_change"] is None
+    assert (back["counts"]["create"], back["counts"]["delete"], back["counts"]["unchanged"]) == (
+        0,
+        2,
+        8,
+    )
+
+
+def test_erasure_requests_after_a_switch_from_upsert_to_delete_mode_are_honoured(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    rows = [(k, f"n{k}") for k in range(1, 401)]
+    project.write_sync()
+    project.set_source(rows)
+    assert project.run_json()["counts"]["create"] == 400
+    project.write_sync(
+        mode="delete",
+        allow_destructive=True,
+        mapping={"id": "id"},
+        limits={"max_deletes": 1000, "max_delete_ratio": 1.0},
+    )
+    project.set_source([])  # no erasure request yet: the switch alone deletes nothing
+    switched = project.run_json()
+    assert switched["counts"]["delete"] == 0
+    assert switched["plan"]["mode_switch"]["previous"] == "upsert"
+    project.set_source(rows)  # then every record is to be erased
+
+    plan = project.plan_counts()
+    run = project.run_json()
+
+    assert (plan["delete"], plan["unchanged"], plan["ignored"]) == (400, 0, 0)
+    assert run["counts"]["delete"] == 400
+    assert pg.count() == 0
+
+
+def test_state_an_older_version_kept_aside_is_used_again_when_the_sync_points_back(
+    project: RetlProject, pg: PostgresDb
+) -> None:
+    """Until this release a kept-aside file was named after the digest of a location with
+    `user@` in it: pointing back after the upgrade still finds it by the target it names."""
+    pg.execute(f"CREATE TABLE {pg.schema}.contacts2 (id integer PRIMARY KEY, name text)")
+    project.write_sync()
+    project.set_source(TEN)
+    project.run_json()
+    project.write_sync(destination={"name": "pg", "object": f"{pg.schema}.contacts2"})
+    project.run_json()
+    (kept,) = project.state_dir.glob("contacts@*.duckdb")
+    con = duckdb.connect(str(kept))
+    try:
+        (text,) = con.execute("SELECT value FROM meta WHERE name = 'target'").fetchone() or ("",)
+        older = json.loads(text) | {"location": "postgresql://postgres@127.0.0.1:5432/test"}
+        older_text = json.dumps(older, sort_keys=True)
+        con.execute("UPDATE meta SET value = ? WHERE name = 'target'", [older_text])
+    finally:
+        con.close()
+    kept.rename(kept.with_name(f"contacts@{TargetId.digest_of_text(older_text)}.duckdb"))
+    project.write_sync()  # back to the first table
+
+    back = project.plan_json()
+
+    assert back["target_change"]["restored"] is True
+    assert back["counts"]["create"] == 0 and back["counts"]["unchanged"] == 10

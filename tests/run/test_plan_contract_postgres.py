@@ -10,6 +10,8 @@ import stat
 import pytest
 from run_harness import PostgresDb, RetlProject
 
+from reverse_etl.destinations.base import url_location
+
 TEN = [(k, f"n{k}") for k in range(1, 11)]
 
 
@@ -175,7 +177,9 @@ def test_state_show_names_the_target_and_what_is_kept_aside(
 
     assert shown["target"]["object"] == f"{pg.schema}.contacts2"
     assert shown["target"]["type"] == "postgres"
-    assert shown["target"]["location"] == pg.url  # host and database; a password never shows
+    # Server and database: no user or password, one spelling per server (SPEC §6.2).
+    assert shown["target"]["location"] == url_location(pg.url)
+    assert "@" not in shown["target"]["location"]
     assert len(shown["kept_aside"]) == 1
     assert f"{pg.schema}.contacts2" in human.out + human.err
 

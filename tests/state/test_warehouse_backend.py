@@ -3,6 +3,7 @@ there, and only new, changed and removed rows leave it (SPEC §6.3). Real Postgr
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 import psycopg
@@ -26,6 +28,7 @@ from reverse_etl.mapping.dialects import translate, warehouse_mapping
 from reverse_etl.plan.diff import load_source
 from reverse_etl.plan.source import engine_connection
 from reverse_etl.run import Engine, RunOptions
+from reverse_etl.types import TargetId
 from reverse_etl.warehouse import open_warehouse
 from reverse_etl.warehouse.sessions import open_session
 
@@ -317,6 +320,106 @@ def test_a_new_target_makes_every_row_new_and_derives_no_delete(wp: WarehousePro
     back = wp.plan()
     assert back.target_change is not None and back.target_change.restored
     assert (back.counts.create, back.counts.delete, back.counts.unchanged) == (0, 2, 8)
+
+
+DELETE_MODE = {
+    "mode": "delete",
+    "allow_destructive": True,
+    "mapping": {"id": "id"},
+    "limits": {"max_deletes": 1000, "max_delete_ratio": 1.0},
+}
+
+
+@pytest.mark.postgres
+def test_erasure_requests_after_a_switch_to_delete_mode_are_honoured(wp: WarehouseProject) -> None:
+    """The upsert state is kept aside at the switch: keys it delivered make no erasure request
+    of delete mode unchanged (issue 15, case 3)."""
+    wp.write_sync()
+    fill(wp, 400)
+    assert wp.run().counts["create"] == 400
+    wp.sql(f"CREATE TABLE {wp.schema}.erase (id integer)")
+    wp.write_sync(source={"sql": f"select * from {wp.schema}.erase"}, **DELETE_MODE)
+    switched = wp.run()  # no erasure request yet
+    assert switched.status == "success" and switched.counts["delete"] == 0
+    assert switched.plan.mode_switch is not None
+    assert switched.plan.mode_switch.previous == "upsert"
+    wp.sql(f"INSERT INTO {wp.schema}.erase SELECT id FROM {wp.schema}.src")
+
+    plan = wp.plan()
+    outcome = wp.run()
+
+    assert (plan.counts.delete, plan.counts.unchanged, plan.counts.ignored) == (400, 0, 0)
+    assert outcome.counts["delete"] == 400
+    assert wp.destination() == {}
+    kept = wp.rows(
+        f"SELECT target, count(*) FROM {wp.state_schema}.retl_snapshot WHERE sync = 'people' "
+        "AND target LIKE '%-deliver' GROUP BY target"
+    )
+    assert [n for _, n in kept] == [400]
+    assert switched.plan.mode_switch.kept_aside.endswith(str(kept[0][0]))
+
+
+@pytest.mark.postgres
+def test_state_kept_by_an_older_version_still_describes_its_target(wp: WarehouseProject) -> None:
+    """Until this release the location kept `user@` and the port, and the warehouse keyed the
+    rows by its digest: after the upgrade the same target reads them, nothing is sent again."""
+    wp.write_sync()
+    fill(wp, 10)
+    assert wp.run().counts["create"] == 10
+    parts = urlsplit(wp.url)
+    older = {
+        "destination": "pg",
+        "type": "postgres",
+        "object": f"{wp.schema}.dst",
+        "location": f"postgresql://{parts.username}@{parts.hostname}:{parts.port or 5432}"
+        f"{parts.path}",
+    }
+    text = json.dumps(older, sort_keys=True)
+    digest = TargetId.digest_of_text(text)
+    (now,) = wp.rows(f"SELECT DISTINCT target FROM {wp.state_schema}.retl_snapshot")
+    assert digest is not None and digest != now[0]
+    for table in ("retl_snapshot", "retl_meta"):
+        wp.sql(
+            f"UPDATE {wp.state_schema}.{table} SET target = '{digest}' WHERE target = '{now[0]}'"
+        )
+    wp.sql(
+        f"UPDATE {wp.state_schema}.retl_meta SET value = '{text}' WHERE target = '' "
+        "AND name = 'target'"
+    )
+    wp.sql(f"DELETE FROM {wp.schema}.src WHERE id > 8")
+
+    plan = wp.plan()
+    outcome = wp.run()
+
+    assert plan.target_change is None and plan.mode_switch is None
+    assert (plan.counts.create, plan.counts.unchanged) == (0, 8)
+    assert outcome.counts["create"] == 0
+    # The rows now carry the digest of the target as it is written from now on.
+    assert wp.rows(f"SELECT DISTINCT target FROM {wp.state_schema}.retl_snapshot") == [now]
+
+
+@pytest.mark.postgres
+def test_a_run_that_cannot_reach_a_new_target_changes_no_warehouse_state(
+    wp: WarehouseProject,
+) -> None:
+    wp.write_sync()
+    fill(wp, 5)
+    assert wp.run().status == "success"
+    before = wp.rows(f"SELECT * FROM {wp.state_schema}.retl_meta ORDER BY target, name")
+    config = yaml.safe_load((wp.root / "retl.yml").read_text())
+    good = config["destinations"]["pg"]["url"]
+    config["destinations"]["pg"]["url"] = "postgresql://postgres@127.0.0.1:1/test"
+    (wp.root / "retl.yml").write_text(yaml.safe_dump(config))
+
+    failed = wp.run()
+
+    assert failed.status == "failed"
+    after = wp.rows(f"SELECT * FROM {wp.state_schema}.retl_meta ORDER BY target, name")
+    assert after == before
+    config["destinations"]["pg"]["url"] = good
+    (wp.root / "retl.yml").write_text(yaml.safe_dump(config))
+    back = wp.plan()
+    assert back.target_change is None and back.counts.unchanged == 5
 
 
 @pytest.mark.postgres
