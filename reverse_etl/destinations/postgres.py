@@ -28,6 +28,7 @@ from reverse_etl.destinations.tables import (
     TableOptions,
     not_found,
 )
+from reverse_etl.destinations.values import portable
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
@@ -236,6 +237,9 @@ def _as_csv_text(column: pa.ChunkedArray, target: _Column) -> pa.ChunkedArray:
             column = pc.divide(column.cast(pa.int64()), 1000)
         text = pc.cast(column.cast(pa.int64()), pa.large_string())
         return pc.binary_join_element_wise(text, " " + unit[dtype.unit], "")
+    if dtype == pa.month_day_nano_interval():
+        # ISO 8601 ("P-1M"): months stay months, which PostgreSQL's interval input reads.
+        return portable(pa.table([column], names=["v"])).column(0)
     if t.is_binary(dtype) or t.is_large_binary(dtype) or t.is_fixed_size_binary(dtype):
         values = [None if v is None else "\\x" + v.hex() for v in column.to_pylist()]
         return pa.chunked_array([pa.array(values, pa.large_string())])

@@ -45,7 +45,7 @@ _POSTGRES_TYPES: dict[int, tuple[str, pa.DataType | None]] = {
     1083: ("time", pa.time64("us")),
     1114: ("timestamp", pa.timestamp("us")),
     1184: ("timestamptz", pa.timestamp("us", tz="UTC")),
-    1186: ("interval", pa.duration("us")),
+    1186: ("interval", pa.string()),  # ISO 8601 text (see sqlalchemy_generic.postgres_session)
     1266: ("timetz", pa.string()),
     1700: ("numeric", None),
     2950: ("uuid", pa.string()),
@@ -129,10 +129,10 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _decimal_type(precision: int, scale: int) -> pa.DataType:
+    """Up to 38 digits an Arrow decimal; beyond, the number's exact text (the diff engine,
+    DuckDB, has no wider decimal; the text hashes and delivers as the warehouse writes it)."""
     if precision <= _MAX_DECIMAL128:
         return pa.decimal128(max(precision, scale, 1), scale)
-    if precision <= _MAX_DECIMAL256:
-        return pa.decimal256(max(precision, scale), scale)
     return pa.string()
 
 
@@ -223,7 +223,7 @@ def _infer(values: Sequence[Any]) -> pa.DataType | None:
 
 
 def infer_decimal(values: Sequence[Any]) -> pa.DataType:
-    """Room for the largest scale seen, and up to 38 digits in all (76 if more are needed)."""
+    """Room for the largest scale seen, and up to 38 digits in all (text if more are needed)."""
     scale = 0
     whole_digits = 1
     for value in values:
@@ -236,9 +236,7 @@ def infer_decimal(values: Sequence[Any]) -> pa.DataType:
         whole_digits = max(whole_digits, digits + exponent)
     if whole_digits + scale <= _MAX_DECIMAL128:
         return pa.decimal128(_MAX_DECIMAL128, scale)
-    if whole_digits + scale <= _MAX_DECIMAL256:
-        return pa.decimal256(_MAX_DECIMAL256, scale)
-    return pa.string()
+    return pa.string()  # see _decimal_type
 
 
 def _typed(arrow_type: pa.DataType) -> Converter:
@@ -262,11 +260,27 @@ def _text(value: Any) -> str | None:
         return bytes(value).decode("utf-8", errors="backslashreplace")
     if isinstance(value, dict | list | tuple):
         return json.dumps(value, default=str, ensure_ascii=False)
+    if isinstance(value, Decimal) and value.is_finite():
+        return format(value, "f")  # plain notation, as the warehouse writes it
     return str(value)
 
 
+class JsonText(str):
+    """A JSON value as the database wrote it (not a JSON string value): what a driver hands
+    over when it is told to keep JSON as text, so that a JSON `null` is not SQL NULL."""
+
+
 def _to_json_text(values: Sequence[Any]) -> pa.Array:
+    """JSON values as json.dumps writes them (a driver that hands over JSON text, which keeps a
+    JSON `null` apart from SQL NULL, is re-serialised the same way)."""
     return pa.array(
-        [None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in values],
+        [
+            None
+            if v is None
+            else json.dumps(
+                json.loads(v) if isinstance(v, JsonText) else v, default=str, ensure_ascii=False
+            )
+            for v in values
+        ],
         type=pa.string(),
     )

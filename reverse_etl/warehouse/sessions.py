@@ -119,6 +119,7 @@ class PostgresSession(WarehouseSession):
         self._cursors = 0
         # Text of timestamps with a time zone in UTC, as the local engine writes them.
         self.execute("SET TIME ZONE 'UTC'")
+        self.execute("SET intervalstyle = 'iso_8601'")  # as the source is read (intervals)
         if query_timeout is not None:
             self.execute(f"SET statement_timeout = {int(query_timeout * 1000)}")
 

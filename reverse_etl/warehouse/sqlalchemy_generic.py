@@ -32,7 +32,7 @@ from reverse_etl.warehouse.base import (
 )
 from reverse_etl.warehouse.postgres_copy import CopyReader, Deadline, copy_statement
 from reverse_etl.warehouse.postgres_copy import plan as copy_plan
-from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, describe
+from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, JsonText, describe
 
 _DEFAULT_DRIVERS = {
     "postgres": "postgresql+psycopg",
@@ -82,6 +82,8 @@ class SQLAlchemyWarehouse(Warehouse):
                 f"SQLAlchemy dialect or driver is installed: {database_message(exc)}",
                 hint="install the SQLAlchemy dialect package for that database next to retl",
             ) from None
+        if self._engine.dialect.driver == "psycopg":
+            sa.event.listen(self._engine, "connect", postgres_session)
         # Fail here, with a clear message, rather than halfway through a command.
         self._connect().close()
 
@@ -340,3 +342,21 @@ def _is_timeout(error: BaseException) -> bool:
         return "statement timeout" in str(error)
     args: tuple[Any, ...] = error.args
     return len(args) > 0 and args[0] in _MYSQL_TIMEOUT_CODES
+
+
+def postgres_session(dbapi_connection: Any, _record: Any) -> None:
+    """Values keep their meaning: intervals arrive as ISO 8601 text (`P-1M`: a month stays a
+    month, where a timedelta would make it 30 days) and JSON as its text (a JSON `null` stays
+    JSON, not SQL NULL)."""
+    from psycopg.types.string import TextLoader
+
+    class JsonTextLoader(TextLoader):
+        def load(self, data: Any) -> JsonText:
+            return JsonText(super().load(data))
+
+    dbapi_connection.adapters.register_loader("interval", TextLoader)
+    for type_name in ("json", "jsonb"):
+        dbapi_connection.adapters.register_loader(type_name, JsonTextLoader)
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET intervalstyle = 'iso_8601'")
+    dbapi_connection.commit()

@@ -15,6 +15,7 @@ import pytest
 from reverse_etl.errors import WarehouseError
 from reverse_etl.warehouse import Warehouse, open_warehouse
 from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, describe
+from reverse_etl.warehouse.sqlalchemy_generic import postgres_session
 
 pytestmark = pytest.mark.postgres
 
@@ -56,8 +57,11 @@ def warehouse(postgres_url: str, tmp_path: Path) -> Iterator[Warehouse]:
 
 
 def generic(postgres_url: str, sql: str, batch_rows: int) -> pa.Table:
-    """What the generic path builds: psycopg rows through rows_to_arrow."""
-    with psycopg.connect(postgres_url) as conn, conn.cursor() as cur:
+    """What the generic path builds: psycopg rows, read in the session the generic warehouse
+    sets up, through rows_to_arrow."""
+    with psycopg.connect(postgres_url) as conn:
+        postgres_session(conn, None)
+        cur = conn.cursor()
         cur.execute(sql)  # type: ignore[arg-type]
         assert cur.description is not None
         hints = describe("postgresql", cur.description)
@@ -118,10 +122,18 @@ def test_an_unconstrained_numeric_takes_its_scale_from_the_first_batch(
 def test_a_type_copy_cannot_parse_keeps_the_generic_path(
     warehouse: Warehouse, postgres_url: str
 ) -> None:
-    sql = "SELECT ARRAY[1, 2] AS tags, INTERVAL '1 day' AS wait, TIMETZ '12:00+02' AS t"
+    sql = "SELECT ARRAY[1, 2] AS tags, INTERVAL '-1 month 1 day' AS wait, TIMETZ '12:00+02' AS t"
     table = warehouse.stream(sql).read_all()
 
     assert table.to_pylist() == generic(postgres_url, sql, 10).to_pylist()
+    # An interval keeps its months (a timedelta would make them 30 days), in ISO 8601.
+    assert table.column("wait").to_pylist() == ["P-1M1D"]
+
+
+def test_json_null_stays_json_and_sql_null_stays_null(warehouse: Warehouse) -> None:
+    sql = "SELECT 'null'::jsonb AS j UNION ALL SELECT NULL::jsonb ORDER BY 1 NULLS LAST"
+
+    assert warehouse.stream(sql).read_all().column("j").to_pylist() == ["null", None]
 
 
 def test_an_error_while_copying_is_one_clean_message(warehouse: Warehouse) -> None:
