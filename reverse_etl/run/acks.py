@@ -45,10 +45,21 @@ class AcknowledgementWriter:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
         self.jobs.put(None)
         self.thread.join()
-        self._raise()
+        if exc_type is None:
+            self._raise()
+        # Else the run is already ending with its own error: a state error is kept for the
+        # caller (`pending_error`) rather than raised over it, which would hide the cause.
+
+    def pending_error(self) -> StateError | None:
+        """The error that stopped the state writes, once they have all been tried."""
+        try:
+            self._raise()
+        except StateError as exc:
+            return exc
+        return None
 
     def acknowledge(self, delivered: pa.Table, deleted: pa.Table) -> None:
         """Record a batch's accepted records and deleted keys (through `commit`)."""

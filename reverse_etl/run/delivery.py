@@ -22,7 +22,7 @@ import pyarrow as pa
 from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
 from reverse_etl.destinations.ledger import DeliveryMarker, marker_target
-from reverse_etl.errors import DestinationError
+from reverse_etl.errors import DestinationError, StateError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
     CHANGE_COLUMN,
@@ -51,6 +51,8 @@ else:
 # after pauses of 1, 2, 4 ... seconds (the connector already honoured any Retry-After).
 RETRY_ROUNDS = 3
 RETRY_WAIT_SECONDS = 1.0
+# How often a run records its counts so far in the run log.
+PROGRESS_SECONDS = 1.0
 
 _NO_KEYS = pa.table({"key": pa.array([], pa.string())})
 # Why a create sent to a destination without delivery markers is in doubt until answered.
@@ -83,6 +85,7 @@ class Delivery:
         on_event: EventHook | None = None,
         snapshot: SnapshotBackend | None = None,
         doubts: InDoubtRecords | None = None,
+        on_counts: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self.plan = plan
         # Where acknowledgements go: the snapshot attached to `con` unless told otherwise.
@@ -98,6 +101,11 @@ class Delivery:
             {d.key: d.error for d in dead_letters.list(plan.sync)} if dead_letter_keys else {}
         )
         self.new_rejections = 0
+        self.state_error: StateError | None = None
+        # Counts so far, recorded at most every PROGRESS_SECONDS (the run log), so that a run
+        # killed with SIGKILL still says what the destination acknowledged.
+        self.on_counts = on_counts
+        self.counts_recorded_at = time.monotonic()
         self.run_id = run_id
         self.on_progress = on_progress
         self.on_event = on_event
@@ -166,6 +174,11 @@ class Delivery:
             failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         except DestinationError as exc:
             failed, hint = exc.message, exc.hint
+        except StateError as exc:
+            self.state_error = exc
+        self.state_error = self.state_error or self.acks.pending_error()
+        if self.state_error is not None:
+            return self._state_failure(failed, status)
         if self.batches and self.exactly_once:
             self._forget_markers()
         if failed is None:
@@ -188,6 +201,29 @@ class Delivery:
             return DeliveryResult("success", dict(self.counts))
         return DeliveryResult(
             "failed" if status == "success" else status, dict(self.counts), failed, hint
+        )
+
+    def _state_failure(self, failed: str | None, status: str) -> DeliveryResult:
+        """State could not record what the destination acknowledged: the run fails and says
+        what landed. Nothing is lost: delivery markers (databases, files) stay in the
+        destination for the next run to replay, creates stay in doubt (looked up next run),
+        and upserts, updates and deletes are sent again, which is harmless."""
+        assert self.state_error is not None
+        landed = ", ".join(
+            f"{self.counts[op]:,} {op}" for op in ("create", "update", "delete") if self.counts[op]
+        )
+        message = (
+            f"{self.state_error.message}; the destination acknowledged {landed or 'nothing'} "
+            "before that"
+        )
+        if failed:
+            message = f"{failed}; and {message}"
+        hint = (
+            "fix the state store (disk space, permissions), then run again: what landed is "
+            "recognised (delivery markers, look-ups) or re-sent idempotently"
+        )
+        return DeliveryResult(
+            "failed" if status == "success" else status, dict(self.counts), message, hint
         )
 
     def _forget_markers(self) -> None:
@@ -408,6 +444,14 @@ class Delivery:
             self.sent += table.num_rows - len(result.retry)
             self._report_batch(op, table, result)
 
+    def counts_so_far(self) -> dict[str, int]:
+        """The counts as they stand, with what the lanes' requests cost so far."""
+        counts = dict(self.counts)
+        for lane in self.lanes:
+            for name, n in lane.delivery_stats().items():
+                counts[name] = counts.get(name, 0) + n
+        return counts
+
     def _settle(self, result: BatchResult, table: pa.Table) -> None:
         """Make an answer whole (records it does not mention are in doubt) and note what was
         wrong with it, for the warnings and the run's error."""
@@ -492,6 +536,9 @@ class Delivery:
         self._report_batch(op, table, result)
         if self.on_progress:
             self.on_progress(self.sent, self.total)
+        if self.on_counts and time.monotonic() - self.counts_recorded_at >= PROGRESS_SECONDS:
+            self.counts_recorded_at = time.monotonic()
+            self.on_counts(self.counts_so_far())
         rejected = self.new_rejections
         again = self.counts["rejected"] - rejected
         also = f" (and {again:,} dead letters rejected again as before)" if again else ""
@@ -604,12 +651,6 @@ class Delivery:
             self.new_rejections += len(rejected) - repeated
             if repeated:
                 self.counts["rejected_again"] = self.counts.get("rejected_again", 0) + repeated
-        if self.doubts is not None and op == "create" and not self.exactly_once:
-            answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
-            if answered:
-                self.doubts.remove(
-                    self.plan.sync, [str(k) for k in _take(keys, answered).to_pylist()]
-                )
         # Only deletes can be of rows removed from the source: the others all stay in state.
         removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed") if op == "delete" else None
         deleted = (
@@ -636,6 +677,17 @@ class Delivery:
         )
         if accepted.num_rows:
             self.acks.acknowledge(delivered, deleted)
+        if self.doubts is not None and op == "create" and not self.exactly_once:
+            answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
+            if answered:
+                # After this batch's state commit (same writer, in order): if that fails, the
+                # keys stay in doubt and the next run looks them up.
+                self.acks.submit(
+                    _no_longer_in_doubt,
+                    self.doubts,
+                    self.plan.sync,
+                    [str(k) for k in _take(keys, answered).to_pylist()],
+                )
         self.counts[op] += accepted.num_rows - result.absent
         if result.absent:
             self.counts["absent"] = self.counts.get("absent", 0) + result.absent
@@ -684,6 +736,12 @@ class _Stopped(Exception):
 def _take(data: pa.Table | pa.ChunkedArray, indices: list[int]) -> Any:
     """Rows `indices` of a table or column (an empty list included)."""
     return data.take(pa.array(indices, pa.int64()))
+
+
+def _no_longer_in_doubt(
+    _con: duckdb.DuckDBPyConnection, doubts: InDoubtRecords, sync: str, keys: list[str]
+) -> None:
+    doubts.remove(sync, keys)
 
 
 def _keys(table: pa.Table) -> list[str]:

@@ -693,6 +693,11 @@ class Engine:
                     options.on_event,
                     snapshot=backend,
                     doubts=self.doubts,
+                    on_counts=(
+                        (lambda counts: run_log.progress(record.id, counts))
+                        if record is not None
+                        else None
+                    ),
                 )
                 result = delivery.execute(config_hash)
                 outcome.counts = result.counts

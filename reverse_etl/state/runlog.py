@@ -30,7 +30,10 @@ RunTrigger = Literal["manual", "schedule", "dlq_retry"]
 
 RUN_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
 RUN_TRIGGERS: frozenset[str] = frozenset(get_args(RunTrigger))
-INTERRUPTED_ERROR = "interrupted (process ended before the run finished)"
+INTERRUPTED_ERROR = (
+    "interrupted (process ended before the run finished); the counts are what the destination "
+    "had acknowledged when it was last recorded"
+)
 
 
 @dataclass(frozen=True)
@@ -220,6 +223,15 @@ class RunLog:
                 raise StateError(f"run '{run_id}' is not in the run log {self.path}")
             row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
             return _run_from_row(row.fetchone())
+
+    def progress(self, run_id: str, counts: Mapping[str, int]) -> None:
+        """What a running run has delivered so far: a run killed before `finish` keeps these
+        counts (what the destination acknowledged up to then), not zeros."""
+        with self._db.write() as conn:
+            conn.execute(
+                "UPDATE runs SET counts = ? WHERE id = ? AND status = 'running'",
+                (_counts_json(counts), run_id),
+            )
 
     def record(
         self,

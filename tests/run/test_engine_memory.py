@@ -508,3 +508,42 @@ def test_dead_letters_go_after_fresh_changes_and_a_repeat_of_the_same_error_is_n
     # A new rejection counts: 1 of 2 sent is above the ratio.
     assert refused.status == "failed"
     assert refused.error is not None and "newly rejected" in refused.error
+
+
+def test_a_failed_state_write_says_what_landed_and_the_next_run_recognises_it(
+    mem: MemoryProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reverse_etl.errors import StateError
+    from reverse_etl.state.snapshot import SnapshotStore
+
+    mem.write("insert", batch_size=10)
+    mem.set_source([(i, f"n{i}") for i in range(1, 36)])
+    original = SnapshotStore.acknowledge
+    calls = {"n": 0}
+
+    def failing(con: Any, delivered: Any = None, deleted: Any = None, **meta: Any) -> None:
+        if delivered is not None:
+            calls["n"] += 1
+            if calls["n"] >= 2:
+                raise StateError("disk full")
+        original(con, delivered, deleted, **meta)
+
+    monkeypatch.setattr(SnapshotStore, "acknowledge", staticmethod(failing))
+    failed = mem.run()
+    monkeypatch.setattr(SnapshotStore, "acknowledge", staticmethod(original))
+    gc.collect()
+
+    # The run says what landed, and why it failed, instead of "sent: nothing".
+    landed = len(mem.names())
+    assert failed.status == "failed" and landed > 10
+    assert failed.counts["create"] == landed
+    assert failed.error is not None and "disk full" in failed.error
+    assert f"acknowledged {landed} create" in failed.error
+
+    resumed = mem.run()
+
+    # Keys state missed are still in doubt: looked up, found, acknowledged; none re-inserted.
+    assert resumed.status == "success", resumed.error
+    assert resumed.counts["rejected"] == 0 and mem.dead_letters() == []
+    assert mem.state_keys() == {str(i) for i in range(1, 36)}
+    assert counts(mem) == {}
