@@ -64,16 +64,25 @@ def dlq(
                 "what was delivered are sent again by the next run"
             )
             return
+        queued = set(queue.keys(sync.name))
         outcome = engine.run(
             sync,
             RunOptions(only_dead_letters=True, trigger="dlq_retry", confirm=lambda _: yes or True),
         )
+        still = len(queued.intersection(queue.keys(sync.name)))
         if json_output:
-            print_json({"runs": [outcome.to_json()]})
+            print_json({"runs": [outcome.to_json()], "still_queued": still})
         else:
             render_summary(err, [outcome])
         if outcome.status in ("failed", "refused"):
             raise FailureReported(f"retrying the dead letters of {sync.name} {outcome.status}")
+        if still:
+            message = (
+                f"{still:,} of {len(queued):,} dead letters of {sync.name} were rejected again "
+                f"and stay in the queue; see `retl dlq {sync.name}`"
+            )
+            err.print(message, style="red")
+            raise FailureReported(message)
         return
     sync_name = optional_sync(
         project, words, "usage: retl dlq [SYNC] | retl dlq retry SYNC | retl dlq clear SYNC"

@@ -547,3 +547,21 @@ def test_a_failed_state_write_says_what_landed_and_the_next_run_recognises_it(
     assert resumed.counts["rejected"] == 0 and mem.dead_letters() == []
     assert mem.state_keys() == {str(i) for i in range(1, 36)}
     assert counts(mem) == {}
+
+
+def test_dlq_retry_says_when_dead_letters_are_still_rejected(mem: MemoryProject) -> None:
+    mem.configure(reject_when={"name": "bad"})
+    mem.write("insert")
+    mem.set_source([(1, "ann"), (2, "bad")])
+    mem.run()
+
+    retried = mem.cli("dlq", "retry", "contacts", "--json")
+
+    assert retried.code == 1
+    assert retried.json()["still_queued"] == 1
+    assert "1 of 1 dead letters of contacts were rejected again" in retried.err
+    assert len(mem.dead_letters()) == 1
+
+    mem.configure()
+    assert mem.cli("dlq", "retry", "contacts").code == 0
+    assert mem.dead_letters() == []
