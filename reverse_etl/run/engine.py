@@ -299,6 +299,13 @@ class Engine:
         else:
             plan = build_plan(con, inputs)
         plan.mode_switch = opened.mode_switch
+        doubtful = self.doubts.count(sync.name)
+        if doubtful:
+            plan.notes.append(
+                f"{doubtful:,} records are in doubt from an earlier run (sent, no readable "
+                "answer): they are looked up in the destination before they are sent again; "
+                f"`retl dlq {sync.name}` lists them"
+            )
         pause = self.paused(sync.name)
         if pause is not None:
             plan.pause = pause

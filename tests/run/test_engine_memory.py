@@ -407,6 +407,7 @@ def test_a_record_the_answer_leaves_out_is_in_doubt_and_never_counted_delivered(
     listed = mem.cli("dlq", "contacts", "--json").json()
     assert [(d["key"], d["operation"]) for d in listed["in_doubt"]] == [("2", "create")]
     assert "1 record(s) in doubt" in mem.cli("dlq", "contacts").out
+    assert any("1 records are in doubt from an earlier run" in n for n in mem.plan().notes)
 
     mem.configure(resolves=False)
     again = mem.run()
