@@ -39,12 +39,15 @@ rate limiter and the retry policy (destinations/retry.py).
 from __future__ import annotations
 
 import base64
+import collections
 import datetime as dt
+import json
 import math
 import re
 import threading
 from collections.abc import Coroutine, Iterable, Sequence
-from decimal import Decimal
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -64,7 +67,13 @@ from reverse_etl.destinations.base import (
     url_location,
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
-from reverse_etl.destinations.retry import GiveUp, RetryPolicy, RetryStats, send
+from reverse_etl.destinations.retry import (
+    RETRYABLE_STATUS,
+    GiveUp,
+    RetryPolicy,
+    RetryStats,
+    send,
+)
 from reverse_etl.destinations.salesforce_bulk import BulkIngest, BulkSettings
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
@@ -81,6 +90,20 @@ _STRINGS = frozenset(
     | {"reference", "combobox", "encryptedstring"}
 )
 _NUMBERS = frozenset({"double", "currency", "percent"})
+# Times records rolled back only because of a sibling are sent again within one delivery.
+MAX_RESENDS = 2
+# Extra requests one batch may spend splitting requests Salesforce refused as a whole (400),
+# enough to single out a few malformed records among 200 (about 16 requests each).
+SPLIT_REQUESTS = 48
+# What is parsed of an error answer, and kept of each message in it.
+MAX_ERROR_BODY = 64 * 1024
+MAX_MESSAGE = 1000
+# Answers to an insert after which Salesforce may have created the records.
+_MAYBE_APPLIED = frozenset({500, 502, 503, 504})
+# Transport errors that mean the request never left: anything else may have been applied.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_ROLLED_BACK = "rolled back because of another record, and again when sent without it"
+_ERROR_CODE = re.compile(r'"errorCode"\s{0,8}:\s{0,8}"([A-Za-z_]{1,80})"')
 
 T = TypeVar("T")
 
@@ -175,7 +198,11 @@ class SalesforceDestination(Destination):
 
     options_model = SalesforceOptions
     capabilities = Capabilities(
-        default_batch_size=MAX_RECORDS, max_batch_size=MAX_RECORDS, concurrent_batches=4
+        guarantee="idempotent",
+        resolves=True,
+        default_batch_size=MAX_RECORDS,
+        max_batch_size=MAX_RECORDS,
+        concurrent_batches=4,
     )
     options: SalesforceOptions
 
@@ -251,7 +278,7 @@ class SalesforceDestination(Destination):
                 name=str(f["name"]),
                 type=str(f["type"]),
                 nullable=bool(f.get("nillable") or f.get("defaultedOnCreate")),
-                unique=bool(f.get("externalId") or f.get("idLookup")),
+                unique=_unique(f),
                 required=_required(f),
                 writable=bool(f.get("createable") or f.get("updateable")),
             )
@@ -388,6 +415,14 @@ class SalesforceDestination(Destination):
     def deliver(self, batch: Batch) -> BatchResult:
         return _run(self._deliver(batch))
 
+    def resolve(self, batch: Batch) -> BatchResult:
+        """Records in doubt, looked up by their key (SOQL over the key field, or their Id):
+        found holding the values sent -> accepted with their Id; absent or holding other values
+        -> sent again (update and upsert are idempotent); an insert whose key is taken by a
+        record with other values stays in doubt (sending it again could duplicate it); a delete
+        whose record is gone -> accepted as absent, still there -> sent again."""
+        return _run(self._resolve(batch))
+
     def _bulk(self, batch: Batch) -> BulkIngest | None:
         """Bulk API 2.0 for a batch larger than `bulk_threshold`, else None (Collections)."""
         threshold = self.options.bulk_threshold
@@ -406,37 +441,41 @@ class SalesforceDestination(Destination):
         bulk = self._bulk(batch)
         described_key = describe.get((batch.key_field or "").lower())
         key = str(described_key["name"]) if described_key else batch.key_field
+        stored = list(batch.ids or [None] * len(rows))
         if batch.action == "delete":
             ids = await self._ids_for(batch, rows, result)
             todo = [i for i, record_id in enumerate(ids) if record_id is not None]
-            result.absent += len(rows) - len(todo)
+            for i in set(range(len(rows))) - set(todo):
+                result.accept(i)  # found nowhere: already gone
+                result.absent += 1
             if bulk is not None:
                 records = [{"Id": ids[i]} for i in todo]
                 await bulk.deliver(batch.object, "delete", records, todo, result, identity="Id")
                 return result
+            sent = _Sent(batch.object, "delete", key, rows, ids, [], {}, describe)
             for start in range(0, len(todo), MAX_RECORDS):
-                chunk = todo[start : start + MAX_RECORDS]
-                await self._delete(chunk, [str(ids[i]) for i in chunk], result)
+                await self._delete(sent, todo[start : start + MAX_RECORDS], result)
             return result
         if batch.action == "update":
             ids = await self._ids_for(batch, rows, result)
             todo = [i for i, record_id in enumerate(ids) if record_id is not None]
-            payload = [
-                {"attributes": {"type": batch.object}, **rows[i], "Id": ids[i]} for i in todo
-            ]
+            payload = {
+                i: {"attributes": {"type": batch.object}, **rows[i], "Id": ids[i]} for i in todo
+            }
         else:
+            ids = stored
             todo = list(range(len(rows)))
             # On create a null is the same as no value: leave it out (smaller requests).
             drop_nulls = batch.action == "insert"
-            payload = [
-                {
+            payload = {
+                i: {
                     "attributes": {"type": batch.object},
                     **{k: v for k, v in row.items() if v is not None or not drop_nulls},
                 }
-                for row in rows
-            ]
+                for i, row in enumerate(rows)
+            }
         if bulk is not None:
-            records = [{k: v for k, v in p.items() if k != "attributes"} for p in payload]
+            records = [{k: v for k, v in payload[i].items() if k != "attributes"} for i in todo]
             await bulk.deliver(
                 batch.object,
                 batch.action,
@@ -451,10 +490,18 @@ class SalesforceDestination(Destination):
             method, path = "PATCH", f"/composite/sobjects/{batch.object}/{key}"
         else:
             method, path = ("POST" if batch.action == "insert" else "PATCH"), "/composite/sobjects"
+        identity = [key] if key else _comparable(describe, rows)
+        sent = _Sent(batch.object, batch.action, key, rows, ids, identity, payload, describe)
         for start in range(0, len(todo), MAX_RECORDS):
             chunk = todo[start : start + MAX_RECORDS]
-            body = {"allOrNone": False, "records": payload[start : start + MAX_RECORDS]}
-            await self._collection(method, path, body, chunk, result)
+            try:
+                await self._collection(sent, method, path, chunk, result)
+            except DestinationError:
+                if not result.accepted:
+                    raise  # nothing of the batch was applied: the destination cannot be used
+                for i in todo[start:]:
+                    result.retry.setdefault(i, "not sent: Salesforce refused an earlier request")
+                return result
         return result
 
     async def _adescribe(self, object: str) -> dict[str, dict[str, Any]]:
@@ -480,51 +527,281 @@ class SalesforceDestination(Destination):
         return record
 
     async def _collection(
-        self, method: str, path: str, body: dict[str, Any], chunk: list[int], result: BatchResult
-    ) -> None:
-        try:
-            response = await self._request(method, path, json=body, allow={400})
-        except GiveUp as exc:
-            result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
-            return
-        if response.status_code == 400:  # the request as a whole is malformed: every record fails
-            message = _errors(response)
-            result.rejected.update({i: message for i in chunk})
-            return
-        self._take_results(response, chunk, result)
-
-    async def _delete(self, chunk: list[int], ids: list[str], result: BatchResult) -> None:
-        params = {"ids": ",".join(ids), "allOrNone": "false"}
-        try:
-            response = await self._request("DELETE", "/composite/sobjects", params=params)
-        except GiveUp as exc:
-            result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
-            return
-        self._take_results(response, chunk, result, gone_is_absent=True)
-
-    def _take_results(
         self,
-        response: httpx.Response,
+        sent: _Sent,
+        method: str,
+        path: str,
         chunk: list[int],
         result: BatchResult,
-        gone_is_absent: bool = False,
+        resends: int = 0,
     ) -> None:
-        """One result per record, in request order: ids of the good, messages of the bad."""
-        answers = response.json()
-        if not isinstance(answers, list) or len(answers) != len(chunk):
-            raise DestinationError(
-                f"Salesforce answered {len(answers) if isinstance(answers, list) else 'no'} "
-                f"results for {len(chunk)} records; sObject Collections promises one per record"
+        """One sObject Collections call for the records `chunk`, and their outcomes by
+        identity. A request refused as a whole (400) is split until the records that cause it
+        are found; records rolled back only because of a sibling are sent again without it."""
+        body = {"allOrNone": False, "records": [sent.payload[i] for i in chunk]}
+        inserting = sent.action == "insert"
+        try:
+            response = await self._request(
+                method,
+                path,
+                content=_dumps(body),
+                content_type="application/json",
+                allow={400} | (_MAYBE_APPLIED if inserting else set()),
+                once=inserting,
             )
-        for index, answer in zip(chunk, answers, strict=True):
-            errors = answer.get("errors") or []
-            if answer.get("success"):
-                if answer.get("id"):
-                    result.ids[index] = str(answer["id"])
-            elif gone_is_absent and any(e.get("statusCode") == "ENTITY_IS_DELETED" for e in errors):
+        except GiveUp as exc:  # refused before it was applied (429, busy org, no connection)
+            result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
+            return
+        except _MaybeApplied as exc:
+            _doubt(result, chunk, f"Salesforce: {exc} after the records were sent")
+            return
+        if response.status_code == 400:
+            await self._split(sent, method, path, chunk, response, result, resends)
+            return
+        if response.status_code >= 500:
+            _doubt(
+                result,
+                chunk,
+                f"Salesforce answered HTTP {response.status_code}: {_errors(response)}",
+            )
+            return
+        answers = _answers(response)
+        if sent.action == "update":
+            again = self._by_id(sent, chunk, answers, result)
+        else:
+            again = await self._by_key(sent, chunk, answers, result)
+        if not again:
+            return
+        if resends >= MAX_RESENDS:
+            result.retry.update({i: _ROLLED_BACK for i in again})
+            return
+        await self._collection(sent, method, path, again, result, resends + 1)
+
+    async def _split(
+        self,
+        sent: _Sent,
+        method: str,
+        path: str,
+        chunk: list[int],
+        response: httpx.Response,
+        result: BatchResult,
+        resends: int,
+    ) -> None:
+        """Bisect a request Salesforce refused as a whole (e.g. JSON_PARSER_ERROR for one
+        malformed value): only a record refused on its own is rejected. When the splitting
+        budget is spent, the rest share the request's message."""
+        message = _errors(response)
+        if len(chunk) == 1 or sent.splits < 2:
+            others = f" (refused with {len(chunk) - 1} other records)" if len(chunk) > 1 else ""
+            result.rejected.update({i: message + others for i in chunk})
+            return
+        sent.splits -= 2
+        half = len(chunk) // 2
+        for part in (chunk[:half], chunk[half:]):
+            await self._collection(sent, method, path, part, result, resends)
+
+    async def _delete(self, sent: _Sent, chunk: list[int], result: BatchResult) -> None:
+        ids = [str(sent.ids[i]) for i in chunk]
+        params = {"ids": ",".join(ids), "allOrNone": "false"}
+        for _ in range(MAX_RESENDS + 1):
+            try:
+                response = await self._request("DELETE", "/composite/sobjects", params=params)
+            except GiveUp as exc:
+                result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
+                return
+            chunk = self._by_id(sent, chunk, _answers(response), result)
+            if not chunk:
+                return
+            params = {"ids": ",".join(str(sent.ids[i]) for i in chunk), "allOrNone": "false"}
+        result.retry.update({i: _ROLLED_BACK for i in chunk})
+
+    def _by_id(
+        self,
+        sent: _Sent,
+        chunk: list[int],
+        answers: list[dict[str, Any]] | None,
+        result: BatchResult,
+    ) -> list[int]:
+        """Outcomes of an update or delete by the `id` of each result, which is the record's
+        Id. A failure without an id belongs to the record at its place only when every result
+        that has an id is at its record's place. Returns the records rolled back because of a
+        sibling (to send again); records the answer does not place are in doubt."""
+        if answers is None:
+            _doubt(result, chunk, "Salesforce's answer was not a list of results")
+            return []
+        waiting = {_id15(sent.ids[i]): i for i in chunk}
+        placed = len(answers) == len(chunk) and all(
+            a.get("id") is None or _id15(a["id"]) == _id15(sent.ids[chunk[p]])
+            for p, a in enumerate(answers)
+        )
+        again: list[int] = []
+        for p, answer in enumerate(answers):
+            record_id = answer.get("id")
+            if isinstance(record_id, str) and record_id:
+                index = waiting.pop(_id15(record_id), None)
+            elif placed and not answer.get("success"):
+                index = waiting.pop(_id15(sent.ids[chunk[p]]), None)
+            else:
+                index = None
+            if index is None:
+                continue
+            errors = _error_list(answer)
+            if answer.get("success") is True and not errors:
+                result.accept(index, str(sent.ids[index]))
+            elif sent.action == "delete" and _has_code(errors, "ENTITY_IS_DELETED"):
+                result.accept(index)
                 result.absent += 1
+            elif _only_rolled_back(errors):
+                again.append(index)
             else:
                 result.rejected[index] = _record_errors(errors)
+        reason = (
+            f"Salesforce answered {len(answers)} results for {len(chunk)} records and none "
+            "for this record's Id"
+        )
+        _doubt(result, list(waiting.values()), reason)
+        return again
+
+    async def _by_key(
+        self,
+        sent: _Sent,
+        chunk: list[int],
+        answers: list[dict[str, Any]] | None,
+        result: BatchResult,
+    ) -> list[int]:
+        """Outcomes of an insert or upsert. Its results carry only the record's Id, so each is
+        matched to its record by identity: the Id stored for the record (upsert of a record
+        retl delivered before) or else by reading the new Ids back (SOQL) and matching the key
+        (or, without a key, the values sent). A failure belongs to the record at its place only
+        when every success was found at its own record's place. What cannot be matched is in
+        doubt. Returns the records rolled back because of a sibling."""
+        if answers is None or len(answers) != len(chunk):
+            count = "no list of" if answers is None else str(len(answers))
+            _doubt(result, chunk, f"Salesforce answered {count} results for {len(chunk)} records")
+            return []
+        successes = {
+            p: str(a["id"])
+            for p, a in enumerate(answers)
+            if a.get("success") is True and isinstance(a.get("id"), str) and a["id"]
+        }
+        owner: dict[int, int] = {}  # place in the answer -> record it belongs to
+        for p, record_id in successes.items():
+            known = sent.ids[chunk[p]]
+            if known is not None and _id15(known) == _id15(record_id):
+                owner[p] = chunk[p]
+        unknown = {p: i for p, i in successes.items() if p not in owner}
+        placed = True
+        if len(chunk) == 1 and unknown:
+            owner[0] = chunk[0]  # one record, one result: nothing to confuse it with
+        elif unknown:
+            read = await self._read_back(sent, list(unknown.values()))
+            if read is None or not sent.identity:
+                placed = False
+            else:
+                waiting: dict[tuple[Any, ...], collections.deque[int]] = {}
+                for i in chunk:
+                    if i not in owner.values():
+                        waiting.setdefault(sent.signature(i), collections.deque()).append(i)
+                for p, record_id in unknown.items():
+                    signature = read.get(_id15(record_id))
+                    queue = waiting.get(signature) if signature is not None else None
+                    if queue:
+                        owner[p] = queue.popleft()
+                placed = all(
+                    p in owner and sent.signature(owner[p]) == sent.signature(chunk[p])
+                    for p in unknown
+                )
+        for p, index in owner.items():
+            result.accept(index, successes[p])
+        again: list[int] = []
+        if placed:
+            for p, answer in enumerate(answers):
+                if p in successes:
+                    continue
+                errors = _error_list(answer)
+                if _only_rolled_back(errors):
+                    again.append(chunk[p])
+                else:
+                    result.rejected[chunk[p]] = _record_errors(errors)
+        unmatched = [i for i in chunk if i not in result.accepted and i not in again]
+        unmatched = [i for i in unmatched if i not in result.rejected]
+        _doubt(result, unmatched, "Salesforce's results could not be matched to this record")
+        return again
+
+    async def _read_back(self, sent: _Sent, ids: list[str]) -> dict[str, tuple[Any, ...]] | None:
+        """Id (15 characters) -> the identity of the record Salesforce holds under it, read by
+        SOQL; None when the answer cannot be read."""
+        if not sent.identity:
+            return None
+        fields = ", ".join(["Id", *[f for f in sent.identity if f != "Id"]])
+        found: dict[str, tuple[Any, ...]] = {}
+        try:
+            for start in range(0, len(ids), MAX_RECORDS):
+                literals = ", ".join(_soql(i) for i in ids[start : start + MAX_RECORDS])
+                soql = f"SELECT {fields} FROM {sent.object} WHERE Id IN ({literals})"
+                for record in await self._query(soql):
+                    if isinstance(record.get("Id"), str):
+                        found[_id15(record["Id"])] = sent.read_signature(record)
+        except (GiveUp, DestinationError, _Unreadable):
+            return None
+        return found
+
+    async def _resolve(self, batch: Batch) -> BatchResult:
+        describe = await self._adescribe(batch.object)
+        rows = [self._record(row, describe) for row in batch.records.to_pylist()]
+        result = BatchResult()
+        described_key = describe.get((batch.key_field or "").lower())
+        stored = list(batch.ids or [None] * len(rows))
+        if described_key is not None:
+            by = str(described_key["name"])
+            values = [row.get(by) for row in rows]
+        elif any(stored):
+            by, values = "Id", stored
+        else:
+            return Destination.resolve(self, batch)
+        fields = (
+            [] if batch.action == "delete" else [n for n in rows[0] if n != "Id"] if rows else []
+        )
+        sent = _Sent(batch.object, batch.action, by, rows, stored, [by], {}, describe)
+        wanted = [v for v in dict.fromkeys(values) if v is not None]
+        names = ", ".join(dict.fromkeys(["Id", by, *fields]))
+        found: dict[Any, list[dict[str, Any]]] = {}
+        try:
+            for start in range(0, len(wanted), LOOKUP_CHUNK):
+                literals = ", ".join(_soql(v) for v in wanted[start : start + LOOKUP_CHUNK])
+                soql = f"SELECT {names} FROM {batch.object} WHERE {by} IN ({literals})"
+                for record in await self._query(soql):
+                    found.setdefault(sent.read_signature(record), []).append(record)
+        except (GiveUp, _Unreadable) as exc:
+            reason = f"could not be looked up: {exc}"
+            return BatchResult(in_doubt=dict.fromkeys(range(len(rows)), reason))
+        for i, row in enumerate(rows):
+            if values[i] is None:
+                result.in_doubt[i] = f"no {by} to look it up by"
+                continue
+            holders = found.get(sent.signature(i), [])
+            if batch.action == "delete":
+                if holders:
+                    result.retry[i] = "still in Salesforce: deleted again"
+                else:
+                    result.accept(i)
+                    result.absent += 1
+                continue
+            same = [r for r in holders if all(sent.same(n, row.get(n), r.get(n)) for n in fields)]
+            if same:
+                result.accept(i, str(same[0]["Id"]))
+            elif not holders or batch.action != "insert":
+                result.retry[i] = (
+                    "not in Salesforce: sent again"
+                    if not holders
+                    else "Salesforce holds other values: sent again"
+                )
+            else:
+                result.in_doubt[i] = (
+                    f"a {batch.object} record with {by} = {values[i]!r} holds other values "
+                    "than were sent: creating it again could duplicate it"
+                )
+        return result
 
     async def _ids_for(
         self, batch: Batch, rows: list[dict[str, Any]], result: BatchResult
@@ -540,40 +817,73 @@ class SalesforceDestination(Destination):
         unknown = [i for i, record_id in enumerate(stored) if record_id is None]
         name = str(key["name"]) if key is not None else ""
         searchable = key is not None and bool(key.get("externalId") or key.get("idLookup"))
+        ambiguous: set[str] = set()
         if unknown and searchable:
-            found = await self._lookup(batch.object, name, [rows[i][name] for i in unknown])
+            found, ambiguous = await self._lookup(
+                batch.object, name, [rows[i][name] for i in unknown]
+            )
             for i in unknown:
                 stored[i] = found.get(str(rows[i][name]))
-        if batch.action == "update":
-            for i in unknown:
-                if stored[i] is not None:
-                    continue
+        for i in unknown:
+            if searchable and str(rows[i][name]) in ambiguous:
                 result.rejected[i] = (
-                    f"no {batch.object} record has {name} = {rows[i][name]!r} in Salesforce "
-                    "(update never creates: run an upsert first)"
-                    if searchable
-                    else "no Salesforce Id known for this record: run an upsert first"
+                    f"several {batch.object} records have {name} = {rows[i][name]!r}: "
+                    "retl cannot tell which one this record is (map the key to a unique field)"
                 )
+                stored[i] = None
+                continue
+            if batch.action != "update" or stored[i] is not None:
+                continue
+            result.rejected[i] = (
+                f"no {batch.object} record has {name} = {rows[i][name]!r} in Salesforce "
+                "(update never creates: run an upsert first)"
+                if searchable
+                else "no Salesforce Id known for this record: run an upsert first"
+            )
+        if batch.action == "delete":
+            # A delete whose record is ambiguous is neither sent nor counted as gone.
+            return [None if i in result.rejected else stored[i] for i in range(len(rows))]
         return stored
 
-    async def _lookup(self, object: str, key: str, values: list[Any]) -> dict[str, str]:
-        """Key value (as text) -> Id of the records that have it, by SOQL over the key field."""
+    async def _lookup(
+        self, object: str, key: str, values: list[Any]
+    ) -> tuple[dict[str, str], set[str]]:
+        """Key value (as text) -> Id of the record that has it, by SOQL over the key field,
+        and the values more than one record has (an idLookup field need not be unique)."""
         found: dict[str, str] = {}
+        ambiguous: set[str] = set()
         wanted = [v for v in dict.fromkeys(values) if v is not None]
         for start in range(0, len(wanted), LOOKUP_CHUNK):
             literals = ", ".join(_soql(v) for v in wanted[start : start + LOOKUP_CHUNK])
             soql = f"SELECT Id, {key} FROM {object} WHERE {key} IN ({literals})"
-            response = await self._request("GET", "/query", params={"q": soql})
-            while True:
-                page = response.json()
-                for record in page.get("records", []):
-                    if record.get(key) is not None:
-                        found[str(record[key])] = str(record["Id"])
-                following = page.get("nextRecordsUrl")
-                if page.get("done", True) or not following:
-                    break
-                response = await self._request("GET", str(following), absolute=True)
-        return found
+            try:
+                records = await self._query(soql)
+            except _Unreadable as exc:
+                raise DestinationError(f"Salesforce answered a query unreadably: {exc}") from None
+            for record in records:
+                value = record.get(key)
+                if value is None or not isinstance(record.get("Id"), str):
+                    continue
+                text = _soql_text(value)
+                if text in found and found[text] != record["Id"]:
+                    ambiguous.add(text)
+                found[text] = str(record["Id"])
+        return found, ambiguous
+
+    async def _query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record a SOQL query answers (following `nextRecordsUrl`), numbers exact;
+        _Unreadable when a page is not the documented {records, done} object."""
+        response = await self._request("GET", "/query", params={"q": soql})
+        records: list[dict[str, Any]] = []
+        while True:
+            page = _json(response, exact=True)
+            if not isinstance(page, dict) or not isinstance(page.get("records"), list):
+                raise _Unreadable("the query's answer held no list of records")
+            records.extend(r for r in page["records"] if isinstance(r, dict))
+            following = page.get("nextRecordsUrl")
+            if page.get("done", True) or not following:
+                return records
+            response = await self._request("GET", str(following), absolute=True)
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -590,14 +900,28 @@ class SalesforceDestination(Destination):
         allow: Iterable[int] = (),
         absolute: bool = False,
         policy: RetryPolicy | None = None,
+        once: bool = False,
     ) -> httpx.Response:
         """One REST call under the retry policy and the org's rate limiter. Returns a 2xx
         response (or one of `allow`); raises DestinationError for a refusal no retry can fix
-        and GiveUp when retries ran out."""
+        and GiveUp when retries ran out. A transient REQUEST_LIMIT_EXCEEDED (too many
+        concurrent requests, while Sforce-Limit-Info shows budget left) is retried with backoff;
+        the daily budget used up is not. `once`: the call is not idempotent (an insert), so it
+        is repeated only after answers that say nothing was applied (429, the transient
+        refusal, no connection); after any other failure it raises _MaybeApplied."""
         if self._client is None:
             self._client = await self._new_client()
         client = self._client
         refreshed = False
+
+        def worth_retrying(response: httpx.Response) -> bool:
+            self._note_usage(response)
+            if self._transient_refusal(response):
+                return True
+            if once:
+                return response.status_code == 429
+            return response.status_code in RETRYABLE_STATUS
+
         while True:
             token, instance = await self._credentials(refresh=refreshed)
             self._refuse_when_over_budget(instance)
@@ -609,12 +933,21 @@ class SalesforceDestination(Destination):
                 headers["Content-Type"] = content_type
 
             async def attempt(url: str = url, headers: dict[str, str] = headers) -> httpx.Response:
-                return await client.request(
-                    method, url, params=params, json=json, content=content, headers=headers
-                )
+                try:
+                    return await client.request(
+                        method, url, params=params, json=json, content=content, headers=headers
+                    )
+                except httpx.TransportError as exc:
+                    if once and not isinstance(exc, _NOT_SENT):
+                        raise _MaybeApplied(exc.__class__.__name__) from None
+                    raise
 
             response = await send(
-                attempt, limiter=self._limiter, policy=policy or self.policy, stats=self.stats
+                attempt,
+                limiter=self._limiter,
+                policy=policy or self.policy,
+                stats=self.stats,
+                retryable=worth_retrying,
             )
             self._note_usage(response)
             if response.status_code == 401 and self._client_credentials and not refreshed:
@@ -635,10 +968,23 @@ class SalesforceDestination(Destination):
                 "access_token names",
             )
         if _code(response) == "REQUEST_LIMIT_EXCEEDED":
-            raise self._budget_error(instance)
+            raise self._budget_error(instance, _errors(response))
         raise DestinationError(
             f"Salesforce answered HTTP {status} to {method} {path.split('?')[0]}: {_errors(response)}"
         )
+
+    def _transient_refusal(self, response: httpx.Response) -> bool:
+        """A 403 REQUEST_LIMIT_EXCEEDED that is not the daily budget: Salesforce uses the code
+        also for too many concurrent requests ("ConcurrentPerOrgLongTxn Limit exceeded",
+        "ConcurrentRequests ... Limit exceeded"). Its Sforce-Limit-Info tells them apart (the
+        daily budget is used up only when used >= limit); without it, the message does
+        ("TotalRequests Limit exceeded" is the daily one)."""
+        if response.status_code != 403 or _code(response) != "REQUEST_LIMIT_EXCEEDED":
+            return False
+        usage = _USAGE.search(response.headers.get("sforce-limit-info", ""))
+        if usage is not None:
+            return int(usage.group(1)) < int(usage.group(2))
+        return "totalrequests" not in _errors(response).lower()
 
     @property
     def _client_credentials(self) -> bool:
@@ -702,23 +1048,153 @@ class SalesforceDestination(Destination):
         if limit and used >= limit:
             raise self._budget_error(instance)
 
-    def _budget_error(self, instance: str) -> DestinationError:
+    def _budget_error(self, instance: str, said: str = "") -> DestinationError:
         used, limit = self._shared.budget or (0, 0)
         usage = f" (api-usage={used}/{limit})" if limit else ""
+        said = said or "REQUEST_LIMIT_EXCEEDED"
         return DestinationError(
             f"the daily API request budget of Salesforce org {url_location(instance)} is used "
-            f"up{usage}: REQUEST_LIMIT_EXCEEDED; nothing more was sent",
+            f"up{usage}: {said}; nothing more was sent",
             "Salesforce counts requests over a rolling 24 hours: run again later, or ask for a "
             "higher limit; records not sent are sent by the next run",
         )
+
+
+# -- records as sent and as answered ------------------------------------------------------------
+
+
+class _MaybeApplied(Exception):
+    """An insert's request failed after it was sent (timeout, reset): it may have been applied."""
+
+
+class _Unreadable(Exception):
+    """An answer that is not the documented shape."""
+
+
+@dataclass
+class _Sent:
+    """One batch as sent: the records (JSON-ready, by batch index), their Ids where known, and
+    the fields that identify a record when an answer carries only Ids (`identity`)."""
+
+    object: str
+    action: Action
+    key: str | None
+    rows: list[dict[str, Any]]
+    ids: list[str | None]
+    identity: list[str]
+    payload: dict[int, dict[str, Any]]
+    describe: dict[str, dict[str, Any]]
+    splits: int = SPLIT_REQUESTS  # requests left for splitting refused requests
+
+    def kind(self, name: str) -> str:
+        f = self.describe.get(name.lower())
+        return str(f["type"]) if f else ""
+
+    def signature(self, index: int) -> tuple[Any, ...]:
+        """The identity of record `index` as sent."""
+        row = self.rows[index]
+        return tuple(
+            _canon("id", self.ids[index] if row.get(n) is None else row.get(n))
+            if n == "Id"
+            else _canon(self.kind(n), row.get(n))
+            for n in self.identity
+        )
+
+    def read_signature(self, record: dict[str, Any]) -> tuple[Any, ...]:
+        """The identity of a record as a query answered it."""
+        return tuple(_canon(self.kind(n), _field(record, n)) for n in self.identity)
+
+    def same(self, name: str, sent: Any, held: Any) -> bool:
+        return bool(_canon(self.kind(name), sent) == _canon(self.kind(name), held))
+
+
+def _field(record: dict[str, Any], name: str) -> Any:
+    """A field of a query record, by name regardless of case (SOQL answers the described case)."""
+    if name in record:
+        return record[name]
+    lowered = name.lower()
+    return next((v for k, v in record.items() if k.lower() == lowered), None)
+
+
+def _canon(kind: str, value: Any) -> Any:
+    """A value as sent or as read, in one form for comparison: Ids by their first 15
+    characters, numbers exactly, date-times as instants, empty text as null."""
+    if value is None or value == "":
+        return None
+    if kind in ("id", "reference"):
+        return _id15(value)
+    if isinstance(value, bool) or kind == "boolean":
+        return str(value).lower() == "true"
+    if kind in _NUMBERS or kind == "int" or isinstance(value, int | float | Decimal):
+        try:
+            return Decimal(str(value)).normalize()
+        except InvalidOperation:
+            return str(value)
+    if kind == "datetime" and isinstance(value, str):
+        text = re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", value.replace("Z", "+00:00"))
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        return moment.astimezone(dt.UTC).replace(microsecond=moment.microsecond // 1000 * 1000)
+    return str(value)
+
+
+def _comparable(describe: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """Without a key field, the fields whose values identify an inserted record when it is read
+    back (those a query answers in the form they were sent)."""
+    names = list(dict.fromkeys(n for row in rows for n in row))
+    kinds = _STRINGS | _NUMBERS | {"int", "boolean", "date", "datetime"}
+    return [n for n in names if str((describe.get(n.lower()) or {}).get("type")) in kinds]
+
+
+def _id15(value: Any) -> str:
+    """A Salesforce Id's case-sensitive 15 characters (the 18-character form adds a checksum)."""
+    return str(value)[:15]
+
+
+def _doubt(result: BatchResult, indexes: Iterable[int], reason: str) -> None:
+    for i in indexes:
+        if i not in result.accepted and i not in result.rejected:
+            result.in_doubt.setdefault(i, reason)
+
+
+def _answers(response: httpx.Response) -> list[dict[str, Any]] | None:
+    """sObject Collections' results, or None when the answer is not a list of objects."""
+    body = _json(response)
+    if not isinstance(body, list) or not all(isinstance(a, dict) for a in body):
+        return None
+    return body
+
+
+def _error_list(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    errors = answer.get("errors")
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def _has_code(errors: list[dict[str, Any]], code: str) -> bool:
+    return any(e.get("statusCode") == code for e in errors)
+
+
+def _only_rolled_back(errors: list[dict[str, Any]]) -> bool:
+    """Failed only because another record of the request failed (ALL_OR_NONE_OPERATION_
+    ROLLED_BACK): the record itself is fine and is sent again without that one."""
+    return bool(errors) and all(
+        e.get("statusCode") == "ALL_OR_NONE_OPERATION_ROLLED_BACK" for e in errors
+    )
 
 
 # -- values and messages -----------------------------------------------------------------------
 
 
 def _value(value: Any, kind: str) -> Any:
-    """A Python value as JSON for a field of describe type `kind` (unknown kinds: plain JSON)."""
+    """A Python value as JSON for a field of describe type `kind` (unknown kinds: plain JSON).
+    Numbers stay exact: decimals and integers are sent as they are, never through float."""
     if value is None:
+        return None
+    if isinstance(value, Decimal) and not value.is_finite():
         return None
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -729,11 +1205,13 @@ def _value(value: Any, kind: str) -> Any:
             return value.isoformat()
         if isinstance(value, float) and value.is_integer():
             return str(int(value))
+        if isinstance(value, Decimal):
+            return _decimal_text(value)
         return value if isinstance(value, str) else str(_plain(value))
     if kind == "int" and isinstance(value, float | Decimal) and value == int(value):
         return int(value)
     if kind in _NUMBERS and isinstance(value, Decimal | int) and not isinstance(value, bool):
-        return float(value)
+        return value
     if kind == "date" and isinstance(value, dt.date):
         return (value.date() if isinstance(value, dt.datetime) else value).isoformat()
     if kind == "datetime" and isinstance(value, dt.date):
@@ -748,57 +1226,131 @@ def _value(value: Any, kind: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """What json cannot encode itself: decimals as numbers, bytes as base64, durations as
-    seconds, dates and times as ISO text."""
-    if isinstance(value, Decimal):
-        return float(value)
+    """What json cannot encode itself: bytes as base64, durations as seconds, dates and times
+    as ISO text. Decimals stay decimals (`_dumps` writes them exactly)."""
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, dt.timedelta):
-        return value.total_seconds()
+        return Decimal(value.days * 86400 + value.seconds) + Decimal(value.microseconds) / 10**6
     isoformat = getattr(value, "isoformat", None)
     return isoformat() if callable(isoformat) else value
+
+
+def _decimal_text(value: Decimal) -> str:
+    """A decimal in plain notation (no exponent: 1E+16 is 10000000000000000)."""
+    return format(value, "f")
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON with exact numbers: decimals in plain notation, integers as integers (json.dumps
+    cannot write a Decimal, and float() would round 9007199254740993 to ...992)."""
+    return "".join(_encode(value)).encode("utf-8")
+
+
+def _encode(value: Any) -> Iterable[str]:
+    if isinstance(value, dict):
+        yield "{"
+        for n, (k, v) in enumerate(value.items()):
+            yield ("," if n else "") + json.dumps(str(k)) + ":"
+            yield from _encode(v)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "["
+        for n, v in enumerate(value):
+            if n:
+                yield ","
+            yield from _encode(v)
+        yield "]"
+    elif isinstance(value, Decimal):
+        yield _decimal_text(value) if value.is_finite() else "null"
+    elif isinstance(value, float):
+        yield repr(value) if math.isfinite(value) else "null"
+    elif isinstance(value, bool) or value is None or isinstance(value, int | str):
+        yield json.dumps(value)
+    else:
+        yield json.dumps(str(value))
 
 
 def _soql(value: Any) -> str:
     """A SOQL literal: text quoted with backslash escapes, numbers and booleans bare."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float | Decimal):
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
+    if isinstance(value, int | float):
         return str(value)
     text = str(value).replace("\\", "\\\\").replace("'", "\\'")
     return f"'{text}'"
 
 
+def _soql_text(value: Any) -> str:
+    """A key value as text, the same for the value sent and the value a query answers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return _decimal_text(value)
+    return str(value)
+
+
 def _required(f: dict[str, Any]) -> bool:
-    """Describe's rule: required on create when createable, not nillable, not defaulted."""
+    """Describe's rule: required on create when createable, not nillable and not defaulted."""
     return bool(f.get("createable") and not f.get("nillable") and not f.get("defaultedOnCreate"))
+
+
+def _unique(f: dict[str, Any]) -> bool:
+    """Describe's fields whose values identify a record: Id, `unique` fields and external ids
+    (Salesforce matches upserts by them and refuses a value two records share rather than pick
+    one). `idLookup` alone does not: Contact.Email is idLookup and not unique."""
+    return bool(f.get("name") == "Id" or f.get("unique") or f.get("externalId"))
 
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(response: httpx.Response, *, exact: bool = False) -> Any:
+    """The answer as JSON (numbers as Decimal when `exact`); None when it is not JSON. An error
+    answer is parsed only when it is at most MAX_ERROR_BODY bytes."""
+    content = response.content
+    if response.status_code >= 300 and len(content) > MAX_ERROR_BODY:
+        return None
     try:
-        return response.json()
-    except ValueError:
+        return json.loads(content, parse_float=Decimal) if exact else json.loads(content)
+    except (ValueError, UnicodeDecodeError):
         return None
 
 
 def _code(response: httpx.Response) -> str:
     body = _json(response)
     if isinstance(body, list) and body and isinstance(body[0], dict):
-        return str(body[0].get("errorCode", ""))
+        return str(body[0].get("errorCode", ""))[:80]
+    if body is None and response.status_code >= 300:
+        match = _ERROR_CODE.search(response.content[:MAX_ERROR_BODY].decode("utf-8", "replace"))
+        return match.group(1) if match else ""
     return ""
 
 
 def _errors(response: httpx.Response) -> str:
-    """A whole-request error body ([{errorCode, message}]) as `CODE: message` text."""
+    """A whole-request error body ([{errorCode, message}]) as `CODE: message` text, each
+    message cut at MAX_MESSAGE characters; a body too large or not JSON by its status, size
+    and first error code."""
     body = _json(response)
     if isinstance(body, list) and body and all(isinstance(e, dict) for e in body):
-        return "; ".join(f"{e.get('errorCode', 'ERROR')}: {e.get('message', '')}" for e in body)
-    return f"HTTP {response.status_code}"
+        parts = [
+            f"{_short(e.get('errorCode', 'ERROR'), 80)}: {_short(e.get('message', ''))}"
+            for e in body[:10]
+        ]
+        more = f" (and {len(body) - 10} more errors)" if len(body) > 10 else ""
+        return "; ".join(parts) + more
+    size = len(response.content)
+    code = _code(response) if response.status_code >= 300 else ""
+    unread = f", a {size:,}-byte body not read" if size > MAX_ERROR_BODY else ""
+    return f"HTTP {response.status_code}{' ' + code if code else ''}{unread}"
+
+
+def _short(value: Any, limit: int = MAX_MESSAGE) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _record_errors(errors: list[dict[str, Any]]) -> str:
@@ -806,8 +1358,12 @@ def _record_errors(errors: list[dict[str, Any]]) -> str:
     if not errors:
         return "Salesforce reported a failure without an error"
     parts = []
-    for e in errors:
+    for e in errors[:10]:
         fields = e.get("fields") or []
-        where = f" ({', '.join(map(str, fields))})" if fields else ""
-        parts.append(f"{e.get('statusCode', 'ERROR')}: {e.get('message', '')}{where}")
+        where = (
+            f" ({', '.join(map(str, fields[:20]))})" if isinstance(fields, list) and fields else ""
+        )
+        parts.append(
+            f"{_short(e.get('statusCode', 'ERROR'), 80)}: {_short(e.get('message', ''))}{where}"
+        )
     return "; ".join(dict.fromkeys(parts))

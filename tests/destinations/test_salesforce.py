@@ -243,9 +243,23 @@ def test_records_of_a_request_that_runs_out_of_retries_are_to_be_retried_later()
     try:
         for crm in connect(server):
             crm.policy = RetryPolicy(attempts=2, initial_wait=0.01, total_seconds=2)  # type: ignore[attr-defined]
-            result = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+            batch = Batch("Account", "upsert", "External_Id__c", accounts((1, "a"), (2, "b")))
+            result = crm.deliver(batch)
         assert sorted(result.retry) == [0, 1] and not result.rejected
         assert "HTTP 503" in result.retry[0]
+    finally:
+        server.stop()
+
+
+def test_an_insert_answered_with_a_5xx_is_in_doubt_and_not_sent_again_blind() -> None:
+    server = FlakyCollections()
+    server.start()
+    try:
+        for crm in connect(server):
+            result = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+        assert sorted(result.in_doubt) == [0, 1] and not result.accepted and not result.retry
+        assert "HTTP 503" in result.in_doubt[0]
+        assert [e.method for e in server.log if "/composite/" in e.path] == ["POST"]
     finally:
         server.stop()
 
