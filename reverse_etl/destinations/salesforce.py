@@ -1325,8 +1325,13 @@ def _code(response: httpx.Response) -> str:
     if isinstance(body, list) and body and isinstance(body[0], dict):
         return str(body[0].get("errorCode", ""))[:80]
     if body is None and response.status_code >= 300:
-        match = _ERROR_CODE.search(response.content[:MAX_ERROR_BODY].decode("utf-8", "replace"))
-        return match.group(1) if match else ""
+        # Too large to parse: the code is looked for at the start and at the end (Salesforce
+        # writes it after the message) of the body, never in all of it.
+        content = response.content
+        for window in (content[:MAX_ERROR_BODY], content[-MAX_ERROR_BODY:]):
+            match = _ERROR_CODE.search(window.decode("utf-8", "replace"))
+            if match:
+                return match.group(1)
     return ""
 
 
