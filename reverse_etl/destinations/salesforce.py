@@ -5,16 +5,23 @@ Documented behaviours followed (REST API Developer Guide, developer.salesforce.c
 platform/api-rest/guide/ and atlas.en-us.api_rest.meta/api_rest/):
 - "Create / Update / Upsert / Delete Records Using sObject Collections": at most 200 records per
   call; every record carries `attributes.type`; `allOrNone: false` keeps the good records; a
-  well-formed request answers 200 with one result per record *in request order* ({id, success,
-  errors[{statusCode, message, fields}]}); a malformed one 400. Insert is POST
-  /composite/sobjects, update PATCH /composite/sobjects with each record's `Id`, upsert PATCH
-  /composite/sobjects/{SobjectName}/{ExternalIdFieldName} (records only of that type, external
-  ids only, no `Id`), delete DELETE /composite/sobjects?ids=...&allOrNone=false.
+  well-formed request answers 200 with one result per record ({id, success, errors[{statusCode,
+  message, fields}]}, upsert adds `created`); a malformed one 400 for the whole request (e.g.
+  JSON_PARSER_ERROR for one value its field cannot read). Insert is POST /composite/sobjects,
+  update PATCH /composite/sobjects with each record's `Id`, upsert PATCH
+  /composite/sobjects/{SobjectName}/{ExternalIdFieldName}, delete DELETE
+  /composite/sobjects?ids=...&allOrNone=false.
 - "sObject Describe" / "Describe Global": field name, type, createable, updateable, nillable,
-  defaultedOnCreate, externalId, idLookup; a field is required on create when it is createable,
-  not nillable and not defaulted on create.
+  defaultedOnCreate, externalId, idLookup, unique; a field is required on create when it is
+  createable, not nillable and not defaulted on create. `idLookup` alone does not make a field
+  unique (Contact.Email is idLookup and not unique): the catalog says unique for Id, `unique`
+  and external id fields.
 - "Limit Info Header": `Sforce-Limit-Info: api-usage=N/M` is the org's daily API usage; past it
-  the API answers 403 REQUEST_LIMIT_EXCEEDED, which no retry can fix before the budget recovers.
+  the API answers 403 REQUEST_LIMIT_EXCEEDED ("TotalRequests Limit exceeded."), which no retry
+  can fix before the budget recovers. The same code also refuses too many concurrent requests
+  ("ConcurrentPerOrgLongTxn Limit exceeded.", "ConcurrentRequests ... Limit exceeded."): such a
+  refusal, told apart by the header (used < limit) or else by its message, is retried with the
+  retry policy's backoff (bounded), not reported as the daily budget.
   "Limits" (`GET /limits`, API 29.0+, needs View Setup and Configuration): `DailyApiRequests`
   {Max, Remaining} over a rolling 24 hours; a plan reads it to check the run fits the budget.
 - "OAuth 2.0 Client Credentials Flow": POST /services/oauth2/token with grant_type=
@@ -22,7 +29,25 @@ platform/api-rest/guide/ and atlas.en-us.api_rest.meta/api_rest/):
   answers 401 INVALID_SESSION_ID ("Error Handling for Session Expiration"): one new token is
   fetched, then the destination fails.
 - "Query" (`GET /query?q=SOQL`, pages through `nextRecordsUrl`): finds the Ids of update and
-  delete records whose Id retl does not know, by the key field (an external id or idLookup).
+  delete records whose Id retl does not know, by the key field (an external id or idLookup; a
+  value two records share is rejected, not guessed); reads new Ids back; resolves records in
+  doubt.
+Outcomes by identity (SPEC §6.4), never by position: an update or delete result belongs to the
+record whose Id it names. Insert and upsert results carry only an Id, so retl uses the Id stored
+for the record (an upsert of a record it delivered before) or reads the new Ids back
+(`SELECT Id, <key> FROM <object> WHERE Id IN (...)`, or the values sent when there is no key)
+and matches them by key; a call of one record needs no read-back. A failure without an Id
+belongs to the record at its place only when every success was found at its own record's place.
+A result count that differs from the records sent, an answer that is not a list of results, an
+unreadable read-back, or an insert whose request failed after it was sent (timeout, reset, 5xx;
+an insert is never re-sent blind) leave the records in doubt; `resolve` then looks them up by
+key (found with the values sent: accepted with its Id; absent or different: sent again; an
+insert whose key holds other values stays in doubt). A request refused as a whole (400) is
+split until the records that cause it are found (at most SPLIT_REQUESTS extra requests per
+batch); records failed only with ALL_OR_NONE_OPERATION_ROLLED_BACK are sent again without the
+failing sibling. Numbers are sent exactly (decimals in plain notation, integers as integers,
+never through float). Error bodies are parsed up to 64 kB and messages kept up to 1,000
+characters.
 Large operations go through Bulk API 2.0 ingest jobs (destinations/salesforce_bulk.py, which
 lists the pages it follows): when an operation of a run (its creates, updates or deletes) has
 more than `bulk_threshold` records (2,000, Salesforce's own guidance; null: never), the run
@@ -358,7 +383,9 @@ class SalesforceDestination(Destination):
     ) -> int:
         """One collection call per 200 records, or for batches above `bulk_threshold` one Bulk
         API job each (about `BULK_JOB_REQUESTS`: its polls depend on how long Salesforce takes);
-        updates and deletes also look up, per batch, the Ids not stored (a query per 100)."""
+        inserts and upserts of more than one record per call also read the new Ids back (a
+        query per call: their results carry no key); updates and deletes also look up, per
+        batch, the Ids not stored (a query per 100)."""
         threshold = self.options.bulk_threshold
         if threshold is not None and batch_size > threshold:
             batches = -(-records // batch_size)
@@ -367,6 +394,8 @@ class SalesforceDestination(Destination):
             batch = min(batch_size, MAX_RECORDS)
             batches = -(-records // batch)
             calls = batches * -(-batch // MAX_RECORDS)
+            if action in ("insert", "upsert") and min(batch, records) > 1:
+                calls *= 2
         if action in ("update", "delete") and unknown_ids:
             calls += min(batches, unknown_ids) + unknown_ids // LOOKUP_CHUNK
         return calls
@@ -496,11 +525,14 @@ class SalesforceDestination(Destination):
             chunk = todo[start : start + MAX_RECORDS]
             try:
                 await self._collection(sent, method, path, chunk, result)
-            except DestinationError:
-                if not result.accepted:
+            except DestinationError as exc:
+                answered = result.accepted | result.rejected.keys() | result.in_doubt.keys()
+                if not answered:
                     raise  # nothing of the batch was applied: the destination cannot be used
+                # Some records have their outcome already: keep it; the rest were not sent.
                 for i in todo[start:]:
-                    result.retry.setdefault(i, "not sent: Salesforce refused an earlier request")
+                    if i not in answered:
+                        result.retry.setdefault(i, f"not sent: {exc.message}")
                 return result
         return result
 
@@ -823,9 +855,9 @@ class SalesforceDestination(Destination):
                 batch.object, name, [rows[i][name] for i in unknown]
             )
             for i in unknown:
-                stored[i] = found.get(str(rows[i][name]))
+                stored[i] = found.get(_soql_text(rows[i][name]))
         for i in unknown:
-            if searchable and str(rows[i][name]) in ambiguous:
+            if searchable and _soql_text(rows[i][name]) in ambiguous:
                 result.rejected[i] = (
                     f"several {batch.object} records have {name} = {rows[i][name]!r}: "
                     "retl cannot tell which one this record is (map the key to a unique field)"

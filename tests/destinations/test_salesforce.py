@@ -549,3 +549,18 @@ def test_catalog_flags_come_from_describe_and_idlookup_alone_is_not_unique(
     assert fields["Email"].unique is False  # idLookup, not unique
     assert fields["External_Id__c"].unique is True and fields["Id"].unique is True
     assert fields["LastName"].required is True and fields["Name"].writable is False
+
+
+def test_an_update_keyed_by_a_non_unique_idlookup_field_never_guesses_between_records(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    people = pa.table({"LastName": ["a", "b", "c"], "Email": ["dup@x.io", "dup@x.io", "one@x.io"]})
+    crm.deliver(Batch("Contact", "insert", None, people))
+    changes = pa.table({"Email": ["dup@x.io", "one@x.io"], "LastName": ["new", "new"]})
+
+    result = crm.deliver(Batch("Contact", "update", "Email", changes))
+
+    assert result.accepted == {1}
+    assert result.rejected[0].startswith("several Contact records have Email = 'dup@x.io'")
+    held = sorted(r["LastName"] for r in salesforce_server.store["Contact"].values())
+    assert held == ["a", "b", "new"]
