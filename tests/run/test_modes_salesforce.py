@@ -420,3 +420,18 @@ def test_one_malformed_value_dead_letters_only_its_record(
     (letter,) = sf.dead_letters()
     assert letter["key"] == "10" and letter["error"].startswith("JSON_PARSER_ERROR")
     assert len(salesforce_server.store["Account"]) == 9
+
+
+def test_refusals_for_too_many_concurrent_requests_are_retried_and_the_run_succeeds(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    sf.write_sync(mode="upsert", mapping=MAPPING, batch_size=2, limits=OPEN_LIMITS)
+    sf.set_source(SIX)
+    salesforce_server.faults.concurrent_refusals = 3
+
+    result = sf.cli("run", "contacts")
+
+    assert result.code == 0, result.output
+    assert "daily API request budget" not in result.output
+    assert accounts(salesforce_server) == {str(i): f"a{i}" for i in range(1, 7)}
+    assert [e.status for e in salesforce_server.log].count(403) == 3
