@@ -43,7 +43,7 @@ unreadable read-back, or an insert whose request failed after it was sent (timeo
 an insert is never re-sent blind) leave the records in doubt; `resolve` then looks them up by
 key (found with the values sent: accepted with its Id; absent or different: sent again; an
 insert whose key holds other values stays in doubt). A request refused as a whole (400) is
-split until the records that cause it are found (at most SPLIT_REQUESTS extra requests per
+split until the records that cause it are found (at most 48 extra requests per
 batch); records failed only with ALL_OR_NONE_OPERATION_ROLLED_BACK are sent again without the
 failing sibling. Numbers are sent exactly (decimals in plain notation, integers as integers,
 never through float). Error bodies are parsed up to 64 kB and messages kept up to 1,000
@@ -63,16 +63,10 @@ rate limiter and the retry policy (destinations/retry.py).
 
 from __future__ import annotations
 
-import base64
 import collections
-import datetime as dt
-import json
-import math
 import re
 import threading
 from collections.abc import Coroutine, Iterable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -100,6 +94,24 @@ from reverse_etl.destinations.retry import (
     send,
 )
 from reverse_etl.destinations.salesforce_bulk import BulkIngest, BulkSettings
+from reverse_etl.destinations.salesforce_values import (
+    Sent,
+    collection_results,
+    comparable_fields,
+    doubt,
+    dumps,
+    error_code,
+    has_code,
+    id15,
+    json_body,
+    json_value,
+    key_text,
+    only_rolled_back,
+    record_error_list,
+    record_errors,
+    request_errors,
+    soql_literal,
+)
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
 from reverse_etl.types import Action
@@ -110,25 +122,13 @@ LOOKUP_CHUNK = 100  # key values per SOQL lookup (keeps the query URL short)
 BULK_JOB_REQUESTS = 12
 _API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
-_STRINGS = frozenset(
-    {"string", "textarea", "email", "url", "picklist", "multipicklist", "phone", "id"}
-    | {"reference", "combobox", "encryptedstring"}
-)
-_NUMBERS = frozenset({"double", "currency", "percent"})
 # Times records rolled back only because of a sibling are sent again within one delivery.
 MAX_RESENDS = 2
-# Extra requests one batch may spend splitting requests Salesforce refused as a whole (400),
-# enough to single out a few malformed records among 200 (about 16 requests each).
-SPLIT_REQUESTS = 48
-# What is parsed of an error answer, and kept of each message in it.
-MAX_ERROR_BODY = 64 * 1024
-MAX_MESSAGE = 1000
 # Answers to an insert after which Salesforce may have created the records.
 _MAYBE_APPLIED = frozenset({500, 502, 503, 504})
 # Transport errors that mean the request never left: anything else may have been applied.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _ROLLED_BACK = "rolled back because of another record, and again when sent without it"
-_ERROR_CODE = re.compile(r'"errorCode"\s{0,8}:\s{0,8}"([A-Za-z_]{1,80})"')
 
 T = TypeVar("T")
 
@@ -411,7 +411,7 @@ class SalesforceDestination(Destination):
             response = _run(
                 self._request("GET", "/limits", allow={403, 404}, policy=_LIMITS_POLICY)
             )
-            body = _json(response) if response.status_code == 200 else None
+            body = json_body(response) if response.status_code == 200 else None
             daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
         except DestinationError:
             daily = None
@@ -481,7 +481,7 @@ class SalesforceDestination(Destination):
                 records = [{"Id": ids[i]} for i in todo]
                 await bulk.deliver(batch.object, "delete", records, todo, result, identity="Id")
                 return result
-            sent = _Sent(batch.object, "delete", key, rows, ids, [], {}, describe)
+            sent = Sent(batch.object, "delete", key, rows, ids, [], {}, describe)
             for start in range(0, len(todo), MAX_RECORDS):
                 await self._delete(sent, todo[start : start + MAX_RECORDS], result)
             return result
@@ -519,8 +519,8 @@ class SalesforceDestination(Destination):
             method, path = "PATCH", f"/composite/sobjects/{batch.object}/{key}"
         else:
             method, path = ("POST" if batch.action == "insert" else "PATCH"), "/composite/sobjects"
-        identity = [key] if key else _comparable(describe, rows)
-        sent = _Sent(batch.object, batch.action, key, rows, ids, identity, payload, describe)
+        identity = [key] if key else comparable_fields(describe, rows)
+        sent = Sent(batch.object, batch.action, key, rows, ids, identity, payload, describe)
         for start in range(0, len(todo), MAX_RECORDS):
             chunk = todo[start : start + MAX_RECORDS]
             try:
@@ -555,12 +555,12 @@ class SalesforceDestination(Destination):
         record: dict[str, Any] = {}
         for name, value in row.items():
             f = describe.get(name.lower())
-            record[str(f["name"]) if f else name] = _value(value, str(f["type"]) if f else "")
+            record[str(f["name"]) if f else name] = json_value(value, str(f["type"]) if f else "")
         return record
 
     async def _collection(
         self,
-        sent: _Sent,
+        sent: Sent,
         method: str,
         path: str,
         chunk: list[int],
@@ -576,7 +576,7 @@ class SalesforceDestination(Destination):
             response = await self._request(
                 method,
                 path,
-                content=_dumps(body),
+                content=dumps(body),
                 content_type="application/json",
                 allow={400} | (_MAYBE_APPLIED if inserting else set()),
                 once=inserting,
@@ -585,19 +585,19 @@ class SalesforceDestination(Destination):
             result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
             return
         except _MaybeApplied as exc:
-            _doubt(result, chunk, f"Salesforce: {exc} after the records were sent")
+            doubt(result, chunk, f"Salesforce: {exc} after the records were sent")
             return
         if response.status_code == 400:
             await self._split(sent, method, path, chunk, response, result, resends)
             return
         if response.status_code >= 500:
-            _doubt(
+            doubt(
                 result,
                 chunk,
-                f"Salesforce answered HTTP {response.status_code}: {_errors(response)}",
+                f"Salesforce answered HTTP {response.status_code}: {request_errors(response)}",
             )
             return
-        answers = _answers(response)
+        answers = collection_results(response)
         if sent.action == "update":
             again = self._by_id(sent, chunk, answers, result)
         else:
@@ -611,7 +611,7 @@ class SalesforceDestination(Destination):
 
     async def _split(
         self,
-        sent: _Sent,
+        sent: Sent,
         method: str,
         path: str,
         chunk: list[int],
@@ -622,7 +622,7 @@ class SalesforceDestination(Destination):
         """Bisect a request Salesforce refused as a whole (e.g. JSON_PARSER_ERROR for one
         malformed value): only a record refused on its own is rejected. When the splitting
         budget is spent, the rest share the request's message."""
-        message = _errors(response)
+        message = request_errors(response)
         if len(chunk) == 1 or sent.splits < 2:
             others = f" (refused with {len(chunk) - 1} other records)" if len(chunk) > 1 else ""
             result.rejected.update({i: message + others for i in chunk})
@@ -632,7 +632,7 @@ class SalesforceDestination(Destination):
         for part in (chunk[:half], chunk[half:]):
             await self._collection(sent, method, path, part, result, resends)
 
-    async def _delete(self, sent: _Sent, chunk: list[int], result: BatchResult) -> None:
+    async def _delete(self, sent: Sent, chunk: list[int], result: BatchResult) -> None:
         ids = [str(sent.ids[i]) for i in chunk]
         params = {"ids": ",".join(ids), "allOrNone": "false"}
         for _ in range(MAX_RESENDS + 1):
@@ -641,7 +641,7 @@ class SalesforceDestination(Destination):
             except GiveUp as exc:
                 result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
                 return
-            chunk = self._by_id(sent, chunk, _answers(response), result)
+            chunk = self._by_id(sent, chunk, collection_results(response), result)
             if not chunk:
                 return
             params = {"ids": ",".join(str(sent.ids[i]) for i in chunk), "allOrNone": "false"}
@@ -649,7 +649,7 @@ class SalesforceDestination(Destination):
 
     def _by_id(
         self,
-        sent: _Sent,
+        sent: Sent,
         chunk: list[int],
         answers: list[dict[str, Any]] | None,
         result: BatchResult,
@@ -659,44 +659,44 @@ class SalesforceDestination(Destination):
         that has an id is at its record's place. Returns the records rolled back because of a
         sibling (to send again); records the answer does not place are in doubt."""
         if answers is None:
-            _doubt(result, chunk, "Salesforce's answer was not a list of results")
+            doubt(result, chunk, "Salesforce's answer was not a list of results")
             return []
-        waiting = {_id15(sent.ids[i]): i for i in chunk}
+        waiting = {id15(sent.ids[i]): i for i in chunk}
         placed = len(answers) == len(chunk) and all(
-            a.get("id") is None or _id15(a["id"]) == _id15(sent.ids[chunk[p]])
+            a.get("id") is None or id15(a["id"]) == id15(sent.ids[chunk[p]])
             for p, a in enumerate(answers)
         )
         again: list[int] = []
         for p, answer in enumerate(answers):
             record_id = answer.get("id")
             if isinstance(record_id, str) and record_id:
-                index = waiting.pop(_id15(record_id), None)
+                index = waiting.pop(id15(record_id), None)
             elif placed and not answer.get("success"):
-                index = waiting.pop(_id15(sent.ids[chunk[p]]), None)
+                index = waiting.pop(id15(sent.ids[chunk[p]]), None)
             else:
                 index = None
             if index is None:
                 continue
-            errors = _error_list(answer)
+            errors = record_error_list(answer)
             if answer.get("success") is True and not errors:
                 result.accept(index, str(sent.ids[index]))
-            elif sent.action == "delete" and _has_code(errors, "ENTITY_IS_DELETED"):
+            elif sent.action == "delete" and has_code(errors, "ENTITY_IS_DELETED"):
                 result.accept(index)
                 result.absent += 1
-            elif _only_rolled_back(errors):
+            elif only_rolled_back(errors):
                 again.append(index)
             else:
-                result.rejected[index] = _record_errors(errors)
+                result.rejected[index] = record_errors(errors)
         reason = (
             f"Salesforce answered {len(answers)} results for {len(chunk)} records and none "
             "for this record's Id"
         )
-        _doubt(result, list(waiting.values()), reason)
+        doubt(result, list(waiting.values()), reason)
         return again
 
     async def _by_key(
         self,
-        sent: _Sent,
+        sent: Sent,
         chunk: list[int],
         answers: list[dict[str, Any]] | None,
         result: BatchResult,
@@ -709,7 +709,7 @@ class SalesforceDestination(Destination):
         doubt. Returns the records rolled back because of a sibling."""
         if answers is None or len(answers) != len(chunk):
             count = "no list of" if answers is None else str(len(answers))
-            _doubt(result, chunk, f"Salesforce answered {count} results for {len(chunk)} records")
+            doubt(result, chunk, f"Salesforce answered {count} results for {len(chunk)} records")
             return []
         successes = {
             p: str(a["id"])
@@ -719,7 +719,7 @@ class SalesforceDestination(Destination):
         owner: dict[int, int] = {}  # place in the answer -> record it belongs to
         for p, record_id in successes.items():
             known = sent.ids[chunk[p]]
-            if known is not None and _id15(known) == _id15(record_id):
+            if known is not None and id15(known) == id15(record_id):
                 owner[p] = chunk[p]
         unknown = {p: i for p, i in successes.items() if p not in owner}
         placed = True
@@ -735,7 +735,7 @@ class SalesforceDestination(Destination):
                     if i not in owner.values():
                         waiting.setdefault(sent.signature(i), collections.deque()).append(i)
                 for p, record_id in unknown.items():
-                    signature = read.get(_id15(record_id))
+                    signature = read.get(id15(record_id))
                     queue = waiting.get(signature) if signature is not None else None
                     if queue:
                         owner[p] = queue.popleft()
@@ -750,17 +750,17 @@ class SalesforceDestination(Destination):
             for p, answer in enumerate(answers):
                 if p in successes:
                     continue
-                errors = _error_list(answer)
-                if _only_rolled_back(errors):
+                errors = record_error_list(answer)
+                if only_rolled_back(errors):
                     again.append(chunk[p])
                 else:
-                    result.rejected[chunk[p]] = _record_errors(errors)
+                    result.rejected[chunk[p]] = record_errors(errors)
         unmatched = [i for i in chunk if i not in result.accepted and i not in again]
         unmatched = [i for i in unmatched if i not in result.rejected]
-        _doubt(result, unmatched, "Salesforce's results could not be matched to this record")
+        doubt(result, unmatched, "Salesforce's results could not be matched to this record")
         return again
 
-    async def _read_back(self, sent: _Sent, ids: list[str]) -> dict[str, tuple[Any, ...]] | None:
+    async def _read_back(self, sent: Sent, ids: list[str]) -> dict[str, tuple[Any, ...]] | None:
         """Id (15 characters) -> the identity of the record Salesforce holds under it, read by
         SOQL; None when the answer cannot be read."""
         if not sent.identity:
@@ -769,11 +769,11 @@ class SalesforceDestination(Destination):
         found: dict[str, tuple[Any, ...]] = {}
         try:
             for start in range(0, len(ids), MAX_RECORDS):
-                literals = ", ".join(_soql(i) for i in ids[start : start + MAX_RECORDS])
+                literals = ", ".join(soql_literal(i) for i in ids[start : start + MAX_RECORDS])
                 soql = f"SELECT {fields} FROM {sent.object} WHERE Id IN ({literals})"
                 for record in await self._query(soql):
                     if isinstance(record.get("Id"), str):
-                        found[_id15(record["Id"])] = sent.read_signature(record)
+                        found[id15(record["Id"])] = sent.read_signature(record)
         except (GiveUp, DestinationError, _Unreadable):
             return None
         return found
@@ -794,13 +794,13 @@ class SalesforceDestination(Destination):
         fields = (
             [] if batch.action == "delete" else [n for n in rows[0] if n != "Id"] if rows else []
         )
-        sent = _Sent(batch.object, batch.action, by, rows, stored, [by], {}, describe)
+        sent = Sent(batch.object, batch.action, by, rows, stored, [by], {}, describe)
         wanted = [v for v in dict.fromkeys(values) if v is not None]
         names = ", ".join(dict.fromkeys(["Id", by, *fields]))
         found: dict[Any, list[dict[str, Any]]] = {}
         try:
             for start in range(0, len(wanted), LOOKUP_CHUNK):
-                literals = ", ".join(_soql(v) for v in wanted[start : start + LOOKUP_CHUNK])
+                literals = ", ".join(soql_literal(v) for v in wanted[start : start + LOOKUP_CHUNK])
                 soql = f"SELECT {names} FROM {batch.object} WHERE {by} IN ({literals})"
                 for record in await self._query(soql):
                     found.setdefault(sent.read_signature(record), []).append(record)
@@ -855,9 +855,9 @@ class SalesforceDestination(Destination):
                 batch.object, name, [rows[i][name] for i in unknown]
             )
             for i in unknown:
-                stored[i] = found.get(_soql_text(rows[i][name]))
+                stored[i] = found.get(key_text(rows[i][name]))
         for i in unknown:
-            if searchable and _soql_text(rows[i][name]) in ambiguous:
+            if searchable and key_text(rows[i][name]) in ambiguous:
                 result.rejected[i] = (
                     f"several {batch.object} records have {name} = {rows[i][name]!r}: "
                     "retl cannot tell which one this record is (map the key to a unique field)"
@@ -886,7 +886,7 @@ class SalesforceDestination(Destination):
         ambiguous: set[str] = set()
         wanted = [v for v in dict.fromkeys(values) if v is not None]
         for start in range(0, len(wanted), LOOKUP_CHUNK):
-            literals = ", ".join(_soql(v) for v in wanted[start : start + LOOKUP_CHUNK])
+            literals = ", ".join(soql_literal(v) for v in wanted[start : start + LOOKUP_CHUNK])
             soql = f"SELECT Id, {key} FROM {object} WHERE {key} IN ({literals})"
             try:
                 records = await self._query(soql)
@@ -896,7 +896,7 @@ class SalesforceDestination(Destination):
                 value = record.get(key)
                 if value is None or not isinstance(record.get("Id"), str):
                     continue
-                text = _soql_text(value)
+                text = key_text(value)
                 if text in found and found[text] != record["Id"]:
                     ambiguous.add(text)
                 found[text] = str(record["Id"])
@@ -908,7 +908,7 @@ class SalesforceDestination(Destination):
         response = await self._request("GET", "/query", params={"q": soql})
         records: list[dict[str, Any]] = []
         while True:
-            page = _json(response, exact=True)
+            page = json_body(response, exact=True)
             if not isinstance(page, dict) or not isinstance(page.get("records"), list):
                 raise _Unreadable("the query's answer held no list of records")
             records.extend(r for r in page["records"] if isinstance(r, dict))
@@ -992,17 +992,17 @@ class SalesforceDestination(Destination):
         if status == 401:
             raise DestinationError(
                 f"Salesforce refused the access token of destination '{self.name}' "
-                f"({_errors(response)})",
+                f"({request_errors(response)})",
                 "a new token from the client credentials flow was refused too: check the "
                 "connected app and its run-as user"
                 if self._client_credentials
                 else "set a fresh access token (e.g. `sf org display`) in the variable that "
                 "access_token names",
             )
-        if _code(response) == "REQUEST_LIMIT_EXCEEDED":
-            raise self._budget_error(instance, _errors(response))
+        if error_code(response) == "REQUEST_LIMIT_EXCEEDED":
+            raise self._budget_error(instance, request_errors(response))
         raise DestinationError(
-            f"Salesforce answered HTTP {status} to {method} {path.split('?')[0]}: {_errors(response)}"
+            f"Salesforce answered HTTP {status} to {method} {path.split('?')[0]}: {request_errors(response)}"
         )
 
     def _transient_refusal(self, response: httpx.Response) -> bool:
@@ -1011,12 +1011,12 @@ class SalesforceDestination(Destination):
         "ConcurrentRequests ... Limit exceeded"). Its Sforce-Limit-Info tells them apart (the
         daily budget is used up only when used >= limit); without it, the message does
         ("TotalRequests Limit exceeded" is the daily one)."""
-        if response.status_code != 403 or _code(response) != "REQUEST_LIMIT_EXCEEDED":
+        if response.status_code != 403 or error_code(response) != "REQUEST_LIMIT_EXCEEDED":
             return False
         usage = _USAGE.search(response.headers.get("sforce-limit-info", ""))
         if usage is not None:
             return int(usage.group(1)) < int(usage.group(2))
-        return "totalrequests" not in _errors(response).lower()
+        return "totalrequests" not in request_errors(response).lower()
 
     @property
     def _client_credentials(self) -> bool:
@@ -1053,7 +1053,7 @@ class SalesforceDestination(Destination):
             raise DestinationError(
                 f"Salesforce token endpoint {url_location(token_url)} unreachable: {exc.reason}"
             ) from None
-        body = _json(response)
+        body = json_body(response)
         token = body.get("access_token") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(token, str):
             error = body.get("error", "") if isinstance(body, dict) else ""
@@ -1103,225 +1103,7 @@ class _Unreadable(Exception):
     """An answer that is not the documented shape."""
 
 
-@dataclass
-class _Sent:
-    """One batch as sent: the records (JSON-ready, by batch index), their Ids where known, and
-    the fields that identify a record when an answer carries only Ids (`identity`)."""
-
-    object: str
-    action: Action
-    key: str | None
-    rows: list[dict[str, Any]]
-    ids: list[str | None]
-    identity: list[str]
-    payload: dict[int, dict[str, Any]]
-    describe: dict[str, dict[str, Any]]
-    splits: int = SPLIT_REQUESTS  # requests left for splitting refused requests
-
-    def kind(self, name: str) -> str:
-        f = self.describe.get(name.lower())
-        return str(f["type"]) if f else ""
-
-    def signature(self, index: int) -> tuple[Any, ...]:
-        """The identity of record `index` as sent."""
-        row = self.rows[index]
-        return tuple(
-            _canon("id", self.ids[index] if row.get(n) is None else row.get(n))
-            if n == "Id"
-            else _canon(self.kind(n), row.get(n))
-            for n in self.identity
-        )
-
-    def read_signature(self, record: dict[str, Any]) -> tuple[Any, ...]:
-        """The identity of a record as a query answered it."""
-        return tuple(_canon(self.kind(n), _field(record, n)) for n in self.identity)
-
-    def same(self, name: str, sent: Any, held: Any) -> bool:
-        return bool(_canon(self.kind(name), sent) == _canon(self.kind(name), held))
-
-
-def _field(record: dict[str, Any], name: str) -> Any:
-    """A field of a query record, by name regardless of case (SOQL answers the described case)."""
-    if name in record:
-        return record[name]
-    lowered = name.lower()
-    return next((v for k, v in record.items() if k.lower() == lowered), None)
-
-
-def _canon(kind: str, value: Any) -> Any:
-    """A value as sent or as read, in one form for comparison: Ids by their first 15
-    characters, numbers exactly, date-times as instants, empty text as null."""
-    if value is None or value == "":
-        return None
-    if kind in ("id", "reference"):
-        return _id15(value)
-    if isinstance(value, bool) or kind == "boolean":
-        return str(value).lower() == "true"
-    if kind in _NUMBERS or kind == "int" or isinstance(value, int | float | Decimal):
-        try:
-            return Decimal(str(value)).normalize()
-        except InvalidOperation:
-            return str(value)
-    if kind == "datetime" and isinstance(value, str):
-        text = re.sub(r"([+-]\d\d)(\d\d)$", r"\1:\2", value.replace("Z", "+00:00"))
-        try:
-            moment = dt.datetime.fromisoformat(text)
-        except ValueError:
-            return value
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
-        return moment.astimezone(dt.UTC).replace(microsecond=moment.microsecond // 1000 * 1000)
-    return str(value)
-
-
-def _comparable(describe: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
-    """Without a key field, the fields whose values identify an inserted record when it is read
-    back (those a query answers in the form they were sent)."""
-    names = list(dict.fromkeys(n for row in rows for n in row))
-    kinds = _STRINGS | _NUMBERS | {"int", "boolean", "date", "datetime"}
-    return [n for n in names if str((describe.get(n.lower()) or {}).get("type")) in kinds]
-
-
-def _id15(value: Any) -> str:
-    """A Salesforce Id's case-sensitive 15 characters (the 18-character form adds a checksum)."""
-    return str(value)[:15]
-
-
-def _doubt(result: BatchResult, indexes: Iterable[int], reason: str) -> None:
-    for i in indexes:
-        if i not in result.accepted and i not in result.rejected:
-            result.in_doubt.setdefault(i, reason)
-
-
-def _answers(response: httpx.Response) -> list[dict[str, Any]] | None:
-    """sObject Collections' results, or None when the answer is not a list of objects."""
-    body = _json(response)
-    if not isinstance(body, list) or not all(isinstance(a, dict) for a in body):
-        return None
-    return body
-
-
-def _error_list(answer: dict[str, Any]) -> list[dict[str, Any]]:
-    errors = answer.get("errors")
-    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
-
-
-def _has_code(errors: list[dict[str, Any]], code: str) -> bool:
-    return any(e.get("statusCode") == code for e in errors)
-
-
-def _only_rolled_back(errors: list[dict[str, Any]]) -> bool:
-    """Failed only because another record of the request failed (ALL_OR_NONE_OPERATION_
-    ROLLED_BACK): the record itself is fine and is sent again without that one."""
-    return bool(errors) and all(
-        e.get("statusCode") == "ALL_OR_NONE_OPERATION_ROLLED_BACK" for e in errors
-    )
-
-
 # -- values and messages -----------------------------------------------------------------------
-
-
-def _value(value: Any, kind: str) -> Any:
-    """A Python value as JSON for a field of describe type `kind` (unknown kinds: plain JSON).
-    Numbers stay exact: decimals and integers are sent as they are, never through float."""
-    if value is None:
-        return None
-    if isinstance(value, Decimal) and not value.is_finite():
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if kind in _STRINGS:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, dt.date | dt.datetime | dt.time):
-            return value.isoformat()
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        if isinstance(value, Decimal):
-            return _decimal_text(value)
-        return value if isinstance(value, str) else str(_plain(value))
-    if kind == "int" and isinstance(value, float | Decimal) and value == int(value):
-        return int(value)
-    if kind in _NUMBERS and isinstance(value, Decimal | int) and not isinstance(value, bool):
-        return value
-    if kind == "date" and isinstance(value, dt.date):
-        return (value.date() if isinstance(value, dt.datetime) else value).isoformat()
-    if kind == "datetime" and isinstance(value, dt.date):
-        if not isinstance(value, dt.datetime):
-            value = dt.datetime.combine(value, dt.time())
-        if value.tzinfo is None:
-            return value.isoformat(timespec="milliseconds") + "Z"
-        return value.isoformat(timespec="milliseconds")
-    if kind == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return _plain(value)
-
-
-def _plain(value: Any) -> Any:
-    """What json cannot encode itself: bytes as base64, durations as seconds, dates and times
-    as ISO text. Decimals stay decimals (`_dumps` writes them exactly)."""
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dt.timedelta):
-        return Decimal(value.days * 86400 + value.seconds) + Decimal(value.microseconds) / 10**6
-    isoformat = getattr(value, "isoformat", None)
-    return isoformat() if callable(isoformat) else value
-
-
-def _decimal_text(value: Decimal) -> str:
-    """A decimal in plain notation (no exponent: 1E+16 is 10000000000000000)."""
-    return format(value, "f")
-
-
-def _dumps(value: Any) -> bytes:
-    """JSON with exact numbers: decimals in plain notation, integers as integers (json.dumps
-    cannot write a Decimal, and float() would round 9007199254740993 to ...992)."""
-    return "".join(_encode(value)).encode("utf-8")
-
-
-def _encode(value: Any) -> Iterable[str]:
-    if isinstance(value, dict):
-        yield "{"
-        for n, (k, v) in enumerate(value.items()):
-            yield ("," if n else "") + json.dumps(str(k)) + ":"
-            yield from _encode(v)
-        yield "}"
-    elif isinstance(value, list | tuple):
-        yield "["
-        for n, v in enumerate(value):
-            if n:
-                yield ","
-            yield from _encode(v)
-        yield "]"
-    elif isinstance(value, Decimal):
-        yield _decimal_text(value) if value.is_finite() else "null"
-    elif isinstance(value, float):
-        yield repr(value) if math.isfinite(value) else "null"
-    elif isinstance(value, bool) or value is None or isinstance(value, int | str):
-        yield json.dumps(value)
-    else:
-        yield json.dumps(str(value))
-
-
-def _soql(value: Any) -> str:
-    """A SOQL literal: text quoted with backslash escapes, numbers and booleans bare."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return _decimal_text(value)
-    if isinstance(value, int | float):
-        return str(value)
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
-def _soql_text(value: Any) -> str:
-    """A key value as text, the same for the value sent and the value a query answers."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return _decimal_text(value)
-    return str(value)
 
 
 def _required(f: dict[str, Any]) -> bool:
@@ -1338,69 +1120,3 @@ def _unique(f: dict[str, Any]) -> bool:
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _json(response: httpx.Response, *, exact: bool = False) -> Any:
-    """The answer as JSON (numbers as Decimal when `exact`); None when it is not JSON. An error
-    answer is parsed only when it is at most MAX_ERROR_BODY bytes."""
-    content = response.content
-    if response.status_code >= 300 and len(content) > MAX_ERROR_BODY:
-        return None
-    try:
-        return json.loads(content, parse_float=Decimal) if exact else json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _code(response: httpx.Response) -> str:
-    body = _json(response)
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        return str(body[0].get("errorCode", ""))[:80]
-    if body is None and response.status_code >= 300:
-        # Too large to parse: the code is looked for at the start and at the end (Salesforce
-        # writes it after the message) of the body, never in all of it.
-        content = response.content
-        for window in (content[:MAX_ERROR_BODY], content[-MAX_ERROR_BODY:]):
-            match = _ERROR_CODE.search(window.decode("utf-8", "replace"))
-            if match:
-                return match.group(1)
-    return ""
-
-
-def _errors(response: httpx.Response) -> str:
-    """A whole-request error body ([{errorCode, message}]) as `CODE: message` text, each
-    message cut at MAX_MESSAGE characters; a body too large or not JSON by its status, size
-    and first error code."""
-    body = _json(response)
-    if isinstance(body, list) and body and all(isinstance(e, dict) for e in body):
-        parts = [
-            f"{_short(e.get('errorCode', 'ERROR'), 80)}: {_short(e.get('message', ''))}"
-            for e in body[:10]
-        ]
-        more = f" (and {len(body) - 10} more errors)" if len(body) > 10 else ""
-        return "; ".join(parts) + more
-    size = len(response.content)
-    code = _code(response) if response.status_code >= 300 else ""
-    unread = f", a {size:,}-byte body not read" if size > MAX_ERROR_BODY else ""
-    return f"HTTP {response.status_code}{' ' + code if code else ''}{unread}"
-
-
-def _short(value: Any, limit: int = MAX_MESSAGE) -> str:
-    text = str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _record_errors(errors: list[dict[str, Any]]) -> str:
-    """A record's errors as Salesforce gave them: `statusCode: message (field, ...)`."""
-    if not errors:
-        return "Salesforce reported a failure without an error"
-    parts = []
-    for e in errors[:10]:
-        fields = e.get("fields") or []
-        where = (
-            f" ({', '.join(map(str, fields[:20]))})" if isinstance(fields, list) and fields else ""
-        )
-        parts.append(
-            f"{_short(e.get('statusCode', 'ERROR'), 80)}: {_short(e.get('message', ''))}{where}"
-        )
-    return "; ".join(dict.fromkeys(parts))

@@ -374,7 +374,7 @@ def _line(values: list[str]) -> str:
 
 
 def _text(value: Any, null: str) -> str:
-    """A JSON-ready value (see salesforce._value) as Bulk API CSV text."""
+    """A JSON-ready value (see salesforce_values.json_value) as Bulk API CSV text."""
     if value is None:
         return null
     if isinstance(value, bool):
