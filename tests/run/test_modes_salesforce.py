@@ -5,6 +5,7 @@ what a user sees when records are invalid or the org's daily API budget is used 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -435,3 +436,53 @@ def test_refusals_for_too_many_concurrent_requests_are_retried_and_the_run_succe
     assert "daily API request budget" not in result.output
     assert accounts(salesforce_server) == {str(i): f"a{i}" for i in range(1, 7)}
     assert [e.status for e in salesforce_server.log].count(403) == 3
+
+
+def test_after_faulty_answers_stop_a_run_leaves_salesforce_equal_to_the_source(
+    sf: RetlProject, salesforce_server: SalesforceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dice = random.Random(15)
+    answer = salesforce_server.handle
+    faulty = True
+    untrustworthy = 0  # answers short or unreadable
+
+    def handle(request: Incoming) -> Reply:
+        nonlocal untrustworthy
+        faults = salesforce_server.faults
+        on = faulty and "/composite/" in request.path
+        faults.reorder = on and dice.random() < 0.5
+        faults.drop = 1 if on and dice.random() < 0.3 else 0
+        faults.garble = on and dice.random() < 0.2
+        untrustworthy += bool(faults.drop or faults.garble)
+        return answer(request)
+
+    monkeypatch.setattr(salesforce_server, "handle", handle)
+    sf.write_sync(
+        mode="upsert",
+        mapping=MAPPING,
+        on_removed="delete",
+        allow_destructive=True,
+        batch_size=4,
+        limits=OPEN_LIMITS,
+    )
+    sources = [
+        [(i, f"a{i}") for i in range(1, 13)],
+        [(i, f"b{i}" if i % 3 == 0 else f"a{i}") for i in range(1, 17) if i % 4],
+        [(i, f"c{i}") for i in range(2, 20, 2)],
+    ]
+    for source in sources:
+        sf.set_source(source)
+        sf.cli("run", "contacts")  # may fail: records left in doubt
+        held = ids_by_key(salesforce_server)
+        # whatever the state holds is there, under that Id
+        assert all(held.get(key) == record_id for key, record_id in state_ids(sf).items())
+    faulty = False
+    assert untrustworthy >= 3
+
+    final = sf.run_json()
+
+    assert final["status"] == "success"
+    assert accounts(salesforce_server) == {str(i): name for i, name in sources[-1]}
+    assert len(salesforce_server.store["Account"]) == len(sources[-1])  # no duplicates
+    assert state_ids(sf) == ids_by_key(salesforce_server)
+    assert nothing_to_do(sf)
