@@ -564,3 +564,44 @@ def test_an_update_keyed_by_a_non_unique_idlookup_field_never_guesses_between_re
     assert result.rejected[0].startswith("several Contact records have Email = 'dup@x.io'")
     held = sorted(r["LastName"] for r in salesforce_server.store["Contact"].values())
     assert held == ["a", "b", "new"]
+
+
+class RefusesWithoutUsage(SalesforceServer):
+    """Refuses the next `refusals` collection calls with 403 REQUEST_LIMIT_EXCEEDED and
+    `message`, without a Sforce-Limit-Info header (a proxy may drop it)."""
+
+    def __init__(self, message: str, refusals: int) -> None:
+        super().__init__()
+        self.message, self.refusals = message, refusals
+
+    def handle(self, request: Incoming) -> Reply:
+        if "/composite/" in request.path and self.refusals > 0:
+            self.refusals -= 1
+            return Reply(403, [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": self.message}])
+        return super().handle(request)
+
+
+@pytest.mark.parametrize(
+    ("message", "daily"),
+    [
+        ("TotalRequests Limit exceeded.", True),
+        ("ConcurrentRequests (Concurrent API Requests) Limit exceeded.", False),
+    ],
+)
+def test_without_the_usage_header_the_message_tells_the_daily_limit_from_a_busy_org(
+    message: str, daily: bool
+) -> None:
+    server = RefusesWithoutUsage(message, refusals=2)
+    server.start()
+    try:
+        for crm in connect(server):
+            crm.policy = RetryPolicy(attempts=4, initial_wait=0.01, total_seconds=5)  # type: ignore[attr-defined]
+            batch = Batch("Account", "upsert", "External_Id__c", accounts((1, "a")))
+            if daily:
+                with pytest.raises(DestinationError, match="daily API request budget"):
+                    crm.deliver(batch)
+            else:
+                assert crm.deliver(batch).accepted == {0}
+        assert server.refusals == (1 if daily else 0)  # the daily one is not asked again
+    finally:
+        server.stop()
