@@ -5,16 +5,23 @@ Documented behaviours followed (REST API Developer Guide, developer.salesforce.c
 platform/api-rest/guide/ and atlas.en-us.api_rest.meta/api_rest/):
 - "Create / Update / Upsert / Delete Records Using sObject Collections": at most 200 records per
   call; every record carries `attributes.type`; `allOrNone: false` keeps the good records; a
-  well-formed request answers 200 with one result per record *in request order* ({id, success,
-  errors[{statusCode, message, fields}]}); a malformed one 400. Insert is POST
-  /composite/sobjects, update PATCH /composite/sobjects with each record's `Id`, upsert PATCH
-  /composite/sobjects/{SobjectName}/{ExternalIdFieldName} (records only of that type, external
-  ids only, no `Id`), delete DELETE /composite/sobjects?ids=...&allOrNone=false.
+  well-formed request answers 200 with one result per record ({id, success, errors[{statusCode,
+  message, fields}]}, upsert adds `created`); a malformed one 400 for the whole request (e.g.
+  JSON_PARSER_ERROR for one value its field cannot read). Insert is POST /composite/sobjects,
+  update PATCH /composite/sobjects with each record's `Id`, upsert PATCH
+  /composite/sobjects/{SobjectName}/{ExternalIdFieldName}, delete DELETE
+  /composite/sobjects?ids=...&allOrNone=false.
 - "sObject Describe" / "Describe Global": field name, type, createable, updateable, nillable,
-  defaultedOnCreate, externalId, idLookup; a field is required on create when it is createable,
-  not nillable and not defaulted on create.
+  defaultedOnCreate, externalId, idLookup, unique; a field is required on create when it is
+  createable, not nillable and not defaulted on create. `idLookup` alone does not make a field
+  unique (Contact.Email is idLookup and not unique): the catalog says unique for Id, `unique`
+  and external id fields.
 - "Limit Info Header": `Sforce-Limit-Info: api-usage=N/M` is the org's daily API usage; past it
-  the API answers 403 REQUEST_LIMIT_EXCEEDED, which no retry can fix before the budget recovers.
+  the API answers 403 REQUEST_LIMIT_EXCEEDED ("TotalRequests Limit exceeded."), which no retry
+  can fix before the budget recovers. The same code also refuses too many concurrent requests
+  ("ConcurrentPerOrgLongTxn Limit exceeded.", "ConcurrentRequests ... Limit exceeded."): such a
+  refusal, told apart by the header (used < limit) or else by its message, is retried with the
+  retry policy's backoff (bounded), not reported as the daily budget.
   "Limits" (`GET /limits`, API 29.0+, needs View Setup and Configuration): `DailyApiRequests`
   {Max, Remaining} over a rolling 24 hours; a plan reads it to check the run fits the budget.
 - "OAuth 2.0 Client Credentials Flow": POST /services/oauth2/token with grant_type=
@@ -22,7 +29,25 @@ platform/api-rest/guide/ and atlas.en-us.api_rest.meta/api_rest/):
   answers 401 INVALID_SESSION_ID ("Error Handling for Session Expiration"): one new token is
   fetched, then the destination fails.
 - "Query" (`GET /query?q=SOQL`, pages through `nextRecordsUrl`): finds the Ids of update and
-  delete records whose Id retl does not know, by the key field (an external id or idLookup).
+  delete records whose Id retl does not know, by the key field (an external id or idLookup; a
+  value two records share is rejected, not guessed); reads new Ids back; resolves records in
+  doubt.
+Outcomes by identity (SPEC §6.4), never by position: an update or delete result belongs to the
+record whose Id it names. Insert and upsert results carry only an Id, so retl uses the Id stored
+for the record (an upsert of a record it delivered before) or reads the new Ids back
+(`SELECT Id, <key> FROM <object> WHERE Id IN (...)`, or the values sent when there is no key)
+and matches them by key; a call of one record needs no read-back. A failure without an Id
+belongs to the record at its place only when every success was found at its own record's place.
+A result count that differs from the records sent, an answer that is not a list of results, an
+unreadable read-back, or an insert whose request failed after it was sent (timeout, reset, 5xx;
+an insert is never re-sent blind) leave the records in doubt; `resolve` then looks them up by
+key (found with the values sent: accepted with its Id; absent or different: sent again; an
+insert whose key holds other values stays in doubt). A request refused as a whole (400) is
+split until the records that cause it are found (at most 48 extra requests per
+batch); records failed only with ALL_OR_NONE_OPERATION_ROLLED_BACK are sent again without the
+failing sibling. Numbers are sent exactly (decimals in plain notation, integers as integers,
+never through float). Error bodies are parsed up to 64 kB and messages kept up to 1,000
+characters.
 Large operations go through Bulk API 2.0 ingest jobs (destinations/salesforce_bulk.py, which
 lists the pages it follows): when an operation of a run (its creates, updates or deletes) has
 more than `bulk_threshold` records (2,000, Salesforce's own guidance; null: never), the run
@@ -38,13 +63,10 @@ rate limiter and the retry policy (destinations/retry.py).
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import math
+import collections
 import re
 import threading
 from collections.abc import Coroutine, Iterable, Sequence
-from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -64,8 +86,32 @@ from reverse_etl.destinations.base import (
     url_location,
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
-from reverse_etl.destinations.retry import GiveUp, RetryPolicy, RetryStats, send
+from reverse_etl.destinations.retry import (
+    RETRYABLE_STATUS,
+    GiveUp,
+    RetryPolicy,
+    RetryStats,
+    send,
+)
 from reverse_etl.destinations.salesforce_bulk import BulkIngest, BulkSettings
+from reverse_etl.destinations.salesforce_values import (
+    Sent,
+    collection_results,
+    comparable_fields,
+    doubt,
+    dumps,
+    error_code,
+    has_code,
+    id15,
+    json_body,
+    json_value,
+    key_text,
+    only_rolled_back,
+    record_error_list,
+    record_errors,
+    request_errors,
+    soql_literal,
+)
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
 from reverse_etl.types import Action
@@ -76,11 +122,13 @@ LOOKUP_CHUNK = 100  # key values per SOQL lookup (keeps the query URL short)
 BULK_JOB_REQUESTS = 12
 _API_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
-_STRINGS = frozenset(
-    {"string", "textarea", "email", "url", "picklist", "multipicklist", "phone", "id"}
-    | {"reference", "combobox", "encryptedstring"}
-)
-_NUMBERS = frozenset({"double", "currency", "percent"})
+# Times records rolled back only because of a sibling are sent again within one delivery.
+MAX_RESENDS = 2
+# Answers to an insert after which Salesforce may have created the records.
+_MAYBE_APPLIED = frozenset({500, 502, 503, 504})
+# Transport errors that mean the request never left: anything else may have been applied.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_ROLLED_BACK = "rolled back because of another record, and again when sent without it"
 
 T = TypeVar("T")
 
@@ -175,7 +223,11 @@ class SalesforceDestination(Destination):
 
     options_model = SalesforceOptions
     capabilities = Capabilities(
-        default_batch_size=MAX_RECORDS, max_batch_size=MAX_RECORDS, concurrent_batches=4
+        guarantee="idempotent",
+        resolves=True,
+        default_batch_size=MAX_RECORDS,
+        max_batch_size=MAX_RECORDS,
+        concurrent_batches=4,
     )
     options: SalesforceOptions
 
@@ -251,7 +303,7 @@ class SalesforceDestination(Destination):
                 name=str(f["name"]),
                 type=str(f["type"]),
                 nullable=bool(f.get("nillable") or f.get("defaultedOnCreate")),
-                unique=bool(f.get("externalId") or f.get("idLookup")),
+                unique=_unique(f),
                 required=_required(f),
                 writable=bool(f.get("createable") or f.get("updateable")),
             )
@@ -331,7 +383,9 @@ class SalesforceDestination(Destination):
     ) -> int:
         """One collection call per 200 records, or for batches above `bulk_threshold` one Bulk
         API job each (about `BULK_JOB_REQUESTS`: its polls depend on how long Salesforce takes);
-        updates and deletes also look up, per batch, the Ids not stored (a query per 100)."""
+        inserts and upserts of more than one record per call also read the new Ids back (a
+        query per call: their results carry no key); updates and deletes also look up, per
+        batch, the Ids not stored (a query per 100)."""
         threshold = self.options.bulk_threshold
         if threshold is not None and batch_size > threshold:
             batches = -(-records // batch_size)
@@ -340,6 +394,8 @@ class SalesforceDestination(Destination):
             batch = min(batch_size, MAX_RECORDS)
             batches = -(-records // batch)
             calls = batches * -(-batch // MAX_RECORDS)
+            if action in ("insert", "upsert") and min(batch, records) > 1:
+                calls *= 2
         if action in ("update", "delete") and unknown_ids:
             calls += min(batches, unknown_ids) + unknown_ids // LOOKUP_CHUNK
         return calls
@@ -355,7 +411,7 @@ class SalesforceDestination(Destination):
             response = _run(
                 self._request("GET", "/limits", allow={403, 404}, policy=_LIMITS_POLICY)
             )
-            body = _json(response) if response.status_code == 200 else None
+            body = json_body(response) if response.status_code == 200 else None
             daily = body.get("DailyApiRequests") if isinstance(body, dict) else None
         except DestinationError:
             daily = None
@@ -388,6 +444,14 @@ class SalesforceDestination(Destination):
     def deliver(self, batch: Batch) -> BatchResult:
         return _run(self._deliver(batch))
 
+    def resolve(self, batch: Batch) -> BatchResult:
+        """Records in doubt, looked up by their key (SOQL over the key field, or their Id):
+        found holding the values sent -> accepted with their Id; absent or holding other values
+        -> sent again (update and upsert are idempotent); an insert whose key is taken by a
+        record with other values stays in doubt (sending it again could duplicate it); a delete
+        whose record is gone -> accepted as absent, still there -> sent again."""
+        return _run(self._resolve(batch))
+
     def _bulk(self, batch: Batch) -> BulkIngest | None:
         """Bulk API 2.0 for a batch larger than `bulk_threshold`, else None (Collections)."""
         threshold = self.options.bulk_threshold
@@ -406,37 +470,41 @@ class SalesforceDestination(Destination):
         bulk = self._bulk(batch)
         described_key = describe.get((batch.key_field or "").lower())
         key = str(described_key["name"]) if described_key else batch.key_field
+        stored = list(batch.ids or [None] * len(rows))
         if batch.action == "delete":
             ids = await self._ids_for(batch, rows, result)
             todo = [i for i, record_id in enumerate(ids) if record_id is not None]
-            result.absent += len(rows) - len(todo)
+            for i in set(range(len(rows))) - set(todo):
+                result.accept(i)  # found nowhere: already gone
+                result.absent += 1
             if bulk is not None:
                 records = [{"Id": ids[i]} for i in todo]
                 await bulk.deliver(batch.object, "delete", records, todo, result, identity="Id")
                 return result
+            sent = Sent(batch.object, "delete", key, rows, ids, [], {}, describe)
             for start in range(0, len(todo), MAX_RECORDS):
-                chunk = todo[start : start + MAX_RECORDS]
-                await self._delete(chunk, [str(ids[i]) for i in chunk], result)
+                await self._delete(sent, todo[start : start + MAX_RECORDS], result)
             return result
         if batch.action == "update":
             ids = await self._ids_for(batch, rows, result)
             todo = [i for i, record_id in enumerate(ids) if record_id is not None]
-            payload = [
-                {"attributes": {"type": batch.object}, **rows[i], "Id": ids[i]} for i in todo
-            ]
+            payload = {
+                i: {"attributes": {"type": batch.object}, **rows[i], "Id": ids[i]} for i in todo
+            }
         else:
+            ids = stored
             todo = list(range(len(rows)))
             # On create a null is the same as no value: leave it out (smaller requests).
             drop_nulls = batch.action == "insert"
-            payload = [
-                {
+            payload = {
+                i: {
                     "attributes": {"type": batch.object},
                     **{k: v for k, v in row.items() if v is not None or not drop_nulls},
                 }
-                for row in rows
-            ]
+                for i, row in enumerate(rows)
+            }
         if bulk is not None:
-            records = [{k: v for k, v in p.items() if k != "attributes"} for p in payload]
+            records = [{k: v for k, v in payload[i].items() if k != "attributes"} for i in todo]
             await bulk.deliver(
                 batch.object,
                 batch.action,
@@ -451,10 +519,21 @@ class SalesforceDestination(Destination):
             method, path = "PATCH", f"/composite/sobjects/{batch.object}/{key}"
         else:
             method, path = ("POST" if batch.action == "insert" else "PATCH"), "/composite/sobjects"
+        identity = [key] if key else comparable_fields(describe, rows)
+        sent = Sent(batch.object, batch.action, key, rows, ids, identity, payload, describe)
         for start in range(0, len(todo), MAX_RECORDS):
             chunk = todo[start : start + MAX_RECORDS]
-            body = {"allOrNone": False, "records": payload[start : start + MAX_RECORDS]}
-            await self._collection(method, path, body, chunk, result)
+            try:
+                await self._collection(sent, method, path, chunk, result)
+            except DestinationError as exc:
+                answered = result.accepted | result.rejected.keys() | result.in_doubt.keys()
+                if not answered:
+                    raise  # nothing of the batch was applied: the destination cannot be used
+                # Some records have their outcome already: keep it; the rest were not sent.
+                for i in todo[start:]:
+                    if i not in answered:
+                        result.retry.setdefault(i, f"not sent: {exc.message}")
+                return result
         return result
 
     async def _adescribe(self, object: str) -> dict[str, dict[str, Any]]:
@@ -476,55 +555,285 @@ class SalesforceDestination(Destination):
         record: dict[str, Any] = {}
         for name, value in row.items():
             f = describe.get(name.lower())
-            record[str(f["name"]) if f else name] = _value(value, str(f["type"]) if f else "")
+            record[str(f["name"]) if f else name] = json_value(value, str(f["type"]) if f else "")
         return record
 
     async def _collection(
-        self, method: str, path: str, body: dict[str, Any], chunk: list[int], result: BatchResult
-    ) -> None:
-        try:
-            response = await self._request(method, path, json=body, allow={400})
-        except GiveUp as exc:
-            result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
-            return
-        if response.status_code == 400:  # the request as a whole is malformed: every record fails
-            message = _errors(response)
-            result.rejected.update({i: message for i in chunk})
-            return
-        self._take_results(response, chunk, result)
-
-    async def _delete(self, chunk: list[int], ids: list[str], result: BatchResult) -> None:
-        params = {"ids": ",".join(ids), "allOrNone": "false"}
-        try:
-            response = await self._request("DELETE", "/composite/sobjects", params=params)
-        except GiveUp as exc:
-            result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
-            return
-        self._take_results(response, chunk, result, gone_is_absent=True)
-
-    def _take_results(
         self,
-        response: httpx.Response,
+        sent: Sent,
+        method: str,
+        path: str,
         chunk: list[int],
         result: BatchResult,
-        gone_is_absent: bool = False,
+        resends: int = 0,
     ) -> None:
-        """One result per record, in request order: ids of the good, messages of the bad."""
-        answers = response.json()
-        if not isinstance(answers, list) or len(answers) != len(chunk):
-            raise DestinationError(
-                f"Salesforce answered {len(answers) if isinstance(answers, list) else 'no'} "
-                f"results for {len(chunk)} records; sObject Collections promises one per record"
+        """One sObject Collections call for the records `chunk`, and their outcomes by
+        identity. A request refused as a whole (400) is split until the records that cause it
+        are found; records rolled back only because of a sibling are sent again without it."""
+        body = {"allOrNone": False, "records": [sent.payload[i] for i in chunk]}
+        inserting = sent.action == "insert"
+        try:
+            response = await self._request(
+                method,
+                path,
+                content=dumps(body),
+                content_type="application/json",
+                allow={400} | (_MAYBE_APPLIED if inserting else set()),
+                once=inserting,
             )
-        for index, answer in zip(chunk, answers, strict=True):
-            errors = answer.get("errors") or []
-            if answer.get("success"):
-                if answer.get("id"):
-                    result.ids[index] = str(answer["id"])
-            elif gone_is_absent and any(e.get("statusCode") == "ENTITY_IS_DELETED" for e in errors):
-                result.absent += 1
+        except GiveUp as exc:  # refused before it was applied (429, busy org, no connection)
+            result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
+            return
+        except _MaybeApplied as exc:
+            doubt(result, chunk, f"Salesforce: {exc} after the records were sent")
+            return
+        if response.status_code == 400:
+            await self._split(sent, method, path, chunk, response, result, resends)
+            return
+        if response.status_code >= 500:
+            doubt(
+                result,
+                chunk,
+                f"Salesforce answered HTTP {response.status_code}: {request_errors(response)}",
+            )
+            return
+        answers = collection_results(response)
+        if sent.action == "update":
+            again = self._by_id(sent, chunk, answers, result)
+        else:
+            again = await self._by_key(sent, chunk, answers, result)
+        if not again:
+            return
+        if resends >= MAX_RESENDS:
+            result.retry.update({i: _ROLLED_BACK for i in again})
+            return
+        await self._collection(sent, method, path, again, result, resends + 1)
+
+    async def _split(
+        self,
+        sent: Sent,
+        method: str,
+        path: str,
+        chunk: list[int],
+        response: httpx.Response,
+        result: BatchResult,
+        resends: int,
+    ) -> None:
+        """Bisect a request Salesforce refused as a whole (e.g. JSON_PARSER_ERROR for one
+        malformed value): only a record refused on its own is rejected. When the splitting
+        budget is spent, the rest share the request's message."""
+        message = request_errors(response)
+        if len(chunk) == 1 or sent.splits < 2:
+            others = f" (refused with {len(chunk) - 1} other records)" if len(chunk) > 1 else ""
+            result.rejected.update({i: message + others for i in chunk})
+            return
+        sent.splits -= 2
+        half = len(chunk) // 2
+        for part in (chunk[:half], chunk[half:]):
+            await self._collection(sent, method, path, part, result, resends)
+
+    async def _delete(self, sent: Sent, chunk: list[int], result: BatchResult) -> None:
+        ids = [str(sent.ids[i]) for i in chunk]
+        params = {"ids": ",".join(ids), "allOrNone": "false"}
+        for _ in range(MAX_RESENDS + 1):
+            try:
+                response = await self._request("DELETE", "/composite/sobjects", params=params)
+            except GiveUp as exc:
+                result.retry.update({i: f"Salesforce: {exc.reason}" for i in chunk})
+                return
+            chunk = self._by_id(sent, chunk, collection_results(response), result)
+            if not chunk:
+                return
+            params = {"ids": ",".join(str(sent.ids[i]) for i in chunk), "allOrNone": "false"}
+        result.retry.update({i: _ROLLED_BACK for i in chunk})
+
+    def _by_id(
+        self,
+        sent: Sent,
+        chunk: list[int],
+        answers: list[dict[str, Any]] | None,
+        result: BatchResult,
+    ) -> list[int]:
+        """Outcomes of an update or delete by the `id` of each result, which is the record's
+        Id. A failure without an id belongs to the record at its place only when every result
+        that has an id is at its record's place. Returns the records rolled back because of a
+        sibling (to send again); records the answer does not place are in doubt."""
+        if answers is None:
+            doubt(result, chunk, "Salesforce's answer was not a list of results")
+            return []
+        waiting = {id15(sent.ids[i]): i for i in chunk}
+        placed = len(answers) == len(chunk) and all(
+            a.get("id") is None or id15(a["id"]) == id15(sent.ids[chunk[p]])
+            for p, a in enumerate(answers)
+        )
+        again: list[int] = []
+        for p, answer in enumerate(answers):
+            record_id = answer.get("id")
+            if isinstance(record_id, str) and record_id:
+                index = waiting.pop(id15(record_id), None)
+            elif placed and not answer.get("success"):
+                index = waiting.pop(id15(sent.ids[chunk[p]]), None)
             else:
-                result.rejected[index] = _record_errors(errors)
+                index = None
+            if index is None:
+                continue
+            errors = record_error_list(answer)
+            if answer.get("success") is True and not errors:
+                result.accept(index, str(sent.ids[index]))
+            elif sent.action == "delete" and has_code(errors, "ENTITY_IS_DELETED"):
+                result.accept(index)
+                result.absent += 1
+            elif only_rolled_back(errors):
+                again.append(index)
+            else:
+                result.rejected[index] = record_errors(errors)
+        reason = (
+            f"Salesforce answered {len(answers)} results for {len(chunk)} records and none "
+            "for this record's Id"
+        )
+        doubt(result, list(waiting.values()), reason)
+        return again
+
+    async def _by_key(
+        self,
+        sent: Sent,
+        chunk: list[int],
+        answers: list[dict[str, Any]] | None,
+        result: BatchResult,
+    ) -> list[int]:
+        """Outcomes of an insert or upsert. Its results carry only the record's Id, so each is
+        matched to its record by identity: the Id stored for the record (upsert of a record
+        retl delivered before) or else by reading the new Ids back (SOQL) and matching the key
+        (or, without a key, the values sent). A failure belongs to the record at its place only
+        when every success was found at its own record's place. What cannot be matched is in
+        doubt. Returns the records rolled back because of a sibling."""
+        if answers is None or len(answers) != len(chunk):
+            count = "no list of" if answers is None else str(len(answers))
+            doubt(result, chunk, f"Salesforce answered {count} results for {len(chunk)} records")
+            return []
+        successes = {
+            p: str(a["id"])
+            for p, a in enumerate(answers)
+            if a.get("success") is True and isinstance(a.get("id"), str) and a["id"]
+        }
+        owner: dict[int, int] = {}  # place in the answer -> record it belongs to
+        for p, record_id in successes.items():
+            known = sent.ids[chunk[p]]
+            if known is not None and id15(known) == id15(record_id):
+                owner[p] = chunk[p]
+        unknown = {p: i for p, i in successes.items() if p not in owner}
+        placed = True
+        if len(chunk) == 1 and unknown:
+            owner[0] = chunk[0]  # one record, one result: nothing to confuse it with
+        elif unknown:
+            read = await self._read_back(sent, list(unknown.values()))
+            if read is None or not sent.identity:
+                placed = False
+            else:
+                waiting: dict[tuple[Any, ...], collections.deque[int]] = {}
+                for i in chunk:
+                    if i not in owner.values():
+                        waiting.setdefault(sent.signature(i), collections.deque()).append(i)
+                for p, record_id in unknown.items():
+                    signature = read.get(id15(record_id))
+                    queue = waiting.get(signature) if signature is not None else None
+                    if queue:
+                        owner[p] = queue.popleft()
+                placed = all(
+                    p in owner and sent.signature(owner[p]) == sent.signature(chunk[p])
+                    for p in unknown
+                )
+        for p, index in owner.items():
+            result.accept(index, successes[p])
+        again: list[int] = []
+        if placed:
+            for p, answer in enumerate(answers):
+                if p in successes:
+                    continue
+                errors = record_error_list(answer)
+                if only_rolled_back(errors):
+                    again.append(chunk[p])
+                else:
+                    result.rejected[chunk[p]] = record_errors(errors)
+        unmatched = [i for i in chunk if i not in result.accepted and i not in again]
+        unmatched = [i for i in unmatched if i not in result.rejected]
+        doubt(result, unmatched, "Salesforce's results could not be matched to this record")
+        return again
+
+    async def _read_back(self, sent: Sent, ids: list[str]) -> dict[str, tuple[Any, ...]] | None:
+        """Id (15 characters) -> the identity of the record Salesforce holds under it, read by
+        SOQL; None when the answer cannot be read."""
+        if not sent.identity:
+            return None
+        fields = ", ".join(["Id", *[f for f in sent.identity if f != "Id"]])
+        found: dict[str, tuple[Any, ...]] = {}
+        try:
+            for start in range(0, len(ids), MAX_RECORDS):
+                literals = ", ".join(soql_literal(i) for i in ids[start : start + MAX_RECORDS])
+                soql = f"SELECT {fields} FROM {sent.object} WHERE Id IN ({literals})"
+                for record in await self._query(soql):
+                    if isinstance(record.get("Id"), str):
+                        found[id15(record["Id"])] = sent.read_signature(record)
+        except (GiveUp, DestinationError, _Unreadable):
+            return None
+        return found
+
+    async def _resolve(self, batch: Batch) -> BatchResult:
+        describe = await self._adescribe(batch.object)
+        rows = [self._record(row, describe) for row in batch.records.to_pylist()]
+        result = BatchResult()
+        described_key = describe.get((batch.key_field or "").lower())
+        stored = list(batch.ids or [None] * len(rows))
+        if described_key is not None:
+            by = str(described_key["name"])
+            values = [row.get(by) for row in rows]
+        elif any(stored):
+            by, values = "Id", stored
+        else:
+            return Destination.resolve(self, batch)
+        fields = (
+            [] if batch.action == "delete" else [n for n in rows[0] if n != "Id"] if rows else []
+        )
+        sent = Sent(batch.object, batch.action, by, rows, stored, [by], {}, describe)
+        wanted = [v for v in dict.fromkeys(values) if v is not None]
+        names = ", ".join(dict.fromkeys(["Id", by, *fields]))
+        found: dict[Any, list[dict[str, Any]]] = {}
+        try:
+            for start in range(0, len(wanted), LOOKUP_CHUNK):
+                literals = ", ".join(soql_literal(v) for v in wanted[start : start + LOOKUP_CHUNK])
+                soql = f"SELECT {names} FROM {batch.object} WHERE {by} IN ({literals})"
+                for record in await self._query(soql):
+                    found.setdefault(sent.read_signature(record), []).append(record)
+        except (GiveUp, _Unreadable) as exc:
+            reason = f"could not be looked up: {exc}"
+            return BatchResult(in_doubt=dict.fromkeys(range(len(rows)), reason))
+        for i, row in enumerate(rows):
+            if values[i] is None:
+                result.in_doubt[i] = f"no {by} to look it up by"
+                continue
+            holders = found.get(sent.signature(i), [])
+            if batch.action == "delete":
+                if holders:
+                    result.retry[i] = "still in Salesforce: deleted again"
+                else:
+                    result.accept(i)
+                    result.absent += 1
+                continue
+            same = [r for r in holders if all(sent.same(n, row.get(n), r.get(n)) for n in fields)]
+            if same:
+                result.accept(i, str(same[0]["Id"]))
+            elif not holders or batch.action != "insert":
+                result.retry[i] = (
+                    "not in Salesforce: sent again"
+                    if not holders
+                    else "Salesforce holds other values: sent again"
+                )
+            else:
+                result.in_doubt[i] = (
+                    f"a {batch.object} record with {by} = {values[i]!r} holds other values "
+                    "than were sent: creating it again could duplicate it"
+                )
+        return result
 
     async def _ids_for(
         self, batch: Batch, rows: list[dict[str, Any]], result: BatchResult
@@ -540,40 +849,73 @@ class SalesforceDestination(Destination):
         unknown = [i for i, record_id in enumerate(stored) if record_id is None]
         name = str(key["name"]) if key is not None else ""
         searchable = key is not None and bool(key.get("externalId") or key.get("idLookup"))
+        ambiguous: set[str] = set()
         if unknown and searchable:
-            found = await self._lookup(batch.object, name, [rows[i][name] for i in unknown])
+            found, ambiguous = await self._lookup(
+                batch.object, name, [rows[i][name] for i in unknown]
+            )
             for i in unknown:
-                stored[i] = found.get(str(rows[i][name]))
-        if batch.action == "update":
-            for i in unknown:
-                if stored[i] is not None:
-                    continue
+                stored[i] = found.get(key_text(rows[i][name]))
+        for i in unknown:
+            if searchable and key_text(rows[i][name]) in ambiguous:
                 result.rejected[i] = (
-                    f"no {batch.object} record has {name} = {rows[i][name]!r} in Salesforce "
-                    "(update never creates: run an upsert first)"
-                    if searchable
-                    else "no Salesforce Id known for this record: run an upsert first"
+                    f"several {batch.object} records have {name} = {rows[i][name]!r}: "
+                    "retl cannot tell which one this record is (map the key to a unique field)"
                 )
+                stored[i] = None
+                continue
+            if batch.action != "update" or stored[i] is not None:
+                continue
+            result.rejected[i] = (
+                f"no {batch.object} record has {name} = {rows[i][name]!r} in Salesforce "
+                "(update never creates: run an upsert first)"
+                if searchable
+                else "no Salesforce Id known for this record: run an upsert first"
+            )
+        if batch.action == "delete":
+            # A delete whose record is ambiguous is neither sent nor counted as gone.
+            return [None if i in result.rejected else stored[i] for i in range(len(rows))]
         return stored
 
-    async def _lookup(self, object: str, key: str, values: list[Any]) -> dict[str, str]:
-        """Key value (as text) -> Id of the records that have it, by SOQL over the key field."""
+    async def _lookup(
+        self, object: str, key: str, values: list[Any]
+    ) -> tuple[dict[str, str], set[str]]:
+        """Key value (as text) -> Id of the record that has it, by SOQL over the key field,
+        and the values more than one record has (an idLookup field need not be unique)."""
         found: dict[str, str] = {}
+        ambiguous: set[str] = set()
         wanted = [v for v in dict.fromkeys(values) if v is not None]
         for start in range(0, len(wanted), LOOKUP_CHUNK):
-            literals = ", ".join(_soql(v) for v in wanted[start : start + LOOKUP_CHUNK])
+            literals = ", ".join(soql_literal(v) for v in wanted[start : start + LOOKUP_CHUNK])
             soql = f"SELECT Id, {key} FROM {object} WHERE {key} IN ({literals})"
-            response = await self._request("GET", "/query", params={"q": soql})
-            while True:
-                page = response.json()
-                for record in page.get("records", []):
-                    if record.get(key) is not None:
-                        found[str(record[key])] = str(record["Id"])
-                following = page.get("nextRecordsUrl")
-                if page.get("done", True) or not following:
-                    break
-                response = await self._request("GET", str(following), absolute=True)
-        return found
+            try:
+                records = await self._query(soql)
+            except _Unreadable as exc:
+                raise DestinationError(f"Salesforce answered a query unreadably: {exc}") from None
+            for record in records:
+                value = record.get(key)
+                if value is None or not isinstance(record.get("Id"), str):
+                    continue
+                text = key_text(value)
+                if text in found and found[text] != record["Id"]:
+                    ambiguous.add(text)
+                found[text] = str(record["Id"])
+        return found, ambiguous
+
+    async def _query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record a SOQL query answers (following `nextRecordsUrl`), numbers exact;
+        _Unreadable when a page is not the documented {records, done} object."""
+        response = await self._request("GET", "/query", params={"q": soql})
+        records: list[dict[str, Any]] = []
+        while True:
+            page = json_body(response, exact=True)
+            if not isinstance(page, dict) or not isinstance(page.get("records"), list):
+                raise _Unreadable("the query's answer held no list of records")
+            records.extend(r for r in page["records"] if isinstance(r, dict))
+            following = page.get("nextRecordsUrl")
+            if page.get("done", True) or not following:
+                return records
+            response = await self._request("GET", str(following), absolute=True)
 
     # -- HTTP -------------------------------------------------------------------------------
 
@@ -590,14 +932,28 @@ class SalesforceDestination(Destination):
         allow: Iterable[int] = (),
         absolute: bool = False,
         policy: RetryPolicy | None = None,
+        once: bool = False,
     ) -> httpx.Response:
         """One REST call under the retry policy and the org's rate limiter. Returns a 2xx
         response (or one of `allow`); raises DestinationError for a refusal no retry can fix
-        and GiveUp when retries ran out."""
+        and GiveUp when retries ran out. A transient REQUEST_LIMIT_EXCEEDED (too many
+        concurrent requests, while Sforce-Limit-Info shows budget left) is retried with backoff;
+        the daily budget used up is not. `once`: the call is not idempotent (an insert), so it
+        is repeated only after answers that say nothing was applied (429, the transient
+        refusal, no connection); after any other failure it raises _MaybeApplied."""
         if self._client is None:
             self._client = await self._new_client()
         client = self._client
         refreshed = False
+
+        def worth_retrying(response: httpx.Response) -> bool:
+            self._note_usage(response)
+            if self._transient_refusal(response):
+                return True
+            if once:
+                return response.status_code == 429
+            return response.status_code in RETRYABLE_STATUS
+
         while True:
             token, instance = await self._credentials(refresh=refreshed)
             self._refuse_when_over_budget(instance)
@@ -609,12 +965,21 @@ class SalesforceDestination(Destination):
                 headers["Content-Type"] = content_type
 
             async def attempt(url: str = url, headers: dict[str, str] = headers) -> httpx.Response:
-                return await client.request(
-                    method, url, params=params, json=json, content=content, headers=headers
-                )
+                try:
+                    return await client.request(
+                        method, url, params=params, json=json, content=content, headers=headers
+                    )
+                except httpx.TransportError as exc:
+                    if once and not isinstance(exc, _NOT_SENT):
+                        raise _MaybeApplied(exc.__class__.__name__) from None
+                    raise
 
             response = await send(
-                attempt, limiter=self._limiter, policy=policy or self.policy, stats=self.stats
+                attempt,
+                limiter=self._limiter,
+                policy=policy or self.policy,
+                stats=self.stats,
+                retryable=worth_retrying,
             )
             self._note_usage(response)
             if response.status_code == 401 and self._client_credentials and not refreshed:
@@ -627,18 +992,31 @@ class SalesforceDestination(Destination):
         if status == 401:
             raise DestinationError(
                 f"Salesforce refused the access token of destination '{self.name}' "
-                f"({_errors(response)})",
+                f"({request_errors(response)})",
                 "a new token from the client credentials flow was refused too: check the "
                 "connected app and its run-as user"
                 if self._client_credentials
                 else "set a fresh access token (e.g. `sf org display`) in the variable that "
                 "access_token names",
             )
-        if _code(response) == "REQUEST_LIMIT_EXCEEDED":
-            raise self._budget_error(instance)
+        if error_code(response) == "REQUEST_LIMIT_EXCEEDED":
+            raise self._budget_error(instance, request_errors(response))
         raise DestinationError(
-            f"Salesforce answered HTTP {status} to {method} {path.split('?')[0]}: {_errors(response)}"
+            f"Salesforce answered HTTP {status} to {method} {path.split('?')[0]}: {request_errors(response)}"
         )
+
+    def _transient_refusal(self, response: httpx.Response) -> bool:
+        """A 403 REQUEST_LIMIT_EXCEEDED that is not the daily budget: Salesforce uses the code
+        also for too many concurrent requests ("ConcurrentPerOrgLongTxn Limit exceeded",
+        "ConcurrentRequests ... Limit exceeded"). Its Sforce-Limit-Info tells them apart (the
+        daily budget is used up only when used >= limit); without it, the message does
+        ("TotalRequests Limit exceeded" is the daily one)."""
+        if response.status_code != 403 or error_code(response) != "REQUEST_LIMIT_EXCEEDED":
+            return False
+        usage = _USAGE.search(response.headers.get("sforce-limit-info", ""))
+        if usage is not None:
+            return int(usage.group(1)) < int(usage.group(2))
+        return "totalrequests" not in request_errors(response).lower()
 
     @property
     def _client_credentials(self) -> bool:
@@ -675,7 +1053,7 @@ class SalesforceDestination(Destination):
             raise DestinationError(
                 f"Salesforce token endpoint {url_location(token_url)} unreachable: {exc.reason}"
             ) from None
-        body = _json(response)
+        body = json_body(response)
         token = body.get("access_token") if isinstance(body, dict) else None
         if response.status_code != 200 or not isinstance(token, str):
             error = body.get("error", "") if isinstance(body, dict) else ""
@@ -702,112 +1080,43 @@ class SalesforceDestination(Destination):
         if limit and used >= limit:
             raise self._budget_error(instance)
 
-    def _budget_error(self, instance: str) -> DestinationError:
+    def _budget_error(self, instance: str, said: str = "") -> DestinationError:
         used, limit = self._shared.budget or (0, 0)
         usage = f" (api-usage={used}/{limit})" if limit else ""
+        said = said or "REQUEST_LIMIT_EXCEEDED"
         return DestinationError(
             f"the daily API request budget of Salesforce org {url_location(instance)} is used "
-            f"up{usage}: REQUEST_LIMIT_EXCEEDED; nothing more was sent",
+            f"up{usage}: {said}; nothing more was sent",
             "Salesforce counts requests over a rolling 24 hours: run again later, or ask for a "
             "higher limit; records not sent are sent by the next run",
         )
 
 
+# -- records as sent and as answered ------------------------------------------------------------
+
+
+class _MaybeApplied(Exception):
+    """An insert's request failed after it was sent (timeout, reset): it may have been applied."""
+
+
+class _Unreadable(Exception):
+    """An answer that is not the documented shape."""
+
+
 # -- values and messages -----------------------------------------------------------------------
 
 
-def _value(value: Any, kind: str) -> Any:
-    """A Python value as JSON for a field of describe type `kind` (unknown kinds: plain JSON)."""
-    if value is None:
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if kind in _STRINGS:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, dt.date | dt.datetime | dt.time):
-            return value.isoformat()
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return value if isinstance(value, str) else str(_plain(value))
-    if kind == "int" and isinstance(value, float | Decimal) and value == int(value):
-        return int(value)
-    if kind in _NUMBERS and isinstance(value, Decimal | int) and not isinstance(value, bool):
-        return float(value)
-    if kind == "date" and isinstance(value, dt.date):
-        return (value.date() if isinstance(value, dt.datetime) else value).isoformat()
-    if kind == "datetime" and isinstance(value, dt.date):
-        if not isinstance(value, dt.datetime):
-            value = dt.datetime.combine(value, dt.time())
-        if value.tzinfo is None:
-            return value.isoformat(timespec="milliseconds") + "Z"
-        return value.isoformat(timespec="milliseconds")
-    if kind == "boolean" and isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    return _plain(value)
-
-
-def _plain(value: Any) -> Any:
-    """What json cannot encode itself: decimals as numbers, bytes as base64, durations as
-    seconds, dates and times as ISO text."""
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    isoformat = getattr(value, "isoformat", None)
-    return isoformat() if callable(isoformat) else value
-
-
-def _soql(value: Any) -> str:
-    """A SOQL literal: text quoted with backslash escapes, numbers and booleans bare."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | Decimal):
-        return str(value)
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
 def _required(f: dict[str, Any]) -> bool:
-    """Describe's rule: required on create when createable, not nillable, not defaulted."""
+    """Describe's rule: required on create when createable, not nillable and not defaulted."""
     return bool(f.get("createable") and not f.get("nillable") and not f.get("defaultedOnCreate"))
+
+
+def _unique(f: dict[str, Any]) -> bool:
+    """Describe's fields whose values identify a record: Id, `unique` fields and external ids
+    (Salesforce matches upserts by them and refuses a value two records share rather than pick
+    one). `idLookup` alone does not: Contact.Email is idLookup and not unique."""
+    return bool(f.get("name") == "Id" or f.get("unique") or f.get("externalId"))
 
 
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def _code(response: httpx.Response) -> str:
-    body = _json(response)
-    if isinstance(body, list) and body and isinstance(body[0], dict):
-        return str(body[0].get("errorCode", ""))
-    return ""
-
-
-def _errors(response: httpx.Response) -> str:
-    """A whole-request error body ([{errorCode, message}]) as `CODE: message` text."""
-    body = _json(response)
-    if isinstance(body, list) and body and all(isinstance(e, dict) for e in body):
-        return "; ".join(f"{e.get('errorCode', 'ERROR')}: {e.get('message', '')}" for e in body)
-    return f"HTTP {response.status_code}"
-
-
-def _record_errors(errors: list[dict[str, Any]]) -> str:
-    """A record's errors as Salesforce gave them: `statusCode: message (field, ...)`."""
-    if not errors:
-        return "Salesforce reported a failure without an error"
-    parts = []
-    for e in errors:
-        fields = e.get("fields") or []
-        where = f" ({', '.join(map(str, fields))})" if fields else ""
-        parts.append(f"{e.get('statusCode', 'ERROR')}: {e.get('message', '')}{where}")
-    return "; ".join(dict.fromkeys(parts))

@@ -33,7 +33,10 @@ api_asynch/ and developer.salesforce.com/docs/platform/api-asynch/guide/):
   (upsert), by the key field or else the whole uploaded row (insert).
 Outcomes: successful -> accepted with sf__Id as the record's Salesforce Id; failed -> rejected
 with sf__Error as Salesforce wrote it (a delete of a record already gone, ENTITY_IS_DELETED, is
-accepted as absent); unprocessed or missing from every result -> retried later. A job that
+accepted as absent); unprocessed -> retried later; missing from every result (or results that
+cannot be read), or a job whose state cannot be followed once queued -> in doubt (looked up
+before sent again), never accepted. Numbers are written exactly (decimals in plain notation,
+never through float). A job that
 failed without processing a record (its errorMessage, e.g. ExceededQuota) fails the run when it
 is the batch's first job.
 """
@@ -49,6 +52,7 @@ import json
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 import httpx
@@ -199,11 +203,21 @@ class BulkIngest:
             await self.request(
                 "PUT", f"/jobs/ingest/{job_id}/batches", content=body, content_type="text/csv"
             )
-            await self._set_state(job_id, "UploadComplete")
-            info, stopped = await self._wait(job_id)
         except GiveUp as exc:
             await self._abort(job_id)
             _retry(result, chunk.indexes, f"Salesforce: {exc.reason} (Bulk API job {job_id})")
+            return
+        except BaseException:
+            await self._abort(job_id)
+            raise
+        try:
+            await self._set_state(job_id, "UploadComplete")
+            info, stopped = await self._wait(job_id)
+        except GiveUp as exc:
+            # The job may be queued and processing: its records may be applied.
+            await self._abort(job_id)
+            for i in chunk.indexes:
+                result.in_doubt[i] = f"Salesforce: {exc.reason} (Bulk API job {job_id})"
             return
         except BaseException:
             await self._abort(job_id)
@@ -274,8 +288,7 @@ class BulkIngest:
             if found is None:
                 continue
             self.applied += 1
-            if row.get("sf__Id"):
-                result.ids[found] = str(row["sf__Id"])
+            result.accept(found, str(row["sf__Id"]) if row.get("sf__Id") else None)
         for row in await self._results(job_id, "failedResults", terminal=state):
             found = by_identity.take(row, row.get("sf__Id") if by_id else None)
             if found is None:
@@ -283,6 +296,7 @@ class BulkIngest:
             self.applied += 1
             error = str(row.get("sf__Error") or "Salesforce reported a failure without an error")
             if action == "delete" and error.startswith("ENTITY_IS_DELETED"):
+                result.accept(found)
                 result.absent += 1
             else:
                 result.rejected[found] = error
@@ -294,8 +308,11 @@ class BulkIngest:
                 found = by_identity.take(row, None)
                 if found is not None:
                     result.retry[found] = f"Salesforce: {reason}"
+        # Processed or not, the results do not say: in doubt (looked up before it is sent again).
         for index in by_identity.left():
-            result.retry[index] = f"Salesforce reported no result for it in Bulk API job {job_id}"
+            result.in_doubt[index] = (
+                f"Salesforce reported no result for it in Bulk API job {job_id}"
+            )
 
     async def _results(self, job_id: str, which: str, terminal: str) -> list[dict[str, str]]:
         """One results CSV as rows; an aborted job may have none (an empty list)."""
@@ -357,11 +374,13 @@ def _line(values: list[str]) -> str:
 
 
 def _text(value: Any, null: str) -> str:
-    """A JSON-ready value (see salesforce._value) as Bulk API CSV text."""
+    """A JSON-ready value (see salesforce_values.json_value) as Bulk API CSV text."""
     if value is None:
         return null
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")  # exact, in plain notation (no exponent)
     if isinstance(value, int | float | str):
         return str(value)
     return json.dumps(value, separators=(",", ":"))

@@ -6,6 +6,7 @@ budget, and records that run out of retries."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -243,9 +244,23 @@ def test_records_of_a_request_that_runs_out_of_retries_are_to_be_retried_later()
     try:
         for crm in connect(server):
             crm.policy = RetryPolicy(attempts=2, initial_wait=0.01, total_seconds=2)  # type: ignore[attr-defined]
-            result = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+            batch = Batch("Account", "upsert", "External_Id__c", accounts((1, "a"), (2, "b")))
+            result = crm.deliver(batch)
         assert sorted(result.retry) == [0, 1] and not result.rejected
         assert "HTTP 503" in result.retry[0]
+    finally:
+        server.stop()
+
+
+def test_an_insert_answered_with_a_5xx_is_in_doubt_and_not_sent_again_blind() -> None:
+    server = FlakyCollections()
+    server.start()
+    try:
+        for crm in connect(server):
+            result = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+        assert sorted(result.in_doubt) == [0, 1] and not result.accepted and not result.retry
+        assert "HTTP 503" in result.in_doubt[0]
+        assert [e.method for e in server.log if "/composite/" in e.path] == ["POST"]
     finally:
         server.stop()
 
@@ -287,3 +302,306 @@ def test_rate_limit_spaces_the_requests_of_the_org(salesforce_server: Salesforce
     assert salesforce_server.busiest(0.25) <= 6
     span = salesforce_server.log[-1].at - salesforce_server.log[0].at
     assert span >= 8 / 20 - 0.05  # sent 50 ms apart; arrivals may jitter by a few ms
+
+
+# -- outcomes by identity (faults of the answer) ------------------------------------------------
+
+
+def names_by_id(server: SalesforceServer, object: str = "Account") -> dict[str, str]:
+    with server.lock:
+        return {i: str(r["Name"]) for i, r in server.store[object].items()}
+
+
+def test_reordered_insert_results_give_each_record_its_own_id(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.reorder = True
+
+    result = crm.deliver(
+        Batch("Account", "insert", "External_Id__c", accounts((1, "a"), (2, "b"), (3, "c")))
+    )
+
+    assert result.accepted == {0, 1, 2}
+    held = names_by_id(salesforce_server)
+    assert [held[result.ids[i]] for i in (0, 1, 2)] == ["a", "b", "c"]
+
+
+def test_reordered_upsert_results_without_a_key_are_matched_by_the_values_sent(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.reorder = True
+    records = pa.table({"Name": ["a", "b", "c"], "Website": ["x.io", "y.io", "z.io"]})
+
+    result = crm.deliver(Batch("Account", "insert", None, records))
+
+    held = names_by_id(salesforce_server)
+    assert [held[result.ids[i]] for i in (0, 1, 2)] == ["a", "b", "c"]
+
+
+def test_reordered_update_and_delete_results_are_matched_by_id(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    created = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"), (3, "c"))))
+    ids: list[str | None] = [created.ids[i] for i in (0, 1, 2)]
+    salesforce_server.faults.reorder = True
+    renamed = accounts((1, "A"), (2, "B"), (3, "C"))
+
+    updated = crm.deliver(Batch("Account", "update", "External_Id__c", renamed, ids))
+    crm.deliver(Batch("Account", "delete", "External_Id__c", accounts((2, "B")), ids[1:2]))
+    deleted = crm.deliver(Batch("Account", "delete", "External_Id__c", renamed, ids))
+
+    assert updated.accepted == {0, 1, 2} and updated.ids == dict(enumerate(ids))
+    assert deleted.accepted == {0, 1, 2} and deleted.absent == 1 and not deleted.rejected
+    assert salesforce_server.store["Account"] == {}
+
+
+def test_short_answer_to_an_insert_is_in_doubt(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.drop = 1
+
+    result = crm.deliver(
+        Batch("Account", "insert", "External_Id__c", accounts((1, "a"), (2, "b"), (3, "c")))
+    )
+
+    assert result.accepted == set() and sorted(result.in_doubt) == [0, 1, 2]
+    assert "2 results for 3 records" in result.in_doubt[0]
+
+
+def test_short_answer_to_an_update_accepts_only_the_records_whose_id_it_names(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    created = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"), (3, "c"))))
+    ids: list[str | None] = [created.ids[i] for i in (0, 1, 2)]
+    salesforce_server.faults.drop = 1
+
+    result = crm.deliver(
+        Batch("Account", "update", "External_Id__c", accounts((1, "A"), (2, "B"), (3, "C")), ids)
+    )
+
+    assert result.accepted == {0, 1} and list(result.in_doubt) == [2]
+
+
+def test_unreadable_answer_is_in_doubt(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.garble = True
+
+    result = crm.deliver(Batch("Account", "upsert", "External_Id__c", accounts((1, "a"), (2, "b"))))
+
+    assert result.accepted == set() and sorted(result.in_doubt) == [0, 1]
+
+
+def test_resolve_accepts_records_found_with_the_values_sent_and_resends_the_others(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.garble = True
+    sent = accounts((1, "a"), (2, "b"))
+    crm.deliver(Batch("Account", "insert", "External_Id__c", sent))
+    salesforce_server.faults.garble = False
+    edit = next(r for r in salesforce_server.store["Account"].values() if r["Name"] == "b")
+    edit["Name"] = "edited"
+    doubtful = accounts((1, "a"), (2, "b"), (3, "never sent"))
+
+    inserted = crm.resolve(Batch("Account", "insert", "External_Id__c", doubtful))
+    upserted = crm.resolve(Batch("Account", "upsert", "External_Id__c", doubtful))
+
+    first = next(i for i, r in salesforce_server.store["Account"].items() if r["Name"] == "a")
+    assert inserted.accepted == {0} and inserted.ids == {0: first}
+    assert list(inserted.in_doubt) == [1]  # taken by a record with other values: no duplicate
+    assert list(inserted.retry) == [2]  # absent: sent again
+    assert upserted.accepted == {0} and sorted(upserted.retry) == [1, 2]  # idempotent
+
+
+def test_resolve_of_a_delete_accepts_records_already_gone(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    created = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"), (2, "b"))))
+    ids: list[str | None] = [created.ids[0], created.ids[1]]
+    crm.deliver(Batch("Account", "delete", "External_Id__c", accounts((1, "a")), ids[:1]))
+
+    result = crm.resolve(
+        Batch("Account", "delete", "External_Id__c", accounts((1, "a"), (2, "b")), ids)
+    )
+
+    assert result.accepted == {0} and result.absent == 1 and list(result.retry) == [1]
+
+
+def test_the_connector_declares_it_resolves_records_in_doubt(crm: Destination) -> None:
+    assert crm.capabilities.resolves and crm.capabilities.guarantee == "idempotent"
+
+
+# -- exact numbers ------------------------------------------------------------------------------
+
+
+def test_numbers_are_sent_exactly_never_through_float(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    money = [Decimal("1234567890123456.78"), Decimal("9999999999999999.99"), Decimal("0.10")]
+    records = pa.table(
+        {
+            "External_Id__c": ["1", "2", "3"],
+            "Name": ["a", "b", "c"],
+            "AnnualRevenue": pa.array(money, pa.decimal128(18, 2)),
+        }
+    )
+    projects = pa.table({"Name": ["p"], "Code__c": ["P1"], "Budget__c": [9007199254740993]})
+
+    accepted = crm.deliver(Batch("Account", "upsert", "External_Id__c", records))
+    project = crm.deliver(Batch("Project__c", "upsert", "Code__c", projects))
+
+    assert accepted.accepted == {0, 1, 2} and project.accepted == {0}
+    held = {r["Name"]: r["AnnualRevenue"] for r in salesforce_server.store["Account"].values()}
+    assert held == {"a": money[0], "b": money[1], "c": money[2]}
+    (budget,) = [r["Budget__c"] for r in salesforce_server.store["Project__c"].values()]
+    assert budget == 9007199254740993 and isinstance(budget, int)
+
+
+def test_a_decimal_into_a_text_field_is_written_in_plain_notation(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    records = pa.table(
+        {"Name": ["a"], "External_Id__c": pa.array([Decimal("1E+16")], pa.decimal128(38, 0))}
+    )
+
+    crm.deliver(Batch("Account", "insert", None, records))
+
+    (record,) = salesforce_server.store["Account"].values()
+    assert record["External_Id__c"] == "10000000000000000"
+
+
+# -- requests refused as a whole ----------------------------------------------------------------
+
+
+def test_a_request_refused_for_one_malformed_record_rejects_only_that_record(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.json_errors_fail_request = True
+    staff: list[Any] = [10, 20, "many", 40, 50, 60, 70, 80]
+    records = pa.table(
+        {
+            "External_Id__c": [str(i) for i in range(8)],
+            "Name": [f"n{i}" for i in range(8)],
+            "NumberOfEmployees": pa.array([str(s) for s in staff], pa.string()),
+        }
+    )
+
+    result = crm.deliver(Batch("Account", "upsert", "External_Id__c", records))
+
+    assert result.accepted == {0, 1, 3, 4, 5, 6, 7}
+    assert list(result.rejected) == [2]
+    assert result.rejected[2].startswith("JSON_PARSER_ERROR: Cannot deserialize")
+    assert len(salesforce_server.store["Account"]) == 7
+
+
+def test_records_rolled_back_because_of_a_sibling_are_sent_again_without_it(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.roll_back_siblings = True
+    records = pa.table({"LastName": ["a", None, "c", "d"], "Email": ["a@x.io"] * 4})
+
+    result = crm.deliver(Batch("Contact", "insert", None, records))
+
+    assert result.accepted == {0, 2, 3} and list(result.rejected) == [1]
+    assert result.rejected[1].startswith("REQUIRED_FIELD_MISSING")
+    assert sorted(r["LastName"] for r in salesforce_server.store["Contact"].values()) == [
+        "a",
+        "c",
+        "d",
+    ]
+
+
+def test_a_2mb_error_body_is_not_kept(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.json_errors_fail_request = True
+    salesforce_server.faults.huge_error_body = True
+    records = pa.table({"Name": ["a"], "NumberOfEmployees": ["many"]})
+
+    result = crm.deliver(Batch("Account", "insert", None, records))
+
+    assert list(result.rejected) == [0]
+    message = result.rejected[0]
+    assert "HTTP 400 JSON_PARSER_ERROR" in message and len(message) < 200
+
+
+# -- request limits -----------------------------------------------------------------------------
+
+
+def test_a_refusal_for_too_many_concurrent_requests_is_retried_not_reported_as_the_daily_budget(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    crm.policy = RetryPolicy(attempts=4, initial_wait=0.01, total_seconds=5)  # type: ignore[attr-defined]
+    crm.fields("Account")  # describe first
+    salesforce_server.faults.concurrent_refusals = 2
+
+    result = crm.deliver(Batch("Account", "insert", None, accounts((1, "a"))))
+
+    assert result.accepted == {0}
+    assert [e.status for e in salesforce_server.log[-3:]] == [403, 403, 200]
+
+
+def test_catalog_flags_come_from_describe_and_idlookup_alone_is_not_unique(
+    crm: Destination,
+) -> None:
+    fields = {f.name: f for f in crm.fields("Contact")}
+
+    assert fields["Email"].unique is False  # idLookup, not unique
+    assert fields["External_Id__c"].unique is True and fields["Id"].unique is True
+    assert fields["LastName"].required is True and fields["Name"].writable is False
+
+
+def test_an_update_keyed_by_a_non_unique_idlookup_field_never_guesses_between_records(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    people = pa.table({"LastName": ["a", "b", "c"], "Email": ["dup@x.io", "dup@x.io", "one@x.io"]})
+    crm.deliver(Batch("Contact", "insert", None, people))
+    changes = pa.table({"Email": ["dup@x.io", "one@x.io"], "LastName": ["new", "new"]})
+
+    result = crm.deliver(Batch("Contact", "update", "Email", changes))
+
+    assert result.accepted == {1}
+    assert result.rejected[0].startswith("several Contact records have Email = 'dup@x.io'")
+    held = sorted(r["LastName"] for r in salesforce_server.store["Contact"].values())
+    assert held == ["a", "b", "new"]
+
+
+class RefusesWithoutUsage(SalesforceServer):
+    """Refuses the next `refusals` collection calls with 403 REQUEST_LIMIT_EXCEEDED and
+    `message`, without a Sforce-Limit-Info header (a proxy may drop it)."""
+
+    def __init__(self, message: str, refusals: int) -> None:
+        super().__init__()
+        self.message, self.refusals = message, refusals
+
+    def handle(self, request: Incoming) -> Reply:
+        if "/composite/" in request.path and self.refusals > 0:
+            self.refusals -= 1
+            return Reply(403, [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": self.message}])
+        return super().handle(request)
+
+
+@pytest.mark.parametrize(
+    ("message", "daily"),
+    [
+        ("TotalRequests Limit exceeded.", True),
+        ("ConcurrentRequests (Concurrent API Requests) Limit exceeded.", False),
+    ],
+)
+def test_without_the_usage_header_the_message_tells_the_daily_limit_from_a_busy_org(
+    message: str, daily: bool
+) -> None:
+    server = RefusesWithoutUsage(message, refusals=2)
+    server.start()
+    try:
+        for crm in connect(server):
+            crm.policy = RetryPolicy(attempts=4, initial_wait=0.01, total_seconds=5)  # type: ignore[attr-defined]
+            batch = Batch("Account", "upsert", "External_Id__c", accounts((1, "a")))
+            if daily:
+                with pytest.raises(DestinationError, match="daily API request budget"):
+                    crm.deliver(batch)
+            else:
+                assert crm.deliver(batch).accepted == {0}
+        assert server.refusals == (1 if daily else 0)  # the daily one is not asked again
+    finally:
+        server.stop()

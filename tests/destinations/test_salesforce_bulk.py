@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,39 @@ def test_values_with_commas_quotes_and_line_breaks_survive_the_csv_both_ways(
     store = salesforce_server.store["Account"]
     assert [store[result.ids[i]]["Name"] for i in range(5)] == names
     assert [store[result.ids[i]].get("NumberOfEmployees") for i in range(5)] == [1, 2, None, 4, 5]
+
+
+def test_numbers_go_into_the_csv_exactly_in_plain_notation(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    money = [Decimal("1234567890123456.78"), Decimal("9999999999999999.99")]
+    money += [Decimal("1E+2"), Decimal("0.10")]
+    records = accounts(4).append_column("AnnualRevenue", pa.array(money, pa.decimal128(18, 2)))
+
+    result = crm.deliver(Batch("Account", "upsert", "External_Id__c", records))
+
+    assert result.accepted == {0, 1, 2, 3}
+    (rows,) = uploaded(salesforce_server)
+    assert [r["AnnualRevenue"] for r in rows] == [
+        "1234567890123456.78",
+        "9999999999999999.99",
+        "100.00",
+        "0.10",
+    ]
+    held = {r["Name"]: r["AnnualRevenue"] for r in salesforce_server.store["Account"].values()}
+    assert held["n1"] == money[0] and held["n2"] == money[1]
+
+
+def test_records_missing_from_every_result_are_in_doubt_not_retried(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.bulk.lose_results = 2
+
+    result = crm.deliver(Batch("Account", "insert", "External_Id__c", accounts(5)))
+
+    assert len(result.accepted) == 3 and len(result.in_doubt) == 2 and not result.retry
+    assert len(salesforce_server.store["Account"]) == 5  # applied, but the answer did not say
+    resolved = crm.resolve(
+        Batch("Account", "insert", "External_Id__c", accounts(5).take(sorted(result.in_doubt)))
+    )
+    assert resolved.accepted == {0, 1} and not resolved.retry

@@ -5,9 +5,11 @@ what a user sees when records are invalid or the org's daily API budget is used 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from run_harness import RetlProject
 from servers.base import Incoming, Reply
@@ -289,3 +291,198 @@ def test_validate_connect_names_a_mapped_field_salesforce_cannot_update(
         "remove it from the mapping",
     ]
     assert {p["field"] for p in problems} == {"mapping.Name"}
+
+
+# -- answers that cannot be trusted (tests/servers/salesforce.py Faults) ------------------------
+
+SIX = [(i, f"a{i}") for i in range(1, 7)]
+
+
+def ids_by_key(server: SalesforceServer) -> dict[str, str]:
+    """External id -> Id of every Account the server holds."""
+    with server.lock:
+        return {str(r["External_Id__c"]): i for i, r in server.store["Account"].items()}
+
+
+def state_ids(project: RetlProject) -> dict[str, str]:
+    """Key -> the Salesforce Id the sync's state holds for it."""
+    con = duckdb.connect(str(project.state_dir / "contacts.duckdb"), read_only=True)
+    try:
+        return {
+            str(k): str(i) for k, i in con.execute("SELECT key, dest_id FROM snapshot").fetchall()
+        }
+    finally:
+        con.close()
+
+
+def nothing_to_do(project: RetlProject) -> bool:
+    counts = project.plan_counts()
+    return all(n == 0 for op, n in counts.items() if op != "unchanged")
+
+
+def test_reordered_answers_keep_each_records_id_so_on_removed_deletes_the_removed_records(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.reorder = True
+    sf.write_sync(
+        mode="upsert",
+        mapping=MAPPING,
+        on_removed="delete",
+        allow_destructive=True,
+        limits=OPEN_LIMITS,
+    )
+    sf.set_source(SIX)
+    assert sf.run_json()["counts"]["create"] == 6
+    assert state_ids(sf) == ids_by_key(salesforce_server)
+    sf.set_source(SIX[:3])
+
+    run = sf.run_json()
+
+    assert run["counts"]["delete"] == 3
+    assert accounts(salesforce_server) == {"1": "a1", "2": "a2", "3": "a3"}
+    assert state_ids(sf) == ids_by_key(salesforce_server)
+    assert nothing_to_do(sf)
+
+
+@pytest.mark.parametrize("fault", ["drop", "garble"])
+def test_short_or_unreadable_answers_are_resolved_by_key_without_duplicates(
+    sf: RetlProject, salesforce_server: SalesforceServer, fault: str
+) -> None:
+    setattr(salesforce_server.faults, fault, 2 if fault == "drop" else True)
+    sf.write_sync(mode="insert", mapping=MAPPING, limits=OPEN_LIMITS)
+    sf.set_source(SIX)
+
+    run = sf.run_json()
+
+    # the records are there: looked up by key, they count as delivered, with their own Ids
+    assert run["counts"]["create"] == 6
+    assert state_ids(sf) == ids_by_key(salesforce_server)
+    assert len(salesforce_server.store["Account"]) == 6
+    assert nothing_to_do(sf)
+
+
+def test_records_left_in_doubt_fail_the_run_and_the_next_run_finds_them_instead_of_creating(
+    sf: RetlProject, salesforce_server: SalesforceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = salesforce_server.handle
+    queries_time_out = True
+
+    def handle(request: Incoming) -> Reply:
+        if queries_time_out and request.path.endswith("/query"):
+            return Reply(
+                400,
+                [
+                    {
+                        "errorCode": "QUERY_TIMEOUT",
+                        "message": "Your query request was running for too long.",
+                    }
+                ],
+            )
+        return answer(request)
+
+    monkeypatch.setattr(salesforce_server, "handle", handle)
+    salesforce_server.faults.garble = True
+    sf.write_sync(mode="insert", mapping=MAPPING, limits=OPEN_LIMITS)
+    sf.set_source(SIX)
+
+    failed = sf.cli("run", "contacts")
+
+    assert failed.code == 1
+    assert "6 records are in doubt" in " ".join(failed.output.split())
+    assert sf.state_keys() == set()  # nothing counts as delivered
+    assert len(salesforce_server.store["Account"]) == 6  # though Salesforce applied them
+    queries_time_out = False
+    salesforce_server.faults.garble = False
+    since = len(salesforce_server.log)
+
+    run = sf.run_json()
+
+    assert run["status"] == "success" and run["counts"]["create"] == 6
+    assert not any(m == "POST" for m, _ in requests(salesforce_server, since))  # found, not sent
+    assert len(salesforce_server.store["Account"]) == 6  # no duplicates
+    assert state_ids(sf) == ids_by_key(salesforce_server)
+    assert nothing_to_do(sf)
+
+
+def test_one_malformed_value_dead_letters_only_its_record(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    salesforce_server.faults.json_errors_fail_request = True
+    sf.write_sync(
+        mode="upsert",
+        mapping={**MAPPING, "NumberOfEmployees": "name"},
+        limits=OPEN_LIMITS,
+    )
+    sf.set_source([(i, str(i * 10)) for i in range(1, 10)] + [(10, "many")])
+
+    run = sf.run_json()
+
+    assert run["counts"]["create"] == 9 and run["counts"]["rejected"] == 1
+    (letter,) = sf.dead_letters()
+    assert letter["key"] == "10" and letter["error"].startswith("JSON_PARSER_ERROR")
+    assert len(salesforce_server.store["Account"]) == 9
+
+
+def test_refusals_for_too_many_concurrent_requests_are_retried_and_the_run_succeeds(
+    sf: RetlProject, salesforce_server: SalesforceServer
+) -> None:
+    sf.write_sync(mode="upsert", mapping=MAPPING, batch_size=2, limits=OPEN_LIMITS)
+    sf.set_source(SIX)
+    salesforce_server.faults.concurrent_refusals = 3
+
+    result = sf.cli("run", "contacts")
+
+    assert result.code == 0, result.output
+    assert "daily API request budget" not in result.output
+    assert accounts(salesforce_server) == {str(i): f"a{i}" for i in range(1, 7)}
+    assert [e.status for e in salesforce_server.log].count(403) == 3
+
+
+def test_after_faulty_answers_stop_a_run_leaves_salesforce_equal_to_the_source(
+    sf: RetlProject, salesforce_server: SalesforceServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dice = random.Random(15)
+    answer = salesforce_server.handle
+    faulty = True
+    untrustworthy = 0  # answers short or unreadable
+
+    def handle(request: Incoming) -> Reply:
+        nonlocal untrustworthy
+        faults = salesforce_server.faults
+        on = faulty and "/composite/" in request.path
+        faults.reorder = on and dice.random() < 0.5
+        faults.drop = 1 if on and dice.random() < 0.3 else 0
+        faults.garble = on and dice.random() < 0.2
+        untrustworthy += bool(faults.drop or faults.garble)
+        return answer(request)
+
+    monkeypatch.setattr(salesforce_server, "handle", handle)
+    sf.write_sync(
+        mode="upsert",
+        mapping=MAPPING,
+        on_removed="delete",
+        allow_destructive=True,
+        batch_size=4,
+        limits=OPEN_LIMITS,
+    )
+    sources = [
+        [(i, f"a{i}") for i in range(1, 13)],
+        [(i, f"b{i}" if i % 3 == 0 else f"a{i}") for i in range(1, 17) if i % 4],
+        [(i, f"c{i}") for i in range(2, 20, 2)],
+    ]
+    for source in sources:
+        sf.set_source(source)
+        sf.cli("run", "contacts")  # may fail: records left in doubt
+        held = ids_by_key(salesforce_server)
+        # whatever the state holds is there, under that Id
+        assert all(held.get(key) == record_id for key, record_id in state_ids(sf).items())
+    faulty = False
+    assert untrustworthy >= 3
+
+    final = sf.run_json()
+
+    assert final["status"] == "success"
+    assert accounts(salesforce_server) == {str(i): name for i, name in sources[-1]}
+    assert len(salesforce_server.store["Account"]) == len(sources[-1])  # no duplicates
+    assert state_ids(sf) == ids_by_key(salesforce_server)
+    assert nothing_to_do(sf)

@@ -32,6 +32,16 @@ developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/ and .../platfo
 - Query (`GET /query?q=SELECT ... FROM ...`): {totalSize, done, records[], nextRecordsUrl} with
   pages of `page_size` records fetched from /query/{locator}-{offset}.
 - Bulk API 2.0 ingest jobs under /jobs/ingest: see servers/salesforce_bulk.py.
+- Numbers are read exactly (a JSON number is a decimal, as Salesforce's Number fields of up to
+  18 digits hold it) and answered exactly in queries.
+Fault modes (`server.faults`, a Faults): answers that real networks and proxies produce, or that
+Salesforce gives under load: results reordered, the last N results missing, a truncated body
+after the request was applied, 403 REQUEST_LIMIT_EXCEEDED "ConcurrentPerOrgLongTxn Limit
+exceeded." (too many long-running requests at once, while the daily budget has room), every
+sibling of a failed record rolled back (ALL_OR_NONE_OPERATION_ROLLED_BACK, as Salesforce's
+partial-save retries do when a trigger fails), a JSON value of the wrong type failing the whole
+request with 400 JSON_PARSER_ERROR (Salesforce deserializes the request before any record), and
+a 2 MB error body.
 Choices of this server (the pages do not say): 401 answers carry no Sforce-Limit-Info (no org is
 known); an unknown field fails its record, not the request; a wrong JSON type for a field fails
 its record with INVALID_TYPE_ON_FIELD_IN_RECORD; a record of an unknown or missing
@@ -43,8 +53,11 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import re
 import uuid
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -56,6 +69,20 @@ API_VERSION = "v60.0"
 MAX_RECORDS = 200
 TOO_MANY = "record limit reached. cannot submit more than 200 records into this call"
 NO_RESOURCE = "The requested resource does not exist"
+
+
+@dataclass
+class Faults:
+    """Faults of the sObject Collections answers (0/False: none). Applied records stay applied:
+    only the answer is wrong."""
+
+    reorder: bool = False  # results in reverse order
+    drop: int = 0  # the last `drop` results left out
+    garble: bool = False  # the body cut off mid-way (not JSON)
+    concurrent_refusals: int = 0  # the next N requests refused as too many concurrent ones
+    roll_back_siblings: bool = False  # a failed record fails every record of its request
+    json_errors_fail_request: bool = False  # a value of the wrong JSON type: 400 for all
+    huge_error_body: bool = False  # whole-request refusals carry 2 MB of errors
 
 
 class SalesforceServer(ContractServer):
@@ -86,6 +113,7 @@ class SalesforceServer(ContractServer):
         self.deleted: set[str] = set()
         self._ids = itertools.count(1)
         self._cursors: dict[str, list[dict[str, Any]]] = {}
+        self.faults = Faults()
         self.bulk = BulkIngest(
             self,
             daily_records=bulk_daily_records,
@@ -109,6 +137,10 @@ class SalesforceServer(ContractServer):
             return _refuse(401, "INVALID_SESSION_ID", "Session expired or invalid")
         if self.api_used >= self.daily_limit:
             reply = _refuse(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        elif self.faults.concurrent_refusals > 0:
+            self.faults.concurrent_refusals -= 1
+            message = "ConcurrentPerOrgLongTxn Limit exceeded."
+            reply = _refuse(403, "REQUEST_LIMIT_EXCEEDED", message)
         else:
             self.api_used += 1
             reply = self._route(request)
@@ -222,7 +254,7 @@ class SalesforceServer(ContractServer):
         self, request: Incoming, action: str, type_name: str | None, ext_name: str | None
     ) -> Reply:
         try:
-            payload = request.json()
+            payload = json.loads(request.body.decode("utf-8"), parse_float=Decimal)
             records = payload["records"]
             all_or_none = bool(payload.get("allOrNone", False))
             assert isinstance(records, list) and all(isinstance(r, dict) for r in records)
@@ -232,6 +264,10 @@ class SalesforceServer(ContractServer):
             )
         if len(records) > MAX_RECORDS:
             return _refuse(400, "EXCEEDED_ID_LIMIT", TOO_MANY)
+        if self.faults.json_errors_fail_request:
+            problem = self._undeserializable(records)
+            if problem is not None:
+                return self._refused(problem)
         for index, record in enumerate(records):
             kind = (record.get("attributes") or {}).get("type")
             if kind not in self.sobjects:
@@ -265,7 +301,7 @@ class SalesforceServer(ContractServer):
         for plan in plans:
             if isinstance(plan, list):
                 results.append({"id": None, "success": False, "errors": plan})
-            elif failed and all_or_none:
+            elif failed and (all_or_none or self.faults.roll_back_siblings):
                 results.append({"id": None, "success": False, "errors": [_rolled_back()]})
             else:
                 results.append(self._apply(*plan))
@@ -273,7 +309,45 @@ class SalesforceServer(ContractServer):
                 results[-1].setdefault("created", False)
             else:
                 results[-1].pop("created", None)
+        return self._answer(results)
+
+    def _answer(self, results: list[dict[str, Any]]) -> Reply:
+        """The per-record results, through the faults that are on."""
+        faults = self.faults
+        if faults.reorder:
+            results = results[::-1]
+        if faults.drop:
+            results = results[: max(0, len(results) - faults.drop)]
+        if faults.garble:
+            text = json.dumps(results)
+            return Reply(200, text=text[: len(text) // 2], content_type="application/json")
         return Reply(200, results)
+
+    def _undeserializable(self, records: list[dict[str, Any]]) -> str | None:
+        """Salesforce's JSON parser reads every value as its field's type before any record is
+        saved: a number or boolean as text is read when it parses, a date must be a date.
+        Returns the parser's message for the first value that cannot be read (the whole request
+        fails), after turning the values that parse into their type."""
+        for record in records:
+            sobject = self.sobjects.get((record.get("attributes") or {}).get("type"))
+            for name, value in list(record.items()):
+                f = sobject.field(name) if sobject and name != "attributes" else None
+                if f is None or not isinstance(value, str):
+                    continue
+                read = _deserialize(f.type, value)
+                if read is None:
+                    return (
+                        f"Cannot deserialize instance of {f.type} from VALUE_STRING value "
+                        f"{value} or request may be missing a required field"
+                    )
+                record[name] = read
+        return None
+
+    def _refused(self, message: str) -> Reply:
+        if self.faults.huge_error_body:
+            errors = [sf_error("JSON_PARSER_ERROR", message + " " + "x" * 2_000_000)]
+            return Reply(400, errors)
+        return _refuse(400, "JSON_PARSER_ERROR", message)
 
     def _plan(
         self, action: str, record: dict[str, Any], ext: Field | None, seen_ext: set[str]
@@ -378,7 +452,7 @@ class SalesforceServer(ContractServer):
                 del self.store[where[0]][where[1]]
                 self.deleted.add(where[1])
                 results.append({"id": where[1], "success": True, "errors": []})
-        return Reply(200, results)
+        return self._answer(results)
 
     # -- query --------------------------------------------------------------------------------
 
@@ -388,7 +462,7 @@ class SalesforceServer(ContractServer):
             rows = self._cursors.get(locator)
             if rows is None or not offset.isdigit():
                 return _refuse(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
-            return Reply(200, self._page(locator, rows, int(offset)))
+            return _exact(Reply(200, self._page(locator, rows, int(offset))))
         soql = request.query.get("q", [""])[0]
         match = re.fullmatch(
             r"\s*SELECT\s+(.+?)\s+FROM\s+(\w+)(?:\s+WHERE\s+(\w+)\s+IN\s*\((.*)\))?\s*",
@@ -432,7 +506,7 @@ class SalesforceServer(ContractServer):
         ]
         locator = "01g" + uuid.uuid4().hex[:15]
         self._cursors[locator] = rows
-        return Reply(200, self._page(locator, rows, 0))
+        return _exact(Reply(200, self._page(locator, rows, 0)))
 
     def _page(self, locator: str, rows: list[dict[str, Any]], offset: int) -> dict[str, Any]:
         page = rows[offset : offset + self.page_size]
@@ -482,6 +556,47 @@ class SalesforceServer(ContractServer):
         )
 
 
+def _deserialize(kind: str, text: str) -> Any:
+    """A JSON string as field type `kind` reads it (None: it cannot be read)."""
+    if kind in ("double", "currency", "percent", "int"):
+        try:
+            number = Decimal(text)
+        except ArithmeticError:
+            return None
+        if not number.is_finite():
+            return None
+        return int(number) if kind == "int" and number == number.to_integral_value() else number
+    if kind == "boolean":
+        return text.lower() == "true" if text.lower() in ("true", "false") else None
+    if kind == "date":
+        try:
+            return dt.date.fromisoformat(text).isoformat() if len(text) == 10 else None
+        except ValueError:
+            return None
+    return text
+
+
+def _exact(reply: Reply) -> Reply:
+    """A JSON reply whose decimals are written exactly (json.dumps cannot write a Decimal)."""
+    marks: dict[str, str] = {}
+
+    def mark(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            token = f"@@decimal{len(marks)}@@"
+            marks[f'"{token}"'] = format(value, "f")
+            return token
+        if isinstance(value, dict):
+            return {k: mark(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mark(v) for v in value]
+        return value
+
+    text = json.dumps(mark(reply.body))
+    for token, number in marks.items():
+        text = text.replace(token, number, 1)
+    return Reply(reply.status, headers=reply.headers, text=text, content_type="application/json")
+
+
 def _refuse(status: int, code: str, message: str) -> Reply:
     """A whole-request error: Salesforce answers a list of {message, errorCode}."""
     return Reply(status, [sf_error(code, message)])
@@ -511,6 +626,8 @@ def _soql_text(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
     return str(value)
 
 

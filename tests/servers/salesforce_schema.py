@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -169,7 +170,11 @@ def check_value(f: Field, value: Any) -> dict[str, Any] | None:
     if f.type == "int":
         return None if isinstance(value, int) and not isinstance(value, bool) else bad
     if f.type in ("double", "currency", "percent"):
-        return None if isinstance(value, int | float) and not isinstance(value, bool) else bad
+        return (
+            None
+            if isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+            else bad
+        )
     if not isinstance(value, str):
         return bad
     if f.type == "date":

@@ -334,3 +334,96 @@ def test_query_where_in_selects_records_by_quoted_or_bare_literals(
     bad = "SELECT Id FROM Account WHERE Name IN ('unclosed)"
     response = call(salesforce_server, "GET", "/query", params={"q": bad})
     assert response.status_code == 400 and response.json()[0]["errorCode"] == "MALFORMED_QUERY"
+
+
+# -- exact numbers and fault modes ---------------------------------------------------------------
+
+
+def test_numbers_are_stored_and_queried_exactly(salesforce_server: SalesforceServer) -> None:
+    body = (
+        b'{"allOrNone": false, "records": [{"attributes": {"type": "Account"}, "Name": "a", '
+        b'"AnnualRevenue": 9999999999999999.99}]}'
+    )
+    response = httpx.post(
+        salesforce_server.url + V + "/composite/sobjects",
+        content=body,
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert response.json()[0]["success"] is True
+
+    query = call(
+        salesforce_server, "GET", "/query", params={"q": "SELECT AnnualRevenue FROM Account"}
+    )
+
+    assert b'"AnnualRevenue": 9999999999999999.99' in query.content
+
+
+def test_faults_reorder_drop_and_garble_only_the_answer(
+    salesforce_server: SalesforceServer,
+) -> None:
+    salesforce_server.faults.reorder = True
+    salesforce_server.faults.drop = 1
+    results = insert(salesforce_server, account("a"), account("b"), account("c"))
+    names = {i: r["Name"] for i, r in salesforce_server.store["Account"].items()}
+    assert [names[r["id"]] for r in results] == ["c", "b"]  # reversed, the last left out
+    salesforce_server.faults.garble = True
+
+    response = call(
+        salesforce_server,
+        "POST",
+        "/composite/sobjects",
+        json={"allOrNone": False, "records": [account("d")]},
+    )
+
+    assert response.status_code == 200 and len(salesforce_server.store["Account"]) == 4
+    with pytest.raises(ValueError):
+        response.json()
+
+
+def test_fault_json_errors_fail_the_whole_request_like_salesforces_parser(
+    salesforce_server: SalesforceServer,
+) -> None:
+    salesforce_server.faults.json_errors_fail_request = True
+    body = {
+        "allOrNone": False,
+        "records": [account("a", NumberOfEmployees="12"), account("b", NumberOfEmployees="many")],
+    }
+
+    refused = call(salesforce_server, "POST", "/composite/sobjects", json=body)
+    accepted = insert(salesforce_server, account("a", NumberOfEmployees="12"))
+
+    assert refused.status_code == 400 and refused.json()[0]["errorCode"] == "JSON_PARSER_ERROR"
+    assert accepted[0]["success"] is True  # a number as text is read as the number
+    (record,) = salesforce_server.store["Account"].values()
+    assert record["NumberOfEmployees"] == 12
+
+
+def test_fault_concurrent_refusal_is_403_request_limit_exceeded_with_budget_left(
+    salesforce_server: SalesforceServer,
+) -> None:
+    salesforce_server.faults.concurrent_refusals = 1
+
+    refused = call(salesforce_server, "GET", "/sobjects/")
+    served = call(salesforce_server, "GET", "/sobjects/")
+
+    assert refused.status_code == 403
+    assert refused.json() == [
+        {
+            "message": "ConcurrentPerOrgLongTxn Limit exceeded.",
+            "errorCode": "REQUEST_LIMIT_EXCEEDED",
+        }
+    ]
+    assert refused.headers["Sforce-Limit-Info"] == "api-usage=0/100000"
+    assert served.status_code == 200
+
+
+def test_fault_roll_back_siblings_fails_every_record_of_a_request_with_a_bad_one(
+    salesforce_server: SalesforceServer,
+) -> None:
+    salesforce_server.faults.roll_back_siblings = True
+
+    results = insert(salesforce_server, account("a"), {"attributes": {"type": "Account"}})
+
+    assert results[0]["errors"][0]["statusCode"] == "ALL_OR_NONE_OPERATION_ROLLED_BACK"
+    assert results[1]["errors"][0]["statusCode"] == "REQUIRED_FIELD_MISSING"
+    assert salesforce_server.store["Account"] == {}
