@@ -12,7 +12,6 @@ from reverse_etl.cli.common import (
     JsonOption,
     ProjectDirOption,
     RoleOption,
-    err,
     open_project,
     optional_sync,
     out,
@@ -53,7 +52,7 @@ def dlq(
             if json_output:
                 print_json({"sync": sync.name, "cleared": removed})
                 return
-            err.print(
+            out.print(
                 f"cleared {removed:,} dead letter(s) of {sync.name}; rows still different from "
                 "what was delivered are sent again by the next run"
             )
@@ -65,7 +64,7 @@ def dlq(
         if json_output:
             print_json({"runs": [outcome.to_json()]})
         else:
-            render_summary(err, [outcome])
+            render_summary(out, [outcome])
         if outcome.status in ("failed", "refused"):
             raise FailureReported(f"retrying the dead letters of {sync.name} {outcome.status}")
         return
@@ -81,7 +80,7 @@ def dlq(
         print_json({"dead_letters": [d.to_dict() for d in letters], "total": total})
         return
     if not letters:
-        err.print("the dead letter queue is empty", style="green")
+        out.print("the dead letter queue is empty", style="green")
         return
     columns = [
         Column("key"),
@@ -106,4 +105,4 @@ def dlq(
         rows.append([d.sync, *row] if sync_name is None else row)
     print_rows(out, columns, rows)
     if total > len(letters):
-        err.print(f"showing {len(letters):,} of {total:,}; use --limit N or --json", style="dim")
+        out.print(f"showing {len(letters):,} of {total:,}; use --limit N or --json", style="dim")

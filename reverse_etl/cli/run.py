@@ -27,6 +27,7 @@ from reverse_etl.cli.common import (
     SyncsArgument,
     err,
     open_project,
+    out,
     print_json,
     selected_syncs,
 )
@@ -129,11 +130,11 @@ def run(
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
     elif not dry_run and not display.log_json:
-        render_summary(err, outcomes)
+        render_summary(out, outcomes)
     stopped = next((o for o in outcomes if o.status == "interrupted"), None)
     if stopped is not None:
         if not json_output and not display.log_json:
-            err.print(f"[yellow]{escape(stopped.error or 'interrupted')}[/yellow]", highlight=False)
+            out.print(f"[yellow]{escape(stopped.error or 'interrupted')}[/yellow]", highlight=False)
         raise RunInterruptedReported(
             stopped.error or "interrupted", interrupt.requested() or signal.SIGINT
         )
@@ -163,15 +164,15 @@ class _Display:
         self.lock = threading.Lock()
 
     def show_plan(self, plan: Plan) -> None:
-        if self.dry_run and not self.quiet and not self.log_json:
-            render_plan(err, plan)
+        if self.dry_run and not self.quiet:
+            render_plan(out, plan)
 
     def confirm(self, plan: Plan) -> bool:
         if self.yes or not self.interactive:
             return True
         with self.lock:
             self._stop_bar()
-        render_plan(err, plan)
+        render_plan(err, plan)  # the question's context, on the terminal with the question
         return typer.confirm(
             f"Delete {plan.counts.delete:,} records from {plan.destination} {plan.object}?",
             default=False,

@@ -62,11 +62,11 @@ def test_a_billion_laughs_alias_bomb_is_refused_within_a_second(
 
     assert seconds < 1.0
     assert result.code == 1
-    assert result.err.splitlines()[:2] == [
+    assert result.out.splitlines()[:2] == [
         "syncs/bomb.yml:6: cannot read: more than 20,000 values once aliases are expanded",
         "    hint: config files are small: split the file, or write the repeated parts out",
     ]
-    assert "Traceback" not in result.err
+    assert "Traceback" not in result.out
 
 
 def test_chained_merge_keys_keep_each_key_once_and_stay_fast() -> None:
@@ -93,7 +93,7 @@ def test_a_50_mb_sync_file_is_refused_without_being_read(
 
     assert seconds < 1.0
     assert result.code == 1
-    assert result.err.splitlines()[0] == "syncs/huge.yml:1: file is larger than 1 MiB"
+    assert result.out.splitlines()[0] == "syncs/huge.yml:1: file is larger than 1 MiB"
     assert MAX_FILE_BYTES == 1024 * 1024
 
 
@@ -105,7 +105,7 @@ def test_a_huge_retl_yml_is_refused_too(tmp_path: Path, retl_cli: Callable[..., 
     result = retl_cli("validate", "--project-dir", str(root))
 
     assert result.code == 1
-    assert "retl.yml:1: file is larger than 1 MiB" in result.err
+    assert "retl.yml:1: file is larger than 1 MiB" in result.out
 
 
 @pytest.mark.parametrize("opening, closing", [("[", "]"), ("{a: ", "}")])
@@ -119,8 +119,8 @@ def test_nesting_10000_levels_deep_is_a_problem_not_a_traceback(
 
     assert seconds < 1.0
     assert result.code == 1
-    assert "syncs/deep.yml:2: cannot read: nested deeper than 64 levels" in result.err
-    assert "Traceback" not in result.err
+    assert "syncs/deep.yml:2: cannot read: nested deeper than 64 levels" in result.out
+    assert "Traceback" not in result.out
 
 
 def test_block_style_nesting_is_counted_too() -> None:
