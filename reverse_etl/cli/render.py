@@ -201,7 +201,7 @@ def _table(
     console.print(Segments(segments), soft_wrap=True)
 
 
-def _wrapped(console: Console, text: Text) -> None:
+def _wrapped(console: Console, text: Text | Padding) -> None:
     """`text` wrapped at word boundaries to the console's width, no blanks at line ends."""
     segments: list[Segment] = []
     for line in console.render_lines(text, console.options, pad=False):
@@ -223,20 +223,22 @@ def _rstrip(line: list[Segment]) -> list[Segment]:
 
 def _blocks(console: Console, columns: Sequence[Column], cells: list[list[Text]]) -> None:
     """One `key: value` block per row, for terminals too narrow for a table. A value too long
-    for its line goes below its key, indented, wrapped at word boundaries."""
+    for its line goes below its key, indented, wrapped at word boundaries. Off a terminal
+    (`unbounded`) every value stays on its key's line, however long."""
     pad = max(cell_len(c.header) for c in columns)
+    whole = unbounded(console)
     for n, row in enumerate(cells):
         if n:
             console.print()
         for column, cell in zip(columns, row, strict=True):
             line = Text.assemble((f"{column.header:>{pad}}: ", "bold"), cell)
-            if _lines_width(line) <= console.width:
+            if whole or _lines_width(line) <= console.width:
                 console.print(line, soft_wrap=True)
             else:
                 console.print(Text(f"{column.header:>{pad}}:", style="bold"))
                 longest = max((cell_len(w) for w in str(cell).split()), default=0)
                 indent = 4 if longest + 4 <= console.width else 0
-                console.print(Padding(cell, (0, 0, 0, indent)), soft_wrap=False)
+                _wrapped(console, Padding(cell, (0, 0, 0, indent)))
 
 
 def print_fields(console: Console, fields: Sequence[tuple[str, Cell]]) -> None:

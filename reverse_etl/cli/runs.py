@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -27,6 +26,7 @@ from reverse_etl.cli.render import (
     print_rows,
     short_when,
     status_text,
+    value_text,
     when,
 )
 from reverse_etl.errors import UsageError
@@ -187,6 +187,6 @@ def _render_detail(detail: RunDetail) -> None:
             Column("error", wrap=True),
             Column("record", wrap=True),
         ],
-        [[d.key, d.operation, d.error, json.dumps(d.record, default=str)] for d in letters],
+        [[d.key, d.operation, d.error, value_text(d.record)] for d in letters],
         title=f"dead letters left by this run: {len(letters):,} (retry with `retl dlq retry {r.sync}`)",
     )

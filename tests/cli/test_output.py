@@ -436,3 +436,40 @@ def test_runs_of_seven_syncs_at_80_columns_is_a_table_with_the_errors_whole_belo
     assert len(lines) <= 2 + 2 * len(SEVEN) + 4  # not 12 lines per run
     assert " ".join(result.out.split()).count(LONG_ERROR) == 1  # whole, below the table
     assert "…" not in result.out
+
+
+def test_piped_runs_show_and_state_show_keep_each_value_on_its_line(
+    tmp_path: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    (tmp_path / "syncs" / f"{LONG_SYNC}.yml").write_text(INLINE_SYNC)
+    assert retl_cli("run", LONG_SYNC, "--project-dir", str(tmp_path)).code == 0
+    log = RunLog(tmp_path / ".retl" / "retl.db")
+    failed = log.start(LONG_SYNC, "abc", None, False)
+    log.finish(failed.id, "failed", {}, error=LONG_ERROR)
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped: no terminal, no width
+
+    run = retl_cli("runs", "show", failed.id, "--project-dir", str(tmp_path))
+    state = retl_cli("state", "show", LONG_SYNC, "--project-dir", str(tmp_path))
+
+    assert run.code == 0 and state.code == 0, run.err + state.err
+    assert f"error: {LONG_ERROR}\n" in run.out
+    assert f"path: .retl/state/{LONG_SYNC}.duckdb\n" in state.out
+
+
+def test_runs_show_prints_dead_letter_records_with_their_accents(
+    project: Path, retl_cli: Callable[..., Any]
+) -> None:
+    run_id = _runs(project, 1)[0]
+    DeadLetterQueue(project / ".retl" / "retl.db").add(
+        LONG_SYNC,
+        run_id,
+        [DeadLetterEntry(key="7", operation="create", record={"name": "José Müller"}, error="x")],
+    )
+
+    result = retl_cli("runs", "show", run_id, "--project-dir", str(project))
+
+    assert result.code == 0, result.err
+    assert "José Müller" in result.out
+    assert "\\u00e9" not in result.out
