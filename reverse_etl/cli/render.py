@@ -415,6 +415,12 @@ def plan_banners(plan: Plan) -> list[str]:
         else:
             moved = f"{old.label} -> {new.label}"
         lines.append(f"target changed: {moved}; {kept}")
+    key = plan.key_change()
+    if key is not None:
+        lines.append(
+            f"{key}: the state is keyed by {plan.previous_primary_key}, so every row counts as "
+            f"new and the {plan.state.records:,} delivered keys look removed"
+        )
     return lines
 
 

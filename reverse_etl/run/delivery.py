@@ -154,6 +154,8 @@ class Delivery:
             # What the state's keys mean from now on (see Engine: a switch to or from delete
             # mode); only a complete run changes it, so an unfinished switch is planned again.
             meta["mode"] = self.plan.mode
+            if self.plan.primary_key is not None:
+                meta["primary_key"] = self.plan.primary_key
         self.snapshot.acknowledge(self.writer, None, None, **meta)
         if failed is None:
             self._forget_dead_letters_that_left_the_source()

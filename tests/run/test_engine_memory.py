@@ -297,3 +297,41 @@ def test_run_through_the_cli_reports_what_the_destination_took(mem: MemoryProjec
     assert run["status"] == "success"
     assert run["counts"]["create"] == 2 and run["counts"]["rejected"] == 1
     assert mem.plan_counts()["create"] == 1
+
+
+def test_a_changed_primary_key_is_named_by_the_plan_and_by_its_refusal(mem: MemoryProject) -> None:
+    destructive = {"on_removed": "delete", "allow_destructive": True}
+    mem.write("upsert", **destructive)
+    mem.set_source(FIRST)
+    assert mem.run().status == "success"
+    # The state holds ids; keyed by name, every row looks new and every id looks removed.
+    mem.write_sync(
+        primary_key="name", limits={**OPEN_LIMITS, "max_delete_ratio": 0.5}, **destructive
+    )
+
+    plan = mem.plan()
+    text = mem.cli("plan", "contacts")
+
+    assert (plan.counts.create, plan.counts.delete) == (3, 3)
+    assert plan.key_change() == "primary_key changed id -> name since the last run"
+    assert plan.refusal is not None
+    assert plan.refusal.startswith("primary_key changed id -> name since the last run: ")
+    assert "the plan deletes 3 of 3 delivered records" in plan.refusal
+    assert plan.refusal_hint is not None and "retl state reset contacts" in plan.refusal_hint
+    assert "primary_key changed id -> name since the last run: the state is keyed by id" in text.out
+    assert "a run would be refused: primary_key changed id -> name" in " ".join(text.out.split())
+    assert mem.plan_json()["previous_primary_key"] == "id"
+
+
+def test_after_a_run_with_the_new_primary_key_the_plan_no_longer_names_the_change(
+    mem: MemoryProject,
+) -> None:
+    mem.write("upsert")
+    mem.set_source(FIRST)
+    mem.run()
+    mem.write("upsert", primary_key="name")
+
+    assert mem.plan().key_change() is not None  # every row new, nothing refused: on_removed ignore
+    assert mem.plan().refusal is None
+    assert mem.run().status == "success"
+    assert mem.plan().key_change() is None

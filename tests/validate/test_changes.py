@@ -164,6 +164,22 @@ def test_destination_changed(repo: Path) -> None:
     ]
 
 
+def test_a_changed_primary_key_is_a_risky_change(repo: Path) -> None:
+    edit(repo, "primary_key: id", "primary_key: email")
+
+    project = load_project(repo)
+    (found,) = changes_since(project, project.select(), "main")
+
+    assert (found.line, found.field, found.message) == (
+        8,
+        "primary_key",
+        "primary_key changed from id to email since main",
+    )
+    assert found.severity == "warning"
+    assert found.hint is not None
+    assert "every row counts as new" in found.hint and "looks removed" in found.hint
+
+
 def test_compares_with_any_commit(repo: Path) -> None:
     edit(repo, "mode: upsert", "mode: delete\nallow_destructive: true")
     git(repo, "commit", "-q", "-am", "delete")
