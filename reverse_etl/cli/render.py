@@ -479,6 +479,24 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
                 console.print(f"{escape(outcome.sync)}: {outcome.counts[key]:,} {what}")
 
 
+def render_unplanned(console: Console, outcomes: Sequence[RunOutcome]) -> None:
+    """After `run --dry-run`'s plans: each sync that got none, and why (not due, paused, a
+    sync file that does not load, a refusal before planning)."""
+    if not outcomes:
+        return
+    console.print()
+    for outcome in outcomes:
+        style = "yellow" if outcome.status == "skipped" else "red"
+        reason = outcome.error or "no plan"
+        console.print(
+            f"[bold]{escape(outcome.sync)}[/bold]: [{style}]{outcome.status}[/{style}]: "
+            f"{escape(reason)}",
+            highlight=False,
+        )
+        if outcome.hint:
+            console.print(f"    hint: {outcome.hint}", style="dim", markup=False)
+
+
 def render_preview(console: Console, preview: Preview) -> None:
     console.print(f"\n[bold]{escape(preview.sync)}[/bold]: {preview.rows:,} rows")
     nulls = f"[red]{preview.null_keys:,}[/red]" if preview.null_keys else "0"

@@ -31,7 +31,7 @@ from reverse_etl.cli.common import (
     print_json,
     selected_syncs,
 )
-from reverse_etl.cli.render import render_plan, render_summary
+from reverse_etl.cli.render import render_plan, render_summary, render_unplanned
 from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
 
 if TYPE_CHECKING:
@@ -129,7 +129,9 @@ def run(
         )
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
-    elif not dry_run and not display.log_json:
+    elif dry_run:
+        render_unplanned(out, [o for o in outcomes if o.sync not in display.planned])
+    elif not display.log_json:
         render_summary(out, outcomes)
     stopped = next((o for o in outcomes if o.status == "interrupted"), None)
     if stopped is not None:
@@ -162,10 +164,13 @@ class _Display:
         self.tasks: dict[str, TaskID] = {}
         self.last_line: dict[str, float] = {}
         self.lock = threading.Lock()
+        self.planned: set[str] = set()  # the syncs whose plan --dry-run showed
 
     def show_plan(self, plan: Plan) -> None:
         if self.dry_run and not self.quiet:
-            render_plan(out, plan)
+            with self.lock:
+                render_plan(out, plan)
+                self.planned.add(plan.sync)
 
     def confirm(self, plan: Plan) -> bool:
         if self.yes or not self.interactive:

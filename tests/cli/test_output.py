@@ -473,3 +473,25 @@ def test_runs_show_prints_dead_letter_records_with_their_accents(
     assert result.code == 0, result.err
     assert "José Müller" in result.out
     assert "\\u00e9" not in result.out
+
+
+def test_run_all_dry_run_names_each_sync_it_could_not_plan_and_why(
+    tmp_path: Path, retl_cli: Callable[..., Any]
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    (tmp_path / "syncs" / "good.yml").write_text(INLINE_SYNC + 'schedule: "* * * * *"\n')
+    broken = INLINE_SYNC.replace("name: app_db", "name: nowhere") + 'schedule: "* * * * *"\n'
+    (tmp_path / "syncs" / "broken.yml").write_text(broken)
+    (tmp_path / "syncs" / "later.yml").write_text(INLINE_SYNC)  # manual: never due
+
+    result = retl_cli("run", "--all", "--dry-run", "--project-dir", str(tmp_path))
+
+    assert result.code == 1  # a sync failed to load
+    assert result.err == ""
+    assert "good  upsert → app_db" in result.out  # its plan
+    lines = result.out.splitlines()
+    (failed,) = [line for line in lines if line.startswith("broken: ")]
+    assert failed.startswith("broken: failed: ")
+    assert "syncs/broken.yml:8: destination.name: unknown destination 'nowhere'" in failed
+    assert any(line.startswith("later: skipped: ") for line in lines)
