@@ -274,6 +274,19 @@ def key_order(key: str) -> tuple[int, Decimal | int, str]:
     return (0, number, key) if number.is_finite() else (1, 0, key)
 
 
+RECORDS_LEGEND = "+ created, ~ updated, - deleted, ! rejected"
+
+
+def records_cell(counts: dict[str, int]) -> str:
+    """A run's counts in one compact cell: `+500 ~12 !1` (RECORDS_LEGEND), zeros left out."""
+    parts = [
+        f"{sign}{counts.get(k, 0):,}"
+        for sign, k in zip("+~-!", ("create", "update", "delete", "rejected"), strict=True)
+        if counts.get(k, 0)
+    ]
+    return " ".join(parts) or "0"
+
+
 def records_rows(
     console: Console, records: Sequence[dict[str, Any]], title: str | None = None
 ) -> None:
@@ -459,7 +472,33 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
         ]
         for outcome in outcomes
     ]
-    print_rows(console, columns, rows, title="retl run")
+    compact_columns = [
+        Column("sync"),
+        Column("status"),
+        Column("records", wrap=True),
+        Column("errors", numeric=True),
+        Column("unchanged", numeric=True),
+        Column("run id"),
+    ]
+    compact: list[list[Cell]] = [
+        [
+            outcome.sync,
+            status_text(outcome.status),
+            records_cell(outcome.counts),
+            count(outcome.planned.get("error", 0)),
+            count(outcome.planned.get("unchanged", 0)),
+            outcome.record.id if outcome.record else "-",
+        ]
+        for outcome in outcomes
+    ]
+    legend = Text(f"records: {RECORDS_LEGEND}", style="dim")
+    print_rows(
+        console,
+        columns,
+        rows,
+        title="retl run",
+        compact=Compact(compact_columns, compact, [legend]),
+    )
     for outcome in outcomes:
         if outcome.error:
             style = "yellow" if outcome.status == "skipped" else "red"

@@ -17,6 +17,7 @@ from reverse_etl.cli.common import (
     print_json,
 )
 from reverse_etl.cli.render import (
+    RECORDS_LEGEND,
     Cell,
     Column,
     Compact,
@@ -24,6 +25,7 @@ from reverse_etl.cli.render import (
     key_order,
     print_fields,
     print_rows,
+    records_cell,
     short_when,
     status_text,
     value_text,
@@ -104,7 +106,14 @@ def runs(
         Column("commit", wrap=True),
     ]
     compact: list[list[Cell]] = [
-        [r.id, r.sync, status_text(r.status), short_when(r.started_at), _records(r), _commit(r)]
+        [
+            r.id,
+            r.sync,
+            status_text(r.status),
+            short_when(r.started_at),
+            records_cell(r.counts),
+            _commit(r),
+        ]
         for r in records
     ]
     notes: list[Cell] = [Text(f"records: {RECORDS_LEGEND}", style="dim")]
@@ -121,19 +130,6 @@ def runs(
     print_rows(out, columns, rows, compact=Compact(compact_columns, compact, notes))
     if total > len(records):
         out.print(f"showing {len(records):,} of {total:,}; use --limit N or --json", style="dim")
-
-
-RECORDS_LEGEND = "+ created, ~ updated, - deleted, ! rejected"
-
-
-def _records(r: RunRecord) -> str:
-    """The counts of a run in one compact cell: `+500 ~12 !1`, zeros left out."""
-    parts = [
-        f"{sign}{r.counts.get(k, 0):,}"
-        for sign, k in zip("+~-!", COUNTS, strict=True)
-        if r.counts.get(k, 0)
-    ]
-    return " ".join(parts) or "0"
 
 
 def _commit(r: RunRecord) -> str:

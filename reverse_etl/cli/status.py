@@ -41,15 +41,15 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
         Column("dead letters", numeric=True),
     ]
     table: list[list[Cell]] = []
-    # At 80 columns: paused and the last result merge into others, times shorten, and the
-    # dead letters column takes the command's name (`retl dlq`).
+    # At 80 columns: the last result joins its time, a pause shows where the next due time
+    # would be, times shorten, and the dead letters column takes the command's name (`retl dlq`).
     compact_columns = [
         Column("sync"),
         Column("mode"),
         Column("schedule", wrap=True),
         Column("last run", wrap=True),
         Column("rows", numeric=True),
-        Column("next due", wrap=True),
+        Column("due", wrap=True),
         Column("dlq", numeric=True),
     ]
     compact: list[list[Cell]] = []

@@ -495,3 +495,23 @@ def test_run_all_dry_run_names_each_sync_it_could_not_plan_and_why(
     assert failed.startswith("broken: failed: ")
     assert "syncs/broken.yml:8: destination.name: unknown destination 'nowhere'" in failed
     assert any(line.startswith("later: skipped: ") for line in lines)
+
+
+def test_the_run_summary_at_80_columns_is_a_table_row_per_sync(
+    tmp_path: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    for name in ("customers_to_app", "accounts_to_app"):
+        sync = INLINE_SYNC.replace("object: contacts", f"object: {name}")
+        (tmp_path / "syncs" / f"{name}.yml").write_text(sync)
+    monkeypatch.setenv("COLUMNS", "80")
+
+    result = retl_cli("run", "--all", "--force", "--project-dir", str(tmp_path))
+
+    assert result.code == 0, result.err
+    assert _widest_line(result.out) <= 80
+    runs = {run.sync: run.id for run in RunLog(tmp_path / ".retl" / "retl.db").list()}
+    for name, run_id in runs.items():
+        (row,) = [line for line in result.out.splitlines() if line.startswith(f"{name} ")]
+        assert row.split() == [name, "success", "+2", "0", "0", run_id]
