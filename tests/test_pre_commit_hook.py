@@ -74,7 +74,7 @@ def test_the_entry_command_passes_on_the_demo_project(hook: dict[str, Any]) -> N
     done = run_entry(hook, ROOT)
 
     assert done.returncode == 0, done.stderr
-    assert "ok: retl.yml and 5 sync(s) are valid" in done.stderr
+    assert "ok: retl.yml and 5 sync(s) are valid" in done.stdout
 
 
 def test_the_entry_command_fails_the_commit_on_a_broken_sync(
@@ -92,4 +92,4 @@ def test_the_entry_command_fails_the_commit_on_a_broken_sync(
     done = run_entry(hook, tmp_path)
 
     assert done.returncode == 1
-    assert "syncs/a.yml:7: batch_sise" in done.stderr
+    assert "syncs/a.yml:7: batch_sise" in done.stdout

@@ -13,7 +13,6 @@ from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
     JsonOption,
     ProjectDirOption,
-    err,
     open_project,
     out,
     print_json,
@@ -56,7 +55,7 @@ def destinations(
             out, [Column("object")], [[name] for name in objects], title=f"objects of {destination}"
         )
         if not objects:
-            err.print(f"destination '{destination}' has no objects yet")
+            out.print(f"destination '{destination}' has no objects yet")
     else:
         project = open_project(project_dir)
         fields = object_fields(project, destination, object)
@@ -125,7 +124,7 @@ def _list_all(json_output: bool, project_dir: Path | None) -> None:
         title="connectors",
     )
     if project is None:
-        err.print("not in a retl project: no configured destinations to list")
+        out.print("not in a retl project: no configured destinations to list")
         return
     print_rows(
         out,
@@ -176,15 +175,15 @@ def clone(
         )
     else:
         verb = "overwrote" if result.overwritten else "wrote"
-        err.print(f"[green]{verb}[/green] {escape(result.file)} (a copy of {escape(sync)})")
+        out.print(f"[green]{verb}[/green] {escape(result.file)} (a copy of {escape(sync)})")
         if result.schedule_was is not None:
-            err.print(
+            out.print(
                 f"schedule: manual (the original runs on '{escape(result.schedule_was)}'); "
                 f"`retl run --all` leaves the copy alone until you set a schedule in {escape(result.file)}"
             )
-        print_problems(result.problems)
+        print_problems(result.problems, out)
         if not result.ok:
-            err.print(
+            out.print(
                 f"[red]the new sync '{escape(result.name)}' is not valid[/red]: "
                 "fix the file above, then run `retl validate`"
             )

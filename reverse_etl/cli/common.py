@@ -43,8 +43,10 @@ class _RedactedConsole(Console):
         self._file = new_file
 
 
-# Human text goes to stderr so that --json output on stdout stays machine readable. The width
-# is read when printing (terminal size, or COLUMNS); tables off a terminal print at full width
+# A command's human output goes to `out` (stdout), where `retl plan | less` finds it; with
+# --json, stdout holds the JSON document and nothing else, and human text goes to `err` or
+# nowhere. `err` also carries error messages, prompts and progress. The width is read when
+# printing (terminal size, or COLUMNS); tables off a terminal print at full width
 # (cli/render.py), and soft wrap leaves long lines whole for the terminal to wrap. Everything
 # printed passes through `redact`.
 out = _RedactedConsole(stderr=False, highlight=False, soft_wrap=True)

@@ -52,14 +52,14 @@ def dlq(
             removed = queue.clear(sync.name)
             doubts = engine.doubts.clear(sync.name)
             if doubts:
-                err.print(
+                (err if json_output else out).print(
                     f"forgot {doubts:,} record(s) in doubt of {sync.name}: the next run sends "
                     "them again as if never sent (a record that did land may then be repeated)"
                 )
             if json_output:
                 print_json({"sync": sync.name, "cleared": removed, "in_doubt_cleared": doubts})
                 return
-            err.print(
+            out.print(
                 f"cleared {removed:,} dead letter(s) of {sync.name}; rows still different from "
                 "what was delivered are sent again by the next run"
             )
@@ -73,7 +73,7 @@ def dlq(
         if json_output:
             print_json({"runs": [outcome.to_json()], "still_queued": still})
         else:
-            render_summary(err, [outcome])
+            render_summary(out, [outcome])
         if outcome.status in ("failed", "refused"):
             raise FailureReported(f"retrying the dead letters of {sync.name} {outcome.status}")
         if still:
@@ -129,7 +129,7 @@ def dlq(
             [[d.sync, d.key, d.operation, d.reason] for d in doubtful],
         )
     if not letters:
-        err.print("the dead letter queue is empty", style="green")
+        out.print("the dead letter queue is empty", style="green")
         return
     columns = [
         Column("key"),
@@ -154,4 +154,4 @@ def dlq(
         rows.append([d.sync, *row] if sync_name is None else row)
     print_rows(out, columns, rows)
     if total > len(letters):
-        err.print(f"showing {len(letters):,} of {total:,}; use --limit N or --json", style="dim")
+        out.print(f"showing {len(letters):,} of {total:,}; use --limit N or --json", style="dim")

@@ -10,7 +10,6 @@ from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
     JsonOption,
     ProjectDirOption,
-    err,
     open_project,
     out,
     print_json,
@@ -35,7 +34,7 @@ def history(
         print_json({"sync": chosen.name, "commits": [c.__dict__ for c in commits]})
         return
     if not commits:
-        err.print(f"{chosen.file} has no git history (not committed, or not in a git repository)")
+        out.print(f"{chosen.file} has no git history (not committed, or not in a git repository)")
         return
     print_rows(
         out,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from reverse_etl.cli.app import app
-from reverse_etl.cli.common import JsonOption, err, print_json
+from reverse_etl.cli.common import JsonOption, out, print_json
 from reverse_etl.project.scaffold import init_project
 
 
@@ -36,21 +36,21 @@ def init(
         )
         return
     shown = _shown(result.root)
-    err.print(f"[green]Created a retl project in {shown}[/green]")
+    out.print(f"[green]Created a retl project in {shown}[/green]")
     for path in result.created:
-        err.print(f"  created      {path}")
+        out.print(f"  created      {path}")
     for path in result.overwritten:
-        err.print(f"  overwritten  {path}")
+        out.print(f"  overwritten  {path}")
     if result.gitignore_updated:
-        err.print("  updated      .gitignore")
-    err.print("\nNext steps:")
+        out.print("  updated      .gitignore")
+    out.print("\nNext steps:")
     if shown != ".":
-        err.print(f"  cd {shown}")
-    err.print("  retl validate              # check retl.yml and syncs/")
-    err.print("  retl preview example       # the records the example sync would send")
-    err.print("  retl plan                  # what a run would create, update and delete")
-    err.print("  retl run example           # deliver them (into output/app.sqlite)")
-    err.print("Then point retl.yml at your warehouse and write your own syncs/*.yml.")
+        out.print(f"  cd {shown}")
+    out.print("  retl validate              # check retl.yml and syncs/")
+    out.print("  retl preview example       # the records the example sync would send")
+    out.print("  retl plan                  # what a run would create, update and delete")
+    out.print("  retl run example           # deliver them (into output/app.sqlite)")
+    out.print("Then point retl.yml at your warehouse and write your own syncs/*.yml.")
 
 
 def _shown(root: Path) -> str:

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from reverse_etl.cli.app import app
-from reverse_etl.cli.common import JsonOption, ProjectDirOption, err, open_project, print_json
+from reverse_etl.cli.common import JsonOption, ProjectDirOption, open_project, out, print_json
 
 
 @app.command(rich_help_panel="Operations")
@@ -40,8 +40,8 @@ def pause(
     if json_output:
         print_json({"sync": sync, "paused": True, "pause": paused.to_dict()})
         return
-    err.print(f"[yellow]{escape(sync)}[/yellow]: {escape(paused.describe())}", highlight=False)
-    err.print(f"    resume with `retl resume {sync}`", style="dim", markup=False)
+    out.print(f"[yellow]{escape(sync)}[/yellow]: {escape(paused.describe())}", highlight=False)
+    out.print(f"    resume with `retl resume {sync}`", style="dim", markup=False)
 
 
 @app.command(rich_help_panel="Operations")
@@ -68,14 +68,14 @@ def resume(
         )
         return
     if lifted is None:
-        err.print(f"{escape(sync)} was not paused with `retl pause`", highlight=False)
+        out.print(f"{escape(sync)} was not paused with `retl pause`", highlight=False)
     else:
-        err.print(
+        out.print(
             f"[green]{escape(sync)}[/green]: resumed (was {escape(lifted.describe())})",
             highlight=False,
         )
     if still:
-        err.print(
+        out.print(
             "    note: `paused: true` in its sync file still pauses it",
             style="yellow",
             markup=False,

@@ -23,6 +23,9 @@ from reverse_etl.cli.common import (
     print_json,
     selected_syncs,
 )
+from reverse_etl.cli.common import (
+    out as stdout,
+)
 from reverse_etl.cli.markdown import (
     ImpactContext,
     PlannedSync,
@@ -70,7 +73,7 @@ def plan(
         PlanFormat | None,
         typer.Option(
             "--format",
-            help="text (default, on stderr), json (as --json) or markdown (a pull-request "
+            help="text (default), json (as --json) or markdown (a pull-request "
             "comment, on stdout).",
             show_default=False,
         ),
@@ -81,6 +84,8 @@ def plan(
 ) -> None:
     """Show what a run would create, update and delete, counts first, then samples. Writes nothing."""
     shape = _shape(output_format, json_output)
+    # stdout holds the text plan, or the JSON / markdown document and nothing else
+    human = stdout if shape is PlanFormat.text else err
     project = open_project(project_dir)
     explicit = bool(syncs or select or all_syncs)
     chosen = selected_syncs(project, syncs, select, all_syncs, require_valid=False)
@@ -112,9 +117,9 @@ def plan(
         except RetlError as exc:
             failed = True
             message = _first_problem(exc)
-            err.print(f"[red]{sync.name}[/red]: {escape(message)}", highlight=False)
+            human.print(f"[red]{sync.name}[/red]: {escape(message)}", highlight=False)
             if exc.hint:
-                err.print(f"    hint: {exc.hint}", style="dim", markup=False)
+                human.print(f"    hint: {exc.hint}", style="dim", markup=False)
             documents.append(_with_change({"name": sync.name, "error": message}, change))
             planned.append(PlannedSync(sync.name, None, message, exc.hint))
             continue
@@ -122,9 +127,9 @@ def plan(
         planned.append(PlannedSync(sync.name, result))
         documents.append(_with_change(result.to_json(), change))
         if shape is PlanFormat.text:
-            render_plan(err, result)
+            render_plan(stdout, result)
             if changes is not None and not state_available(result, backend):
-                err.print(
+                stdout.print(
                     "  no state for this sync here (local state, no .retl/ snapshot): every "
                     "source row counts as new",
                     style="yellow",
@@ -136,10 +141,10 @@ def plan(
         document["removed"] = list(changes.removed)
     if out is not None:
         if failed:
-            err.print(f"no plan file written: a sync could not be planned ({out} unchanged)")
+            human.print(f"no plan file written: a sync could not be planned ({out} unchanged)")
         else:
             save_plans(out, plans)
-            err.print(f"plan saved to {out}; apply it with `retl run --plan {out}`", style="dim")
+            human.print(f"plan saved to {out}; apply it with `retl run --plan {out}`", style="dim")
     if shape is PlanFormat.json:
         print_json(document)
     elif shape is PlanFormat.markdown:
@@ -191,14 +196,16 @@ def _with_change(document: dict[str, Any], change: SyncChange | None) -> dict[st
 def _changes_headline(changes: ChangeSet) -> None:
     names = ", ".join(s.name for s in changes.syncs)
     if changes.syncs:
-        err.print(
+        stdout.print(
             f"{len(changes.syncs)} sync(s) changed since {escape(changes.ref)}: {escape(names)}",
             highlight=False,
         )
     else:
-        err.print(f"no sync changed since {escape(changes.ref)}: nothing to plan", highlight=False)
+        stdout.print(
+            f"no sync changed since {escape(changes.ref)}: nothing to plan", highlight=False
+        )
     for name in changes.removed:
-        err.print(
+        stdout.print(
             f"removed since {escape(changes.ref)}: {escape(name)} (its records stay in the "
             "destination)",
             style="yellow",
@@ -207,10 +214,10 @@ def _changes_headline(changes: ChangeSet) -> None:
 
 
 def _change_text(sync: Sync, change: SyncChange) -> None:
-    err.print(f"\n[bold]{escape(sync.name)}[/bold] changed:", highlight=False)
+    stdout.print(f"\n[bold]{escape(sync.name)}[/bold] changed:", highlight=False)
     for words in change.changes:
         style = "bold red" if change.destructive and words.endswith("→ delete") else "yellow"
-        err.print(f"  {escape(words)}", style=style, highlight=False, markup=False)
+        stdout.print(f"  {escape(words)}", style=style, highlight=False, markup=False)
 
 
 @app.command(rich_help_panel="Syncs")
@@ -234,4 +241,4 @@ def preview(
     if json_output:
         print_json(result.to_json())
     else:
-        render_preview(err, result)
+        render_preview(stdout, result)

@@ -1,8 +1,9 @@
 """Rich renderers: they only read engine objects (Plan, RunOutcome, Preview, records).
 
 Every table goes through `print_rows`, which never cuts a value: it drops decorative columns
-first, wraps free text at word boundaries, and switches to one `key: value` block per row when
-the terminal is too narrow; off a terminal (a pipe, a CI log) rows are printed at full width.
+first, wraps free text at word boundaries, then tries the command's compact table (fewer,
+merged columns, shorter times), and switches to one `key: value` block per row only when even
+that does not fit; off a terminal (a pipe, a CI log) rows are printed at full width.
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ class Column:
     """Decorative (a duration, a relative time): dropped first when the width is short."""
 
 
+@dataclass(frozen=True)
+class Compact:
+    """The same rows as a narrower table, for a terminal too narrow for the full one: fewer or
+    merged columns, shorter times, two spaces between columns. Nothing a user needs may be left
+    out: what no column holds goes into `notes`, printed whole below the table."""
+
+    columns: Sequence[Column]
+    rows: Sequence[Sequence[Cell]]
+    notes: Sequence[Cell] = ()
+
+
+# Spaces between two columns: the full table's (a space each side of a blank rule), a compact's.
+_GAP = 3
+_COMPACT_GAP = 2
+
+
 def unbounded(console: Console) -> bool:
     """True off a terminal without COLUMNS: a pipe or a log, where lines may be as long as
     their values and nothing should wrap."""
@@ -65,25 +82,47 @@ def print_rows(
     rows: Iterable[Sequence[Cell]],
     *,
     title: str | None = None,
+    compact: Compact | None = None,
 ) -> None:
-    """Print `rows` as a table when every value fits whole, else as `key: value` blocks."""
+    """Print `rows` as a table when every value fits whole, else as the `compact` table when
+    that fits, else as `key: value` blocks."""
     cells = [[_text(cell) for cell in row] for row in rows]
     if title:
         console.print(Text(title, style="bold"))
     if unbounded(console):
-        _table(console, columns, cells, [_natural(columns, cells, i) for i in range(len(columns))])
+        natural = [_natural(columns, cells, i) for i in range(len(columns))]
+        _table(console, columns, cells, list(range(len(columns))), natural)
         return
-    width = console.width
+    fitted = _fit(console.width, columns, cells, _GAP)
+    if fitted is not None:
+        _table(console, columns, cells, *fitted)
+        return
+    if compact is not None:
+        narrow = [[_text(cell) for cell in row] for row in compact.rows]
+        fitted = _fit(console.width, compact.columns, narrow, _COMPACT_GAP)
+        if fitted is not None:
+            _table(console, compact.columns, narrow, *fitted, gap=_COMPACT_GAP)
+            for note in compact.notes:
+                _wrapped(console, _text(note))
+            return
+    _blocks(console, columns, cells)
+
+
+def _fit(
+    width: int, columns: Sequence[Column], cells: list[list[Text]], gap: int
+) -> tuple[list[int], list[int]] | None:
+    """The columns to keep and their widths for a table within `width`, or None when it cannot
+    fit without cutting a value."""
     keep = list(range(len(columns)))
     natural = {i: _natural(columns, cells, i) for i in keep}
-    if _total(natural[i] for i in keep) > width:
+    if _total((natural[i] for i in keep), gap) > width:
         # drop decorative columns (from the right) until the table fits or none is left
         for i in reversed([i for i in keep if columns[i].optional]):
-            if _total(natural[j] for j in keep) <= width:
+            if _total((natural[j] for j in keep), gap) <= width:
                 break
             keep.remove(i)
     widths = {i: natural[i] for i in keep}
-    excess = _total(widths.values()) - width
+    excess = _total(widths.values(), gap) - width
     floors = {i: _longest_word(columns[i], cells, i) for i in keep if columns[i].wrap}
     while excess > 0:  # narrow the widest free-text column first, never below its longest word
         shrinkable = [i for i in floors if widths[i] > floors[i]]
@@ -93,10 +132,8 @@ def print_rows(
         widths[widest] -= 1
         excess -= 1
     if excess > 0:
-        _blocks(console, columns, cells)
-        return
-    shown = [columns[i] for i in keep]
-    _table(console, shown, [[row[i] for i in keep] for row in cells], [widths[i] for i in keep])
+        return None
+    return keep, [widths[i] for i in keep]
 
 
 def _text(cell: Cell) -> Text:
@@ -116,20 +153,36 @@ def _longest_word(column: Column, cells: list[list[Text]], i: int) -> int:
     return max([cell_len(column.header), 1, *(cell_len(w) for w in words)])
 
 
-def _total(widths: Iterable[int]) -> int:
-    """Width of a SIMPLE_HEAD table without edges: one space padding each side, one rule."""
+def _total(widths: Iterable[int], gap: int = _GAP) -> int:
+    """Width of a table without edges: its columns and the gaps between them."""
     values = list(widths)
-    return sum(values) + 3 * max(len(values) - 1, 0)
+    return sum(values) + gap * max(len(values) - 1, 0)
 
 
 def _table(
-    console: Console, columns: Sequence[Column], cells: list[list[Text]], widths: list[int]
+    console: Console,
+    columns: Sequence[Column],
+    cells: list[list[Text]],
+    keep: list[int],
+    widths: list[int],
+    *,
+    gap: int = _GAP,
 ) -> None:
     from rich import box  # only commands that print a table load rich's tables
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
-    for column, width in zip(columns, widths, strict=True):
+    # SIMPLE_HEAD draws a blank between columns: with one space of padding after each column
+    # (and before, for the full table's three) that is the gap
+    padding = (0, 1, 0, 1) if gap == _GAP else (0, 1, 0, 0)
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=padding,
+        header_style="bold",
+    )
+    for i, width in zip(keep, widths, strict=True):
+        column = columns[i]
         table.add_column(
             column.header,
             width=width,
@@ -138,11 +191,20 @@ def _table(
             justify="right" if column.numeric else "left",
         )
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*(row[i] for i in keep))
     # rendered at exactly its own width: Console.print would cap it at the console's width
-    options = console.options.update_width(max(_total(widths), 1))
+    options = console.options.update_width(max(_total(widths, gap), 1))
     segments: list[Segment] = []
     for line in console.render_lines(table, options, pad=False):
+        segments.extend(_rstrip(line))
+        segments.append(Segment.line())
+    console.print(Segments(segments), soft_wrap=True)
+
+
+def _wrapped(console: Console, text: Text | Padding) -> None:
+    """`text` wrapped at word boundaries to the console's width, no blanks at line ends."""
+    segments: list[Segment] = []
+    for line in console.render_lines(text, console.options, pad=False):
         segments.extend(_rstrip(line))
         segments.append(Segment.line())
     console.print(Segments(segments), soft_wrap=True)
@@ -161,20 +223,22 @@ def _rstrip(line: list[Segment]) -> list[Segment]:
 
 def _blocks(console: Console, columns: Sequence[Column], cells: list[list[Text]]) -> None:
     """One `key: value` block per row, for terminals too narrow for a table. A value too long
-    for its line goes below its key, indented, wrapped at word boundaries."""
+    for its line goes below its key, indented, wrapped at word boundaries. Off a terminal
+    (`unbounded`) every value stays on its key's line, however long."""
     pad = max(cell_len(c.header) for c in columns)
+    whole = unbounded(console)
     for n, row in enumerate(cells):
         if n:
             console.print()
         for column, cell in zip(columns, row, strict=True):
             line = Text.assemble((f"{column.header:>{pad}}: ", "bold"), cell)
-            if _lines_width(line) <= console.width:
+            if whole or _lines_width(line) <= console.width:
                 console.print(line, soft_wrap=True)
             else:
                 console.print(Text(f"{column.header:>{pad}}:", style="bold"))
                 longest = max((cell_len(w) for w in str(cell).split()), default=0)
                 indent = 4 if longest + 4 <= console.width else 0
-                console.print(Padding(cell, (0, 0, 0, indent)), soft_wrap=False)
+                _wrapped(console, Padding(cell, (0, 0, 0, indent)))
 
 
 def print_fields(console: Console, fields: Sequence[tuple[str, Cell]]) -> None:
@@ -210,6 +274,19 @@ def key_order(key: str) -> tuple[int, Decimal | int, str]:
     return (0, number, key) if number.is_finite() else (1, 0, key)
 
 
+RECORDS_LEGEND = "+ created, ~ updated, - deleted, ! rejected"
+
+
+def records_cell(counts: dict[str, int]) -> str:
+    """A run's counts in one compact cell: `+500 ~12 !1` (RECORDS_LEGEND), zeros left out."""
+    parts = [
+        f"{sign}{counts.get(k, 0):,}"
+        for sign, k in zip("+~-!", ("create", "update", "delete", "rejected"), strict=True)
+        if counts.get(k, 0)
+    ]
+    return " ".join(parts) or "0"
+
+
 def records_rows(
     console: Console, records: Sequence[dict[str, Any]], title: str | None = None
 ) -> None:
@@ -231,7 +308,8 @@ def status_style(status: str) -> str:
     return f"[{style}]{status}[/{style}]" if style else status
 
 
-def ago(moment: datetime | None) -> str:
+def ago(moment: datetime | None, *, short: bool = False) -> str:
+    """How long ago, within a day; an absolute UTC time (`short_when` if `short`) before."""
     if moment is None:
         return "-"
     seconds = int((datetime.now(UTC) - moment).total_seconds())
@@ -241,6 +319,20 @@ def ago(moment: datetime | None) -> str:
         return f"{seconds // 60}m ago"
     if seconds < 86400:
         return f"{seconds // 3600}h ago"
+    return short_when(moment) if short else moment.strftime("%Y-%m-%d %H:%M")
+
+
+def short_when(moment: datetime | None) -> str:
+    """An absolute UTC time to the minute, for compact tables: the date only when not today,
+    the year only when not this year."""
+    if moment is None:
+        return "-"
+    moment = moment.astimezone(UTC)
+    today = datetime.now(UTC)
+    if moment.date() == today.date():
+        return moment.strftime("%H:%M")
+    if moment.year == today.year:
+        return moment.strftime("%m-%d %H:%M")
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
@@ -345,6 +437,12 @@ def plan_banners(plan: Plan) -> list[str]:
             f"mode left does not apply to {switch.mode} mode, so every row counts as new; the "
             f"old state is kept aside{kept} and not used again"
         )
+    key = plan.key_change()
+    if key is not None:
+        lines.append(
+            f"{key}: the state is keyed by {plan.previous_primary_key}, so every row counts as "
+            f"new and the {plan.state.records:,} delivered keys look removed"
+        )
     return lines
 
 
@@ -383,7 +481,33 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
         ]
         for outcome in outcomes
     ]
-    print_rows(console, columns, rows, title="retl run")
+    compact_columns = [
+        Column("sync"),
+        Column("status"),
+        Column("records", wrap=True),
+        Column("errors", numeric=True),
+        Column("unchanged", numeric=True),
+        Column("run id"),
+    ]
+    compact: list[list[Cell]] = [
+        [
+            outcome.sync,
+            status_text(outcome.status),
+            records_cell(outcome.counts),
+            count(outcome.planned.get("error", 0)),
+            count(outcome.planned.get("unchanged", 0)),
+            outcome.record.id if outcome.record else "-",
+        ]
+        for outcome in outcomes
+    ]
+    legend = Text(f"records: {RECORDS_LEGEND}", style="dim")
+    print_rows(
+        console,
+        columns,
+        rows,
+        title="retl run",
+        compact=Compact(compact_columns, compact, [legend]),
+    )
     for outcome in outcomes:
         if outcome.error:
             style = "yellow" if outcome.status == "skipped" else "red"
@@ -401,6 +525,24 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
         ):
             if outcome.counts.get(key):
                 console.print(f"{escape(outcome.sync)}: {outcome.counts[key]:,} {what}")
+
+
+def render_unplanned(console: Console, outcomes: Sequence[RunOutcome]) -> None:
+    """After `run --dry-run`'s plans: each sync that got none, and why (not due, paused, a
+    sync file that does not load, a refusal before planning)."""
+    if not outcomes:
+        return
+    console.print()
+    for outcome in outcomes:
+        style = "yellow" if outcome.status == "skipped" else "red"
+        reason = outcome.error or "no plan"
+        console.print(
+            f"[bold]{escape(outcome.sync)}[/bold]: [{style}]{outcome.status}[/{style}]: "
+            f"{escape(reason)}",
+            highlight=False,
+        )
+        if outcome.hint:
+            console.print(f"    hint: {outcome.hint}", style="dim", markup=False)
 
 
 def render_preview(console: Console, preview: Preview) -> None:

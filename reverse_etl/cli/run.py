@@ -27,10 +27,11 @@ from reverse_etl.cli.common import (
     SyncsArgument,
     err,
     open_project,
+    out,
     print_json,
     selected_syncs,
 )
-from reverse_etl.cli.render import plan_banners, render_plan, render_summary
+from reverse_etl.cli.render import plan_banners, render_plan, render_summary, render_unplanned
 from reverse_etl.errors import FailureReported, RunInterruptedReported, UsageError
 
 if TYPE_CHECKING:
@@ -128,12 +129,14 @@ def run(
         )
     if json_output:
         print_json({"runs": [o.to_json() for o in outcomes]})
-    elif not dry_run and not display.log_json:
-        render_summary(err, outcomes)
+    elif dry_run:
+        render_unplanned(out, [o for o in outcomes if o.sync not in display.planned])
+    elif not display.log_json:
+        render_summary(out, outcomes)
     stopped = next((o for o in outcomes if o.status == "interrupted"), None)
     if stopped is not None:
         if not json_output and not display.log_json:
-            err.print(f"[yellow]{escape(stopped.error or 'interrupted')}[/yellow]", highlight=False)
+            out.print(f"[yellow]{escape(stopped.error or 'interrupted')}[/yellow]", highlight=False)
         raise RunInterruptedReported(
             stopped.error or "interrupted", interrupt.requested() or signal.SIGINT
         )
@@ -161,26 +164,31 @@ class _Display:
         self.tasks: dict[str, TaskID] = {}
         self.last_line: dict[str, float] = {}
         self.lock = threading.Lock()
+        self.planned: set[str] = set()  # the syncs whose plan --dry-run showed
 
     def show_plan(self, plan: Plan) -> None:
-        if self.quiet or self.log_json:
+        if self.dry_run and not self.quiet:
+            with self.lock:
+                render_plan(out, plan)
+                self.planned.add(plan.sync)
             return
-        if self.dry_run:
-            render_plan(err, plan)
+        if self.quiet or self.log_json or self.dry_run:
             return
         # A run says what its plan says must be read first: state of another target or mode
         # kept aside (a pause never gets this far).
-        for line in plan_banners(plan):
-            err.print(
-                f"[bold yellow]{escape(plan.sync)}: {escape(line)}[/bold yellow]", highlight=False
-            )
+        with self.lock:
+            for line in plan_banners(plan):
+                out.print(
+                    f"[bold yellow]{escape(plan.sync)}: {escape(line)}[/bold yellow]",
+                    highlight=False,
+                )
 
     def confirm(self, plan: Plan) -> bool:
         if self.yes or not self.interactive:
             return True
         with self.lock:
             self._stop_bar()
-        render_plan(err, plan)
+        render_plan(err, plan)  # the question's context, on the terminal with the question
         return typer.confirm(
             f"Delete {plan.counts.delete:,} records from {plan.destination} {plan.object}?",
             default=False,

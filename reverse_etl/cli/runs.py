@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -12,26 +11,31 @@ from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
     JsonOption,
     ProjectDirOption,
-    err,
     open_project,
     optional_sync,
     out,
     print_json,
 )
 from reverse_etl.cli.render import (
+    RECORDS_LEGEND,
     Cell,
     Column,
+    Compact,
     count,
     key_order,
     print_fields,
     print_rows,
+    records_cell,
+    short_when,
     status_text,
+    value_text,
     when,
 )
 from reverse_etl.errors import UsageError
 
 if TYPE_CHECKING:
     from reverse_etl.project.status import RunDetail
+    from reverse_etl.state import RunRecord
 
 COUNTS = ("create", "update", "delete", "rejected")
 
@@ -67,7 +71,7 @@ def runs(
         print_json({"runs": [r.to_dict() for r in records], "total": total})
         return
     if not records:
-        err.print("no runs yet" + (f" of {sync}" if sync else ""))
+        out.print("no runs yet" + (f" of {sync}" if sync else ""))
         return
     columns = [
         Column("run id"),
@@ -87,17 +91,53 @@ def runs(
             when(r.started_at),
             f"{r.duration.total_seconds():,.1f}s" if r.duration else "-",
             *(count(r.counts.get(k, 0)) for k in COUNTS),
-            (r.git_commit or "-")[:8] + (" (dirty)" if r.git_dirty else ""),
-            r.error or (r.message if r.status in ("skipped", "refused") else None) or "",
+            _commit(r),
+            _error(r),
         ]
         for r in records
+    ]
+    # At 80 columns: minutes instead of seconds, the counts in one column, errors below.
+    compact_columns = [
+        Column("run id"),
+        Column("sync"),
+        Column("status"),
+        Column("started", wrap=True),
+        Column("records", wrap=True),
+        Column("commit", wrap=True),
+    ]
+    compact: list[list[Cell]] = [
+        [
+            r.id,
+            r.sync,
+            status_text(r.status),
+            short_when(r.started_at),
+            records_cell(r.counts),
+            _commit(r),
+        ]
+        for r in records
+    ]
+    notes: list[Cell] = [Text(f"records: {RECORDS_LEGEND}", style="dim")]
+    notes += [
+        Text.assemble((f"{r.id}: ", "bold"), (_error(r), "red" if r.error else ""))
+        for r in records
+        if _error(r)
     ]
     if sync is not None:  # every row is of that sync
         columns.pop(1)
         rows = [[row[0], *row[2:]] for row in rows]
-    print_rows(out, columns, rows)
+        compact_columns.pop(1)
+        compact = [[row[0], *row[2:]] for row in compact]
+    print_rows(out, columns, rows, compact=Compact(compact_columns, compact, notes))
     if total > len(records):
-        err.print(f"showing {len(records):,} of {total:,}; use --limit N or --json", style="dim")
+        out.print(f"showing {len(records):,} of {total:,}; use --limit N or --json", style="dim")
+
+
+def _commit(r: RunRecord) -> str:
+    return (r.git_commit or "-")[:8] + (" (dirty)" if r.git_dirty else "")
+
+
+def _error(r: RunRecord) -> str:
+    return r.error or (r.message if r.status in ("skipped", "refused") else None) or ""
 
 
 def _render_detail(detail: RunDetail) -> None:
@@ -143,6 +183,6 @@ def _render_detail(detail: RunDetail) -> None:
             Column("error", wrap=True),
             Column("record", wrap=True),
         ],
-        [[d.key, d.operation, d.error, json.dumps(d.record, default=str)] for d in letters],
+        [[d.key, d.operation, d.error, value_text(d.record)] for d in letters],
         title=f"dead letters left by this run: {len(letters):,} (retry with `retl dlq retry {r.sync}`)",
     )

@@ -43,7 +43,7 @@ def state_show(
         print_json(summary.to_json())
         return
     if not summary.exists:
-        err.print(f"{chosen.name} has no state yet: nothing was delivered")
+        out.print(f"{chosen.name} has no state yet: nothing was delivered")
         return
     fields: list[tuple[str, Cell]] = [
         ("sync", summary.sync),
@@ -102,7 +102,7 @@ def state_reset(
     if json_output:
         print_json({"sync": chosen.name, "reset": removed})
         return
-    err.print(f"state of {chosen.name} reset" if removed else f"{chosen.name} had no state")
+    out.print(f"state of {chosen.name} reset" if removed else f"{chosen.name} had no state")
 
 
 @app.command(rich_help_panel="Operations")
@@ -121,9 +121,9 @@ def unlock(
         print_json({"sync": chosen.name, "unlocked": unlocked, "holder": holder})
         return
     if unlocked:
-        err.print(f"unlocked {chosen.name}" + (f" (was: {holder})" if holder else ""))
+        out.print(f"unlocked {chosen.name}" + (f" (was: {holder})" if holder else ""))
     else:
-        err.print(f"{chosen.name} was not locked")
+        out.print(f"{chosen.name} was not locked")
 
 
 def _target(target: TargetId | None) -> str:

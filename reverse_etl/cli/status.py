@@ -7,7 +7,16 @@ from rich.text import Text
 
 from reverse_etl.cli.app import app
 from reverse_etl.cli.common import JsonOption, ProjectDirOption, open_project, out, print_json
-from reverse_etl.cli.render import Cell, Column, ago, count, print_rows, status_text
+from reverse_etl.cli.render import (
+    Cell,
+    Column,
+    Compact,
+    ago,
+    count,
+    print_rows,
+    short_when,
+    status_text,
+)
 
 
 @app.command(rich_help_panel="Operations")
@@ -32,12 +41,26 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
         Column("dead letters", numeric=True),
     ]
     table: list[list[Cell]] = []
+    # At 80 columns: the last result joins its time, a pause shows where the next due time
+    # would be, times shorten, and the dead letters column takes the command's name (`retl dlq`).
+    compact_columns = [
+        Column("sync"),
+        Column("mode"),
+        Column("schedule", wrap=True),
+        Column("last run", wrap=True),
+        Column("rows", numeric=True),
+        Column("due", wrap=True),
+        Column("dlq", numeric=True),
+    ]
+    compact: list[list[Cell]] = []
     for row in rows:
         last = row.last_run
         name = Text(row.sync)
         if not row.valid:
             name.append(" (invalid)", style="red")
         result = "running" if row.running else (last.status if last else "-")
+        paused = row.pause is not None or row.paused
+        dead = Text(count(row.dead_letters), style="red" if row.dead_letters else "")
         table.append(
             [
                 name,
@@ -50,10 +73,29 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
                 status_text(result),
                 count(row.sent),
                 row.next_due.strftime("%Y-%m-%d %H:%M") if row.next_due else "-",
-                Text(count(row.dead_letters), style="red" if row.dead_letters else ""),
+                dead,
             ]
         )
-    print_rows(out, columns, table, title=f"retl status · {project.root}")
+        compact.append(
+            [
+                name,
+                row.mode or "-",
+                row.schedule or "-",
+                Text.assemble(status_text(result), " ", ago(last.started_at, short=True))
+                if last
+                else status_text(result if row.running else "never"),
+                count(row.sent),
+                Text("paused", style="yellow") if paused else short_when(row.next_due),
+                dead,
+            ]
+        )
+    print_rows(
+        out,
+        columns,
+        table,
+        title=f"retl status · {project.root}",
+        compact=Compact(compact_columns, compact),
+    )
     for row in rows:
         if row.pause is not None:
             out.print(

@@ -15,8 +15,8 @@ from reverse_etl.cli.common import (
     RoleOption,
     SelectOption,
     SyncsArgument,
-    err,
     open_project,
+    out,
     print_json,
     print_problems,
     selected_syncs,
@@ -67,16 +67,16 @@ def validate(
     if json_output:
         print_json({"ok": not errors, "problems": [p.to_json() for p in problems]})
     else:
-        print_problems(problems)
+        print_problems(problems, out)
         if errors:
             note = " (--strict: warnings count as errors)" if strict else ""
-            err.print(
+            out.print(
                 f"[red]{len(errors)} error(s)[/red] in {len({p.file for p in errors})} file(s)"
                 + note
             )
         else:
             warnings = len(problems) - len(errors)
             note = f" ([yellow]{warnings} warning(s)[/yellow])" if warnings else ""
-            err.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid{note}")
+            out.print(f"[green]ok[/green]: retl.yml and {len(chosen)} sync(s) are valid{note}")
     if errors:
         raise FailureReported("validation found errors")

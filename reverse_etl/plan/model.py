@@ -126,6 +126,10 @@ class Plan:
     refusal: str | None = None
     refusal_hint: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The source column that keys the records, recorded in state by a complete run; and the one
+    # that keyed the state before, when the sync's primary_key changed since (`key_change`).
+    primary_key: str | None = None
+    previous_primary_key: str | None = None
     # API destinations: the requests a run needs and the daily budget (None for databases).
     requests: RequestPlan | None = None
     # Rows the diff brought out of the warehouse (state.backend: warehouse); None: local diff,
@@ -200,9 +204,20 @@ class Plan:
             "refused": self.refusal,
             "refusal_hint": self.refusal_hint,
             "notes": list(self.notes),
+            "primary_key": self.primary_key,
+            "previous_primary_key": self.previous_primary_key,
             "requests": asdict(self.requests) if self.requests else None,
             "fetched_rows": self.fetched_rows,
         }
+
+    def key_change(self) -> str | None:
+        """`primary_key changed id -> email since the last run`, when it did."""
+        if self.previous_primary_key is None or self.previous_primary_key == self.primary_key:
+            return None
+        return (
+            f"primary_key changed {self.previous_primary_key} -> {self.primary_key} "
+            "since the last run"
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
@@ -249,6 +264,8 @@ class Plan:
             refusal=data.get("refused"),
             refusal_hint=data.get("refusal_hint"),
             notes=[str(n) for n in data.get("notes") or []],
+            primary_key=data.get("primary_key"),
+            previous_primary_key=data.get("previous_primary_key"),
             requests=RequestPlan.from_json(data["requests"]) if data.get("requests") else None,
             fetched_rows=(None if data.get("fetched_rows") is None else int(data["fetched_rows"])),
         )

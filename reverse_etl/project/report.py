@@ -446,7 +446,9 @@ def _runs_table(sync: SyncReport) -> str:
             for k in (*OPERATIONS, "rejected")
         )
         error = (
-            f'<td class="error">{_e(problem)}</td>' if problem else '<td class="error none"></td>'
+            f'<td class="error"><div>{_e(problem)}</div></td>'
+            if problem
+            else '<td class="error none"></td>'
         )
         rows.append(
             "<tr>"
@@ -551,8 +553,13 @@ th{font-size:12px;color:var(--muted);font-weight:600}
 td.num,th:nth-child(n+3):nth-child(-n+7){text-align:right}
 .num{font-variant-numeric:tabular-nums;white-space:nowrap}
 td.when,td.id{white-space:nowrap}
-td.error,.top-errors .error{color:var(--bad);overflow-wrap:anywhere;min-width:14em}
-td.error{white-space:pre-wrap;font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+/* errors wrap at spaces; only a word longer than its line breaks. Not overflow-wrap:anywhere:
+it lets a table squeeze the column below its longest word and cut words that would fit. */
+td.error,.top-errors .error{color:var(--bad);word-break:normal;overflow-wrap:break-word}
+td.error{min-width:14em;white-space:pre-wrap;
+font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+td.error>div{max-width:48em}
+.top-errors .error{min-width:0}
 .top-errors{margin:6px 0 0;padding-left:0;list-style:none}
 .top-errors li{display:flex;gap:8px;padding:3px 0;border-bottom:1px solid var(--grid)}
 .empty{color:var(--muted);margin:10px 0}

@@ -72,8 +72,10 @@ class AcknowledgementWriter:
         self.jobs.put((job, args))
 
     def _raise(self) -> None:
+        # Sticky: once a state write failed, every later write is skipped and every call says
+        # so, so that no later batch is recorded over the gap.
         if self.error is not None:
-            error, self.error = self.error, None
+            error = self.error
             raise StateError(f"could not record delivered records in state: {error}") from error
 
     def _work(self) -> None:

@@ -195,6 +195,8 @@ class Delivery:
             # The mode of the last successful run (`retl state show`); which mode family the
             # state belongs to was settled when the run opened it (SnapshotBackend.open).
             meta["mode"] = self.plan.mode
+            if self.plan.primary_key is not None:
+                meta["primary_key"] = self.plan.primary_key
         self.snapshot.acknowledge(self.writer, None, None, **meta)
         if failed is None:
             self._forget_dead_letters_that_left_the_source()
@@ -440,7 +442,10 @@ class Delivery:
             except Exception:
                 continue
             self._settle(result, table)
-            self._acknowledge(op, table, records, result)
+            try:
+                self._acknowledge(op, table, records, result)
+            except StateError:
+                pass  # counted; the (sticky) state error is reported when the run ends
             self.sent += table.num_rows - len(result.retry)
             self._report_batch(op, table, result)
 
@@ -675,6 +680,10 @@ class Delivery:
         delivered = staying.select([KEY_COLUMN, HASH_COLUMN, DEST_ID_COLUMN]).rename_columns(
             ["key", "hash", "dest_id"]
         )
+        # Counted first: what the destination acknowledged, whether or not state records it.
+        self.counts[op] += accepted.num_rows - result.absent
+        if result.absent:
+            self.counts["absent"] = self.counts.get("absent", 0) + result.absent
         if accepted.num_rows:
             self.acks.acknowledge(delivered, deleted)
         if self.doubts is not None and op == "create" and not self.exactly_once:
@@ -688,9 +697,6 @@ class Delivery:
                     self.plan.sync,
                     [str(k) for k in _take(keys, answered).to_pylist()],
                 )
-        self.counts[op] += accepted.num_rows - result.absent
-        if result.absent:
-            self.counts["absent"] = self.counts.get("absent", 0) + result.absent
         if self.pending_dead_letters and accepted.num_rows:
             done = self.pending_dead_letters.intersection(accepted.column(KEY_COLUMN).to_pylist())
             if done:

@@ -311,6 +311,9 @@ class Engine:
             plan.pause = pause
             plan.paused = True
         self._plan_requests(plan, con)
+        plan.primary_key = config.primary_key
+        if not full_resync and meta.primary_key not in (None, config.primary_key):
+            _key_changed(plan, meta.primary_key, sync.name)
         return plan
 
     def _recover_deliveries(
@@ -817,6 +820,20 @@ def _one_at_a_time(options: RunOptions) -> RunOptions:
         on_progress=serialised(options.on_progress),
         on_event=serialised(options.on_event),
     )
+
+
+def _key_changed(plan: Plan, previous: str, sync: str) -> None:
+    """The sync's primary_key changed since its last successful run: the state's keys are
+    values of the old column, so every row counts as new and every delivered key looks removed.
+    The plan says so (`Plan.key_change`), and so does its refusal when a limit stops it."""
+    plan.previous_primary_key = previous
+    if plan.refusal:
+        plan.refusal = f"{plan.key_change()}: {plan.refusal}"
+        plan.refusal_hint = (
+            f"if the new key is intended, `retl state reset {sync}` forgets the keys of "
+            f"{previous} (their records are not deleted) and the next run sends every row as "
+            f"new; else set primary_key: {previous} again"
+        )
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:

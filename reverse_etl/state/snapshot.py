@@ -44,6 +44,9 @@ class SnapshotMeta:
     # The mode of the last successful run: in delete mode state holds the keys deleted, in the
     # other modes the keys delivered (None: not recorded yet).
     mode: str | None = None
+    # The sync's primary_key at the last successful run: the column the state's keys come from
+    # (None: not recorded yet).
+    primary_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,7 @@ class SnapshotStore:
             records=int(count[0]) if count else 0,
             target=TargetId.from_text(rows.get("target")),
             mode=rows.get("mode"),
+            primary_key=rows.get("primary_key"),
         )
 
     @staticmethod

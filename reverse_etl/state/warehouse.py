@@ -398,6 +398,7 @@ class WarehouseSnapshotStore:
             records=int(str(count[0][0])) if count else 0,
             target=self.target if rows else None,
             mode=rows.get("mode"),
+            primary_key=rows.get("primary_key"),
         )
 
     # ------------------------------------------------------------------------------ writing

@@ -2,8 +2,9 @@
 
 `changes_since` (`retl validate --base GIT_REF`) compares each sync file with its version at
 the ref (`git show REF:path`); a new destructive sync, a switch to deleting,
-`allow_destructive` turned on, a delete or error limit raised or removed, or a new destination
-become warnings at the line of the key in the new file. Warnings never fail validation.
+`allow_destructive` turned on, a delete or error limit raised or removed, a new primary_key
+(which re-keys the state) or a new destination become warnings at the line of the key in the
+new file. Warnings never fail validation.
 
 `changed_syncs` (`retl plan --changed-since GIT_REF`) picks the syncs whose sync file, SQL file,
 or destination or warehouse block in retl.yml changed, and says in words what changed (for the
@@ -115,6 +116,17 @@ def _changed_sync(sync: Sync, old: dict[str, Any], new: dict[str, Any], ref: str
                 message,
                 hint,
                 field=f"limits.{name}",
+            )
+        )
+    before, after = _get(old, ("primary_key",)), _get(new, ("primary_key",))
+    if before is not _UNSET and after is not _UNSET and before != after:
+        found.append(
+            _warn(
+                sync,
+                ("primary_key",),
+                f"primary_key changed from {_shown(before)} to {_shown(after)} since {ref}",
+                f"review: the state is keyed by {_shown(before)}: every row counts as new, and "
+                "every record delivered before looks removed (deleted with on_removed: delete)",
             )
         )
     for key in ("name", "object"):

@@ -60,12 +60,12 @@ def run(retl_cli: Callable[..., Any], *args: str) -> tuple[int, str, str]:
 
 
 def test_clone_copies_the_file_byte_for_byte(project: Path, retl_cli: Callable[..., Any]) -> None:
-    code, _, err = run(
+    code, out, err = run(
         retl_cli, "clone", "contacts", "contacts_copy", "--project-dir", str(project)
     )
 
     assert code == 0, err
-    assert "wrote syncs/contacts_copy.yml (a copy of contacts)" in err
+    assert "wrote syncs/contacts_copy.yml (a copy of contacts)" in out
     assert (project / "syncs" / "contacts_copy.yml").read_text() == SYNC
     assert load_project(project).syncs["contacts_copy"].ok
 
@@ -173,7 +173,7 @@ def test_an_unknown_sync_suggests_a_name(project: Path, retl_cli: Callable[..., 
 def test_the_new_syncs_problems_are_printed_and_exit_1(
     project: Path, retl_cli: Callable[..., Any]
 ) -> None:
-    code, _, err = run(
+    code, out, _ = run(
         retl_cli,
         "clone",
         "contacts",
@@ -186,9 +186,9 @@ def test_the_new_syncs_problems_are_printed_and_exit_1(
 
     assert code == 1
     assert (project / "syncs" / "contacts_b.yml").exists()
-    assert "syncs/contacts_b.yml:6: destination.name: unknown destination 'sandbx'" in err
-    assert "did you mean 'sandbox'?" in err
-    assert "syncs/contacts.yml" not in err  # only the new sync's problems
+    assert "syncs/contacts_b.yml:6: destination.name: unknown destination 'sandbx'" in out
+    assert "did you mean 'sandbox'?" in out
+    assert "syncs/contacts.yml" not in out  # only the new sync's problems
 
 
 @pytest.mark.parametrize(
@@ -199,10 +199,10 @@ def test_a_clone_starts_manual_so_run_all_leaves_it_alone(
 ) -> None:
     (project / "syncs" / "contacts.yml").write_text(SYNC + schedule)
 
-    code, _, err = run(retl_cli, "clone", "contacts", "copy", "--project-dir", str(project))
+    code, out, err = run(retl_cli, "clone", "contacts", "copy", "--project-dir", str(project))
 
     assert code == 0, err
-    assert "schedule: manual" in err
+    assert "schedule: manual" in out
     copied = load_project(project).syncs["copy"]
     assert copied.ok, copied.problems
     assert copied.config is not None and copied.config.schedule.is_manual

@@ -21,10 +21,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_init_then_validate_succeeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = tmp_path / "proj"
 
-    code, _, err = run(capsys, "init", str(root))
+    code, out, err = run(capsys, "init", str(root))
     assert code == 0, err
-    assert "Next steps" in err
-    assert "retl validate" in err
+    assert "Next steps" in out
+    assert "retl validate" in out
 
     code, _, err = run(capsys, "validate", "--project-dir", str(root))
     assert code == 0, err
@@ -46,10 +46,10 @@ def test_init_refuses_existing_files_with_exit_1(
 def test_init_force_overwrites(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "retl.yml").write_text("version: 1\n")
 
-    code, _, err = run(capsys, "init", str(tmp_path), "--force")
+    code, out, err = run(capsys, "init", str(tmp_path), "--force")
 
     assert code == 0, err
-    assert "overwritten  retl.yml" in err
+    assert "overwritten  retl.yml" in out
     assert "warehouses:" in (tmp_path / "retl.yml").read_text()
 
 

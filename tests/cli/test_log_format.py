@@ -160,12 +160,17 @@ def test_a_failing_command_is_one_error_event(project: Path, retl_cli: Callable[
 def test_other_commands_text_on_stderr_becomes_message_events(
     project: Path, retl_cli: Callable[..., Any]
 ) -> None:
-    result = retl_cli("validate", "--log-format", "json", "--project-dir", str(project))
+    saved = project / "plan.json"
+    result = retl_cli(
+        *("plan", "good", "--json", "--out", str(saved)),
+        *("--log-format", "json", "--project-dir", str(project)),
+    )
 
     found = events(result.err)
     assert result.code == 0
     assert [e["event"] for e in found] == ["message"] * len(found)
-    assert any("valid" in e["message"] for e in found)
+    assert any("plan saved to" in e["message"] for e in found)
+    assert [s["name"] for s in result.json()["syncs"]] == ["good"]  # stdout: the document only
 
 
 def test_an_unknown_log_format_is_a_usage_error(

@@ -157,7 +157,7 @@ def test_runs_says_how_many_it_shows_of_how_many(
 
     result = retl_cli("runs", "--limit", "2", "--project-dir", str(project))
 
-    assert "showing 2 of 3" in result.err
+    assert "showing 2 of 3" in result.out
     assert retl_cli("runs", "-n", "2", "--json", "--project-dir", str(project)).json()["total"] == 3
 
 
@@ -260,7 +260,7 @@ def test_state_reset_off_a_terminal_asks_for_yes_instead_of_prompting(
 
     done = retl_cli("state", "reset", LONG_SYNC, "--yes", "--project-dir", str(project))
     assert done.code == 0, done.err
-    assert "had no state" in done.err
+    assert "had no state" in done.out
 
 
 @pytest.mark.parametrize("command", [("run",), ("state", "reset"), ("dlq",), ("clone",)])
@@ -324,11 +324,11 @@ def test_plan_and_preview_samples_show_whole_emails(
     result = retl_cli(command, LONG_SYNC, "--project-dir", str(tmp_path))
 
     assert result.code == 0, result.err
-    assert LONG_EMAIL in result.err
-    assert "Margaret" in result.err
-    assert "…" not in result.err
+    assert LONG_EMAIL in result.out
+    assert "Margaret" in result.out
+    assert "…" not in result.out
     if width is not None:
-        assert _widest_line(result.err) <= int(width)
+        assert _widest_line(result.out) <= int(width)
 
 
 def test_a_command_group_without_its_command_shows_help_as_a_usage_error(
@@ -339,3 +339,179 @@ def test_a_command_group_without_its_command_shows_help_as_a_usage_error(
     assert result.code == 2
     shown = result.out + result.err  # typer prints the rich help itself
     assert "show" in shown and "reset" in shown
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("validate",),
+        ("preview", LONG_SYNC),
+        ("plan", LONG_SYNC),
+        ("run", LONG_SYNC, "--dry-run"),
+        ("run", LONG_SYNC),
+        ("status",),
+        ("runs",),
+        ("state", "show", LONG_SYNC),
+    ],
+    ids=" ".join,
+)
+def test_human_output_is_on_stdout_and_json_is_stdout_alone(
+    tmp_path: Path, retl_cli: Callable[..., Any], command: tuple[str, ...]
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    (tmp_path / "syncs" / f"{LONG_SYNC}.yml").write_text(INLINE_SYNC)
+    if command[0] in ("runs", "state"):
+        assert retl_cli("run", LONG_SYNC, "--project-dir", str(tmp_path)).code == 0
+
+    human = retl_cli(*command, "--project-dir", str(tmp_path))
+    machine = retl_cli(*command, "--json", "--project-dir", str(tmp_path))
+
+    assert human.code == 0, human.err
+    assert human.err == ""  # `retl plan | less` shows everything
+    assert human.out.strip()
+    assert machine.code == 0, machine.err
+    assert isinstance(machine.json(), dict)  # stdout holds the document and nothing else
+
+
+SEVEN = (
+    "accounts_to_app",
+    "customers_to_app",
+    "events_export",
+    "account_health",
+    "gdpr_erasure",
+    "leads_to_crm",
+    "orders_to_erp",
+)
+
+
+@pytest.fixture
+def seven(tmp_path: Path) -> Path:
+    """Seven syncs with names as long as the demo's, each with one run (the last one failed)."""
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(PROJECT)
+    log = RunLog(tmp_path / ".retl" / "retl.db")
+    for name in SEVEN:
+        (tmp_path / "syncs" / f"{name}.yml").write_text(SYNC)
+        run = log.start(name, "abc", "0123456789abcdef", False)
+        failed = name == SEVEN[-1]
+        counts = {"create": 110_000, "update": 2_345, "rejected": 1}
+        status = "failed" if failed else "success"
+        log.finish(run.id, status, counts, error=LONG_ERROR if failed else None)
+    return tmp_path
+
+
+def test_status_of_seven_syncs_at_80_columns_is_one_table_row_per_sync(
+    seven: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+
+    result = retl_cli("status", "--project-dir", str(seven))
+
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert len(lines) == 3 + len(SEVEN)  # title, header, rule, one line per sync
+    assert _widest_line(result.out) <= 80
+    for name in SEVEN:
+        (row,) = [line for line in lines if line.startswith(f"{name} ")]
+        assert "upsert" in row and "*/15 * * * *" in row and "112,345" in row
+    assert "failed" in result.out and "success" in result.out
+    assert "…" not in result.out
+
+
+def test_runs_of_seven_syncs_at_80_columns_is_a_table_with_the_errors_whole_below(
+    seven: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+
+    result = retl_cli("runs", "--project-dir", str(seven))
+
+    assert result.code == 0, result.err
+    assert _widest_line(result.out) <= 80
+    lines = result.out.splitlines()
+    runs = [line for line in lines if line[:8].isdigit() and not line.split()[0].endswith(":")]
+    assert [line.split()[1] for line in runs] == list(reversed(SEVEN))  # a row per run
+    assert all("+110,000" in line and "01234567" in line for line in runs)
+    assert "~2,345" in result.out and "!1" in result.out
+    assert len(lines) <= 2 + 2 * len(SEVEN) + 4  # not 12 lines per run
+    assert " ".join(result.out.split()).count(LONG_ERROR) == 1  # whole, below the table
+    assert "…" not in result.out
+
+
+def test_piped_runs_show_and_state_show_keep_each_value_on_its_line(
+    tmp_path: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    (tmp_path / "syncs" / f"{LONG_SYNC}.yml").write_text(INLINE_SYNC)
+    assert retl_cli("run", LONG_SYNC, "--project-dir", str(tmp_path)).code == 0
+    log = RunLog(tmp_path / ".retl" / "retl.db")
+    failed = log.start(LONG_SYNC, "abc", None, False)
+    log.finish(failed.id, "failed", {}, error=LONG_ERROR)
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped: no terminal, no width
+
+    run = retl_cli("runs", "show", failed.id, "--project-dir", str(tmp_path))
+    state = retl_cli("state", "show", LONG_SYNC, "--project-dir", str(tmp_path))
+
+    assert run.code == 0 and state.code == 0, run.err + state.err
+    assert f"error: {LONG_ERROR}\n" in run.out
+    assert f"path: .retl/state/{LONG_SYNC}.duckdb\n" in state.out
+
+
+def test_runs_show_prints_dead_letter_records_with_their_accents(
+    project: Path, retl_cli: Callable[..., Any]
+) -> None:
+    run_id = _runs(project, 1)[0]
+    DeadLetterQueue(project / ".retl" / "retl.db").add(
+        LONG_SYNC,
+        run_id,
+        [DeadLetterEntry(key="7", operation="create", record={"name": "José Müller"}, error="x")],
+    )
+
+    result = retl_cli("runs", "show", run_id, "--project-dir", str(project))
+
+    assert result.code == 0, result.err
+    assert "José Müller" in result.out
+    assert "\\u00e9" not in result.out
+
+
+def test_run_all_dry_run_names_each_sync_it_could_not_plan_and_why(
+    tmp_path: Path, retl_cli: Callable[..., Any]
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    (tmp_path / "syncs" / "good.yml").write_text(INLINE_SYNC + 'schedule: "* * * * *"\n')
+    broken = INLINE_SYNC.replace("name: app_db", "name: nowhere") + 'schedule: "* * * * *"\n'
+    (tmp_path / "syncs" / "broken.yml").write_text(broken)
+    (tmp_path / "syncs" / "later.yml").write_text(INLINE_SYNC)  # manual: never due
+
+    result = retl_cli("run", "--all", "--dry-run", "--project-dir", str(tmp_path))
+
+    assert result.code == 1  # a sync failed to load
+    assert result.err == ""
+    assert "good  upsert → app_db" in result.out  # its plan
+    lines = result.out.splitlines()
+    (failed,) = [line for line in lines if line.startswith("broken: ")]
+    assert failed.startswith("broken: failed: ")
+    assert "syncs/broken.yml:8: destination.name: unknown destination 'nowhere'" in failed
+    assert any(line.startswith("later: skipped: ") for line in lines)
+
+
+def test_the_run_summary_at_80_columns_is_a_table_row_per_sync(
+    tmp_path: Path, retl_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    (tmp_path / "retl.yml").write_text(INLINE_PROJECT)
+    for name in ("customers_to_app", "accounts_to_app"):
+        sync = INLINE_SYNC.replace("object: contacts", f"object: {name}")
+        (tmp_path / "syncs" / f"{name}.yml").write_text(sync)
+    monkeypatch.setenv("COLUMNS", "80")
+
+    result = retl_cli("run", "--all", "--force", "--project-dir", str(tmp_path))
+
+    assert result.code == 0, result.err
+    assert _widest_line(result.out) <= 80
+    runs = {run.sync: run.id for run in RunLog(tmp_path / ".retl" / "retl.db").list()}
+    for name, run_id in runs.items():
+        (row,) = [line for line in result.out.splitlines() if line.startswith(f"{name} ")]
+        assert row.split() == [name, "success", "+2", "0", "0", run_id]

@@ -54,7 +54,7 @@ def test_a_paused_sync_is_skipped_by_run_with_who_why_and_how_to_resume(
     paused = retl_cli("pause", "crm", "--reason", REASON, "--project-dir", str(project))
     run = retl_cli("run", "crm", "--json", "--project-dir", str(project))
 
-    assert paused.code == 0 and "oncall-ann" in paused.err
+    assert paused.code == 0 and "oncall-ann" in paused.out
     (outcome,) = run.json()["runs"]
     assert run.code == 0
     assert outcome["status"] == "skipped"
@@ -62,7 +62,7 @@ def test_a_paused_sync_is_skipped_by_run_with_who_why_and_how_to_resume(
     assert "retl resume crm" in outcome["hint"]
     assert not (project / "out" / "crm").exists()  # nothing was sent
     text = retl_cli("run", "crm", "--project-dir", str(project))
-    assert "paused by oncall-ann" in text.err and "retl resume crm" in text.err
+    assert "paused by oncall-ann" in text.out and "retl resume crm" in text.out
 
 
 def test_run_all_skips_the_paused_sync_with_a_note_and_runs_the_others(
@@ -110,7 +110,7 @@ def test_status_lists_the_pause_and_resume_lifts_it(
     run = retl_cli("run", "crm", "--json", "--project-dir", str(project))
 
     assert resumed["resumed"] is True and resumed["pause"]["reason"] == REASON
-    assert "was not paused" in again.err
+    assert "was not paused" in again.out
     assert run.json()["runs"][0]["status"] == "success"
 
 

@@ -190,10 +190,10 @@ def test_text_format_names_the_changed_syncs_and_their_changes(
 ) -> None:
     result = retl_cli("plan", "--changed-since", "main")
 
-    assert result.out == ""
-    err = result.err
-    assert "2 sync(s) changed since main: b_accounts, c_leads" in err
-    assert "mode upsert → delete" in err
+    assert result.err == ""
+    shown = result.out
+    assert "2 sync(s) changed since main: b_accounts, c_leads" in shown
+    assert "mode upsert → delete" in shown
 
 
 def test_a_comment_too_long_to_post_leaves_the_samples_out(

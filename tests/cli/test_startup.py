@@ -131,7 +131,7 @@ HELP_AFTER_A_COMMAND = """
 import contextlib, io, sys
 from reverse_etl.cli import invoke
 if sys.argv[1] == "after":
-    with contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()):
         invoke(["validate", "--project-dir", sys.argv[2]], as_json=False)
 invoke(["--help"], as_json=False)
 """
@@ -170,5 +170,5 @@ def test_an_unknown_destination_type_is_still_matched_against_every_connector(
     )
 
     assert result.returncode != 0
-    assert "unknown destination type 'fiel'" in result.stderr
-    assert "did you mean 'file'?" in result.stderr
+    assert "unknown destination type 'fiel'" in result.stdout
+    assert "did you mean 'file'?" in result.stdout

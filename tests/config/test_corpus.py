@@ -54,10 +54,10 @@ def case_args(case: Path) -> list[str]:
 
 def check_output(case: Path, project: Path, exit_code: int, stdout: str, stderr: str) -> None:
     assert "Traceback" not in stdout + stderr
-    assert stdout == ""  # human output goes to stderr
+    assert stderr == ""  # the report is the command's output: on stdout, where `| less` finds it
     for root in {str(project.resolve()), str(project)}:
-        stderr = stderr.replace(root, "<project>")
-    lines = stderr.splitlines()
+        stdout = stdout.replace(root, "<project>")
+    lines = stdout.splitlines()
     summary = lines.pop() if lines else ""
     expected_file = case / "expected.txt"
     if UPDATE:

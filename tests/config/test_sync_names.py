@@ -53,7 +53,7 @@ def test_a_sync_name_over_the_limit_fails_validate(
     result = retl_cli("validate", "--project-dir", str(root))
 
     assert result.code == 1
-    assert result.err.splitlines()[:2] == [
+    assert result.out.splitlines()[:2] == [
         f"syncs/{name}.yml: sync name 'aaaaaaaaaaaaaaaaaaaa...' is 240 characters long; "
         "the limit is 100",
         "    hint: rename the file: its state files are named after it: choose a shorter name",

@@ -14,6 +14,10 @@ from reverse_etl.config.yamlio import MAX_FILE_BYTES, load_yaml
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
+# Expanding a bomb, parsing 50 MB or recursing 10,000 levels takes minutes or never ends; a
+# refusal takes milliseconds. The bound is generous for a busy machine.
+BOUND_S = 5.0
+
 PROJECT = """\
 version: 1
 warehouses:
@@ -53,20 +57,20 @@ def validate_timed(retl_cli: Callable[..., Any], root: Path) -> tuple[Any, float
     return result, time.perf_counter() - started
 
 
-def test_a_billion_laughs_alias_bomb_is_refused_within_a_second(
+def test_a_billion_laughs_alias_bomb_is_refused_at_once(
     tmp_path: Path, retl_cli: Callable[..., Any]
 ) -> None:
     root = project_with(tmp_path, "bomb", billion_laughs())
 
     result, seconds = validate_timed(retl_cli, root)
 
-    assert seconds < 1.0
+    assert seconds < BOUND_S
     assert result.code == 1
-    assert result.err.splitlines()[:2] == [
+    assert result.out.splitlines()[:2] == [
         "syncs/bomb.yml:6: cannot read: more than 20,000 values once aliases are expanded",
         "    hint: config files are small: split the file, or write the repeated parts out",
     ]
-    assert "Traceback" not in result.err
+    assert "Traceback" not in result.out
 
 
 def test_chained_merge_keys_keep_each_key_once_and_stay_fast() -> None:
@@ -77,7 +81,7 @@ def test_chained_merge_keys_keep_each_key_once_and_stay_fast() -> None:
     started = time.perf_counter()
     doc = load_yaml("\n".join(lines) + "\n", "syncs/merge.yml", {})
 
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < BOUND_S
     assert doc.problems == []
     assert doc.data["m39"] == {"a": 1, "b": 2}
 
@@ -91,9 +95,9 @@ def test_a_50_mb_sync_file_is_refused_without_being_read(
 
     result, seconds = validate_timed(retl_cli, root)
 
-    assert seconds < 1.0
+    assert seconds < BOUND_S
     assert result.code == 1
-    assert result.err.splitlines()[0] == "syncs/huge.yml:1: file is larger than 1 MiB"
+    assert result.out.splitlines()[0] == "syncs/huge.yml:1: file is larger than 1 MiB"
     assert MAX_FILE_BYTES == 1024 * 1024
 
 
@@ -105,7 +109,7 @@ def test_a_huge_retl_yml_is_refused_too(tmp_path: Path, retl_cli: Callable[..., 
     result = retl_cli("validate", "--project-dir", str(root))
 
     assert result.code == 1
-    assert "retl.yml:1: file is larger than 1 MiB" in result.err
+    assert "retl.yml:1: file is larger than 1 MiB" in result.out
 
 
 @pytest.mark.parametrize("opening, closing", [("[", "]"), ("{a: ", "}")])
@@ -117,10 +121,10 @@ def test_nesting_10000_levels_deep_is_a_problem_not_a_traceback(
 
     result, seconds = validate_timed(retl_cli, root)
 
-    assert seconds < 1.0
+    assert seconds < BOUND_S
     assert result.code == 1
-    assert "syncs/deep.yml:2: cannot read: nested deeper than 64 levels" in result.err
-    assert "Traceback" not in result.err
+    assert "syncs/deep.yml:2: cannot read: nested deeper than 64 levels" in result.out
+    assert "Traceback" not in result.out
 
 
 def test_block_style_nesting_is_counted_too() -> None:

@@ -51,7 +51,7 @@ def test_a_postgres_name_with_an_unquoted_double_quote_fails_validate_with_a_hin
     result = retl_cli("validate", "--project-dir", str(root))
 
     assert result.code == 1
-    assert result.err.splitlines()[:2] == [
+    assert result.out.splitlines()[:2] == [
         f"syncs/names.yml:6: destination.object: '{pg_schema}.my\"table' is not a PostgreSQL "
         "table name: a name holding '\"' must be quoted",
         '    hint: write the name in double quotes and double the quote inside: public."my""table"',

@@ -5,7 +5,10 @@ script, and an error text quoting one must not run), and it is screenshotted at 
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -102,3 +105,65 @@ def test_the_report_renders_one_chart_per_sync_without_console_errors(
         assert taken.returncode == 0 and shot.exists(), taken.stderr[-2000:]
         assert console_lines(taken.stderr) == []
         assert png_size(shot) == (width, 1800)
+
+
+LONG_IDENTIFIERS = (
+    'duplicate key value violates unique constraint "crm_contacts_email_lower_key_idx" on '
+    "relation public.crm_contacts_sandbox_eu_west_primary while merging batch 3 of 7"
+)
+OVERLONG = "x" * 400  # wider than any line: the one kind of word that may break
+# Appended to a copy of the report (the report itself has no script): every word of an error
+# that Chromium split over two lines although it fits on one is written into the DOM.
+BROKEN_WORDS = """<script>
+const broken = [];
+for (const box of document.querySelectorAll("td.error div, .top-errors .error")) {
+  const text = box.firstChild;
+  if (!text || text.nodeType !== Node.TEXT_NODE) continue;
+  let at = 0;
+  for (const part of text.data.split(/(\\s+)/)) {
+    if (part.trim()) {
+      const range = document.createRange();
+      range.setStart(text, at);
+      range.setEnd(text, at + part.length);
+      const probe = document.createElement("span");
+      probe.style.whiteSpace = "nowrap";
+      probe.textContent = part;
+      box.appendChild(probe);
+      const fits = probe.getBoundingClientRect().width <= box.clientWidth;
+      probe.remove();
+      if (range.getClientRects().length > 1 && fits) broken.push(part);
+    }
+    at += part.length;
+  }
+}
+document.body.setAttribute("data-broken-words", JSON.stringify(broken));
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1280, 700, 400])
+def test_errors_wrap_at_spaces_and_only_an_overlong_word_breaks(
+    chromium: str,
+    report_project: Path,
+    retl_cli: Callable[..., Any],
+    tmp_path: Path,
+    width: int,
+) -> None:
+    from reverse_etl.state import RunLog
+
+    log = RunLog(report_project / ".retl" / "retl.db")
+    for error in (LONG_IDENTIFIERS, f"{LONG_IDENTIFIERS} {OVERLONG}"):
+        run = log.start("broken", "abc", None, False)
+        log.finish(run.id, "failed", {}, error=error)
+    out = tmp_path / "report.html"
+    assert retl_cli("report", "--out", str(out), "--project-dir", str(report_project)).code == 0
+    page = tmp_path / "measured.html"
+    page.write_text(out.read_text().replace("</body>", BROKEN_WORDS + "</body>"))
+
+    rendered = headless(
+        chromium, tmp_path, f"--window-size={width},1800", "--dump-dom", page.as_uri()
+    )
+
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    found = re.search(r'data-broken-words="([^"]*)"', rendered.stdout)
+    assert found is not None, rendered.stdout[-2000:]
+    assert json.loads(html.unescape(found.group(1))) == []

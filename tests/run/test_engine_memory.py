@@ -262,12 +262,12 @@ def test_plan_and_run_say_a_mode_switch_keeps_the_old_state_aside(mem: MemoryPro
     run = mem.cli("run", "contacts", "--yes")
 
     said = "mode changed from upsert to delete: the state upsert mode left does not apply"
-    assert said in human.err and "every row counts as new" in human.err
+    assert said in human.out and "every row counts as new" in human.out
     assert document["mode_switch"]["previous"] == "upsert"
     kept = document["mode_switch"]["kept_aside"]
     assert kept.startswith(".retl/state/contacts@") and kept.endswith("-deliver.duckdb")
-    assert f"kept aside at {kept}" in human.err
-    assert run.code == 0 and said in run.err
+    assert f"kept aside at {kept}" in human.out
+    assert run.code == 0 and said in run.out
     assert (mem.root / kept).exists()
 
 
@@ -289,11 +289,11 @@ def test_plan_and_run_say_a_target_change_and_where_the_old_state_is(mem: Memory
         "delete is derived from the old target's state; the old state is kept aside at "
         ".retl/state/contacts@"
     )
-    assert said in " ".join(human.err.split())
+    assert said in " ".join(human.out.split())
     assert document["counts"]["create"] == 2 and document["counts"]["delete"] == 0
     assert document["target_change"]["previous"]["object"] == "contacts"
     assert document["target_change"]["kept_aside"].startswith(".retl/state/contacts@")
-    assert run.code == 0 and said in " ".join(run.err.split())
+    assert run.code == 0 and said in " ".join(run.out.split())
 
 
 # -- state, dead letters and failures ----------------------------------------------------------
@@ -566,3 +566,41 @@ def test_dlq_retry_says_when_dead_letters_are_still_rejected(mem: MemoryProject)
     mem.configure()
     assert mem.cli("dlq", "retry", "contacts").code == 0
     assert mem.dead_letters() == []
+
+
+def test_a_changed_primary_key_is_named_by_the_plan_and_by_its_refusal(mem: MemoryProject) -> None:
+    destructive = {"on_removed": "delete", "allow_destructive": True}
+    mem.write("upsert", **destructive)
+    mem.set_source(FIRST)
+    assert mem.run().status == "success"
+    # The state holds ids; keyed by name, every row looks new and every id looks removed.
+    mem.write_sync(
+        primary_key="name", limits={**OPEN_LIMITS, "max_delete_ratio": 0.5}, **destructive
+    )
+
+    plan = mem.plan()
+    text = mem.cli("plan", "contacts")
+
+    assert (plan.counts.create, plan.counts.delete) == (3, 3)
+    assert plan.key_change() == "primary_key changed id -> name since the last run"
+    assert plan.refusal is not None
+    assert plan.refusal.startswith("primary_key changed id -> name since the last run: ")
+    assert "the plan deletes 3 of 3 delivered records" in plan.refusal
+    assert plan.refusal_hint is not None and "retl state reset contacts" in plan.refusal_hint
+    assert "primary_key changed id -> name since the last run: the state is keyed by id" in text.out
+    assert "a run would be refused: primary_key changed id -> name" in " ".join(text.out.split())
+    assert mem.plan_json()["previous_primary_key"] == "id"
+
+
+def test_after_a_run_with_the_new_primary_key_the_plan_no_longer_names_the_change(
+    mem: MemoryProject,
+) -> None:
+    mem.write("upsert")
+    mem.set_source(FIRST)
+    mem.run()
+    mem.write("upsert", primary_key="name")
+
+    assert mem.plan().key_change() is not None  # every row new, nothing refused: on_removed ignore
+    assert mem.plan().refusal is None
+    assert mem.run().status == "success"
+    assert mem.plan().key_change() is None

@@ -447,7 +447,7 @@ def test_a_new_user_password_or_host_alias_of_the_same_server_is_the_same_target
         human = project.cli("plan", "contacts")
         run = project.run_json()
 
-        assert "target changed" not in human.err
+        assert "target changed" not in human.out
         assert run["counts"] == {"create": 0, "update": 0, "delete": 2, "rejected": 0}
         assert [r[0] for r in pg.rows()] == list(range(1, 9))
         assert not list(project.state_dir.glob("contacts@*"))

@@ -194,7 +194,7 @@ def test_the_summary_lists_the_syncs_in_the_same_order_whatever_the_threads(
         assert result.code == 0, result.err
         return [
             line.split()[0]
-            for line in result.err.splitlines()
+            for line in result.out.splitlines()
             if line.split()[:1] in [[n] for n in names]
         ]
 

@@ -28,8 +28,8 @@ def test_changing_the_object_creates_every_row_in_the_new_table_and_back_sends_n
     moved = project.plan_json()
     run = project.run_json()
 
-    assert "target changed" in plan.err and "contacts -> " in plan.err
-    assert "every row counts as new" in plan.err
+    assert "target changed" in plan.out and "contacts -> " in plan.out
+    assert "every row counts as new" in plan.out
     assert moved["counts"]["create"] == 10 and moved["counts"]["delete"] == 0
     assert moved["target_change"]["previous"]["object"] == f"{pg.schema}.contacts"
     assert run["counts"]["create"] == 10
@@ -73,7 +73,7 @@ def test_a_saved_plan_is_applied_exactly(project: RetlProject, pg: PostgresDb) -
     planned = project.cli("plan", "contacts", "--out", str(out))
     applied = project.cli("run", "--plan", str(out), "--json")
 
-    assert planned.code == 0 and "retl run --plan" in planned.err
+    assert planned.code == 0 and "retl run --plan" in planned.out
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
     assert applied.code == 0, applied.output
     (run,) = applied.json()["runs"]

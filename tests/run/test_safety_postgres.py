@@ -175,7 +175,7 @@ def test_dry_run_after_a_run_changes_nothing(project: RetlProject, pg: PostgresD
     result = project.cli("run", "contacts", "--dry-run")
 
     assert result.code == 0, result.output
-    assert "1 update" in result.err and "1 delete" in result.err
+    assert "1 update" in result.out and "1 delete" in result.out
     assert pg.rows() == TEN
     assert state_file_bytes(project) == before
     assert len(project.runs()) == 1

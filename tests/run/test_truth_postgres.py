@@ -183,7 +183,7 @@ def test_plan_says_a_sync_is_paused(project: RetlProject, pg: PostgresDb) -> Non
     human = project.cli("plan", "contacts")
     machine = project.plan_json()
 
-    assert "paused" in human.err
+    assert "paused" in human.out
     assert machine["paused"] is True
 
 
@@ -228,7 +228,7 @@ def test_sigterm_stops_cleanly_records_interrupted_and_keeps_what_was_acknowledg
 
     assert done.returncode == 143, done.stderr
     assert "Traceback" not in done.stderr
-    assert "interrupted:" in done.stderr and "sent and saved; run again to continue" in done.stderr
+    assert "interrupted:" in done.stdout and "sent and saved; run again to continue" in done.stdout
     (run, *_) = project.runs()
     assert run["status"] == "interrupted"
     delivered = pg.count()
@@ -285,7 +285,7 @@ def test_sigint_stops_cleanly_with_exit_130(project: RetlProject, pg: PostgresDb
 
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr
-    assert "interrupted" in done.stderr
+    assert "interrupted" in done.stdout
     assert project.runs()[0]["status"] == "interrupted"
 
 

@@ -301,9 +301,11 @@ def test_429_carries_retry_after_and_ratelimit_headers(
 def test_rolling_window_frees_after_its_interval(
     hubspot_server_factory: Callable[..., HubSpotServer],
 ) -> None:
-    server = hubspot_server_factory(max_per_window=2, window_ms=300)
+    # A window long enough for three requests on a busy machine; the fourth waits until the
+    # first has left it (the server's clock: its log), not a guessed sleep.
+    server = hubspot_server_factory(max_per_window=2, window_ms=3000)
     assert [upsert(server, f"u{i}@x.io").status_code for i in range(3)] == [200, 200, 429]
-    time.sleep(0.35)
+    time.sleep(max(0.0, server.log[0].at + 3.0 - time.monotonic()) + 0.05)
     assert upsert(server, "u9@x.io").status_code == 200
 
 
@@ -371,9 +373,10 @@ def test_request_log_tells_the_busiest_window(hubspot_server: HubSpotServer) -> 
     with httpx.Client(base_url=hubspot_server.url, headers=AUTH) as client:
         for _ in range(5):
             client.get("/crm/v3/properties/deals")
-        time.sleep(0.3)
+        time.sleep(2.0)
         client.get("/crm/v3/properties/deals")
-    assert hubspot_server.busiest(0.25) == 5
+    # five requests fit in 1.5 s even on a busy machine; the sixth came 2 s after the fifth
+    assert hubspot_server.busiest(1.5) == 5
     assert hubspot_server.busiest(60) == 6
 
 

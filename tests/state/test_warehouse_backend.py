@@ -482,7 +482,7 @@ def test_plan_and_run_from_the_cli_report_rows_fetched(
     (document,) = planned.json()["syncs"]
     assert document["fetched_rows"] == 1
     assert document["counts"]["update"] == 1 and document["counts"]["unchanged"] == 49
-    assert "fetched 1 of 50 rows from the warehouse" in " ".join(text.err.split())
+    assert "fetched 1 of 50 rows from the warehouse" in " ".join(text.out.split())
     assert ran.code == 0 and ran.json()["runs"][0]["counts"]["update"] == 1
     assert wp.destination() == wp.source()
 

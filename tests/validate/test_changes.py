@@ -164,6 +164,22 @@ def test_destination_changed(repo: Path) -> None:
     ]
 
 
+def test_a_changed_primary_key_is_a_risky_change(repo: Path) -> None:
+    edit(repo, "primary_key: id", "primary_key: email")
+
+    project = load_project(repo)
+    (found,) = changes_since(project, project.select(), "main")
+
+    assert (found.line, found.field, found.message) == (
+        8,
+        "primary_key",
+        "primary_key changed from id to email since main",
+    )
+    assert found.severity == "warning"
+    assert found.hint is not None
+    assert "every row counts as new" in found.hint and "looks removed" in found.hint
+
+
 def test_compares_with_any_commit(repo: Path) -> None:
     edit(repo, "mode: upsert", "mode: delete\nallow_destructive: true")
     git(repo, "commit", "-q", "-am", "delete")
@@ -201,8 +217,8 @@ def test_warnings_are_printed_and_exit_0(repo: Path, retl_cli: Callable[..., Any
     code, out, err = validate(retl_cli, "--base", "main", "--project-dir", str(repo))
 
     assert code == 0
-    assert out == ""
-    assert err.splitlines() == [
+    assert err == ""
+    assert out.splitlines() == [
         "syncs/contacts.yml:12: on_removed: on_removed changed from ignore to delete since main",
         "    hint: review: this run may delete records",
         "syncs/contacts.yml:13: allow_destructive: allow_destructive turned on since main",
@@ -247,7 +263,7 @@ def test_github_actions_gets_warning_annotations(
 
     _, out, _ = validate(retl_cli, "--base", "main", "--project-dir", str(repo))
 
-    assert out.splitlines()[0] == (
+    assert next(line for line in out.splitlines() if line.startswith("::")) == (
         "::warning file=syncs/contacts.yml,line=7,title=mode::"
         "mode changed from upsert to delete since main%0Ahint: review: this run may delete records"
     )

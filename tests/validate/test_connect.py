@@ -328,9 +328,9 @@ mapping:
     with pytest.raises(SystemExit) as exited:
         main(["validate", "--connect", "--project-dir", str(root)])
 
-    err = capsys.readouterr().err.splitlines()
+    shown = capsys.readouterr().out.splitlines()
     assert exited.value.code == 1
-    assert err == [
+    assert shown == [
         "syncs/contacts.yml:11: mapping.email: column 'e_mail' is not in the source query's result",
         "    hint: did you mean 'email'?",
         "1 error(s) in 1 file(s)",
@@ -370,7 +370,7 @@ def test_a_role_the_warehouse_does_not_list_gets_a_problem_and_runs_no_sql(
     allowed = retl_cli("validate", "--connect", "--role", "ops", "--project-dir", str(root))
 
     assert refused.code == 1
-    assert refused.err.splitlines()[:2] == [
+    assert refused.out.splitlines()[:2] == [
         "syncs/contacts.yml:1: warehouse: role 'analyst' may not use warehouse 'memory'; "
         "allowed roles: 'ops'",
         "    hint: run with --role ROLE or set RETL_ROLE to one of the allowed roles",

@@ -88,7 +88,7 @@ def test_warnings_keep_exit_0_and_strict_makes_them_errors(
     assert {p["severity"] for p in relaxed.json()["problems"]} == {"warning"}
     assert strict.code == 1 and strict.json()["ok"] is False
     assert [p["severity"] for p in strict.json()["problems"]] == ["error", "error"]
-    assert "2 error(s) in 2 file(s) (--strict: warnings count as errors)" in strict_text.err
+    assert "2 error(s) in 2 file(s) (--strict: warnings count as errors)" in strict_text.out
 
 
 def test_strict_passes_a_project_without_warnings(
@@ -97,4 +97,4 @@ def test_strict_passes_a_project_without_warnings(
     result = retl_cli("validate", "cron_alerted", "manual_silent", "--strict")
 
     assert result.code == 0
-    assert "ok: retl.yml and 2 sync(s) are valid" in result.err
+    assert "ok: retl.yml and 2 sync(s) are valid" in result.out

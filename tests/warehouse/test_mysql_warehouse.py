@@ -131,13 +131,13 @@ def test_slow_query_is_cancelled_after_query_timeout(mysql_url: str, tmp_path: P
             pytest.skip("MySQL's max_execution_time does not interrupt SLEEP()")
         started = time.monotonic()
         with pytest.raises(WarehouseError) as caught:
-            warehouse.stream("SELECT SLEEP(5) AS slept").read_all()
+            warehouse.stream("SELECT SLEEP(120) AS slept").read_all()
         elapsed = time.monotonic() - started
         assert warehouse.stream("SELECT 1 AS still_usable").read_all().num_rows == 1
     assert (
         caught.value.message == "query on warehouse 'shop' was cancelled after 1 s (query_timeout)"
     )
-    assert elapsed < 3
+    assert elapsed < 60  # killed, not slept out: generous for a busy machine
 
 
 def test_failed_connection_masks_the_password(tmp_path: Path) -> None:
@@ -165,5 +165,5 @@ def test_closing_a_reader_early_stops_the_query(warehouse: Warehouse, customers:
     reader.close()
     del reader
     gc.collect()
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 30  # the whole result would take hours
     assert warehouse.stream("SELECT 1 AS still_usable").read_all().num_rows == 1

@@ -163,10 +163,10 @@ def test_a_slow_copy_is_cancelled_after_query_timeout(postgres_url: str, tmp_pat
     with open_warehouse("analytics", postgres_url, tmp_path, query_timeout=1) as warehouse:
         started = time.monotonic()
         with pytest.raises(WarehouseError) as caught:
-            warehouse.stream("SELECT 1 AS x FROM pg_sleep(5)").read_all()
+            warehouse.stream("SELECT 1 AS x FROM pg_sleep(120)").read_all()
         elapsed = time.monotonic() - started
         assert warehouse.stream("SELECT 2 AS still_usable").read_all().num_rows == 1
     assert caught.value.message == (
         "query on warehouse 'analytics' was cancelled after 1 s (query_timeout)"
     )
-    assert elapsed < 3
+    assert elapsed < 60  # cancelled, not slept out: generous for a busy machine
