@@ -33,9 +33,10 @@ _SECRET_NAME_WORDS = (
 # look-ahead over the punctuation would be quadratic on a long run of dots).
 _QUERY_PARAM = re.compile(rf"(?i)([?&;](?:{_SECRET_NAMES}|{_SECRET_NAME_WORDS})=)([^&;#\s'\"<>]*)")
 _TRAILING_PUNCTUATION = ")]},.:"
-# libpq DSNs and driver messages: `password=secret`, `password = 'se cret'`.
+# libpq DSNs, driver messages and SQL text: `password=secret`, `password = 'se cret'`, and a
+# prefixed name such as `DB_PASSWORD=secret` (the prefix is bounded to keep the scan linear).
 _ASSIGNMENT = re.compile(
-    r"(?i)(?<![?&;\w.\-])((?:ssl)?(?:password|passwd|pwd|pass|secret|client_secret|token"
+    r"(?i)(?<![?&;\w.\-])((?:[a-z0-9]\w{0,63}?_)?(?:ssl)?(?:password|passwd|pwd|pass|secret|client_secret|token"
     r"|access_token|api_key|apikey)\s*=\s*)('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s,;&)]+)"
 )
 # Mappings printed as Python or JSON: `'password': 'secret'`, `"token": "..."`.

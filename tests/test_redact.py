@@ -55,6 +55,9 @@ def test_mask_url_hides_the_credentials_and_nothing_else(url: str, masked: str) 
         ("sent Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
         ("X-Api-Key: k-123456 rejected", "k-123456"),
         ("token bearer abc.def.ghi expired", "abc.def.ghi"),
+        ("syntax error in select 1 -- DB_PASSWORD=Sql-Pw-1", "Sql-Pw-1"),
+        ("where x = 1 and APP_DB_PASSWORD = 'sql pw two'", "sql pw two"),
+        ("LINE 1: select 'HUBSPOT_API_KEY=k-sql-3' as note", "k-sql-3"),
     ],
 )
 def test_redact_masks_every_credential_form(text: str, secret: str) -> None:
