@@ -234,8 +234,9 @@ def _section(
     if plan.notes:
         lines.append("")
     available = state_available(plan, context.state_backend)
-    for op in ("create", "update", "delete") if samples else ():
-        records = plan.samples.get(op)
+    shown = plan.shared_samples() if samples else {}
+    for op in ("create", "update", "delete"):
+        records = shown.get(op)
         if not records:
             continue
         what = (
@@ -243,6 +244,8 @@ def _section(
             if available
             else f"first {len(records)} record(s) of the source, as a run would send them"
         )
+        if plan.sample_policy == "masked":
+            what += "; values masked by output.samples: masked"
         lines.extend(_samples_table(what, records, plan.key_field, open_=op == "delete"))
     return lines
 

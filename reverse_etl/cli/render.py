@@ -258,7 +258,7 @@ def render_plan(console: Console, plan: Plan) -> None:
     _plan_counts(console, plan)
     _plan_details(console, plan)
     for op in ("create", "update", "delete"):
-        samples = plan.samples.get(op)
+        samples = plan.local_samples().get(op)
         if samples:
             records_rows(console, samples, title=f"  {op} (first {len(samples)})")
     _plan_row_errors(console, plan)
@@ -406,6 +406,6 @@ def render_preview(console: Console, preview: Preview) -> None:
     if preview.records:
         records_rows(
             console,
-            preview.records,
+            preview.local_records(),
             title=f"  first {len(preview.records)} records as they would be sent",
         )

@@ -66,10 +66,11 @@ class Sync:
         return None
 
     def config_hash(self, destination: DestinationConfig | None = None) -> str:
-        """Hash of everything that decides what a run sends; secrets are not part of it."""
+        """Hash of everything that decides what a run sends; secrets are not part of it (nor
+        `pii`, which only decides what output shows)."""
         assert self.config is not None
         payload = {
-            "sync": self.config.model_dump(mode="json", exclude={"description", "paused"}),
+            "sync": self.config.model_dump(mode="json", exclude={"description", "paused", "pii"}),
             "sql": self.sql,
             "destination_type": destination.type if destination else None,
         }

@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from reverse_etl.config.models import Limits, SyncConfig
+from reverse_etl.config.models import Limits, SamplePolicy, SyncConfig
 from reverse_etl.errors import MappingError
 from reverse_etl.mapping import (
     HASH_COLUMN,
@@ -185,6 +185,8 @@ class PlanInputs:
     # count (the ratio base of mode delete; None when the connector cannot tell).
     recent_deletes: int = 0
     destination_records: int | None = None
+    # `output.samples` of retl.yml: how output that leaves the machine shows sample records.
+    sample_policy: SamplePolicy = "masked"
 
 
 def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
@@ -373,6 +375,8 @@ def plan_from_operations(
         state=inputs.state,
         digest=operations_digest(con),
         samples=_samples(con, list(inputs.mapping.fields), key_field),
+        sample_policy=inputs.sample_policy,
+        pii=list(config.pii),
         row_errors=_row_errors(con, config.primary_key),
         source_rows=inputs.source_rows,
         removed_deletes=removed,

@@ -277,6 +277,7 @@ class Engine:
             incremental_from=watermark if config.incremental else None,
             recent_deletes=self._recent_deletes(sync),
             destination_records=self._destination_records(sync),
+            sample_policy=self.project.config.output.samples,
         )
         if isinstance(backend, WarehouseBackend):
             plan = build_warehouse_plan(
