@@ -284,11 +284,34 @@ def _read_sql(project: Project, sync: Sync) -> str | None:
     if source.sql is not None:
         return source.sql.strip().rstrip(";").strip()
     assert source.file is not None
+    root = project.root.resolve()
     candidates = [project.root / source.file, sync.path.parent / source.file]
     for candidate in candidates:
-        if candidate.is_file():
-            sync.sql_path = candidate
-            return candidate.read_text(encoding="utf-8").strip().rstrip(";").strip()
+        if not candidate.is_file():
+            continue
+        if not candidate.resolve().is_relative_to(root):
+            # Its text would reach the warehouse and, quoted by a driver, error messages.
+            sync.problems.append(
+                sync.document.problem(
+                    ("source", "file"),
+                    f"SQL file '{source.file}' is outside the project",
+                    "keep the SQL in the project (e.g. sql/active_customers.sql); a link that "
+                    "leads outside it is refused too",
+                )
+            )
+            return None
+        try:
+            text = candidate.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            sync.problems.append(
+                sync.document.problem(
+                    ("source", "file"), f"cannot read SQL file '{source.file}': {reason}"
+                )
+            )
+            return None
+        sync.sql_path = candidate
+        return text.strip().rstrip(";").strip()
     sync.problems.append(
         sync.document.problem(
             ("source", "file"),
