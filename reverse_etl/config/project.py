@@ -222,6 +222,19 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
         sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]) if syncs_dir.is_dir() else []
     )
     for path in files:
+        if not path.is_file():
+            # Opening a FIFO would wait for a writer forever; a directory is no sync either.
+            project.problems.append(
+                Problem(
+                    project.relative(path),
+                    None,
+                    "",
+                    "not a regular file (a directory, FIFO, socket or device): skipped",
+                    "a sync is a YAML file; move or rename it out of syncs/",
+                    severity="warning",
+                )
+            )
+            continue
         sync = _load_sync(project, path, env)
         if sync.name in project.syncs:
             # Not a sync of the project, so the problem belongs to the project itself.
