@@ -160,11 +160,11 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
         # PyYAML checks every character up front: a NUL or another control character.
-        line = text.count("\n", 0, max(exc.position, 0)) + 1
+        at_line = text.count("\n", 0, max(exc.position, 0)) + 1
         doc.problems.append(
             Problem(
                 file,
-                line,
+                at_line,
                 "",
                 f"invalid YAML: the control character U+{exc.character:04X} is not allowed "
                 "in a config file",
