@@ -44,7 +44,7 @@ from reverse_etl.plan.source import engine_connection, read_source
 from reverse_etl.plan.warehouse_diff import build_warehouse_plan
 from reverse_etl.run.delivery import Delivery
 from reverse_etl.run.events import EventLevel, RunEvent
-from reverse_etl.run.order import dependency_order
+from reverse_etl.run.order import dependencies, dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
 from reverse_etl.state.backends import SnapshotBackend, WarehouseBackend, open_backend
@@ -472,11 +472,7 @@ class Engine:
         """`run_many` on a pool of `threads`: a sync starts once every selected sync it runs
         after has finished (and is skipped when one of them failed). A signal stops starting
         syncs; the running ones stop at their next safe point (a second signal at once)."""
-        selected = {s.name for s in ordered}
-        after = {
-            s.name: [d for d in (s.config.schedule.after if s.config else ()) if d in selected]
-            for s in ordered
-        }
+        after = dependencies(ordered)
         worker_options = _one_at_a_time(options)
         outcomes: dict[str, RunOutcome] = {}
         finished: dict[str, bool] = {}
