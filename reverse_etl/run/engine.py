@@ -47,7 +47,12 @@ from reverse_etl.run.events import EventLevel, RunEvent
 from reverse_etl.run.order import dependencies, dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
-from reverse_etl.state.backends import SnapshotBackend, WarehouseBackend, open_backend
+from reverse_etl.state.backends import (
+    LocalBackend,
+    SnapshotBackend,
+    WarehouseBackend,
+    open_backend,
+)
 from reverse_etl.state.deadletters import DeadLetterQueue
 from reverse_etl.state.layout import StateLayout
 from reverse_etl.state.lock import SyncLock
@@ -238,7 +243,9 @@ class Engine:
                 "where both are",
                 hint=f"point state.warehouse at '{config.warehouse}', or use state.backend: local",
             )
-        change = backend.open(con, target, writable=writable)
+        lost = None if full_resync else self._lost_state(sync, backend, target)
+        # A refused run leaves lost state missing: an empty file would pass the next run.
+        change = backend.open(con, target, writable=writable and lost is None)
         meta = backend.meta(con)
         switched = _delete_mode_switched(meta.mode, config.mode)
         # State written in delete mode holds the keys deleted, in the other modes the keys
@@ -290,12 +297,60 @@ class Engine:
                 f"mode changed from {meta.mode} to {config.mode}: the state of {meta.mode} mode "
                 "does not apply, every row counts as new"
             )
+        if lost is not None and plan.refusal is None:
+            plan.refusal, plan.refusal_hint = lost
         pause = self.paused(sync.name)
         if pause is not None:
             plan.pause = pause
             plan.paused = True
         self._plan_requests(plan, con)
         return plan
+
+    def _lost_state(
+        self, sync: Sync, backend: SnapshotBackend, target: TargetId
+    ) -> tuple[str, str] | None:
+        """(refusal, hint) when the sync's local snapshot file is gone though the run log shows
+        that runs left records in it: every row would be sent again as new."""
+        if not isinstance(backend, LocalBackend):
+            return None
+        store = backend.store
+        if store.exists or store.aside_path(target).exists():
+            return None
+        run = self.run_log.last_delivery(sync.name)
+        if run is None:
+            return None
+        held = f"{run.state_records:,} delivered record(s)" if run.state_records else "records"
+        return (
+            f"the state of sync '{sync.name}' is gone ({self.project.relative(store.path)} is "
+            f"missing) but the run log shows run {run.id} left {held} in it: a run now would "
+            "send every row again as new",
+            f"restore {store.path.name} from a backup, or send every row again on purpose: "
+            f"`retl run {sync.name} --full-resync`",
+        )
+
+    def lost_run_log(self) -> tuple[str, str] | None:
+        """(warning, hint) when the local run log (.retl/retl.db) is missing or replaced while
+        local snapshots show syncs that ran: pauses, history and dead letters went with it."""
+        assert self.project.config is not None
+        if self.project.config.state.backend != "local":
+            return None
+        run_log = self.run_log
+        orphans = [
+            name
+            for name in sorted(self.project.syncs)
+            if self.snapshot(name).exists and run_log.last(name) is None
+        ]
+        if not orphans:
+            return None
+        database = self.project.relative(self.layout.database)
+        what = "is missing" if not self.layout.database.exists() else "has no run of them"
+        return (
+            f"{database} {what}, but .retl/state/ holds deliveries of {', '.join(orphans)}: "
+            "the run log was lost or replaced, and with it any `retl pause` of these syncs "
+            "(a paused sync runs again), their run history and dead letters",
+            f"restore {database} from a backup, or pause again what must stay paused "
+            "(retl pause SYNC --reason ...)",
+        )
 
     def _plan_requests(self, plan: Plan, con: duckdb.DuckDBPyConnection) -> None:
         """API destinations: the requests the run needs against the account's daily budget;

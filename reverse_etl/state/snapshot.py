@@ -246,6 +246,13 @@ class SnapshotStore:
                 except PermissionError as exc:
                     raise state_file_error(self.path, self.sync, exc) from None
                 removed = True
+        # An empty snapshot, not none: a missing file with deliveries in the run log reads as
+        # state that was lost, and a run refuses it (see Engine).
+        con = duckdb.connect()
+        try:
+            self.attach(con, writable=True)
+        finally:
+            con.close()
         return removed
 
     def read_meta(self) -> SnapshotMeta | None:
