@@ -22,7 +22,6 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
     """Per sync: mode, schedule, paused, last run, next due, dead letters."""
     project = open_project(project_dir)
     from reverse_etl.project.status import project_status
-
     from reverse_etl.run import Engine
 
     engine = Engine(project)

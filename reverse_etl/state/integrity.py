@@ -87,9 +87,10 @@ def _access(path: Path) -> str:
 
 def _check_length(con: duckdb.DuckDBPyConnection, alias: str, path: Path, sync: str) -> None:
     """A file cut short (a copy or a full disk) fails only when a missing block is read, which
-    may be mid-plan: compare its length with the blocks its header counts."""
+    may be mid-plan: the file must at least hold the blocks its header counts as used (free
+    blocks may lie past a file DuckDB shortened, so they are not counted)."""
     row = con.execute(
-        "SELECT block_size, total_blocks FROM pragma_database_size() WHERE database_name = ?",
+        "SELECT block_size, used_blocks FROM pragma_database_size() WHERE database_name = ?",
         [alias],
     ).fetchone()
     if row is None or not row[0]:
@@ -100,8 +101,8 @@ def _check_length(con: duckdb.DuckDBPyConnection, alias: str, path: Path, sync: 
         raise damaged_error(
             path,
             sync,
-            f"is cut short: {path} holds {actual:,} bytes of the {expected:,} its header "
-            "counts (copied in part, or written to a full disk?)",
+            f"is cut short: {path} holds {actual:,} bytes, its header counts at least "
+            f"{expected:,} (copied in part, or written to a full disk?)",
         )
 
 
