@@ -323,7 +323,8 @@ def _deletes_removed_rows(plan: Plan, change: SyncChange | None) -> bool:
 def _row_errors(plan: Plan, shown: int = 5) -> list[str]:
     if not plan.row_errors:
         return []
-    lines = [f"- row error: {_text(error.message)}" for error in plan.row_errors[:shown]]
+    errors = plan.shared_row_errors()
+    lines = [f"- row error: {_text(error.message)}" for error in errors[:shown]]
     hidden = len(plan.row_errors) - shown
     if hidden > 0:
         lines.append(f"- … and {hidden:,} more row error(s)")

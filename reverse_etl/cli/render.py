@@ -340,7 +340,7 @@ def plan_banners(plan: Plan) -> list[str]:
 
 
 def _plan_row_errors(console: Console, plan: Plan, shown: int = 5) -> None:
-    for error in plan.row_errors[:shown]:
+    for error in plan.local_row_errors()[:shown]:
         console.print(f"  [red]row error[/red]: {escape(error.message)}")
     hidden = len(plan.row_errors) - shown
     if hidden > 0:

@@ -30,7 +30,7 @@ from reverse_etl.mapping import (
     CompiledMapping,
     quote_identifier,
 )
-from reverse_etl.plan.model import Plan, PlanCounts, RowError, RunLimits, StateRef
+from reverse_etl.plan.model import Plan, PlanCounts, RowError, RunLimits, StateRef, shown_key
 from reverse_etl.state.snapshot import SnapshotStore
 from reverse_etl.types import ACTIONS, OPERATIONS, TargetChange, TargetId
 
@@ -51,7 +51,6 @@ VALUES_COLUMN = "__retl_values"
 SAMPLE_SIZE = 5
 # Keys are kept as text; shown in number order when they are numbers (1, 2, 10 not 1, 10, 2).
 KEY_ORDER = f"TRY_CAST({KEY_COLUMN} AS DOUBLE) NULLS LAST, {KEY_COLUMN}"
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 _CANDIDATES = "retl_candidates"
 
 # What each kind of change becomes in each mode (SPEC §3); None: nothing is sent.
@@ -480,16 +479,11 @@ def _row_errors(con: duckdb.DuckDBPyConnection, primary_key: str) -> list[RowErr
             message = f"{n} row(s) with a null primary key '{primary_key}': never sent"
         else:
             message = (
-                f"duplicate primary key {primary_key} = {_shown_key(key)} in {n} rows: none of "
+                f"duplicate primary key {primary_key} = {shown_key(key)} in {n} rows: none of "
                 "them is sent"
             )
         errors.append(RowError(key=key, rows=int(n), message=message))
     return errors
-
-
-def _shown_key(key: str) -> str:
-    """A key as a user reads it: numbers bare, text quoted."""
-    return key if _NUMBER.match(key) else "'" + key.replace("'", "''") + "'"
 
 
 def _check_delete_limits(plan: Plan, limits: Limits, inputs: PlanInputs) -> None:

@@ -7,11 +7,12 @@ going back to the sync's file, and a saved plan (see `plan.files`) can be checke
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reverse_etl.config.models import SamplePolicy
-from reverse_etl.plan.samples import shown_samples
+from reverse_etl.plan.samples import mask_value, shown_samples
 from reverse_etl.state.pauses import Pause
 from reverse_etl.types import Action, Mode, Operation, TargetChange, TargetId
 
@@ -165,6 +166,19 @@ class Plan:
         """The samples for a person at a terminal: as sent, `pii` fields masked."""
         return shown_samples(self.samples, "full", self.pii)
 
+    def shared_row_errors(self) -> list[RowError]:
+        """Row errors for output that may leave the machine: a duplicate key is a value of a
+        record, masked as the samples are."""
+        return self._row_errors_masked(self.sample_policy != "full")
+
+    def local_row_errors(self) -> list[RowError]:
+        return self._row_errors_masked(False)
+
+    def _row_errors_masked(self, masked: bool) -> list[RowError]:
+        if not (masked or self.key_field in self.pii):
+            return list(self.row_errors)
+        return [_masked_row_error(e) for e in self.row_errors]
+
     def operations(self) -> list[Operation]:
         """The operations this plan sends, in the order a run applies them."""
         return [op for op in self.action if self.counts.of(op)]
@@ -186,7 +200,7 @@ class Plan:
             "samples": self.shared_samples(),
             "sample_policy": self.sample_policy,
             "pii": list(self.pii),
-            "row_errors": [asdict(e) for e in self.row_errors],
+            "row_errors": [asdict(e) for e in self.shared_row_errors()],
             "source_rows": self.source_rows,
             "snapshot_records": self.state.records,
             "removed_deletes": self.removed_deletes,
@@ -264,3 +278,22 @@ class Plan:
             requests=RequestPlan.from_json(data["requests"]) if data.get("requests") else None,
             fetched_rows=(None if data.get("fetched_rows") is None else int(data["fetched_rows"])),
         )
+
+
+def shown_key(key: str) -> str:
+    """A key as a user reads it in a message: numbers bare, text quoted."""
+    return key if _NUMBER.match(key) else "'" + key.replace("'", "''") + "'"
+
+
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def _masked_row_error(error: RowError) -> RowError:
+    """The error with its key masked, in `key` and where the message quotes it (`= key in`)."""
+    if error.key is None:
+        return error
+    masked = str(mask_value(error.key))
+    message = error.message.replace(
+        f" = {shown_key(error.key)} in ", f" = {shown_key(masked)} in ", 1
+    )
+    return RowError(key=masked, rows=error.rows, message=message)

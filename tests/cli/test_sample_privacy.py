@@ -137,3 +137,20 @@ def test_pii_is_no_change_of_what_a_run_sends(
 
     assert planned["config_changed"] is False
     assert planned["counts"]["unchanged"] == 1
+
+
+def test_a_duplicate_key_in_a_row_error_is_masked_like_the_samples(
+    local_project: Callable[[str], Path], retl_cli: Callable[..., Any]
+) -> None:
+    local_project("\"select 'jane.doe@example.com' as id, 'x' as email from range(2)\"")
+
+    planned = retl_cli("plan", "--json")
+    markdown = retl_cli("plan", "--format", "markdown")
+    terminal = retl_cli("plan")
+
+    (error,) = planned.json()["syncs"][0]["row_errors"]
+    assert error["key"] == "j***@e***.com" and error["rows"] == 2
+    assert error["message"].startswith("duplicate primary key id = 'j***@e***.com' in 2 rows")
+    for text in (planned.out, markdown.out):
+        assert "jane.doe@example.com" not in text
+    assert "jane.doe@example.com" in terminal.err
