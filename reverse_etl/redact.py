@@ -22,18 +22,21 @@ _SECRET_NAMES = (
     "password|passwd|pwd|pass|token|access_token|refresh_token|id_token|api_key|apikey|key"
     "|secret|client_secret|signature|sig|auth|private_key|access_key|secret_key"
 )
+# Bounded on both sides: an unbounded run around the word backtracks quadratically on a long name.
 _SECRET_NAME_WORDS = (
-    r"[a-z0-9_.\-]*(?:password|passwd|pwd|token|secret|api_?key|access_?key|signature)[a-z0-9_.\-]*"
+    r"[a-z0-9_.\-]{0,64}?(?:password|passwd|pwd|token|secret|api_?key|access_?key|signature)"
+    r"[a-z0-9_.\-]{0,64}"
 )
 # `?password=...`, `&motherduck_token=...` (also `;`-separated and with an encoded name).
-# Trailing punctuation (`...?password=x): error`) belongs to the text around the URL.
-_QUERY_PARAM = re.compile(
-    rf"(?i)([?&;](?:{_SECRET_NAMES}|{_SECRET_NAME_WORDS})=)"
-    r"([^&;#\s'\"<>]*?)(?=[)\]},.:]*(?:[&;#\s'\"<>]|$))"
-)
-# libpq DSNs and driver messages: `password=secret`, `password = 'se cret'`.
+# Trailing punctuation (`...?password=x): error`) belongs to the text around the URL: the value
+# runs greedily to its end and `_param_value` gives the punctuation back (a lazy value with a
+# look-ahead over the punctuation would be quadratic on a long run of dots).
+_QUERY_PARAM = re.compile(rf"(?i)([?&;](?:{_SECRET_NAMES}|{_SECRET_NAME_WORDS})=)([^&;#\s'\"<>]*)")
+_TRAILING_PUNCTUATION = ")]},.:"
+# libpq DSNs, driver messages and SQL text: `password=secret`, `password = 'se cret'`, and a
+# prefixed name such as `DB_PASSWORD=secret` (the prefix is bounded to keep the scan linear).
 _ASSIGNMENT = re.compile(
-    r"(?i)(?<![?&;\w.\-])((?:ssl)?(?:password|passwd|pwd|pass|secret|client_secret|token"
+    r"(?i)(?<![?&;\w.\-])((?:[a-z0-9]\w{0,63}?_)?(?:ssl)?(?:password|passwd|pwd|pass|secret|client_secret|token"
     r"|access_token|api_key|apikey)\s*=\s*)('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s,;&)]+)"
 )
 # Mappings printed as Python or JSON: `'password': 'secret'`, `"token": "..."`.
@@ -42,15 +45,18 @@ _QUOTED_PAIR = re.compile(
     r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")"
 )
 # HTTP headers as text: `Authorization: Bearer x`, `X-Api-Key: x`. A bare value must look like a
-# credential (a digit or punctuation), so prose such as "Authorization: literal secret" reads on.
+# credential (a digit or punctuation, checked by `_mask_header`), so prose such as
+# "Authorization: literal secret" reads on.
 _HEADER = re.compile(
     r"(?i)\b((?:proxy-)?authorization|x-api-key|api-key|x-auth-token)(\s*[:=]\s*)"
-    r"(?:(bearer|basic|token|digest)\s+|(?=[^\s,;'\"]*[0-9._+/=\-]))([^\s,;'\"]+)"
+    r"(?:(bearer|basic|token|digest)\s+)?([^\s,;'\"]+)"
 )
+_CREDENTIAL_CHARACTER = re.compile(r"[0-9._+/=\-]")
 _BEARER = re.compile(r"(?i)\b(bearer\s+)([A-Za-z0-9._~+/=\-]+)")
 _BASIC = re.compile(r"\b(Basic\s+)([A-Za-z0-9+/]{6,}={0,2})(?![A-Za-z0-9+/=])")
-# `scheme://user:password@host` anywhere in a text.
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
+# `scheme://user:password@host` anywhere in a text. The scheme is bounded: an unbounded one is
+# tried from every letter of a long word and makes a long value quadratic.
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://[^\s'\"<>]+")
 
 _lock = threading.Lock()
 _registered: set[str] = set()
@@ -132,7 +138,7 @@ def url_password(url: str) -> str | None:
 def url_secrets(url: str) -> list[str]:
     """The secrets written in a URL: its password and its credential query parameters."""
     found = [url_password(url) or ""]
-    found.extend(m.group(2) for m in _QUERY_PARAM.finditer(url))
+    found.extend(_param_value(m)[0] for m in _QUERY_PARAM.finditer(url))
     return [s for s in found if s]
 
 
@@ -144,7 +150,7 @@ def mask_url(url: str) -> str:
         head = url.find("://") + 3
         colon = url.find(":", head)
         url = url[: colon + 1] + MASK + url[colon + 1 + len(password) :]
-    return _QUERY_PARAM.sub(_mask_param, url)
+    return _QUERY_PARAM.sub(_mask_query_param, url)
 
 
 def redact(text: str) -> str:
@@ -155,7 +161,7 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, MASK)
     text = _URL.sub(lambda m: mask_url(m.group(0)), text)
-    text = _QUERY_PARAM.sub(_mask_param, text)
+    text = _QUERY_PARAM.sub(_mask_query_param, text)
     text = _ASSIGNMENT.sub(_mask_param, text)
     text = _QUOTED_PAIR.sub(_mask_param, text)
     text = _HEADER.sub(_mask_header, text)
@@ -192,8 +198,23 @@ def _mask_param(match: re.Match[str]) -> str:
     return match.group(1) + quote_char + MASK + quote_char
 
 
+def _param_value(match: re.Match[str]) -> tuple[str, str]:
+    """A query parameter's value and the punctuation after it that belongs to the text around."""
+    raw = match.group(2)
+    value = raw.rstrip(_TRAILING_PUNCTUATION)
+    return value, raw[len(value) :]
+
+
+def _mask_query_param(match: re.Match[str]) -> str:
+    value, tail = _param_value(match)
+    if _keeps(value):
+        return match.group(0)
+    return match.group(1) + MASK + tail
+
+
 def _mask_header(match: re.Match[str]) -> str:
-    if _keeps(match.group(4)):
+    value = match.group(4)
+    if _keeps(value) or not (match.group(3) or _CREDENTIAL_CHARACTER.search(value)):
         return match.group(0)
     scheme = f"{match.group(3)} " if match.group(3) else ""
     return f"{match.group(1)}{match.group(2)}{scheme}{MASK}"

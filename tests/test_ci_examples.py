@@ -28,6 +28,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "ci"
 RETL = Path(sys.executable).with_name("retl")
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 PR_NUMBER = "7"
+# retl from its git repository, pinned: the bare name `retl` is another project in package indexes.
+SAFE_INSTALL = 'pip install "retl @ git+${RETL_GIT_URL}@${RETL_GIT_REF}"'
 
 # Stand-ins: they record their arguments, the token they saw and the body they would post.
 FAKE_GH = """#!/bin/sh
@@ -154,7 +156,7 @@ def run_github_job(
         if "uses" in step:
             continue  # checkout and setup-python: the clone and this interpreter stand in
         if step.get("name") == "Install retl":
-            assert step["run"].startswith("pip install retl")
+            assert step["run"] == SAFE_INSTALL
             continue  # retl is installed in this virtual environment
         if not condition(step.get("if"), context, failed):
             continue
@@ -271,7 +273,7 @@ def gitlab_job(
     assert any(rule["if"] == f'$CI_PIPELINE_SOURCE == "{source}"' for rule in job["rules"]), (
         f"{name} does not run on {source}"
     )
-    assert pipeline["default"]["before_script"] == ["pip install retl"]  # installed here
+    assert pipeline["default"]["before_script"] == [SAFE_INSTALL]  # installed here
     variables = {k: str(v) for k, v in (pipeline.get("variables") or {}).items()}
     script = "\n".join(job["script"])
     return run_script(name, script, cwd, {**env, **variables})
@@ -328,3 +330,16 @@ def test_the_gitlab_scheduled_job_runs_the_syncs_that_are_due(
     assert run.code == 0, run.err
     with sqlite3.connect(clone / "out" / "app.sqlite") as db:
         assert db.execute("select count(*) from b_accounts").fetchone() == (SOURCE_ROWS,)
+
+
+def test_no_example_installs_retl_by_its_bare_name() -> None:
+    repository = EXAMPLES.parents[1]
+    texts = {path: path.read_text() for path in EXAMPLES.iterdir()}
+    texts[repository / ".pre-commit-hooks.yaml"] = (
+        repository / ".pre-commit-hooks.yaml"
+    ).read_text()
+    for path, text in texts.items():
+        for line in text.splitlines():
+            if "pip install" in line:
+                assert SAFE_INSTALL in line, f"{path.name}: {line.strip()}"
+        assert "v0.2.0" not in text and "retl==" not in text, path.name

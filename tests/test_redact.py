@@ -55,6 +55,9 @@ def test_mask_url_hides_the_credentials_and_nothing_else(url: str, masked: str) 
         ("sent Authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
         ("X-Api-Key: k-123456 rejected", "k-123456"),
         ("token bearer abc.def.ghi expired", "abc.def.ghi"),
+        ("syntax error in select 1 -- DB_PASSWORD=Sql-Pw-1", "Sql-Pw-1"),
+        ("where x = 1 and APP_DB_PASSWORD = 'sql pw two'", "sql pw two"),
+        ("LINE 1: select 'HUBSPOT_API_KEY=k-sql-3' as note", "k-sql-3"),
     ],
 )
 def test_redact_masks_every_credential_form(text: str, secret: str) -> None:
@@ -119,3 +122,44 @@ def test_bottom_modules_import_nothing_of_retl(module: str) -> None:
         for alias in node.names
     ]
     assert [name for name in imported if name.startswith("reverse_etl")] == []
+
+
+_TWO_MB = 2_000_000
+
+
+@pytest.mark.parametrize(
+    "piece",
+    [
+        "a",
+        "password=",
+        "Bearer ",
+        "://",
+        "?token=",
+        "?token=.",
+        "'password': '",
+        "Authorization: ",
+        "authorization:",
+        "&tokentoken",
+        "DB_PASSWORD=",
+        "?",
+    ],
+)
+def test_redact_takes_linear_time_on_a_long_value_full_of_near_matches(piece: str) -> None:
+    import time
+
+    register_secret("registered-secret-for-timing")
+    text = piece * (_TWO_MB // len(piece))
+    for value in (text, "x://" + text, "Authorization: " + text):
+        started = time.monotonic()
+        redact(value)
+        # Quadratic masking took minutes on such a value; linear takes well under a second.
+        assert time.monotonic() - started < 5
+
+
+def test_redact_masks_credentials_inside_a_long_value() -> None:
+    filler = "a" * _TWO_MB
+    text = f"{filler} x://u:LongValuePw1@h/db?token=tok1.x), password=pw-2 Bearer abc.def {filler}"
+    masked = redact(text)
+    assert "LongValuePw1" not in masked and "tok1" not in masked
+    assert "pw-2" not in masked and "abc.def" not in masked
+    assert "?token=***)," in masked

@@ -130,6 +130,13 @@ def print_problems(
             sys.stdout.write(redact(problem.github_annotation()) + "\n")
 
 
+def print_warning(message: str, hint: str | None = None) -> None:
+    """A warning on stderr (a human reads it; --json output stays one document on stdout)."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+    if hint:
+        err.print(f"    hint: {hint}", style="dim", markup=False)
+
+
 def print_json(document: Any) -> None:
     """The document on stdout, with every string redacted (values stay valid JSON)."""
     text = json.dumps(redact_data(json.loads(json.dumps(document, default=str))), indent=2)

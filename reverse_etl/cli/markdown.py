@@ -234,8 +234,9 @@ def _section(
     if plan.notes:
         lines.append("")
     available = state_available(plan, context.state_backend)
-    for op in ("create", "update", "delete") if samples else ():
-        records = plan.samples.get(op)
+    shown = plan.shared_samples() if samples else {}
+    for op in ("create", "update", "delete"):
+        records = shown.get(op)
         if not records:
             continue
         what = (
@@ -243,6 +244,8 @@ def _section(
             if available
             else f"first {len(records)} record(s) of the source, as a run would send them"
         )
+        if plan.sample_policy == "masked":
+            what += "; values masked by output.samples: masked"
         lines.extend(_samples_table(what, records, plan.key_field, open_=op == "delete"))
     return lines
 
@@ -320,7 +323,8 @@ def _deletes_removed_rows(plan: Plan, change: SyncChange | None) -> bool:
 def _row_errors(plan: Plan, shown: int = 5) -> list[str]:
     if not plan.row_errors:
         return []
-    lines = [f"- row error: {_text(error.message)}" for error in plan.row_errors[:shown]]
+    errors = plan.shared_row_errors()
+    lines = [f"- row error: {_text(error.message)}" for error in errors[:shown]]
     hidden = len(plan.row_errors) - shown
     if hidden > 0:
         lines.append(f"- … and {hidden:,} more row error(s)")

@@ -350,7 +350,7 @@ def render_plan(console: Console, plan: Plan) -> None:
     _plan_counts(console, plan)
     _plan_details(console, plan)
     for op in ("create", "update", "delete"):
-        samples = plan.samples.get(op)
+        samples = plan.local_samples().get(op)
         if samples:
             records_rows(console, samples, title=f"  {op} (first {len(samples)})")
     _plan_row_errors(console, plan)
@@ -447,7 +447,7 @@ def plan_banners(plan: Plan) -> list[str]:
 
 
 def _plan_row_errors(console: Console, plan: Plan, shown: int = 5) -> None:
-    for error in plan.row_errors[:shown]:
+    for error in plan.local_row_errors()[:shown]:
         console.print(f"  [red]row error[/red]: {escape(error.message)}")
     hidden = len(plan.row_errors) - shown
     if hidden > 0:
@@ -557,6 +557,6 @@ def render_preview(console: Console, preview: Preview) -> None:
     if preview.records:
         records_rows(
             console,
-            preview.records,
+            preview.local_records(),
             title=f"  first {len(preview.records)} records as they would be sent",
         )

@@ -29,6 +29,7 @@ from reverse_etl.cli.common import (
     open_project,
     out,
     print_json,
+    print_warning,
     selected_syncs,
 )
 from reverse_etl.cli.render import plan_banners, render_plan, render_summary, render_unplanned
@@ -102,6 +103,9 @@ def run(
     from reverse_etl.run import Engine, RunOptions
 
     engine = Engine(project, role=role)
+    lost = engine.lost_run_log()  # before this run writes a new run log
+    if lost is not None:
+        print_warning(*lost)
     scheduled = all_syncs and not syncs and not select
     display = _Display(dry_run=dry_run, yes=yes, quiet=json_output)
     options = RunOptions(

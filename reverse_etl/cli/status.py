@@ -6,7 +6,14 @@ from rich.markup import escape
 from rich.text import Text
 
 from reverse_etl.cli.app import app
-from reverse_etl.cli.common import JsonOption, ProjectDirOption, open_project, out, print_json
+from reverse_etl.cli.common import (
+    JsonOption,
+    ProjectDirOption,
+    open_project,
+    out,
+    print_json,
+    print_warning,
+)
 from reverse_etl.cli.render import (
     Cell,
     Column,
@@ -24,8 +31,13 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
     """Per sync: mode, schedule, paused, last run, next due, dead letters."""
     project = open_project(project_dir)
     from reverse_etl.project.status import project_status
+    from reverse_etl.run import Engine
 
-    rows = project_status(project)
+    engine = Engine(project)
+    lost = engine.lost_run_log()
+    if lost is not None:
+        print_warning(*lost)
+    rows = project_status(project, engine)
     if json_output:
         print_json({"syncs": [row.to_json() for row in rows]})
         return

@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from reverse_etl.types import Mode
 
@@ -82,6 +90,19 @@ class StateConfig(Strict):
     schema_: str = Field(default="retl_state", alias="schema")
 
 
+# How sample records appear in output that may leave the machine (plan --json, plan files,
+# run --json, the Markdown of pull-request comments): SPEC 6.7.
+SamplePolicy = Literal["none", "masked", "full"]
+
+
+class OutputConfig(Strict):
+    """`output:` in retl.yml. `samples`: `masked` (the default) replaces every value of a sample
+    record with a mask of its shape, `none` leaves sample records out, `full` shows them as sent
+    (columns a sync lists under `pii:` stay masked)."""
+
+    samples: SamplePolicy = "masked"
+
+
 class ProjectConfig(Strict):
     version: Literal[1] = 1
     name: str | None = None
@@ -89,6 +110,7 @@ class ProjectConfig(Strict):
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
     alerts: dict[str, AlertConfig] = Field(default_factory=dict)
     state: StateConfig = Field(default_factory=StateConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
 
 
 # --- syncs/*.yml --------------------------------------------------------------------------------
@@ -318,6 +340,20 @@ class SyncConfig(Strict):
     limits: Limits = Field(default_factory=Limits)
     alerts: list[str] = Field(default_factory=list)
     allow_destructive: bool = False
+    # Destination fields that hold personal data: masked in every output, even `samples: full`.
+    pii: list[str] = Field(default_factory=list)
+
+    @field_validator("pii")
+    @classmethod
+    def _pii(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        mapping = info.data.get("mapping")
+        unknown = [n for n in names if mapping is not None and n not in mapping]
+        if unknown:
+            raise HintedValueError(
+                f"pii names {', '.join(repr(n) for n in unknown)}, not a field of the mapping",
+                "list destination fields (the keys under mapping:), e.g. pii: [email, name]",
+            )
+        return names
 
     @field_validator("mapping", mode="before")
     @classmethod

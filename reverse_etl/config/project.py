@@ -66,10 +66,11 @@ class Sync:
         return None
 
     def config_hash(self, destination: DestinationConfig | None = None) -> str:
-        """Hash of everything that decides what a run sends; secrets are not part of it."""
+        """Hash of everything that decides what a run sends; secrets are not part of it (nor
+        `pii`, which only decides what output shows)."""
         assert self.config is not None
         payload = {
-            "sync": self.config.model_dump(mode="json", exclude={"description", "paused"}),
+            "sync": self.config.model_dump(mode="json", exclude={"description", "paused", "pii"}),
             "sql": self.sql,
             "destination_type": destination.type if destination else None,
         }
@@ -221,6 +222,19 @@ def load_project(root: Path, env: Mapping[str, str] | None = None) -> Project:
         sorted([*syncs_dir.glob("*.yml"), *syncs_dir.glob("*.yaml")]) if syncs_dir.is_dir() else []
     )
     for path in files:
+        if not path.is_file():
+            # Opening a FIFO would wait for a writer forever; a directory is no sync either.
+            project.problems.append(
+                Problem(
+                    project.relative(path),
+                    None,
+                    "",
+                    "not a regular file (a directory, FIFO, socket or device): skipped",
+                    "a sync is a YAML file; move or rename it out of syncs/",
+                    severity="warning",
+                )
+            )
+            continue
         sync = _load_sync(project, path, env)
         if sync.name in project.syncs:
             # Not a sync of the project, so the problem belongs to the project itself.
@@ -283,11 +297,34 @@ def _read_sql(project: Project, sync: Sync) -> str | None:
     if source.sql is not None:
         return source.sql.strip().rstrip(";").strip()
     assert source.file is not None
+    root = project.root.resolve()
     candidates = [project.root / source.file, sync.path.parent / source.file]
     for candidate in candidates:
-        if candidate.is_file():
-            sync.sql_path = candidate
-            return candidate.read_text(encoding="utf-8").strip().rstrip(";").strip()
+        if not candidate.is_file():
+            continue
+        if not candidate.resolve().is_relative_to(root):
+            # Its text would reach the warehouse and, quoted by a driver, error messages.
+            sync.problems.append(
+                sync.document.problem(
+                    ("source", "file"),
+                    f"SQL file '{source.file}' is outside the project",
+                    "keep the SQL in the project (e.g. sql/active_customers.sql); a link that "
+                    "leads outside it is refused too",
+                )
+            )
+            return None
+        try:
+            text = candidate.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+            sync.problems.append(
+                sync.document.problem(
+                    ("source", "file"), f"cannot read SQL file '{source.file}': {reason}"
+                )
+            )
+            return None
+        sync.sql_path = candidate
+        return text.strip().rstrip(";").strip()
     sync.problems.append(
         sync.document.problem(
             ("source", "file"),

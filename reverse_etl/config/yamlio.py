@@ -156,7 +156,23 @@ def load_yaml(text: str, file: str, env: Mapping[str, str]) -> YamlDocument:
     if len(text) > MAX_FILE_BYTES:
         return _too_large(file)
     doc = YamlDocument(file=file, data=None)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        # PyYAML checks every character up front: a NUL or another control character.
+        at_line = text.count("\n", 0, max(exc.position, 0)) + 1
+        doc.problems.append(
+            Problem(
+                file,
+                at_line,
+                "",
+                f"invalid YAML: the control character U+{exc.character:04X} is not allowed "
+                "in a config file",
+                "remove it (a config file is plain UTF-8 text; check the editor or tool that "
+                "wrote it)",
+            )
+        )
+        return doc
     try:
         try:
             node = loader.get_single_node()

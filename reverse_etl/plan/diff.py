@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from reverse_etl.config.models import Limits, SyncConfig
+from reverse_etl.config.models import Limits, SamplePolicy, SyncConfig
 from reverse_etl.destinations.values import display_rows
 from reverse_etl.errors import MappingError
 from reverse_etl.mapping import (
@@ -31,7 +31,7 @@ from reverse_etl.mapping import (
     CompiledMapping,
     quote_identifier,
 )
-from reverse_etl.plan.model import Plan, PlanCounts, RowError, RunLimits, StateRef
+from reverse_etl.plan.model import Plan, PlanCounts, RowError, RunLimits, StateRef, shown_key
 from reverse_etl.state.snapshot import SnapshotStore
 from reverse_etl.types import ACTIONS, OPERATIONS, TargetChange, TargetId
 
@@ -52,7 +52,6 @@ VALUES_COLUMN = "__retl_values"
 SAMPLE_SIZE = 5
 # Keys are kept as text; shown in number order when they are numbers (1, 2, 10 not 1, 10, 2).
 KEY_ORDER = f"TRY_CAST({KEY_COLUMN} AS DOUBLE) NULLS LAST, {KEY_COLUMN}"
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 _CANDIDATES = "retl_candidates"
 
 # What each kind of change becomes in each mode (SPEC §3); None: nothing is sent.
@@ -186,6 +185,8 @@ class PlanInputs:
     # count (the ratio base of mode delete; None when the connector cannot tell).
     recent_deletes: int = 0
     destination_records: int | None = None
+    # `output.samples` of retl.yml: how output that leaves the machine shows sample records.
+    sample_policy: SamplePolicy = "masked"
 
 
 def build_plan(con: duckdb.DuckDBPyConnection, inputs: PlanInputs) -> Plan:
@@ -374,6 +375,8 @@ def plan_from_operations(
         state=inputs.state,
         digest=operations_digest(con),
         samples=_samples(con, list(inputs.mapping.fields), key_field),
+        sample_policy=inputs.sample_policy,
+        pii=list(config.pii),
         row_errors=_row_errors(con, config.primary_key),
         source_rows=inputs.source_rows,
         removed_deletes=removed,
@@ -476,16 +479,11 @@ def _row_errors(con: duckdb.DuckDBPyConnection, primary_key: str) -> list[RowErr
             message = f"{n} row(s) with a null primary key '{primary_key}': never sent"
         else:
             message = (
-                f"duplicate primary key {primary_key} = {_shown_key(key)} in {n} rows: none of "
+                f"duplicate primary key {primary_key} = {shown_key(key)} in {n} rows: none of "
                 "them is sent"
             )
         errors.append(RowError(key=key, rows=int(n), message=message))
     return errors
-
-
-def _shown_key(key: str) -> str:
-    """A key as a user reads it: numbers bare, text quoted."""
-    return key if _NUMBER.match(key) else "'" + key.replace("'", "''") + "'"
 
 
 def _check_delete_limits(plan: Plan, limits: Limits, inputs: PlanInputs) -> None:

@@ -7,9 +7,12 @@ going back to the sync's file, and a saved plan (see `plan.files`) can be checke
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from reverse_etl.config.models import SamplePolicy
+from reverse_etl.plan.samples import mask_value, shown_samples
 from reverse_etl.state.pauses import Pause
 from reverse_etl.types import Action, Mode, ModeSwitch, Operation, TargetChange, TargetId
 
@@ -107,7 +110,11 @@ class Plan:
     state: StateRef
     # sha256 over the planned (operation, key, record hash) set: `run --plan` recomputes it.
     digest: str = ""
+    # As sent; read them through `shared_samples` (output that leaves the machine) or
+    # `local_samples` (a terminal), which apply `sample_policy` and `pii` (SPEC 6.7).
     samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    sample_policy: SamplePolicy = "masked"
+    pii: list[str] = field(default_factory=list)
     row_errors: list[RowError] = field(default_factory=list)
     source_rows: int = 0
     removed_deletes: int = 0
@@ -156,13 +163,35 @@ class Plan:
     def empty(self) -> bool:
         return self.counts.to_send == 0
 
+    def shared_samples(self) -> dict[str, list[dict[str, Any]]]:
+        """The samples for output that may leave the machine (JSON, plan files, Markdown):
+        as `output.samples` says, `pii` fields always masked."""
+        return shown_samples(self.samples, self.sample_policy, self.pii)
+
+    def local_samples(self) -> dict[str, list[dict[str, Any]]]:
+        """The samples for a person at a terminal: as sent, `pii` fields masked."""
+        return shown_samples(self.samples, "full", self.pii)
+
+    def shared_row_errors(self) -> list[RowError]:
+        """Row errors for output that may leave the machine: a duplicate key is a value of a
+        record, masked as the samples are."""
+        return self._row_errors_masked(self.sample_policy != "full")
+
+    def local_row_errors(self) -> list[RowError]:
+        return self._row_errors_masked(False)
+
+    def _row_errors_masked(self, masked: bool) -> list[RowError]:
+        if not (masked or self.key_field in self.pii):
+            return list(self.row_errors)
+        return [_masked_row_error(e) for e in self.row_errors]
+
     def operations(self) -> list[Operation]:
         """The operations this plan sends, in the order a run applies them."""
         return [op for op in self.action if self.counts.of(op)]
 
     def to_json(self) -> dict[str, Any]:
         """The plan as `retl plan --json` and plan files show it (no secret, no row beyond the
-        samples). `from_json` reads it back."""
+        samples, which `output.samples` masks or leaves out). `from_json` reads it back."""
         return {
             "name": self.sync,
             "mode": self.mode,
@@ -174,8 +203,10 @@ class Plan:
             "batch_size": self.batch_size,
             "action": dict(self.action),
             "counts": self.counts.as_dict(),
-            "samples": self.samples,
-            "row_errors": [asdict(e) for e in self.row_errors],
+            "samples": self.shared_samples(),
+            "sample_policy": self.sample_policy,
+            "pii": list(self.pii),
+            "row_errors": [asdict(e) for e in self.shared_row_errors()],
             "source_rows": self.source_rows,
             "snapshot_records": self.state.records,
             "removed_deletes": self.removed_deletes,
@@ -242,6 +273,8 @@ class Plan:
             state=StateRef(**dict(data["state"])),
             digest=str(data["digest"]),
             samples=dict(data.get("samples") or {}),
+            sample_policy=data.get("sample_policy") or "masked",
+            pii=[str(f) for f in data.get("pii") or []],
             row_errors=[RowError(**e) for e in data.get("row_errors") or []],
             source_rows=int(data.get("source_rows") or 0),
             removed_deletes=int(data.get("removed_deletes") or 0),
@@ -269,3 +302,22 @@ class Plan:
             requests=RequestPlan.from_json(data["requests"]) if data.get("requests") else None,
             fetched_rows=(None if data.get("fetched_rows") is None else int(data["fetched_rows"])),
         )
+
+
+def shown_key(key: str) -> str:
+    """A key as a user reads it in a message: numbers bare, text quoted."""
+    return key if _NUMBER.match(key) else "'" + key.replace("'", "''") + "'"
+
+
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def _masked_row_error(error: RowError) -> RowError:
+    """The error with its key masked, in `key` and where the message quotes it (`= key in`)."""
+    if error.key is None:
+        return error
+    masked = str(mask_value(error.key))
+    message = error.message.replace(
+        f" = {shown_key(error.key)} in ", f" = {shown_key(masked)} in ", 1
+    )
+    return RowError(key=masked, rows=error.rows, message=message)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reverse_etl.config import Project, Sync
+from reverse_etl.config.models import SamplePolicy
 from reverse_etl.destinations.values import display_rows
 from reverse_etl.mapping import KEY_COLUMN, quote_identifier
 from reverse_etl.plan.diff import SOURCE_TABLE
+from reverse_etl.plan.samples import shown_samples
 from reverse_etl.plan.source import engine_connection, read_source
 
 
@@ -22,7 +24,20 @@ class Preview:
     duplicate_keys: int
     duplicate_rows: int
     fields: list[str]
+    # As sent; read them through `shared_records` (--json) or `local_records` (a terminal).
     records: list[dict[str, Any]]
+    sample_policy: SamplePolicy = "masked"
+    pii: list[str] = field(default_factory=list)
+
+    def shared_records(self) -> list[dict[str, Any]]:
+        """The records for output that may leave the machine: as `output.samples` says."""
+        return shown_samples({"records": self.records}, self.sample_policy, self.pii).get(
+            "records", []
+        )
+
+    def local_records(self) -> list[dict[str, Any]]:
+        """The records for a person at a terminal: as sent, `pii` fields masked."""
+        return shown_samples({"records": self.records}, "full", self.pii).get("records", [])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -32,7 +47,7 @@ class Preview:
             "duplicate_keys": self.duplicate_keys,
             "duplicate_rows": self.duplicate_rows,
             "fields": self.fields,
-            "records": self.records,
+            "records": self.shared_records(),
         }
 
 
@@ -65,6 +80,8 @@ def preview_sync(
                 duplicate_rows=int(dupes[1]) if dupes else 0,
                 fields=fields,
                 records=records,
+                sample_policy=project.config.output.samples if project.config else "masked",
+                pii=list(sync.config.pii),
             )
         finally:
             con.close()

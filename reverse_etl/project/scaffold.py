@@ -77,7 +77,8 @@ def _template_text(name: str) -> str:
     except FileNotFoundError:
         raise RetlError(
             f"the project template '{name}' is missing from the installed retl package",
-            "reinstall retl (pip install --force-reinstall retl)",
+            "reinstall retl from where it came from (pip install --force-reinstall with the same "
+            "path or git URL)",
         ) from None
 
 

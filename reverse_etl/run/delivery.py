@@ -442,10 +442,9 @@ class Delivery:
             except Exception:
                 continue
             self._settle(result, table)
-            try:
+            # Counted either way; the (sticky) state error is reported when the run ends.
+            with contextlib.suppress(StateError):
                 self._acknowledge(op, table, records, result)
-            except StateError:
-                pass  # counted; the (sticky) state error is reported when the run ends
             self.sent += table.num_rows - len(result.retry)
             self._report_batch(op, table, result)
 

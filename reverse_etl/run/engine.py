@@ -45,10 +45,15 @@ from reverse_etl.plan.source import engine_connection, read_source
 from reverse_etl.plan.warehouse_diff import build_warehouse_plan
 from reverse_etl.run.delivery import Delivery
 from reverse_etl.run.events import EventLevel, RunEvent
-from reverse_etl.run.order import dependency_order
+from reverse_etl.run.order import dependencies, dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
-from reverse_etl.state.backends import SnapshotBackend, WarehouseBackend, open_backend
+from reverse_etl.state.backends import (
+    LocalBackend,
+    SnapshotBackend,
+    WarehouseBackend,
+    open_backend,
+)
 from reverse_etl.state.deadletters import DeadLetterQueue
 from reverse_etl.state.doubts import InDoubtRecords
 from reverse_etl.state.layout import StateLayout
@@ -245,17 +250,19 @@ class Engine:
                 "where both are",
                 hint=f"point state.warehouse at '{config.warehouse}', or use state.backend: local",
             )
+        lost = None if full_resync else self._lost_state(sync, backend, target)
         # State of another target or mode family is kept aside only once the destination
-        # answered: a run that never reaches it changes no state (SPEC §6.2).
+        # answered: a run that never reaches it changes no state (SPEC §6.2). A refused run
+        # leaves lost state missing: an empty file would pass the next run.
         opened = backend.open(
             con,
             target,
-            writable=writable,
+            writable=writable and lost is None,
             mode=config.mode,
             before_change=lambda: self._reach(target),
         )
         change = opened.target_change
-        if writable:
+        if writable and lost is None:
             self._recover_deliveries(sync, con, backend, target)
         meta = backend.meta(con)
         watermark = None if full_resync else meta.watermark
@@ -291,6 +298,7 @@ class Engine:
             incremental_from=watermark if config.incremental else None,
             recent_deletes=self._recent_deletes(sync),
             destination_records=self._destination_records(sync),
+            sample_policy=self.project.config.output.samples,
         )
         if isinstance(backend, WarehouseBackend):
             plan = build_warehouse_plan(
@@ -306,6 +314,8 @@ class Engine:
                 "answer): they are looked up in the destination before they are sent again; "
                 f"`retl dlq {sync.name}` lists them"
             )
+        if lost is not None and plan.refusal is None:
+            plan.refusal, plan.refusal_hint = lost
         pause = self.paused(sync.name)
         if pause is not None:
             plan.pause = pause
@@ -351,6 +361,52 @@ class Engine:
         """Raise DestinationError unless the destination answers (lists its objects)."""
         with self.open_destination(target.destination) as destination:
             destination.objects()
+
+    def _lost_state(
+        self, sync: Sync, backend: SnapshotBackend, target: TargetId
+    ) -> tuple[str, str] | None:
+        """(refusal, hint) when the sync's local snapshot file is gone though the run log shows
+        that runs left records in it: every row would be sent again as new."""
+        if not isinstance(backend, LocalBackend):
+            return None
+        store = backend.store
+        if store.exists or store.aside_path(target).exists():
+            return None
+        run = self.run_log.last_delivery(sync.name)
+        if run is None:
+            return None
+        held = f"{run.state_records:,} delivered record(s)" if run.state_records else "records"
+        return (
+            f"the state of sync '{sync.name}' is gone ({self.project.relative(store.path)} is "
+            f"missing) but the run log shows run {run.id} left {held} in it: a run now would "
+            "send every row again as new",
+            f"restore {store.path.name} from a backup, or send every row again on purpose: "
+            f"`retl run {sync.name} --full-resync`",
+        )
+
+    def lost_run_log(self) -> tuple[str, str] | None:
+        """(warning, hint) when the local run log (.retl/retl.db) is missing or replaced while
+        local snapshots show syncs that ran: pauses, history and dead letters went with it."""
+        assert self.project.config is not None
+        if self.project.config.state.backend != "local":
+            return None
+        run_log = self.run_log
+        orphans = [
+            name
+            for name in sorted(self.project.syncs)
+            if self.snapshot(name).exists and run_log.last(name) is None
+        ]
+        if not orphans:
+            return None
+        database = self.project.relative(self.layout.database)
+        what = "is missing" if not self.layout.database.exists() else "has no run of them"
+        return (
+            f"{database} {what}, but .retl/state/ holds deliveries of {', '.join(orphans)}: "
+            "the run log was lost or replaced, and with it any `retl pause` of these syncs "
+            "(a paused sync runs again), their run history and dead letters",
+            f"restore {database} from a backup, or pause again what must stay paused "
+            "(retl pause SYNC --reason ...)",
+        )
 
     def _plan_requests(self, plan: Plan, con: duckdb.DuckDBPyConnection) -> None:
         """API destinations: the requests the run needs against the account's daily budget;
@@ -527,11 +583,7 @@ class Engine:
         """`run_many` on a pool of `threads`: a sync starts once every selected sync it runs
         after has finished (and is skipped when one of them failed). A signal stops starting
         syncs; the running ones stop at their next safe point (a second signal at once)."""
-        selected = {s.name for s in ordered}
-        after = {
-            s.name: [d for d in (s.config.schedule.after if s.config else ()) if d in selected]
-            for s in ordered
-        }
+        after = dependencies(ordered)
         worker_options = _one_at_a_time(options)
         outcomes: dict[str, RunOutcome] = {}
         finished: dict[str, bool] = {}

@@ -5,17 +5,29 @@ from __future__ import annotations
 from graphlib import CycleError, TopologicalSorter
 
 from reverse_etl.config import Sync
-from reverse_etl.errors import ConfigError
+
+
+def dependencies(syncs: list[Sync]) -> dict[str, list[str]]:
+    """Each sync's `after:` syncs among `syncs`, without the links that close a cycle: the
+    syncs of a cycle fail on their own (config.checks reports the cycle as a problem of each),
+    and the other syncs still run."""
+    names = {s.name for s in syncs}
+    graph = {
+        s.name: [a for a in (s.config.schedule.after if s.config else ()) if a in names]
+        for s in syncs
+    }
+    while True:
+        try:
+            TopologicalSorter(graph).prepare()
+        except CycleError as exc:
+            # Each node of the reported cycle runs after the one before it: drop one link.
+            cycle: list[str] = exc.args[1]
+            graph[cycle[1]] = [a for a in graph[cycle[1]] if a != cycle[0]]
+            continue
+        return graph
 
 
 def dependency_order(syncs: list[Sync]) -> list[Sync]:
     by_name = {s.name: s for s in syncs}
-    graph = {
-        s.name: [a for a in (s.config.schedule.after if s.config else ()) if a in by_name]
-        for s in syncs
-    }
-    try:
-        order = list(TopologicalSorter(graph).static_order())
-    except CycleError as exc:
-        raise ConfigError(f"dependency cycle between syncs: {' -> '.join(exc.args[1])}") from None
+    order = TopologicalSorter(dependencies(syncs)).static_order()
     return [by_name[name] for name in order]

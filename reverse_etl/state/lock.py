@@ -162,9 +162,10 @@ def lock_holder(lock_dir: str | Path, sync: str) -> LockInfo | None:
 def force_unlock(lock_dir: str | Path, sync: str) -> bool:
     """Clear the lock of `sync` (`retl unlock`); True when there was something to clear.
 
-    A stale note is removed. A lock still held by a process on another host (shared lock
-    directory) is broken. A lock held by a live process on this host is not: that raises
-    StateLockedError, because the OS keeps its lock until it ends.
+    A stale note is removed. A lock whose file lock is held is never removed, whoever holds it
+    and whether or not its note is there: the OS (or the file server) keeps a file lock only
+    while its process lives, and removing the file would let a second run start beside it.
+    That raises StateLockedError naming the holder when its note does.
     """
     _check_sync_name(sync)
     lock_dir = Path(lock_dir)
@@ -175,17 +176,7 @@ def force_unlock(lock_dir: str | Path, sync: str) -> bool:
     try:
         probe.acquire(timeout=0, blocking=False)
     except filelock.Timeout:
-        info = _read_note(note)
-        if info is not None and info.host == socket.gethostname() and _pid_alive(info.pid):
-            raise StateLockedError(
-                f"sync '{sync}' is being run by {info.describe()}, which is still running",
-                hint=f"stop that process first (kill {info.pid}); `retl unlock` only clears "
-                "locks whose process is gone",
-            ) from None
-        for path in (note, lock_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        return True
+        raise _held_error(sync, lock_path, _read_note(note)) from None
     try:
         existed = note.exists()
         with contextlib.suppress(FileNotFoundError):
@@ -193,6 +184,25 @@ def force_unlock(lock_dir: str | Path, sync: str) -> bool:
         return existed
     finally:
         probe.release()
+
+
+def _held_error(sync: str, lock_path: Path, info: LockInfo | None) -> StateLockedError:
+    """`retl unlock` of a lock a live process holds: who, and how to stop it."""
+    unlock_only = "`retl unlock` only clears locks whose process is gone"
+    if info is None:
+        return StateLockedError(
+            f"sync '{sync}' is locked by a running process (its holder note is missing)",
+            hint=f"find it with `fuser {lock_path}` or `lsof {lock_path}` on the machine that "
+            f"runs it and stop it; {unlock_only}",
+        )
+    if info.host == socket.gethostname():
+        stop = f"stop that process first (kill {info.pid})"
+    else:
+        stop = f"stop it on host {info.host} (pid {info.pid})"
+    return StateLockedError(
+        f"sync '{sync}' is being run by {info.describe()}, which is still running",
+        hint=f"{stop}; {unlock_only}",
+    )
 
 
 def _lock_path(lock_dir: Path, sync: str) -> Path:

@@ -335,6 +335,24 @@ class RunLog:
             ).fetchone()
         return None if row is None else _run_from_row(row)
 
+    def last_delivery(self, sync: str) -> RunRecord | None:
+        """The newest ended run of `sync` when it left records in the sync's snapshot (or, for
+        runs logged before snapshot sizes were, sent some); None otherwise."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE sync = ? "
+                "AND status IN ('success', 'failed', 'interrupted') "
+                "ORDER BY started_at DESC, id DESC LIMIT 1",
+                (sync,),
+            ).fetchone()
+        if row is None:
+            return None
+        run = _run_from_row(row)
+        if run.state_records is not None:
+            return run if run.state_records > 0 else None
+        sent = run.counts.get("create", 0) + run.counts.get("update", 0)
+        return run if sent > 0 else None
+
     def requests_since(self, syncs: Iterable[str], since: datetime) -> int:
         """API requests that runs of these syncs started at or after `since` recorded (the
         `requests` count a run keeps, whatever its status)."""

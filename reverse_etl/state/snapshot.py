@@ -8,6 +8,7 @@ are never stored here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -19,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from reverse_etl.state.integrity import attaching_state_file
+from reverse_etl.state.integrity import attaching_state_file, state_file_error
 from reverse_etl.types import ModeSwitch, TargetChange, TargetId, mode_family
 
 ALIAS = "retl_state"
@@ -291,8 +292,13 @@ class SnapshotStore:
                     [part for item in missing for part in item],
                 )
             con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
+        except BaseException as exc:
+            # A failed COMMIT has ended the transaction already: its error is the one to tell.
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            if isinstance(exc, duckdb.Error):
+                path = _attached_path(con)
+                raise state_file_error(path, path.name.removesuffix(".duckdb"), exc) from None
             raise
 
     def reset(self) -> bool:
@@ -300,8 +306,18 @@ class SnapshotStore:
         removed = False
         for path in (self.path, self.path.with_name(self.path.name + ".wal")):
             if path.exists():
-                path.unlink()
+                try:
+                    path.unlink()
+                except PermissionError as exc:
+                    raise state_file_error(self.path, self.sync, exc) from None
                 removed = True
+        # An empty snapshot, not none: a missing file with deliveries in the run log reads as
+        # state that was lost, and a run refuses it (see Engine).
+        con = duckdb.connect()
+        try:
+            self.attach(con, writable=True)
+        finally:
+            con.close()
         return removed
 
     def read_meta(self) -> SnapshotMeta | None:
@@ -339,3 +355,11 @@ def _move(source: Path, destination: Path) -> None:
 
 def _sql_path(path: Path) -> str:
     return str(path).replace("'", "''")
+
+
+def _attached_path(con: duckdb.DuckDBPyConnection) -> Path:
+    """The file attached as the snapshot (acknowledgements know only the connection)."""
+    row = con.execute(
+        "SELECT path FROM duckdb_databases() WHERE database_name = ?", [ALIAS]
+    ).fetchone()
+    return Path(str(row[0])) if row and row[0] else Path(f"{ALIAS}.duckdb")

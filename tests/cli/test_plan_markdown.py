@@ -83,7 +83,8 @@ def test_without_state_it_shows_the_source_rows_instead_of_creates(
     assert f"**Source rows:** {SOURCE_ROWS}" in accounts
     assert "create" not in accounts.split("<details>")[0].replace("creates from updates", "")
     assert "first 5 record(s) of the source" in accounts.replace("\\", "")
-    assert "| `1` | `user1@example.com` | `free` |" in accounts
+    assert "| `***` | `u***@e***.com` | `f***` |" in accounts  # output.samples: masked
+    assert "user1@example.com" not in markdown
     row = summary_row(markdown, "b_accounts")
     assert row[4:8] == [str(SOURCE_ROWS), "n/a", "n/a", "n/a"]
     assert f"up to {SOURCE_ROWS} record(s) would be deleted" in sections(markdown)["c_leads"]
@@ -102,7 +103,7 @@ def test_with_state_the_counts_are_a_diff(repo: Path, retl_cli: Callable[..., An
     assert "State is not available" not in accounts
     assert f"+ 0 create · ~ {SOURCE_ROWS} update · − 0 delete" in accounts
     assert summary_row(markdown, "b_accounts")[5:8] == ["0", str(SOURCE_ROWS), "0"]
-    assert "Sample records (update: first 5)" in accounts
+    assert "Sample records (update: first 5; values masked by output.samples: masked)" in accounts
 
 
 def test_sql_file_and_destination_block_changes_pick_their_syncs(
@@ -149,9 +150,15 @@ def test_no_change_says_so_and_a_removed_sync_is_named(
     assert "- `e_orders`: no longer runs" in result.out
 
 
+def show_full_samples(repo: Path) -> None:
+    retl_yml = repo / "retl.yml"
+    retl_yml.write_text(retl_yml.read_text() + "output:\n  samples: full\n")
+
+
 def test_values_cannot_break_the_table_and_keys_are_never_shortened(
     repo: Path, retl_cli: Callable[..., Any]
 ) -> None:
+    show_full_samples(repo)
     long_key = "k" * 90
     sql = (
         f"select '{long_key}' as id, 'a | b\\nline two <img src=x> @octocat `tick` ' "
@@ -199,6 +206,7 @@ def test_text_format_names_the_changed_syncs_and_their_changes(
 def test_a_comment_too_long_to_post_leaves_the_samples_out(
     repo: Path, retl_cli: Callable[..., Any]
 ) -> None:
+    show_full_samples(repo)
     sql = "select repeat('k', 15000) || i as id, 'x' as email from range(5) t(i)"
     edit(repo, "e_orders", "  sql: ", f'  sql: "{sql}"\n  # was: ')
 

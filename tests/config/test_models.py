@@ -171,6 +171,41 @@ def test_a_missing_sql_file_is_a_problem_at_source_file(project_dir: Path) -> No
     assert not sync.ok
 
 
+@pytest.mark.parametrize("link", [False, True])
+def test_a_sql_file_outside_the_project_is_refused_without_reading_it(
+    project_dir: Path, tmp_path_factory: pytest.TempPathFactory, link: bool
+) -> None:
+    outside = tmp_path_factory.mktemp("elsewhere") / "secret.sql"
+    outside.write_text("root:CANARY-FIRST-LINE:0:0\n")
+    path = str(outside)
+    if link:
+        (project_dir / "sql").mkdir()
+        (project_dir / "sql" / "linked.sql").symlink_to(outside)
+        path = "sql/linked.sql"
+    sync_text = SYNC.replace("  sql: select 1 as id, 'a@example.com' as email", f"  file: {path}")
+    (project_dir / "syncs" / "contacts.yml").write_text(sync_text)
+
+    sync = load_project(project_dir, env={}).syncs["contacts"]
+
+    assert [p.format() for p in sync.problems] == [
+        f"syncs/contacts.yml:3: source.file: SQL file '{path}' is outside the project"
+    ]
+    assert sync.sql is None and not sync.ok
+    assert "CANARY" not in "".join(str(p.hint) for p in sync.problems)
+
+
+def test_a_relative_path_that_climbs_out_of_the_project_is_refused(project_dir: Path) -> None:
+    (project_dir.parent / "shadow.sql").write_text("select 1")
+    sync_text = SYNC.replace(
+        "  sql: select 1 as id, 'a@example.com' as email", "  file: ../shadow.sql"
+    )
+    (project_dir / "syncs" / "contacts.yml").write_text(sync_text)
+
+    sync = load_project(project_dir, env={}).syncs["contacts"]
+
+    assert [p.message for p in sync.problems] == ["SQL file '../shadow.sql' is outside the project"]
+
+
 def test_a_pydantic_error_becomes_a_problem_at_the_value_line(project_dir: Path) -> None:
     (project_dir / "syncs" / "contacts.yml").write_text(SYNC + "batch_size: many\n")
 

@@ -259,3 +259,30 @@ def test_github_annotations_escape_percent_and_newlines_in_message_and_propertie
         "::error file=syncs/contacts.yml,line=1,title=warehouse::"
         "unknown warehouse '50%25,a:b'%0Ahint: warehouses defined in retl.yml: demo",
     ]
+
+
+def test_a_nul_byte_in_a_sync_file_is_a_problem_at_its_line(
+    tmp_path: Path, retl_cli: Callable[..., Any]
+) -> None:
+    make_project(tmp_path, contacts=SYNC.replace("from customers", "from customers\x00"))
+
+    code, out, err = validate(retl_cli, "--json", "--project-dir", str(tmp_path))
+
+    assert code == 1
+    (problem,) = json.loads(out)["problems"]
+    assert (problem["file"], problem["line"]) == ("syncs/contacts.yml", 3)
+    assert "U+0000" in problem["message"] and "bug" not in err
+
+
+def test_a_fifo_among_the_sync_files_is_skipped_with_a_warning(
+    tmp_path: Path, retl_cli: Callable[..., Any]
+) -> None:
+    make_project(tmp_path, contacts=SYNC)
+    os.mkfifo(tmp_path / "syncs" / "x.yml")  # opening it would wait for a writer forever
+
+    code, out, _ = validate(retl_cli, "--json", "--project-dir", str(tmp_path))
+
+    assert code == 0
+    (problem,) = json.loads(out)["problems"]
+    assert problem["file"] == "syncs/x.yml" and problem["severity"] == "warning"
+    assert "not a regular file" in problem["message"]

@@ -46,6 +46,7 @@ def write_project(root: Path, table: str) -> None:
         "version: 1\n"
         "warehouses:\n  pg:\n    url: ${RETL_TEST_PG}\n"
         "destinations:\n  app:\n    type: postgres\n    url: ${RETL_TEST_PG}\n"
+        "output:\n  samples: full\n"  # these tests read the mapped values
     )
     (root / "syncs" / "people.yml").write_text(
         "warehouse: pg\n"

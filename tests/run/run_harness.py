@@ -58,6 +58,9 @@ class RetlProject:
             "version": 1,
             "warehouses": {"wh": {"url": "duckdb:///wh.duckdb"}},
             "destinations": destinations,
+            # These tests read the keys and records a plan shows; how machine output masks
+            # them is tests/cli/test_sample_privacy.py.
+            "output": {"samples": "full"},
         }
         (root / "retl.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         duckdb.connect(str(self.warehouse_path)).close()

@@ -3,7 +3,9 @@ silently (issue 8 item 12)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,13 @@ def truncate(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def cut_the_tail(path: Path) -> bytes:
+    """The last blocks missing: DuckDB opens the file and fails only when it reads them."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 19 // 20])
+    return path.read_bytes()
+
+
 def garble(path: Path) -> bytes:
     data = bytearray(path.read_bytes())
     data[5000:9000] = b"\xff" * 4000
@@ -30,7 +39,7 @@ def garble(path: Path) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("damage", [truncate, garble])
+@pytest.mark.parametrize("damage", [truncate, cut_the_tail, garble])
 @pytest.mark.parametrize(
     "command", [["plan", "people"], ["run", "people"], ["state", "show", "people"]]
 )
@@ -50,7 +59,10 @@ def test_a_damaged_state_file_is_named_with_what_to_do(
     shown = result.out if command[0] in ("plan", "run") else result.err
     assert result.code == 1
     assert "internal error" not in shown and "Traceback" not in shown
-    assert "state file of sync 'people' is damaged" in shown
+    assert (
+        "state file of sync 'people' is damaged" in shown
+        or "state file of sync 'people' is cut short" in shown
+    )
     assert "people.duckdb" in shown
     assert "retl state reset people" in shown
     assert state.read_bytes() == damaged  # left as it was, never replaced
@@ -92,3 +104,42 @@ def test_a_garbled_run_log_is_reported_and_kept(
     assert result.code == 1
     assert "retl.db" in result.err and "damaged" in result.err
     assert database.read_bytes() == b"this is not a database" * 100
+
+
+@pytest.fixture
+def immutable() -> Iterator[Callable[[Path], None]]:
+    """Make a path immutable (`chattr +i`): even root may then not write it, as a file of
+    another user or on a read-only mount refuses an ordinary user."""
+    made: list[Path] = []
+
+    def make(path: Path) -> None:
+        if shutil.which("chattr") is None:
+            pytest.skip("chattr is not installed")
+        if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+            pytest.skip("this file system or user cannot make a file immutable")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+@pytest.mark.parametrize("locked", ["file", "folder"])
+@pytest.mark.parametrize("command", [["run", "people"], ["state", "reset", "people", "--yes"]])
+def test_a_state_file_retl_may_not_write_is_a_permission_problem_not_damage(
+    project: Path,
+    retl_cli: Callable[..., Any],
+    immutable: Callable[[Path], None],
+    locked: str,
+    command: list[str],
+) -> None:
+    state = project / ".retl" / "state" / "people.duckdb"
+    immutable(state if locked == "file" else state.parent)
+
+    result = retl_cli(*command)
+
+    assert result.code == 1
+    assert "internal error" not in result.err and "Traceback" not in result.err
+    assert "state file of sync 'people'" in result.err and "(permission)" in result.err
+    assert "damaged" not in result.err and "state reset" not in result.err
+    assert "do not reset it" in result.err

@@ -175,16 +175,32 @@ def test_force_unlock_refuses_while_a_live_local_process_holds_the_lock(tmp_path
         assert lock_holder(tmp_path, "crm") is not None
 
 
-def test_force_unlock_breaks_a_lock_held_from_another_host(tmp_path: Path) -> None:
-    with held_by_another_process(tmp_path, "crm", host="elsewhere"):
+def test_force_unlock_never_breaks_a_lock_held_from_another_host(tmp_path: Path) -> None:
+    with held_by_another_process(tmp_path, "crm", host="elsewhere") as child:
         holder = lock_holder(tmp_path, "crm")
         assert holder is not None and holder.host == "elsewhere"
 
-        assert force_unlock(tmp_path, "crm") is True
+        with pytest.raises(StateLockedError, match="still running") as excinfo:
+            force_unlock(tmp_path, "crm")
 
-        assert lock_holder(tmp_path, "crm") is None
-        with SyncLock(tmp_path, "crm"):
+        assert excinfo.value.hint is not None
+        assert f"stop it on host elsewhere (pid {child.pid})" in excinfo.value.hint
+        assert lock_holder(tmp_path, "crm") == holder
+        with pytest.raises(StateLockedError), SyncLock(tmp_path, "crm"):
             pass
+
+
+def test_force_unlock_never_removes_a_held_lock_whose_note_is_missing(tmp_path: Path) -> None:
+    with held_by_another_process(tmp_path, "crm"):
+        (tmp_path / "crm.lock.json").unlink()
+
+        with pytest.raises(StateLockedError, match="its holder note is missing") as excinfo:
+            force_unlock(tmp_path, "crm")
+
+        assert excinfo.value.hint is not None and "fuser" in excinfo.value.hint
+        assert (tmp_path / "crm.lock").exists()
+        with pytest.raises(StateLockedError), SyncLock(tmp_path, "crm"):
+            pass  # the run still holds it: a second run is refused
 
 
 def test_describe_shows_the_date_when_the_lock_is_older_than_today() -> None:
