@@ -554,7 +554,7 @@ def test_two_syncs_into_one_account_together_stay_under_its_rate_limit(
     assert hs.server.busiest(1.0 - 0.005) <= 20
 
 
-def test_a_call_that_keeps_failing_leaves_its_records_to_retry_later(
+def test_a_call_that_keeps_failing_leaves_throttled_records_to_retry_and_5xx_ones_in_doubt(
     hs: HubSpotProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pyarrow as pa
@@ -569,9 +569,14 @@ def test_a_call_that_keeps_failing_leaves_its_records_to_retry_later(
     records = pa.table({"email": ["a@x.com", "b@x.com"], "firstname": ["A", "B"]})
     with destination:
         destination.fields("contacts")  # read before the server starts failing
+        hs.server.chaos = Chaos(throttle=1.0, retry_after=0)
+        throttled = destination.deliver(Batch("contacts", "upsert", "email", records))
         hs.server.chaos = Chaos(error=1.0)
-        result = destination.deliver(Batch("contacts", "upsert", "email", records))
-    assert result.rejected == {}
-    assert set(result.retry) == {0, 1}
-    assert result.retry[0].startswith("HTTP 500 after 2 attempts")
+        failing = destination.deliver(Batch("contacts", "upsert", "email", records))
+    # a 429 says HubSpot did nothing: send again later
+    assert set(throttled.retry) == {0, 1} and not throttled.in_doubt
+    assert throttled.retry[0].startswith("HTTP 429 after 2 attempts")
+    # a 500 may come after the write: in doubt, never accepted, never rejected
+    assert set(failing.in_doubt) == {0, 1} and not failing.accepted and not failing.rejected
+    assert "HTTP 500 after 2 attempts" in failing.in_doubt[0]
     assert hs.records() == {}

@@ -28,6 +28,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     text: str | None = None
     content_type: str = "text/csv; charset=UTF-8"
+    # Faults after the request was handled: wait this many seconds before answering, and/or
+    # `drop` the connection without any answer (the client sees a reset or its timeout).
+    wait: float = 0.0
+    drop: bool = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,11 @@ def _handler_for(server: ContractServer) -> type[BaseHTTPRequestHandler]:
                 reply = server.dispatch(request)
             except Exception as exc:  # a bug in a contract server must show, not hang the client
                 reply = Reply(500, {"message": f"contract server bug: {exc!r}"})
+            if reply.wait:
+                time.sleep(reply.wait)  # outside the lock: other clients are served meanwhile
+            if reply.drop:
+                self.close_connection = True
+                return
             if reply.text is not None:
                 payload = reply.text.encode("utf-8")
             else:
