@@ -35,6 +35,7 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -875,14 +876,41 @@ def _identifies(object: str, key_field: str | None) -> bool:
 
 
 def _message(response: httpx.Response) -> str:
-    """HubSpot's error message (its body's `message`, cut at 1 kB), else the status line."""
+    """HubSpot's error message (its body's `message`, cut at 1 kB), else the status line. A
+    body cut at MAX_ERROR_BYTES is no JSON any more: its message is read from where it starts."""
     body = _body(response)
-    message = body.get("message")
+    message, category = body.get("message"), body.get("category") or body.get("errorType")
+    if not body:
+        message, category = _cut_message(response.content[:MAX_ERROR_BYTES])
     if isinstance(message, str) and message:
-        category = body.get("category") or body.get("errorType")
-        prefix = f"{category}: " if category else ""
+        prefix = f"{category}: " if isinstance(category, str) and category else ""
         return _clip(f"{prefix}{message}")
     return f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+
+_MESSAGE_VALUE = re.compile(
+    r'"message"\s{0,16}:\s{0,16}"((?:[^"\\]|\\.){0,' + str(MAX_MESSAGE_CHARS) + r'})(")?'
+)
+_CATEGORY_VALUE = re.compile(r'"category"\s{0,16}:\s{0,16}"([A-Za-z_]{1,64})"')
+
+
+def _cut_message(content: bytes) -> tuple[str | None, str | None]:
+    """The `message` and `category` of a JSON error body that was cut short, each matched once
+    where its name first occurs (bounded patterns: linear in the body's length)."""
+    text = content.decode("utf-8", "replace")
+    at = text.find('"message"')
+    match = _MESSAGE_VALUE.match(text, at) if at >= 0 else None
+    message = None
+    if match:
+        try:
+            message = json.loads(f'"{match.group(1)}"')
+        except ValueError:  # cut inside an escape: as it was written
+            message = match.group(1)
+        if match.group(2) is None:  # longer than what is kept of a message
+            message = f"{message}…"
+    at = text.find('"category"')
+    category = _CATEGORY_VALUE.match(text, at) if at >= 0 else None
+    return message, category.group(1) if category else None
 
 
 def _value(value: Any, kind: str) -> str:

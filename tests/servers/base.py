@@ -90,7 +90,7 @@ class ContractServer:
     def start(self) -> ContractServer:
         """Listen on a random loopback port and serve in a daemon thread."""
         handler = _handler_for(self)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -153,6 +153,15 @@ class ContractServer:
         return early
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a cut answer, a killed run) is not a server error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def new_correlation_id() -> str:
     """A random id, as vendors put in error bodies."""
     return str(uuid.uuid4())
@@ -196,7 +205,10 @@ def _handler_for(server: ContractServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client stopped reading (e.g. a cut answer)
 
         do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 
