@@ -610,6 +610,8 @@ def assert_converged(hs: HubSpotProject, rows: list[tuple[str, str]]) -> None:
 
 
 FAULTS = [
+    "skip_one",
+    "skip_all",
     "drop_one",
     "empty_results",
     "empty_body",
@@ -647,7 +649,7 @@ def test_a_faulty_answer_never_counts_a_record_hubspot_does_not_hold(
 def test_a_short_answer_leaves_the_unmentioned_record_in_doubt_until_read_back(
     hubspot_project: Callable[..., HubSpotProject],
 ) -> None:
-    hs = hubspot_project(faults=["drop_one"])
+    hs = hubspot_project(faults=["drop_one"])  # applied, left out of the answer
     hs.write_sync(mode="insert")
     rows = emails(3)
     hs.contacts(rows)
@@ -659,6 +661,22 @@ def test_a_short_answer_leaves_the_unmentioned_record_in_doubt_until_read_back(
     assert [i["id"] for i in read] == ["user1@example.com"]
     assert len(hs.sent("/batch/create")) == 1
     assert document["counts"]["create"] == 3
+    assert_converged(hs, rows)
+
+
+def test_a_record_hubspot_skipped_without_a_word_is_found_absent_and_sent_again(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["skip_one"])
+    hs.write_sync(mode="insert")
+    rows = emails(3)
+    hs.contacts(rows)
+
+    document = hs.run()
+
+    assert document["counts"]["create"] == 3
+    _, again = hs.sent("/batch/create")
+    assert [i["properties"]["email"] for i in again] == ["user1@example.com"]
     assert_converged(hs, rows)
 
 

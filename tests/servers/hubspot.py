@@ -69,6 +69,8 @@ from .hubspot_schema import ObjectType, Property, check_value, default_objects
 
 MAX_INPUTS = 100
 FAULTS = {
+    "skip_one": "the middle input is neither applied nor answered; the others are, with 200",
+    "skip_all": "nothing applied; 200 with results: []",
     "drop_one": "applied; 200 whose results leave out the middle record",
     "empty_results": "applied; 200 with results: []",
     "empty_body": "applied; 200 with no body",
@@ -266,6 +268,11 @@ class HubSpotServer(ContractServer):
         fault = self.faults.popleft() if self.faults else None
         if fault == "huge_error":
             return _error(400, "VALIDATION_ERROR", "Property values were not valid: " + "a" * 2**21)
+        if fault == "skip_all":
+            return Reply(200, _batch_body([], []))
+        if fault == "skip_one":
+            inputs = inputs[: len(inputs) // 2] + inputs[len(inputs) // 2 + 1 :]
+            fault = None
         reply = self._write(obj, action, inputs)
         reply.wait = self.delay
         return _faulty(reply, fault, self.hang) if fault else reply
