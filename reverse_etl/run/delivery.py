@@ -574,12 +574,6 @@ class Delivery:
             self.dead_letters.add(self.plan.sync, self.run_id, entries)
             self.rejection_errors.update(rejected[index] for index in indexes)
             self.counts["rejected"] += len(rejected)
-        if self.doubts is not None and op == "create" and not self.exactly_once:
-            answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
-            if answered:
-                self.doubts.remove(
-                    self.plan.sync, [str(k) for k in _take(keys, answered).to_pylist()]
-                )
         # Only deletes can be of rows removed from the source: the others all stay in state.
         removed = pc.equal(accepted.column(CHANGE_COLUMN), "removed") if op == "delete" else None
         deleted = (
@@ -606,6 +600,17 @@ class Delivery:
         )
         if accepted.num_rows:
             self.acks.acknowledge(delivered, deleted)
+        if self.doubts is not None and op == "create" and not self.exactly_once:
+            answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
+            if answered:
+                # After the acknowledgement is committed (the writer runs jobs in order): a kill
+                # in between leaves these keys in doubt, never neither in doubt nor in state.
+                self.acks.submit(
+                    _forget_doubts,
+                    self.doubts,
+                    self.plan.sync,
+                    [str(k) for k in _take(keys, answered).to_pylist()],
+                )
         self.counts[op] += accepted.num_rows - result.absent
         if result.absent:
             self.counts["absent"] = self.counts.get("absent", 0) + result.absent
@@ -658,6 +663,12 @@ def _take(data: pa.Table | pa.ChunkedArray, indices: list[int]) -> Any:
 
 def _keys(table: pa.Table) -> list[str]:
     return [str(k) for k in table.column(KEY_COLUMN).to_pylist()]
+
+
+def _forget_doubts(
+    con: duckdb.DuckDBPyConnection, doubts: InDoubtRecords, sync: str, keys: list[str]
+) -> None:
+    doubts.remove(sync, keys)
 
 
 def _remember_rejected(con: duckdb.DuckDBPyConnection, keys: pa.Table) -> None:
