@@ -12,15 +12,38 @@ Objects", "Properties", "Error handling", "API usage guidelines"). Documented be
   id are looked up once with batch/read by `idProperty`; those not found are already gone);
 - per-input errors come back as 207 multi-status only when every input carries a unique
   `objectWriteTraceId`; each error names its input in `context.objectWriteTraceId` (unknown ids in
-  `context.ids`), so exactly the failing records are rejected, with HubSpot's message;
+  `context.ids`), so exactly the failing records are rejected, with HubSpot's message; some
+  errors still fail the whole batch (400 VALIDATION_ERROR naming one input, 409 CONFLICT):
+  such a batch is split in halves until the inputs that cause it are alone (at most log2(100)
+  levels), and only those are rejected;
+- a create of a record whose unique property value exists is refused with 409 CONFLICT
+  "... already exists. Existing ID: n" (per input in a 207 with trace ids);
+- positive acknowledgement (SPEC §6.4): a record is accepted only when a result of the answer
+  names it, by its echoed `objectWriteTraceId`, the key property value it echoes in
+  `properties` or (updates by id) its `id`; never by position or by absence from `errors[]`.
+  A short, reordered, empty or unreadable answer leaves the records it does not name in doubt;
+  so do a 5xx, a timeout or a reset after the request was sent. Updates, upserts, reads and
+  archives are idempotent and retried in place; a create is never sent again blind (only after
+  a 429 or a refused connection, which HubSpot did not process);
+- `resolve` reads records in doubt back with `batch/read` (by stored `id`, else `idProperty` =
+  the key field, which must have unique values): held with the values sent → accepted with the
+  HubSpot id; absent → sent again; held with other values → sent again (update, upsert) or, for
+  an insert, rejected "already exists in HubSpot with other values" (insert mode never changes
+  an existing record; upsert mode takes it over). A 409 CONFLICT on create is resolved the same
+  way, so a lost create sent again is accepted, not dead lettered. An insert keyed by a
+  property without unique values cannot be looked up: its records stay in doubt (never created
+  twice blind);
+- answers are read up to 16 MB (100 records' results); an error body up to 64 kB and its
+  message kept to 1,000 characters ("…"), so a huge error body neither holds a run nor reaches
+  the dead letter queue or the redaction of messages;
 - property values are strings: dates `YYYY-MM-DD`, datetimes ISO 8601 in UTC, booleans
   `true`/`false`, numbers as decimals; "property values can be cleared by passing an empty string"
   ("Update contacts"), so a NULL is sent as "" by update and upsert, and left out by create;
 - read-only properties (`modificationMetadata.readOnlyValue`) cannot be written: `check` says so;
 - rate limits: private apps get 100 requests per 10 s by default (Free/Starter; more on higher
   tiers: "API usage guidelines", developers.hubspot.com/docs/api/usage-details and
-  developers.hubspot.com/apisbytier); 429 answers and `X-HubSpot-RateLimit-*` headers are honoured
-  by retry.send, under one limiter per account shared by every lane and sync; a 429 with
+  developers.hubspot.com/apisbytier); 429 answers are waited out by retry.send (their
+  `Retry-After`, else `X-HubSpot-RateLimit-Interval-Milliseconds` when `-Remaining` is 0), under one limiter per account shared by every lane and sync; a 429 with
   policyName DAILY (the daily budget is spent) fails the run instead of waiting;
 - daily limits (private apps, per account: developers.hubspot.com/docs/apps/legacy-apps/
   private-apps/overview): 250,000 requests a day on Free and Starter, 625,000 on Professional,

@@ -806,3 +806,40 @@ def test_an_insert_keyed_by_a_property_without_unique_values_stays_in_doubt(
     assert code == 1  # never created twice blind
     assert len(hs.records("companies")) == 1
     assert len(hs.sent("/batch/create")) == 1
+
+
+def test_resolve_reads_records_back_by_stored_id_or_by_key(
+    hs: HubSpotProject, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    hold(hs, "7", email="ann@example.com", firstname="Ann")
+    hold(hs, "8", email="bob@example.com", firstname="Bob")
+    destination = build_destination(
+        "hs", {"type": "hubspot", "token": hs.server.token, "base_url": hs.server.url}, tmp_path
+    )
+    updates = pa.table(
+        {
+            "email": ["ann@example.com", "bob@example.com", "cy@example.com"],
+            "firstname": ["Ann", "Robert", "Cy"],
+        }
+    )
+    deletes = pa.table({"email": ["ann@example.com", "zed@example.com"]})
+    with destination:
+        update = destination.resolve(
+            Batch("contacts", "update", "email", updates, ["7", None, None])
+        )
+        delete = destination.resolve(Batch("contacts", "delete", "email", deletes))
+
+    assert (update.accepted, update.ids) == ({0}, {0: "7"})  # held as sent, by its stored id
+    assert update.retry == {
+        1: "HubSpot holds other values of firstname",
+        2: "not in HubSpot: sent again",
+    }
+    assert (delete.accepted, delete.absent) == ({1}, 1)  # gone already
+    assert delete.retry == {0: "still in HubSpot: archived again"}
+    assert (
+        "POST /crm/v3/objects/contacts/batch/read",
+        {"inputs": [{"id": "7"}], "properties": ["email", "firstname"]},
+    ) in hs.bodies
+    assert hs.records()["8"]["firstname"] == "Bob"  # resolving writes nothing
