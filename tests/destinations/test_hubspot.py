@@ -1,6 +1,9 @@
 """The `hubspot` connector against the HubSpot CRM v3 contract server (tests/servers/hubspot.py),
 through `retl run` as a user runs it: every mode, per-record 207 errors to the dead letter queue,
-429/500 chaos delivered exactly once, a refused token, read-only properties caught by validate."""
+429/500 chaos delivered exactly once, a refused token, read-only properties caught by validate;
+and positive acknowledgement: in each of the server's fault modes (short, empty, reordered or
+unreadable answers, 500/reset/timeout after the write) no record HubSpot does not hold counts as
+delivered, and a run after the faults leaves HubSpot equal to the source, once each."""
 
 from __future__ import annotations
 
