@@ -825,10 +825,11 @@ def _unanswered(result: BatchResult, indexes: list[int], answer: _Answer) -> Non
 
 def _differs(batch: Batch, row: dict[str, Any], held: dict[str, Any], schema: _Schema) -> list[str]:
     """The properties HubSpot holds with other values than retl sends (the key aside: the
-    record was found by it)."""
+    record was found by it). A create leaves NULLs out, so HubSpot may hold its own default
+    there (a new contact's lifecyclestage): those are not compared."""
     differs = []
     for name, value in row.items():
-        if name == batch.key_field:
+        if name == batch.key_field or (value is None and batch.action == "insert"):
             continue
         kind = schema.kind(name)
         if not _same(None if value is None else _value(value, kind), held.get(name), kind):

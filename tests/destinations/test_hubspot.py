@@ -846,3 +846,32 @@ def test_resolve_reads_records_back_by_stored_id_or_by_key(
         {"inputs": [{"id": "7"}], "properties": ["email", "firstname"]},
     ) in hs.bodies
     assert hs.records()["8"]["firstname"] == "Bob"  # resolving writes nothing
+
+
+def test_a_lost_create_is_recognised_though_hubspot_filled_in_a_default(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["error_after_write"])
+    server_handle = hs.server.handle
+
+    def with_default(request: Incoming) -> Reply:  # HubSpot sets a new contact's stage itself
+        reply = server_handle(request)
+        for record in hs.server.store["contacts"].values():
+            record.setdefault("lifecyclestage", "subscriber")
+        return reply
+
+    hs.server.handle = with_default  # type: ignore[method-assign]
+    hs.warehouse(
+        "CREATE TABLE src AS SELECT 'ann@example.com' AS email, 'Ann' AS firstname, "
+        "NULL::VARCHAR AS stage"
+    )
+    hs.write_sync(
+        mode="insert",
+        mapping={"email": "email", "firstname": "firstname", "lifecyclestage": "stage"},
+    )
+
+    document = hs.run()
+
+    assert (document["status"], document["counts"]["create"]) == ("success", 1)
+    assert hs.dead_letters() == []
+    assert len(hs.records()) == 1
