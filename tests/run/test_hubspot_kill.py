@@ -1,4 +1,4 @@
-"""`retl run` in insert mode into the HubSpot contract server, killed with SIGKILL at random
+"""`retl run` in insert (and upsert) mode into the HubSpot contract server, killed with SIGKILL at random
 moments (while HubSpot has applied a batch and not yet answered), then run to success: every
 record is in HubSpot once, none dead lettered, nothing left to plan."""
 
@@ -26,6 +26,7 @@ def hubspot_project(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     server: HubSpotServer,
+    mode: str,
 ) -> RetlProject:
     monkeypatch.setenv("HUBSPOT_TOKEN", server.token)
     project = RetlProject(
@@ -41,7 +42,7 @@ def hubspot_project(
     )
     project.write_sync(
         "people",
-        mode="insert",
+        mode=mode,
         primary_key="email",
         mapping={"email": "email", "firstname": "firstname"},
         limits=OPEN_LIMITS,
@@ -60,7 +61,9 @@ def start_run(project: RetlProject) -> subprocess.Popen[bytes]:
     )
 
 
-def test_insert_killed_five_times_then_run_to_success_holds_every_record_once(
+@pytest.mark.parametrize("mode", ["insert", "upsert"])
+def test_a_run_killed_five_times_then_run_to_success_holds_every_record_once(
+    mode: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -69,7 +72,7 @@ def test_insert_killed_five_times_then_run_to_success_holds_every_record_once(
     # Every batch write is held 0.3 s after it was applied: a kill right after the server
     # logged it lands before the answer, as a kill mid-batch does.
     server = hubspot_server_factory(delay=0.3)
-    project = hubspot_project(tmp_path, capsys, monkeypatch, server)
+    project = hubspot_project(tmp_path, capsys, monkeypatch, server, mode)
     rng = random.Random(20261207)
 
     for _ in range(5):
