@@ -333,11 +333,12 @@ def test_k_invalid_records_of_100_go_to_the_dlq_and_only_they_are_resent_once_fi
     assert hs.dead_letters() == []
 
 
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
 def test_throttled_and_failing_server_gets_every_record_exactly_once(
-    hubspot_project: Callable[..., HubSpotProject],
+    hubspot_project: Callable[..., HubSpotProject], mode: str
 ) -> None:
     hs = hubspot_project(chaos=Chaos(throttle=0.3, error=0.1, retry_after=1, seed=7))
-    hs.write_sync()
+    hs.write_sync(mode=mode)
     hs.contacts(emails(300))
     document = hs.run()
     assert document["status"] == "success"
