@@ -12,15 +12,38 @@ Objects", "Properties", "Error handling", "API usage guidelines"). Documented be
   id are looked up once with batch/read by `idProperty`; those not found are already gone);
 - per-input errors come back as 207 multi-status only when every input carries a unique
   `objectWriteTraceId`; each error names its input in `context.objectWriteTraceId` (unknown ids in
-  `context.ids`), so exactly the failing records are rejected, with HubSpot's message;
+  `context.ids`), so exactly the failing records are rejected, with HubSpot's message; some
+  errors still fail the whole batch (400 VALIDATION_ERROR naming one input, 409 CONFLICT):
+  such a batch is split in halves until the inputs that cause it are alone (at most log2(100)
+  levels), and only those are rejected;
+- a create of a record whose unique property value exists is refused with 409 CONFLICT
+  "... already exists. Existing ID: n" (per input in a 207 with trace ids);
+- positive acknowledgement (SPEC §6.4): a record is accepted only when a result of the answer
+  names it, by its echoed `objectWriteTraceId`, the key property value it echoes in
+  `properties` or (updates by id) its `id`; never by position or by absence from `errors[]`.
+  A short, reordered, empty or unreadable answer leaves the records it does not name in doubt;
+  so do a 5xx, a timeout or a reset after the request was sent. Updates, upserts, reads and
+  archives are idempotent and retried in place; a create is never sent again blind (only after
+  a 429 or a refused connection, which HubSpot did not process);
+- `resolve` reads records in doubt back with `batch/read` (by stored `id`, else `idProperty` =
+  the key field, which must have unique values): held with the values sent → accepted with the
+  HubSpot id; absent → sent again; held with other values → sent again (update, upsert) or, for
+  an insert, rejected "already exists in HubSpot with other values" (insert mode never changes
+  an existing record; upsert mode takes it over). A 409 CONFLICT on create is resolved the same
+  way, so a lost create sent again is accepted, not dead lettered. An insert keyed by a
+  property without unique values cannot be looked up: its records stay in doubt (never created
+  twice blind);
+- answers are read up to 16 MB (100 records' results); an error body up to 64 kB and its
+  message kept to 1,000 characters ("…"), so a huge error body neither holds a run nor reaches
+  the dead letter queue or the redaction of messages;
 - property values are strings: dates `YYYY-MM-DD`, datetimes ISO 8601 in UTC, booleans
   `true`/`false`, numbers as decimals; "property values can be cleared by passing an empty string"
   ("Update contacts"), so a NULL is sent as "" by update and upsert, and left out by create;
 - read-only properties (`modificationMetadata.readOnlyValue`) cannot be written: `check` says so;
 - rate limits: private apps get 100 requests per 10 s by default (Free/Starter; more on higher
   tiers: "API usage guidelines", developers.hubspot.com/docs/api/usage-details and
-  developers.hubspot.com/apisbytier); 429 answers and `X-HubSpot-RateLimit-*` headers are honoured
-  by retry.send, under one limiter per account shared by every lane and sync; a 429 with
+  developers.hubspot.com/apisbytier); 429 answers are waited out by retry.send (their
+  `Retry-After`, else `X-HubSpot-RateLimit-Interval-Milliseconds` when `-Remaining` is 0), under one limiter per account shared by every lane and sync; a 429 with
   policyName DAILY (the daily budget is spent) fails the run instead of waiting;
 - daily limits (private apps, per account: developers.hubspot.com/docs/apps/legacy-apps/
   private-apps/overview): 250,000 requests a day on Free and Starter, 625,000 on Professional,
@@ -35,9 +58,11 @@ import datetime as dt
 import decimal
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -67,6 +92,14 @@ from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
 MAX_INPUTS = 100
+# What is read of an answer: 100 records' results fit in the first; an error body is cut at the
+# second (HubSpot's messages are short: a huge one must hold neither the run nor a message),
+# and its message at the third.
+MAX_ANSWER_BYTES = 16 * 2**20
+MAX_ERROR_BYTES = 64 * 2**10
+MAX_MESSAGE_CHARS = 1000
+# Whole-batch refusals one bad input can cause: the batch is split to find that input.
+_SPLIT_STATUS = frozenset({400, 409, 413, 422})
 DAILY_REQUESTS = 250_000
 STANDARD_OBJECTS = ("contacts", "companies", "deals")
 # Property definitions change rarely; lanes and syncs of one process share what was read.
@@ -98,7 +131,13 @@ class HubSpotDestination(Destination):
     """Writes CRM records in batches of 100; see the module docstring for the contract."""
 
     options_model = HubSpotOptions
-    capabilities = Capabilities(default_batch_size=100, max_batch_size=100, concurrent_batches=4)
+    capabilities = Capabilities(
+        guarantee="idempotent",
+        resolves=True,
+        default_batch_size=100,
+        max_batch_size=100,
+        concurrent_batches=4,
+    )
     policy: ClassVar[RetryPolicy] = RetryPolicy()
 
     def __init__(self, name: str, options: DestinationOptions, project_root: Any) -> None:
@@ -216,90 +255,262 @@ class HubSpotDestination(Destination):
     def deliver(self, batch: Batch) -> BatchResult:
         if batch.size > MAX_INPUTS:
             raise DestinationError(f"a HubSpot batch holds at most {MAX_INPUTS} records")
-        types = {p["name"]: str(p.get("type", "string")) for p in self._properties(batch.object)}
-        return aio.run(self._deliver(batch, types))
+        schema = self._schema(batch.object)
+        return aio.run(self._deliver(batch, schema))
 
-    async def _deliver(self, batch: Batch, types: dict[str, str]) -> BatchResult:
+    def resolve(self, batch: Batch) -> BatchResult:
+        """Records in doubt are read back (`batch/read` by stored id, else by `idProperty` =
+        the key field): held with the values sent → accepted, with the HubSpot id; absent →
+        sent again; held with other values → sent again (update, upsert), or, for an insert,
+        rejected: the record exists and insert mode does not change existing records. A record
+        HubSpot cannot be asked about (a key without unique values, no answer) stays in doubt."""
+        schema = self._schema(batch.object)
+        return aio.run(self._resolve(batch, schema))
+
+    async def _deliver(self, batch: Batch, schema: _Schema) -> BatchResult:
         rows = batch.records.to_pylist()
-        if batch.action == "delete":
-            return await self._archive(batch, rows)
-        key = batch.key_field
-        inputs: list[dict[str, Any]] = []
-        for index, row in enumerate(rows):
-            clearing = batch.action != "insert"
-            props = {
-                name: _value(value, types.get(name, "string"))
-                for name, value in row.items()
-                if (value is not None or clearing)
-                and not (batch.action != "insert" and name == key)
-            }
-            item: dict[str, Any] = {"properties": props, "objectWriteTraceId": str(index)}
-            stored = batch.ids[index] if batch.ids else None
-            if batch.action == "update" and stored:
-                item["id"] = stored
-            elif batch.action != "insert":
-                item["id"] = _value(row[key], types.get(str(key), "string")) if key else None
-                item["idProperty"] = key
-            inputs.append(item)
-        action = "create" if batch.action == "insert" else batch.action
-        path = f"/crm/v3/objects/{batch.object}/batch/{action}"
-        response = await self._post(path, {"inputs": inputs}, len(rows))
-        if isinstance(response, BatchResult):
-            return response
         result = BatchResult()
-        body = response.json() if response.content else {}
-        by_id = {str(item.get("id")): i for i, item in enumerate(inputs) if "id" in item}
-        for record in body.get("results", []):
-            at = _index(record.get("objectWriteTraceId"), len(rows))
-            if at is None and key is not None:
-                at = by_id.get(str(record.get("properties", {}).get(key)))
-            if at is not None and record.get("id") is not None:
-                result.ids[at] = str(record["id"])
-        for error in body.get("errors", []):
-            for index in _error_indexes(error, by_id, len(rows)):
-                result.rejected[index] = str(error.get("message", "rejected by HubSpot"))
-        if response.status_code == 207:
-            # An error HubSpot did not attribute to an input: every input without a result.
-            unattributed = [
-                e for e in body.get("errors", []) if not _error_indexes(e, by_id, len(rows))
-            ]
-            if unattributed:
-                message = str(unattributed[0].get("message", "rejected by HubSpot"))
-                for index in range(len(rows)):
-                    if index not in result.ids and index not in result.rejected:
-                        result.rejected[index] = message
+        if batch.action == "delete":
+            await self._archive(batch, rows, schema, result)
+        else:
+            await self._write(batch, rows, schema, list(range(len(rows))), result)
         return result
 
-    async def _archive(self, batch: Batch, rows: list[dict[str, Any]]) -> BatchResult:
-        """Archive by stored ids; records without one are looked up by idProperty first."""
+    async def _resolve(self, batch: Batch, schema: _Schema) -> BatchResult:
+        rows = batch.records.to_pylist()
+        result = BatchResult()
+        found, absent = await self._lookup(batch, rows, schema, list(range(len(rows))), result)
+        for i in range(len(rows)):
+            if i in result.in_doubt:
+                continue
+            if batch.action == "delete":
+                if i in absent:
+                    result.accept(i)
+                    result.absent += 1
+                else:
+                    result.retry[i] = "still in HubSpot: archived again"
+            elif i in absent:
+                result.retry[i] = "not in HubSpot: sent again"
+            else:
+                hs_id, held = found[i]
+                differs = _differs(batch, rows[i], held, schema)
+                if not differs:
+                    result.accept(i, hs_id)
+                elif batch.action == "insert":
+                    result.rejected[i] = _exists_message(hs_id, differs)
+                else:
+                    result.retry[i] = f"HubSpot holds other values of {', '.join(differs)}"
+        return result
+
+    async def _write(
+        self,
+        batch: Batch,
+        rows: list[dict[str, Any]],
+        schema: _Schema,
+        indexes: list[int],
+        result: BatchResult,
+    ) -> None:
+        """Create, update or upsert records `indexes` in one call. A whole-batch refusal that
+        one input can cause (400, 409, 413, 422) is split in halves until it names the inputs
+        that cause it (at most log2(100) levels); only those are rejected."""
+        inputs = [_input(batch, rows[i], i, schema) for i in indexes]
+        create = batch.action == "insert"
+        verb = "create" if create else batch.action
+        path = f"/crm/v3/objects/{batch.object}/batch/{verb}"
+        # A create is never sent again blind: a lost answer may hide an applied create.
+        answer = await self._call(path, {"inputs": inputs}, resend=not create)
+        response = answer.response
+        if response is None:
+            _unanswered(result, indexes, answer)
+            return
+        if response.status_code >= 400:
+            message = _message(response)
+            if response.status_code in _SPLIT_STATUS and len(indexes) > 1:
+                half = len(indexes) // 2
+                await self._write(batch, rows, schema, indexes[:half], result)
+                await self._write(batch, rows, schema, indexes[half:], result)
+            elif create and response.status_code == 409:
+                await self._adopt(batch, rows, schema, dict.fromkeys(indexes, message), result)
+            else:
+                for i in indexes:
+                    result.rejected[i] = message
+            return
+        body = _document(response)
+        if body is None:
+            reason = (
+                f"HubSpot answered HTTP {response.status_code} with a body retl cannot read;"
+                " the batch may have been applied"
+            )
+            for i in indexes:
+                result.in_doubt[i] = reason
+            return
+        conflicts = _match(batch, inputs, indexes, body, result)
+        if conflicts:
+            await self._adopt(batch, rows, schema, conflicts, result)
+
+    async def _adopt(
+        self,
+        batch: Batch,
+        rows: list[dict[str, Any]],
+        schema: _Schema,
+        conflicts: dict[int, str],
+        result: BatchResult,
+    ) -> None:
+        """Creates HubSpot refused as "already exists": the record HubSpot holds with the values
+        sent is ours (a create whose answer was lost, sent again): accepted, with its id; one
+        with other values is rejected, saying so."""
+        indexes = sorted(conflicts)
+        found, _ = await self._lookup(batch, rows, schema, indexes, result)
+        for i in indexes:
+            if i in result.in_doubt:
+                continue
+            if i not in found:
+                result.in_doubt[i] = (
+                    f"HubSpot said it already exists ({conflicts[i]}) but does not find it"
+                )
+                continue
+            hs_id, held = found[i]
+            differs = _differs(batch, rows[i], held, schema)
+            if differs:
+                result.rejected[i] = _exists_message(hs_id, differs)
+            else:
+                result.accept(i, hs_id)
+
+    async def _archive(
+        self, batch: Batch, rows: list[dict[str, Any]], schema: _Schema, result: BatchResult
+    ) -> None:
+        """Archive by stored ids; records without one are looked up by idProperty first (those
+        HubSpot reports not found are already gone). HubSpot answers 204 whatever each
+        record's state was, so a 204 accepts every id sent."""
         ids = {i: hs_id for i, hs_id in enumerate(batch.ids or []) if hs_id}
         missing = [i for i in range(len(rows)) if i not in ids]
-        result = BatchResult()
+        if missing:
+            found, absent = await self._lookup(batch, rows, schema, missing, result)
+            for i in sorted(absent):
+                result.accept(i)
+                result.absent += 1
+            ids.update((i, hs_id) for i, (hs_id, _) in found.items())
+        if not ids:
+            return
+        inputs = [{"id": hs_id} for hs_id in dict.fromkeys(ids.values())]
+        path = f"/crm/v3/objects/{batch.object}/batch/archive"
+        answer = await self._call(path, {"inputs": inputs}, resend=True)
+        response = answer.response
+        if response is None:
+            _unanswered(result, list(ids), answer)
+        elif response.status_code in (200, 204):
+            for i, hs_id in ids.items():
+                result.accept(i, hs_id)
+        elif response.status_code >= 400:
+            message = _message(response)
+            for i in ids:
+                result.rejected[i] = message
+        # any other answer says nothing of the records: they are in doubt (BatchResult.settle)
+
+    async def _lookup(
+        self,
+        batch: Batch,
+        rows: list[dict[str, Any]],
+        schema: _Schema,
+        indexes: list[int],
+        result: BatchResult,
+    ) -> tuple[dict[int, tuple[str, dict[str, Any]]], set[int]]:
+        """Read records `indexes` back (`batch/read`): by their stored HubSpot id, else by
+        `idProperty` = the key field. Returns those found (id and properties) and those HubSpot
+        reports absent; the others are put in doubt in `result`, with why."""
         key = batch.key_field
-        if missing and key is not None:
-            values = {str(_value(rows[i][key], "string")): i for i in missing}
-            body = {
-                "idProperty": key,
-                "properties": [key],
-                "inputs": [{"id": v} for v in values],
-            }
-            found = await self._post(f"/crm/v3/objects/{batch.object}/batch/read", body, len(rows))
-            if isinstance(found, BatchResult):
-                return found
-            for record in found.json().get("results", []):
-                index = values.get(str(record.get("properties", {}).get(key)))
-                if index is not None:
-                    ids[index] = str(record["id"])
-            result.absent = sum(1 for i in missing if i not in ids)
-        if ids:
-            inputs = {"inputs": [{"id": hs_id} for hs_id in ids.values()]}
-            path = f"/crm/v3/objects/{batch.object}/batch/archive"
-            archived = await self._post(path, inputs, len(rows))
-            if isinstance(archived, BatchResult):
-                return archived
-        return result
+        found: dict[int, tuple[str, dict[str, Any]]] = {}
+        absent: set[int] = set()
+        by_id: dict[int, str] = {}
+        by_key: dict[int, str] = {}
+        for i in indexes:
+            stored = batch.ids[i] if batch.ids and batch.action in ("update", "delete") else None
+            if stored:
+                by_id[i] = stored
+            elif key is not None and key in schema.unique:
+                by_key[i] = _value(rows[i][key], schema.kind(key))
+            else:
+                result.in_doubt[i] = (
+                    f"retl cannot look it up in HubSpot: '{key}' is not a property with unique "
+                    "values (map primary_key to one, e.g. email, to let retl check)"
+                )
+        fields = [str(name) for name in batch.records.column_names]
+        for id_property, values in ((None, by_id), (key, by_key)):
+            items = list(values.items())
+            for start in range(0, len(items), MAX_INPUTS):
+                chunk = dict(items[start : start + MAX_INPUTS])
+                await self._read(batch.object, id_property, fields, chunk, found, absent, result)
+        return found, absent
+
+    async def _read(
+        self,
+        object: str,
+        id_property: str | None,
+        fields: list[str],
+        values: dict[int, str],
+        found: dict[int, tuple[str, dict[str, Any]]],
+        absent: set[int],
+        result: BatchResult,
+    ) -> None:
+        """One `batch/read` of at most 100 values (HubSpot ids, or `id_property` values)."""
+        if not values:
+            return
+        wanted: dict[str, list[int]] = {}
+        for i, value in values.items():
+            wanted.setdefault(_identity(value, id_property), []).append(i)
+        body: dict[str, Any] = {
+            "properties": sorted({*fields, *([id_property] if id_property else [])}),
+            "inputs": [{"id": v} for v in dict.fromkeys(values.values())],
+        }
+        if id_property is not None:
+            body["idProperty"] = id_property
+        answer = await self._call(f"/crm/v3/objects/{object}/batch/read", body, resend=True)
+        response = answer.response
+        document = _document(response) if response is not None else None
+        if response is None or response.status_code >= 400 or document is None:
+            reason = answer.lost or (_message(response) if response is not None else "no answer")
+            for i in values:
+                result.in_doubt[i] = f"HubSpot could not be asked whether it holds it: {reason}"
+            return
+        seen: dict[str, int] = {}
+        for record in _dicts(document.get("results")):
+            props = record.get("properties")
+            props = props if isinstance(props, dict) else {}
+            ident = _identity(
+                props.get(id_property) if id_property else record.get("id"), id_property
+            )
+            if ident in wanted and record.get("id") is not None:
+                seen[ident] = seen.get(ident, 0) + 1
+                for i in wanted[ident]:
+                    found[i] = (str(record["id"]), props)
+        for error in _dicts(document.get("errors")):
+            if error.get("category") != "OBJECT_NOT_FOUND":
+                continue
+            context = error.get("context")
+            for value in _strings(context.get("ids") if isinstance(context, dict) else None):
+                ident = _identity(value, id_property)
+                if ident in wanted and ident not in seen:
+                    absent.update(wanted[ident])
+        for ident, times in seen.items():
+            if times > 1:  # two records answer to one unique value: retl cannot tell which
+                for i in wanted[ident]:
+                    del found[i]
+                    result.in_doubt[i] = f"HubSpot holds {times} records with this key"
+        for i in values:
+            if i not in found and i not in absent and i not in result.in_doubt:
+                result.in_doubt[i] = "HubSpot's answer to the look-up did not mention it"
 
     # -- HTTP ---------------------------------------------------------------------------------
+
+    def _schema(self, object: str) -> _Schema:
+        """The object's property types and which properties identify records (read before
+        the delivery loop runs: `_properties` must not be called on it)."""
+        props = self._properties(object)
+        return _Schema(
+            {p["name"]: str(p.get("type", "string")) for p in props},
+            {p["name"] for p in props if p.get("hasUniqueValue") or _identifies(object, p["name"])}
+            | ({"email"} if _identifies(object, "email") else set()),
+        )
 
     def _properties(self, object: str) -> list[dict[str, Any]]:
         """The object's property definitions, read once per process and object (5 min)."""
@@ -330,25 +541,38 @@ class HubSpotDestination(Destination):
             _properties_cache[cache_key] = (time.monotonic(), properties)
         return properties
 
-    async def _post(self, path: str, body: Any, size: int) -> httpx.Response | BatchResult:
-        """A batch call's answer, or the outcome of all `size` records when there is none to
-        read: retry later after GiveUp, rejected with HubSpot's message on a 4xx."""
+    async def _call(self, path: str, body: Any, *, resend: bool) -> _Answer:
+        """POST a batch call: its response, or why there is none and whether the request may
+        have been applied all the same. `resend`: the call is idempotent, so a 5xx, timeout
+        or reset is retried in place; otherwise only a 429 or a refused connection is (the
+        request certainly was not applied) and any other failure is an answer lost."""
+        attempts = _Attempts()
         try:
-            response = await self._send("POST", path, body)
+            response = await self._send("POST", path, body, attempts=attempts, resend=resend)
         except GiveUp as exc:
-            return BatchResult(retry=dict.fromkeys(range(size), exc.reason))
-        if response.status_code >= 400:
-            return BatchResult(rejected=dict.fromkeys(range(size), _message(response)))
-        return response
+            return _Answer(None, exc.reason, attempts.maybe_applied)
+        except _LostAnswer as exc:
+            return _Answer(None, exc.reason, True)
+        if response.status_code >= 500:
+            return _Answer(None, _message(response), True)
+        return _Answer(response)
 
-    async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        *,
+        attempts: _Attempts | None = None,
+        resend: bool = True,
+    ) -> httpx.Response:
         """One request under the retry policy and the account's limiter; 401/403 raise."""
         response = await send(
-            lambda: self._request(method, path, body),
+            lambda: self._request(method, path, body, attempts, resend),
             limiter=self.limiter,
             policy=self.policy,
             stats=self.stats,
-            retryable=_worth_retrying,
+            retryable=_worth_retrying if resend else _throttled,
         )
         left = response.headers.get("x-hubspot-ratelimit-daily-remaining", "")
         if left.isdigit():
@@ -374,38 +598,296 @@ class HubSpotDestination(Destination):
             )
         return response
 
-    async def _request(self, method: str, path: str, body: Any) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, body: Any, attempts: _Attempts | None, resend: bool
+    ) -> httpx.Response:
+        """One attempt. The body is read up to a cap (an answer of 100 records fits; an error
+        body is cut at 64 kB): a huge answer neither holds the run nor reaches a message."""
         if self._client is None:
             self._client = httpx.AsyncClient(
                 base_url=self.base_url,
                 timeout=self.hs.timeout,
                 headers={"Authorization": f"Bearer {self.hs.token}"},
             )
+        request = self._client.build_request(method, path, json=body)
         try:
-            return await self._client.request(method, path, json=body)
+            response = await self._client.send(request, stream=True)
+            try:
+                limit = MAX_ANSWER_BYTES if response.status_code < 400 else MAX_ERROR_BYTES
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) >= limit:
+                        break
+            finally:
+                await response.aclose()
         except httpx.UnsupportedProtocol as exc:
             raise DestinationError(
                 f"destination '{self.name}': base_url {self.base_url} is not an http(s) URL: {exc}"
             ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout):
+            raise  # the request never left: sending it again is safe
+        except httpx.TransportError as exc:
+            if attempts is not None:
+                attempts.maybe_applied = True
+            if not resend:
+                raise _LostAnswer(f"{exc.__class__.__name__}: {_first_line(exc)}") from None
+            raise
+        if attempts is not None and response.status_code >= 500:
+            attempts.maybe_applied = True
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(
+            response.status_code, headers=headers, content=bytes(content[:limit]), request=request
+        )
 
 
 class _NoSuchObject(DestinationError):
     """The portal has no object of that name (a mapping problem, not an outage)."""
 
 
+class _LostAnswer(Exception):
+    """A create was sent and its answer lost (timeout, reset): it is not sent again blind."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Attempts:
+    """Whether any attempt of one call may have been applied (a 5xx, or a failure after the
+    request was sent); 429s and refused connections were not."""
+
+    maybe_applied: bool = False
+
+
+@dataclass
+class _Answer:
+    """A call's response to read, or why there is none (`lost`) and whether the request may
+    have been applied all the same."""
+
+    response: httpx.Response | None
+    lost: str = ""
+    maybe_applied: bool = False
+
+
+@dataclass(frozen=True)
+class _Schema:
+    """An object's property types by name, and the properties whose values identify records."""
+
+    types: dict[str, str]
+    unique: set[str]
+
+    def kind(self, name: str | None) -> str:
+        return self.types.get(str(name), "string")
+
+
 def _worth_retrying(response: httpx.Response) -> bool:
     """429 of the rolling window and 5xx: yes; 429 of the daily limit: no."""
     if response.status_code == 429:
-        return _body(response).get("policyName") != "DAILY"
+        return _throttled(response)
     return response.status_code in RETRYABLE_STATUS
 
 
+def _throttled(response: httpx.Response) -> bool:
+    """A 429 of the rolling window: HubSpot refused the request before doing anything."""
+    return response.status_code == 429 and _body(response).get("policyName") != "DAILY"
+
+
 def _body(response: httpx.Response) -> dict[str, Any]:
+    return _document(response) or {}
+
+
+def _document(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's JSON object; None when there is none (empty, cut, not JSON, not an object)."""
     try:
-        body = response.json()
+        body = json.loads(response.content) if response.content else None
     except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _strings(value: Any) -> list[str]:
+    return [str(v) for v in value if isinstance(v, str | int)] if isinstance(value, list) else []
+
+
+def _identity(value: Any, id_property: str | None) -> str:
+    """How a record is recognised in an answer: its HubSpot id as is; a unique property's
+    value trimmed and case-folded (HubSpot keeps emails in lower case)."""
+    text = "" if value is None else str(value)
+    return text if id_property is None else text.strip().casefold()
+
+
+def _input(batch: Batch, row: dict[str, Any], index: int, schema: _Schema) -> dict[str, Any]:
+    """One input of a batch call; its objectWriteTraceId is the record's index."""
+    insert = batch.action == "insert"
+    key = batch.key_field
+    props = {
+        name: _value(value, schema.kind(name))
+        for name, value in row.items()
+        if (value is not None or not insert) and (insert or name != key)
+    }
+    item: dict[str, Any] = {"properties": props, "objectWriteTraceId": str(index)}
+    stored = batch.ids[index] if batch.ids else None
+    if batch.action == "update" and stored:
+        item["id"] = stored
+    elif not insert:
+        item["id"] = _value(row[key], schema.kind(key)) if key else None
+        item["idProperty"] = key
+    return item
+
+
+def _match(
+    batch: Batch,
+    inputs: list[dict[str, Any]],
+    indexes: list[int],
+    body: dict[str, Any],
+    result: BatchResult,
+) -> dict[int, str]:
+    """Outcomes of a 2xx answer, each matched to its record by identity: a result by its
+    objectWriteTraceId, the key property it echoes or (updates by id) its id; an error of
+    errors[] by context.objectWriteTraceId or context.ids. A result or error naming no input,
+    or two, counts for none; records nothing names stay in doubt. Returns the creates HubSpot
+    refused as already existing (CONFLICT), with its message."""
+    key = batch.key_field
+    by_trace = {str(item["objectWriteTraceId"]): i for item, i in zip(inputs, indexes, strict=True)}
+    by_id: dict[str, int] = {}
+    by_key: dict[str, int | None] = {}
+    for item, i in zip(inputs, indexes, strict=True):
+        if "idProperty" in item or "id" not in item:
+            value = item.get("id") if "idProperty" in item else item["properties"].get(key)
+            if value is not None:
+                ident = _identity(value, key)
+                by_key[ident] = None if ident in by_key else i  # None: two inputs share it
+        else:
+            by_id[str(item["id"])] = i
+    matched: dict[int, str | None] = {}
+    for record in _dicts(body.get("results")):
+        named: set[int] = set()
+        trace = record.get("objectWriteTraceId")
+        if isinstance(trace, str) and trace in by_trace:
+            named.add(by_trace[trace])
+        props = record.get("properties")
+        if key is not None and isinstance(props, dict) and props.get(key) is not None:
+            at = by_key.get(_identity(props[key], key))
+            if at is not None:
+                named.add(at)
+        hs_id = record.get("id")
+        if hs_id is not None and str(hs_id) in by_id:
+            named.add(by_id[str(hs_id)])
+        if len(named) == 1:
+            matched.setdefault(named.pop(), str(hs_id) if isinstance(hs_id, str | int) else None)
+    conflicts: dict[int, str] = {}
+    for error in _dicts(body.get("errors")):
+        context = error.get("context")
+        context = context if isinstance(context, dict) else {}
+        named = {by_trace[t] for t in _strings(context.get("objectWriteTraceId")) if t in by_trace}
+        if not named:
+            for value in _strings(context.get("ids")):
+                at = by_id.get(value, by_key.get(_identity(value, key)))
+                if at is not None:
+                    named.add(at)
+        message = _clip(str(error.get("message") or "rejected by HubSpot"))
+        category = str(error.get("category") or "")
+        for i in named:
+            if i in matched:
+                result.in_doubt[i] = f"HubSpot's answer both applied and refused it: {message}"
+            elif category == "CONFLICT" and batch.action == "insert":
+                conflicts[i] = message
+            elif category in ("RATE_LIMIT", "RATE_LIMITS"):
+                result.retry[i] = message
+            elif category in ("INTERNAL_ERROR", "TIMEOUT", "SERVICE_UNAVAILABLE"):
+                result.in_doubt[i] = message
+            else:
+                result.rejected[i] = message
+    for i, hs_id in matched.items():
+        if i not in result.in_doubt:
+            result.accept(i, hs_id)
+    return conflicts
+
+
+def _unanswered(result: BatchResult, indexes: list[int], answer: _Answer) -> None:
+    """No answer to read: in doubt when the call may have been applied, else sent again."""
+    for i in indexes:
+        if answer.maybe_applied:
+            result.in_doubt[i] = f"no answer from HubSpot ({answer.lost}); it may have been applied"
+        else:
+            result.retry[i] = answer.lost
+
+
+def _differs(batch: Batch, row: dict[str, Any], held: dict[str, Any], schema: _Schema) -> list[str]:
+    """The properties HubSpot holds with other values than retl sends (the key aside: the
+    record was found by it). A create leaves NULLs out, so HubSpot may hold its own default
+    there (a new contact's lifecyclestage): those are not compared."""
+    differs = []
+    for name, value in row.items():
+        if name == batch.key_field or (value is None and batch.action == "insert"):
+            continue
+        kind = schema.kind(name)
+        if not _same(None if value is None else _value(value, kind), held.get(name), kind):
+            differs.append(name)
+    return differs
+
+
+def _same(sent: str | None, held: Any, kind: str) -> bool:
+    """Whether HubSpot holds the value retl sends, as HubSpot may write it back: empty and
+    missing alike, numbers by value, datetimes by instant, dates by day, options as a set."""
+    held_text = None if held is None else str(held).strip()
+    if not sent:
+        return not held_text
+    sent = sent.strip()
+    if held_text is None or held_text == sent:
+        return held_text == sent
+    if kind == "number":
+        try:
+            return decimal.Decimal(sent) == decimal.Decimal(held_text)
+        except decimal.InvalidOperation:
+            return False
+    if kind in ("datetime", "date"):
+        a, b = _instant(sent), _instant(held_text)
+        if a is None or b is None:
+            return False
+        return a.date() == b.date() if kind == "date" else a == b
+    if kind == "bool":
+        return sent.casefold() == held_text.casefold()
+    if kind == "enumeration":
+        return set(sent.split(";")) == set(held_text.split(";"))
+    return False
+
+
+def _instant(text: str) -> dt.datetime | None:
+    """A date or datetime value as HubSpot writes it: epoch milliseconds or ISO 8601 (UTC)."""
+    if text.isdigit():
+        return dt.datetime.fromtimestamp(int(text) / 1000, dt.UTC)
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def _exists_message(hs_id: str, differs: list[str]) -> str:
+    return (
+        f"already exists in HubSpot (id {hs_id}) with other values of {', '.join(differs)}; "
+        "insert mode does not change existing records: use mode upsert to take it over, "
+        "or remove it from HubSpot"
+    )
+
+
+def _clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((line for line in str(exc).splitlines() if line.strip()), exc.__class__.__name__)
 
 
 def _read_only(prop: dict[str, Any]) -> bool:
@@ -417,30 +899,42 @@ def _identifies(object: str, key_field: str | None) -> bool:
     return object in ("contacts", "0-1") and key_field == "email"
 
 
-def _index(trace: Any, size: int) -> int | None:
-    if isinstance(trace, str) and trace.isdigit() and int(trace) < size:
-        return int(trace)
-    return None
-
-
-def _error_indexes(error: dict[str, Any], by_id: dict[str, int], size: int) -> list[int]:
-    """The inputs an error of errors[] is about: by trace id, else by the ids it names."""
-    context = error.get("context") or {}
-    traces = [_index(t, size) for t in context.get("objectWriteTraceId", [])]
-    found = [i for i in traces if i is not None]
-    if found:
-        return found
-    return [by_id[str(v)] for v in context.get("ids", []) if str(v) in by_id]
-
-
 def _message(response: httpx.Response) -> str:
-    """HubSpot's error message (its body's `message`), else the status line."""
+    """HubSpot's error message (its body's `message`, cut at 1 kB), else the status line. A
+    body cut at MAX_ERROR_BYTES is no JSON any more: its message is read from where it starts."""
     body = _body(response)
-    if body.get("message"):
-        category = body.get("category") or body.get("errorType")
-        prefix = f"{category}: " if category else ""
-        return f"{prefix}{body['message']}"
+    message, category = body.get("message"), body.get("category") or body.get("errorType")
+    if not body:
+        message, category = _cut_message(response.content[:MAX_ERROR_BYTES])
+    if isinstance(message, str) and message:
+        prefix = f"{category}: " if isinstance(category, str) and category else ""
+        return _clip(f"{prefix}{message}")
     return f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+
+_MESSAGE_VALUE = re.compile(
+    r'"message"\s{0,16}:\s{0,16}"((?:[^"\\]|\\.){0,' + str(MAX_MESSAGE_CHARS) + r'})(")?'
+)
+_CATEGORY_VALUE = re.compile(r'"category"\s{0,16}:\s{0,16}"([A-Za-z_]{1,64})"')
+
+
+def _cut_message(content: bytes) -> tuple[str | None, str | None]:
+    """The `message` and `category` of a JSON error body that was cut short, each matched once
+    where its name first occurs (bounded patterns: linear in the body's length)."""
+    text = content.decode("utf-8", "replace")
+    at = text.find('"message"')
+    match = _MESSAGE_VALUE.match(text, at) if at >= 0 else None
+    message = None
+    if match:
+        try:
+            message = json.loads(f'"{match.group(1)}"')
+        except ValueError:  # cut inside an escape: as it was written
+            message = match.group(1)
+        if match.group(2) is None:  # longer than what is kept of a message
+            message = f"{message}…"
+    at = text.find('"category"')
+    category = _CATEGORY_VALUE.match(text, at) if at >= 0 else None
+    return message, category.group(1) if category else None
 
 
 def _value(value: Any, kind: str) -> str:

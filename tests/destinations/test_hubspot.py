@@ -1,6 +1,9 @@
 """The `hubspot` connector against the HubSpot CRM v3 contract server (tests/servers/hubspot.py),
 through `retl run` as a user runs it: every mode, per-record 207 errors to the dead letter queue,
-429/500 chaos delivered exactly once, a refused token, read-only properties caught by validate."""
+429/500 chaos delivered exactly once, a refused token, read-only properties caught by validate;
+and positive acknowledgement: in each of the server's fault modes (short, empty, reordered or
+unreadable answers, 500/reset/timeout after the write) no record HubSpot does not hold counts as
+delivered, and a run after the faults leaves HubSpot equal to the source, once each."""
 
 from __future__ import annotations
 
@@ -330,11 +333,12 @@ def test_k_invalid_records_of_100_go_to_the_dlq_and_only_they_are_resent_once_fi
     assert hs.dead_letters() == []
 
 
+@pytest.mark.parametrize("mode", ["upsert", "insert"])
 def test_throttled_and_failing_server_gets_every_record_exactly_once(
-    hubspot_project: Callable[..., HubSpotProject],
+    hubspot_project: Callable[..., HubSpotProject], mode: str
 ) -> None:
     hs = hubspot_project(chaos=Chaos(throttle=0.3, error=0.1, retry_after=1, seed=7))
-    hs.write_sync()
+    hs.write_sync(mode=mode)
     hs.contacts(emails(300))
     document = hs.run()
     assert document["status"] == "success"
@@ -344,6 +348,8 @@ def test_throttled_and_failing_server_gets_every_record_exactly_once(
     assert hs.server.early_retries() == []
     assert any(entry.status == 429 for entry in hs.server.log)
     assert any(entry.status == 500 for entry in hs.server.log)
+    if mode == "insert":  # a create answered 500 is read back before it is sent again
+        assert hs.sent("/batch/read")
 
 
 def test_refused_token_fails_the_run_saying_so_without_the_token(
@@ -554,7 +560,7 @@ def test_two_syncs_into_one_account_together_stay_under_its_rate_limit(
     assert hs.server.busiest(1.0 - 0.005) <= 20
 
 
-def test_a_call_that_keeps_failing_leaves_its_records_to_retry_later(
+def test_a_call_that_keeps_failing_leaves_throttled_records_to_retry_and_5xx_ones_in_doubt(
     hs: HubSpotProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import pyarrow as pa
@@ -569,9 +575,306 @@ def test_a_call_that_keeps_failing_leaves_its_records_to_retry_later(
     records = pa.table({"email": ["a@x.com", "b@x.com"], "firstname": ["A", "B"]})
     with destination:
         destination.fields("contacts")  # read before the server starts failing
+        hs.server.chaos = Chaos(throttle=1.0, retry_after=0)
+        throttled = destination.deliver(Batch("contacts", "upsert", "email", records))
         hs.server.chaos = Chaos(error=1.0)
-        result = destination.deliver(Batch("contacts", "upsert", "email", records))
-    assert result.rejected == {}
-    assert set(result.retry) == {0, 1}
-    assert result.retry[0].startswith("HTTP 500 after 2 attempts")
+        failing = destination.deliver(Batch("contacts", "upsert", "email", records))
+    # a 429 says HubSpot did nothing: send again later
+    assert set(throttled.retry) == {0, 1} and not throttled.in_doubt
+    assert throttled.retry[0].startswith("HTTP 429 after 2 attempts")
+    # a 500 may come after the write: in doubt, never accepted, never rejected
+    assert set(failing.in_doubt) == {0, 1} and not failing.accepted and not failing.rejected
+    assert "HTTP 500 after 2 attempts" in failing.in_doubt[0]
     assert hs.records() == {}
+
+
+# -- positive acknowledgement: what HubSpot did not say it applied is never delivered ----------
+
+
+def delivered_keys(hs: HubSpotProject, sync: str = "people") -> set[str]:
+    """The keys the sync's state counts as delivered (read-only, as `retl state show`)."""
+    path = hs.root / ".retl" / "state" / f"{sync}.duckdb"
+    if not path.exists():
+        return set()
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return {str(row[0]) for row in con.execute("SELECT key FROM snapshot").fetchall()}
+    finally:
+        con.close()
+
+
+def assert_converged(hs: HubSpotProject, rows: list[tuple[str, str]]) -> None:
+    """HubSpot holds exactly the source, once each, nothing dead lettered, nothing to plan."""
+    held = sorted(r.get("email", "") for r in hs.records().values())
+    assert held == sorted(e for e, _ in rows)  # no duplicates, nothing missing
+    assert {e: r["firstname"] for e, r in hs.by("email").items()} == dict(rows)
+    assert hs.dead_letters() == []
+    code, out = hs.cli("plan", "people", "--json")
+    assert code == 0, out
+    counts = json.loads(out)["syncs"][0]["counts"]
+    assert (counts["create"], counts["update"], counts["delete"]) == (0, 0, 0)
+
+
+FAULTS = [
+    "skip_one",
+    "skip_all",
+    "drop_one",
+    "empty_results",
+    "empty_body",
+    "reorder",
+    "not_json",
+    "error_after_write",
+    "reset_after_write",
+    "timeout_after_write",
+]
+
+
+@pytest.mark.parametrize("mode", ["insert", "upsert"])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_faulty_answer_never_counts_a_record_hubspot_does_not_hold(
+    hubspot_project: Callable[..., HubSpotProject], fault: str, mode: str
+) -> None:
+    hs = hubspot_project(faults=[fault, fault], hang=3.0)
+    set_destination(hs, timeout=1)
+    hs.write_sync(mode=mode)
+    rows = emails(250)
+    hs.contacts(rows)
+
+    code, out = hs.cli("run", "people")
+
+    assert code in (0, 1), out
+    assert "Traceback" not in out
+    assert delivered_keys(hs) <= set(hs.by("email"))
+    assert len(hs.records()) == len(hs.by("email")) <= 250
+    hs.server.faults.clear()
+    assert hs.run()["status"] == "success"
+    assert delivered_keys(hs) == {e for e, _ in rows}
+    assert_converged(hs, rows)
+
+
+def test_a_short_answer_leaves_the_unmentioned_record_in_doubt_until_read_back(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["drop_one"])  # applied, left out of the answer
+    hs.write_sync(mode="insert")
+    rows = emails(3)
+    hs.contacts(rows)
+
+    document = hs.run()
+
+    # the record the answer left out was looked up by email, found as sent: delivered once
+    (read,) = hs.sent("/batch/read")
+    assert [i["id"] for i in read] == ["user1@example.com"]
+    assert len(hs.sent("/batch/create")) == 1
+    assert document["counts"]["create"] == 3
+    assert_converged(hs, rows)
+
+
+def test_a_record_hubspot_skipped_without_a_word_is_found_absent_and_sent_again(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["skip_one"])
+    hs.write_sync(mode="insert")
+    rows = emails(3)
+    hs.contacts(rows)
+
+    document = hs.run()
+
+    assert document["counts"]["create"] == 3
+    _, again = hs.sent("/batch/create")
+    assert [i["properties"]["email"] for i in again] == ["user1@example.com"]
+    assert_converged(hs, rows)
+
+
+def test_a_create_whose_answer_was_lost_is_read_back_and_never_sent_again(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["error_after_write"])
+    hs.write_sync(mode="insert")
+    rows = emails(150)
+    hs.contacts(rows)
+
+    document = hs.run()
+
+    assert document["status"] == "success"
+    created = [i["properties"]["email"] for batch in hs.sent("/batch/create") for i in batch]
+    assert sorted(created) == sorted(e for e, _ in rows)  # the lost batch was not sent again
+    assert hs.sent("/batch/read")  # it was read back instead
+    ids = {r["email"]: i for i, r in hs.records().items()}
+    code, out = hs.cli("state", "show", "people", "--json")
+    assert code == 0, out
+    assert_converged(hs, rows)
+    hs.contacts([r for r in rows if r[0] != "user0@example.com"])
+    hs.write_sync(mode="insert", on_removed="delete")
+    hs.run()
+    assert hs.sent("/batch/archive")[-1] == [{"id": ids["user0@example.com"]}]  # its id was kept
+
+
+def test_a_create_refused_as_existing_with_the_values_sent_is_the_lost_create(
+    hs: HubSpotProject,
+) -> None:
+    hold(hs, "7", email="ann@example.com", firstname="Ann")
+    hold(hs, "8", email="bob@example.com", firstname="Someone else")
+    hs.write_sync(mode="insert", on_removed="delete")
+    hs.contacts([("ann@example.com", "Ann"), ("bob@example.com", "Bob"), ("cy@example.com", "Cy")])
+
+    document = hs.run()
+
+    assert document["counts"]["create"] == 2  # cy created, ann found as sent
+    (letter,) = hs.dead_letters()
+    assert letter["key"] == "bob@example.com"
+    assert "already exists in HubSpot (id 8) with other values of firstname" in letter["error"]
+    assert "use mode upsert" in letter["error"]
+    assert hs.records()["8"]["firstname"] == "Someone else"  # insert changes nothing existing
+    assert len(hs.records()) == 3
+    hs.contacts([("bob@example.com", "Bob"), ("cy@example.com", "Cy")])
+    hs.run()
+    assert hs.sent("/batch/archive") == [[{"id": "7"}]]  # ann's HubSpot id was kept
+
+
+def test_a_whole_batch_400_is_split_until_only_the_invalid_record_is_rejected(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(multi_status=False)
+    rows = emails(100)
+    hs.warehouse(
+        "CREATE OR REPLACE TABLE src (email VARCHAR, firstname VARCHAR, stage VARCHAR)",
+        "INSERT INTO src VALUES "
+        + ", ".join(
+            f"('{e}', '{n}', '{'bad' if i == 37 else 'lead'}')" for i, (e, n) in enumerate(rows)
+        ),
+    )
+    hs.write_sync(mapping={"email": "email", "firstname": "firstname", "lifecyclestage": "stage"})
+
+    document = hs.run()
+
+    assert document["counts"]["create"] == 99
+    assert len(hs.records()) == 99
+    (letter,) = hs.dead_letters()
+    assert letter["key"] == "user37@example.com"
+    assert "is not a valid enumeration for lifecyclestage" in letter["error"]
+    # one call, then two halves per level down to the record: at most 1 + 2 * log2(100)
+    assert len(hs.sent("/batch/upsert")) <= 1 + 2 * 7
+
+
+def test_a_whole_batch_409_on_create_is_split_to_the_existing_record(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(multi_status=False)
+    hold(hs, "7", email="user3@example.com", firstname="name3")
+    hs.write_sync(mode="insert")
+    rows = emails(10)
+    hs.contacts(rows)
+
+    document = hs.run()
+
+    assert document["status"] == "success"
+    assert document["counts"]["create"] == 10  # user3 was there with the values sent
+    assert_converged(hs, rows)
+
+
+def test_a_2_mb_error_body_is_cut_before_it_is_kept(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["huge_error"])
+    hs.write_sync()
+    hs.contacts(emails(1))
+
+    document = hs.run()
+
+    assert document["counts"]["rejected"] == 1
+    (letter,) = hs.dead_letters()
+    assert letter["error"].startswith("Property values were not valid: aaaa")
+    assert letter["error"].endswith("…") and len(letter["error"]) <= 1100
+    hs.run()  # the lock was released and the record goes through
+    assert set(hs.by("email")) == {"user0@example.com"}
+
+
+def test_an_insert_keyed_by_a_property_without_unique_values_stays_in_doubt(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["error_after_write"])
+    hs.warehouse("CREATE TABLE src AS SELECT 'Acme' AS name, 10 AS staff")
+    hs.write_sync(
+        destination={"name": "hs", "object": "companies"},
+        mode="insert",
+        primary_key="name",
+        mapping={"name": "name", "numberofemployees": "staff"},
+    )
+
+    code, out = hs.cli("run", "people")
+
+    assert code == 1
+    text = " ".join(out.split())
+    assert "1 records are in doubt" in text
+    assert len(hs.records("companies")) == 1
+    code, out = hs.cli("run", "people")
+    assert code == 1  # never created twice blind
+    assert len(hs.records("companies")) == 1
+    assert len(hs.sent("/batch/create")) == 1
+
+
+def test_resolve_reads_records_back_by_stored_id_or_by_key(
+    hs: HubSpotProject, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    hold(hs, "7", email="ann@example.com", firstname="Ann")
+    hold(hs, "8", email="bob@example.com", firstname="Bob")
+    destination = build_destination(
+        "hs", {"type": "hubspot", "token": hs.server.token, "base_url": hs.server.url}, tmp_path
+    )
+    updates = pa.table(
+        {
+            "email": ["ann@example.com", "bob@example.com", "cy@example.com"],
+            "firstname": ["Ann", "Robert", "Cy"],
+        }
+    )
+    deletes = pa.table({"email": ["ann@example.com", "zed@example.com"]})
+    with destination:
+        update = destination.resolve(
+            Batch("contacts", "update", "email", updates, ["7", None, None])
+        )
+        delete = destination.resolve(Batch("contacts", "delete", "email", deletes))
+
+    assert (update.accepted, update.ids) == ({0}, {0: "7"})  # held as sent, by its stored id
+    assert update.retry == {
+        1: "HubSpot holds other values of firstname",
+        2: "not in HubSpot: sent again",
+    }
+    assert (delete.accepted, delete.absent) == ({1}, 1)  # gone already
+    assert delete.retry == {0: "still in HubSpot: archived again"}
+    assert (
+        "POST /crm/v3/objects/contacts/batch/read",
+        {"inputs": [{"id": "7"}], "properties": ["email", "firstname"]},
+    ) in hs.bodies
+    assert hs.records()["8"]["firstname"] == "Bob"  # resolving writes nothing
+
+
+def test_a_lost_create_is_recognised_though_hubspot_filled_in_a_default(
+    hubspot_project: Callable[..., HubSpotProject],
+) -> None:
+    hs = hubspot_project(faults=["error_after_write"])
+    server_handle = hs.server.handle
+
+    def with_default(request: Incoming) -> Reply:  # HubSpot sets a new contact's stage itself
+        reply = server_handle(request)
+        for record in hs.server.store["contacts"].values():
+            record.setdefault("lifecyclestage", "subscriber")
+        return reply
+
+    hs.server.handle = with_default  # type: ignore[method-assign]
+    hs.warehouse(
+        "CREATE TABLE src AS SELECT 'ann@example.com' AS email, 'Ann' AS firstname, "
+        "NULL::VARCHAR AS stage"
+    )
+    hs.write_sync(
+        mode="insert",
+        mapping={"email": "email", "firstname": "firstname", "lifecyclestage": "stage"},
+    )
+
+    document = hs.run()
+
+    assert (document["status"], document["counts"]["create"]) == ("success", 1)
+    assert hs.dead_letters() == []
+    assert len(hs.records()) == 1

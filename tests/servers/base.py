@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +29,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     text: str | None = None
     content_type: str = "text/csv; charset=UTF-8"
+    # Faults after the request was handled: wait this many seconds before answering, and/or
+    # `drop` the connection without any answer (the client sees a reset or its timeout).
+    wait: float = 0.0
+    drop: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ class ContractServer:
     def start(self) -> ContractServer:
         """Listen on a random loopback port and serve in a daemon thread."""
         handler = _handler_for(self)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Server(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -149,6 +154,13 @@ class ContractServer:
         return early
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up (a cut answer, a killed run) is not a server error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def new_correlation_id() -> str:
     """A random id, as vendors put in error bodies."""
     return str(uuid.uuid4())
@@ -174,6 +186,11 @@ def _handler_for(server: ContractServer) -> type[BaseHTTPRequestHandler]:
                 reply = server.dispatch(request)
             except Exception as exc:  # a bug in a contract server must show, not hang the client
                 reply = Reply(500, {"message": f"contract server bug: {exc!r}"})
+            if reply.wait:
+                time.sleep(reply.wait)  # outside the lock: other clients are served meanwhile
+            if reply.drop:
+                self.close_connection = True
+                return
             if reply.text is not None:
                 payload = reply.text.encode("utf-8")
             else:
@@ -187,7 +204,10 @@ def _handler_for(server: ContractServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            try:
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client stopped reading (e.g. a cut answer)
 
         do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
 

@@ -37,9 +37,19 @@ Documented behaviours followed, with the pages they come from:
   -Max, -Remaining (and -Secondly, -Secondly-Remaining) on every response; 429 body
   {status, message, errorType: RATE_LIMIT, correlationId, policyName, requestId} with policyName
   TEN_SECONDLY_ROLLING or DAILY. Defaults: 100 requests / 10 s, 250,000 / day (Free/Starter).
+- Batch create of a record whose unique property value (e.g. a contact's email) already exists:
+  409 CONFLICT "Contact already exists. Existing ID: 123" (HubSpot's answer to a duplicate
+  create); with trace ids it is that input's error in a 207, like the other per-input errors.
 Choices of this server (not documented by HubSpot): its 429 answers also carry Retry-After
 (seconds until the window frees); refused requests do not count against the window; `chaos`
 answers 429/500 to a seeded random fraction of requests before anything is processed.
+
+Fault modes, for clients that must not count anything HubSpot did not say it applied: `faults`
+holds one mode per coming batch write (create/update/upsert), used up in order (FAULTS says
+what each does; most apply the write first and then answer badly or not at all);
+`multi_status=False` answers every invalid batch with one 400 for the whole batch, even with
+trace ids (as HubSpot does for some validation errors); `delay` holds every batch write's
+answer that many seconds after it was applied (a window to kill a client in).
 """
 
 from __future__ import annotations
@@ -58,6 +68,19 @@ from .base import ContractServer, Incoming, Reply, new_correlation_id
 from .hubspot_schema import ObjectType, Property, check_value, default_objects
 
 MAX_INPUTS = 100
+FAULTS = {
+    "skip_one": "the middle input is neither applied nor answered; the others are, with 200",
+    "skip_all": "nothing applied; 200 with results: []",
+    "drop_one": "applied; 200 whose results leave out the middle record",
+    "empty_results": "applied; 200 with results: []",
+    "empty_body": "applied; 200 with no body",
+    "reorder": "applied; results in reverse order and without objectWriteTraceId",
+    "not_json": "applied; 200 with an HTML body",
+    "error_after_write": "applied; 500 INTERNAL_ERROR",
+    "reset_after_write": "applied; the connection is closed without an answer",
+    "timeout_after_write": "applied; no answer for `hang` seconds, then the connection closes",
+    "huge_error": "not applied; 400 whose message is 2 MB long",
+}
 
 
 @dataclass
@@ -86,6 +109,10 @@ class HubSpotServer(ContractServer):
         daily_limit: int = 250_000,
         chaos: Chaos | None = None,
         objects: list[ObjectType] | None = None,
+        faults: list[str] | None = None,
+        multi_status: bool = True,
+        delay: float = 0.0,
+        hang: float = 5.0,
     ) -> None:
         super().__init__()
         self.token = token
@@ -97,6 +124,12 @@ class HubSpotServer(ContractServer):
         self.store: dict[str, dict[str, dict[str, str]]] = {name: {} for name in self.objects}
         self.archived: dict[str, dict[str, dict[str, str]]] = {name: {} for name in self.objects}
         self._ids = itertools.count(1001)
+        unknown = set(faults or ()) - set(FAULTS)
+        assert not unknown, f"unknown fault modes {unknown}"
+        self.faults: deque[str] = deque(faults or ())
+        self.multi_status = multi_status
+        self.delay = delay
+        self.hang = hang
         self._window: deque[float] = deque()
         self._daily_used = 0
 
@@ -232,7 +265,17 @@ class HubSpotServer(ContractServer):
             return self._read(obj, payload, inputs)
         if action not in ("create", "update", "upsert"):
             return _error(404, "NOT_FOUND", f"No route for batch/{action}")
-        return self._write(obj, action, inputs)
+        fault = self.faults.popleft() if self.faults else None
+        if fault == "huge_error":
+            return _error(400, "VALIDATION_ERROR", "Property values were not valid: " + "a" * 2**21)
+        if fault == "skip_all":
+            return Reply(200, _batch_body([], []))
+        if fault == "skip_one":
+            inputs = inputs[: len(inputs) // 2] + inputs[len(inputs) // 2 + 1 :]
+            fault = None
+        reply = self._write(obj, action, inputs)
+        reply.wait = self.delay
+        return _faulty(reply, fault, self.hang) if fault else reply
 
     def _read(
         self, obj: ObjectType, payload: dict[str, Any], inputs: list[dict[str, Any]]
@@ -290,11 +333,18 @@ class HubSpotServer(ContractServer):
                 not_found.append(str(item.get("id")))
                 continue
             problems = self._problems(obj, action, item, target, claimed)
-            if problems:
+            existing = next(
+                (p["existing"] for p in problems if action == "create" and p.get("existing")), None
+            )
+            if existing:
+                errors.append(_conflict(obj, existing, item.get("objectWriteTraceId")))
+            elif problems:
                 errors.append(_invalid(problems, item.get("objectWriteTraceId")))
             else:
                 planned.append((item, target))
-        if errors and not multi_status:
+        if errors and not (multi_status and self.multi_status):
+            if errors[0]["category"] == "CONFLICT":
+                return _error(409, "CONFLICT", errors[0]["message"])
             return _error(400, "VALIDATION_ERROR", errors[0]["message"])
         results = [self._apply(obj, action, item, target) for item, target in planned]
         if not_found:
@@ -341,6 +391,10 @@ class HubSpotServer(ContractServer):
                     problem = self._clash(obj, prop, value, target, claimed)
             if problem:
                 problems.append(_result(name, *problem))
+                if problem[0] == "CONFLICTING_UNIQUE_VALUE" and target is None:
+                    owner = self._find(obj, value, name)
+                    if owner is not None:
+                        problems[-1]["existing"] = owner
         return problems
 
     def _clash(
@@ -390,6 +444,30 @@ _NO_CREDENTIALS = (
 )
 
 
+def _faulty(reply: Reply, fault: str, hang: float) -> Reply:
+    """The answer to an applied batch write, spoilt as `fault` says (see FAULTS)."""
+    body = reply.body if isinstance(reply.body, dict) else {}
+    results = list(body.get("results", []))
+    if fault == "drop_one" and results:
+        del results[len(results) // 2]
+        return Reply(reply.status, {**body, "results": results}, reply.headers)
+    if fault == "empty_results":
+        return Reply(reply.status, {**body, "results": []}, reply.headers)
+    if fault == "empty_body":
+        return Reply(200, None, reply.headers)
+    if fault == "reorder":
+        stripped = [{k: v for k, v in r.items() if k != "objectWriteTraceId"} for r in results]
+        return Reply(reply.status, {**body, "results": stripped[::-1]}, reply.headers)
+    if fault == "not_json":
+        return Reply(200, None, reply.headers, "<html>upstream hiccup</html>", "text/html")
+    if fault == "error_after_write":
+        return _error(500, "INTERNAL_ERROR", "internal error")
+    if fault == "reset_after_write":
+        return Reply(500, drop=True)
+    assert fault == "timeout_after_write"
+    return Reply(500, wait=hang, drop=True)
+
+
 def _wanted(names: list[str]) -> set[str] | None:
     flat = {n for raw in names for n in raw.split(",") if n}
     return flat or None
@@ -428,11 +506,25 @@ def _result(name: str, error: str, message: str) -> dict[str, Any]:
 
 
 def _invalid(problems: list[dict[str, Any]], trace: str | None) -> dict[str, Any]:
+    problems = [{k: v for k, v in p.items() if k != "existing"} for p in problems]
     error: dict[str, Any] = {
         "status": "error",
         "category": "VALIDATION_ERROR",
         "message": f"Property values were not valid: {json.dumps(problems)}",
         "context": {"propertyName": [p["name"] for p in problems]},
+    }
+    if trace:
+        error["context"]["objectWriteTraceId"] = [trace]
+    return error
+
+
+def _conflict(obj: ObjectType, existing: str, trace: str | None) -> dict[str, Any]:
+    noun = {"contacts": "Contact", "companies": "Company", "deals": "Deal"}.get(obj.name, "Object")
+    error: dict[str, Any] = {
+        "status": "error",
+        "category": "CONFLICT",
+        "message": f"{noun} already exists. Existing ID: {existing}",
+        "context": {},
     }
     if trace:
         error["context"]["objectWriteTraceId"] = [trace]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -394,3 +395,122 @@ def test_concurrent_clients_share_one_rate_window(
     with ThreadPoolExecutor(8) as pool:
         statuses = [s for lane in pool.map(burst, range(8)) for s in lane]
     assert statuses.count(200) == 50 and statuses.count(429) == 30
+
+
+# -- fault modes --------------------------------------------------------------------------------
+
+
+def create_three(server: HubSpotServer, timeout: float = 5.0) -> httpx.Response:
+    inputs = [
+        {"objectWriteTraceId": str(i), "properties": {"email": f"u{i}@x.io"}} for i in range(3)
+    ]
+    return httpx.post(
+        server.url + "/crm/v3/objects/contacts/batch/create",
+        json={"inputs": inputs},
+        headers=AUTH,
+        timeout=timeout,
+    )
+
+
+def held(server: HubSpotServer) -> list[str]:
+    return sorted(r["email"] for r in server.store["contacts"].values())
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "results", "stored"),
+    [
+        ("skip_one", 201, ["u0@x.io", "u2@x.io"], ["u0@x.io", "u2@x.io"]),
+        ("skip_all", 200, [], []),
+        ("drop_one", 201, ["u0@x.io", "u2@x.io"], ["u0@x.io", "u1@x.io", "u2@x.io"]),
+        ("empty_results", 201, [], ["u0@x.io", "u1@x.io", "u2@x.io"]),
+        ("reorder", 201, ["u2@x.io", "u1@x.io", "u0@x.io"], ["u0@x.io", "u1@x.io", "u2@x.io"]),
+    ],
+)
+def test_a_fault_spoils_the_answer_of_one_batch_write_as_it_says(
+    hubspot_server_factory: Callable[..., HubSpotServer],
+    fault: str,
+    status: int,
+    results: list[str],
+    stored: list[str],
+) -> None:
+    server = hubspot_server_factory(faults=[fault])
+    response = create_three(server)
+    assert response.status_code == status
+    answered = response.json()["results"]
+    assert [r["properties"]["email"] for r in answered] == results
+    if fault == "reorder":
+        assert all("objectWriteTraceId" not in r for r in answered)
+    assert held(server) == stored
+    assert server.faults == deque()  # used up: the next write is answered properly
+    assert create_three(server).status_code in (201, 207)
+
+
+@pytest.mark.parametrize(
+    ("fault", "answer"),
+    [("empty_body", b""), ("not_json", b"<html>upstream hiccup</html>")],
+)
+def test_an_applied_write_can_be_answered_with_an_unreadable_body(
+    hubspot_server_factory: Callable[..., HubSpotServer], fault: str, answer: bytes
+) -> None:
+    server = hubspot_server_factory(faults=[fault])
+    response = create_three(server)
+    assert (response.status_code, response.content) == (200, answer)
+    assert len(held(server)) == 3
+
+
+def test_an_applied_write_can_be_answered_500_or_not_at_all(
+    hubspot_server_factory: Callable[..., HubSpotServer],
+) -> None:
+    server = hubspot_server_factory(
+        faults=["error_after_write", "reset_after_write", "timeout_after_write"], hang=2.0
+    )
+    assert create_three(server).status_code == 500
+    with pytest.raises(httpx.RemoteProtocolError):
+        create_three(server)
+    with pytest.raises(httpx.ReadTimeout):
+        create_three(server, timeout=0.5)
+    assert len(server.store["contacts"]) == 3  # applied once; later ones clashed on email
+
+
+def test_huge_error_answers_400_with_a_2_mb_message_and_applies_nothing(
+    hubspot_server_factory: Callable[..., HubSpotServer],
+) -> None:
+    server = hubspot_server_factory(faults=["huge_error"])
+    response = create_three(server)
+    assert response.status_code == 400 and len(response.content) > 2 * 2**20
+    assert held(server) == []
+
+
+def test_without_multi_status_one_invalid_input_fails_the_whole_traced_batch(
+    hubspot_server_factory: Callable[..., HubSpotServer],
+) -> None:
+    server = hubspot_server_factory(multi_status=False)
+    upsert(server, "u1@x.io")
+    response = create_three(server)
+    assert response.status_code == 409
+    assert response.json()["category"] == "CONFLICT"
+    assert "Contact already exists. Existing ID:" in response.json()["message"]
+    assert held(server) == ["u1@x.io"]
+
+
+def test_a_traced_create_of_an_existing_email_is_a_conflict_naming_the_existing_id(
+    hubspot_server: HubSpotServer,
+) -> None:
+    upsert(hubspot_server, "u1@x.io")
+    (record_id,) = hubspot_server.store["contacts"]
+    response = create_three(hubspot_server)
+    assert response.status_code == 207
+    (error,) = response.json()["errors"]
+    assert error["category"] == "CONFLICT"
+    assert error["message"] == f"Contact already exists. Existing ID: {record_id}"
+    assert error["context"]["objectWriteTraceId"] == ["1"]
+    assert held(hubspot_server) == ["u0@x.io", "u1@x.io", "u2@x.io"]
+
+
+def test_delay_holds_an_applied_write_before_answering(
+    hubspot_server_factory: Callable[..., HubSpotServer],
+) -> None:
+    server = hubspot_server_factory(delay=0.5)
+    started = time.monotonic()
+    assert create_three(server).status_code == 201
+    assert time.monotonic() - started >= 0.5
