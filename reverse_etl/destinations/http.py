@@ -128,9 +128,17 @@ class _Failed:
     error: DestinationError | None = None
 
 
-# The retry budget of each run, shared by the run's lanes (each one its own instance).
-_RUN_BUDGETS: collections.OrderedDict[tuple[str, str], RetryBudget] = collections.OrderedDict()
-_RUN_BUDGETS_LOCK = threading.Lock()
+@dataclass
+class _Run:
+    """What the lanes of one run (each its own instance) share: the run's retry budget, and
+    the credentials refusal that stops them all once the records already answered are in."""
+
+    budget: RetryBudget
+    refused: DestinationError | None = None
+
+
+_RUNS: collections.OrderedDict[tuple[str, str], _Run] = collections.OrderedDict()
+_RUNS_LOCK = threading.Lock()
 
 
 @register("http")
@@ -154,10 +162,7 @@ class HttpDestination(Destination):
             max_wait=min(60.0, retry.max_seconds_per_batch),
             total_seconds=retry.max_seconds_per_batch,
         )
-        # Set by a 401/403 in per-record mode once the batch's other answers are reported: the
-        # next call raises it.
-        self._refused: DestinationError | None = None
-        self._own_run_budget = RetryBudget(retry.max_seconds_per_run)
+        self._own_run = _Run(RetryBudget(retry.max_seconds_per_run))
         account = hashlib.sha256(
             json.dumps([self.options.base_url, sorted(self.options.headers.items())]).encode()
         ).hexdigest()[:16]
@@ -243,11 +248,12 @@ class HttpDestination(Destination):
             aio.run(client.aclose())
 
     def deliver(self, batch: Batch) -> BatchResult:
-        if self._refused is not None:
-            raise self._refused
+        shared = self._run(batch.run_id)
+        if shared.refused is not None:
+            raise shared.refused
         if self._client is None:
             self.open()
-        run = self._run_budget(batch.run_id)
+        run = shared.budget
         if run.exhausted:
             raise self._gave_up(run)
         # Records become JSON here, on the lane's thread: the event loop only moves bytes.
@@ -258,9 +264,9 @@ class HttpDestination(Destination):
         if self.options.batch_key:
             result = aio.run(self._deliver_batch(batch, operation, records, keys, budgets))
         else:
-            result = aio.run(self._deliver_each(batch, operation, records, keys, budgets))
-        if self._refused is not None and not (result.accepted or result.in_doubt):
-            raise self._refused  # nothing to acknowledge first
+            result = aio.run(self._deliver_each(batch, operation, records, keys, budgets, shared))
+        if shared.refused is not None and not (result.accepted or result.in_doubt):
+            raise shared.refused  # nothing to acknowledge first
         answered = result.accepted or result.rejected or result.in_doubt
         if result.retry and not answered and not run.answered:
             # Every attempt refused, timed out before sending, or a 503/429: nothing of the
@@ -274,7 +280,7 @@ class HttpDestination(Destination):
         Once the run's retry budget is spent they stay in doubt for the next run."""
         if not self._idempotent():
             return super().resolve(batch)
-        if self._run_budget(batch.run_id).exhausted:
+        if self._run(batch.run_id).budget.exhausted:
             reason = (
                 "the destination did not answer within the run's retry budget "
                 f"({self.options.retry.max_seconds_per_run:g} s); the next run sends it again "
@@ -296,17 +302,18 @@ class HttpDestination(Destination):
         )
         return hashlib.sha256(basis.encode()).hexdigest()
 
-    def _run_budget(self, run_id: str | None) -> RetryBudget:
+    def _run(self, run_id: str | None) -> _Run:
         if run_id is None:
-            return self._own_run_budget
-        with _RUN_BUDGETS_LOCK:
-            budget = _RUN_BUDGETS.get((self.account, run_id))
-            if budget is None:
-                budget = RetryBudget(self.options.retry.max_seconds_per_run)
-                _RUN_BUDGETS[(self.account, run_id)] = budget
-                while len(_RUN_BUDGETS) > 64:  # runs of this process long finished
-                    _RUN_BUDGETS.popitem(last=False)
-            return budget
+            return self._own_run
+        with _RUNS_LOCK:
+            run = _RUNS.get((self.account, run_id))
+            if run is None:
+                run = _RUNS[(self.account, run_id)] = _Run(
+                    RetryBudget(self.options.retry.max_seconds_per_run)
+                )
+                while len(_RUNS) > 64:  # runs of this process long finished
+                    _RUNS.popitem(last=False)
+            return run
 
     def _gave_up(self, run: RetryBudget) -> DestinationError:
         retry = self.options.retry
@@ -335,13 +342,16 @@ class HttpDestination(Destination):
         records: list[dict[str, Any]],
         keys: list[str],
         budgets: tuple[RetryBudget, ...],
+        shared: _Run,
     ) -> BatchResult:
+        """One request per record; after a 401/403 the records not sent yet are left to retry
+        and the refusal is raised once this batch's answers are acknowledged."""
         result = BatchResult()
         slots = asyncio.Semaphore(self.options.concurrency)
 
         async def one(index: int, record: dict[str, Any]) -> None:
             async with slots:
-                if self._refused is not None:
+                if shared.refused is not None:
                     result.retry[index] = "not sent: the destination refused the credentials"
                     return
                 spent = next((b for b in budgets if b.exhausted), None)
@@ -355,7 +365,7 @@ class HttpDestination(Destination):
                 outcome = await self._send(batch, operation, content, key, keys[index], budgets)
                 if isinstance(outcome, _Failed):
                     if outcome.kind == "refused":
-                        self._refused = self._refused or outcome.error
+                        shared.refused = shared.refused or outcome.error
                         result.retry[index] = outcome.message
                     else:
                         getattr(result, outcome.kind)[index] = outcome.message
