@@ -271,7 +271,7 @@ class HttpDestination(Destination):
         if result.retry and not answered and not run.answered:
             # Every attempt refused, timed out before sending, or a 503/429: nothing of the
             # batch was applied, and the destination never answered in this run.
-            raise self._gave_up(run)
+            raise self._gave_up(run, this_batch=True)
         return result
 
     def resolve(self, batch: Batch) -> BatchResult:
@@ -315,7 +315,9 @@ class HttpDestination(Destination):
                     _RUNS.popitem(last=False)
             return run
 
-    def _gave_up(self, run: RetryBudget) -> DestinationError:
+    def _gave_up(self, run: RetryBudget, *, this_batch: bool = False) -> DestinationError:
+        """The run stops: the destination never answered (or kept failing) within the budget.
+        `this_batch`: raised for a batch none of whose records can have been applied."""
         retry = self.options.retry
         if not run.answered:
             message = (
@@ -328,11 +330,16 @@ class HttpDestination(Destination):
                 f"{retry.max_seconds_per_run:g} s is spent ({run.attempts:,} attempts; last: "
                 f"{run.last_error or 'no answer'})"
             )
+        done = (
+            "nothing of this batch was applied"
+            if this_batch
+            else "records sent earlier without an answer are in doubt: the next run resolves "
+            "them first"
+        )
         return DestinationError(
             message,
-            f"check base_url ({self.location()}) and that the service is up; the retry budget is "
-            "`retry` of the destination in retl.yml; records sent without an answer are in "
-            "doubt, the next run resolves them first",
+            f"check base_url ({self.location()}) and that the service is up; {done}. Retry "
+            f"budget (`retry` of the destination in retl.yml): {retry.describe()}",
         )
 
     async def _deliver_each(
