@@ -434,6 +434,10 @@ class HttpDestination(Destination):
                 policy=self.policy,
                 stats=self.stats,
                 budgets=budgets,
+                # A create without an idempotency key is never sent twice blind; with one, the
+                # same request carries the same key.
+                resend=bool(self.options.idempotency_header or self.options.idempotency_field)
+                or batch.action != "insert",
             )
         except GiveUp as exc:
             if exc.maybe_applied:

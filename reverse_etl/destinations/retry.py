@@ -200,13 +200,16 @@ async def send(
     stats: RetryStats | None = None,
     retryable: Callable[[httpx.Response], bool] | None = None,
     budgets: Sequence[RetryBudget] = (),
+    resend: bool = True,
 ) -> httpx.Response:
     """Send `request()` until it gets a response that is not worth retrying, honouring the
     limiter before every attempt and the server's Retry-After (which pauses the whole account).
     Returns that response (2xx, 207, or a 4xx the caller reports); raises GiveUp otherwise.
 
     With `budgets`, no attempt is retried once one of them is spent, and no wait outlasts
-    what is left of them (a request in flight still gets its full timeout)."""
+    what is left of them (a request in flight still gets its full timeout). `resend=False`:
+    an attempt that may have been applied (see GiveUp.maybe_applied) is not sent again (a
+    create without an idempotency key); it is given up at once."""
     exponential = wait_exponential_jitter(
         multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait
     )
@@ -286,7 +289,9 @@ async def send(
     started = time.monotonic()
     try:
         async for try_ in AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
+            retry=retry_if_exception(
+                lambda exc: is_retryable(exc) and (resend or not _may_have_applied(exc))
+            ),
             wait=wait,
             stop=stop,
             before_sleep=before_sleep,
@@ -316,6 +321,12 @@ async def send(
             for budget in budgets:
                 budget.end_failing()
     raise AssertionError("unreachable")
+
+
+def _may_have_applied(exc: BaseException) -> bool:
+    if isinstance(exc, RetryableResponse):
+        return exc.response.status_code not in NOT_APPLIED_STATUS
+    return isinstance(exc, _AFTER_WRITE)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -114,21 +114,33 @@ def test_a_destination_answering_503_to_everything_fails_the_run_within_its_budg
     assert 2 <= len(server.log) < 50  # the seconds ran out before the attempts
 
 
+@pytest.mark.parametrize("keyed", [False, True], ids=["no-key", "idempotency-key"])
 def test_a_destination_that_never_answers_fails_the_run_with_its_records_in_doubt(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], clean_env: None, alerts: Alerts
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    clean_env: None,
+    alerts: Alerts,
+    keyed: bool,
 ) -> None:
     server = Silent()
     server.start()
+    keys = {"idempotency_header": "Idempotency-Key"} if keyed else {}
     try:
-        project = failing_project(tmp_path / "p", capsys, server.url, alerts)
+        project = failing_project(tmp_path / "p", capsys, server.url, alerts, **keys)
         run = run_failing(project, alerts)
     finally:
         server.stop()
 
-    # The requests were written: the server may have applied them, so they are in doubt.
+    # The requests were written: the server may have applied them, so their records are in
+    # doubt. Without an idempotency key a create is not sent again (it could be made twice);
+    # with one, it is sent again (same key) until the budget is spent.
     assert "100 records are in doubt" in run["error"]
     assert run["counts"]["in_doubt"] == 100 and run["counts"]["create"] == 0
-    assert run["counts"]["requests"] >= 2
+    if keyed:
+        assert run["counts"]["requests"] >= 2
+        assert len({log.digest for log in server.log}) == 1  # the same request every time
+    else:
+        assert run["counts"]["requests"] == 1
 
 
 def test_a_destination_that_refuses_connections_fails_the_run_with_no_request_counted(
