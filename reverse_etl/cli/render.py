@@ -308,6 +308,8 @@ def _plan_details(console: Console, plan: Plan) -> None:
             budget = f" of {requests.budget:,}" if requests.budget is not None else ""
             line += f" · {requests.left:,} left of the daily budget{budget} ({requests.source})"
         console.print(line, style="red" if requests.over_budget else "dim", markup=False)
+        if requests.retries:
+            console.print(f"  retries: {requests.retries}", style="dim", markup=False)
     if plan.config_changed:
         console.print("  the sync's configuration changed since the last run", style="yellow")
 

@@ -484,3 +484,19 @@ def test_idempotency_keys_are_the_same_for_the_same_record_in_every_run(
         by_email.setdefault(email, set()).add(key)
     assert len(keys) == 4 and all(len(k) == 1 for k in by_email.values())
     assert by_email["a@example.com"] != by_email["b@example.com"]
+
+
+def test_the_plan_shows_the_retry_budget(
+    project: Path, httpserver: HTTPServer, retl_cli: Callable[..., Any]
+) -> None:
+    budget = {"max_attempts": 4, "max_seconds_per_batch": 30, "max_seconds_per_run": 120}
+    write_project(project, hook(httpserver, retry=budget, **BATCHED), {"mode": "upsert"})
+    set_source(project, [(1, "a@example.com")])
+
+    plan = retl_cli("plan", "contacts", "--project-dir", str(project))
+    planned = retl_cli("plan", "contacts", "--json", "--project-dir", str(project)).json()
+
+    assert "retries: up to 4 attempts, 30 s a batch, 120 s a run" in plan.out + plan.err
+    assert (
+        planned["syncs"][0]["requests"]["retries"] == "up to 4 attempts, 30 s a batch, 120 s a run"
+    )
