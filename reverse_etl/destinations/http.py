@@ -27,7 +27,10 @@ Idempotency keys (`idempotency_header`, `idempotency_field`) are stable: a recor
 hash of the object, the action, the record's key and its mapped values, so a re-send of the same
 record, in this run or the next, carries the same key; a batch's key hashes its records' keys.
 Records in doubt are then re-sent (`resolve`) and a receiver that honours the key applies them
-once. Without keys, an insert in doubt stays in doubt (it could be created twice).
+once. Without keys, a create whose request may have been applied is never sent again, not even
+by the retry loop: it stays in doubt (it could be created twice). In batch mode the header's key
+only matches a re-send of the very same records; `idempotency_field` puts each record's key in
+the body, which is what makes a batch destination `idempotent`.
 
 Retries: 429, 5xx, timeouts and connection errors are retried (`destinations.retry`, honouring
 Retry-After) under the `retry` budget: `max_attempts` a request, `max_seconds_per_batch`,
