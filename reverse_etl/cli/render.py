@@ -391,6 +391,7 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
             ("deferred", "records the destination asked to retry later: the next run sends them"),
             ("retries", "requests retried (429, 5xx, timeouts), Retry-After honoured"),
             ("requests", "API requests sent (the daily request budget counts them)"),
+            ("attempts", "attempts to reach the destination, refused connections included"),
         ):
             if outcome.counts.get(key):
                 console.print(f"{escape(outcome.sync)}: {outcome.counts[key]:,} {what}")
