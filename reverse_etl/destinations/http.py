@@ -23,9 +23,11 @@ the API contract configured:
 A configured path missing from the answer, or an answer that is not JSON, leaves every record
 of the batch in doubt, never accepted.
 
-Idempotency keys (`idempotency_header`, `idempotency_field`) are stable: a record's key is a
-hash of the object, the action, the record's key and its mapped values, so a re-send of the same
-record, in this run or the next, carries the same key; a batch's key hashes its records' keys.
+Idempotency keys (`idempotency_header`, `idempotency_field`) are stable: a create's key is a
+hash of the object, the record's key and its mapped values, so a re-send of the same create, in
+this run or the next, carries the same key (an update, upsert or delete's key also holds the run,
+so that a change back to earlier values is never taken for a repeat); a batch's key hashes its
+records' keys.
 Records in doubt are then re-sent (`resolve`) and a receiver that honours the key applies them
 once. Without keys, a create whose request may have been applied is never sent again, not even
 by the retry loop: it stays in doubt (it could be created twice). In batch mode the header's key
@@ -294,11 +296,16 @@ class HttpDestination(Destination):
         return BatchResult(retry=dict.fromkeys(range(batch.size), reason))
 
     def record_key(self, batch: Batch, record: dict[str, Any]) -> str:
-        """The record's idempotency key: the same for the same object, action, key and mapped
-        values, whatever the run, so a re-send is recognised by a receiver that honours it."""
+        """The record's idempotency key. A create's is the same for the same object, key and
+        mapped values whatever the run, so a create re-sent after a lost answer or a kill, in
+        this run or the next, is recognised by a receiver that honours it. An update, upsert
+        or delete also carries the run: a later change back to values sent before (or a second
+        delete of a record created again) is a new request, never swallowed as a repeat; its
+        re-send in another run is harmless (keyed writes are idempotent)."""
         key = record.get(batch.key_field) if batch.key_field else None
+        run = None if batch.action == "insert" else batch.run_id
         basis = json.dumps(
-            [batch.object, batch.action, key, record],
+            [batch.object, batch.action, key, record, run],
             default=json_default,
             sort_keys=True,
             separators=(",", ":"),

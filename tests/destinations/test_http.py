@@ -500,3 +500,34 @@ def test_the_plan_shows_the_retry_budget(
     assert (
         planned["syncs"][0]["requests"]["retries"] == "up to 4 attempts, 30 s a batch, 120 s a run"
     )
+
+
+def test_a_change_back_to_earlier_values_is_applied_not_taken_for_a_repeat(
+    project: Path, httpserver: HTTPServer, retl_cli: Callable[..., Any]
+) -> None:
+    store: dict[str, dict[str, Any]] = {}
+    answered: dict[str, Response] = {}  # by Idempotency-Key, as the receiver keeps them
+
+    def put(request: Request) -> Response:
+        key = request.headers["Idempotency-Key"]
+        if key not in answered:
+            store[request.path.rsplit("/", 1)[1]] = json.loads(request.data)
+            answered[key] = Response("{}", status=200)
+        return answered[key]
+
+    httpserver.expect_request(
+        __import__("re").compile(r"/contacts/[^/]+$"), method="PUT"
+    ).respond_with_handler(put)
+    per_record = {"operations": {"upsert": {"method": "PUT", "path": "/contacts/{{ key }}"}}}
+    write_project(
+        project,
+        hook(httpserver, idempotency_header="Idempotency-Key", **per_record),
+        {"mode": "upsert"},
+    )
+
+    for email in ("a@example.com", "b@example.com", "a@example.com"):
+        set_source(project, [(1, email)])
+        run = retl_cli("run", "contacts", "--json", "--project-dir", str(project)).json()
+        assert run["runs"][0]["status"] == "success"
+
+    assert store["1"]["email"] == "a@example.com" and len(answered) == 3
