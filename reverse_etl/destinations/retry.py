@@ -90,7 +90,7 @@ class RetryBudget:
     """Seconds that a batch or a run may spend retrying, shared by all its requests (across
     lanes and tasks): the time during which at least one of them was failing, from a first
     failed attempt until it got an answer or was given up. A healthy but long run spends
-    nothing. Also counts the attempts, remembers the last failure and whether the destination
+    nothing, nor does one paced by 429s (Retry-After). Also counts the attempts, remembers the last failure and whether the destination
     ever answered (a response that is not worth retrying), for the messages that cite them.
 
     `seconds` None: no budget beyond the policy's."""
@@ -244,13 +244,15 @@ async def send(
             stats.throttled += 1
         stats.waited_seconds += state.upcoming_sleep
 
-    def failed(reason: str) -> None:
+    def failed(reason: str, *, throttled: bool = False) -> None:
         nonlocal failing
         for budget in budgets:
             budget.last_error = reason
-            if not failing:
+            if not (failing or throttled):
                 budget.begin_failing()
-        failing = True
+        # A 429 paces a destination that works: its waits spend no budget (the policy's
+        # attempts and total seconds still bound them).
+        failing = failing or not throttled
 
     async def attempt() -> httpx.Response:
         nonlocal maybe_applied, attempts
@@ -277,7 +279,7 @@ async def send(
         if worth_retrying(response):
             if response.status_code not in NOT_APPLIED_STATUS:
                 maybe_applied = True
-            failed(f"HTTP {response.status_code}")
+            failed(f"HTTP {response.status_code}", throttled=response.status_code == 429)
             asked = retry_after(response.headers)
             if asked is not None and limiter is not None:
                 limiter.pause_for(asked)  # every lane of the account waits, not only this one

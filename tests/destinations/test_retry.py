@@ -205,3 +205,14 @@ def test_a_healthy_request_spends_no_budget(httpserver: HTTPServer) -> None:
 
     assert send_with(httpserver.url_for("/batch"), budgets=(budget,)).status_code == 200
     assert budget.answered and budget.spent() == 0.0 and not budget.exhausted
+
+
+def test_waits_a_429_asks_for_spend_no_budget(httpserver: HTTPServer) -> None:
+    slow_down = Response("slow down", status=429, headers={"Retry-After": "1"})
+    seen = serve(httpserver, [slow_down, slow_down, Response("{}", status=200)])
+    budget = RetryBudget(0.5)  # shorter than the waits the server asks for
+
+    response = send_with(httpserver.url_for("/batch"), budgets=(budget,))
+
+    assert response.status_code == 200 and len(seen) == 3
+    assert budget.spent() == 0.0 and budget.answered
