@@ -442,6 +442,7 @@ def test_a_lost_answer_without_an_idempotency_key_is_in_doubt_and_never_sent_twi
             "operations": {"insert": {"method": "POST", "path": "/contacts"}},
             "timeout": 0.5,
             "concurrency": 1,
+            "result_id": "id",  # the answer's id of the created contact
         }
         mapping = {"external_id": "id", "email": "email"}
         write_project(project, destination, {"mode": "insert", "mapping": mapping})
@@ -456,6 +457,7 @@ def test_a_lost_answer_without_an_idempotency_key_is_in_doubt_and_never_sent_twi
     assert outcome["counts"]["create"] == 4 and outcome["counts"]["in_doubt"] == 1
     assert api.external_ids() == {1, 2, 3, 4, 5} and api.duplicates() == 0  # not sent twice
     assert set(state(project)) == {"1", "2", "4", "5"}
+    assert all(str(id).startswith("con_") for id in state(project).values())
 
 
 def test_idempotency_keys_are_the_same_for_the_same_record_in_every_run(
