@@ -400,6 +400,8 @@ def _plan_details(console: Console, plan: Plan) -> None:
             budget = f" of {requests.budget:,}" if requests.budget is not None else ""
             line += f" · {requests.left:,} left of the daily budget{budget} ({requests.source})"
         console.print(line, style="red" if requests.over_budget else "dim", markup=False)
+        if requests.retries:
+            console.print(f"  retries: {requests.retries}", style="dim", markup=False)
     if plan.config_changed:
         console.print("  the sync's configuration changed since the last run", style="yellow")
 
@@ -522,6 +524,7 @@ def render_summary(console: Console, outcomes: Sequence[RunOutcome]) -> None:
             ("deferred", "records the destination asked to retry later: the next run sends them"),
             ("retries", "requests retried (429, 5xx, timeouts), Retry-After honoured"),
             ("requests", "API requests sent (the daily request budget counts them)"),
+            ("attempts", "attempts to reach the destination, refused connections included"),
         ):
             if outcome.counts.get(key):
                 console.print(f"{escape(outcome.sync)}: {outcome.counts[key]:,} {what}")

@@ -271,6 +271,17 @@ class Destination(ABC):
                 return value
         return self.type_name
 
+    def guarantee(self) -> Guarantee:
+        """What this configured destination guarantees when a run is killed or an answer is
+        lost: the connector's `capabilities.guarantee`, unless its options change it (an http
+        destination whose records carry idempotency keys is `idempotent`)."""
+        return self.capabilities.guarantee
+
+    def retry_budget(self) -> str | None:
+        """How long this destination is retried when it fails, as the plan shows it ("up to 5
+        attempts, 60 s a batch, 300 s a run"); None when the connector does not say."""
+        return None
+
     def default_batch_size(self) -> int:
         """Records per batch when the sync sets no `batch_size`: the connector's default, which
         a connector may choose per destination (a bulk load path takes larger batches)."""

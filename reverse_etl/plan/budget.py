@@ -50,13 +50,22 @@ def request_plan(
     with destination:
         budget = destination.request_budget()
     needed = sum(by_operation.values()) + extra
+    retries = destination.retry_budget() or ""
     if budget is None:
-        return RequestPlan(needed, by_operation, extra, used=used)
+        return RequestPlan(needed, by_operation, extra, used=used, retries=retries)
     left = None if budget.limit is None else max(0, budget.limit - used)
     if budget.remaining is not None:
         left = budget.remaining if left is None else min(left, budget.remaining)
     return RequestPlan(
-        needed, by_operation, extra, budget.limit, used, budget.remaining, left, budget.source
+        needed,
+        by_operation,
+        extra,
+        budget.limit,
+        used,
+        budget.remaining,
+        left,
+        budget.source,
+        retries,
     )
 
 

@@ -83,6 +83,8 @@ class RequestPlan:
     remaining: int | None = None
     left: int | None = None
     source: str = ""
+    # How long a failing destination is retried (Destination.retry_budget), when it says.
+    retries: str = ""
 
     @property
     def over_budget(self) -> bool:

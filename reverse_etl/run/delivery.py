@@ -149,7 +149,7 @@ class Delivery:
                     first = stack.enter_context(self.open_lane())
                     self._prepare(first)
                     self.exactly_once = (
-                        first.capabilities.guarantee == "exactly-once" and self.run_id is not None
+                        first.guarantee() == "exactly-once" and self.run_id is not None
                     )
                     lanes = self.lanes = [first]
                     for _ in range(1, first.capabilities.concurrent_batches):
