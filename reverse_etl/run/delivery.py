@@ -174,6 +174,12 @@ class Delivery:
             failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         except DestinationError as exc:
             failed, hint = exc.message, exc.hint
+            unresolved = sum(t.num_rows for t in self.in_doubt_later)
+            if unresolved:
+                # Answers that could not tell, left unresolved as the destination failed:
+                # not delivered; creates stay in doubt for the next run to look up.
+                self.counts["in_doubt"] = self.counts.get("in_doubt", 0) + unresolved
+                failed += f"; {unresolved:,} records sent before it are in doubt"
         except StateError as exc:
             self.state_error = exc
         self.state_error = self.state_error or self.acks.pending_error()
