@@ -94,7 +94,7 @@ def test_a_terminal_shows_values_except_pii_fields(
     planned = retl_cli("plan")
     preview = retl_cli("preview", "people")
 
-    for shown in (planned.err, preview.err):
+    for shown in (planned.out, preview.out):
         assert "jane.doe@example.com" in shown
         assert "Jane Doe" not in shown and "J***" in shown
 
@@ -153,4 +153,4 @@ def test_a_duplicate_key_in_a_row_error_is_masked_like_the_samples(
     assert error["message"].startswith("duplicate primary key id = 'j***@e***.com' in 2 rows")
     for text in (planned.out, markdown.out):
         assert "jane.doe@example.com" not in text
-    assert "jane.doe@example.com" in terminal.err
+    assert "jane.doe@example.com" in terminal.out

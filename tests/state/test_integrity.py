@@ -139,7 +139,9 @@ def test_a_state_file_retl_may_not_write_is_a_permission_problem_not_damage(
     result = retl_cli(*command)
 
     assert result.code == 1
-    assert "internal error" not in result.err and "Traceback" not in result.err
-    assert "state file of sync 'people'" in result.err and "(permission)" in result.err
-    assert "damaged" not in result.err and "state reset" not in result.err
-    assert "do not reset it" in result.err
+    # A run reports it in its summary (stdout); `state reset` as its error (stderr).
+    shown = result.out + result.err
+    assert "internal error" not in shown and "Traceback" not in shown
+    assert "state file of sync 'people'" in shown and "(permission)" in shown
+    assert "damaged" not in shown and "state reset" not in shown
+    assert "do not reset it" in shown
