@@ -11,10 +11,15 @@ twice, keyless tables included (Kafka Connect sinks commit offsets with the data
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from reverse_etl.destinations.base import BatchResult
 from reverse_etl.errors import DestinationError
@@ -229,3 +234,270 @@ class PostgresLedger:
                 ),
                 (sync, target),
             )
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+FILE_LEDGER_SUFFIX = ".retl-ledger"
+PART_MARKER_SUFFIX = ".retl-marker"
+
+
+def _marker_document(marker: DeliveryMarker, accepted: Iterable[int]) -> dict[str, Any]:
+    return {
+        "sync": marker.sync,
+        "target": marker.target,
+        "run_id": marker.run_id,
+        "seq": marker.seq,
+        "payload": base64.b64encode(marker.payload(accepted)).decode("ascii"),
+    }
+
+
+def _entry(document: dict[str, Any]) -> LedgerEntry:
+    return LedgerEntry(
+        str(document["run_id"]), int(document["seq"]), base64.b64decode(document["payload"])
+    )
+
+
+def _is_marker_of(document: dict[str, Any], sync: str, target: str) -> bool:
+    return document.get("sync") == sync and document.get("target") == target
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory entry durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: temp file, fsync, os.replace, fsync of the folder."""
+    temporary = path.with_name(f"{path.name}.tmp")
+    with temporary.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _locked(file: BinaryIO) -> Iterator[None]:
+    """An exclusive lock on an open file, against another process appending to it (POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: one writer per file is the user's to keep
+        yield
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+
+class AppendLedger:
+    """Delivery markers of files appended to (CSV, JSON Lines), kept in a sidecar next to each
+    data file, `.<file name>.retl-ledger`: JSON lines, each saying where the data file's
+    committed bytes end (`end`) after the append it records, with the batch's marker.
+
+    A batch is appended and fsync'ed, then its ledger line is appended and fsync'ed: the line is
+    the commit. The bytes beyond the last complete line's `end` (an append whose line was never
+    written, torn by a kill) are cut off before the next append and when markers are read back,
+    so a batch is in the file exactly when its marker is in the ledger. One process appends to
+    a file at a time (a lock on the data file)."""
+
+    def __init__(self) -> None:
+        # Per ledger: (inode, size) when last read or written, and the committed end it gave.
+        self._known: dict[Path, tuple[tuple[int, int], int]] = {}
+
+    @staticmethod
+    def path_of(data: Path) -> Path:
+        return data.with_name(f".{data.name}{FILE_LEDGER_SUFFIX}")
+
+    def append(
+        self,
+        path: Path,
+        data: Callable[[int], bytes],
+        marker: DeliveryMarker | None,
+        accepted: Iterable[int],
+    ) -> None:
+        """Append `data(committed size)` to `path` with its marker (OSError passes through)."""
+        new = not path.exists()
+        with path.open("ab") as file, _locked(file):
+            end = self._committed_end(path, file)
+            chunk = data(end)
+            file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+            if new:
+                _fsync_dir(path.parent)
+            line: dict[str, Any] = {"end": end + len(chunk)}
+            if marker is not None:
+                line.update(_marker_document(marker, accepted))
+            self._record(path, line)
+
+    def _committed_end(self, path: Path, file: BinaryIO) -> int:
+        """Where the file's committed bytes end; bytes beyond are cut off (under the lock)."""
+        ledger = self.path_of(path)
+        size = os.fstat(file.fileno()).st_size
+        try:
+            stat = ledger.stat()
+        except FileNotFoundError:
+            # First use: what the file holds was written before (or without) retl's ledger.
+            self._rewrite(ledger, [{"end": size}])
+            return size
+        known = self._known.get(ledger)
+        if known is not None and known[0] == (stat.st_ino, stat.st_size):
+            end = known[1]
+        else:
+            lines = self._read(ledger)
+            end = int(lines[-1]["end"]) if lines else 0
+        if size > end:
+            os.ftruncate(file.fileno(), end)
+            os.fsync(file.fileno())
+        elif size < end:
+            # The file was cut or replaced by someone else: its markers beyond are void.
+            kept = [line for line in self._read(ledger) if int(line["end"]) <= size]
+            self._rewrite(ledger, [*[k for k in kept if "run_id" in k], {"end": size}])
+            end = size
+        return end
+
+    def _read(self, ledger: Path) -> list[dict[str, Any]]:
+        """The complete lines of a ledger; a torn last line (a kill mid-write) is cut off."""
+        raw = ledger.read_bytes()
+        lines: list[dict[str, Any]] = []
+        good = 0
+        for piece in raw.split(b"\n")[:-1]:
+            try:
+                line = json.loads(piece)
+                int(line["end"])
+            except (ValueError, KeyError, TypeError):
+                break
+            lines.append(line)
+            good += len(piece) + 1
+        if good < len(raw):
+            with ledger.open("r+b") as file:
+                file.truncate(good)
+                os.fsync(file.fileno())
+        stat = ledger.stat()
+        self._known[ledger] = ((stat.st_ino, stat.st_size), int(lines[-1]["end"]) if lines else 0)
+        return lines
+
+    def _record(self, path: Path, line: dict[str, Any]) -> None:
+        ledger = self.path_of(path)
+        text = (json.dumps(line, separators=(",", ":")) + "\n").encode("ascii")
+        with ledger.open("ab") as file:
+            before = file.tell()
+            try:
+                file.write(text)
+                file.flush()
+                os.fsync(file.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    file.truncate(before)  # not recorded: the append is cut off next time
+                raise
+            stat = os.fstat(file.fileno())
+        self._known[ledger] = ((stat.st_ino, stat.st_size), int(line["end"]))
+
+    def _rewrite(self, ledger: Path, lines: list[dict[str, Any]]) -> None:
+        text = b"".join((json.dumps(x, separators=(",", ":")) + "\n").encode() for x in lines)
+        write_atomically(ledger, text)
+        stat = ledger.stat()
+        self._known[ledger] = ((stat.st_ino, stat.st_size), int(lines[-1]["end"]))
+
+    def _data_files(self, folder: Path) -> list[Path]:
+        if not folder.is_dir():
+            return []
+        return sorted(
+            folder / p.name[1 : -len(FILE_LEDGER_SUFFIX)]
+            for p in folder.glob(f".*{FILE_LEDGER_SUFFIX}")
+        )
+
+    def read(self, folder: Path, sync: str, target: str) -> list[LedgerEntry]:
+        """The markers of `sync` on `target` in the folder's ledgers (committed bytes only:
+        torn appends are cut off first)."""
+        found: list[LedgerEntry] = []
+        for path in self._data_files(folder):
+            if not path.exists():
+                continue
+            with path.open("ab") as file, _locked(file):
+                self._committed_end(path, file)
+                lines = self._read(self.path_of(path))
+            found += [_entry(x) for x in lines if _is_marker_of(x, sync, target)]
+        return sorted(found, key=lambda e: (e.run_id, e.seq))
+
+    def forget(self, folder: Path, sync: str, target: str, drop_empty: bool) -> None:
+        """Drop the markers of `sync` on `target`, keeping where each file's bytes end (or,
+        `drop_empty`, the whole ledger of a file no run appends to again once it has none)."""
+        for path in self._data_files(folder):
+            ledger = self.path_of(path)
+            if not path.exists():
+                ledger.unlink(missing_ok=True)
+                continue
+            with path.open("ab") as file, _locked(file):
+                end = self._committed_end(path, file)
+                lines = self._read(ledger)
+                kept = [x for x in lines if "run_id" in x and not _is_marker_of(x, sync, target)]
+                if not kept and drop_empty:
+                    ledger.unlink()
+                    self._known.pop(ledger, None)
+                elif len(kept) + 1 != len(lines):
+                    self._rewrite(ledger, [*kept, {"end": end}])
+
+
+class PartMarkers:
+    """Delivery markers of Parquet part files: a part is written aside (`.<part>.partial`), its
+    marker is written as `.<part>.retl-marker`, then the part is renamed into place; the rename
+    is the commit. A marker whose part is not there was never committed and is removed."""
+
+    @staticmethod
+    def path_of(part: Path) -> Path:
+        return part.with_name(f".{part.name}{PART_MARKER_SUFFIX}")
+
+    def publish(
+        self,
+        partial: Path,
+        part: Path,
+        marker: DeliveryMarker | None,
+        accepted: Iterable[int],
+    ) -> None:
+        """Rename the fsync'ed `partial` to `part`, with its marker written first."""
+        path = self.path_of(part)
+        if marker is None:
+            path.unlink(missing_ok=True)  # an uncommitted marker of an earlier run
+        else:
+            write_atomically(path, json.dumps(_marker_document(marker, accepted)).encode())
+        os.replace(partial, part)
+        _fsync_dir(part.parent)
+
+    def _markers(self, folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Committed markers (uncommitted ones and their partial parts are removed)."""
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.glob(f"*/.*{PART_MARKER_SUFFIX}")):
+            part = path.with_name(path.name[1 : -len(PART_MARKER_SUFFIX)])
+            if not part.exists():
+                path.unlink(missing_ok=True)
+                part.with_name(f".{part.name}.partial").unlink(missing_ok=True)
+                continue
+            try:
+                document = json.loads(path.read_bytes())
+            except ValueError:
+                continue  # not written by retl (a marker is replaced whole, never torn)
+            if isinstance(document, dict):
+                yield path, document
+
+    def read(self, folder: Path, sync: str, target: str) -> list[LedgerEntry]:
+        found = [_entry(d) for _, d in self._markers(folder) if _is_marker_of(d, sync, target)]
+        return sorted(found, key=lambda e: (e.run_id, e.seq))
+
+    def forget(self, folder: Path, sync: str, target: str) -> None:
+        for path, document in list(self._markers(folder)):
+            if _is_marker_of(document, sync, target):
+                path.unlink(missing_ok=True)
