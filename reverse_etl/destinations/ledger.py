@@ -27,6 +27,7 @@ from reverse_etl.errors import DestinationError
 if TYPE_CHECKING:
     import psycopg
     import pyarrow as pa
+    import sqlalchemy as sa
 
     Connection = psycopg.Connection[tuple[Any, ...]]
     Cursor = psycopg.Cursor[tuple[Any, ...]]
@@ -501,3 +502,128 @@ class PartMarkers:
         for path, document in list(self._markers(folder)):
             if _is_marker_of(document, sync, target):
                 path.unlink(missing_ok=True)
+
+
+# -- SQLAlchemy databases (MySQL/MariaDB, SQLite, DuckDB ...) -------------------------------------
+
+
+class SqlLedger:
+    """The ledger of a `sql` destination: `retl_deliveries` in the connection's default schema
+    (the URL's database), created on first use. A batch bisected over several transactions
+    (executemany, DuckDB) commits one row per transaction (`part`: its first row)."""
+
+    def __init__(self) -> None:
+        self._ready = False
+        self.table = _sql_table()
+
+    def create_statement(self, conn: sa.Connection) -> str:
+        from sqlalchemy.schema import CreateTable
+
+        return str(CreateTable(self.table).compile(dialect=conn.dialect)).strip()
+
+    def exists(self, conn: sa.Connection) -> bool:
+        import sqlalchemy as sa
+
+        if conn.dialect.name == "duckdb":
+            rows = conn.exec_driver_sql(
+                "SELECT 1 FROM information_schema.tables WHERE table_catalog = current_database() "
+                "AND table_schema = current_schema() AND table_name = ?",
+                (LEDGER_TABLE,),
+            ).fetchall()
+            return bool(rows)
+        return bool(sa.inspect(conn).has_table(LEDGER_TABLE))
+
+    @property
+    def ready(self) -> bool:
+        """The ledger is known to exist."""
+        return self._ready
+
+    def ensure(self, conn: sa.Connection) -> None:
+        """Create the ledger unless it is there (DBAPIError passes through)."""
+        if not self._ready:
+            if not self.exists(conn):
+                self.table.create(conn, checkfirst=False)
+            self._ready = True
+
+    def write(
+        self, conn: sa.Connection, marker: DeliveryMarker, accepted: Iterable[int], part: int = 0
+    ) -> None:
+        """Insert the marker of the records `accepted` (inside their transaction)."""
+        conn.execute(
+            self.table.insert(),
+            {
+                "sync": marker.sync,
+                "target": marker.target,
+                "run_id": marker.run_id,
+                "seq": marker.seq,
+                "part": part,
+                "payload": marker.payload(accepted),
+            },
+        )
+
+    def find(
+        self, conn: sa.Connection, marker: DeliveryMarker, part: int | None = None
+    ) -> list[LedgerEntry]:
+        """The rows of the marker's batch (of one `part` only, if given)."""
+        import sqlalchemy as sa
+
+        if not self.exists(conn):
+            return []
+        c = self.table.c
+        query = sa.select(c.run_id, c.seq, c.payload).where(
+            c.sync == marker.sync,
+            c.target == marker.target,
+            c.run_id == marker.run_id,
+            c.seq == marker.seq,
+        )
+        if part is not None:
+            query = query.where(c.part == part)
+        return [LedgerEntry(r[0], r[1], bytes(r[2])) for r in conn.execute(query.order_by(c.part))]
+
+    def read(self, conn: sa.Connection, sync: str, target: str) -> list[LedgerEntry]:
+        import sqlalchemy as sa
+
+        if not self.exists(conn):
+            return []
+        c = self.table.c
+        query = (
+            sa.select(c.run_id, c.seq, c.payload)
+            .where(c.sync == sync, c.target == target)
+            .order_by(c.run_id, c.seq, c.part)
+        )
+        return [LedgerEntry(r[0], r[1], bytes(r[2])) for r in conn.execute(query)]
+
+    def forget(self, conn: sa.Connection, sync: str, target: str) -> None:
+        if self.exists(conn):
+            c = self.table.c
+            conn.execute(self.table.delete().where(c.sync == sync, c.target == target))
+
+
+def _sql_table() -> sa.Table:
+    import sqlalchemy as sa
+    from sqlalchemy.dialects import mysql
+
+    def name(text: str) -> sa.sql.quoted_name:  # DuckDB's dialect misses some reserved words
+        return sa.sql.quoted_name(text, quote=True)
+
+    return sa.Table(
+        LEDGER_TABLE,
+        sa.MetaData(),
+        sa.Column(name("sync"), sa.String(255), primary_key=True),
+        sa.Column(name("target"), sa.String(64), primary_key=True),
+        sa.Column(name("run_id"), sa.String(64), primary_key=True),
+        sa.Column(name("seq"), sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column(name("part"), sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column(
+            name("committed_at"),
+            sa.DateTime,
+            nullable=False,
+            server_default=sa.func.current_timestamp(),
+        ),
+        # Payloads are zstd-compressed Arrow: 1-2 MB for 50,000 records, more than a BLOB.
+        sa.Column(
+            name("payload"),
+            sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
+            nullable=False,
+        ),
+    )
