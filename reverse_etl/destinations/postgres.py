@@ -549,6 +549,10 @@ class PostgresDestination(TableDestination[_Table]):
                                 f"{_first_line(exc)}"
                             )
                         raise
+        except DestinationError:
+            if doubt is not None:  # cannot reconnect to check: the batch stays in doubt
+                return BatchResult(in_doubt=dict.fromkeys(range(batch.size), doubt))
+            raise
         except psycopg.Error as exc:
             if _is_transient(exc) and doubt is not None:
                 return BatchResult(in_doubt=dict.fromkeys(range(batch.size), doubt))
