@@ -422,7 +422,8 @@ class PostgresDestination(TableDestination[_Table]):
             ORDER BY 1, 2
             """
         )
-        return [f"{schema}.{name}" for schema, name in rows]
+        # retl's own delivery ledger is no object to sync to
+        return [f"{schema}.{name}" for schema, name in rows if name != ledger.LEDGER_TABLE]
 
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:

@@ -370,9 +370,11 @@ class SqlDestination(TableDestination[_Table]):
             return names
 
         try:
-            return self._in_transaction(read)
+            names = self._in_transaction(read)
         except sa.exc.DBAPIError as exc:
             raise self._failed(exc, "listing tables") from exc
+        # retl's own delivery ledger is no object to sync to
+        return [n for n in names if n.rpartition(".")[2] != ledger.LEDGER_TABLE]
 
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:

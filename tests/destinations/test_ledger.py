@@ -173,8 +173,10 @@ def test_a_batch_commits_its_marker_for_exactly_the_records_it_applied(
         assert result.accepted == {0, 2} and set(result.rejected) == {1, 3}
         assert [(e.run_id, e.seq) for e in entries] == [(RUN, 1)]
         assert keys_of(entries) == ["1", "3"]
-        # in the table's schema, created on first use
+        # in the table's schema, created on first use, and not offered as an object to sync to
         assert count(pg, f"{pg_schema}.retl_deliveries") == 1
+        assert events in dest.objects()
+        assert f"{pg_schema}.retl_deliveries" not in dest.objects()
 
         dest.forget_markers("contacts", "target-digest")
         assert dest.recover_markers("contacts", "target-digest") == []
@@ -296,6 +298,7 @@ def test_sql_transactions_commit_markers_for_exactly_the_records_they_applied(
 
     assert result.accepted == {0, 2, 3}
     assert keys_of(entries) == ["1", "3", "4"]
+    assert "retl_deliveries" not in dest.objects()
     assert {(e.run_id, e.seq) for e in entries} == {(RUN, 1)}
     resolved = dest.resolve(marked(table, "insert", None, id=[1, 2, 3], score=[1, 1, 1]))
     assert resolved.accepted == {0, 2} and set(resolved.retry) == {1}

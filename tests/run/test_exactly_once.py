@@ -18,9 +18,21 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from run_harness import MariaDb, PostgresDb, RetlProject
+
+from reverse_etl.destinations import base, ledger
+from reverse_etl.destinations.base import (
+    Batch,
+    BatchResult,
+    Capabilities,
+    Destination,
+    DestinationOptions,
+    FieldInfo,
+)
+from reverse_etl.destinations.ledger import LedgerEntry
 
 KILLS = 20
 ROWS = 200_000
@@ -195,3 +207,85 @@ def test_killed_inserts_into_a_keyed_mariadb_table_land_exactly_once(
     landed = kill_repeatedly(project, delivered, (0.8, 2.0))
     finish_and_compare(project, delivered)
     assert landed >= KILLS // 2
+
+
+# -- within a run: a batch whose COMMIT answer was lost is resolved from its marker -------------
+
+
+class LostAnswerOptions(DestinationOptions):
+    store: str
+
+
+class LostFirstAnswer(Destination):
+    """A keyless table in memory that commits each batch with its marker (like a database),
+    but the answer to its first batch is lost: the batch is in doubt though it committed."""
+
+    options_model = LostAnswerOptions
+    capabilities = Capabilities(guarantee="exactly-once", resolves=True, default_batch_size=100)
+    rows: ClassVar[list[dict[str, Any]]] = []
+    markers: ClassVar[dict[tuple[str, str, str, int], bytes]] = {}
+    resolved_with_marker: ClassVar[list[bool]] = []
+
+    def objects(self) -> list[str]:
+        return ["contacts"]
+
+    def fields(self, object: str) -> list[FieldInfo]:
+        return [FieldInfo("id", "integer"), FieldInfo("name", "string")]
+
+    def deliver(self, batch: Batch) -> BatchResult:
+        assert batch.marker is not None
+        first = not self.rows
+        self.rows.extend(batch.records.to_pylist())
+        m = batch.marker
+        self.markers[(m.sync, m.target, m.run_id, m.seq)] = m.payload(range(batch.size))
+        if first:
+            return BatchResult(in_doubt=dict.fromkeys(range(batch.size), "connection reset"))
+        return BatchResult.committed(batch.size)
+
+    def resolve(self, batch: Batch) -> BatchResult:
+        self.resolved_with_marker.append(batch.marker is not None)
+        if batch.marker is None:
+            return super().resolve(batch)
+        m = batch.marker
+        key = (m.sync, m.target, m.run_id, m.seq)
+        found = [LedgerEntry(m.run_id, m.seq, self.markers[key])] if key in self.markers else []
+        return ledger.resolved(m, found)
+
+    def recover_markers(self, sync: str, target: str) -> list[LedgerEntry]:
+        return [
+            LedgerEntry(r, s, p)
+            for (y, t, r, s), p in sorted(self.markers.items())
+            if (y, t) == (sync, target)
+        ]
+
+    def forget_markers(self, sync: str, target: str) -> None:
+        for key in [k for k in self.markers if k[:2] == (sync, target)]:
+            del self.markers[key]
+
+
+def test_a_batch_whose_commit_answer_was_lost_is_resolved_from_its_marker_in_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    LostFirstAnswer.type_name = "lost_first_answer"
+    monkeypatch.setitem(base._REGISTRY, "lost_first_answer", LostFirstAnswer)
+    monkeypatch.setattr(LostFirstAnswer, "rows", [])
+    monkeypatch.setattr(LostFirstAnswer, "markers", {})
+    monkeypatch.setattr(LostFirstAnswer, "resolved_with_marker", [])
+    project = RetlProject(
+        tmp_path / "project",
+        {"mem": {"type": "lost_first_answer", "store": "x"}},
+        capsys,
+        default_destination="mem",
+        default_object="contacts",
+    )
+    project.write_sync(mode="insert")
+    project.set_source([(k, f"n{k}") for k in range(1, 251)])
+
+    run = project.run_json()
+
+    assert run["status"] == "success"
+    assert run["counts"]["create"] == 250
+    assert LostFirstAnswer.resolved_with_marker == [True]
+    assert sorted(r["id"] for r in LostFirstAnswer.rows) == list(range(1, 251))  # once each
+    assert LostFirstAnswer.markers == {}  # forgotten once state held them
+    assert project.plan_counts()["create"] == 0
