@@ -587,7 +587,8 @@ class Delivery:
             self.dead_letters.add(self.plan.sync, self.run_id, entries)
             self.rejection_errors.update(rejected[index] for index in indexes)
             self.counts["rejected"] += len(rejected)
-        # (Records an earlier run left in doubt are looked up whatever the destination.)
+        # Answered creates leave the in-doubt store; an exactly-once destination's creates are
+        # only there when an earlier run left them in doubt (looked up while `resolving`).
         if self.doubts is not None and op == "create" and (resolving or not self.exactly_once):
             answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
             if answered:
