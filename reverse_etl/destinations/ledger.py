@@ -302,6 +302,11 @@ def _locked(file: BinaryIO) -> Iterator[None]:
         fcntl.flock(file.fileno(), fcntl.LOCK_UN)
 
 
+def _identity(stat: os.stat_result) -> tuple[int, int, int]:
+    """What tells a ledger changed since it was last read: inode, size, modification time."""
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 class AppendLedger:
     """Delivery markers of files appended to (CSV, JSON Lines), kept in a sidecar next to each
     data file, `.<file name>.retl-ledger`: JSON lines, each saying where the data file's
@@ -314,8 +319,8 @@ class AppendLedger:
     a file at a time (a lock on the data file)."""
 
     def __init__(self) -> None:
-        # Per ledger: (inode, size) when last read or written, and the committed end it gave.
-        self._known: dict[Path, tuple[tuple[int, int], int]] = {}
+        # Per ledger: (inode, size, mtime) when last read or written, and the committed end.
+        self._known: dict[Path, tuple[tuple[int, int, int], int]] = {}
 
     @staticmethod
     def path_of(data: Path) -> Path:
@@ -354,7 +359,7 @@ class AppendLedger:
             self._rewrite(ledger, [{"end": size}])
             return size
         known = self._known.get(ledger)
-        if known is not None and known[0] == (stat.st_ino, stat.st_size):
+        if known is not None and known[0] == _identity(stat):
             end = known[1]
         else:
             lines = self._read(ledger)
@@ -387,7 +392,7 @@ class AppendLedger:
                 file.truncate(good)
                 os.fsync(file.fileno())
         stat = ledger.stat()
-        self._known[ledger] = ((stat.st_ino, stat.st_size), int(lines[-1]["end"]) if lines else 0)
+        self._known[ledger] = (_identity(stat), int(lines[-1]["end"]) if lines else 0)
         return lines
 
     def _record(self, path: Path, line: dict[str, Any]) -> None:
@@ -404,13 +409,13 @@ class AppendLedger:
                     file.truncate(before)  # not recorded: the append is cut off next time
                 raise
             stat = os.fstat(file.fileno())
-        self._known[ledger] = ((stat.st_ino, stat.st_size), int(line["end"]))
+        self._known[ledger] = (_identity(stat), int(line["end"]))
 
     def _rewrite(self, ledger: Path, lines: list[dict[str, Any]]) -> None:
         text = b"".join((json.dumps(x, separators=(",", ":")) + "\n").encode() for x in lines)
         write_atomically(ledger, text)
         stat = ledger.stat()
-        self._known[ledger] = ((stat.st_ino, stat.st_size), int(lines[-1]["end"]))
+        self._known[ledger] = (_identity(stat), int(lines[-1]["end"]))
 
     def _data_files(self, folder: Path) -> list[Path]:
         if not folder.is_dir():

@@ -136,7 +136,7 @@ def test_killed_inserts_into_a_keyed_postgres_table_land_exactly_once(
     def delivered() -> list[int]:
         return [int(r[0]) for r in pg.rows(columns="id")]
 
-    kill_repeatedly(project, delivered, lambda: pg.count())
+    kill_repeatedly(project, delivered, lambda: pg.count(), linger=0.15)
     finish_and_compare(project, delivered)
 
 
@@ -156,7 +156,7 @@ def test_killed_inserts_into_a_keyless_postgres_table_land_exactly_once(
     def delivered() -> list[int]:
         return [int(r[0]) for r in pg.rows("events", columns="id")]
 
-    kill_repeatedly(project, delivered, lambda: pg.count("events"))
+    kill_repeatedly(project, delivered, lambda: pg.count("events"), linger=0.15)
     finish_and_compare(project, delivered)
 
 
@@ -215,13 +215,13 @@ def test_killed_inserts_into_a_keyed_mariadb_table_land_exactly_once(
         default_destination="maria",
         default_object=maria_table,
     )
-    project.write_sync(mode="insert", batch_size=BATCH_SIZE)
+    project.write_sync(mode="insert", batch_size=BATCH_SIZE // 2)
     make_source(project)
 
     def delivered() -> list[int]:
         return [int(r[0]) for r in maria.rows(maria_table, "id")]
 
-    kill_repeatedly(project, delivered, lambda: len(delivered()))
+    kill_repeatedly(project, delivered, lambda: len(delivered()), linger=0.05)
     finish_and_compare(project, delivered)
 
 
