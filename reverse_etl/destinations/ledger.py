@@ -7,6 +7,17 @@ batch applied, and the keys it deleted). If retl is killed after the commit but 
 recorded the batch, the next run reads the ledger back (`Destination.recover_markers`), writes
 those acknowledgements into state, and only then plans: nothing is lost and nothing is sent
 twice, keyless tables included (Kafka Connect sinks commit offsets with the data the same way).
+
+Where each kind of destination keeps its markers:
+- PostgreSQL (`postgres`): `retl_deliveries` in the schema of the table written to, created on
+  first use (`PostgresLedger`); markers are read back from every schema holding one.
+- SQLAlchemy databases (`sql`): `retl_deliveries` in the URL's database (`SqlLedger`); a batch
+  bisected over several transactions commits one row per transaction (`part`).
+- Files (`file`): appends commit with a line of a sidecar ledger `.<file>.retl-ledger`
+  (`AppendLedger`); Parquet parts with a `.<part>.retl-marker` written before the part is
+  renamed into place (`PartMarkers`).
+A marker also answers, within a run, whether a batch whose answer was lost was applied
+(`resolved`).
 """
 
 from __future__ import annotations
