@@ -302,6 +302,7 @@ class SqlDestination(TableDestination[_Table]):
         went through (its delivery marker is there), so the work is not done twice."""
         last: Exception | None = None
         tried = False
+        maybe_committed = False  # an attempt failed once its work was done: at COMMIT
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(self.retry_wait_seconds * 2 ** (attempt - 1))
@@ -310,17 +311,27 @@ class SqlDestination(TableDestination[_Table]):
             except sa.exc.DBAPIError as exc:
                 last = exc
                 continue
+            committing = False
             try:
                 with conn, conn.begin():
                     if tried and committed is not None:
                         committed(conn)
+                        maybe_committed = False  # its marker is not there: it did not commit
                     tried = True
-                    return work(conn)
+                    result = work(conn)
+                    committing = True
+                return result
             except sa.exc.DBAPIError as exc:
                 if not (exc.connection_invalidated or self._is_conflict(exc)):
                     raise
+                maybe_committed = maybe_committed or committing
                 last = exc
         detail = _first_lines(str(getattr(last, "orig", None) or last))
+        if maybe_committed and committed is not None:  # a write whose marker tells
+            raise _InDoubt(
+                f"the connection to destination '{self.name}' was lost while a transaction was "
+                f"committing, and the database could not be asked whether it did: {detail}"
+            ) from last
         raise DestinationError(
             f"cannot use destination '{self.name}' ({self._where}): {detail}",
             hint="check the destination url and that the database is running and reachable",
@@ -444,6 +455,13 @@ class SqlDestination(TableDestination[_Table]):
             if unstorable:
                 return self._deliver_without(batch, unstorable)
         try:
+            return self._deliver_checked(batch, table, names)
+        except _InDoubt as exc:
+            # Not "rolled back": the COMMIT may have gone through. The ledger tells (resolve).
+            return BatchResult(in_doubt=dict.fromkeys(range(batch.size), exc.message))
+
+    def _deliver_checked(self, batch: Batch, table: _Table, names: list[str]) -> BatchResult:
+        try:
             if self._bulk_load and all(
                 mysql_load.loadable(batch.records.column(n).type) for n in names
             ):
@@ -564,7 +582,10 @@ class SqlDestination(TableDestination[_Table]):
         except sa.exc.DBAPIError as exc:
             if exc.connection_invalidated and batch.marker is not None:
                 marker = batch.marker  # the COMMIT may have gone through: the ledger tells
-                entries = self._in_transaction(lambda conn: self._ledger.find(conn, marker, 0))
+                try:
+                    entries = self._in_transaction(lambda c: self._ledger.find(c, marker, 0))
+                except DestinationError as lost:
+                    raise _InDoubt(lost.message) from exc
                 if entries:
                     return ledger.resolved(marker, entries)
             if self.is_record_error(exc) or exc.connection_invalidated or self._is_conflict(exc):
@@ -1037,6 +1058,10 @@ def _load_file(
 
 class _NotLoadedExactly(Exception):
     """LOAD DATA changed a value of the batch: its transaction is rolled back."""
+
+
+class _InDoubt(DestinationError):
+    """A transaction's COMMIT was sent, its answer lost, and the database cannot be asked."""
 
 
 class _AlreadyCommitted(Exception):

@@ -85,17 +85,21 @@ def count(pg: psycopg.Connection[tuple[Any, ...]], table: str) -> int:
     return int(row[0])
 
 
+# A COMMIT as each wire protocol sends it: a PostgreSQL simple Query message, a MySQL COM_QUERY.
+PG_COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+MYSQL_COMMIT = b"\x07\x00\x00\x00\x03COMMIT"
+
+
 class CommitCutter:
-    """A loopback TCP proxy to PostgreSQL that, once, forwards a COMMIT to the server and then
-    drops the connection before the server's answer reaches the client: the client cannot
+    """A loopback TCP proxy to a database server that, once, forwards a COMMIT to the server and
+    then drops the connection before the server's answer reaches the client: the client cannot
     tell whether the transaction committed. `refuse_after` also stops accepting connections
     after the cut (the server looks unreachable)."""
 
-    # A simple-protocol Query message holding exactly "COMMIT".
-    COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
-
-    def __init__(self, host: str, port: int, refuse_after: bool = False) -> None:
+    def __init__(self, host: str, port: int, commit: bytes, refuse_after: bool = False) -> None:
         self.target = (host, port)
+        self.commit = commit
+        self.armed = True  # False: COMMITs pass until it is set
         self.refuse_after = refuse_after
         self.cuts = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -122,7 +126,7 @@ class CommitCutter:
     ) -> None:
         try:
             while data := client.recv(65536):
-                if self.cuts == 0 and self.COMMIT in data:
+                if self.armed and self.cuts == 0 and self.commit in data:
                     self.cuts += 1
                     state["cut"] = True  # nothing of the answer goes back
                     server.sendall(data)
@@ -158,7 +162,7 @@ class CommitCutter:
 def cutter(postgres_url: str, refuse_after: bool = False) -> CommitCutter:
     info = conninfo_to_dict(postgres_url)
     return CommitCutter(
-        str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432), refuse_after
+        str(info.get("host") or "127.0.0.1"), int(info.get("port") or 5432), PG_COMMIT, refuse_after
     )
 
 
@@ -430,3 +434,62 @@ def test_a_file_batch_in_doubt_is_resolved_from_its_marker(tmp_path: Path) -> No
 
     assert published.accepted == {0, 1}
     assert set(never.retry) == {0}
+
+
+@pytest.fixture
+def maria_events(mysql_url: str) -> Iterator[str]:
+    engine = sa.create_engine(mysql_url)
+    table = f"events_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {table} (id INTEGER, score INTEGER)")
+    yield table
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {table}")
+    engine.dispose()
+
+
+def maria_count(mysql_url: str, table: str) -> int:
+    engine = sa.create_engine(mysql_url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
+    finally:
+        engine.dispose()
+
+
+def maria_destination(url: str, tmp_path: Path) -> Destination:
+    dest = build_destination("app_db", {"type": "sql", "url": url}, tmp_path)
+    dest.retry_wait_seconds = 0.01  # type: ignore[attr-defined]
+    return dest
+
+
+@pytest.mark.mysql
+@pytest.mark.parametrize("reachable_again", [True, False])
+def test_a_lost_mysql_commit_is_read_from_the_ledger_or_left_in_doubt_never_applied_twice(
+    mysql_url: str, maria_events: str, tmp_path: Path, reachable_again: bool
+) -> None:
+    url = sa.make_url(mysql_url)
+    proxy = CommitCutter(
+        url.host or "127.0.0.1", url.port or 3306, MYSQL_COMMIT, refuse_after=not reachable_again
+    )
+    proxy.armed = False  # opening, reading the table and the first batch commit as usual
+    batch = marked(maria_events, "insert", None, seq=2, id=[1, 2, 3], score=[1, 2, 3])
+    try:
+        with maria_destination(url.set(port=proxy.port).render_as_string(False), tmp_path) as dest:
+            dest.deliver(marked(maria_events, "insert", None, id=[0], score=[0]))
+            proxy.armed = True
+            result = dest.deliver(batch)
+    finally:
+        proxy.close()
+
+    assert proxy.cuts == 1
+    if reachable_again:  # the retried transaction found its marker: applied once
+        assert result.accepted == {0, 1, 2} and not result.in_doubt
+    else:  # not "failed": the COMMIT may have landed (it did)
+        assert set(result.in_doubt) == {0, 1, 2} and not result.accepted
+        assert "while a transaction was committing" in result.in_doubt[0]
+        with maria_destination(mysql_url, tmp_path) as direct:
+            assert direct.resolve(batch).accepted == {0, 1, 2}
+    assert maria_count(mysql_url, maria_events) == 4
+    with maria_destination(mysql_url, tmp_path) as direct:
+        direct.forget_markers("contacts", "target-digest")
