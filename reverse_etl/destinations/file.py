@@ -5,6 +5,14 @@ timestamp>.<ext>`, one file per run. Parquet files cannot be appended to, so eac
 a part file `<path>/<object>/<run timestamp>-<n>.parquet` (written aside, then renamed). Every
 batch is flushed and fsync'ed before `deliver` returns, because the run then marks its rows as
 delivered. Files accept every record: nothing is rejected, and I/O errors are DestinationErrors.
+
+Exactly once (SPEC §6.4): a batch is published atomically with its delivery marker, so a run
+killed at any instant neither loses nor repeats one (ledger.py has the details). An appended
+batch is committed by the line a sidecar ledger `.<file>.retl-ledger` gains after the fsync'ed
+append, recording where the committed bytes end; bytes past that (an append a kill cut short or
+left unrecorded) are cut off before the next append and when a run starts. A Parquet part's
+marker `.<part>.retl-marker` is written before the part is renamed into place; the rename
+commits both. A run reads the markers back into state before it plans, then removes them.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from reverse_etl.destinations import ledger
 from reverse_etl.destinations.base import (
     Batch,
     BatchResult,
@@ -160,7 +169,11 @@ class FileDestination(Destination):
     """One folder of CSV / JSON Lines / Parquet files; the object is the file name stem."""
 
     options_model = FileOptions
-    capabilities = Capabilities(default_batch_size=10_000)
+    capabilities = Capabilities(
+        guarantee="exactly-once",
+        resolves=True,  # a batch's marker tells whether it was published
+        default_batch_size=10_000,
+    )
     options: FileOptions
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -170,6 +183,8 @@ class FileDestination(Destination):
         self._stamp: str | None = None
         self._run_files: dict[str, Path] = {}
         self._schemas: dict[str, pa.Schema] = {}
+        self._ledger = ledger.AppendLedger()
+        self._parts = ledger.PartMarkers()
 
     @property
     def extension(self) -> str:
@@ -331,29 +346,65 @@ class FileDestination(Destination):
             action = pa.array([batch.action] * batch.size, pa.string())
             records = records.add_column(0, ACTION_COLUMN, action)
         target = self._target(batch.object)
+        result = BatchResult.committed(batch.size)
+        marker, accepted = batch.marker, result.accepted
         try:
             if self.options.format == "parquet":
-                self._write_part(target, records)
+                self._write_part(target, records, batch)
             elif self.options.format == "csv":
-                self._append_csv(target, batch.object, records)
+                self._ledger.append(
+                    target,
+                    lambda end: self._csv_data(target, batch.object, records, end == 0),
+                    marker,
+                    accepted,
+                )
             else:
-                self._append(target, _jsonl(records))
+                self._ledger.append(target, lambda _: _jsonl(records), marker, accepted)
         except OSError as exc:
             raise DestinationError(f"cannot write {target}: {exc.strerror or exc}") from exc
-        return BatchResult.committed(batch.size)
+        return result
 
-    @staticmethod
-    def _append(path: Path, data: bytes) -> None:
-        new = not path.exists()
-        with path.open("ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if new:
-            _fsync_dir(path.parent)
+    def resolve(self, batch: Batch) -> BatchResult:
+        """Records in doubt: their batch was published exactly when its marker is there. Those
+        an earlier run left in doubt carry no marker: that run's markers were read back into
+        state before this run planned, so they were not published."""
+        if batch.marker is None:
+            if batch.run_id is None:
+                return super().resolve(batch)
+            why = "not applied: no delivery marker of its batch was found next to the files"
+            return BatchResult(retry=dict.fromkeys(range(batch.size), why))
+        marker = batch.marker
+        entries = [
+            e
+            for e in self.recover_markers(marker.sync, marker.target)
+            if (e.run_id, e.seq) == (marker.run_id, marker.seq)
+        ]
+        return ledger.resolved(marker, entries)
 
-    def _append_csv(self, path: Path, object: str, records: pa.Table) -> None:
-        new = not path.exists() or path.stat().st_size == 0
+    def recover_markers(self, sync: str, target: str) -> list[ledger.LedgerEntry]:
+        try:
+            if self.options.format == "parquet":
+                return self._parts.read(self.folder, sync, target)
+            return self._ledger.read(self.folder, sync, target)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot read the delivery markers under {self.folder}: {exc.strerror or exc}"
+            ) from exc
+
+    def forget_markers(self, sync: str, target: str) -> None:
+        try:
+            if self.options.format == "parquet":
+                self._parts.forget(self.folder, sync, target)
+            else:
+                drop = self.options.write == "per_run"  # no run appends to the file again
+                self._ledger.forget(self.folder, sync, target, drop_empty=drop)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot remove the delivery markers under {self.folder}: {exc.strerror or exc}"
+            ) from exc
+
+    def _csv_data(self, path: Path, object: str, records: pa.Table, new: bool) -> bytes:
+        """The batch as CSV lines for `path` (with the header when the file is empty)."""
         if new:
             header = list(records.column_names)
             planned = self._schemas.get(object)
@@ -374,9 +425,9 @@ class FileDestination(Destination):
             records.column(n) if n in records.column_names else pa.nulls(records.num_rows)
             for n in header
         ]
-        self._append(path, _csv(pa.table(columns, names=header), header=new))
+        return _csv(pa.table(columns, names=header), header=new)
 
-    def _write_part(self, folder: Path, records: pa.Table) -> None:
+    def _write_part(self, folder: Path, records: pa.Table, batch: Batch) -> None:
         n = 1
         while (folder / f"{self.run_stamp}-{n:05d}.parquet").exists():
             n += 1
@@ -386,5 +437,4 @@ class FileDestination(Destination):
             pq.write_table(records, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(partial, final)
-        _fsync_dir(folder)
+        self._parts.publish(partial, final, batch.marker, range(batch.size))

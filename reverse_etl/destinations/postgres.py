@@ -7,6 +7,12 @@ set-based statement per action that casts every column to the target column's ty
 ordinal range inside savepoints (no second COPY); once a failing range is small, a temporary
 PL/pgSQL function tries its records one by one on the server. The other records land and each
 failing one is reported with the database's message. One transaction (commit) per batch.
+
+Exactly once (SPEC §6.4): every path (straight COPY, stage + statement, savepoint bisection)
+inserts the batch's delivery marker into `retl_deliveries` (in the target table's schema,
+created on first use; ledger.py) in the batch's own transaction, so the marker exists exactly
+when the batch committed. When the answer to a COMMIT is lost, the batch is in doubt until the
+ledger is read: the next attempt (or `resolve`) finds its marker (applied) or not (send again).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from reverse_etl.destinations import ledger
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -292,7 +299,11 @@ class PostgresDestination(TableDestination[_Table]):
 
     options_model = PostgresOptions
     capabilities = Capabilities(
-        default_batch_size=50_000, max_batch_size=200_000, concurrent_batches=2
+        guarantee="exactly-once",
+        resolves=True,  # through the delivery ledger: a batch in doubt committed or not
+        default_batch_size=50_000,
+        max_batch_size=200_000,
+        concurrent_batches=2,
     )
     options: PostgresOptions
 
@@ -304,6 +315,10 @@ class PostgresDestination(TableDestination[_Table]):
         super().__init__(*args, **kwargs)
         self._conn: Connection | None = None
         self._conninfo = normalise_url(self.options.url)
+        self._ledger = ledger.PostgresLedger()
+        # Set when a batch's COMMIT has been sent: a connection lost from then on leaves the
+        # batch in doubt (it may have committed), not rolled back.
+        self._committing = False
 
     @classmethod
     def object_problem(cls, object: str) -> tuple[str, str | None] | None:
@@ -411,7 +426,8 @@ class PostgresDestination(TableDestination[_Table]):
             ORDER BY 1, 2
             """
         )
-        return [f"{schema}.{name}" for schema, name in rows]
+        # retl's own delivery ledger is no object to sync to
+        return [f"{schema}.{name}" for schema, name in rows if name != ledger.LEDGER_TABLE]
 
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:
@@ -516,21 +532,35 @@ class PostgresDestination(TableDestination[_Table]):
     def deliver(self, batch: Batch) -> BatchResult:
         if batch.size == 0:
             return BatchResult()
+        doubt: str | None = None  # why the last attempt may have committed
         try:
             for attempt in self._retrying():
                 with attempt:
-                    if self._copies_straight(batch):
-                        try:
-                            return self._copy_straight(batch)
-                        except _StageRefused:
-                            pass  # a record the table refuses: the stage path isolates it
+                    if doubt is not None:
+                        if batch.marker is None:
+                            if batch.action == "insert":  # sent again, it could be repeated
+                                return BatchResult(in_doubt=dict.fromkeys(range(batch.size), doubt))
+                        else:
+                            entries = self._markers_of(batch)
+                            if entries:
+                                return ledger.resolved(batch.marker, entries)
+                        doubt = None  # not committed: the batch is sent again
                     try:
-                        return self._deliver_once(batch, typed_stage=True)
-                    except _StageRefused:
-                        # A value pyarrow rendered that its own type refuses (a year out of
-                        # range...): stage everything as text so the record can be isolated.
-                        return self._deliver_once(batch, typed_stage=False)
+                        return self._deliver_attempt(batch)
+                    except psycopg.Error as exc:
+                        if self._committing and _is_transient(exc):
+                            doubt = (
+                                "the connection was lost while the batch was committing: "
+                                f"{_first_line(exc)}"
+                            )
+                        raise
+        except DestinationError:
+            if doubt is not None:  # cannot reconnect to check: the batch stays in doubt
+                return BatchResult(in_doubt=dict.fromkeys(range(batch.size), doubt))
+            raise
         except psycopg.Error as exc:
+            if _is_transient(exc) and doubt is not None:
+                return BatchResult(in_doubt=dict.fromkeys(range(batch.size), doubt))
             if _is_transient(exc):
                 raise DestinationError(
                     f"lost the connection to PostgreSQL destination '{self.name}' at "
@@ -541,6 +571,76 @@ class PostgresDestination(TableDestination[_Table]):
                 f"PostgreSQL destination '{self.name}' failed on {batch.object}: {db_message(exc)}"
             ) from exc
         raise AssertionError("unreachable")
+
+    def _deliver_attempt(self, batch: Batch) -> BatchResult:
+        """One attempt at the batch, in one transaction with its marker (if any)."""
+        self._committing = False
+        if batch.marker is not None:
+            self._ledger.ensure(self._connection(), self._table(batch.object).schema, self.name)
+        if self._copies_straight(batch):
+            try:
+                return self._copy_straight(batch)
+            except _StageRefused:
+                pass  # a record the table refuses: the stage path isolates it
+        try:
+            return self._deliver_once(batch, typed_stage=True)
+        except _StageRefused:
+            # A value pyarrow rendered that its own type refuses (a year out of range...):
+            # stage everything as text so the record can be isolated.
+            return self._deliver_once(batch, typed_stage=False)
+
+    def _commit_with_marker(self, cur: Cursor, batch: Batch, result: BatchResult) -> None:
+        """The last statement of a batch's transaction: its marker, for the records applied."""
+        if batch.marker is not None:
+            schema = self._table(batch.object).schema
+            self._ledger.write(cur, schema, batch.marker, result.accepted)
+        self._committing = True  # the transaction's block ends here: COMMIT is sent next
+
+    def _markers_of(self, batch: Batch) -> list[ledger.LedgerEntry]:
+        """The ledger rows of the batch's marker (psycopg errors pass through)."""
+        assert batch.marker is not None
+        schema = self._table(batch.object).schema
+        return self._ledger.find(self._connection(), schema, batch.marker)
+
+    def resolve(self, batch: Batch) -> BatchResult:
+        """Records in doubt: their batch committed exactly when its marker is in the ledger.
+        Records an earlier run left in doubt carry no marker: that run's markers were already
+        read back into state before this run planned, so these were not committed."""
+        if batch.marker is None:
+            if batch.run_id is None:
+                return super().resolve(batch)
+            why = "not applied: no delivery marker of its batch was found in the destination"
+            return BatchResult(retry=dict.fromkeys(range(batch.size), why))
+        try:
+            return ledger.resolved(batch.marker, self._markers_of(batch))
+        except psycopg.Error as exc:
+            raise DestinationError(
+                f"cannot read the delivery ledger of PostgreSQL destination '{self.name}': "
+                f"{db_message(exc)}"
+            ) from exc
+
+    def recover_markers(self, sync: str, target: str) -> list[ledger.LedgerEntry]:
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    return self._ledger.read(self._connection(), sync, target)
+        except psycopg.Error as exc:
+            raise DestinationError(
+                f"cannot read the delivery ledger of PostgreSQL destination '{self.name}': "
+                f"{db_message(exc)}"
+            ) from exc
+        raise AssertionError("unreachable")
+
+    def forget_markers(self, sync: str, target: str) -> None:
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    self._ledger.forget(self._connection(), sync, target)
+        except psycopg.Error as exc:
+            raise DestinationError(
+                f"cannot clean the delivery ledger of PostgreSQL destination '{self.name}': "
+                f"{db_message(exc)}"
+            ) from exc
 
     def _copies_straight(self, batch: Batch) -> bool:
         """A first load (empty state) of insert or upsert records into a plain table that was
@@ -569,9 +669,12 @@ class PostgresDestination(TableDestination[_Table]):
         names = self._batch_columns(batch, table)
         stage, unstageable = _stage_records(batch.records, [table.columns[n] for n in names])
         conn = self._connection()
+        self._committing = False
+        result = BatchResult.committed(batch.size, unstageable)
         try:
             with conn.transaction(), conn.cursor() as cur:
                 _copy(cur, stage.drop_columns([_ORD]), table.ident, names)
+                self._commit_with_marker(cur, batch, result)
         except psycopg.Error as exc:
             if conn.broken:
                 self._conn = None
@@ -581,7 +684,7 @@ class PostgresDestination(TableDestination[_Table]):
                 # Not allowed here (row-level security, rules...): this run takes the stage path.
                 self._stop_loading_straight(batch)
             raise _StageRefused from exc
-        return BatchResult.committed(batch.size, unstageable)
+        return result
 
     def _deliver_once(self, batch: Batch, typed_stage: bool) -> BatchResult:
         table = self._table(batch.object)
@@ -593,6 +696,7 @@ class PostgresDestination(TableDestination[_Table]):
         ]
         stage, unstageable = _stage_records(batch.records, columns)
         conn = self._connection()
+        self._committing = False
         run = _StatementRun(conn, batch, table, columns)
         run.rejected.update(unstageable)
         try:
@@ -615,15 +719,19 @@ class PostgresDestination(TableDestination[_Table]):
                     raise
                 if stage.num_rows:
                     run.apply(cur, 0, batch.size - 1)
+                missing = [
+                    o for o in range(batch.size) if o not in run.found and o not in run.rejected
+                ]
+                if batch.action == "update":
+                    run.rejected.update(not_found(batch, table, missing))
+                absent = len(missing) if batch.action == "delete" else 0
+                result = BatchResult.committed(batch.size, run.rejected, absent=absent)
+                self._commit_with_marker(cur, batch, result)
         except BaseException:
             if conn.broken:
                 self._conn = None
             raise
-        missing = [o for o in range(batch.size) if o not in run.found and o not in run.rejected]
-        if batch.action == "update":
-            run.rejected.update(not_found(batch, table, missing))
-        absent = len(missing) if batch.action == "delete" else 0
-        return BatchResult.committed(batch.size, run.rejected, absent=absent)
+        return result
 
 
 class _StageRefused(Exception):

@@ -12,6 +12,13 @@ UPDATE, UPDATE ... JOIN, DELETE ... JOIN), bisecting the stage's ordinal range i
 when it fails on some records; one transaction per batch. A batch whose load needed any value
 changed (LOAD DATA only warns) is sent with executemany instead, so a bad value is rejected with
 the database's message, never stored altered. Sessions run in strict mode (STRICT_ALL_TABLES).
+
+Exactly once (SPEC §6.4): every transaction that applies records of a batch also inserts the
+batch's delivery marker into `retl_deliveries` (created on first use in the URL's database;
+ledger.py) for exactly those records: one row per batch for LOAD DATA (savepoints inside one
+transaction), one per committed range when executemany or DuckDB bisect a batch over several
+transactions. A transaction retried after a lost connection first looks for its marker, so a
+COMMIT whose answer was lost is never applied twice.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from reverse_etl.destinations import ledger
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -214,7 +222,11 @@ class SqlDestination(TableDestination[_Table]):
     """Tables of any database SQLAlchemy can reach; objects are `table` or `schema.table`."""
 
     options_model = SqlOptions
-    capabilities = Capabilities(default_batch_size=5_000)
+    capabilities = Capabilities(
+        guarantee="exactly-once",
+        resolves=True,  # through the delivery ledger: a batch in doubt committed or not
+        default_batch_size=5_000,
+    )
     options: SqlOptions
 
     attempts: ClassVar[int] = 3
@@ -230,6 +242,7 @@ class SqlDestination(TableDestination[_Table]):
             and self._url.get_driver_name() == "pymysql"
         )
         self._stage_columns: dict[str, dict[str, mysql_load.StageColumn]] = {}
+        self._ledger = ledger.SqlLedger()
 
     def default_batch_size(self) -> int:
         # LOAD DATA pays per statement, not per row: 50,000 rows a batch came within 1.13-1.23x
@@ -279,9 +292,17 @@ class SqlDestination(TableDestination[_Table]):
         if engine is not None:
             engine.dispose()
 
-    def _in_transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
-        """Run `work` in a fresh transaction; reconnect and retry when the connection fails."""
+    def _in_transaction(
+        self,
+        work: Callable[[sa.Connection], _T],
+        committed: Callable[[sa.Connection], None] | None = None,
+    ) -> _T:
+        """Run `work` in a fresh transaction; reconnect and retry when the connection fails.
+        Before a retry, `committed` may raise _AlreadyCommitted: the failed attempt's COMMIT
+        went through (its delivery marker is there), so the work is not done twice."""
         last: Exception | None = None
+        tried = False
+        maybe_committed = False  # an attempt failed once its work was done: at COMMIT
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(self.retry_wait_seconds * 2 ** (attempt - 1))
@@ -290,14 +311,27 @@ class SqlDestination(TableDestination[_Table]):
             except sa.exc.DBAPIError as exc:
                 last = exc
                 continue
+            committing = False
             try:
                 with conn, conn.begin():
-                    return work(conn)
+                    if tried and committed is not None:
+                        committed(conn)
+                        maybe_committed = False  # its marker is not there: it did not commit
+                    tried = True
+                    result = work(conn)
+                    committing = True
+                return result
             except sa.exc.DBAPIError as exc:
                 if not (exc.connection_invalidated or self._is_conflict(exc)):
                     raise
+                maybe_committed = maybe_committed or committing
                 last = exc
         detail = _first_lines(str(getattr(last, "orig", None) or last))
+        if maybe_committed and committed is not None:  # a write whose marker tells
+            raise _InDoubt(
+                f"the connection to destination '{self.name}' was lost while a transaction was "
+                f"committing, and the database could not be asked whether it did: {detail}"
+            ) from last
         raise DestinationError(
             f"cannot use destination '{self.name}' ({self._where}): {detail}",
             hint="check the destination url and that the database is running and reachable",
@@ -347,9 +381,11 @@ class SqlDestination(TableDestination[_Table]):
             return names
 
         try:
-            return self._in_transaction(read)
+            names = self._in_transaction(read)
         except sa.exc.DBAPIError as exc:
             raise self._failed(exc, "listing tables") from exc
+        # retl's own delivery ledger is no object to sync to
+        return [n for n in names if n.rpartition(".")[2] != ledger.LEDGER_TABLE]
 
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:
@@ -412,10 +448,19 @@ class SqlDestination(TableDestination[_Table]):
             return BatchResult()
         table = self._table(batch.object)
         names = self._batch_columns(batch, table)
+        if batch.marker is not None:
+            self._ensure_ledger()
         if self.dialect in ("mysql", "mariadb"):
             unstorable = _non_finite_rows(batch.records.select(names))
             if unstorable:
                 return self._deliver_without(batch, unstorable)
+        try:
+            return self._deliver_checked(batch, table, names)
+        except _InDoubt as exc:
+            # Not "rolled back": the COMMIT may have gone through. The ledger tells (resolve).
+            return BatchResult(in_doubt=dict.fromkeys(range(batch.size), exc.message))
+
+    def _deliver_checked(self, batch: Batch, table: _Table, names: list[str]) -> BatchResult:
         try:
             if self._bulk_load and all(
                 mysql_load.loadable(batch.records.column(n).type) for n in names
@@ -447,6 +492,7 @@ class SqlDestination(TableDestination[_Table]):
             [batch.ids[i] for i in kept] if batch.ids is not None else None,
             batch.run_id,
             batch.first_load,
+            ledger.part_marker(batch.marker, kept),
         )
         result = self.deliver(rest)
         rejected = {**rejected, **{kept[i]: m for i, m in result.rejected.items()}}
@@ -479,10 +525,16 @@ class SqlDestination(TableDestination[_Table]):
                 raise _NotLoadedExactly
             run.apply(0, batch.size)
             conn.exec_driver_sql(f"DROP TEMPORARY TABLE {mysql_load.quote(_STAGE)}")
+            if batch.marker is not None:
+                failed = run.rejected.keys() | (run.missing if batch.action == "update" else ())
+                applied = [i for i in range(batch.size) if i not in failed]
+                self._ledger.write(conn, batch.marker, applied)
             return run
 
         try:
-            run = self._in_transaction(load)
+            run = self._in_transaction(load, self._committed_check(batch, 0))
+        except _AlreadyCommitted as done:
+            return done.result(batch)
         except _NotLoadedExactly:
             return None
         except sa.exc.DBAPIError as exc:
@@ -525,7 +577,17 @@ class SqlDestination(TableDestination[_Table]):
                 if loaded != records.num_rows or not exact:
                     transaction.rollback()
                     return None
+                if batch.marker is not None:
+                    self._ledger.write(conn, batch.marker, range(batch.size))
         except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated and batch.marker is not None:
+                marker = batch.marker  # the COMMIT may have gone through: the ledger tells
+                try:
+                    entries = self._in_transaction(lambda c: self._ledger.find(c, marker, 0))
+                except DestinationError as lost:
+                    raise _InDoubt(lost.message) from exc
+                if entries:
+                    return ledger.resolved(marker, entries)
             if self.is_record_error(exc) or exc.connection_invalidated or self._is_conflict(exc):
                 return None  # the stage path retries, isolates or reports it
             code = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
@@ -555,6 +617,64 @@ class SqlDestination(TableDestination[_Table]):
                 for r in self._in_transaction(read)
             }
         return self._stage_columns[key]
+
+    # -- delivery markers -------------------------------------------------------------------
+
+    def _ensure_ledger(self) -> None:
+        if self._ledger.ready:
+            return
+        try:
+            self._in_transaction(self._ledger.ensure)
+        except sa.exc.DBAPIError as exc:
+            statement = self._in_transaction(self._ledger.create_statement)
+            raise DestinationError(
+                f"destination '{self.name}' cannot create its delivery ledger "
+                f"{ledger.LEDGER_TABLE} (how retl records what each batch committed, so that a "
+                f"killed run neither loses nor repeats a batch): {self._message(exc)}",
+                hint=f"have the database's owner run: {' '.join(statement.split())}; then "
+                f"grant SELECT, INSERT, DELETE on {ledger.LEDGER_TABLE} to the destination's user",
+            ) from exc
+
+    def _committed_check(self, batch: Batch, part: int) -> Callable[[sa.Connection], None] | None:
+        """The check `_in_transaction` runs before retrying the transaction of a batch's `part`."""
+        marker = batch.marker
+        if marker is None:
+            return None
+
+        def check(conn: sa.Connection) -> None:
+            entries = self._ledger.find(conn, marker, part)
+            if entries:
+                raise _AlreadyCommitted(entries)
+
+        return check
+
+    def resolve(self, batch: Batch) -> BatchResult:
+        """Records in doubt: applied exactly when a marker of their batch lists them. Records
+        an earlier run left in doubt carry no marker: that run's markers were read back into
+        state before this run planned, so these were not applied."""
+        marker = batch.marker
+        if marker is None:
+            if batch.run_id is None:
+                return super().resolve(batch)
+            why = "not applied: no delivery marker of its batch was found in the destination"
+            return BatchResult(retry=dict.fromkeys(range(batch.size), why))
+        try:
+            entries = self._in_transaction(lambda conn: self._ledger.find(conn, marker))
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, "reading its delivery ledger") from exc
+        return ledger.resolved(marker, entries)
+
+    def recover_markers(self, sync: str, target: str) -> list[ledger.LedgerEntry]:
+        try:
+            return self._in_transaction(lambda conn: self._ledger.read(conn, sync, target))
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, "reading its delivery ledger") from exc
+
+    def forget_markers(self, sync: str, target: str) -> None:
+        try:
+            self._in_transaction(lambda conn: self._ledger.forget(conn, sync, target))
+        except sa.exc.DBAPIError as exc:
+            raise self._failed(exc, "cleaning its delivery ledger") from exc
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -737,13 +857,32 @@ class _Run:
         """Apply rows lo..hi-1; for update, return how many of them matched a record."""
         raise NotImplementedError
 
-    def transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+    # Whether each range commits on its own, with its own delivery marker (part = its first
+    # row); False when ranges are savepoints of the batch's one transaction.
+    marks_ranges = True
+
+    def transaction(
+        self,
+        work: Callable[[sa.Connection], _T],
+        committed: Callable[[sa.Connection], None] | None = None,
+    ) -> _T:
         """Run `work` so that a failure undoes exactly its own changes."""
-        return self.dest._in_transaction(work)
+        return self.dest._in_transaction(work, committed)
+
+    def _range(self, conn: sa.Connection, lo: int, hi: int) -> int | None:
+        """Apply rows lo..hi-1 and, when each of them was applied, commit their marker."""
+        matched = self.execute(conn, lo, hi)
+        marker = self.batch.marker
+        if self.marks_ranges and marker is not None and (matched is None or matched == hi - lo):
+            self.dest._ledger.write(conn, marker, range(lo, hi), part=lo)
+        return matched
 
     def apply(self, lo: int, hi: int) -> None:
+        committed = self.dest._committed_check(self.batch, lo) if self.marks_ranges else None
         try:
-            matched = self.transaction(lambda conn: self.execute(conn, lo, hi))
+            matched = self.transaction(lambda conn: self._range(conn, lo, hi), committed)
+        except _AlreadyCommitted:
+            return  # the lost COMMIT went through: every row of the range was applied
         except sa.exc.DBAPIError as exc:
             if not self.dest.is_record_error(exc):
                 raise
@@ -822,11 +961,18 @@ class _ExecuteManyRun(_Run):
         for row in rows:
             params = self.params[row]
 
-            def insert_one(conn: sa.Connection, params: dict[str, Any] = params) -> None:
+            def insert_one(
+                conn: sa.Connection, params: dict[str, Any] = params, row: int = row
+            ) -> None:
                 conn.execute(insert, params)
+                if self.batch.marker is not None:  # parts after the batch's own rows
+                    self.dest._ledger.write(conn, self.batch.marker, [row], self.batch.size + row)
 
+            part = self.batch.size + row
             try:
-                self.dest._in_transaction(insert_one)
+                self.dest._in_transaction(insert_one, self.dest._committed_check(self.batch, part))
+            except _AlreadyCommitted:
+                continue
             except sa.exc.DBAPIError as exc:
                 if not self.dest.is_record_error(exc):
                     raise
@@ -914,6 +1060,22 @@ class _NotLoadedExactly(Exception):
     """LOAD DATA changed a value of the batch: its transaction is rolled back."""
 
 
+class _InDoubt(DestinationError):
+    """A transaction's COMMIT was sent, its answer lost, and the database cannot be asked."""
+
+
+class _AlreadyCommitted(Exception):
+    """A transaction retried after a lost connection had committed: its marker is there."""
+
+    def __init__(self, entries: list[ledger.LedgerEntry]) -> None:
+        super().__init__("already committed")
+        self.entries = entries
+
+    def result(self, batch: Batch) -> BatchResult:
+        assert batch.marker is not None
+        return ledger.resolved(batch.marker, self.entries)
+
+
 class _LoadDataRun(_Run):
     """MySQL/MariaDB: the batch loaded into a temporary stage with LOAD DATA LOCAL INFILE, then
     one statement per ordinal range, each inside a savepoint of the batch's transaction."""
@@ -955,7 +1117,13 @@ class _LoadDataRun(_Run):
             self.missing = sorted(int(r[0]) for r in conn.exec_driver_sql(self.missing_query))
         return True
 
-    def transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+    marks_ranges = False  # savepoints: the batch's one marker is written by `load`
+
+    def transaction(
+        self,
+        work: Callable[[sa.Connection], _T],
+        committed: Callable[[sa.Connection], None] | None = None,
+    ) -> _T:
         with self.conn.begin_nested():
             return work(self.conn)
 

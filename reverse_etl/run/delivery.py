@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
-from reverse_etl.destinations.ledger import DeliveryMarker, marker_target
+from reverse_etl.destinations.ledger import DeliveryMarker, marker_target, part_marker
 from reverse_etl.errors import DestinationError, StateError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
@@ -57,7 +57,7 @@ PROGRESS_SECONDS = 1.0
 _NO_KEYS = pa.table({"key": pa.array([], pa.string())})
 # Why a create sent to a destination without delivery markers is in doubt until answered.
 _SENT_UNANSWERED = "sent; the run ended before the destination's answer was recorded"
-_InFlight = collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table]]
+_InFlight = collections.deque[tuple[Future[BatchResult], pa.Table, pa.Table, DeliveryMarker | None]]
 
 
 @dataclass
@@ -116,7 +116,8 @@ class Delivery:
         self.retry_later: list[pa.Table] = []
         # Records whose answer could not tell (lost, short, unreadable): resolved after each
         # round of batches (Destination.resolve), never counted as delivered.
-        self.in_doubt_later: list[pa.Table] = []
+        # With the batch's delivery marker, for the destination's ledger to tell.
+        self.in_doubt_later: list[tuple[pa.Table, DeliveryMarker | None]] = []
         self.doubts = doubts
         # Keys a previous run left in doubt: looked up before they are created again.
         self.unresolved: set[str] = doubts.keys(plan.sync) if doubts is not None else set()
@@ -422,7 +423,7 @@ class Delivery:
                         self.doubts.add(
                             self.plan.sync, self.run_id, op, _keys(table), _SENT_UNANSWERED
                         )
-                    in_flight.append((pool.submit(deliver, batch), table, records))
+                    in_flight.append((pool.submit(deliver, batch), table, records, batch.marker))
                     # One batch waits behind each lane's: a lane never idles while the
                     # oldest batch is acknowledged.
                     if len(in_flight) >= 2 * len(lanes):
@@ -438,9 +439,9 @@ class Delivery:
     def _drain(self, op: Operation, in_flight: _InFlight) -> None:
         """The run is stopping: batches not started are cancelled, batches the destination
         already took are still acknowledged, so state matches what was delivered."""
-        for future, _, _ in in_flight:
+        for future, _, _, _ in in_flight:
             future.cancel()
-        for future, table, records in in_flight:
+        for future, table, records, marker in in_flight:
             if future.cancelled():
                 continue
             try:
@@ -450,7 +451,7 @@ class Delivery:
             self._settle(result, table)
             # Counted either way; the (sticky) state error is reported when the run ends.
             with contextlib.suppress(StateError):
-                self._acknowledge(op, table, records, result)
+                self._acknowledge(op, table, records, result, marker=marker)
             self.sent += table.num_rows - len(result.retry)
             self._report_batch(op, table, result)
 
@@ -511,11 +512,16 @@ class Delivery:
     def _resolve(self, lane: Destination, op: Operation, fields: list[str]) -> None:
         """Resolve the records of this round whose answer could not tell."""
         doubtful, self.in_doubt_later = self.in_doubt_later, []
-        for table in doubtful:
-            self._resolve_table(lane, op, fields, table)
+        for table, marker in doubtful:
+            self._resolve_table(lane, op, fields, table, marker)
 
     def _resolve_table(
-        self, lane: Destination, op: Operation, fields: list[str], table: pa.Table
+        self,
+        lane: Destination,
+        op: Operation,
+        fields: list[str],
+        table: pa.Table,
+        marker: DeliveryMarker | None = None,
     ) -> None:
         """Ask the destination about records in doubt (Destination.resolve): found as sent,
         they are acknowledged; to send, they go to the next round; still in doubt, they stay
@@ -528,6 +534,7 @@ class Delivery:
             table.select(fields),
             ids.to_pylist() if ids.null_count < len(ids) else None,
             self.run_id,
+            marker=marker,
         )
         try:
             result = lane.resolve(batch)
@@ -537,11 +544,16 @@ class Delivery:
         self._acknowledge(op, table, batch.records, result, resolving=True)
 
     def _collect(
-        self, op: Operation, future: Future[BatchResult], table: pa.Table, records: pa.Table
+        self,
+        op: Operation,
+        future: Future[BatchResult],
+        table: pa.Table,
+        records: pa.Table,
+        marker: DeliveryMarker | None,
     ) -> None:
         result = future.result()
         self._settle(result, table)
-        self._acknowledge(op, table, records, result)
+        self._acknowledge(op, table, records, result, marker=marker)
         self.sent += table.num_rows - len(result.retry)  # retried records are not sent yet
         self._report_batch(op, table, result)
         if self.on_progress:
@@ -609,6 +621,7 @@ class Delivery:
         result: BatchResult,
         *,
         resolving: bool = False,
+        marker: DeliveryMarker | None = None,
     ) -> None:
         """Record a settled answer: accepted records into state, rejected ones into the dead
         letter queue, retried ones to the next round, those in doubt to be resolved (or, when
@@ -621,7 +634,7 @@ class Delivery:
         if result.in_doubt:
             doubtful = sorted(result.in_doubt)
             if not resolving:
-                self.in_doubt_later.append(_take(table, doubtful))
+                self.in_doubt_later.append((_take(table, doubtful), part_marker(marker, doubtful)))
             else:
                 self.counts["in_doubt"] = self.counts.get("in_doubt", 0) + len(doubtful)
                 if self.doubts is not None:
@@ -691,7 +704,9 @@ class Delivery:
             self.counts["absent"] = self.counts.get("absent", 0) + result.absent
         if accepted.num_rows:
             self.acks.acknowledge(delivered, deleted)
-        if self.doubts is not None and op == "create" and not self.exactly_once:
+        # Answered creates leave the in-doubt store; an exactly-once destination's creates are
+        # only there when an earlier run left them in doubt (looked up while `resolving`).
+        if self.doubts is not None and op == "create" and (resolving or not self.exactly_once):
             answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
             if answered:
                 # After this batch's state commit (same writer, in order): if that fails, the

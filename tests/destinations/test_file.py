@@ -148,7 +148,8 @@ def test_per_run_writes_a_new_timestamped_file_created_in_prepare(tmp_path: Path
         first.deliver(Batch("contacts", "upsert", "id", RECORDS))
     run(destination(tmp_path, write="per_run"), Batch("contacts", "upsert", "id", RECORDS))
 
-    files = sorted((tmp_path / "exports").iterdir())
+    # (Each file's delivery ledger is a hidden file next to it.)
+    files = sorted(p for p in (tmp_path / "exports").iterdir() if not p.name.startswith("."))
     assert len(files) == 2  # even within the same second
     assert all(len(jsonl(f)) == 2 for f in files)
 

@@ -150,7 +150,9 @@ def test_a_run_killed_half_way_is_finished_by_the_next_run(
     run = project.run_json()
 
     assert run["status"] == "success"
-    assert run["counts"]["create"] == ROWS - len(acknowledged)
+    # The batches committed after the last acknowledgement are read back from the delivery
+    # ledger into state before the run plans: only what never landed is sent.
+    assert run["counts"]["create"] == ROWS - len(at_kill)
     assert differences(project, pg) == (0, 0)
     assert project.state_keys() == source_keys(project)
     second, first = project.runs()
