@@ -175,7 +175,7 @@ class Delivery:
             failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         except DestinationError as exc:
             failed, hint = exc.message, exc.hint
-            unresolved = sum(t.num_rows for t in self.in_doubt_later)
+            unresolved = sum(t.num_rows for t, _ in self.in_doubt_later)
             if unresolved:
                 # Answers that could not tell, left unresolved as the destination failed:
                 # not delivered; creates stay in doubt for the next run to look up.

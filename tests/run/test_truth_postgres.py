@@ -122,7 +122,7 @@ def test_rejections_count_against_the_records_sent_not_the_unchanged_ones(
 
     assert run["status"] == "failed"
     assert run["counts"]["rejected"] == 3
-    assert "3 of 5 records to send were rejected" in run["error"]
+    assert "3 of 5 records to send were newly rejected" in run["error"]
 
 
 def test_max_rejected_is_an_absolute_cap(project: RetlProject, pg: PostgresDb) -> None:
