@@ -264,6 +264,7 @@ class Engine:
         change = opened.target_change
         if writable and lost is None:
             self._recover_deliveries(sync, con, backend, target)
+        unrecorded = 0 if writable else self._unrecorded_deliveries(sync, target)
         meta = backend.meta(con)
         watermark = None if full_resync else meta.watermark
         if isinstance(backend, WarehouseBackend):
@@ -324,7 +325,32 @@ class Engine:
         plan.primary_key = config.primary_key
         if not full_resync and meta.primary_key not in (None, config.primary_key):
             _key_changed(plan, meta.primary_key, sync.name)
+        if unrecorded:
+            plan.notes.append(
+                f"{unrecorded:,} records an interrupted run delivered are not in state yet: the "
+                "run records them from the destination's delivery markers first and does not "
+                "send them again, so it sends fewer than planned here"
+            )
         return plan
+
+    def _unrecorded_deliveries(self, sync: Sync, target: TargetId) -> int:
+        """Records of delivery markers a run would replay first (for a read-only plan, which
+        does not replay them); 0 when the destination has none or cannot be asked now."""
+        cls = connector_for(target.type)
+        if cls is None or cls.capabilities.guarantee != "exactly-once":
+            return 0
+        last = self.run_log.last(sync.name)
+        if last is None or last.status == "success":
+            return 0  # markers outlive only a run that did not end well: ask only then
+        assert sync.config is not None
+        try:
+            with self.open_destination(target.destination) as destination:
+                entries = destination.recover_markers(
+                    sync.name, marker_target(target, sync.config.mode)
+                )
+                return sum(entry.acknowledgement().num_rows for entry in entries)
+        except RetlError:
+            return 0  # a plan in CI may not reach the destination: nothing to say then
 
     def _recover_deliveries(
         self,

@@ -305,3 +305,53 @@ def test_a_batch_whose_commit_answer_was_lost_is_resolved_from_its_marker_in_the
     assert sorted(r["id"] for r in LostFirstAnswer.rows) == list(range(1, 251))  # once each
     assert LostFirstAnswer.markers == {}  # forgotten once state held them
     assert project.plan_counts()["create"] == 0
+
+
+class KilledAfterSecondCommit(LostFirstAnswer):
+    """Commits each batch with its marker; the process dies right after the second commit,
+    before state records it (what a SIGKILL at that instant leaves behind)."""
+
+    def deliver(self, batch: Batch) -> BatchResult:
+        assert batch.marker is not None
+        self.rows.extend(batch.records.to_pylist())
+        m = batch.marker
+        self.markers[(m.sync, m.target, m.run_id, m.seq)] = m.payload(range(batch.size))
+        if len(self.markers) == 2 and not self.resolved_with_marker:
+            self.resolved_with_marker.append(False)  # die once
+            raise KeyboardInterrupt
+        return BatchResult.committed(batch.size)
+
+
+def test_a_plan_after_a_kill_says_committed_batches_are_recorded_first_and_not_sent_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    KilledAfterSecondCommit.type_name = "killed_after_commit"
+    monkeypatch.setitem(base._REGISTRY, "killed_after_commit", KilledAfterSecondCommit)
+    monkeypatch.setattr(KilledAfterSecondCommit, "rows", [])
+    monkeypatch.setattr(KilledAfterSecondCommit, "markers", {})
+    monkeypatch.setattr(KilledAfterSecondCommit, "resolved_with_marker", [])
+    project = RetlProject(
+        tmp_path / "project",
+        {"mem": {"type": "killed_after_commit", "store": "x"}},
+        capsys,
+        default_destination="mem",
+        default_object="contacts",
+    )
+    project.write_sync(mode="insert")
+    project.set_source([(k, f"n{k}") for k in range(1, 251)])
+    with pytest.raises(KeyboardInterrupt):
+        project.run()
+    landed = len(KilledAfterSecondCommit.rows)
+
+    plan = project.plan()
+
+    # The read-only plan cannot record the markers, so it still counts their records...
+    assert plan.counts.create > 250 - landed
+    assert any("records an interrupted run delivered are not in state yet" in n for n in plan.notes)
+    run = project.run_json()
+
+    # ...but the run replays them first and sends only what never landed, once each.
+    assert run["status"] == "success"
+    assert landed >= 200 and run["counts"]["create"] == 250 - landed
+    assert sorted(r["id"] for r in KilledAfterSecondCommit.rows) == list(range(1, 251))
+    assert project.plan_counts()["create"] == 0
