@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from reverse_etl.destinations import fit
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -304,10 +305,11 @@ class PostgresDestination(TableDestination[_Table]):
     @classmethod
     def object_problem(cls, object: str) -> tuple[str, str | None] | None:
         try:
-            split_object(object)
+            names = split_object(object)
         except DestinationError as exc:
             return exc.message, exc.hint
-        return None
+        too_long = fit.name_problems(names, "postgresql", "table")
+        return (too_long[0], "rename the table") if too_long else None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -480,6 +482,32 @@ class PostgresDestination(TableDestination[_Table]):
                     )
         return problems
 
+    # Values the table would alter, keys its collation would merge (fit.py).
+
+    def _fit_dialect(self) -> str | None:
+        return "postgresql"
+
+    def _object_names(self, object: str) -> list[str]:
+        return list(split_object(object))
+
+    def _key_collation(self, table: _Table, key: str) -> fit.KeyCollation:
+        if table.columns[key].base == "citext":
+            return fit.KeyCollation("citext", ignores_case=True, pads=False)
+        rows = self._query(
+            "SELECT co.collname, co.collisdeterministic FROM pg_attribute a "
+            "JOIN pg_collation co ON co.oid = a.attcollation "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s",
+            (table.schema, table.name, key),
+        )
+        return fit.postgres_collation(rows[0][0], rows[0][1]) if rows else fit.EXACT
+
+    def _stored_keys(self, table: _Table, key: str, values: list[str]) -> list[str]:
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::text[])").format(
+            sql.Identifier(key), table.ident, sql.Identifier(key)
+        )
+        return [str(r[0]) for r in self._query(query, (values,))]
+
     def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
         schema_name, name = split_object(object)
         columns = [
@@ -512,6 +540,10 @@ class PostgresDestination(TableDestination[_Table]):
     def deliver(self, batch: Batch) -> BatchResult:
         if batch.size == 0:
             return BatchResult()
+        table = self._table(batch.object)  # fit.py: refuse what the table would alter
+        unfit = self._unfit(batch, table, self._batch_columns(batch, table))
+        if unfit:
+            return fit.deliver_without(batch, unfit, self.deliver)
         try:
             for attempt in self._retrying():
                 with attempt:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from reverse_etl.destinations import fit
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -150,6 +151,8 @@ def _sa_type(dtype: pa.DataType, dialect: str, key: bool) -> sa.types.TypeEngine
     if t.is_time(dtype):
         return sa.Time()
     if t.is_timestamp(dtype):
+        if dialect in ("mysql", "mariadb"):  # DATETIME alone keeps no fraction of a second
+            return sa_mysql.DATETIME(fsp=6)
         return sa.DateTime(timezone=bool(dtype.tz))
     if t.is_duration(dtype):
         return sa.Interval()
@@ -376,6 +379,54 @@ class SqlDestination(TableDestination[_Table]):
     def _upsert_batch_hint(self, table: _Table, key: str) -> str:
         return f"add a UNIQUE index or PRIMARY KEY on {key}"
 
+    # Values the table would alter, keys its collation would merge (fit.py).
+
+    def _fit_dialect(self) -> str | None:
+        return self.dialect if self.dialect in ("mysql", "mariadb", "postgresql") else None
+
+    def _object_names(self, object: str) -> list[str]:
+        return [n for n in split_object(object) if n]
+
+    def _column_types(self, table: _Table) -> dict[str, str]:
+        if self.dialect not in ("mysql", "mariadb"):
+            return super()._column_types(table)
+        return {n: c.column_type for n, c in self._mysql_columns(table).items()}
+
+    def _key_collation(self, table: _Table, key: str) -> fit.KeyCollation:
+        if self.dialect not in ("mysql", "mariadb"):
+            return fit.EXACT
+        name = self._mysql_columns(table)[key].collation
+
+        def pad_attribute(conn: sa.Connection) -> str | None:
+            row = conn.exec_driver_sql(
+                "SELECT * FROM information_schema.COLLATIONS WHERE COLLATION_NAME = %s", (name,)
+            ).first()
+            return None if row is None else row._mapping.get("PAD_ATTRIBUTE")  # MySQL 8 only
+
+        return fit.mysql_collation(name, self._in_transaction(pad_attribute) if name else None)
+
+    def _stored_keys(self, table: _Table, key: str, values: list[str]) -> list[str]:
+        quote = mysql_load.quote
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        found: list[str] = []
+        step = 10_000
+        for start in range(0, len(values), step):
+            chunk = tuple(values[start : start + step])
+            query = (
+                f"SELECT {quote(key)} FROM {target} "
+                f"WHERE {quote(key)} IN ({', '.join(['%s'] * len(chunk))})"
+            )
+
+            def read(
+                conn: sa.Connection, query: str = query, chunk: tuple[str, ...] = chunk
+            ) -> list[str]:
+                return [str(r[0]) for r in conn.exec_driver_sql(query, chunk)]
+
+            found += self._in_transaction(read)
+        return found
+
     def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
         schema_name, name = split_object(object)
         columns = [
@@ -412,6 +463,9 @@ class SqlDestination(TableDestination[_Table]):
             return BatchResult()
         table = self._table(batch.object)
         names = self._batch_columns(batch, table)
+        unfit = self._unfit(batch, table, names)  # fit.py: refuse what the table would alter
+        if unfit:
+            return fit.deliver_without(batch, unfit, self.deliver)
         if self.dialect in ("mysql", "mariadb"):
             unstorable = _non_finite_rows(batch.records.select(names))
             if unstorable:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from reverse_etl.destinations import fit
 from reverse_etl.destinations.base import (
     Batch,
     Destination,
@@ -81,6 +82,9 @@ class TableDestination(Destination, Generic[_T]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._tables: dict[str, _T] = {}
+        # Per table (display name): the table read, its parsed column types, its key collations.
+        self._fits: dict[str, tuple[_T, dict[str, fit.ColumnType], dict[str, fit.KeyCollation]]]
+        self._fits = {}
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -108,6 +112,30 @@ class TableDestination(Destination, Generic[_T]):
         self, table: _T, fields: Sequence[str], key_field: str | None, action: Action
     ) -> list[str]:
         """Connector-specific problems `check` appends after the shared ones."""
+        return []
+
+    # Values and keys the table would alter or merge (see fit.py).
+
+    def _fit_dialect(self) -> str | None:
+        """`postgresql`, `mysql`, `mariadb` or `duckdb`: whose column types and name limits
+        apply; None: values are not checked against the column types."""
+        return None
+
+    def _object_names(self, object: str) -> list[str]:
+        """The schema and table names `object` names (for the length limits of names)."""
+        return [object]
+
+    def _column_types(self, table: _T) -> dict[str, str]:
+        """Each column's full type, as the catalog writes it."""
+        return {c.name: c.type for c in table.columns.values()}
+
+    def _key_collation(self, table: _T, key: str) -> fit.KeyCollation:
+        """How the text key column compares values (its collation)."""
+        return fit.EXACT
+
+    def _stored_keys(self, table: _T, key: str, values: list[str]) -> list[str]:
+        """The key values of the records the database finds for `values` (compared by the
+        column's collation, not byte for byte)."""
         return []
 
     # -- first load -------------------------------------------------------------------------
@@ -181,6 +209,11 @@ class TableDestination(Destination, Generic[_T]):
         problems: list[str] = []
         if action != "insert" and not key_field:
             problems.append(f"{action} needs a key field to find the records in the table")
+        dialect = self._fit_dialect()
+        too_long = fit.name_problems(self._object_names(object), dialect, "table")
+        too_long += fit.name_problems(dict.fromkeys([*fields, key_field or ""]), dialect)
+        if too_long:
+            return problems + too_long
         table = self._find_table(object)
         if table is None:
             if self.options.create_tables:
@@ -203,6 +236,14 @@ class TableDestination(Destination, Generic[_T]):
         return problems + self._more_problems(table, fields, key_field, action)
 
     def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        dialect = self._fit_dialect()
+        too_long = fit.name_problems(self._object_names(object), dialect, "table")
+        too_long += fit.name_problems(schema.names, dialect)
+        if too_long:
+            raise DestinationError(
+                f"cannot write to {object}: {'; '.join(too_long)}",
+                hint="rename the table or the mapped fields",
+            )
         table = self._find_table(object)
         if table is None and self.options.create_tables:
             self._create_table(object, schema, key_field)
@@ -232,6 +273,40 @@ class TableDestination(Destination, Generic[_T]):
             names.remove(key)
             names.insert(0, key)
         return names
+
+    def _unfit(self, batch: Batch, table: _T, names: list[str]) -> dict[int, str]:
+        """Records to reject before the batch is written: a value its column would store
+        altered, a text key that is the same record as another key of the batch under the key
+        column's collation, or (update, upsert, delete) that would hit a stored record which
+        is not byte-equal to it."""
+        dialect = self._fit_dialect()
+        if dialect is None:
+            return {}
+        cached = self._fits.get(table.display)
+        if cached is None or cached[0] is not table:
+            declared = self._column_types(table)
+            cached = (table, {n: fit.column_type(t, dialect) for n, t in declared.items()}, {})
+            self._fits[table.display] = cached
+        _, types, collations = cached
+        columns = {n: types[n] for n in names if n in types}
+        rejected = fit.unfit_rows(batch.records, columns, rounds_fractions=dialect == "postgresql")
+        keys = fit.text_keys(batch)
+        key = batch.key_field
+        if keys is None or key is None:
+            return rejected
+        if key not in collations:
+            collations[key] = self._key_collation(table, key)
+        collation = collations[key]
+        if collation.exact:
+            return rejected
+        for row, message in fit.colliding_keys(keys, collation).items():
+            rejected.setdefault(row, message)
+        if batch.action != "insert":  # an insert of such a key is refused as a duplicate
+            wanted = list(dict.fromkeys(k for k in keys if isinstance(k, str)))
+            stored = self._stored_keys(table, key, wanted)
+            for row, message in fit.matched_only_by(keys, stored, collation).items():
+                rejected.setdefault(row, message)
+        return dict(sorted(rejected.items()))
 
 
 def not_found(batch: Batch, table: Table[Any], rows: Iterable[int]) -> dict[int, str]:
