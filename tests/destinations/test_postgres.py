@@ -683,9 +683,7 @@ def test_floats_into_numeric_take_the_stage_path_so_both_paths_store_the_same(
     dest: PostgresDestination, sql: Any, contacts: str, statements: list[str]
 ) -> None:
     dest.deliver(
-        first_load(
-            contacts, "insert", None, "run-1", customer_id=[1], balance=pa.array([12.25])
-        )
+        first_load(contacts, "insert", None, "run-1", customer_id=[1], balance=pa.array([12.25]))
     )
 
     assert writes(sql, contacts) == ["INSERT"]

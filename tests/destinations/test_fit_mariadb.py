@@ -1,0 +1,84 @@
+"""The `sql` destination on MariaDB never stores a value altered: what LOAD DATA and INSERT
+would round, cut or drop with only a note is rejected with what would have happened, on the
+bulk path and on executemany alike (issue 15)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from reverse_etl.destinations import Batch, build_destination
+from reverse_etl.errors import DestinationError
+
+pytestmark = pytest.mark.mysql
+
+
+@pytest.fixture
+def table(mysql_url: str) -> Iterator[str]:
+    engine = sa.create_engine(mysql_url)
+    name = f"fit_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {name} (id INT PRIMARY KEY, price DECIMAL(10,2), stamp DATETIME(6))"
+        )
+    yield name
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {name}")
+    engine.dispose()
+
+
+def stored(mysql_url: str, table: str) -> list[tuple[Any, ...]]:
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        rows = [tuple(r) for r in conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1")]
+    engine.dispose()
+    return rows
+
+
+@pytest.mark.parametrize("bulk_load", [True, False])
+def test_rounded_decimals_and_cut_nanoseconds_are_rejected_on_both_paths(
+    mysql_url: str, table: str, tmp_path: Path, bulk_load: bool
+) -> None:
+    config = {"type": "sql", "url": mysql_url, "bulk_load": bulk_load}
+    records = pa.table(
+        {
+            "id": [1, 2, 3],
+            "price": pa.array([Decimal("1.5"), Decimal("1234.5678"), Decimal("2")]),
+            "stamp": pa.array(
+                [1_700_000_000_000_001_000, 1_700_000_000_000_000_000, 1_700_000_000_000_000_001],
+                pa.timestamp("ns"),
+            ),
+        }
+    )
+    with build_destination("m", config, tmp_path) as dest:
+        result = dest.deliver(Batch(table, "upsert", "id", records))
+
+    assert result.rejected == {
+        1: "price = 1234.5678 would be stored as 1234.57 in decimal(10,2): widen the column "
+        "or round in the SQL",
+        2: "stamp = '2023-11-14 22:13:20.000000001' would be stored as "
+        "2023-11-14 22:13:20.000000 in datetime(6) (it keeps 6 fractional digits of a "
+        "second): give the column more fractional digits or truncate in the SQL",
+    }
+    assert [r[:2] for r in stored(mysql_url, table)] == [(1, Decimal("1.50"))]
+
+
+def test_a_name_longer_than_64_characters_is_refused(
+    mysql_url: str, table: str, tmp_path: Path
+) -> None:
+    with build_destination("m", {"type": "sql", "url": mysql_url}, tmp_path) as dest:
+        problems = dest.check("x" * 65, ["id"], "id", "upsert")
+        with pytest.raises(DestinationError, match="has a name of 65 characters"):
+            dest.prepare(table, pa.schema([("y" * 65, pa.int64())]), None)
+
+    assert problems == [
+        f"table '{'x' * 65}' has a name of 65 characters: MySQL/MariaDB names have at most "
+        "64; use a shorter name"
+    ]
