@@ -274,6 +274,23 @@ class TableDestination(Destination, Generic[_T]):
             names.insert(0, key)
         return names
 
+    def type_risks(self, object: str, sources: dict[str, str]) -> list[tuple[str, str, str]]:
+        """(field, "warning" | "error", message) for each field whose source column type
+        (`sources`: field -> the warehouse's type name) could be stored altered in its column,
+        so its records would be rejected at run time ("warning"), or never fits ("error")."""
+        dialect = self._fit_dialect()
+        table = self._find_table(object) if dialect is not None else None
+        if table is None or dialect is None:
+            return []
+        declared = self._column_types(table)
+        risks = []
+        for field_name, source in sources.items():
+            if field_name in declared:
+                risk = fit.type_risk(source, declared[field_name], dialect)
+                if risk is not None:
+                    risks.append((field_name, risk[0], f"field '{field_name}': {risk[1]}"))
+        return risks
+
     def _unfit(self, batch: Batch, table: _T, names: list[str]) -> dict[int, str]:
         """Records to reject before the batch is written: a value its column would store
         altered, a text key that is the same record as another key of the batch under the key
