@@ -406,11 +406,21 @@ def postgres_collation(name: str | None, deterministic: bool) -> KeyCollation:
     return KeyCollation(name, ignores_case=True, pads=False)
 
 
-def colliding_keys(keys: Sequence[object], collation: KeyCollation) -> dict[int, str]:
-    """Rows whose text key is the same record as another row's different key under
-    `collation`: every one of them is rejected, naming the other key."""
+def colliding_keys(column: pa.ChunkedArray, collation: KeyCollation) -> dict[int, str]:
+    """Rows whose text key (`column`, from `text_keys`) is the same record as another row's
+    different key under `collation`: every one of them is rejected, naming the other key."""
     if collation.exact:
         return {}
+    # The common case, vectorised: ASCII keys (where lower() is casefold()) of which no two
+    # distinct ones are equal once trimmed and lower-cased.
+    folded = pc.utf8_rtrim(column, " ") if collation.pads else column
+    folded = pc.utf8_lower(folded) if collation.ignores_case else folded
+    ascii = pc.all(pc.fill_null(pc.string_is_ascii(column), True)).as_py()
+    if pc.count_distinct(folded).as_py() == pc.count_distinct(column).as_py() and (
+        ascii or not collation.ignores_case
+    ):
+        return {}
+    keys = column.to_pylist()
     groups: dict[str, list[int]] = {}
     for row, key in enumerate(keys):
         if isinstance(key, str):
@@ -453,25 +463,30 @@ def matched_only_by(
     for row, value in enumerate(keys):
         other = others.get(collation.normalise(value)) if isinstance(value, str) else None
         if other is not None:
-            rejected[row] = (
-                f"key {_shown(value)} would change the record {_shown(other)}, which is the same "
-                f"record under {collation.describe()}: the record was not touched; make the "
-                "keys match exactly, or use a binary collation for the key column"
-            )
+            rejected[row] = matched_message(value, other, collation)
     return rejected
 
 
-def text_keys(batch: Batch) -> list[object] | None:
-    """The batch's key values when they are text (the only keys a collation can merge)."""
+def matched_message(key: object, other: str, collation: KeyCollation) -> str:
+    """Why the record with `key` was rejected: it would have changed the stored `other`."""
+    return (
+        f"key {_shown(key)} would change the record {_shown(other)}, which is the same "
+        f"record under {collation.describe()}: the record was not touched; make the "
+        "keys match exactly, or use a binary collation for the key column"
+    )
+
+
+def text_keys(batch: Batch) -> pa.ChunkedArray | None:
+    """The batch's key column when it is text (the only keys a collation can merge)."""
     key = batch.key_field
     if not key or key not in batch.records.column_names:
         return None
-    dtype = batch.records.column(key).type
-    if pa.types.is_dictionary(dtype):
-        dtype = dtype.value_type
-    if not (pa.types.is_string(dtype) or pa.types.is_large_string(dtype)):
+    column = batch.records.column(key)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
         return None
-    return list(batch.records.column(key).to_pylist())
+    return column
 
 
 # -- names -------------------------------------------------------------------------------------

@@ -406,26 +406,62 @@ class SqlDestination(TableDestination[_Table]):
         return fit.mysql_collation(name, self._in_transaction(pad_attribute) if name else None)
 
     def _stored_keys(self, table: _Table, key: str, values: list[str]) -> list[str]:
+        # Only the stored keys that are not byte-equal to a value come back: the others are
+        # the records the batch means, and reading them all would cost more than the write.
+        # (The LOAD DATA path joins its stage instead: `_collated_in_stage`.)
         quote = mysql_load.quote
         target = (
             quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
         )
+        k = quote(key)
         found: list[str] = []
         step = 10_000
         for start in range(0, len(values), step):
             chunk = tuple(values[start : start + step])
+            marks = ", ".join(["%s"] * len(chunk))
             query = (
-                f"SELECT {quote(key)} FROM {target} "
-                f"WHERE {quote(key)} IN ({', '.join(['%s'] * len(chunk))})"
+                f"SELECT {k} FROM {target} WHERE {k} IN ({marks}) AND BINARY {k} NOT IN ({marks})"
             )
 
             def read(
                 conn: sa.Connection, query: str = query, chunk: tuple[str, ...] = chunk
             ) -> list[str]:
-                return [str(r[0]) for r in conn.exec_driver_sql(query, chunk)]
+                return [str(r[0]) for r in conn.exec_driver_sql(query, chunk + chunk)]
 
             found += self._in_transaction(read)
         return found
+
+    def _collated_in_stage(
+        self, conn: sa.Connection, batch: Batch, table: _Table
+    ) -> dict[int, str]:
+        """On the LOAD DATA path, with the batch in the stage: the records whose key matches
+        a stored record only by the key column's collation (not byte for byte), rejected and
+        taken out of the stage, so the merge never touches that other record."""
+        key = batch.key_field
+        if batch.action == "insert" or key is None or fit.text_keys(batch) is None:
+            return {}
+        collation = self._cached_collation(table, key)
+        if collation.exact:
+            return {}
+        quote = mysql_load.quote
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        k, c0, ord = quote(key), quote(mysql_load.stage_name(0)), quote(_ORD)
+        rows = conn.exec_driver_sql(
+            f"SELECT s.{ord}, t.{k} FROM {quote(_STAGE)} s JOIN {target} t ON t.{k} = s.{c0} "
+            f"WHERE BINARY t.{k} <> BINARY s.{c0}"
+        ).fetchall()
+        if not rows:
+            return {}
+        keys = batch.records.column(key)
+        rejected = {
+            int(o): fit.matched_message(keys[int(o)].as_py(), str(other), collation)
+            for o, other in rows
+        }
+        ordinals = ", ".join(str(o) for o in rejected)
+        conn.exec_driver_sql(f"DELETE FROM {quote(_STAGE)} WHERE {ord} IN ({ordinals})")
+        return rejected
 
     def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
         schema_name, name = split_object(object)
@@ -463,7 +499,11 @@ class SqlDestination(TableDestination[_Table]):
             return BatchResult()
         table = self._table(batch.object)
         names = self._batch_columns(batch, table)
-        unfit = self._unfit(batch, table, names)  # fit.py: refuse what the table would alter
+        bulk = self._bulk_load and all(
+            mysql_load.loadable(batch.records.column(n).type) for n in names
+        )
+        # fit.py: refuse what the table would alter (LOAD DATA looks keys up in its stage)
+        unfit = self._unfit(batch, table, names, look_up=not bulk)
         if unfit:
             return fit.deliver_without(batch, unfit, self.deliver)
         if self.dialect in ("mysql", "mariadb"):
@@ -471,12 +511,13 @@ class SqlDestination(TableDestination[_Table]):
             if unstorable:
                 return self._deliver_without(batch, unstorable)
         try:
-            if self._bulk_load and all(
-                mysql_load.loadable(batch.records.column(n).type) for n in names
-            ):
+            if bulk:
                 loaded = self._load_data(batch, table, names)
                 if loaded is not None:
                     return loaded
+                unfit = self._unfit(batch, table, names)  # fit.py: executemany looks keys up
+                if unfit:
+                    return fit.deliver_without(batch, unfit, self.deliver)
             if self.dialect == "duckdb":
                 run: _Run = _DuckDBRun(self, batch, table, names)
             else:
@@ -1005,6 +1046,7 @@ class _LoadDataRun(_Run):
         )
         if loaded != records.num_rows or not exact:
             return False
+        self.rejected.update(self.dest._collated_in_stage(conn, self.batch, self.table))  # fit.py
         if self.missing_query is not None:
             self.missing = sorted(int(r[0]) for r in conn.exec_driver_sql(self.missing_query))
         return True

@@ -291,39 +291,56 @@ class TableDestination(Destination, Generic[_T]):
                     risks.append((field_name, risk[0], f"field '{field_name}': {risk[1]}"))
         return risks
 
-    def _unfit(self, batch: Batch, table: _T, names: list[str]) -> dict[int, str]:
+    def _unfit(
+        self, batch: Batch, table: _T, names: list[str], look_up: bool = True
+    ) -> dict[int, str]:
         """Records to reject before the batch is written: a value its column would store
         altered, a text key that is the same record as another key of the batch under the key
-        column's collation, or (update, upsert, delete) that would hit a stored record which
-        is not byte-equal to it."""
+        column's collation, or (update, upsert, delete; unless the connector does it itself:
+        not `look_up`) that would hit a stored record which is not byte-equal to it."""
         dialect = self._fit_dialect()
         if dialect is None:
             return {}
-        cached = self._fits.get(table.display)
-        if cached is None or cached[0] is not table:
-            declared = self._column_types(table)
-            cached = (table, {n: fit.column_type(t, dialect) for n, t in declared.items()}, {})
-            self._fits[table.display] = cached
-        _, types, collations = cached
+        _, types, _ = self._fit_cache(table, dialect)
         columns = {n: types[n] for n in names if n in types}
         rejected = fit.unfit_rows(batch.records, columns, rounds_fractions=dialect == "postgresql")
         keys = fit.text_keys(batch)
         key = batch.key_field
         if keys is None or key is None:
             return rejected
-        if key not in collations:
-            collations[key] = self._key_collation(table, key)
-        collation = collations[key]
+        collation = self._cached_collation(table, key)
         if collation.exact:
             return rejected
         for row, message in fit.colliding_keys(keys, collation).items():
             rejected.setdefault(row, message)
-        if batch.action != "insert":  # an insert of such a key is refused as a duplicate
-            wanted = list(dict.fromkeys(k for k in keys if isinstance(k, str)))
+        if look_up and batch.action != "insert":  # an insert of such a key is a duplicate
+            values = keys.to_pylist()
+            wanted = list(dict.fromkeys(k for k in values if isinstance(k, str)))
             stored = self._stored_keys(table, key, wanted)
-            for row, message in fit.matched_only_by(keys, stored, collation).items():
+            for row, message in fit.matched_only_by(values, stored, collation).items():
                 rejected.setdefault(row, message)
         return dict(sorted(rejected.items()))
+
+    def _fit_cache(
+        self, table: _T, dialect: str
+    ) -> tuple[_T, dict[str, fit.ColumnType], dict[str, fit.KeyCollation]]:
+        """The table's parsed column types and key collations, read once per table read."""
+        cached = self._fits.get(table.display)
+        if cached is None or cached[0] is not table:
+            declared = self._column_types(table)
+            cached = (table, {n: fit.column_type(t, dialect) for n, t in declared.items()}, {})
+            self._fits[table.display] = cached
+        return cached
+
+    def _cached_collation(self, table: _T, key: str) -> fit.KeyCollation:
+        """The key column's collation (exact when values are not checked), read once."""
+        dialect = self._fit_dialect()
+        if dialect is None:
+            return fit.EXACT
+        collations = self._fit_cache(table, dialect)[2]
+        if key not in collations:
+            collations[key] = self._key_collation(table, key)
+        return collations[key]
 
 
 def not_found(batch: Batch, table: Table[Any], rows: Iterable[int]) -> dict[int, str]:

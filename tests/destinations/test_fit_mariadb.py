@@ -82,3 +82,42 @@ def test_a_name_longer_than_64_characters_is_refused(
         f"table '{'x' * 65}' has a name of 65 characters: MySQL/MariaDB names have at most "
         "64; use a shorter name"
     ]
+
+
+@pytest.mark.parametrize("bulk_load", [True, False])
+@pytest.mark.parametrize("action", ["upsert", "update", "delete"])
+def test_a_key_matching_a_record_only_by_collation_leaves_it_untouched_on_both_paths(
+    mysql_url: str, tmp_path: Path, bulk_load: bool, action: str
+) -> None:
+    engine = sa.create_engine(mysql_url)
+    name = f"fit_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {name} (k VARCHAR(10) CHARACTER SET utf8mb4 "
+            "COLLATE utf8mb4_general_ci PRIMARY KEY, v INT)"
+        )
+        conn.exec_driver_sql(f"INSERT INTO {name} VALUES ('abc', 1), ('x', 1), ('same', 1)")
+    columns: dict[str, Any] = {"k": ["ABC", "x ", "same"]}
+    if action != "delete":
+        columns["v"] = [2, 2, 2]
+    config = {"type": "sql", "url": mysql_url, "bulk_load": bulk_load}
+    try:
+        with build_destination("m", config, tmp_path) as dest:
+            result = dest.deliver(Batch(name, action, "k", pa.table(columns)))  # type: ignore[arg-type]
+        after = stored(mysql_url, name)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        engine.dispose()
+
+    assert result.rejected == {
+        0: "key 'ABC' would change the record 'abc', which is the same record under "
+        "utf8mb4_general_ci (case- and trailing-space-insensitive): the record was not "
+        "touched; make the keys match exactly, or use a binary collation for the key column",
+        1: "key 'x ' would change the record 'x', which is the same record under "
+        "utf8mb4_general_ci (case- and trailing-space-insensitive): the record was not "
+        "touched; make the keys match exactly, or use a binary collation for the key column",
+    }
+    assert result.accepted == {2}
+    same = [] if action == "delete" else [("same", 2)]
+    assert after == [("abc", 1), *same, ("x", 1)]
