@@ -139,7 +139,12 @@ def unfit_rows(
             if row in rejected:
                 continue
             value = _value(column, row)
-            rejected[row] = f"{name} = {_shown(value)} {would_be(row, value)}: {_advice(target)}"
+            advice = (
+                "map a column of a matching type, or convert it in the SQL"
+                if check is _check_never
+                else _advice(target)
+            )
+            rejected[row] = f"{name} = {_shown(value)} {would_be(row, value)}: {advice}"
     return dict(sorted(rejected.items()))
 
 
@@ -170,7 +175,29 @@ def _check_for(dtype: pa.DataType, target: ColumnType) -> _Check | None:
         t.is_string(dtype) or t.is_large_string(dtype) or t.is_string_view(dtype)
     ):
         return _check_length
+    temporal = t.is_temporal(dtype) and not t.is_duration(dtype) and not t.is_interval(dtype)
+    if (target.kind in _NUMBERS and temporal) or (
+        target.kind in ("date", "timestamp", "time") and (number or t.is_integer(dtype))
+    ):
+        return _check_never
     return None
+
+
+_NUMBERS = frozenset({"decimal", "integer", "float"})
+
+
+def _check_never(
+    column: pa.ChunkedArray, target: ColumnType, rounds: bool
+) -> tuple[pa.ChunkedArray | None, Callable[[int, object], str]]:
+    # MySQL/MariaDB store the date 2024-01-02 in an INT as 20240102, and 20240102 in a DATE
+    # as that date: neither is the value sent.
+    bad = pc.is_valid(column)
+    what = "a number" if target.kind in ("date", "timestamp", "time") else "a date or time"
+
+    def would_be(row: int, value: object) -> str:
+        return f"is {what}, which {target.text} does not hold as it is"
+
+    return bad, would_be
 
 
 def _check_decimal(
@@ -550,6 +577,8 @@ def source_type(text: str) -> ColumnType:
         return ColumnType("string", text)
     if lowered.startswith("timestamp") and "(" not in lowered and "_" not in lowered:
         return ColumnType("timestamp", text, scale=6)
+    if lowered in ("decimal", "numeric"):  # precision unknown (or unbounded): not compared
+        return ColumnType("decimal", text)
     return column_type(text, "duckdb")
 
 
@@ -561,9 +590,7 @@ def type_risk(source: str, target_text: str, dialect: str) -> tuple[str, str] | 
     into = f"source {source} into {target_text}"
     if dst.kind == "decimal":
         scale, whole = dst.scale or 0, (dst.precision or 0) - (dst.scale or 0)
-        if src.kind == "decimal":
-            if (src.precision or 0) - (src.scale or 0) > whole and whole <= 0:
-                return "error", f"{into}: no value but 0 fits; widen the column"
+        if src.kind == "decimal" and src.precision is not None:
             parts = []
             if (src.scale or 0) > scale:
                 parts.append(f"values with more than {scale} decimals")

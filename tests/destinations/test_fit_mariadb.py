@@ -4,6 +4,7 @@ bulk path and on executemany alike (issue 15)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -121,3 +122,35 @@ def test_a_key_matching_a_record_only_by_collation_leaves_it_untouched_on_both_p
     assert result.accepted == {2}
     same = [] if action == "delete" else [("same", 2)]
     assert after == [("abc", 1), *same, ("x", 1)]
+
+
+def test_a_date_into_an_integer_column_is_rejected_not_stored_as_a_number(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    engine = sa.create_engine(mysql_url)
+    name = f"fit_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {name} (id INT PRIMARY KEY, n INT, day DATE)")
+    records = pa.table(
+        {
+            "id": [1, 2, 3],
+            "n": pa.array([dt.date(2024, 1, 2), None, None]),
+            "day": pa.array([None, 20240102, None], pa.int64()),
+        }
+    )
+    try:
+        with build_destination("m", {"type": "sql", "url": mysql_url}, tmp_path) as dest:
+            result = dest.deliver(Batch(name, "insert", None, records))
+        after = stored(mysql_url, name)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        engine.dispose()
+
+    assert result.rejected == {
+        0: "n = 2024-01-02 is a date or time, which int(11) does not hold as it is: map a "
+        "column of a matching type, or convert it in the SQL",
+        1: "day = 20240102 is a number, which date does not hold as it is: map a column of a "
+        "matching type, or convert it in the SQL",
+    }
+    assert after == [(3, None, None)]
