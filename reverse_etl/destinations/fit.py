@@ -549,10 +549,14 @@ def deliver_without(
     kept = [i for i in range(batch.size) if i not in rejected]
     if not kept:
         return BatchResult(rejected=dict(sorted(rejected.items())))
+    marker = batch.marker
+    if marker is not None:  # its acknowledgement has one row per record, in batch order
+        marker = dataclasses.replace(marker, acknowledgement=marker.acknowledgement.take(kept))
     rest = dataclasses.replace(
         batch,
         records=batch.records.take(kept),
         ids=[batch.ids[i] for i in kept] if batch.ids is not None else None,
+        marker=marker,
     )
     result = deliver(rest)
     merged = {**rejected, **{kept[i]: m for i, m in result.rejected.items()}}
