@@ -25,6 +25,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -433,18 +434,29 @@ def postgres_collation(name: str | None, deterministic: bool) -> KeyCollation:
     return KeyCollation(name, ignores_case=True, pads=False)
 
 
+def normalised(column: pa.ChunkedArray, collation: KeyCollation) -> pa.Array:
+    """The keys as `collation` compares them (`KeyCollation.normalise`), vectorised where the
+    keys are ASCII (lower() is casefold() there)."""
+    if (
+        collation.ignores_case
+        and not pc.all(pc.fill_null(pc.string_is_ascii(column), True)).as_py()
+    ):
+        values = [None if k is None else collation.normalise(k) for k in column.to_pylist()]
+        return pa.array(values, pa.large_string())
+    folded = pc.utf8_rtrim(column, " ") if collation.pads else column
+    folded = pc.utf8_lower(folded) if collation.ignores_case else folded
+    return folded.combine_chunks().cast(pa.large_string())
+
+
 def colliding_keys(column: pa.ChunkedArray, collation: KeyCollation) -> dict[int, str]:
     """Rows whose text key (`column`, from `text_keys`) is the same record as another row's
     different key under `collation`: every one of them is rejected, naming the other key."""
     if collation.exact:
         return {}
-    # The common case, vectorised: ASCII keys (where lower() is casefold()) of which no two
-    # distinct ones are equal once trimmed and lower-cased.
-    folded = pc.utf8_rtrim(column, " ") if collation.pads else column
-    folded = pc.utf8_lower(folded) if collation.ignores_case else folded
-    ascii = pc.all(pc.fill_null(pc.string_is_ascii(column), True)).as_py()
-    if pc.count_distinct(folded).as_py() == pc.count_distinct(column).as_py() and (
-        ascii or not collation.ignores_case
+    # The common case, vectorised: no two distinct keys are the same once normalised.
+    if (
+        pc.count_distinct(normalised(column, collation)).as_py()
+        == pc.count_distinct(column).as_py()
     ):
         return {}
     keys = column.to_pylist()
@@ -465,6 +477,56 @@ def colliding_keys(column: pa.ChunkedArray, collation: KeyCollation) -> dict[int
                 f"{_differ_by(collation)}, or use a binary collation for the key column"
             )
     return dict(sorted(rejected.items()))
+
+
+class RunKeys:
+    """The text keys one run has sent to one table so far, as its collation compares them,
+    so that a key of a later batch that is the same record as a different earlier key is
+    rejected too. Arrow arrays, not Python objects: about 20 MB for a million short keys."""
+
+    def __init__(self) -> None:
+        self.normalised = pa.array([], pa.large_string())
+        self.raw = pa.array([], pa.large_string())
+        self._lock = threading.Lock()  # the lanes of a run share it
+
+    def collisions(self, column: pa.ChunkedArray, collation: KeyCollation) -> dict[int, str]:
+        """Rows of this batch whose key is the same record as a different key an earlier
+        batch of the run sent; the batch's keys are then remembered."""
+        raw = column.combine_chunks().cast(pa.large_string())
+        norm = normalised(column, collation)
+        with self._lock:
+            return self._collisions(raw, norm, collation)
+
+    def _collisions(self, raw: pa.Array, norm: pa.Array, collation: KeyCollation) -> dict[int, str]:
+        rejected: dict[int, str] = {}
+        new = pc.is_valid(norm)
+        if len(self.normalised):
+            # The hash table is built on the batch and probed with the run's keys: building
+            # one of all the run's keys for every batch would cost ten times more.
+            at = pc.index_in(self.normalised, value_set=norm)
+            seen = pc.is_valid(at)
+            if pc.any(seen).as_py():
+                rows, earlier = at.filter(seen), self.raw.filter(seen)
+                differs = pc.not_equal(earlier, pc.take(raw, rows))
+                for row, other in zip(
+                    rows.filter(differs).to_pylist(),
+                    earlier.filter(differs).to_pylist(),
+                    strict=True,
+                ):
+                    rejected[row] = (
+                        f"key {_shown(raw[row].as_py())} is the same record as {_shown(other)}, "
+                        f"sent earlier in this run, under {collation.describe()}: make the keys "
+                        f"differ by more than {_differ_by(collation)}, or use a binary "
+                        "collation for the key column"
+                    )
+                known = pc.is_in(norm, value_set=self.normalised.filter(seen))
+                new = pc.and_(new, pc.invert(known))
+        if pc.any(new).as_py():
+            fresh_norm, fresh_raw = norm.filter(new), raw.filter(new)
+            first = pc.index_in(pc.unique(fresh_norm), value_set=fresh_norm)
+            self.normalised = pa.concat_arrays([self.normalised, pc.take(fresh_norm, first)])
+            self.raw = pa.concat_arrays([self.raw, pc.take(fresh_raw, first)])
+        return rejected
 
 
 def _differ_by(collation: KeyCollation) -> str:

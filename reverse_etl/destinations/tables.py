@@ -313,6 +313,8 @@ class TableDestination(Destination, Generic[_T]):
             return rejected
         for row, message in fit.colliding_keys(keys, collation).items():
             rejected.setdefault(row, message)
+        for row, message in self._run_keys(batch).collisions(keys, collation).items():
+            rejected.setdefault(row, message)
         if look_up and batch.action != "insert":  # an insert of such a key is a duplicate
             values = keys.to_pylist()
             wanted = list(dict.fromkeys(k for k in values if isinstance(k, str)))
@@ -320,6 +322,20 @@ class TableDestination(Destination, Generic[_T]):
             for row, message in fit.matched_only_by(values, stored, collation).items():
                 rejected.setdefault(row, message)
         return dict(sorted(rejected.items()))
+
+    # Per (connector, location, table): the run whose text keys are remembered, and those keys.
+    # Shared by the lanes (instances) of one run, like `_empty_at_start`.
+    _keys_of_run: ClassVar[dict[tuple[str, str, str], tuple[str, fit.RunKeys]]] = {}
+
+    def _run_keys(self, batch: Batch) -> fit.RunKeys:
+        run = batch.run_id or f"instance {id(self)}"
+        where = (self.type_name, self.location(), batch.object)
+        with self._empty_lock:
+            known = self._keys_of_run.get(where)
+            if known is None or known[0] != run:  # a new run forgets the last one's keys
+                known = (run, fit.RunKeys())
+                self._keys_of_run[where] = known
+            return known[1]
 
     def _fit_cache(
         self, table: _T, dialect: str

@@ -154,3 +154,40 @@ def test_a_date_into_an_integer_column_is_rejected_not_stored_as_a_number(
         "matching type, or convert it in the SQL",
     }
     assert after == [(3, None, None)]
+
+
+def test_a_key_the_same_record_as_one_sent_earlier_in_the_run_is_rejected_too(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    engine = sa.create_engine(mysql_url)
+    name = f"fit_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {name} (k VARCHAR(10) CHARACTER SET utf8mb4 "
+            "COLLATE utf8mb4_general_ci PRIMARY KEY, n INT)"
+        )
+
+    def send(dest: Any, run: str, key: str, n: float) -> dict[int, str]:
+        records = pa.table({"k": [key], "n": [n]})
+        return dict(dest.deliver(Batch(name, "upsert", "k", records, run_id=run)).rejected)
+
+    try:
+        with build_destination("m", {"type": "sql", "url": mysql_url}, tmp_path) as dest:
+            # 'abc' is refused (a fraction into INT), so no record holds it: the collation
+            # alone cannot tell that 'ABC', in the next batch, is the same record.
+            assert list(send(dest, "run-1", "abc", 1.5)) == [0]
+            later = send(dest, "run-1", "ABC", 2)
+            next_run = send(dest, "run-2", "ABC", 2)
+        after = stored(mysql_url, name)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        engine.dispose()
+
+    assert later == {
+        0: "key 'ABC' is the same record as 'abc', sent earlier in this run, under "
+        "utf8mb4_general_ci (case- and trailing-space-insensitive): make the keys differ by "
+        "more than case and trailing spaces, or use a binary collation for the key column"
+    }
+    assert next_run == {}
+    assert after == [("ABC", 2)]
