@@ -1,14 +1,19 @@
-"""fit.py on its own: how column types are read, how collations compare keys, and that a
-batch delivered without its rejected records keeps every other record's identity."""
+"""fit.py on its own: how column types are read, how collations compare keys, that a batch
+delivered without its rejected records keeps every other record's identity, and DuckDB tables
+(embedded, so here) refusing what their casts would round."""
 
 from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from reverse_etl.destinations import fit
+from reverse_etl.destinations import build_destination, fit
 from reverse_etl.destinations.base import Batch, BatchResult
 from reverse_etl.destinations.ledger import DeliveryMarker
+from reverse_etl.destinations.sql import SqlDestination
 
 
 @pytest.mark.parametrize(
@@ -85,3 +90,32 @@ def test_validate_warns_of_narrower_columns_and_refuses_types_that_never_fit() -
     assert fit.type_risk("DECIMAL", "decimal(10,2)", "mysql") is None  # precision unknown
     risk = fit.type_risk("DATE", "int(11)", "mariadb")
     assert risk is not None and risk[0] == "error"
+
+
+def test_duckdb_tables_refuse_values_their_casts_would_round(tmp_path: Path) -> None:
+    config = {"type": "sql", "url": "duckdb:///out/app.duckdb"}
+    records = pa.table(
+        {
+            "id": [1, 2, 3],
+            "price": pa.array([Decimal("1.25"), Decimal("1.234"), None], pa.decimal128(10, 3)),
+            "qty": [1.0, None, 2.5],
+        }
+    )
+    with build_destination("d", config, tmp_path) as dest:
+        assert isinstance(dest, SqlDestination)
+        dest._in_transaction(
+            lambda conn: conn.exec_driver_sql(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, price DECIMAL(10,2), qty INTEGER)"
+            )
+        )
+        result = dest.deliver(Batch("t", "upsert", "id", records))
+        rows = dest._in_transaction(
+            lambda conn: conn.exec_driver_sql("SELECT * FROM t ORDER BY id").fetchall()
+        )
+
+    assert result.rejected == {
+        1: "price = 1.234 would be stored as 1.23 in DECIMAL(10,2): widen the column or round "
+        "in the SQL",
+        2: "qty = 2.5 would be stored as 3 in INTEGER: widen the column or round in the SQL",
+    }
+    assert [tuple(r) for r in rows] == [(1, Decimal("1.25"), 1)]
