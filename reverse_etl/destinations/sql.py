@@ -382,7 +382,9 @@ class SqlDestination(TableDestination[_Table]):
     # Values the table would alter, keys its collation would merge (fit.py).
 
     def _fit_dialect(self) -> str | None:
-        return self.dialect if self.dialect in ("mysql", "mariadb", "postgresql", "duckdb") else None
+        return (
+            self.dialect if self.dialect in ("mysql", "mariadb", "postgresql", "duckdb") else None
+        )
 
     def _object_names(self, object: str) -> list[str]:
         return [n for n in split_object(object) if n]
