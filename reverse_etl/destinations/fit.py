@@ -448,15 +448,21 @@ def normalised(column: pa.ChunkedArray, collation: KeyCollation) -> pa.Array:
     return folded.combine_chunks().cast(pa.large_string())
 
 
-def colliding_keys(column: pa.ChunkedArray, collation: KeyCollation) -> dict[int, str]:
-    """Rows whose text key (`column`, from `text_keys`) is the same record as another row's
-    different key under `collation`: every one of them is rejected, naming the other key."""
+def colliding_keys(
+    column: pa.ChunkedArray, collation: KeyCollation, norm: pa.Array | None = None
+) -> dict[int, str]:
+    """Rows whose text key (`column`, from `text_keys`; `norm`: `normalised(column)` when
+    already computed) is the same record as another row's different key under `collation`:
+    every one of them is rejected, naming the other key."""
     if collation.exact:
         return {}
-    # The common case, vectorised: no two distinct keys are the same once normalised.
-    if (
-        pc.count_distinct(normalised(column, collation)).as_py()
-        == pc.count_distinct(column).as_py()
+    if norm is None:
+        norm = normalised(column, collation)
+    # The common cases, vectorised: keys the collation does not change (lower-case, no
+    # trailing spaces) cannot be the same as another; else no two distinct keys are the same
+    # once normalised.
+    if _unchanged(norm, column) or (
+        pc.count_distinct(norm).as_py() == pc.count_distinct(column).as_py()
     ):
         return {}
     keys = column.to_pylist()
@@ -479,6 +485,14 @@ def colliding_keys(column: pa.ChunkedArray, collation: KeyCollation) -> dict[int
     return dict(sorted(rejected.items()))
 
 
+def _unchanged(norm: pa.Array, column: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether normalising changed no key."""
+    same = pc.equal(
+        norm, column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    )
+    return bool(pc.all(pc.fill_null(same, True)).as_py())
+
+
 class RunKeys:
     """The text keys one run has sent to one table so far, as its collation compares them,
     so that a key of a later batch that is the same record as a different earlier key is
@@ -487,26 +501,38 @@ class RunKeys:
     def __init__(self) -> None:
         self.normalised = pa.array([], pa.large_string())
         self.raw = pa.array([], pa.large_string())
+        # Whether normalising changed the key (upper-case letters, trailing spaces): a batch of
+        # keys it does not change can only be the same record as one of those.
+        self.changed = pa.array([], pa.bool_())
         self._lock = threading.Lock()  # the lanes of a run share it
 
-    def collisions(self, column: pa.ChunkedArray, collation: KeyCollation) -> dict[int, str]:
+    def collisions(
+        self, column: pa.ChunkedArray, collation: KeyCollation, norm: pa.Array | None = None
+    ) -> dict[int, str]:
         """Rows of this batch whose key is the same record as a different key an earlier
         batch of the run sent; the batch's keys are then remembered."""
         raw = column.combine_chunks().cast(pa.large_string())
-        norm = normalised(column, collation)
+        if norm is None:
+            norm = normalised(column, collation)
         with self._lock:
             return self._collisions(raw, norm, collation)
 
     def _collisions(self, raw: pa.Array, norm: pa.Array, collation: KeyCollation) -> dict[int, str]:
         rejected: dict[int, str] = {}
         new = pc.is_valid(norm)
-        if len(self.normalised):
+        unchanged = _unchanged(norm, raw)
+        earlier_norm, earlier_raw = (
+            (self.normalised.filter(self.changed), self.raw.filter(self.changed))
+            if unchanged
+            else (self.normalised, self.raw)
+        )
+        if len(earlier_norm):
             # The hash table is built on the batch and probed with the run's keys: building
             # one of all the run's keys for every batch would cost ten times more.
-            at = pc.index_in(self.normalised, value_set=norm)
+            at = pc.index_in(earlier_norm, value_set=norm)
             seen = pc.is_valid(at)
             if pc.any(seen).as_py():
-                rows, earlier = at.filter(seen), self.raw.filter(seen)
+                rows, earlier = at.filter(seen), earlier_raw.filter(seen)
                 differs = pc.not_equal(earlier, pc.take(raw, rows))
                 for row, other in zip(
                     rows.filter(differs).to_pylist(),
@@ -519,13 +545,16 @@ class RunKeys:
                         f"differ by more than {_differ_by(collation)}, or use a binary "
                         "collation for the key column"
                     )
-                known = pc.is_in(norm, value_set=self.normalised.filter(seen))
+                known = pc.is_in(norm, value_set=earlier_norm.filter(seen))
                 new = pc.and_(new, pc.invert(known))
         if pc.any(new).as_py():
             fresh_norm, fresh_raw = norm.filter(new), raw.filter(new)
             first = pc.index_in(pc.unique(fresh_norm), value_set=fresh_norm)
-            self.normalised = pa.concat_arrays([self.normalised, pc.take(fresh_norm, first)])
-            self.raw = pa.concat_arrays([self.raw, pc.take(fresh_raw, first)])
+            fresh_norm, fresh_raw = pc.take(fresh_norm, first), pc.take(fresh_raw, first)
+            self.normalised = pa.concat_arrays([self.normalised, fresh_norm])
+            self.raw = pa.concat_arrays([self.raw, fresh_raw])
+            changed = pc.not_equal(fresh_norm, fresh_raw)
+            self.changed = pa.concat_arrays([self.changed, changed])
         return rejected
 
 

@@ -311,9 +311,10 @@ class TableDestination(Destination, Generic[_T]):
         collation = self._cached_collation(table, key)
         if collation.exact:
             return rejected
-        for row, message in fit.colliding_keys(keys, collation).items():
+        norm = fit.normalised(keys, collation)
+        for row, message in fit.colliding_keys(keys, collation, norm).items():
             rejected.setdefault(row, message)
-        for row, message in self._run_keys(batch).collisions(keys, collation).items():
+        for row, message in self._run_keys(batch).collisions(keys, collation, norm).items():
             rejected.setdefault(row, message)
         if look_up and batch.action != "insert":  # an insert of such a key is a duplicate
             values = keys.to_pylist()

@@ -119,3 +119,22 @@ def test_duckdb_tables_refuse_values_their_casts_would_round(tmp_path: Path) -> 
         2: "qty = 2.5 would be stored as 3 in INTEGER: widen the column or round in the SQL",
     }
     assert [tuple(r) for r in rows] == [(1, Decimal("1.25"), 1)]
+
+
+@pytest.mark.parametrize(
+    ("first", "later"),
+    [(["abc", "p"], ["q", "ABC"]), (["ABC", "p"], ["abc", "q"]), (["x "], ["r", "x"])],
+)
+def test_a_runs_keys_catch_the_same_record_sent_in_a_later_batch(
+    first: list[str], later: list[str]
+) -> None:
+    ci = fit.mysql_collation("utf8mb4_general_ci", None)
+    keys = fit.RunKeys()
+
+    assert keys.collisions(pa.chunked_array([first]), ci) == {}
+    assert keys.collisions(pa.chunked_array([first]), ci) == {}  # the same batch again
+    rejected = keys.collisions(pa.chunked_array([later]), ci)
+
+    (row,) = rejected
+    assert later[row].strip().lower() in first[0].lower()
+    assert f"is the same record as '{first[0]}', sent earlier in this run" in rejected[row]
