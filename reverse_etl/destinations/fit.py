@@ -78,8 +78,12 @@ def column_type(text: str, dialect: str) -> ColumnType:
     `dialect` of `postgresql`, `mysql`/`mariadb` or `duckdb`; kind `other` when nothing is
     known to be lost (text, json, unbounded numeric ...)."""
     lowered = " ".join(text.lower().split())
-    if lowered.startswith("double precision"):
-        return ColumnType("float", text)
+    if lowered.startswith(("double", "float8")):
+        return ColumnType("float", text, precision=53)
+    if lowered.startswith(("real", "float4")) or (
+        lowered.startswith("float") and dialect != "postgresql"  # PostgreSQL's float is float8
+    ):
+        return ColumnType("float", text, precision=24)
     if match := _DECIMAL.match(lowered):
         if match.group(1) is None:
             # Unbounded numeric (PostgreSQL) keeps every digit; MySQL's bare decimal is (10,0),
@@ -93,7 +97,7 @@ def column_type(text: str, dialect: str) -> ColumnType:
     if _INTEGER.match(lowered):
         return ColumnType("integer", text)
     if _FLOAT.match(lowered):
-        return ColumnType("float", text)
+        return ColumnType("float", text, precision=53)
     if lowered == "date":
         return ColumnType("date", text)
     if match := _TIMESTAMP.match(lowered):
@@ -167,6 +171,8 @@ def _check_for(dtype: pa.DataType, target: ColumnType) -> _Check | None:
         return _check_integer
     if target.kind == "date" and t.is_timestamp(dtype):
         return _check_date
+    if target.kind == "float" and target.precision == 24 and t.is_float64(dtype):
+        return _check_float32
     temporal = (target.kind == "timestamp" and t.is_timestamp(dtype)) or (
         target.kind == "time" and (t.is_time32(dtype) or t.is_time64(dtype))
     )
@@ -256,6 +262,21 @@ def _check_integer(
         except (decimal.InvalidOperation, ValueError):
             return f"is not a number {target.text} can store"
         return f"would be stored as {stored} in {target.text}"
+
+    return bad, would_be
+
+
+def _check_float32(
+    column: pa.ChunkedArray, target: ColumnType, rounds: bool
+) -> tuple[pa.ChunkedArray | None, Callable[[int, object], str]]:
+    # A 32-bit float keeps about 7 significant digits: 0.1 comes back as 0.1, 0.123456789
+    # as 0.12345679. Compared through the shortest text of the 32-bit value.
+    stored = column.cast(pa.float32(), safe=False).cast(pa.string())
+    differs = pc.not_equal(stored.cast(pa.float64()), column)
+    bad = pc.fill_null(pc.and_(differs, pc.invert(pc.is_nan(column))), False)
+
+    def would_be(row: int, value: object) -> str:
+        return f"would be stored as {stored[row].as_py()} in {target.text} (a 32-bit float)"
 
     return bad, would_be
 
@@ -374,6 +395,8 @@ def _shown(value: object) -> str:
 def _advice(target: ColumnType) -> str:
     if target.kind in ("decimal", "integer"):
         return "widen the column or round in the SQL"
+    if target.kind == "float":
+        return "make the column double precision or round in the SQL"
     if target.kind == "date":
         return "make the column a timestamp or cast to a date in the SQL"
     if target.kind in ("timestamp", "time"):

@@ -25,7 +25,10 @@ from reverse_etl.destinations.sql import SqlDestination
         ("numeric", "postgresql", "other", None, None),  # unbounded: keeps every digit
         ("int(11)", "mariadb", "integer", None, None),
         ("interval", "postgresql", "other", None, None),
-        ("double precision", "postgresql", "float", None, None),
+        ("double precision", "postgresql", "float", 53, None),
+        ("real", "postgresql", "float", 24, None),
+        ("float", "mariadb", "float", 24, None),
+        ("FLOAT", "postgresql", "float", 53, None),
         ("datetime", "mariadb", "timestamp", None, 0),
         ("DATETIME(6)", "mysql", "timestamp", None, 6),
         ("timestamp without time zone", "postgresql", "timestamp", None, 6),

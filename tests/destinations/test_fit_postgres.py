@@ -45,7 +45,8 @@ def items(sql: psycopg.Connection[tuple[Any, ...]], pg_schema: str) -> str:
             day date,
             stamp timestamp,
             stamp_ms timestamptz(3),
-            code varchar(4)
+            code varchar(4),
+            weight real
         )"""
     )
     return f"{pg_schema}.items"
@@ -195,3 +196,16 @@ def test_a_name_longer_than_63_bytes_is_refused_before_postgresql_cuts_it(
     ]
     with pytest.raises(DestinationError, match="has a name of 64 bytes"):
         dest.prepare(f"{pg_schema}.ok", schema, "id")
+
+
+def test_a_double_with_more_digits_than_a_real_keeps_is_rejected(
+    dest: PostgresDestination, sql: Any, items: str
+) -> None:
+    result = deliver(dest, items, "insert", id=[1, 2, 3], weight=[0.1, 0.123456789, float("nan")])
+
+    assert result.rejected == {
+        1: "weight = 0.123456789 would be stored as 0.12345679 in real (a 32-bit float): make "
+        "the column double precision or round in the SQL"
+    }
+    assert [(r[0], r[7]) for r in rows(sql, items)][0] == (1, 0.1)
+    assert [r[0] for r in rows(sql, items)] == [1, 3]
