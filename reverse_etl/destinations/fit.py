@@ -178,10 +178,15 @@ def _check_for(dtype: pa.DataType, target: ColumnType) -> _Check | None:
     )
     if temporal and _UNIT_DIGITS[dtype.unit] > (target.scale or 0):
         return _check_fraction
-    if target.kind == "string" and (
-        t.is_string(dtype) or t.is_large_string(dtype) or t.is_string_view(dtype)
-    ):
+    text = t.is_string(dtype) or t.is_large_string(dtype) or t.is_string_view(dtype)
+    if target.kind == "string" and text:
         return _check_length
+    if text and target.kind in ("decimal", "integer"):
+        return _check_text_decimals
+    if text and target.kind == "date":
+        return _check_text_time_of_day
+    if text and target.kind == "timestamp":
+        return _check_text_fraction
     temporal = t.is_temporal(dtype) and not t.is_duration(dtype) and not t.is_interval(dtype)
     if (target.kind in _NUMBERS and temporal) or (
         target.kind in ("date", "timestamp", "time") and (number or t.is_integer(dtype))
@@ -262,6 +267,62 @@ def _check_integer(
         except (decimal.InvalidOperation, ValueError):
             return f"is not a number {target.text} can store"
         return f"would be stored as {stored} in {target.text}"
+
+    return bad, would_be
+
+
+# Text the database parses into a number or a time: only its plain forms are read here
+# (RE2, linear-time); anything else is left to the database, which refuses what it cannot read.
+_FRACTION_DIGITS = r"^\s*[+-]?\d*\.(?P<digits>\d*?)0*\s*$"
+_TIME_OF_DAY = r"^\s*\d{4}-\d{1,2}-\d{1,2}[ T](?P<time>.*)$"
+_SECOND_FRACTION = r"^\s*\d{4}-\d{1,2}-\d{1,2}[ T]\d{1,2}:\d{1,2}:\d{1,2}\.(?P<digits>\d*?)0*\s*$"
+
+
+def _digits_beyond(column: pa.ChunkedArray, pattern: str, kept: int) -> pa.ChunkedArray:
+    """Rows whose text matches `pattern` with more than `kept` significant digits in its
+    `digits` group."""
+    digits = pc.struct_field(pc.extract_regex(column, pattern), [0])
+    return pc.fill_null(pc.greater(pc.utf8_length(digits), kept), False)
+
+
+def _check_text_decimals(
+    column: pa.ChunkedArray, target: ColumnType, rounds: bool
+) -> tuple[pa.ChunkedArray | None, Callable[[int, object], str]]:
+    scale = target.scale or 0
+    bad = _digits_beyond(column, _FRACTION_DIGITS, scale)
+
+    def would_be(row: int, value: object) -> str:
+        exact = decimal.Decimal(str(value).strip())
+        stored = exact.quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_HALF_UP)
+        return f"would be stored as {stored} in {target.text}"
+
+    return bad, would_be
+
+
+def _check_text_time_of_day(
+    column: pa.ChunkedArray, target: ColumnType, rounds: bool
+) -> tuple[pa.ChunkedArray | None, Callable[[int, object], str]]:
+    time = pc.struct_field(pc.extract_regex(column, _TIME_OF_DAY), [0])
+    bad = pc.fill_null(pc.match_substring_regex(time, "[1-9]"), False)
+
+    def would_be(row: int, value: object) -> str:
+        day = str(value).strip()[:10].rstrip(" T")
+        return f"would be stored as {day} in {target.text} (its time of day is lost)"
+
+    return bad, would_be
+
+
+def _check_text_fraction(
+    column: pa.ChunkedArray, target: ColumnType, rounds: bool
+) -> tuple[pa.ChunkedArray | None, Callable[[int, object], str]]:
+    kept = target.scale or 0
+    bad = _digits_beyond(column, _SECOND_FRACTION, kept)
+
+    def would_be(row: int, value: object) -> str:
+        return (
+            f"has more fractional digits of a second than the {kept} {target.text} keeps: "
+            "it would be stored " + ("rounded" if rounds else "cut")
+        )
 
     return bad, would_be
 

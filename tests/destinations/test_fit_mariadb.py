@@ -191,3 +191,41 @@ def test_a_key_the_same_record_as_one_sent_earlier_in_the_run_is_rejected_too(
     }
     assert next_run == {}
     assert after == [("ABC", 2)]
+
+
+@pytest.mark.parametrize("bulk_load", [True, False])
+def test_text_the_database_would_round_or_cut_while_parsing_is_rejected(
+    mysql_url: str, tmp_path: Path, bulk_load: bool
+) -> None:
+    engine = sa.create_engine(mysql_url)
+    name = f"fit_{uuid.uuid4().hex[:10]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {name} (id INT PRIMARY KEY, price DECIMAL(10,2), qty INT, day DATE)"
+        )
+    records = pa.table(
+        {
+            "id": [1, 2, 3, 4],
+            "price": ["12.50", "1234.5678", None, None],
+            "qty": ["3", None, "1.5", None],
+            "day": ["2024-01-02", None, None, "2024-01-02 10:30:00"],
+        }
+    )
+    config = {"type": "sql", "url": mysql_url, "bulk_load": bulk_load}
+    try:
+        with build_destination("m", config, tmp_path) as dest:
+            result = dest.deliver(Batch(name, "insert", None, records))
+        after = stored(mysql_url, name)
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        engine.dispose()
+
+    assert result.rejected == {
+        1: "price = '1234.5678' would be stored as 1234.57 in decimal(10,2): widen the column "
+        "or round in the SQL",
+        2: "qty = '1.5' would be stored as 2 in int(11): widen the column or round in the SQL",
+        3: "day = '2024-01-02 10:30:00' would be stored as 2024-01-02 in date (its time of day "
+        "is lost): make the column a timestamp or cast to a date in the SQL",
+    }
+    assert after == [(1, Decimal("12.50"), 3, dt.date(2024, 1, 2))]
