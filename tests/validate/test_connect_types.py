@@ -172,3 +172,39 @@ def test_mariadb_decimal_too_narrow_for_the_source_is_a_warning(
             "severity": "warning",
         }
     ]
+
+
+def test_plain_validate_refuses_a_postgres_table_name_postgresql_would_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "syncs").mkdir()
+    config = {
+        "version": 1,
+        "warehouses": {"wh": {"url": "duckdb:///:memory:"}},
+        "destinations": {"pg": {"type": "postgres", "url": "postgresql://u@localhost/db"}},
+    }
+    (tmp_path / "retl.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    for name, suffix in (("one", "_one"), ("two", "_two")):
+        sync = {
+            "warehouse": "wh",
+            "source": {"sql": "select 1 as id"},
+            "destination": {"name": "pg", "object": "public." + "t" * 60 + suffix},
+            "mode": "upsert",
+            "primary_key": "id",
+            "mapping": {"id": "id"},
+        }
+        (tmp_path / "syncs" / f"{name}.yml").write_text(yaml.safe_dump(sync), encoding="utf-8")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit:
+        main(["validate", "--json", "--project-dir", str(tmp_path)])
+
+    assert exit.value.code == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [(p["file"], p["field"], p["severity"]) for p in problems] == [
+        ("syncs/one.yml", "destination.object", "error"),
+        ("syncs/two.yml", "destination.object", "error"),
+    ]
+    assert (
+        "has a name of 64 bytes: PostgreSQL keeps only the first 63 bytes"
+        in (problems[0]["message"])
+    )
