@@ -491,8 +491,10 @@ class PostgresDestination(TableDestination[_Table]):
         return list(split_object(object))
 
     def _key_collation(self, table: _Table, key: str) -> fit.KeyCollation:
-        if table.columns[key].base == "citext":
-            return fit.KeyCollation("citext", ignores_case=True, pads=False)
+        column = table.columns[key]
+        if column.base in ("citext", "bpchar"):  # character(n) compares without trailing spaces
+            ci, pads = column.base == "citext", column.base == "bpchar"
+            return fit.KeyCollation(column.type, ignores_case=ci, pads=pads)
         rows = self._query(
             "SELECT co.collname, co.collisdeterministic FROM pg_attribute a "
             "JOIN pg_collation co ON co.oid = a.attcollation "

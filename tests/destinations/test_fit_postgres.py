@@ -209,3 +209,18 @@ def test_a_double_with_more_digits_than_a_real_keeps_is_rejected(
     }
     assert rows(sql, items)[0][7] == 0.1
     assert [r[0] for r in rows(sql, items)] == [1, 3]
+
+
+def test_keys_differing_by_trailing_spaces_into_a_character_column_are_both_rejected(
+    dest: PostgresDestination, sql: Any, pg_schema: str
+) -> None:
+    sql.execute(f"CREATE TABLE {pg_schema}.codes (k character(4) PRIMARY KEY, v text)")
+
+    result = deliver(dest, f"{pg_schema}.codes", "upsert", k=["ab", "ab ", "cd"], v=["1", "2", "3"])
+
+    assert sorted(result.rejected) == [0, 1]
+    assert (
+        "is the same record as 'ab ' under character(4) (trailing-space-insensitive)"
+        in (result.rejected[0])
+    )
+    assert rows(sql, f"{pg_schema}.codes") == [("cd  ", "3")]
