@@ -216,6 +216,13 @@ def _check_decimal(
     column: pa.ChunkedArray, target: ColumnType, rounds: bool
 ) -> tuple[pa.ChunkedArray | None, Callable[[int, object], str]]:
     precision, scale = target.precision or 0, target.scale or 0
+    if pa.types.is_decimal(column.type):  # one more digit: rounding 9.999 gives 10.00
+        wider = column.type.precision + 1
+        column = column.cast(
+            pa.decimal128(wider, column.type.scale)
+            if wider <= 38
+            else pa.decimal256(min(wider, 76), column.type.scale)
+        )
     dtype = column.type
     bad = None
     rounded = column
@@ -227,20 +234,37 @@ def _check_decimal(
     if whole_digits is None or whole_digits > precision - scale:
         if pa.types.is_decimal(dtype):
             # The column's own type holds the bound: it has more whole digits than the target.
-            over = pc.greater_equal(pc.abs(rounded), pa.scalar(limit, dtype))
+            bound = pa.scalar(limit, dtype)
+        elif pa.types.is_integer(dtype):
+            signed = not pa.types.is_unsigned_integer(dtype)
+            largest = 2 ** (dtype.bit_width - signed) - 1
+            bound = pa.scalar(int(limit), dtype) if limit <= largest else None
         else:
-            over = pc.greater_equal(pc.abs(rounded), pa.scalar(float(limit)))
-        over = pc.fill_null(over, False)
-        bad = over if bad is None else pc.or_(bad, over)
+            bound = pa.scalar(float(limit))
+        if bound is not None:
+            negative = pc.negate(bound) if not pa.types.is_unsigned_integer(dtype) else None
+            over = pc.greater_equal(rounded, bound)
+            if negative is not None:
+                over = pc.or_(over, pc.less_equal(rounded, negative))
+            over = pc.fill_null(over, False)
+            bad = over if bad is None else pc.or_(bad, over)
+    if bad is not None and pa.types.is_floating(dtype):  # NaN, infinity: the database decides
+        bad = pc.and_(bad, pc.fill_null(pc.is_finite(column), False))
 
     def would_be(row: int, value: object) -> str:
         exact = decimal.Decimal(str(value))
-        stored = exact.quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_HALF_UP)
+        stored = _rounded(exact, scale)
         if abs(stored) >= limit:
             return f"does not fit {target.text}, which holds less than 10^{precision - scale}"
         return f"would be stored as {stored} in {target.text}"
 
     return bad, would_be
+
+
+def _rounded(value: decimal.Decimal, scale: int) -> decimal.Decimal:
+    """`value` rounded half away from zero to `scale` decimals, as the databases round."""
+    context = decimal.Context(prec=1000, rounding=decimal.ROUND_HALF_UP)
+    return value.quantize(decimal.Decimal(1).scaleb(-scale), context=context)
 
 
 def _whole_digits(dtype: pa.DataType) -> int | None:
@@ -255,15 +279,17 @@ def _whole_digits(dtype: pa.DataType) -> int | None:
 def _check_integer(
     column: pa.ChunkedArray, target: ColumnType, rounds: bool
 ) -> tuple[pa.ChunkedArray | None, Callable[[int, object], str]]:
+    if pa.types.is_decimal(column.type):  # one more digit: rounding 9.9 gives 10.0
+        column = column.cast(pa.decimal256(min(column.type.precision + 1, 76), column.type.scale))
     rounded = pc.round(column, 0, round_mode="half_towards_infinity")
     bad = pc.fill_null(pc.not_equal(rounded, column), False)
-    if pa.types.is_floating(column.type):  # NaN and infinity have no integer
-        bad = pc.or_(bad, pc.invert(pc.fill_null(pc.is_finite(column), True)))
+    if pa.types.is_floating(column.type):  # NaN, infinity: the database refuses them
+        bad = pc.and_(bad, pc.fill_null(pc.is_finite(column), False))
 
     def would_be(row: int, value: object) -> str:
         try:
             exact = decimal.Decimal(str(value))
-            stored = exact.quantize(decimal.Decimal(1), decimal.ROUND_HALF_UP)
+            stored = _rounded(exact, 0)
         except (decimal.InvalidOperation, ValueError):
             return f"is not a number {target.text} can store"
         return f"would be stored as {stored} in {target.text}"
@@ -293,7 +319,7 @@ def _check_text_decimals(
 
     def would_be(row: int, value: object) -> str:
         exact = decimal.Decimal(str(value).strip())
-        stored = exact.quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_HALF_UP)
+        stored = _rounded(exact, scale)
         return f"would be stored as {stored} in {target.text}"
 
     return bad, would_be

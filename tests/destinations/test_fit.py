@@ -141,3 +141,23 @@ def test_a_runs_keys_catch_the_same_record_sent_in_a_later_batch(
     (row,) = rejected
     assert later[row].strip().lower() in first[0].lower()
     assert f"is the same record as '{first[0]}', sent earlier in this run" in rejected[row]
+
+
+def test_edge_numbers_are_judged_without_overflowing() -> None:
+    decimals = pa.array(
+        [Decimal("9.999"), Decimal("-9.999"), Decimal("1.500")], pa.decimal128(4, 3)
+    )
+    extremes = pa.array([2**63 - 1, -(2**63), 5], pa.int64())
+    floats = pa.array([1e300, float("nan"), float("inf"), 2.0])
+    records = pa.table({"d": decimals, "i": extremes, "f": floats})
+
+    def rejected(column: str, type_text: str) -> dict[int, str]:
+        return fit.unfit_rows(records, {column: fit.column_type(type_text, "postgresql")}, True)
+
+    assert rejected("d", "numeric(4,2)")[0].startswith("d = 9.999 would be stored as 10.00")
+    assert rejected("d", "numeric(3,2)")[1].startswith("d = -9.999 does not fit numeric(3,2)")
+    assert sorted(rejected("d", "integer")) == [0, 1, 2]
+    assert sorted(rejected("i", "numeric(5,0)")) == [0, 1]
+    assert rejected("i", "numeric(20,0)") == {}
+    # NaN and infinity are the database's to refuse (or keep: numeric holds NaN)
+    assert sorted(rejected("f", "numeric(5,0)")) == [0]
