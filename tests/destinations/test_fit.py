@@ -148,7 +148,7 @@ def test_edge_numbers_are_judged_without_overflowing() -> None:
         [Decimal("9.999"), Decimal("-9.999"), Decimal("1.500")], pa.decimal128(4, 3)
     )
     extremes = pa.array([2**63 - 1, -(2**63), 5], pa.int64())
-    floats = pa.array([1e300, float("nan"), float("inf"), 2.0])
+    floats = pa.array([1e300, float("nan"), float("inf")])
     records = pa.table({"d": decimals, "i": extremes, "f": floats})
 
     def rejected(column: str, type_text: str) -> dict[int, str]:
