@@ -268,7 +268,7 @@ def _stage_type(dtype: pa.DataType, target: _Column) -> str:
         return "bigint"
     if t.is_floating(dtype) and not t.is_float16(dtype) and base in ("float4", "float8", "numeric"):
         return "double precision"
-    if t.is_decimal(dtype) and base in ("numeric", "float4", "float8"):
+    if t.is_decimal(dtype) and base in _NUMBERS:  # fractions into integers: refused (fit.py)
         return "numeric"
     if t.is_boolean(dtype) and base == "bool":
         return "boolean"
