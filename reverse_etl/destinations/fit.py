@@ -4,16 +4,19 @@ A database destination must store every value as sent, or refuse the record. Dat
 always refuse: MariaDB rounds 1234.5678 into `decimal(10,2)` to 1234.57 with only a note,
 PostgreSQL rounds 1.239 into `numeric(3,2)`, both drop the time of a timestamp written to a
 `date` and the fraction a `datetime`/`timestamp` column has no digits for, and PostgreSQL cuts
-trailing spaces of a string longer than its `varchar(n)`. `unfit_rows` finds such records on
-the Arrow batch before it is written, vectorised with pyarrow.compute, checking only the
-columns whose Arrow type can lose something in the column's type (so the bulk paths pay
-nothing for integer into bigint or text into text); they are rejected as row errors.
+trailing spaces of a string longer than its `varchar(n)` (text parsed into such columns, and
+doubles into 32-bit floats, likewise). `unfit_rows` finds such records on the Arrow batch
+before it is written, vectorised with pyarrow.compute, checking only the columns whose Arrow
+type can lose something in the column's type (so the bulk paths pay nothing for integer into
+bigint or text into text); they are rejected as row errors.
 
 Text keys are compared by the key column's collation: MariaDB's default `utf8mb4_general_ci`
 is case-insensitive and (PAD SPACE) ignores trailing spaces, so 'ABC' and 'abc ' are one
 record there. `KeyCollation` normalises keys the way such a collation compares them, so two
-source keys of one batch that are the same record are both rejected, and `matched_only_by`
-finds the batch keys that would hit a destination record that is not byte-equal to them.
+source keys of one batch that are the same record are both rejected (`colliding_keys`), a key
+that is the same record as a different one sent earlier in the run is rejected (`RunKeys`),
+and `matched_only_by` finds the batch keys that would hit a stored record that is not
+byte-equal to them.
 
 `name_problems` refuses table and column names longer than the database keeps (PostgreSQL
 truncates identifiers to 63 bytes without an error, MySQL/MariaDB refuse beyond 64 characters).
