@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
-from reverse_etl.destinations import ledger
+from reverse_etl.destinations import fit, ledger
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -278,7 +278,7 @@ def _stage_type(dtype: pa.DataType, target: _Column) -> str:
         return "bigint"
     if t.is_floating(dtype) and not t.is_float16(dtype) and base in ("float4", "float8", "numeric"):
         return "double precision"
-    if t.is_decimal(dtype) and base in ("numeric", "float4", "float8"):
+    if t.is_decimal(dtype) and base in _NUMBERS:  # fractions into integers: refused (fit.py)
         return "numeric"
     if t.is_boolean(dtype) and base == "bool":
         return "boolean"
@@ -323,10 +323,11 @@ class PostgresDestination(TableDestination[_Table]):
     @classmethod
     def object_problem(cls, object: str) -> tuple[str, str | None] | None:
         try:
-            split_object(object)
+            names = split_object(object)
         except DestinationError as exc:
             return exc.message, exc.hint
-        return None
+        too_long = fit.name_problems(names, "postgresql", "table")
+        return (too_long[0], "rename the table") if too_long else None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -500,6 +501,34 @@ class PostgresDestination(TableDestination[_Table]):
                     )
         return problems
 
+    # Values the table would alter, keys its collation would merge (fit.py).
+
+    def _fit_dialect(self) -> str | None:
+        return "postgresql"
+
+    def _object_names(self, object: str) -> list[str]:
+        return list(split_object(object))
+
+    def _key_collation(self, table: _Table, key: str) -> fit.KeyCollation:
+        column = table.columns[key]
+        if column.base in ("citext", "bpchar"):  # character(n) compares without trailing spaces
+            ci, pads = column.base == "citext", column.base == "bpchar"
+            return fit.KeyCollation(column.type, ignores_case=ci, pads=pads)
+        rows = self._query(
+            "SELECT co.collname, co.collisdeterministic FROM pg_attribute a "
+            "JOIN pg_collation co ON co.oid = a.attcollation "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s",
+            (table.schema, table.name, key),
+        )
+        return fit.postgres_collation(rows[0][0], rows[0][1]) if rows else fit.EXACT
+
+    def _stored_keys(self, table: _Table, key: str, values: list[str]) -> list[str]:
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s::text[])").format(
+            sql.Identifier(key), table.ident, sql.Identifier(key)
+        )
+        return [str(r[0]) for r in self._query(query, (values,))]
+
     def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
         schema_name, name = split_object(object)
         columns = [
@@ -532,6 +561,10 @@ class PostgresDestination(TableDestination[_Table]):
     def deliver(self, batch: Batch) -> BatchResult:
         if batch.size == 0:
             return BatchResult()
+        table = self._table(batch.object)  # fit.py: refuse what the table would alter
+        unfit = self._unfit(batch, table, self._batch_columns(batch, table))
+        if unfit:
+            return fit.deliver_without(batch, unfit, self.deliver)
         doubt: str | None = None  # why the last attempt may have committed
         try:
             for attempt in self._retrying():

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from reverse_etl.destinations import ledger
+from reverse_etl.destinations import fit, ledger
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -158,6 +158,8 @@ def _sa_type(dtype: pa.DataType, dialect: str, key: bool) -> sa.types.TypeEngine
     if t.is_time(dtype):
         return sa.Time()
     if t.is_timestamp(dtype):
+        if dialect in ("mysql", "mariadb"):  # DATETIME alone keeps no fraction of a second
+            return sa_mysql.DATETIME(fsp=6)
         return sa.DateTime(timezone=bool(dtype.tz))
     if t.is_duration(dtype):
         return sa.Interval()
@@ -412,6 +414,92 @@ class SqlDestination(TableDestination[_Table]):
     def _upsert_batch_hint(self, table: _Table, key: str) -> str:
         return f"add a UNIQUE index or PRIMARY KEY on {key}"
 
+    # Values the table would alter, keys its collation would merge (fit.py).
+
+    def _fit_dialect(self) -> str | None:
+        return (
+            self.dialect if self.dialect in ("mysql", "mariadb", "postgresql", "duckdb") else None
+        )
+
+    def _object_names(self, object: str) -> list[str]:
+        return [n for n in split_object(object) if n]
+
+    def _column_types(self, table: _Table) -> dict[str, str]:
+        if self.dialect not in ("mysql", "mariadb"):
+            return super()._column_types(table)
+        return {n: c.column_type for n, c in self._mysql_columns(table).items()}
+
+    def _key_collation(self, table: _Table, key: str) -> fit.KeyCollation:
+        if self.dialect not in ("mysql", "mariadb"):
+            return fit.EXACT
+        name = self._mysql_columns(table)[key].collation
+
+        def pad_attribute(conn: sa.Connection) -> str | None:
+            row = conn.exec_driver_sql(
+                "SELECT * FROM information_schema.COLLATIONS WHERE COLLATION_NAME = %s", (name,)
+            ).first()
+            return None if row is None else row._mapping.get("PAD_ATTRIBUTE")  # MySQL 8 only
+
+        return fit.mysql_collation(name, self._in_transaction(pad_attribute) if name else None)
+
+    def _stored_keys(self, table: _Table, key: str, values: list[str]) -> list[str]:
+        # Only the stored keys that are not byte-equal to a value come back: the others are
+        # the records the batch means, and reading them all would cost more than the write.
+        # (The LOAD DATA path joins its stage instead: `_collated_in_stage`.)
+        quote = mysql_load.quote
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        k = quote(key)
+        found: list[str] = []
+        step = 10_000
+        for start in range(0, len(values), step):
+            chunk = tuple(values[start : start + step])
+            marks = ", ".join(["%s"] * len(chunk))
+            query = (
+                f"SELECT {k} FROM {target} WHERE {k} IN ({marks}) AND BINARY {k} NOT IN ({marks})"
+            )
+
+            def read(
+                conn: sa.Connection, query: str = query, chunk: tuple[str, ...] = chunk
+            ) -> list[str]:
+                return [str(r[0]) for r in conn.exec_driver_sql(query, chunk + chunk)]
+
+            found += self._in_transaction(read)
+        return found
+
+    def _collated_in_stage(
+        self, conn: sa.Connection, batch: Batch, table: _Table
+    ) -> dict[int, str]:
+        """On the LOAD DATA path, with the batch in the stage: the records whose key matches
+        a stored record only by the key column's collation (not byte for byte), rejected and
+        taken out of the stage, so the merge never touches that other record."""
+        key = batch.key_field
+        if batch.action == "insert" or key is None or fit.text_keys(batch) is None:
+            return {}
+        collation = self._cached_collation(table, key)
+        if collation.exact:
+            return {}
+        quote = mysql_load.quote
+        target = (
+            quote(table.name) if not table.schema else f"{quote(table.schema)}.{quote(table.name)}"
+        )
+        k, c0, ord = quote(key), quote(mysql_load.stage_name(0)), quote(_ORD)
+        rows = conn.exec_driver_sql(
+            f"SELECT s.{ord}, t.{k} FROM {quote(_STAGE)} s JOIN {target} t ON t.{k} = s.{c0} "
+            f"WHERE BINARY t.{k} <> BINARY s.{c0}"
+        ).fetchall()
+        if not rows:
+            return {}
+        keys = batch.records.column(key)
+        rejected = {
+            int(o): fit.matched_message(keys[int(o)].as_py(), str(other), collation)
+            for o, other in rows
+        }
+        ordinals = ", ".join(str(o) for o in rejected)
+        conn.exec_driver_sql(f"DELETE FROM {quote(_STAGE)} WHERE {ord} IN ({ordinals})")
+        return rejected
+
     def _create_table(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
         schema_name, name = split_object(object)
         columns = [
@@ -448,26 +536,36 @@ class SqlDestination(TableDestination[_Table]):
             return BatchResult()
         table = self._table(batch.object)
         names = self._batch_columns(batch, table)
+        bulk = self._bulk_load and all(
+            mysql_load.loadable(batch.records.column(n).type) for n in names
+        )
+        # fit.py: refuse what the table would alter (LOAD DATA looks keys up in its stage)
+        unfit = self._unfit(batch, table, names, look_up=not bulk)
+        if unfit:
+            return fit.deliver_without(batch, unfit, self.deliver)
         if batch.marker is not None:
             self._ensure_ledger()
         if self.dialect in ("mysql", "mariadb"):
             unstorable = _non_finite_rows(batch.records.select(names))
             if unstorable:
-                return self._deliver_without(batch, unstorable)
+                return fit.deliver_without(batch, unstorable, self.deliver)
         try:
-            return self._deliver_checked(batch, table, names)
+            return self._deliver_checked(batch, table, names, bulk)
         except _InDoubt as exc:
             # Not "rolled back": the COMMIT may have gone through. The ledger tells (resolve).
             return BatchResult(in_doubt=dict.fromkeys(range(batch.size), exc.message))
 
-    def _deliver_checked(self, batch: Batch, table: _Table, names: list[str]) -> BatchResult:
+    def _deliver_checked(
+        self, batch: Batch, table: _Table, names: list[str], bulk: bool
+    ) -> BatchResult:
         try:
-            if self._bulk_load and all(
-                mysql_load.loadable(batch.records.column(n).type) for n in names
-            ):
+            if bulk:
                 loaded = self._load_data(batch, table, names)
                 if loaded is not None:
                     return loaded
+                unfit = self._unfit(batch, table, names)  # fit.py: executemany looks keys up
+                if unfit:
+                    return fit.deliver_without(batch, unfit, self.deliver)
             if self.dialect == "duckdb":
                 run: _Run = _DuckDBRun(self, batch, table, names)
             else:
@@ -480,30 +578,6 @@ class SqlDestination(TableDestination[_Table]):
         if batch.action == "update":
             run.rejected.update(not_found(batch, table, run.missing))
         return BatchResult.committed(batch.size, run.rejected)
-
-    def _deliver_without(self, batch: Batch, rejected: dict[int, str]) -> BatchResult:
-        """Deliver the batch minus the `rejected` rows, which are reported with the rest."""
-        kept = [i for i in range(batch.size) if i not in rejected]
-        rest = Batch(
-            batch.object,
-            batch.action,
-            batch.key_field,
-            batch.records.take(kept),
-            [batch.ids[i] for i in kept] if batch.ids is not None else None,
-            batch.run_id,
-            batch.first_load,
-            ledger.part_marker(batch.marker, kept),
-        )
-        result = self.deliver(rest)
-        rejected = {**rejected, **{kept[i]: m for i, m in result.rejected.items()}}
-        return BatchResult(
-            accepted={kept[i] for i in result.accepted},
-            rejected=dict(sorted(rejected.items())),
-            retry={kept[i]: m for i, m in result.retry.items()},
-            in_doubt={kept[i]: m for i, m in result.in_doubt.items()},
-            ids={kept[i]: v for i, v in result.ids.items()},
-            absent=result.absent,
-        )
 
     def _load_data(self, batch: Batch, table: _Table, names: list[str]) -> BatchResult | None:
         """The batch through LOAD DATA LOCAL INFILE, in one transaction (retried whole when the
@@ -1113,6 +1187,7 @@ class _LoadDataRun(_Run):
         )
         if loaded != records.num_rows or not exact:
             return False
+        self.rejected.update(self.dest._collated_in_stage(conn, self.batch, self.table))  # fit.py
         if self.missing_query is not None:
             self.missing = sorted(int(r[0]) for r in conn.exec_driver_sql(self.missing_query))
         return True

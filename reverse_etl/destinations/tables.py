@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from reverse_etl.destinations import fit
 from reverse_etl.destinations.base import (
     Batch,
     Destination,
@@ -81,6 +82,9 @@ class TableDestination(Destination, Generic[_T]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._tables: dict[str, _T] = {}
+        # Per table (display name): the table read, its parsed column types, its key collations.
+        self._fits: dict[str, tuple[_T, dict[str, fit.ColumnType], dict[str, fit.KeyCollation]]]
+        self._fits = {}
 
     # -- hooks ------------------------------------------------------------------------------
 
@@ -108,6 +112,30 @@ class TableDestination(Destination, Generic[_T]):
         self, table: _T, fields: Sequence[str], key_field: str | None, action: Action
     ) -> list[str]:
         """Connector-specific problems `check` appends after the shared ones."""
+        return []
+
+    # Values and keys the table would alter or merge (see fit.py).
+
+    def _fit_dialect(self) -> str | None:
+        """`postgresql`, `mysql`, `mariadb` or `duckdb`: whose column types and name limits
+        apply; None: values are not checked against the column types."""
+        return None
+
+    def _object_names(self, object: str) -> list[str]:
+        """The schema and table names `object` names (for the length limits of names)."""
+        return [object]
+
+    def _column_types(self, table: _T) -> dict[str, str]:
+        """Each column's full type, as the catalog writes it."""
+        return {c.name: c.type for c in table.columns.values()}
+
+    def _key_collation(self, table: _T, key: str) -> fit.KeyCollation:
+        """How the text key column compares values (its collation)."""
+        return fit.EXACT
+
+    def _stored_keys(self, table: _T, key: str, values: list[str]) -> list[str]:
+        """The key values of the records the database finds for `values` (compared by the
+        column's collation, not byte for byte)."""
         return []
 
     # -- first load -------------------------------------------------------------------------
@@ -181,6 +209,11 @@ class TableDestination(Destination, Generic[_T]):
         problems: list[str] = []
         if action != "insert" and not key_field:
             problems.append(f"{action} needs a key field to find the records in the table")
+        dialect = self._fit_dialect()
+        too_long = fit.name_problems(self._object_names(object), dialect, "table")
+        too_long += fit.name_problems(dict.fromkeys([*fields, key_field or ""]), dialect)
+        if too_long:
+            return problems + too_long
         table = self._find_table(object)
         if table is None:
             if self.options.create_tables:
@@ -203,6 +236,14 @@ class TableDestination(Destination, Generic[_T]):
         return problems + self._more_problems(table, fields, key_field, action)
 
     def prepare(self, object: str, schema: pa.Schema, key_field: str | None) -> None:
+        dialect = self._fit_dialect()
+        too_long = fit.name_problems(self._object_names(object), dialect, "table")
+        too_long += fit.name_problems(schema.names, dialect)
+        if too_long:
+            raise DestinationError(
+                f"cannot write to {object}: {'; '.join(too_long)}",
+                hint="rename the table or the mapped fields",
+            )
         table = self._find_table(object)
         if table is None and self.options.create_tables:
             self._create_table(object, schema, key_field)
@@ -232,6 +273,91 @@ class TableDestination(Destination, Generic[_T]):
             names.remove(key)
             names.insert(0, key)
         return names
+
+    def type_risks(self, object: str, sources: dict[str, str]) -> list[tuple[str, str, str]]:
+        """(field, "warning" | "error", message) for each field whose source column type
+        (`sources`: field -> the warehouse's type name) could be stored altered in its column,
+        so its records would be rejected at run time ("warning"), or never fits ("error")."""
+        dialect = self._fit_dialect()
+        table = self._find_table(object) if dialect is not None else None
+        if table is None or dialect is None:
+            return []
+        declared = self._column_types(table)
+        risks = []
+        for field_name, source in sources.items():
+            if field_name in declared:
+                risk = fit.type_risk(source, declared[field_name], dialect)
+                if risk is not None:
+                    risks.append((field_name, risk[0], f"field '{field_name}': {risk[1]}"))
+        return risks
+
+    def _unfit(
+        self, batch: Batch, table: _T, names: list[str], look_up: bool = True
+    ) -> dict[int, str]:
+        """Records to reject before the batch is written: a value its column would store
+        altered, a text key that is the same record as another key of the batch under the key
+        column's collation, or (update, upsert, delete; unless the connector does it itself:
+        not `look_up`) that would hit a stored record which is not byte-equal to it."""
+        dialect = self._fit_dialect()
+        if dialect is None:
+            return {}
+        _, types, _ = self._fit_cache(table, dialect)
+        columns = {n: types[n] for n in names if n in types}
+        rejected = fit.unfit_rows(batch.records, columns, rounds_fractions=dialect == "postgresql")
+        keys = fit.text_keys(batch)
+        key = batch.key_field
+        if keys is None or key is None:
+            return rejected
+        collation = self._cached_collation(table, key)
+        if collation.exact:
+            return rejected
+        norm = fit.normalised(keys, collation)
+        for row, message in fit.colliding_keys(keys, collation, norm).items():
+            rejected.setdefault(row, message)
+        for row, message in self._run_keys(batch).collisions(keys, collation, norm).items():
+            rejected.setdefault(row, message)
+        if look_up and batch.action != "insert":  # an insert of such a key is a duplicate
+            values = keys.to_pylist()
+            wanted = list(dict.fromkeys(k for k in values if isinstance(k, str)))
+            stored = self._stored_keys(table, key, wanted)
+            for row, message in fit.matched_only_by(values, stored, collation).items():
+                rejected.setdefault(row, message)
+        return dict(sorted(rejected.items()))
+
+    # Per (connector, location, table): the run whose text keys are remembered, and those keys.
+    # Shared by the lanes (instances) of one run, like `_empty_at_start`.
+    _keys_of_run: ClassVar[dict[tuple[str, str, str], tuple[str, fit.RunKeys]]] = {}
+
+    def _run_keys(self, batch: Batch) -> fit.RunKeys:
+        run = batch.run_id or f"instance {id(self)}"
+        where = (self.type_name, self.location(), batch.object)
+        with self._empty_lock:
+            known = self._keys_of_run.get(where)
+            if known is None or known[0] != run:  # a new run forgets the last one's keys
+                known = (run, fit.RunKeys())
+                self._keys_of_run[where] = known
+            return known[1]
+
+    def _fit_cache(
+        self, table: _T, dialect: str
+    ) -> tuple[_T, dict[str, fit.ColumnType], dict[str, fit.KeyCollation]]:
+        """The table's parsed column types and key collations, read once per table read."""
+        cached = self._fits.get(table.display)
+        if cached is None or cached[0] is not table:
+            declared = self._column_types(table)
+            cached = (table, {n: fit.column_type(t, dialect) for n, t in declared.items()}, {})
+            self._fits[table.display] = cached
+        return cached
+
+    def _cached_collation(self, table: _T, key: str) -> fit.KeyCollation:
+        """The key column's collation (exact when values are not checked), read once."""
+        dialect = self._fit_dialect()
+        if dialect is None:
+            return fit.EXACT
+        collations = self._fit_cache(table, dialect)[2]
+        if key not in collations:
+            collations[key] = self._key_collation(table, key)
+        return collations[key]
 
 
 def not_found(batch: Batch, table: Table[Any], rows: Iterable[int]) -> dict[int, str]:

@@ -9,6 +9,7 @@ from drivers are cut to their first line and have secrets masked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -50,6 +51,8 @@ class _ConnectChecker:
         # name -> an open connection, or (message, hint) saying why it could not be opened
         self.warehouses: dict[str, Warehouse | _Failure] = {}
         self.destinations: dict[str, Destination | _Failure] = {}
+        # The source query's column types (name -> the warehouse's type name), per sync.
+        self.source_types: dict[str, dict[str, str]] = {}
 
     def check(self, sync: Sync) -> list[Problem]:
         config, project_config = sync.config, self.project.config
@@ -105,7 +108,7 @@ class _ConnectChecker:
         assert config is not None and sync.sql is not None
         doc = sync.document
         try:
-            columns = [column.name for column in warehouse.columns(sync.sql)]
+            described = warehouse.columns(sync.sql)
         except Exception as exc:
             where = ("source", "sql") if config.source.sql is not None else ("source", "file")
             message, hint = self._failure(
@@ -114,6 +117,8 @@ class _ConnectChecker:
                 "run the query in the warehouse's own client to see the whole error",
             )
             return [doc.problem(where, message, hint)]
+        columns = [column.name for column in described]
+        self.source_types[sync.name] = {column.name: column.type for column in described}
         known = set(columns)
         problems: list[Problem] = []
 
@@ -174,9 +179,42 @@ class _ConnectChecker:
                 exc, f"destination '{config.destination.name}' cannot check the mapping", None
             )
             return [sync.document.problem(path, message, hint)]
-        return [
+        problems = [
             sync.document.problem(_field_path(message, config.mapping) or path, self._mask(message))
             for message in messages
+        ]
+        if not messages:
+            problems += self._check_types(sync, destination)
+        return problems
+
+    def _check_types(self, sync: Sync, destination: Destination) -> list[Problem]:
+        """Mapped source columns whose type the destination column could store altered (their
+        records are rejected at run time: a warning) or can never hold (an error)."""
+        from reverse_etl.destinations.tables import TableDestination
+
+        config = sync.config
+        types = self.source_types.get(sync.name)
+        if config is None or types is None or not isinstance(destination, TableDestination):
+            return []
+        sources = {
+            field: types[source.column]
+            for field, source in config.mapping.items()
+            if source.column is not None and source.column in types
+        }
+        try:
+            risks = destination.type_risks(config.destination.object, sources)
+        except Exception:  # the mapping check above already read the table: best effort
+            return []
+        hint = {
+            "warning": "widen the column, or round/cast the value in the SQL",
+            "error": "map a source column of a matching type, or cast it in the SQL",
+        }
+        return [
+            dataclasses.replace(
+                sync.document.problem(("mapping", field), self._mask(message), hint[severity]),
+                severity="warning" if severity == "warning" else "error",
+            )
+            for field, severity, message in risks
         ]
 
     # --- helpers ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ class Database:
 
     def create(self, name: str, ddl: str) -> str:
         """Create a table from a column list (`{ts}` becomes the dialect's timestamp type)."""
-        ts = "DATETIME" if self.kind == "mysql" else "TIMESTAMP"
+        ts = "DATETIME(6)" if self.kind == "mysql" else "TIMESTAMP"
         self.sql(f"CREATE TABLE {name} ({ddl.format(ts=ts)})")
         self._created.append(name)
         return name
@@ -131,8 +131,8 @@ def test_insert_lands_values_of_every_common_type(db: Database) -> None:
     assert first[:3] == (1, "", 10)
     assert Decimal(str(first[3])) == Decimal("12.3")
     assert bool(first[4]) is True and bool(second[4]) is False
-    # UTC, as a naive timestamp (MySQL DATETIME keeps no fraction of a second)
-    assert str(first[5]).startswith("2024-05-06 07:08:09")
+    # UTC, as a naive timestamp, with its microseconds
+    assert str(first[5]).startswith("2024-05-06 07:08:09.123456")
     assert str(first[6]) == "1990-01-31"
     assert second[1:4] == (None, None, None) and second[5:] == (None, None)
 

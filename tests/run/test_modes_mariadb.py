@@ -6,6 +6,7 @@ As on PostgreSQL: a first run, then a source with key 2 changed, key 3 removed, 
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -157,3 +158,110 @@ def test_rejected_rows_carry_the_database_message_and_are_retried(
     assert maria_project.run_json()["counts"]["create"] == 10
     assert maria_project.dead_letters() == []
     assert len(maria.rows(table)) == 100
+
+
+# -- nothing arrives altered, no two keys hit one record (issue 15) ------------------------------
+
+
+def test_values_the_columns_would_alter_are_dead_letters_and_never_stored(
+    maria_project: RetlProject, maria: MariaDb
+) -> None:
+    table = maria.table("prices")
+    maria.execute(
+        f"CREATE TABLE {table} (id INT PRIMARY KEY, price DECIMAL(10,2), qty INT, day DATE, "
+        "stamp DATETIME, code VARCHAR(4))"
+    )
+    maria_project.warehouse(
+        "CREATE TABLE prices AS SELECT * FROM (VALUES "
+        "(1, 12.5000::DECIMAL(18,4), 1.0::DOUBLE, TIMESTAMP '2024-01-02', "
+        " TIMESTAMP '2024-01-02 03:04:05', 'ok'), "
+        "(2, 1234.5678, 1.0, TIMESTAMP '2024-01-02', TIMESTAMP '2024-01-02 03:04:05', 'ok'), "
+        "(3, 1.0, 1.5, TIMESTAMP '2024-01-02', TIMESTAMP '2024-01-02 03:04:05', 'ok'), "
+        "(4, 1.0, 1.0, TIMESTAMP '2024-01-02 10:30:00', TIMESTAMP '2024-01-02 03:04:05', 'ok'), "
+        "(5, 1.0, 1.0, TIMESTAMP '2024-01-02', TIMESTAMP '2024-01-02 03:04:05.25', 'ok'), "
+        "(6, 1.0, 1.0, TIMESTAMP '2024-01-02', TIMESTAMP '2024-01-02 03:04:05', 'ab   ')"
+        ") AS t(id, price, qty, day, stamp, code)"
+    )
+    maria_project.write_sync(
+        destination={"name": "maria", "object": table},
+        limits={"max_row_error_ratio": 1, "max_delete_ratio": 1},
+        source={"sql": "select * from prices"},
+        mapping={f: f for f in ("id", "price", "qty", "day", "stamp", "code")},
+    )
+
+    run = maria_project.run_json()
+
+    assert run["counts"]["rejected"] == 5
+    letters = {d["key"]: d["error"] for d in maria_project.dead_letters()}
+    assert letters == {
+        "2": "price = 1234.5678 would be stored as 1234.57 in decimal(10,2): widen the column "
+        "or round in the SQL",
+        "3": "qty = 1.5 would be stored as 2 in int(11): widen the column or round in the SQL",
+        "4": "day = 2024-01-02 10:30:00 would be stored as 2024-01-02 in date (its time of day "
+        "is lost): make the column a timestamp or cast to a date in the SQL",
+        "5": "stamp = 2024-01-02 03:04:05.250000 would be stored as 2024-01-02 03:04:05 in "
+        "datetime (it keeps 0 fractional digits of a second): give the column more fractional "
+        "digits or truncate in the SQL",
+        "6": "code = 'ab   ' is 5 characters long, more than the 4 of varchar(4): it would be "
+        "stored without its trailing spaces: widen the column or shorten the value in the SQL",
+    }
+    assert [r[:3] for r in maria.rows(table)] == [(1, Decimal("12.50"), 1)]
+
+
+def keyed(maria_project: RetlProject, maria: MariaDb, mode: str, keys: list[str]) -> str:
+    """A sync of text keys into a VARCHAR key column of the server's default collation
+    (utf8mb4_general_ci or latin1_swedish_ci: case-insensitive, PAD SPACE)."""
+    table = maria.table("keyed")
+    maria.execute(f"CREATE TABLE IF NOT EXISTS {table} (k VARCHAR(20) PRIMARY KEY, v VARCHAR(20))")
+    values = ", ".join(f"('{k}', 'new {k.strip()}')" for k in keys)
+    maria_project.warehouse(
+        f"CREATE OR REPLACE TABLE keys AS SELECT * FROM (VALUES {values}) t(k, v)"
+    )
+    mapping = {"k": "k"} if mode == "delete" else {"k": "k", "v": "v"}
+    maria_project.write_sync(
+        destination={"name": "maria", "object": table},
+        limits={"max_row_error_ratio": 1, "max_delete_ratio": 1},
+        source={"sql": "select * from keys"},
+        mode=mode,
+        primary_key="k",
+        mapping=mapping,
+        **({"allow_destructive": True} if mode == "delete" else {}),
+    )
+    return table
+
+
+def test_keys_one_record_under_the_collation_are_rejected_not_merged(
+    maria_project: RetlProject, maria: MariaDb
+) -> None:
+    keys = ["abc", "ABC", "x", "x ", "p", "q", "r", "s"]
+    table = keyed(maria_project, maria, "upsert", keys)
+
+    run = maria_project.run_json()
+
+    assert run["counts"]["rejected"] == 4
+    letters = {d["key"]: d["error"] for d in maria_project.dead_letters()}
+    assert set(letters) == {"abc", "ABC", "x", "x "}
+    assert letters["ABC"].startswith(
+        "key 'ABC' is the same record as 'abc' under utf8mb4_general_ci (case- and "
+        "trailing-space-insensitive)"
+    ) or letters["ABC"].startswith("key 'ABC' is the same record as 'abc' under latin1")
+    assert maria.rows(table) == [(k, f"new {k}") for k in ("p", "q", "r", "s")]
+
+
+def test_a_delete_or_update_matching_a_record_only_by_collation_leaves_it_alone(
+    maria_project: RetlProject, maria: MariaDb
+) -> None:
+    table = keyed(maria_project, maria, "delete", ["ABC", "x ", "gone"])
+    maria.execute(f"INSERT INTO {table} VALUES ('abc', 'live'), ('x', 'live'), ('gone', 'old')")
+
+    run = maria_project.run_json()
+
+    assert run["counts"]["delete"] == 1
+    letters = {d["key"]: d["error"] for d in maria_project.dead_letters()}
+    assert set(letters) == {"ABC", "x "}
+    assert "would change the record 'abc'" in letters["ABC"]
+    assert maria.rows(table) == [("abc", "live"), ("x", "live")]
+
+    keyed(maria_project, maria, "upsert", ["ABC", "x"])
+    maria_project.run_json()
+    assert maria.rows(table) == [("abc", "live"), ("x", "new x")]
