@@ -600,8 +600,16 @@ class PostgresDestination(TableDestination[_Table]):
                     f"{self._where}: {_first_line(exc)}",
                     hint="the batch was rolled back and will be sent again on the next run",
                 ) from exc
+            message = db_message(exc)
+            hint = None
+            if ledger.LEDGER_TABLE in message and "permission denied" in message:
+                hint = (
+                    f"GRANT SELECT, INSERT, DELETE ON {ledger.LEDGER_TABLE} (in the schema of "
+                    f"{batch.object}) to the destination's user: retl commits a delivery marker "
+                    "there with each batch, which makes a run killed at any moment safe to repeat"
+                )
             raise DestinationError(
-                f"PostgreSQL destination '{self.name}' failed on {batch.object}: {db_message(exc)}"
+                f"PostgreSQL destination '{self.name}' failed on {batch.object}: {message}", hint
             ) from exc
         raise AssertionError("unreachable")
 

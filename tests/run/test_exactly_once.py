@@ -114,10 +114,11 @@ def finish_and_compare(project: RetlProject, delivered: Callable[[], list[int]])
 
 
 def slow_down(pg: PostgresDb, table: str) -> None:
-    """Every insert statement takes 20 ms more, so that kills land while batches go in."""
+    """Every insert statement takes 100 ms more, so that a whole run (50 batches) outlasts the
+    early kills and the others land while batches go in, however fast the machine."""
     pg.execute(
         f"CREATE FUNCTION {pg.schema}.slow() RETURNS trigger LANGUAGE plpgsql AS "
-        "$$ BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END $$"
+        "$$ BEGIN PERFORM pg_sleep(0.1); RETURN NULL; END $$"
     )
     pg.execute(
         f"CREATE TRIGGER slow AFTER INSERT ON {pg.schema}.{table} "
