@@ -113,7 +113,9 @@ LONG_IDENTIFIERS = (
 )
 OVERLONG = "x" * 400  # wider than any line: the one kind of word that may break
 # Appended to a copy of the report (the report itself has no script): every word of an error
-# that Chromium split over two lines although it fits on one is written into the DOM.
+# that Chromium split over two lines although it fits on one is written into the DOM. Words
+# are letters, digits, `_`, `.`, `"` and `-`: punctuation such as `/` or `(` is a line-break
+# opportunity of its own (Unicode line breaking), where a browser may wrap a token.
 BROKEN_WORDS = """<script>
 const broken = [];
 for (const box of document.querySelectorAll("td.error div, .top-errors .error")) {
@@ -121,7 +123,7 @@ for (const box of document.querySelectorAll("td.error div, .top-errors .error"))
   if (!text || text.nodeType !== Node.TEXT_NODE) continue;
   let at = 0;
   for (const part of text.data.split(/(\\s+)/)) {
-    if (part.trim()) {
+    if (/^[\\w."-]+$/.test(part)) {
       const range = document.createRange();
       range.setStart(text, at);
       range.setEnd(text, at + part.length);
