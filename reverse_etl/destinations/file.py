@@ -17,7 +17,6 @@ commits both. A run reads the markers back into state before it plans, then remo
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as dt
 import io
@@ -149,19 +148,6 @@ def _csv(table: pa.Table, header: bool) -> bytes:
     sink = io.BytesIO()
     pa_csv.write_csv(_csv_ready(table), sink, pa_csv.WriteOptions(include_header=header))
     return sink.getvalue()
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a new directory entry durable (POSIX; a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @register("file")
@@ -331,7 +317,7 @@ class FileDestination(Destination):
                 path.open("xb").close()
             except FileExistsError:
                 continue
-            _fsync_dir(self.folder)
+            ledger.fsync_dir(self.folder)
             return path
         raise DestinationError(f"cannot find a free file name for {object} in {self.folder}")
 

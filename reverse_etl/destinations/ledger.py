@@ -282,7 +282,7 @@ def _is_marker_of(document: dict[str, Any], sync: str, target: str) -> bool:
     return document.get("sync") == sync and document.get("target") == target
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a directory entry durable (POSIX; a no-op where directories cannot be opened)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -303,7 +303,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -361,7 +361,7 @@ class AppendLedger:
             file.flush()
             os.fsync(file.fileno())
             if new:
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             line: dict[str, Any] = {"end": end + len(chunk)}
             if marker is not None:
                 line.update(_marker_document(marker, accepted))
@@ -499,7 +499,7 @@ class PartMarkers:
         else:
             write_atomically(path, json.dumps(_marker_document(marker, accepted)).encode())
         os.replace(partial, part)
-        _fsync_dir(part.parent)
+        fsync_dir(part.parent)
 
     def _markers(self, folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
         """Committed markers (uncommitted ones and their partial parts are removed)."""
