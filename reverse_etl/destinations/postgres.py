@@ -52,6 +52,9 @@ else:
 
 _STAGE = "_retl_stage"
 _ORD = "_retl_ord"
+# A stage of at least this many rows is analyzed before the merge: temporary tables are never
+# analyzed by autovacuum, and a planner that guesses their size may join them by nested loop.
+ANALYZE_STAGE_ROWS = 10_000
 # SQLSTATE classes that blame the data of a record, not the statement: cardinality (21), data
 # exception (22), integrity constraint (23), triggered data change (27), external routine (38, 39),
 # with check option (44), PL/pgSQL raise (P0). Anything else is the destination's problem.
@@ -609,6 +612,8 @@ class PostgresDestination(TableDestination[_Table]):
                     if is_record_error(exc) and any(t != "text" for t in types):
                         raise _StageRefused from exc
                     raise
+                if stage.num_rows >= ANALYZE_STAGE_ROWS:
+                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(_STAGE)))
                 if stage.num_rows:
                     run.apply(cur, 0, batch.size - 1)
         except BaseException:
