@@ -6,9 +6,10 @@ Outside a delivery (`graceful()`), and on a second signal, the handler raises `R
 at once, so start-up and long reads stop promptly too.
 
 Stopping never waits on a server. Code that blocks on one registers how to cancel it
-(`cancelling`): when a signal stops retl at once, or when a delivery has not reached its safe
-point `GRACE_SECONDS` after the first signal, every registered cancel is called, on a thread of
-its own, so the statement fails at once and its connection is closed instead of rolled back.
+(`cancelling`): when a signal stops retl at once every registered cancel is called, on a thread
+of its own, so the statement fails at once and its connection is closed instead of rolled back.
+A delivery that has not reached its safe point `GRACE_SECONDS` after the first signal has its
+destination statements cancelled the same way (their transactions do not commit).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _requested: int | None = None
 _graceful = 0
 # Reentrant: the handler runs on the main thread, possibly while that thread holds the lock.
 _lock = threading.RLock()
-_cancels: dict[int, Callable[[], None]] = {}
+_cancels: dict[int, tuple[Callable[[], None], bool]] = {}
 _tokens = itertools.count()
 _grace: threading.Timer | None = None
 
@@ -70,7 +71,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         raise RunInterrupted(signum)
     # Inside a delivery: the safe point (the batches in flight answered) normally comes soon;
     # a statement still running after the grace period is cancelled, never waited for.
-    _grace = threading.Timer(GRACE_SECONDS, cancel_all)
+    _grace = threading.Timer(GRACE_SECONDS, cancel_all, kwargs={"grace_over": True})
     _grace.daemon = True
     _grace.start()
 
@@ -102,13 +103,15 @@ def graceful() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def cancelling(cancel: Callable[[], None]) -> Iterator[None]:
+def cancelling(cancel: Callable[[], None], *, after_grace: bool = False) -> Iterator[None]:
     """While inside, stopping retl calls `cancel` (from another thread: it must only ask the
     server to stop, e.g. psycopg's `cancel_safe`, and never use the connection itself). The
-    code that waited then fails promptly, and closes its connection on the way out."""
+    code that waited then fails promptly, and closes its connection on the way out.
+    `after_grace`: also when a delivery's grace period ends (a destination's statements; not
+    state writes, which record what the destination already took)."""
     token = next(_tokens)
     with _lock:
-        _cancels[token] = cancel
+        _cancels[token] = (cancel, after_grace)
     try:
         yield
     finally:
@@ -116,11 +119,12 @@ def cancelling(cancel: Callable[[], None]) -> Iterator[None]:
             _cancels.pop(token, None)
 
 
-def cancel_all() -> None:
-    """Call every registered cancel, each on a daemon thread: a signal handler must not wait
-    for a server (a cancel request opens a connection of its own)."""
+def cancel_all(*, grace_over: bool = False) -> None:
+    """Call every registered cancel (`grace_over`: those registered `after_grace`), each on a
+    daemon thread: a signal handler must not wait for a server (a cancel request opens a
+    connection of its own)."""
     with _lock:
-        cancels = list(_cancels.values())
+        cancels = [c for c, after_grace in _cancels.values() if after_grace or not grace_over]
     for cancel in cancels:
         threading.Thread(target=_quietly, args=(cancel,), name="retl-cancel", daemon=True).start()
 

@@ -12,6 +12,8 @@ failing one is reported with the database's message. One transaction (commit) pe
 from __future__ import annotations
 
 import array
+import contextlib
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
     Column,
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
     import tenacity
-    from psycopg import conninfo, sql
+    from psycopg import conninfo, pq, sql
 
     Connection = psycopg.Connection[tuple[Any, ...]]
     Cursor = psycopg.Cursor[tuple[Any, ...]]
@@ -46,6 +49,7 @@ else:
     conninfo = lazy_module("psycopg.conninfo")
     pc = lazy_module("pyarrow.compute")
     pa_csv = lazy_module("pyarrow.csv")
+    pq = lazy_module("psycopg.pq")
     psycopg = lazy_module("psycopg")
     sql = lazy_module("psycopg.sql")
     tenacity = lazy_module("tenacity")
@@ -58,6 +62,7 @@ ANALYZE_STAGE_ROWS = 10_000
 # SQLSTATE classes that blame the data of a record, not the statement: cardinality (21), data
 # exception (22), integrity constraint (23), triggered data change (27), external routine (38, 39),
 # with check option (44), PL/pgSQL raise (P0). Anything else is the destination's problem.
+_QUERY_CANCELED = "57014"
 _RECORD_ERROR_CLASSES = frozenset({"21", "22", "23", "27", "38", "39", "44", "P0"})
 # Explicit casts to these types truncate silently; text is assigned to them with a length check.
 _LENGTH_TYPES = re.compile(r"^(character varying|character|bit varying|bit)\(")
@@ -134,6 +139,12 @@ def is_record_error(exc: BaseException) -> bool:
     """True when PostgreSQL blames the values of a record (a rejection), not the statement."""
     state = getattr(exc, "sqlstate", None) or ""
     return state[:2] in _RECORD_ERROR_CLASSES
+
+
+def _cancel(conn: Connection) -> None:
+    """Ask the server to stop the statement running on `conn`; a no-op when none runs."""
+    if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+        conn.cancel_safe(timeout=2.0)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -303,6 +314,9 @@ class PostgresDestination(TableDestination[_Table]):
         super().__init__(*args, **kwargs)
         self._conn: Connection | None = None
         self._conninfo = normalise_url(self.options.url)
+        # Stopping retl cancels the statement running on the connection (see interrupt): the
+        # batch's transaction does not commit, and nothing waits for it.
+        self._cancel_registration = contextlib.ExitStack()
 
     @classmethod
     def object_problem(cls, object: str) -> tuple[str, str | None] | None:
@@ -331,6 +345,7 @@ class PostgresDestination(TableDestination[_Table]):
     def close(self) -> None:
         conn, self._conn = self._conn, None
         self._tables.clear()
+        self._cancel_registration.close()
         if conn is not None and not conn.closed:
             conn.close()
 
@@ -362,6 +377,10 @@ class PostgresDestination(TableDestination[_Table]):
                 hint="check the destination url and that the server is running and reachable",
             ) from exc
         assert self._conn is not None
+        self._cancel_registration.close()
+        self._cancel_registration.enter_context(
+            interrupt.cancelling(functools.partial(_cancel, self._conn), after_grace=True)
+        )
         # Staged batches of ~100k rows stay in memory instead of spilling temp-table pages;
         # timestamps without a zone are UTC, whatever the server's default time zone.
         self._conn.execute("SET temp_buffers = '128MB'")
@@ -574,7 +593,7 @@ class PostgresDestination(TableDestination[_Table]):
         except psycopg.Error as exc:
             if conn.broken:
                 self._conn = None
-            if _is_transient(exc):
+            if _is_transient(exc) or exc.sqlstate == _QUERY_CANCELED:
                 raise
             if not is_record_error(exc):
                 # Not allowed here (row-level security, rules...): this run takes the stage path.

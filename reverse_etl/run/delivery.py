@@ -139,9 +139,13 @@ class Delivery:
             )
         except _Stopped:
             status = "interrupted"
-            failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         except DestinationError as exc:
-            failed, hint = exc.message, exc.hint
+            if interrupt.requested() is None:
+                failed, hint = exc.message, exc.hint
+            else:  # its statement was cancelled because retl is stopping (see interrupt)
+                status = "interrupted"
+        if status == "interrupted":
+            failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         if failed is None:
             failed = self._key_error_failure()
         self._report_rejections()
