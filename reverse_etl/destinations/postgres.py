@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -141,10 +142,11 @@ def is_record_error(exc: BaseException) -> bool:
     return state[:2] in _RECORD_ERROR_CLASSES
 
 
-def _cancel(conn: Connection) -> None:
+def _cancel(conn: Connection, closing: threading.Lock) -> None:
     """Ask the server to stop the statement running on `conn`; a no-op when none runs."""
-    if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
-        conn.cancel_safe(timeout=2.0)
+    with closing:  # never while `close` closes the connection
+        if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            conn.cancel_safe(timeout=2.0)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -317,6 +319,7 @@ class PostgresDestination(TableDestination[_Table]):
         # Stopping retl cancels the statement running on the connection (see interrupt): the
         # batch's transaction does not commit, and nothing waits for it.
         self._cancel_registration = contextlib.ExitStack()
+        self._closing = threading.Lock()
 
     @classmethod
     def object_problem(cls, object: str) -> tuple[str, str | None] | None:
@@ -347,7 +350,8 @@ class PostgresDestination(TableDestination[_Table]):
         self._tables.clear()
         self._cancel_registration.close()
         if conn is not None and not conn.closed:
-            conn.close()
+            with self._closing:
+                conn.close()
 
     def _connection(self) -> Connection:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
@@ -379,7 +383,9 @@ class PostgresDestination(TableDestination[_Table]):
         assert self._conn is not None
         self._cancel_registration.close()
         self._cancel_registration.enter_context(
-            interrupt.cancelling(functools.partial(_cancel, self._conn), after_grace=True)
+            interrupt.cancelling(
+                functools.partial(_cancel, self._conn, self._closing), after_grace=True
+            )
         )
         # Staged batches of ~100k rows stay in memory instead of spilling temp-table pages;
         # timestamps without a zone are UTC, whatever the server's default time zone.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
+from reverse_etl import interrupt
 from reverse_etl.config import Sync
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.mapping.compile import quote_literal
@@ -291,6 +292,9 @@ def _read(con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, statemen
     except duckdb.Error:
         if failures:
             raise failures[0] from None
+        signum = interrupt.requested()
+        if signum is not None:  # DuckDB's own "interrupted": the signal stopped the read
+            raise interrupt.RunInterrupted(signum) from None
         raise
     finally:
         con.unregister(_STREAM)

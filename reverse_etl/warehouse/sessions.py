@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import pyarrow as pa
 from reverse_etl import interrupt
 from reverse_etl.errors import WarehouseError
 from reverse_etl.redact import mask_url, register_url
-from reverse_etl.warehouse.base import database_message, source_statement
+from reverse_etl.warehouse.base import cancelled_error, database_message, source_statement
 from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, describe
 
 # PostgreSQL float4 and float8 type OIDs.
@@ -119,14 +120,8 @@ class WarehouseSession(ABC):
             signum = interrupt.requested()
             if signum is not None:
                 return interrupt.RunInterrupted(signum)
-            return SessionError(
-                f"the warehouse '{self.name}' cancelled the query (pg_cancel_backend or "
-                f"statement_timeout): {database_message(exc)}",
-                hint="an administrator or another session cancelled it, or it ran past "
-                f"statement_timeout (warehouses.{self.name}.query_timeout in retl.yml); "
-                "run again, or raise the timeout",
-                sqlstate=sqlstate,
-            )
+            cancelled = cancelled_error(self.name, database_message(exc))
+            return SessionError(cancelled.message, cancelled.hint, sqlstate)
         return SessionError(
             f"warehouse '{self.name}' refused a statement of the warehouse state backend: "
             f"{database_message(exc)}",
@@ -153,6 +148,7 @@ class PostgresSession(WarehouseSession):
             ) from None
         self._streams = 0  # COPY streams open: each holds the connection until it ends
         # A signal that stops retl cancels the statement running here (from another thread).
+        self._closing = threading.RLock()
         self._cancel_registration = contextlib.ExitStack()
         self._cancel_registration.enter_context(interrupt.cancelling(self._cancel))
         # Text of timestamps with a time zone in UTC, as the local engine writes them.
@@ -279,17 +275,19 @@ class PostgresSession(WarehouseSession):
         """Ask the server to stop the running statement; a no-op when none runs."""
         from psycopg.pq import TransactionStatus
 
-        conn = self._conn
-        if not conn.closed and conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
-            conn.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
+        with self._closing:  # never while another thread closes the connection
+            conn = self._conn
+            if not conn.closed and conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                conn.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
 
     def close(self) -> None:
         """Close the connection; a statement still running is cancelled first, so the server
         does not go on with it for nobody."""
         self._cancel_registration.close()
-        with contextlib.suppress(Exception):
-            self._cancel()
-        self._conn.close()
+        with self._closing:
+            with contextlib.suppress(Exception):
+                self._cancel()
+            self._conn.close()
 
 
 class DuckDBSession(WarehouseSession):
