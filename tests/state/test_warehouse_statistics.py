@@ -74,10 +74,36 @@ def test_a_large_destination_stage_is_analyzed_before_the_merge(wp: WarehousePro
         f"EXECUTE FUNCTION {wp.schema}.seen()",
         f"UPDATE {wp.schema}.src SET name = name || '!'",
     )
-    wp.sql(f"TRUNCATE {wp.schema}.seen")  # the UPDATE above is not on dst, but be sure
 
     outcome = wp.run()
 
     assert outcome.status == "success", outcome.error
     assert outcome.counts["update"] == rows
+    assert [r[0] for r in wp.rows(f"SELECT estimate FROM {wp.schema}.seen")] == [rows]
+
+
+@pytest.mark.postgres
+def test_a_large_acknowledgement_stage_is_analyzed_before_the_merge(
+    wp: WarehouseProject,
+) -> None:
+    rows = ANALYZE_STAGE_ROWS + 10
+    wp.write_sync(batch_size=rows)
+    fill(wp, rows)
+    assert wp.run().status == "success"
+    state = wp.state_schema
+    wp.sql(
+        f"CREATE TABLE {wp.schema}.seen (estimate real)",
+        f"""CREATE FUNCTION {wp.schema}.seen() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+            INSERT INTO {wp.schema}.seen SELECT reltuples FROM pg_class
+            WHERE relname = 'retl_ack_stage' AND relpersistence = 't'
+            AND pg_table_is_visible(oid);
+            RETURN NULL; END $$""",
+        f"CREATE TRIGGER seen AFTER UPDATE ON {state}.retl_snapshot FOR EACH STATEMENT "
+        f"EXECUTE FUNCTION {wp.schema}.seen()",
+        f"UPDATE {wp.schema}.src SET name = name || '!'",
+    )
+
+    outcome = wp.run()
+
+    assert outcome.status == "success", outcome.error
     assert [r[0] for r in wp.rows(f"SELECT estimate FROM {wp.schema}.seen")] == [rows]
