@@ -28,7 +28,7 @@ _requested: int | None = None
 _graceful = 0
 # Reentrant: the handler runs on the main thread, possibly while that thread holds the lock.
 _lock = threading.RLock()
-_cancels: dict[int, tuple[Callable[[], None], bool]] = {}
+_cancels: dict[int, Callable[[bool], None]] = {}
 _tokens = itertools.count()
 _grace: threading.Timer | None = None
 
@@ -103,15 +103,16 @@ def graceful() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def cancelling(cancel: Callable[[], None], *, after_grace: bool = False) -> Iterator[None]:
-    """While inside, stopping retl calls `cancel` (from another thread: it must only ask the
-    server to stop, e.g. psycopg's `cancel_safe`, and never use the connection itself). The
-    code that waited then fails promptly, and closes its connection on the way out.
-    `after_grace`: also when a delivery's grace period ends (a destination's statements; not
-    state writes, which record what the destination already took)."""
+def cancelling(cancel: Callable[[bool], None]) -> Iterator[None]:
+    """While inside, stopping retl calls `cancel(grace_over)` from another thread: it must only
+    ask the server to stop (psycopg's `cancel_safe`), never use the connection itself; the code
+    that waited then fails promptly and closes its connection on the way out. `grace_over` is
+    True when a delivery did not reach its safe point in `GRACE_SECONDS` (a destination's
+    statement is cancelled then; a write of state, which records what a destination took, is
+    not), False when retl stops at once."""
     token = next(_tokens)
     with _lock:
-        _cancels[token] = (cancel, after_grace)
+        _cancels[token] = cancel
     try:
         yield
     finally:
@@ -120,15 +121,16 @@ def cancelling(cancel: Callable[[], None], *, after_grace: bool = False) -> Iter
 
 
 def cancel_all(*, grace_over: bool = False) -> None:
-    """Call every registered cancel (`grace_over`: those registered `after_grace`), each on a
-    daemon thread: a signal handler must not wait for a server (a cancel request opens a
-    connection of its own)."""
+    """Call every registered cancel, each on a daemon thread: a signal handler must not wait
+    for a server (a cancel request opens a connection of its own)."""
     with _lock:
-        cancels = [c for c, after_grace in _cancels.values() if after_grace or not grace_over]
+        cancels = list(_cancels.values())
     for cancel in cancels:
-        threading.Thread(target=_quietly, args=(cancel,), name="retl-cancel", daemon=True).start()
+        threading.Thread(
+            target=_quietly, args=(cancel, grace_over), name="retl-cancel", daemon=True
+        ).start()
 
 
-def _quietly(cancel: Callable[[], None]) -> None:
+def _quietly(cancel: Callable[[bool], None], grace_over: bool) -> None:
     with contextlib.suppress(Exception):
-        cancel()
+        cancel(grace_over)

@@ -142,8 +142,9 @@ def is_record_error(exc: BaseException) -> bool:
     return state[:2] in _RECORD_ERROR_CLASSES
 
 
-def _cancel(conn: Connection, closing: threading.Lock) -> None:
-    """Ask the server to stop the statement running on `conn`; a no-op when none runs."""
+def _cancel(conn: Connection, closing: threading.Lock, grace_over: bool) -> None:
+    """Ask the server to stop the statement running on `conn` (also when a delivery's grace
+    period is over: the batch's transaction then does not commit); a no-op when none runs."""
     with closing:  # never while `close` closes the connection
         if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
             conn.cancel_safe(timeout=2.0)
@@ -383,9 +384,7 @@ class PostgresDestination(TableDestination[_Table]):
         assert self._conn is not None
         self._cancel_registration.close()
         self._cancel_registration.enter_context(
-            interrupt.cancelling(
-                functools.partial(_cancel, self._conn, self._closing), after_grace=True
-            )
+            interrupt.cancelling(functools.partial(_cancel, self._conn, self._closing))
         )
         # Staged batches of ~100k rows stay in memory instead of spilling temp-table pages;
         # timestamps without a zone are UTC, whatever the server's default time zone.

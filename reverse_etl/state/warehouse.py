@@ -45,6 +45,9 @@ ANALYZE_SHARE = 0.1
 ANALYZE_STAGE_ROWS = 10_000
 _INSUFFICIENT_PRIVILEGE = "42501"
 _MISSING_SCHEMA = "3F000"
+# unique_violation (in the catalog), duplicate_table, duplicate_schema: a CREATE ... IF NOT EXISTS
+# that raced the same statement of another run (two syncs' first runs at once).
+_CREATED_MEANWHILE = frozenset({"23505", "42P07", "42P06"})
 
 
 @dataclass(frozen=True)
@@ -238,15 +241,19 @@ class WarehouseSnapshotStore:
             try:
                 self.session.execute(self.tables.create_schema())
             except SessionError as exc:
-                raise self._grant_error(
-                    exc,
-                    f"cannot create the state schema {self.schema}",
-                    f"CREATE SCHEMA {schema} AUTHORIZATION {self._user()};",
-                ) from None
+                # Another run created it at the same moment: IF NOT EXISTS races.
+                if exc.sqlstate not in _CREATED_MEANWHILE:
+                    raise self._grant_error(
+                        exc,
+                        f"cannot create the state schema {self.schema}",
+                        f"CREATE SCHEMA {schema} AUTHORIZATION {self._user()};",
+                    ) from None
         for statement in self.tables.create_tables():
             try:
                 self.session.execute(statement)
             except SessionError as exc:
+                if exc.sqlstate in _CREATED_MEANWHILE:
+                    continue
                 raise self._grant_error(
                     exc,
                     f"cannot create the state tables in schema {self.schema}",

@@ -149,6 +149,7 @@ class PostgresSession(WarehouseSession):
         self._streams = 0  # COPY streams open: each holds the connection until it ends
         # A signal that stops retl cancels the statement running here (from another thread).
         self._closing = threading.RLock()
+        self._reading = False  # in a read-only snapshot transaction (planning)
         self._cancel_registration = contextlib.ExitStack()
         self._cancel_registration.enter_context(interrupt.cancelling(self._cancel))
         # Text of timestamps with a time zone in UTC, as the local engine writes them.
@@ -250,11 +251,14 @@ class PostgresSession(WarehouseSession):
 
     def begin(self, *, snapshot: bool = False) -> None:
         self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if snapshot else "BEGIN")
+        self._reading = snapshot
 
     def commit(self) -> None:
+        self._reading = False
         self.execute("COMMIT")
 
     def rollback(self) -> None:
+        self._reading = False
         self.execute("ROLLBACK")
 
     def idle(self) -> bool:
@@ -271,10 +275,14 @@ class PostgresSession(WarehouseSession):
         by itself, and nothing here waits for it (longer than a cancel request takes)."""
         self.close()
 
-    def _cancel(self) -> None:
-        """Ask the server to stop the running statement; a no-op when none runs."""
+    def _cancel(self, grace_over: bool = False) -> None:
+        """Ask the server to stop the running statement; a no-op when none runs. After a
+        delivery's grace period only a read is cancelled (planning), never a write of state:
+        it records what a destination already took."""
         from psycopg.pq import TransactionStatus
 
+        if grace_over and not self._reading:
+            return
         with self._closing:  # never while another thread closes the connection
             conn = self._conn
             if not conn.closed and conn.pgconn.transaction_status == TransactionStatus.ACTIVE:

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from test_warehouse_backend import REPO_ROOT, WarehouseProject
 
+from reverse_etl.interrupt import GRACE_SECONDS
+
 # Rows the first fetch batch holds (plan.warehouse_diff.FETCH_BATCH_ROWS): with more, the rest
 # stream while DuckDB reads the COPY; with fewer slow ones, the first batch itself is slow.
 FIRST_BATCH = 50_000
@@ -22,22 +24,24 @@ MARKER = "retl_stops_marker"
 GENEROUS_SECONDS = 15.0
 
 
-def slow_copy_sync(wp: WarehouseProject, fast_rows: int) -> None:
+def slow_copy_sync(wp: WarehouseProject, fast_rows: int, name: str = "people") -> None:
     """A source whose rows after `fast_rows` take 0.2 s each, only in the diff's COPY (the
     count pass over the same source stays quick), so a test can act mid-COPY."""
     wp.write_sync(
+        name,
         source={
             "sql": f"select g as id, 'n' || g as name from generate_series(1, {fast_rows + 200}) "
             f"g where case when g > {fast_rows} and current_query() like 'COPY%' then "
             f"pg_sleep(0.2) is not null else true end /* {MARKER} */"
-        }
+        },
     )
 
 
-def start(wp: WarehouseProject, command: str) -> subprocess.Popen[str]:
+def start(wp: WarehouseProject, command: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    arguments = list(args) or ["people"]
     return subprocess.Popen(
-        [sys.executable, "-m", "reverse_etl", command, "people", "--project-dir", str(wp.root)],
+        [sys.executable, "-m", "reverse_etl", command, *arguments, "--project-dir", str(wp.root)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -109,6 +113,33 @@ def test_sigterm_mid_copy_of_the_diff_stops_at_once(
     if command == "run":
         last = wp.engine().run_log.last("people")
         assert last is not None and last.status == "interrupted"
+
+
+@pytest.mark.postgres
+def test_sigterm_while_parallel_runs_plan_stops_them_after_the_grace_period(
+    wp: WarehouseProject,
+) -> None:
+    """With --threads the first signal only asks each run to stop at its safe point; a plan
+    still reading the warehouse when the grace period ends is cancelled."""
+    wp.sql(f"CREATE TABLE {wp.schema}.dst2 (id integer PRIMARY KEY, name text)")
+    slow_copy_sync(wp, FIRST_BATCH, "people")
+    slow_copy_sync(wp, FIRST_BATCH, "people2")
+    document = yaml.safe_load((wp.root / "syncs" / "people2.yml").read_text())
+    document["destination"]["object"] = f"{wp.schema}.dst2"
+    (wp.root / "syncs" / "people2.yml").write_text(yaml.safe_dump(document))
+    process = start(wp, "run", "--all", "--force", "--threads", "2")
+    copy_backend(wp, process)
+
+    process.send_signal(signal.SIGTERM)
+    seconds, err = wait_for_exit(process)
+
+    print(f"run --threads 2: exited {seconds:.2f} s after SIGTERM (grace {GRACE_SECONDS:g} s)")
+    assert process.returncode == 143, err
+    assert not copy_still_running(wp)
+    runs = wp.engine().run_log
+    for name in ("people", "people2"):
+        last = runs.last(name)
+        assert last is not None and last.status == "interrupted", name
 
 
 @pytest.mark.postgres
