@@ -60,10 +60,10 @@ _ORD = "_retl_ord"
 # A stage of at least this many rows is analyzed before the merge: temporary tables are never
 # analyzed by autovacuum, and a planner that guesses their size may join them by nested loop.
 ANALYZE_STAGE_ROWS = 10_000
+_QUERY_CANCELED = "57014"  # a statement cancelled (by retl stopping, or on the server)
 # SQLSTATE classes that blame the data of a record, not the statement: cardinality (21), data
 # exception (22), integrity constraint (23), triggered data change (27), external routine (38, 39),
 # with check option (44), PL/pgSQL raise (P0). Anything else is the destination's problem.
-_QUERY_CANCELED = "57014"
 _RECORD_ERROR_CLASSES = frozenset({"21", "22", "23", "27", "38", "39", "44", "P0"})
 # Explicit casts to these types truncate silently; text is assigned to them with a length check.
 _LENGTH_TYPES = re.compile(r"^(character varying|character|bit varying|bit)\(")

@@ -147,9 +147,9 @@ class PostgresSession(WarehouseSession):
                 hint=f"check warehouses.{name}.url in retl.yml",
             ) from None
         self._streams = 0  # COPY streams open: each holds the connection until it ends
-        # A signal that stops retl cancels the statement running here (from another thread).
-        self._closing = threading.RLock()
         self._reading = False  # in a read-only snapshot transaction (planning)
+        self._closing = threading.RLock()  # a cancel request and `close`, one at a time
+        # A signal that stops retl cancels the statement running here (from another thread).
         self._cancel_registration = contextlib.ExitStack()
         self._cancel_registration.enter_context(interrupt.cancelling(self._cancel))
         # Text of timestamps with a time zone in UTC, as the local engine writes them.
