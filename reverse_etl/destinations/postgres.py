@@ -18,14 +18,18 @@ ledger is read: the next attempt (or `resolve`) finds its marker (applied) or no
 from __future__ import annotations
 
 import array
+import contextlib
+import functools
 import json
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
+from reverse_etl import interrupt
 from reverse_etl.destinations import fit, ledger
 from reverse_etl.destinations.base import Batch, BatchResult, Capabilities, lazy_module, register
 from reverse_etl.destinations.tables import (
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
     import pyarrow.compute as pc
     import pyarrow.csv as pa_csv
     import tenacity
-    from psycopg import conninfo, sql
+    from psycopg import conninfo, pq, sql
 
     Connection = psycopg.Connection[tuple[Any, ...]]
     Cursor = psycopg.Cursor[tuple[Any, ...]]
@@ -54,12 +58,17 @@ else:
     conninfo = lazy_module("psycopg.conninfo")
     pc = lazy_module("pyarrow.compute")
     pa_csv = lazy_module("pyarrow.csv")
+    pq = lazy_module("psycopg.pq")
     psycopg = lazy_module("psycopg")
     sql = lazy_module("psycopg.sql")
     tenacity = lazy_module("tenacity")
 
 _STAGE = "_retl_stage"
 _ORD = "_retl_ord"
+# A stage of at least this many rows is analyzed before the merge: temporary tables are never
+# analyzed by autovacuum, and a planner that guesses their size may join them by nested loop.
+ANALYZE_STAGE_ROWS = 10_000
+_QUERY_CANCELED = "57014"  # a statement cancelled (by retl stopping, or on the server)
 # SQLSTATE classes that blame the data of a record, not the statement: cardinality (21), data
 # exception (22), integrity constraint (23), triggered data change (27), external routine (38, 39),
 # with check option (44), PL/pgSQL raise (P0). Anything else is the destination's problem.
@@ -139,6 +148,14 @@ def is_record_error(exc: BaseException) -> bool:
     """True when PostgreSQL blames the values of a record (a rejection), not the statement."""
     state = getattr(exc, "sqlstate", None) or ""
     return state[:2] in _RECORD_ERROR_CLASSES
+
+
+def _cancel(conn: Connection, closing: threading.Lock, grace_over: bool) -> None:
+    """Ask the server to stop the statement running on `conn` (also when a delivery's grace
+    period is over: the batch's transaction then does not commit); a no-op when none runs."""
+    with closing:  # never while `close` closes the connection
+        if not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            conn.cancel_safe(timeout=2.0)
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -319,6 +336,10 @@ class PostgresDestination(TableDestination[_Table]):
         # Set when a batch's COMMIT has been sent: a connection lost from then on leaves the
         # batch in doubt (it may have committed), not rolled back.
         self._committing = False
+        # Stopping retl cancels the statement running on the connection (see interrupt): the
+        # batch's transaction does not commit, and nothing waits for it.
+        self._cancel_registration = contextlib.ExitStack()
+        self._closing = threading.Lock()
 
     @classmethod
     def object_problem(cls, object: str) -> tuple[str, str | None] | None:
@@ -348,8 +369,10 @@ class PostgresDestination(TableDestination[_Table]):
     def close(self) -> None:
         conn, self._conn = self._conn, None
         self._tables.clear()
+        self._cancel_registration.close()
         if conn is not None and not conn.closed:
-            conn.close()
+            with self._closing:
+                conn.close()
 
     def _connection(self) -> Connection:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
@@ -379,6 +402,10 @@ class PostgresDestination(TableDestination[_Table]):
                 hint="check the destination url and that the server is running and reachable",
             ) from exc
         assert self._conn is not None
+        self._cancel_registration.close()
+        self._cancel_registration.enter_context(
+            interrupt.cancelling(functools.partial(_cancel, self._conn, self._closing))
+        )
         # Staged batches of ~100k rows stay in memory instead of spilling temp-table pages;
         # timestamps without a zone are UTC, whatever the server's default time zone.
         self._conn.execute("SET temp_buffers = '128MB'")
@@ -719,7 +746,7 @@ class PostgresDestination(TableDestination[_Table]):
         except psycopg.Error as exc:
             if conn.broken:
                 self._conn = None
-            if _is_transient(exc):
+            if _is_transient(exc) or exc.sqlstate == _QUERY_CANCELED:
                 raise
             if not is_record_error(exc):
                 # Not allowed here (row-level security, rules...): this run takes the stage path.
@@ -758,6 +785,8 @@ class PostgresDestination(TableDestination[_Table]):
                     if is_record_error(exc) and any(t != "text" for t in types):
                         raise _StageRefused from exc
                     raise
+                if stage.num_rows >= ANALYZE_STAGE_ROWS:
+                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(_STAGE)))
                 if stage.num_rows:
                     run.apply(cur, 0, batch.size - 1)
                 missing = [

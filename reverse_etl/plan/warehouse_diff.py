@@ -11,12 +11,13 @@ one read-only snapshot of the warehouse.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
 
+from reverse_etl import interrupt
 from reverse_etl.config import Sync
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.mapping.compile import quote_literal
@@ -42,6 +43,7 @@ FETCH_BATCH_ROWS = 50_000
 # Replaced by the sync's own SQL after translation: it is in the warehouse's dialect already.
 _SOURCE = "retl_user_source"
 _FULL_SOURCE = "retl_user_full_source"
+_STREAM = "retl_warehouse_stream"
 
 
 @dataclass(frozen=True)
@@ -236,33 +238,32 @@ def build_warehouse_plan(
         queries = queries_for(bool(error_rows))
         columns = f"CAST(key AS VARCHAR) AS {KEY_COLUMN}, CAST(n AS BIGINT) AS n"
         if error_rows:
-            _load(con, ERRORS_TABLE, session.stream(queries.errors, FETCH_BATCH_ROWS), columns)
+            _read(
+                con,
+                session.stream(queries.errors, FETCH_BATCH_ROWS),
+                f"CREATE OR REPLACE TABLE {ERRORS_TABLE} AS SELECT {columns} FROM {_STREAM}",
+            )
         else:
             con.execute(f"CREATE OR REPLACE TABLE {ERRORS_TABLE} ({KEY_COLUMN} VARCHAR, n BIGINT)")
-        reader = session.stream(queries.changed, FETCH_BATCH_ROWS)
-        con.register("retl_changed_stream", reader)
-        try:
-            con.execute(
-                f"CREATE OR REPLACE TABLE {OPS_TABLE} AS SELECT {operation_sql(config.mode)} "
-                f"AS {OP_COLUMN}, * FROM retl_changed_stream"
-            )
-        finally:
-            con.unregister("retl_changed_stream")
+        _read(
+            con,
+            session.stream(queries.changed, FETCH_BATCH_ROWS),
+            f"CREATE OR REPLACE TABLE {OPS_TABLE} AS SELECT {operation_sql(config.mode)} "
+            f"AS {OP_COLUMN}, * FROM {_STREAM}",
+        )
         fetched = _count(con, OPS_TABLE)
         # Every row with a clean key is either fetched (new, changed, retried) or unchanged.
         unchanged = clean_rows - fetched
         if queries.removed is not None:
             key_field = inputs.mapping.key_field
             assert key_field is not None, "validation requires the key to be mapped for on_removed"
-            con.register("retl_removed_stream", session.stream(queries.removed, FETCH_BATCH_ROWS))
-            try:
-                con.execute(
-                    f"INSERT INTO {OPS_TABLE} ({OP_COLUMN}, {CHANGE_COLUMN}, {DEST_ID_COLUMN}, "
-                    f"{KEY_COLUMN}, {quote_identifier(key_field)}) SELECT 'delete', 'removed', "
-                    "dest_id, key, key FROM retl_removed_stream"
-                )
-            finally:
-                con.unregister("retl_removed_stream")
+            _read(
+                con,
+                session.stream(queries.removed, FETCH_BATCH_ROWS),
+                f"INSERT INTO {OPS_TABLE} ({OP_COLUMN}, {CHANGE_COLUMN}, {DEST_ID_COLUMN}, "
+                f"{KEY_COLUMN}, {quote_identifier(key_field)}) SELECT 'delete', 'removed', "
+                f"dest_id, key, key FROM {_STREAM}",
+            )
             fetched = _count(con, OPS_TABLE)
         retried_keys: list[str] = []
         if queries.retried_in_source is not None:
@@ -272,14 +273,31 @@ def build_warehouse_plan(
     return plan_from_operations(con, inputs, unchanged=unchanged, fetched_rows=fetched)
 
 
-def _load(
-    con: duckdb.DuckDBPyConnection, table: str, reader: pa.RecordBatchReader, columns: str
-) -> None:
-    con.register("retl_load_stream", reader)
+def _read(con: duckdb.DuckDBPyConnection, reader: pa.RecordBatchReader, statement: str) -> None:
+    """Run a local `statement` that reads the warehouse stream `reader` as `_STREAM`. A failure
+    while reading (the warehouse cancelled the query, a signal stopped retl) is raised as it
+    was, not as DuckDB's "reading the stream failed"."""
+    failures: list[BaseException] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from reader
+        except BaseException as exc:
+            failures.append(exc)
+            raise
+
+    con.register(_STREAM, pa.RecordBatchReader.from_batches(reader.schema, batches()))
     try:
-        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {columns} FROM retl_load_stream")
+        con.execute(statement)
+    except duckdb.Error:
+        if failures:
+            raise failures[0] from None
+        signum = interrupt.requested()
+        if signum is not None:  # DuckDB's own "interrupted": the signal stopped the read
+            raise interrupt.RunInterrupted(signum) from None
+        raise
     finally:
-        con.unregister("retl_load_stream")
+        con.unregister(_STREAM)
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

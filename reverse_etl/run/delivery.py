@@ -172,17 +172,22 @@ class Delivery:
             )
         except _Stopped:
             status = "interrupted"
-            failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         except DestinationError as exc:
-            failed, hint = exc.message, exc.hint
+            if interrupt.requested() is None:
+                failed, hint = exc.message, exc.hint
+            else:  # its statement was cancelled because retl is stopping (see interrupt)
+                status = "interrupted"
             unresolved = sum(t.num_rows for t, _ in self.in_doubt_later)
             if unresolved:
                 # Answers that could not tell, left unresolved as the destination failed:
                 # not delivered; creates stay in doubt for the next run to look up.
                 self.counts["in_doubt"] = self.counts.get("in_doubt", 0) + unresolved
-                failed += f"; {unresolved:,} records sent before it are in doubt"
+                if failed is not None:
+                    failed += f"; {unresolved:,} records sent before it are in doubt"
         except StateError as exc:
             self.state_error = exc
+        if status == "interrupted":
+            failed = f"interrupted: {self.sent:,} of {self.total:,} sent and saved; run again to continue"
         self.state_error = self.state_error or self.acks.pending_error()
         if self.state_error is not None:
             return self._state_failure(failed, status)

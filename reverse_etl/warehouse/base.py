@@ -156,6 +156,17 @@ def timeout_error(warehouse: str, seconds: float) -> WarehouseError:
     )
 
 
+def cancelled_error(warehouse: str, detail: str) -> WarehouseError:
+    """A query the server cancelled (sqlstate 57014) without retl asking it to."""
+    return WarehouseError(
+        f"the warehouse '{warehouse}' cancelled the query (pg_cancel_backend or "
+        f"statement_timeout): {detail}",
+        hint="an administrator or another session cancelled it, or it ran past "
+        f"statement_timeout (warehouses.{warehouse}.query_timeout in retl.yml); run again, or "
+        "raise the timeout",
+    )
+
+
 def query_error(warehouse: str, detail: str) -> WarehouseError:
     return WarehouseError(
         f"query on warehouse '{warehouse}' failed: {detail}",

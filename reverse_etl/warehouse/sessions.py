@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,14 +19,18 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from reverse_etl import interrupt
 from reverse_etl.errors import WarehouseError
 from reverse_etl.redact import mask_url, register_url
-from reverse_etl.warehouse.base import database_message, source_statement
+from reverse_etl.warehouse.base import cancelled_error, database_message, source_statement
 from reverse_etl.warehouse.rows_to_arrow import BatchBuilder, describe
 
 # PostgreSQL float4 and float8 type OIDs.
 _POSTGRES_FLOATS = {700, 701}
 _DUCKDB_FLOATS = {"FLOAT", "DOUBLE", "REAL"}
+_QUERY_CANCELED = "57014"
+#: How long closing a session waits for the server to take a cancel request.
+CANCEL_TIMEOUT_SECONDS = 2.0
 
 
 class SessionError(WarehouseError):
@@ -73,15 +78,30 @@ class WarehouseSession(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    def idle(self) -> bool:
+        """Whether the connection waits for a statement (none runs, no stream is open): only
+        then can a rollback not wait on the server."""
+        return True
+
+    def abort(self) -> None:
+        """End a transaction that cannot be rolled back without waiting (interrupted, or a
+        statement or stream still open): the session is unusable afterwards."""
+        with contextlib.suppress(Exception):
+            self.rollback()
+
     @contextlib.contextmanager
     def transaction(self, *, snapshot: bool = False) -> Iterator[None]:
-        """One transaction: committed when the block ends, rolled back when it raises."""
+        """One transaction: committed when the block ends, rolled back when it raises; when
+        interrupted (or a statement still runs), aborted instead (`abort`), never waited on."""
         self.begin(snapshot=snapshot)
         try:
             yield
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.rollback()
+        except BaseException as exc:
+            if isinstance(exc, Exception) and self.idle():
+                with contextlib.suppress(Exception):
+                    self.rollback()
+            else:
+                self.abort()
             raise
         self.commit()
 
@@ -91,7 +111,17 @@ class WarehouseSession(ABC):
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _error(self, exc: BaseException, sqlstate: str | None = None) -> SessionError:
+    def _error(
+        self, exc: BaseException, sqlstate: str | None = None
+    ) -> SessionError | interrupt.RunInterrupted:
+        """The error of a failed statement; a statement cancelled because retl is stopping
+        is the interruption itself."""
+        if sqlstate == _QUERY_CANCELED:
+            signum = interrupt.requested()
+            if signum is not None:
+                return interrupt.RunInterrupted(signum)
+            cancelled = cancelled_error(self.name, database_message(exc))
+            return SessionError(cancelled.message, cancelled.hint, sqlstate)
         return SessionError(
             f"warehouse '{self.name}' refused a statement of the warehouse state backend: "
             f"{database_message(exc)}",
@@ -116,7 +146,12 @@ class PostgresSession(WarehouseSession):
                 f"cannot connect to warehouse '{name}' at {mask_url(url)}: {database_message(exc)}",
                 hint=f"check warehouses.{name}.url in retl.yml",
             ) from None
-        self._cursors = 0
+        self._streams = 0  # COPY streams open: each holds the connection until it ends
+        self._reading = False  # in a read-only snapshot transaction (planning)
+        self._closing = threading.RLock()  # a cancel request and `close`, one at a time
+        # A signal that stops retl cancels the statement running here (from another thread).
+        self._cancel_registration = contextlib.ExitStack()
+        self._cancel_registration.enter_context(interrupt.cancelling(self._cancel))
         # Text of timestamps with a time zone in UTC, as the local engine writes them.
         self.execute("SET TIME ZONE 'UTC'")
         self.execute("SET intervalstyle = 'iso_8601'")  # as the source is read (intervals)
@@ -135,7 +170,10 @@ class PostgresSession(WarehouseSession):
 
     def stream(self, sql: str, batch_rows: int) -> pa.RecordBatchReader:
         """Read with `COPY (query) TO STDOUT`: unlike a cursor, PostgreSQL may plan it in
-        parallel, and the rows stream without a round trip per batch."""
+        parallel, and the rows stream without a round trip per batch.
+
+        The COPY holds the connection (psycopg's lock) until the stream ends: a failure or an
+        interruption ends it at once, so that nothing waits for that lock."""
         import psycopg
 
         try:
@@ -146,8 +184,19 @@ class PostgresSession(WarehouseSession):
             raise self._error(exc, exc.sqlstate) from None
         hints = describe("postgresql", description)
         cursor = self._conn.cursor()
+        copy_context = cursor.copy(f"COPY ({sql}\n) TO STDOUT".encode())
+        self._streams += 1
+
+        def end() -> None:
+            # psycopg releases the connection; a COPY left mid-result is aborted by the
+            # caller's transaction (see `idle`), never drained here.
+            self._streams -= 1
+            with contextlib.suppress(Exception):
+                copy_context.__exit__(None, None, None)
+            with contextlib.suppress(Exception):
+                cursor.close()
+
         try:
-            copy_context = cursor.copy(f"COPY ({sql}\n) TO STDOUT".encode())
             copy = copy_context.__enter__()
             copy.set_types([c.type_code for c in description])
             rows = copy.rows()
@@ -156,8 +205,11 @@ class PostgresSession(WarehouseSession):
             batch = builder.batch(first)
             del first
         except psycopg.Error as exc:
-            cursor.close()
+            end()
             raise self._error(exc, exc.sqlstate) from None
+        except BaseException:
+            end()
+            raise
 
         def batches() -> Iterator[pa.RecordBatch]:
             try:
@@ -168,10 +220,7 @@ class PostgresSession(WarehouseSession):
             except psycopg.Error as exc:
                 raise self._error(exc, exc.sqlstate) from None
             finally:
-                # Left early, psycopg ends the COPY (cancelling it) on exit.
-                with contextlib.suppress(psycopg.Error):
-                    copy_context.__exit__(None, None, None)
-                cursor.close()
+                end()
 
         return pa.RecordBatchReader.from_batches(builder.schema, batches())
 
@@ -203,15 +252,51 @@ class PostgresSession(WarehouseSession):
 
     def begin(self, *, snapshot: bool = False) -> None:
         self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if snapshot else "BEGIN")
+        self._reading = snapshot
 
     def commit(self) -> None:
+        self._reading = False
         self.execute("COMMIT")
 
     def rollback(self) -> None:
+        self._reading = False
         self.execute("ROLLBACK")
 
+    def idle(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        status = self._conn.pgconn.transaction_status
+        return self._streams == 0 and status in (
+            TransactionStatus.INTRANS,
+            TransactionStatus.INERROR,
+        )
+
+    def abort(self) -> None:
+        """Cancel what runs and close the connection: the server rolls the transaction back
+        by itself, and nothing here waits for it (longer than a cancel request takes)."""
+        self.close()
+
+    def _cancel(self, grace_over: bool = False) -> None:
+        """Ask the server to stop the running statement; a no-op when none runs. After a
+        delivery's grace period only a read is cancelled (planning), never a write of state:
+        it records what a destination already took."""
+        from psycopg.pq import TransactionStatus
+
+        if grace_over and not self._reading:
+            return
+        with self._closing:  # never while another thread closes the connection
+            conn = self._conn
+            if not conn.closed and conn.pgconn.transaction_status == TransactionStatus.ACTIVE:
+                conn.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
+
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection; a statement still running is cancelled first, so the server
+        does not go on with it for nobody."""
+        self._cancel_registration.close()
+        with self._closing:
+            with contextlib.suppress(Exception):
+                self._cancel()
+            self._conn.close()
 
 
 class DuckDBSession(WarehouseSession):

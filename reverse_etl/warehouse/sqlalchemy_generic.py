@@ -21,6 +21,7 @@ from reverse_etl.warehouse.base import (
     DEFAULT_BATCH_ROWS,
     Column,
     Warehouse,
+    cancelled_error,
     check_batch_rows,
     closed_error,
     database_message,
@@ -285,6 +286,8 @@ class SQLAlchemyWarehouse(Warehouse):
         error = _driver_error(exc)
         if self.query_timeout is not None and _is_timeout(error):
             return timeout_error(self.name, self.query_timeout)
+        if _sqlstate(error) == _POSTGRES_QUERY_CANCELED:
+            return cancelled_error(self.name, database_message(error))
         return query_error(self.name, database_message(error))
 
     def _discard(self, connection: sa.Connection, *, finished: bool) -> None:
@@ -336,9 +339,13 @@ def _driver_error(exc: BaseException) -> BaseException:
     return original if isinstance(original, BaseException) else exc
 
 
+def _sqlstate(error: BaseException) -> str | None:
+    state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return state if isinstance(state, str) else None
+
+
 def _is_timeout(error: BaseException) -> bool:
-    sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-    if sqlstate == _POSTGRES_QUERY_CANCELED:
+    if _sqlstate(error) == _POSTGRES_QUERY_CANCELED:
         return "statement timeout" in str(error)
     args: tuple[Any, ...] = error.args
     return len(args) > 0 and args[0] in _MYSQL_TIMEOUT_CODES
