@@ -43,7 +43,7 @@ def start(wp: WarehouseProject, command: str, *args: str) -> subprocess.Popen[st
     return subprocess.Popen(
         [sys.executable, "-m", "reverse_etl", command, *arguments, "--project-dir", str(wp.root)],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -66,14 +66,16 @@ def copy_backend(wp: WarehouseProject, process: subprocess.Popen[str]) -> int:
 
 
 def wait_for_exit(process: subprocess.Popen[str]) -> tuple[float, str]:
+    """Seconds until the process ended, and what it printed (the summary is on stdout,
+    errors on stderr)."""
     began = time.monotonic()
     try:
-        _, err = process.communicate(timeout=GENEROUS_SECONDS)
+        out, err = process.communicate(timeout=GENEROUS_SECONDS)
     except subprocess.TimeoutExpired:
         process.kill()
         _, err = process.communicate()
         raise AssertionError(f"retl still running {GENEROUS_SECONDS:g} s later: {err}") from None
-    return time.monotonic() - began, err
+    return time.monotonic() - began, out + err
 
 
 def copy_still_running(wp: WarehouseProject) -> bool:
