@@ -88,6 +88,7 @@ def test_validate_of_a_duckdb_to_files_project_loads_no_other_driver(tmp_path: P
         "reverse_etl.destinations",
         "reverse_etl.destinations.base",
         "reverse_etl.destinations.file",
+        "reverse_etl.destinations.ledger",  # the file connector's delivery markers (stdlib only)
         "reverse_etl.destinations.values",
     }
     assert not {m for m in modules if m.startswith(NOT_FOR_VALIDATE)}

@@ -136,7 +136,8 @@ def test_runs_killed_at_random_moments_leave_no_duplicate(
     options: dict[str, Any],
 ) -> None:
     batched = options is BATCHED
-    api = start(servers, delay=0.6 if batched else 0.05)
+    # Slow enough that five kills (1–3 s each) end before the records do, on any machine.
+    api = start(servers, delay=0.6 if batched else 0.1)
     rows = 1500
     size = 20 if batched else 50
     project = hook_project(tmp_path / "p", capsys, monkeypatch, api, rows, options, size)
