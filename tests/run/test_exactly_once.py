@@ -56,7 +56,8 @@ def kill_repeatedly(
     linger: float = 0.3,
 ) -> None:
     """Start the sync KILLS times and SIGKILL each run: every other one at a random moment of
-    its first 2 seconds (start-up, recovery of markers, planning), the others a random moment
+    its first 2 seconds (start-up, recovery of markers, planning) or as its first batch lands,
+    the others a random moment
     (up to `linger` seconds) after the destination's `progress` (a size) shows the run
     delivering. After every kill, no record may be in the destination twice."""
     seed = random.randrange(1 << 30)
@@ -74,7 +75,13 @@ def kill_repeatedly(
         )
         try:
             if kill % 2 == 0:
-                time.sleep(rng.uniform(0.1, 2.0))
+                # A random moment of start-up, recovery or planning, or the first batch at the
+                # latest: an early kill never lets a fast destination finish the whole run.
+                deadline = time.monotonic() + rng.uniform(0.1, 2.0)
+                while process.poll() is None and time.monotonic() < deadline:
+                    if progress() > before:
+                        break
+                    time.sleep(0.01)
             else:
                 deadline = time.monotonic() + 30
                 while process.poll() is None and time.monotonic() < deadline:
