@@ -422,7 +422,7 @@ class Delivery:
                         first_load=op == "create" and self.plan.state.records == 0,
                         marker=self._marker(op, table) if self.exactly_once else None,
                     )
-                    if op == "create" and not self.exactly_once and self.doubts is not None:
+                    if self._marks_intent(op) and self.doubts is not None:
                         # Written before sending: a kill before the answer is recorded leaves
                         # these keys in doubt, and the next run looks them up first.
                         self.doubts.add(
@@ -467,6 +467,17 @@ class Delivery:
             for name, n in lane.delivery_stats().items():
                 counts[name] = counts.get(name, 0) + n
         return counts
+
+    def _marks_intent(self, op: Operation) -> bool:
+        """Whether a batch of `op` is written in doubt before it is sent: inserts only (a keyed
+        upsert, update or delete sent again is harmless), and only to a destination that does
+        not commit a delivery marker with the batch."""
+        return (
+            self.doubts is not None
+            and op == "create"
+            and self.plan.action[op] == "insert"
+            and not self.exactly_once
+        )
 
     def _settle(self, result: BatchResult, table: pa.Table) -> None:
         """Make an answer whole (records it does not mention are in doubt) and note what was
@@ -711,7 +722,7 @@ class Delivery:
             self.acks.acknowledge(delivered, deleted)
         # Answered creates leave the in-doubt store; an exactly-once destination's creates are
         # only there when an earlier run left them in doubt (looked up while `resolving`).
-        if self.doubts is not None and op == "create" and (resolving or not self.exactly_once):
+        if self.doubts is not None and op == "create" and (resolving or self._marks_intent(op)):
             answered = [i for i in range(table.num_rows) if i not in result.in_doubt]
             if answered:
                 # After this batch's state commit (same writer, in order): if that fails, the

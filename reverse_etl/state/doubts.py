@@ -11,6 +11,7 @@ with the run log and the dead letter queue.
 from __future__ import annotations
 
 import builtins
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,25 +43,30 @@ class InDoubtRecords:
         self, sync: str, run_id: str | None, operation: str, keys: Iterable[str], reason: str
     ) -> None:
         """Mark `keys` in doubt (a key already in doubt takes the new reason and run)."""
-        now = timestamp_text(utc_now())
-        rows = [(sync, key, operation, redact(reason), run_id, now) for key in keys]
-        if not rows:
+        listed = json.dumps(list(keys))
+        if listed == "[]":
             return
+        # One statement over a JSON array: a run writes a batch's keys here before sending it.
         with self._db.write() as conn:
-            conn.executemany(
+            conn.execute(
                 "INSERT INTO in_doubt (sync, key, operation, reason, run_id, since) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sync, key) DO UPDATE SET "
+                "SELECT ?, value, ?, ?, ?, ? FROM json_each(?) WHERE true "
+                "ON CONFLICT (sync, key) DO UPDATE SET "
                 "operation = excluded.operation, reason = excluded.reason, "
                 "run_id = excluded.run_id",
-                rows,
+                (sync, operation, redact(reason), run_id, timestamp_text(utc_now()), listed),
             )
 
     def remove(self, sync: str, keys: Iterable[str]) -> None:
         """The answer accounted for these keys: they are no longer in doubt."""
-        rows = [(sync, key) for key in keys]
-        if rows:
+        listed = json.dumps(list(keys))
+        if listed != "[]":
             with self._db.write() as conn:
-                conn.executemany("DELETE FROM in_doubt WHERE sync = ? AND key = ?", rows)
+                conn.execute(
+                    "DELETE FROM in_doubt WHERE sync = ? AND key IN "
+                    "(SELECT value FROM json_each(?))",
+                    (sync, listed),
+                )
 
     def keys(self, sync: str) -> set[str]:
         with self._db.read() as conn:
