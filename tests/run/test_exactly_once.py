@@ -294,23 +294,36 @@ class LostFirstAnswer(Destination):
             del self.markers[key]
 
 
-def test_a_batch_whose_commit_answer_was_lost_is_resolved_from_its_marker_in_the_same_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    LostFirstAnswer.type_name = "lost_first_answer"
-    monkeypatch.setitem(base._REGISTRY, "lost_first_answer", LostFirstAnswer)
-    monkeypatch.setattr(LostFirstAnswer, "rows", [])
-    monkeypatch.setattr(LostFirstAnswer, "markers", {})
-    monkeypatch.setattr(LostFirstAnswer, "resolved_with_marker", [])
+def marker_project(
+    cls: type[LostFirstAnswer],
+    type_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> RetlProject:
+    """An insert-mode project of 250 records into the in-memory marker destination `cls`,
+    registered as `type_name` for this test, with empty rows and markers."""
+    cls.type_name = type_name
+    monkeypatch.setitem(base._REGISTRY, type_name, cls)
+    monkeypatch.setattr(cls, "rows", [])
+    monkeypatch.setattr(cls, "markers", {})
+    monkeypatch.setattr(cls, "resolved_with_marker", [])
     project = RetlProject(
         tmp_path / "project",
-        {"mem": {"type": "lost_first_answer", "store": "x"}},
+        {"mem": {"type": type_name, "store": "x"}},
         capsys,
         default_destination="mem",
         default_object="contacts",
     )
     project.write_sync(mode="insert")
     project.set_source([(k, f"n{k}") for k in range(1, 251)])
+    return project
+
+
+def test_a_batch_whose_commit_answer_was_lost_is_resolved_from_its_marker_in_the_same_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = marker_project(LostFirstAnswer, "lost_first_answer", tmp_path, capsys, monkeypatch)
 
     run = project.run_json()
 
@@ -340,20 +353,9 @@ class KilledAfterSecondCommit(LostFirstAnswer):
 def test_a_plan_after_a_kill_says_committed_batches_are_recorded_first_and_not_sent_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    KilledAfterSecondCommit.type_name = "killed_after_commit"
-    monkeypatch.setitem(base._REGISTRY, "killed_after_commit", KilledAfterSecondCommit)
-    monkeypatch.setattr(KilledAfterSecondCommit, "rows", [])
-    monkeypatch.setattr(KilledAfterSecondCommit, "markers", {})
-    monkeypatch.setattr(KilledAfterSecondCommit, "resolved_with_marker", [])
-    project = RetlProject(
-        tmp_path / "project",
-        {"mem": {"type": "killed_after_commit", "store": "x"}},
-        capsys,
-        default_destination="mem",
-        default_object="contacts",
+    project = marker_project(
+        KilledAfterSecondCommit, "killed_after_commit", tmp_path, capsys, monkeypatch
     )
-    project.write_sync(mode="insert")
-    project.set_source([(k, f"n{k}") for k in range(1, 251)])
     with pytest.raises(KeyboardInterrupt):
         project.run()
     landed = len(KilledAfterSecondCommit.rows)

@@ -190,15 +190,13 @@ def test_plan_says_a_sync_is_paused(project: RetlProject, pg: PostgresDb) -> Non
 # -- 10. SIGTERM and SIGINT stop a run cleanly --------------------------------------------------
 
 
-def _stop_mid_run(
-    project: RetlProject, pg: PostgresDb, signum: int
-) -> subprocess.CompletedProcess[str]:
+def _start_run(project: RetlProject, pg: PostgresDb) -> subprocess.Popen[str]:
+    """`retl run contacts` of 200,000 rows in batches of 500, as a separate process."""
     project.write_sync(batch_size=500)
     project.warehouse(
         "CREATE OR REPLACE TABLE src AS SELECT i AS id, 'n' || i AS name FROM range(1, 200001) t(i)"
     )
-    env = {**os.environ, "PG_URL": pg.url}
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -211,8 +209,14 @@ def _stop_mid_run(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, "PG_URL": pg.url},
     )
+
+
+def _stop_mid_run(
+    project: RetlProject, pg: PostgresDb, signum: int
+) -> subprocess.CompletedProcess[str]:
+    process = _start_run(project, pg)
     deadline = time.monotonic() + 60
     while pg.count() == 0 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -243,24 +247,7 @@ def test_sigterm_stops_cleanly_records_interrupted_and_keeps_what_was_acknowledg
 def test_a_run_killed_with_sigkill_keeps_the_counts_it_had_recorded(
     project: RetlProject, pg: PostgresDb
 ) -> None:
-    project.write_sync(batch_size=500)
-    project.warehouse(
-        "CREATE OR REPLACE TABLE src AS SELECT i AS id, 'n' || i AS name FROM range(1, 200001) t(i)"
-    )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reverse_etl",
-            "run",
-            "contacts",
-            "--project-dir",
-            str(project.root),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PG_URL": pg.url},
-    )
+    process = _start_run(project, pg)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         runs = project.runs()
@@ -268,7 +255,7 @@ def test_a_run_killed_with_sigkill_keeps_the_counts_it_had_recorded(
             break
         time.sleep(0.2)
     process.kill()
-    process.wait(timeout=30)
+    process.communicate(timeout=30)
 
     (killed, *_) = project.runs()
     # Not `create 0`: what the destination had acknowledged when the run last recorded it.
