@@ -49,7 +49,8 @@ Objects", "Properties", "Error handling", "API usage guidelines"). Documented be
   private-apps/overview): 250,000 requests a day on Free and Starter, 625,000 on Professional,
   1,000,000 on Enterprise (and 1,000,000 more per API limit increase); they reset at midnight in
   the account's time zone. `daily_request_budget` defaults to the lowest; the
-  `X-HubSpot-RateLimit-Daily-Remaining` header of the last answer is read as what is left.
+  `X-HubSpot-RateLimit-Daily-Remaining` header of the answers is read as what is left (the
+  lowest seen in the process: concurrent answers arrive in any order).
 """
 
 from __future__ import annotations
@@ -576,8 +577,14 @@ class HubSpotDestination(Destination):
         )
         left = response.headers.get("x-hubspot-ratelimit-daily-remaining", "")
         if left.isdigit():
+            # Answers of concurrent batches arrive in any order: the lowest count is the latest
+            # (it only grows at HubSpot's daily reset, after which a stale low figure errs on
+            # the safe side: a plan refused, never a budget overrun).
             with _cache_lock:
-                _daily_remaining[self.account] = int(left)
+                known = _daily_remaining.get(self.account)
+                _daily_remaining[self.account] = (
+                    int(left) if known is None else min(known, int(left))
+                )
         if response.status_code == 429:  # the daily budget: no wait within a run helps
             raise DestinationError(
                 f"HubSpot's daily request limit of destination '{self.name}' is used up: "
