@@ -88,7 +88,8 @@ def print_rows(
     that fits, else as `key: value` blocks."""
     cells = [[_text(cell) for cell in row] for row in rows]
     if title:
-        console.print(Text(title, style="bold"))
+        # A long project path wraps (folded, never cut) rather than widen the table's width.
+        console.print(Text(title, style="bold", overflow="fold"), soft_wrap=False)
     if unbounded(console):
         natural = [_natural(columns, cells, i) for i in range(len(columns))]
         _table(console, columns, cells, list(range(len(columns))), natural)
