@@ -336,18 +336,15 @@ class Engine:
     def _unrecorded_deliveries(self, sync: Sync, target: TargetId) -> int:
         """Records of delivery markers a run would replay first (for a read-only plan, which
         does not replay them); 0 when the destination has none or cannot be asked now."""
-        cls = connector_for(target.type)
-        if cls is None or cls.capabilities.guarantee != "exactly-once":
+        where = _markers_of(sync, target)
+        if where is None:
             return 0
         last = self.run_log.last(sync.name)
         if last is None or last.status == "success":
             return 0  # markers outlive only a run that did not end well: ask only then
-        assert sync.config is not None
         try:
             with self.open_destination(target.destination) as destination:
-                entries = destination.recover_markers(
-                    sync.name, marker_target(target, sync.config.mode)
-                )
+                entries = destination.recover_markers(sync.name, where)
                 return sum(entry.acknowledgement().num_rows for entry in entries)
         except RetlError:
             return 0  # a plan in CI may not reach the destination: nothing to say then
@@ -362,11 +359,9 @@ class Engine:
         """Batches a database destination committed with their delivery marker, but that state
         missed (a kill between the commit and the state write): recorded in state before the
         plan, so they are neither lost nor sent again (SPEC §6.4)."""
-        cls = connector_for(target.type)
-        if cls is None or cls.capabilities.guarantee != "exactly-once":
+        where = _markers_of(sync, target)
+        if where is None:
             return
-        assert sync.config is not None
-        where = marker_target(target, sync.config.mode)
         with self.open_destination(target.destination) as destination:
             entries = destination.recover_markers(sync.name, where)
             if not entries:
@@ -912,6 +907,16 @@ def _key_changed(plan: Plan, previous: str, sync: str) -> None:
             f"{previous} (their records are not deleted) and the next run sends every row as "
             f"new; else set primary_key: {previous} again"
         )
+
+
+def _markers_of(sync: Sync, target: TargetId) -> str | None:
+    """The `target` a sync's delivery markers carry at this destination (marker_target), or
+    None when its connector keeps none (not `exactly-once`)."""
+    cls = connector_for(target.type)
+    if cls is None or cls.capabilities.guarantee != "exactly-once":
+        return None
+    assert sync.config is not None
+    return marker_target(target, sync.config.mode)
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:
