@@ -85,9 +85,36 @@ class AlertConfig(Strict):
 
 
 class StateConfig(Strict):
-    backend: Literal["local", "warehouse"] = "local"
+    """`state:` in retl.yml: where retl keeps what it remembers (SPEC 6.3). `local` is `.retl/`
+    on this machine; `warehouse` is a schema of `warehouse` (the diff runs there); `postgres` is
+    a schema of a dedicated PostgreSQL database at `url` (the diff runs here)."""
+
+    backend: Literal["local", "warehouse", "postgres"] = "local"
     warehouse: str | None = None
+    url: str | None = None
     schema_: str = Field(default="retl_state", alias="schema")
+
+    @model_validator(mode="after")
+    def _where(self) -> StateConfig:
+        if self.backend == "postgres" and not self.url:
+            raise HintedValueError(
+                "state.backend 'postgres' needs state.url, the PostgreSQL database to keep "
+                "state in",
+                "e.g. url: ${RETL_STATE_URL} with RETL_STATE_URL=postgresql://user@host/db",
+            )
+        if self.url and self.backend != "postgres":
+            raise HintedValueError(
+                f"state.url is only read by state.backend 'postgres' (this is '{self.backend}')",
+                "remove url:, or set backend: postgres",
+            )
+        return self
+
+
+class DeadLettersConfig(Strict):
+    """`dead_letters:` in retl.yml or a sync. `values: false` keeps only each rejected record's
+    key and error, not its values (customer data); `retl dlq retry` re-reads the source."""
+
+    values: bool = True
 
 
 # How sample records appear in output that may leave the machine (plan --json, plan files,
@@ -111,6 +138,7 @@ class ProjectConfig(Strict):
     alerts: dict[str, AlertConfig] = Field(default_factory=dict)
     state: StateConfig = Field(default_factory=StateConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    dead_letters: DeadLettersConfig = Field(default_factory=DeadLettersConfig)
 
 
 # --- syncs/*.yml --------------------------------------------------------------------------------
@@ -342,6 +370,8 @@ class SyncConfig(Strict):
     allow_destructive: bool = False
     # Destination fields that hold personal data: masked in every output, even `samples: full`.
     pii: list[str] = Field(default_factory=list)
+    # None: the project's `dead_letters:` applies.
+    dead_letters: DeadLettersConfig | None = None
 
     @field_validator("pii")
     @classmethod
