@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from reverse_etl.config import Project
 from reverse_etl.errors import ConfigError
+from reverse_etl.state.fence import Fence
 from reverse_etl.state.snapshot import SnapshotMeta, SnapshotStore, StateOpened
 from reverse_etl.state.warehouse import WarehouseSnapshotStore
 from reverse_etl.types import TargetId
@@ -204,8 +205,12 @@ def uses_warehouse_state(project: Project) -> bool:
     return project.config is not None and project.config.state.backend == "warehouse"
 
 
-def open_backend(project: Project, sync: str, state_dir: Path) -> SnapshotBackend:
-    """The snapshot backend retl.yml's `state:` names, for one sync."""
+def open_backend(
+    project: Project, sync: str, state_dir: Path, fence: Fence | None = None
+) -> SnapshotBackend:
+    """The snapshot backend retl.yml's `state:` names, for one sync. `fence`: the run's claim
+    on the sync in a shared store, checked by every acknowledgement (state/fence.py); None
+    outside a run and with local state."""
     if not uses_warehouse_state(project):
         store = SnapshotStore(state_dir, sync)
         return LocalBackend(store, project.relative(store.path))
