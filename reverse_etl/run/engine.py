@@ -523,8 +523,17 @@ class Engine:
         self, sync: Sync, options: RunOptions | None = None, *, plan: Plan | None = None
     ) -> RunOutcome:
         """Plan and execute one sync under its lock; with `plan` (a saved plan), execute exactly
-        that plan or refuse when it is stale. Never raises for a sync's own failure."""
+        that plan or refuse when it is stale. Never raises for a sync's own failure; a state
+        store that cannot be used fails the run before anything is sent (no run record then,
+        when the run log is what cannot be written)."""
         options = options or RunOptions()
+        try:
+            return self._run(sync, options, plan)
+        except StateError as exc:
+            outcome = RunOutcome(sync.name, "failed", error=exc.message, hint=exc.hint)
+            return self._finished(outcome, options)
+
+    def _run(self, sync: Sync, options: RunOptions, plan: Plan | None) -> RunOutcome:
         assert sync.config is not None
         paused = self.pause_reason(sync)
         if paused is None and plan is not None and plan.paused:

@@ -1,4 +1,5 @@
-"""The run log: every run of every sync, in `.retl/retl.db` (see state/database.py).
+"""The run log: every run of every sync, in `.retl/retl.db` (see state/database.py) or the shared
+state store (state/postgres.py): the same queries over either (state/store.py).
 
 Every text recorded (errors, messages) is redacted first: the run log never holds a secret.
 """
