@@ -28,6 +28,8 @@ class ProgressRecorder:
     def __init__(self, run_log: RunLog, run_id: str) -> None:
         self.run_log = run_log
         self.run_id = run_id
+        #: Writes that failed (each retried with the newest counts).
+        self.failed_writes = 0
         self._latest: dict[str, int] | None = None
         self._stopping = False
         self._changed = threading.Condition()
@@ -50,14 +52,17 @@ class ProgressRecorder:
             with self._changed:
                 while self._latest is None and not self._stopping:
                     self._changed.wait()
-                if self._stopping:
+                if self._latest is None:
                     return
                 counts, self._latest = self._latest, None
-            assert counts is not None
+                last = self._stopping  # the newest counts are written once more, then no retry
             try:
                 self.run_log.progress(self.run_id, counts)
             except RetlError as exc:
+                self.failed_writes += 1
                 _log.warning("run %s: progress not recorded (retried): %s", self.run_id, exc)
+                if last:
+                    return
                 with self._changed:
                     if self._latest is None:
                         self._latest = counts  # unless newer counts came meanwhile
