@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import IO, Annotated, Any, cast
+from typing import IO, TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from reverse_etl.config import Problem, Project, Sync, find_project_root
 from reverse_etl.errors import UsageError
 from reverse_etl.redact import redact, redact_data
 from reverse_etl.validate import load_project
+
+if TYPE_CHECKING:
+    from reverse_etl.run import Engine
 
 
 class _RedactedStream:
@@ -86,6 +89,19 @@ RoleOption = Annotated[
 def open_project(project_dir: Path | None) -> Project:
     root = find_project_root(explicit=project_dir)
     return load_project(root)
+
+
+def open_engine(project: Project, role: str | None = None) -> Engine:
+    """The project's Engine, its state store closed when the command ends."""
+    from typer._click.globals import get_current_context
+
+    from reverse_etl.run import Engine
+
+    engine = Engine(project, role=role)
+    context = get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(engine.close)
+    return engine
 
 
 def selected_syncs(

@@ -13,6 +13,7 @@ from reverse_etl.cli.common import (
     ProjectDirOption,
     RoleOption,
     err,
+    open_engine,
     open_project,
     optional_sync,
     out,
@@ -39,9 +40,9 @@ def dlq(
 ) -> None:
     """Rows the destination rejected, with its error. `retry SYNC` resends them now; `clear SYNC` forgets them."""
     project = open_project(project_dir)
-    from reverse_etl.run import Engine, RunOptions
+    from reverse_etl.run import RunOptions
 
-    engine = Engine(project, role=role)
+    engine = open_engine(project, role=role)
     queue = engine.dead_letters
     words = args or []
     if words and words[0] in ("retry", "clear"):

@@ -9,7 +9,14 @@ import typer
 from rich.markup import escape
 
 from reverse_etl.cli.app import app
-from reverse_etl.cli.common import JsonOption, ProjectDirOption, open_project, out, print_json
+from reverse_etl.cli.common import (
+    JsonOption,
+    ProjectDirOption,
+    open_engine,
+    open_project,
+    out,
+    print_json,
+)
 
 
 @app.command(rich_help_panel="Operations")
@@ -33,9 +40,7 @@ def pause(
     project_dir: ProjectDirOption = None,
 ) -> None:
     """Pause a sync during an incident: `run`, `run --all` and `plan` honour it until `retl resume`."""
-    from reverse_etl.run import Engine
-
-    engine = Engine(open_project(project_dir))
+    engine = open_engine(open_project(project_dir))
     paused = engine.pause(sync, reason, by)
     if json_output:
         print_json({"sync": sync, "paused": True, "pause": paused.to_dict()})
@@ -51,9 +56,7 @@ def resume(
     project_dir: ProjectDirOption = None,
 ) -> None:
     """Lift the pause `retl pause` set (a `paused: true` in the sync file stays)."""
-    from reverse_etl.run import Engine
-
-    engine = Engine(open_project(project_dir))
+    engine = open_engine(open_project(project_dir))
     lifted = engine.resume(sync)
     config = engine.sync(sync).config
     still = bool(config and config.paused)

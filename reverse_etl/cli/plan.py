@@ -19,6 +19,7 @@ from reverse_etl.cli.common import (
     SelectOption,
     SyncsArgument,
     err,
+    open_engine,
     open_project,
     print_json,
     selected_syncs,
@@ -98,9 +99,8 @@ def plan(
     else:
         project.require_valid(chosen)
     from reverse_etl.plan.files import save_plans
-    from reverse_etl.run import Engine
 
-    engine = Engine(project, role=role)
+    engine = open_engine(project, role=role)
     backend = project.config.state.backend if project.config else "local"
     documents = []
     plans = []

@@ -26,6 +26,7 @@ from reverse_etl.cli.common import (
     SelectOption,
     SyncsArgument,
     err,
+    open_engine,
     open_project,
     out,
     print_json,
@@ -100,9 +101,9 @@ def run(
         )
     project = open_project(project_dir)
     from reverse_etl.plan.files import load_plans
-    from reverse_etl.run import Engine, RunOptions
+    from reverse_etl.run import RunOptions
 
-    engine = Engine(project, role=role)
+    engine = open_engine(project, role=role)
     lost = engine.lost_run_log()  # before this run writes a new run log
     if lost is not None:
         print_warning(*lost)

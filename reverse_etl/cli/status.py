@@ -1,4 +1,5 @@
-"""`retl status`: per sync its mode, schedule, last run, next due time and dead letters."""
+"""`retl status`: per sync its mode, schedule, last run, next due time and dead letters, and
+where the run log, pauses and locks live (`state:` in retl.yml)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from reverse_etl.cli.app import app
 from reverse_etl.cli.common import (
     JsonOption,
     ProjectDirOption,
+    open_engine,
     open_project,
     out,
     print_json,
@@ -31,15 +33,15 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
     """Per sync: mode, schedule, paused, last run, next due, dead letters."""
     project = open_project(project_dir)
     from reverse_etl.project.status import project_status
-    from reverse_etl.run import Engine
 
-    engine = Engine(project)
+    engine = open_engine(project)
     lost = engine.lost_run_log()
     if lost is not None:
         print_warning(*lost)
     rows = project_status(project, engine)
+    store = engine.store
     if json_output:
-        print_json({"syncs": [row.to_json() for row in rows]})
+        print_json({"syncs": [row.to_json() for row in rows], "state": store.to_json()})
         return
     columns = [
         Column("sync"),
@@ -108,6 +110,11 @@ def status(json_output: JsonOption = False, project_dir: ProjectDirOption = None
         title=f"retl status · {project.root}",
         compact=Compact(compact_columns, compact),
     )
+    if store.kind != "local" or store.note is not None:
+        # The default (.retl/ on this machine) goes without saying.
+        out.print(f"state: {escape(store.where)}", highlight=False)
+        if store.note is not None:
+            out.print(escape(store.note), highlight=False)
     for row in rows:
         if row.pause is not None:
             out.print(

@@ -24,6 +24,7 @@ from reverse_etl.errors import UsageError
 from reverse_etl.files import write_private
 
 if TYPE_CHECKING:  # annotations only: `retl validate` (which imports this module) needs no state
+    from reverse_etl.run import Engine
     from reverse_etl.state.pauses import Pause
     from reverse_etl.state.runlog import RunRecord
 
@@ -66,7 +67,11 @@ def build_report(project: Project, *, chart_runs: int = CHART_RUNS) -> Report:
     """Read the run log and dead letter queue of every sync of the project."""
     from reverse_etl.run import Engine  # here: `retl validate` never loads the engine
 
-    engine = Engine(project)
+    with Engine(project) as engine:
+        return _report(project, engine, chart_runs)
+
+
+def _report(project: Project, engine: Engine, chart_runs: int) -> Report:
     run_log, dead = engine.run_log, engine.dead_letters
     counts = dead.counts_by_sync()
     pauses = engine.pauses.all()

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from reverse_etl.config import Project, Sync
 from reverse_etl.state.deadletters import DeadLetter
-from reverse_etl.state.lock import SyncLock, force_unlock, lock_holder
 from reverse_etl.state.pauses import Pause
 from reverse_etl.state.runlog import RunRecord
 from reverse_etl.types import TargetId
@@ -72,7 +71,7 @@ def project_status(project: Project, engine: Engine | None = None) -> list[SyncS
         # The rule `run --all` applies (run.schedule.next_due); a paused sync is never due.
         paused = config is None or config.paused or name in pauses
         next_due = None if paused or not sync.ok else engine.next_due(sync)
-        holder = lock_holder(engine.layout.locks, name)
+        holder = engine.store.lock_holder(name)
         found.append(
             SyncStatus(
                 sync=name,
@@ -135,7 +134,7 @@ def state_summary(project: Project, sync: Sync, sample: int = 5) -> StateSummary
     """What state says was delivered for `sync`: counts, watermark, hashes, a few keys."""
     engine = _engine(project)
     current_target = engine.target(sync) if sync.ok else None
-    with engine.state_backend(sync.name) as backend:
+    with engine, engine.state_backend(sync.name) as backend:
         meta = backend.read_meta(current_target)
         return StateSummary(
             sync=sync.name,
@@ -164,19 +163,19 @@ def _shown(project: Project, where: str) -> str:
 
 def reset_state(project: Project, sync: Sync) -> bool:
     """Forget what was delivered for `sync`, under its lock; False when it had no state."""
-    engine = _engine(project)
     with (
-        SyncLock(engine.layout.locks, sync.name, command=f"retl state reset {sync.name}"),
-        engine.state_backend(sync.name) as backend,
+        _engine(project) as engine,
+        engine.store.lock(sync.name, command=f"retl state reset {sync.name}") as lease,
+        engine.state_backend(sync.name, lease.fence) as backend,
     ):
         return backend.reset()
 
 
 def unlock_sync(project: Project, sync: Sync) -> tuple[bool, str | None]:
     """Clear a stale lock of `sync`: whether it was locked, and who held it."""
-    locks = _engine(project).layout.locks
-    holder = lock_holder(locks, sync.name)
-    return force_unlock(locks, sync.name), holder.describe() if holder else None
+    with _engine(project) as engine:
+        holder = engine.store.lock_holder(sync.name)
+        return engine.store.force_unlock(sync.name), holder.describe() if holder else None
 
 
 @dataclass(frozen=True)
@@ -194,18 +193,18 @@ class RunDetail:
 
 def run_history(project: Project, sync: str | None, limit: int) -> tuple[list[RunRecord], int]:
     """The newest `limit` runs of one sync (or all) and how many the run log holds in all."""
-    run_log = _engine(project).run_log
-    everything = run_log.list(sync, limit=None)
+    with _engine(project) as engine:
+        everything = engine.run_log.list(sync, limit=None)
     return everything[:limit], len(everything)
 
 
 def run_detail(project: Project, run_id: str) -> RunDetail | None:
     """The run `run_id` (a unique prefix is enough) and its dead letters, or None."""
-    engine = _engine(project)
-    record = engine.run_log.get(run_id)
-    if record is None:
-        return None
-    letters = [d for d in engine.dead_letters.list(record.sync) if d.run_id == record.id]
+    with _engine(project) as engine:
+        record = engine.run_log.get(run_id)
+        if record is None:
+            return None
+        letters = [d for d in engine.dead_letters.list(record.sync) if d.run_id == record.id]
     return RunDetail(record=record, dead_letters=letters)
 
 

@@ -47,6 +47,7 @@ from reverse_etl.run.delivery import Delivery
 from reverse_etl.run.events import EventLevel, RunEvent
 from reverse_etl.run.order import dependencies, dependency_order
 from reverse_etl.run.outcome import RunOptions, RunOutcome
+from reverse_etl.run.progress import ProgressRecorder
 from reverse_etl.run.schedule import failed_dependency, next_due, not_due_reason
 from reverse_etl.state.backends import (
     LocalBackend,
@@ -56,12 +57,13 @@ from reverse_etl.state.backends import (
 )
 from reverse_etl.state.deadletters import DeadLetterQueue
 from reverse_etl.state.doubts import InDoubtRecords
+from reverse_etl.state.fence import Fence
 from reverse_etl.state.layout import StateLayout
-from reverse_etl.state.lock import SyncLock
 from reverse_etl.state.pauses import Pause, PauseStore, current_user
 from reverse_etl.state.runlog import RunLog, RunRecord, RunStatus
 from reverse_etl.state.snapshot import ALIAS as STATE_ALIAS
 from reverse_etl.state.snapshot import SnapshotStore
+from reverse_etl.state.store import StateStore, open_store
 from reverse_etl.types import TargetId
 from reverse_etl.validate import validate_project
 from reverse_etl.warehouse import check_role
@@ -87,23 +89,47 @@ class Engine:
         self.role = role
         self.layout = StateLayout.for_project(project.root)
         self._accounts: dict[str, str | None] = {}
+        self._store: StateStore | None = None
+        self._store_lock = threading.Lock()
+
+    @property
+    def store(self) -> StateStore:
+        """Where the run log, dead letters, pauses and run locks live (state/store.py): opened
+        on first use, closed by `close`."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = open_store(self.project)
+            return self._store
+
+    def close(self) -> None:
+        """Let the state store go (its connections); the engine opens it again if used."""
+        with self._store_lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def run_log(self) -> RunLog:
-        return RunLog(self.layout.database)
+        return RunLog(self.store.database())
 
     @property
     def dead_letters(self) -> DeadLetterQueue:
-        return DeadLetterQueue(self.layout.database)
+        return DeadLetterQueue(self.store.database())
 
     @property
     def doubts(self) -> InDoubtRecords:
         """Records sent whose outcome the destination has not told yet (state/doubts.py)."""
-        return InDoubtRecords(self.layout.database)
+        return InDoubtRecords(self.store.database())
 
     @property
     def pauses(self) -> PauseStore:
-        return PauseStore(self.layout.database)
+        return PauseStore(self.store.database())
 
     # ---------------------------------------------------------------------------------- pauses
 
@@ -143,9 +169,10 @@ class Engine:
     def snapshot(self, sync: str) -> SnapshotStore:
         return SnapshotStore(self.layout.snapshots, sync)
 
-    def state_backend(self, sync: str) -> SnapshotBackend:
-        """The sync's snapshot where retl.yml's `state:` keeps it (close it after use)."""
-        return open_backend(self.project, sync, self.layout.snapshots)
+    def state_backend(self, sync: str, fence: Fence | None = None) -> SnapshotBackend:
+        """The sync's snapshot where retl.yml's `state:` keeps it (close it after use);
+        `fence`: the run's lease in a shared store, checked by every acknowledgement."""
+        return open_backend(self.project, sync, self.layout.snapshots, fence=fence)
 
     def sync(self, name: str) -> Sync:
         sync = self.project.syncs.get(name)
@@ -496,8 +523,17 @@ class Engine:
         self, sync: Sync, options: RunOptions | None = None, *, plan: Plan | None = None
     ) -> RunOutcome:
         """Plan and execute one sync under its lock; with `plan` (a saved plan), execute exactly
-        that plan or refuse when it is stale. Never raises for a sync's own failure."""
+        that plan or refuse when it is stale. Never raises for a sync's own failure; a state
+        store that cannot be used fails the run before anything is sent (no run record then,
+        when the run log is what cannot be written)."""
         options = options or RunOptions()
+        try:
+            return self._run(sync, options, plan)
+        except StateError as exc:
+            outcome = RunOutcome(sync.name, "failed", error=exc.message, hint=exc.hint)
+            return self._finished(outcome, options)
+
+    def _run(self, sync: Sync, options: RunOptions, plan: Plan | None) -> RunOutcome:
         assert sync.config is not None
         paused = self.pause_reason(sync)
         if paused is None and plan is not None and plan.paused:
@@ -513,13 +549,13 @@ class Engine:
             self._check_role(sync)
         except RoleRefusedError as exc:
             return self._refused_before_start(sync, options, exc)
-        lock = SyncLock(self.layout.locks, sync.name, command="retl run " + sync.name)
+        lock = self.store.lock(sync.name, command="retl run " + sync.name)
         try:
             lock.acquire()
         except StateLockedError as exc:
             return self._refused_before_start(sync, options, exc)
         try:
-            return self._run_locked(sync, options, plan)
+            return self._run_locked(sync, options, plan, lock.fence)
         finally:
             lock.release()
 
@@ -701,7 +737,9 @@ class Engine:
         )
         return outcome
 
-    def _run_locked(self, sync: Sync, options: RunOptions, saved: Plan | None) -> RunOutcome:
+    def _run_locked(
+        self, sync: Sync, options: RunOptions, saved: Plan | None, fence: Fence | None = None
+    ) -> RunOutcome:
         assert sync.config is not None
         run_log = self.run_log
         run_log.mark_abandoned(sync.name)
@@ -724,11 +762,12 @@ class Engine:
             git_commit=version.commit,
             git_dirty=version.dirty,
         )
+        progress = ProgressRecorder(run_log, record.id) if record is not None else None
         with tempfile.TemporaryDirectory(prefix="retl-run-") as tmp:
             con = engine_connection(Path(tmp))
             backend: SnapshotBackend | None = None
             try:
-                backend = self.state_backend(sync.name)
+                backend = self.state_backend(sync.name, fence)
                 # Read once: the plan retries them, the delivery forgets the ones delivered.
                 dead_letter_keys = self.dead_letters.keys(sync.name)
                 plan = self._plan(
@@ -776,11 +815,7 @@ class Engine:
                     options.on_event,
                     snapshot=backend,
                     doubts=self.doubts,
-                    on_counts=(
-                        (lambda counts: run_log.progress(record.id, counts))
-                        if record is not None
-                        else None
-                    ),
+                    on_counts=progress,
                 )
                 result = delivery.execute(config_hash)
                 outcome.counts = result.counts
@@ -806,6 +841,8 @@ class Engine:
                 )
                 raise
             finally:
+                if progress is not None:
+                    progress.close()
                 _close(con)
                 if backend is not None:
                     backend.close()
@@ -822,14 +859,24 @@ class Engine:
         outcome.error = error
         outcome.hint = hint
         if outcome.record is not None:
-            outcome.record = self.run_log.finish(
-                outcome.record.id,
-                status,
-                outcome.counts,
-                planned=outcome.planned,
-                error=error,
-                state_records=outcome.state_records,
-            )
+            try:
+                outcome.record = self.run_log.finish(
+                    outcome.record.id,
+                    status,
+                    outcome.counts,
+                    planned=outcome.planned,
+                    error=error,
+                    state_records=outcome.state_records,
+                )
+            except StateError as exc:
+                # The store went away: the run fails and says so; its record stays `running`
+                # with the last counts recorded, and the next run marks it failed (interrupted).
+                status = outcome.status = "failed"
+                outcome.error = (f"{error}; and " if error else "") + (
+                    f"the run log could not record the end of this run: {exc.message}"
+                )
+                outcome.hint = exc.hint or hint
+                error = outcome.error
             self._finished(outcome, options)
             # A refusal by the plan (a delete limit) stops a scheduled sync as a failure does.
             refused_by_plan = (

@@ -1,4 +1,5 @@
-"""Local state of a project under .retl/: run log, dead letter queue and per-sync locks."""
+"""What a project remembers: snapshots, and the run log, dead letter queue, pauses and per-sync
+locks in a state store (.retl/ on this machine, or a shared PostgreSQL schema: state/store.py)."""
 
 from __future__ import annotations
 

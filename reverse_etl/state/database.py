@@ -17,11 +17,11 @@ import os
 import sqlite3
 import threading
 import time as _time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from reverse_etl.errors import StateError
 from reverse_etl.files import create_private, make_private, private_dir
@@ -96,6 +96,64 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 
 
+Dialect = Literal["sqlite", "postgres"]
+
+
+class StateCursor(Protocol):
+    """What a statement returns: rows to fetch or iterate, and how many rows it changed."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class StateConnection(Protocol):
+    """A connection of a state database: statements with `?` placeholders (a sqlite3
+    connection is one; state/postgres.py translates them for PostgreSQL)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> StateCursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> StateCursor: ...
+
+
+class StateDatabase(Protocol):
+    """Where the run log, dead letters, records in doubt and pauses live (this SQLite file, or
+    a PostgreSQL schema): RunLog & co. keep one implementation of their queries over it, with
+    a per-dialect fragment where SQLite and PostgreSQL differ (`json_values`)."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    @property
+    def name(self) -> str:
+        """Where it is, as messages name it (never a password)."""
+        ...
+
+    def read(self) -> AbstractContextManager[StateConnection]: ...
+
+    def write(self) -> AbstractContextManager[StateConnection]: ...
+
+
+def json_values(dialect: Dialect) -> str:
+    """A FROM item over the elements of a JSON array of strings given as one `?` parameter,
+    with the column `value`."""
+    if dialect == "postgres":
+        return "jsonb_array_elements_text(CAST(? AS jsonb)) AS elements(value)"
+    return "json_each(?)"
+
+
+def json_integer(dialect: Dialect, column: str, field: str) -> str:
+    """The integer `field` of the JSON object text in `column` (NULL when absent)."""
+    if dialect == "postgres":
+        return f"CAST(CAST({column} AS jsonb) ->> '{field}' AS bigint)"
+    return f"json_extract({column}, '$.{field}')"
+
+
 def utc_now() -> datetime:
     """The current time as an aware UTC datetime (the only kind stored here)."""
     return datetime.now(UTC)
@@ -135,9 +193,15 @@ class Database:
     handle between operations.
     """
 
+    dialect: Dialect = "sqlite"
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._ready = False
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -24,6 +24,7 @@ from reverse_etl.errors import StateError
 from reverse_etl.redact import redact
 from reverse_etl.state.database import (
     Database,
+    StateDatabase,
     parse_timestamp,
     select_by_sync,
     timestamp_text,
@@ -154,12 +155,13 @@ class DeadLetterQueue:
     """Records the destination rejected, one entry per (sync, key), kept until a run delivers
     the key or the queue is cleared. Shares the run log's file."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = Database(path)
+    def __init__(self, database: str | Path | StateDatabase) -> None:
+        self._db = Database(database) if isinstance(database, str | Path) else database
 
     @property
-    def path(self) -> Path:
-        return self._db.path
+    def name(self) -> str:
+        """Where the queue is, as messages name it."""
+        return self._db.name
 
     def add(self, sync: str, run_id: str | None, entries: Iterable[DeadLetterEntry]) -> int:
         """Queue rejections in one transaction; returns how many keys were written.
@@ -185,7 +187,7 @@ class DeadLetterQueue:
                 f"INSERT INTO dead_letters ({_DLQ_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1) "
                 "ON CONFLICT (sync, key) DO UPDATE SET operation = excluded.operation, "
                 "record = excluded.record, error = excluded.error, run_id = excluded.run_id, "
-                "last_failed_at = excluded.last_failed_at, attempts = attempts + 1",
+                "last_failed_at = excluded.last_failed_at, attempts = dead_letters.attempts + 1",
                 rows,
             )
         return len(rows)

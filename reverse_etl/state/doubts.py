@@ -18,7 +18,14 @@ from datetime import datetime
 from pathlib import Path
 
 from reverse_etl.redact import redact
-from reverse_etl.state.database import Database, parse_timestamp, timestamp_text, utc_now
+from reverse_etl.state.database import (
+    Database,
+    StateDatabase,
+    json_values,
+    parse_timestamp,
+    timestamp_text,
+    utc_now,
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +43,8 @@ class InDoubt:
 class InDoubtRecords:
     """The records in doubt of every sync, one entry per (sync, key)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = Database(path)
+    def __init__(self, database: str | Path | StateDatabase) -> None:
+        self._db = Database(database) if isinstance(database, str | Path) else database
 
     def add(
         self, sync: str, run_id: str | None, operation: str, keys: Iterable[str], reason: str
@@ -50,7 +57,7 @@ class InDoubtRecords:
         with self._db.write() as conn:
             conn.execute(
                 "INSERT INTO in_doubt (sync, key, operation, reason, run_id, since) "
-                "SELECT ?, value, ?, ?, ?, ? FROM json_each(?) WHERE true "
+                f"SELECT ?, value, ?, ?, ?, ? FROM {json_values(self._db.dialect)} WHERE true "
                 "ON CONFLICT (sync, key) DO UPDATE SET "
                 "operation = excluded.operation, reason = excluded.reason, "
                 "run_id = excluded.run_id",
@@ -64,7 +71,7 @@ class InDoubtRecords:
             with self._db.write() as conn:
                 conn.execute(
                     "DELETE FROM in_doubt WHERE sync = ? AND key IN "
-                    "(SELECT value FROM json_each(?))",
+                    f"(SELECT value FROM {json_values(self._db.dialect)})",
                     (sync, listed),
                 )
 

@@ -26,6 +26,7 @@ import filelock
 
 from reverse_etl.errors import StateError, StateLockedError, UsageError
 from reverse_etl.files import FILE_MODE, private_dir, write_private
+from reverse_etl.state.fence import Fence
 
 # How long a refused acquirer waits for a new holder to write its note before naming whatever
 # note it finds: the note is written just after the file lock is taken.
@@ -80,6 +81,9 @@ class SyncLock:
     SyncLock in this process, holds the lock. A leftover holder note of a process that died is
     ignored and replaced.
     """
+
+    #: A local lock fences nothing: no other machine shares this project's state.
+    fence: Fence | None = None
 
     def __init__(self, lock_dir: str | Path, sync: str, command: str | None = None) -> None:
         _check_sync_name(sync)

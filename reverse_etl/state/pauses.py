@@ -15,7 +15,13 @@ from typing import Any
 from reverse_etl.errors import UsageError
 from reverse_etl.git import user_name
 from reverse_etl.redact import redact
-from reverse_etl.state.database import Database, parse_timestamp, timestamp_text, utc_now
+from reverse_etl.state.database import (
+    Database,
+    StateDatabase,
+    parse_timestamp,
+    timestamp_text,
+    utc_now,
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,8 @@ def current_user(folder: Path) -> str:
 class PauseStore:
     """The operational pauses of a project. Safe to use from several processes and threads."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = Database(path)
+    def __init__(self, database: str | Path | StateDatabase) -> None:
+        self._db = Database(database) if isinstance(database, str | Path) else database
 
     def pause(self, sync: str, reason: str, by: str) -> Pause:
         """Pause `sync` now; pausing a paused sync replaces who, when and why."""

@@ -1,4 +1,5 @@
-"""The run log: every run of every sync, in `.retl/retl.db` (see state/database.py).
+"""The run log: every run of every sync, in `.retl/retl.db` (see state/database.py) or the shared
+state store (state/postgres.py): the same queries over either (state/store.py).
 
 Every text recorded (errors, messages) is redacted first: the run log never holds a secret.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 import builtins
 import json
 import secrets
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +19,8 @@ from reverse_etl.errors import StateError, UsageError
 from reverse_etl.redact import redact
 from reverse_etl.state.database import (
     Database,
+    StateDatabase,
+    json_integer,
     parse_timestamp,
     select_by_sync,
     timestamp_text,
@@ -158,12 +160,13 @@ def _text(value: str | None) -> str | None:
 class RunLog:
     """The history of runs, newest first. Safe to use from several processes and threads."""
 
-    def __init__(self, path: str | Path) -> None:
-        self._db = Database(path)
+    def __init__(self, database: str | Path | StateDatabase) -> None:
+        self._db = Database(database) if isinstance(database, str | Path) else database
 
     @property
-    def path(self) -> Path:
-        return self._db.path
+    def name(self) -> str:
+        """Where the run log is, as messages name it."""
+        return self._db.name
 
     def start(
         self,
@@ -220,7 +223,7 @@ class RunLog:
                 ),
             )
             if cursor.rowcount == 0:
-                raise StateError(f"run '{run_id}' is not in the run log {self.path}")
+                raise StateError(f"run '{run_id}' is not in the run log {self.name}")
             row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
             return _run_from_row(row.fetchone())
 
@@ -362,7 +365,8 @@ class RunLog:
         placeholders = ", ".join("?" for _ in names)
         with self._db.read() as conn:
             row = conn.execute(
-                "SELECT coalesce(sum(json_extract(counts, '$.requests')), 0) FROM runs "
+                f"SELECT coalesce(sum({json_integer(self._db.dialect, 'counts', 'requests')}), "
+                "0) FROM runs "
                 f"WHERE sync IN ({placeholders}) AND started_at >= ?",
                 (*names, timestamp_text(since)),
             ).fetchone()
@@ -429,14 +433,14 @@ class RunLog:
         with self._db.write() as conn:
             for _attempt in range(5):
                 run_id = new_run_id(started_at)
-                try:
-                    conn.execute(
-                        f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?{', ?' * 13})",
-                        (run_id, *values),
-                    )
+                inserted = conn.execute(
+                    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?{', ?' * 13}) "
+                    "ON CONFLICT (id) DO NOTHING",
+                    (run_id, *values),
+                )
+                if inserted.rowcount == 1:
                     break
-                except sqlite3.IntegrityError:  # same second and same random suffix
-                    continue
+                # else the same second and the same random suffix: draw another
             else:
                 raise StateError("could not allocate a unique run id")
             row = conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
