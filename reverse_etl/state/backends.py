@@ -1,8 +1,8 @@
-"""Where a sync's snapshot lives: `.retl/state/` (local, the default) or a schema of the
-warehouse (`state.backend: warehouse`, SPEC §6.3). The Engine plans and the delivery
-acknowledges through this interface; `retl state show/reset` read and reset through it.
-
-The run log, the dead letter queue and the locks stay local with either backend.
+"""Where a sync's snapshot lives: `.retl/state/` (local, the default), a schema of the
+warehouse (`state.backend: warehouse`, the diff runs there) or a schema of a dedicated
+PostgreSQL database (`state.backend: postgres`, state.postgres: the diff runs here over a copy),
+SPEC §6.3. The Engine plans and the delivery acknowledges through this interface; `retl state
+show/reset` read and reset through it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ class SnapshotBackend(ABC):
     sync: str
     #: Where the state lives, as a user reads it.
     where: str
-    #: True for `.retl/state/` (the diff runs locally over an attached snapshot).
+    #: True when the diff runs locally over a snapshot attached to the engine's connection as
+    #: `retl_state` (`.retl/state/`, and the copy of `state.backend: postgres`).
     local: bool
 
     @abstractmethod
@@ -153,9 +154,12 @@ class WarehouseBackend(SnapshotBackend):
 
     local = False
 
-    def __init__(self, session: WarehouseSession, schema: str, sync: str) -> None:
+    def __init__(
+        self, session: WarehouseSession, schema: str, sync: str, fence: Fence | None = None
+    ) -> None:
         self.session = session
-        self.store = WarehouseSnapshotStore(session, schema, sync)
+        # The fence is checked on PostgreSQL only (see state.warehouse).
+        self.store = WarehouseSnapshotStore(session, schema, sync, fence=fence)
         self.sync = sync
         self.where = self.store.where
 
@@ -209,13 +213,18 @@ def open_backend(
     project: Project, sync: str, state_dir: Path, fence: Fence | None = None
 ) -> SnapshotBackend:
     """The snapshot backend retl.yml's `state:` names, for one sync. `fence`: the run's claim
-    on the sync in a shared store, checked by every acknowledgement (state/fence.py); None
-    outside a run and with local state."""
+    on the sync in a shared store, checked by every acknowledgement (state/fence.py) in the
+    state database or a PostgreSQL warehouse; None outside a run and with local state."""
+    state = project.config.state if project.config is not None else None
+    if state is not None and state.backend == "postgres":
+        from reverse_etl.state.postgres_snapshots import PostgresBackend  # it builds on this module
+
+        assert state.url is not None, "validated: backend postgres has a url"
+        return PostgresBackend.connect(state.url, state.schema_, sync, fence)
     if not uses_warehouse_state(project):
         store = SnapshotStore(state_dir, sync)
         return LocalBackend(store, project.relative(store.path))
-    assert project.config is not None
-    state = project.config.state
+    assert state is not None and project.config is not None
     name = state.warehouse
     block = project.config.warehouses.get(name or "")
     if name is None or block is None:
@@ -224,4 +233,4 @@ def open_backend(
             "run `retl validate`"
         )
     session = open_session(name, block.url, project.root, block.query_timeout)
-    return WarehouseBackend(session, state.schema_, sync)
+    return WarehouseBackend(session, state.schema_, sync, fence)

@@ -14,6 +14,13 @@ Acknowledgements are loaded in bulk into a temporary stage table and merged with
 together with the meta values and the serial, in one transaction: a batch enters the snapshot
 only as a whole, after the destination accepted it. The SQL is PostgreSQL syntax translated
 per dialect with sqlglot (`state_statements` lists it, for golden tests).
+
+The same store keeps `state.backend: postgres` in a dedicated PostgreSQL database (see
+state.postgres), which only reads the rows out for a diff that runs locally. On PostgreSQL, a
+store given a run's `Fence` checks it first in every transaction that records acknowledgements
+(or re-points the sync): a run that lost its lease commits nothing (state/fence.py). On DuckDB
+the fence is not checked: the shared store that hands out leases is PostgreSQL, and a DuckDB
+file is written by one process at a time anyway.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import pyarrow as pa
 from reverse_etl.errors import StateError
 from reverse_etl.mapping.compile import quote_identifier, quote_literal
 from reverse_etl.mapping.dialects import translate
+from reverse_etl.state.fence import Fence
 from reverse_etl.state.snapshot import SnapshotMeta, StateOpened
 from reverse_etl.types import ModeSwitch, TargetChange, TargetId, mode_family
 from reverse_etl.warehouse.sessions import SessionError, WarehouseSession
@@ -215,11 +223,23 @@ class WarehouseSnapshotStore:
     batch; `relation` is the snapshot as SQL for the diff that runs in the warehouse.
     """
 
-    def __init__(self, session: WarehouseSession, schema: str, sync: str) -> None:
+    def __init__(
+        self,
+        session: WarehouseSession,
+        schema: str,
+        sync: str,
+        *,
+        fence: Fence | None = None,
+        place: str | None = None,
+    ) -> None:
         self.session = session
         self.tables = StateTables(schema, session.dialect)
         self.schema = schema
         self.sync = sync
+        # Checked in every writing transaction; only where leases live (PostgreSQL).
+        self.fence = fence if session.dialect == "postgres" else None
+        #: The database as messages name it.
+        self.place = place or f"warehouse '{session.name}'"
         self.target: TargetId | None = None
         self._key: str | None = None
         # True when a read-only open found a switch to or from delete mode: the snapshot the
@@ -232,7 +252,7 @@ class WarehouseSnapshotStore:
 
     @property
     def where(self) -> str:
-        return f"warehouse '{self.session.name}', {self.schema}.{SNAPSHOT_TABLE}"
+        return f"{self.place}, {self.schema}.{SNAPSHOT_TABLE}"
 
     @property
     def digest(self) -> str:
@@ -288,11 +308,11 @@ class WarehouseSnapshotStore:
     def _grant_error(self, exc: SessionError, what: str, statement: str) -> StateError:
         if exc.sqlstate in (_INSUFFICIENT_PRIVILEGE, _MISSING_SCHEMA):
             return StateError(
-                f"{what} on warehouse '{self.session.name}': {exc.message.split(': ', 1)[-1]}",
+                f"{what} on {self.place}: {exc.message.split(': ', 1)[-1]}",
                 hint=f"retl needs SELECT on the source and create/write rights only in its own "
                 f"schema; as an administrator run: {statement}",
             )
-        return StateError(f"{what} on warehouse '{self.session.name}': {exc.message}")
+        return StateError(f"{what} on {self.place}: {exc.message}")
 
     def _run(self, sql: str, what: str) -> list[tuple[object, ...]]:
         try:
@@ -354,6 +374,7 @@ class WarehouseSnapshotStore:
             before_change()
         statements: list[str] = []
         with self.session.transaction():
+            self._check_fence()
             if legacy is not None and stored is not None:
                 statements += self.tables.rekey(self.sync, legacy, stored.digest)
                 self._key = target.digest
@@ -443,11 +464,14 @@ class WarehouseSnapshotStore:
         now = datetime.now(UTC).isoformat()
         stage = _stage(delivered, deleted)
         with self.session.transaction():
+            self._check_fence()
             if stage.num_rows:
                 if not self._stage_ready:
                     self._run(self.tables.create_stage(), "write")
                     self._stage_ready = True
-                self._run(self.tables.sql(f"DELETE FROM {STAGE_TABLE}"), "write")
+                # Not DELETE: a temporary table is never vacuumed, and every merge of the run
+                # would scan the dead rows of all the batches before it.
+                self._run(self.tables.sql(f"TRUNCATE {STAGE_TABLE}"), "write")
                 try:
                     self.session.load(STAGE_TABLE, stage)
                 except SessionError as exc:
@@ -462,6 +486,20 @@ class WarehouseSnapshotStore:
                 self._run(statement, "write")
             self._run(self.tables.bump_serial(self.sync, self.digest), "write")
         self._after_changes(stage.num_rows)
+
+    def _check_fence(self) -> None:
+        """In the transaction under way: go on only while the run still holds its lease;
+        else the transaction is rolled back (by the caller's `transaction`) and nothing of it
+        is recorded."""
+        if self.fence is None:
+            return
+        rows = self._run(
+            f"WITH retl_fence AS ({self.fence.check_statement()} RETURNING 1) "
+            "SELECT count(*) FROM retl_fence",
+            "write",
+        )
+        if not rows or not int(str(rows[0][0])):
+            raise self.fence.lost()
 
     def _after_changes(self, rows: int) -> None:
         """Refresh the snapshot's statistics once enough rows changed (see ANALYZE_MIN_ROWS):
