@@ -87,8 +87,12 @@ class Delivery:
         snapshot: SnapshotBackend | None = None,
         doubts: InDoubtRecords | None = None,
         on_counts: Callable[[dict[str, int]], None] | None = None,
+        *,
+        dead_letter_values: bool = True,
     ) -> None:
         self.plan = plan
+        # False: a rejected record is queued with its key, operation and error only.
+        self.dead_letter_values = dead_letter_values
         # Where acknowledgements go: the snapshot attached to `con` unless told otherwise.
         self.snapshot = snapshot or LocalBackend.attached(plan.sync)
         self.con = con
@@ -681,7 +685,11 @@ class Delivery:
         if rejected:
             indexes = sorted(rejected)
             rejected_keys = _take(keys, indexes).to_pylist()
-            rows = _take(records, indexes).to_pylist()
+            rows: list[dict[str, Any] | None] = (
+                _take(records, indexes).to_pylist()
+                if self.dead_letter_values
+                else [None] * len(indexes)
+            )
             entries = [
                 DeadLetterEntry(key=str(key), operation=op, record=row, error=rejected[index])
                 for key, row, index in zip(rejected_keys, rows, indexes, strict=True)
