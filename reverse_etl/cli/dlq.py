@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
@@ -20,7 +19,15 @@ from reverse_etl.cli.common import (
     print_json,
     selected_syncs,
 )
-from reverse_etl.cli.render import Column, ago, count, key_order, print_rows, render_summary
+from reverse_etl.cli.render import (
+    Column,
+    ago,
+    count,
+    dead_letter_record,
+    key_order,
+    print_rows,
+    render_summary,
+)
 from reverse_etl.errors import FailureReported, UsageError
 
 
@@ -150,7 +157,7 @@ def dlq(
             count(d.attempts),
             ago(d.last_failed_at),
             d.error,
-            json.dumps(d.record, default=str, ensure_ascii=False),
+            dead_letter_record(d.record),
         ]
         rows.append([d.sync, *row] if sync_name is None else row)
     print_rows(out, columns, rows)

@@ -266,6 +266,15 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+# What the dead letter queue shows for a record whose values it did not keep.
+VALUES_NOT_KEPT = "(values not kept: dead_letters.values is false; retry re-reads the source)"
+
+
+def dead_letter_record(record: dict[str, Any] | None) -> str:
+    """A dead letter's record for people, or a note that its values were not kept."""
+    return VALUES_NOT_KEPT if record is None else value_text(record)
+
+
 def key_order(key: str) -> tuple[int, Decimal | int, str]:
     """Sort key for primary keys kept as text: numbers numerically, before other text."""
     try:

@@ -22,13 +22,13 @@ from reverse_etl.cli.render import (
     Column,
     Compact,
     count,
+    dead_letter_record,
     key_order,
     print_fields,
     print_rows,
     records_cell,
     short_when,
     status_text,
-    value_text,
     when,
 )
 from reverse_etl.errors import UsageError
@@ -183,6 +183,6 @@ def _render_detail(detail: RunDetail) -> None:
             Column("error", wrap=True),
             Column("record", wrap=True),
         ],
-        [[d.key, d.operation, d.error, value_text(d.record)] for d in letters],
+        [[d.key, d.operation, d.error, dead_letter_record(d.record)] for d in letters],
         title=f"dead letters left by this run: {len(letters):,} (retry with `retl dlq retry {r.sync}`)",
     )

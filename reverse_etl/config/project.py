@@ -67,10 +67,13 @@ class Sync:
 
     def config_hash(self, destination: DestinationConfig | None = None) -> str:
         """Hash of everything that decides what a run sends; secrets are not part of it (nor
-        `pii`, which only decides what output shows)."""
+        `pii`, which only decides what output shows, nor `dead_letters`, which only decides what
+        the queue keeps of a rejected record)."""
         assert self.config is not None
         payload = {
-            "sync": self.config.model_dump(mode="json", exclude={"description", "paused", "pii"}),
+            "sync": self.config.model_dump(
+                mode="json", exclude={"description", "paused", "pii", "dead_letters"}
+            ),
             "sql": self.sql,
             "destination_type": destination.type if destination else None,
         }

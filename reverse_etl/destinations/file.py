@@ -39,7 +39,14 @@ from reverse_etl.destinations.base import (
     lazy_module,
     register,
 )
-from reverse_etl.destinations.values import json_default, plain_decimal, portable
+from reverse_etl.destinations.values import (
+    json_default,
+    json_fields,
+    json_text,
+    json_value,
+    plain_decimal,
+    portable,
+)
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
@@ -89,9 +96,15 @@ def _python_column(column: pa.ChunkedArray) -> list[Any]:
 
 
 def _jsonl(table: pa.Table) -> bytes:
+    """One JSON object per record; a JSON column's value as JSON (a JSON `null` and SQL NULL
+    both as `null`, see values.py)."""
+    json_names = json_fields(table.schema)
     table = portable(table)
     names = table.column_names
-    columns = [_python_column(c) for c in table.columns]
+    columns = [
+        [json_value(v) for v in c.to_pylist()] if name in json_names else _python_column(c)
+        for name, c in zip(names, table.columns, strict=True)
+    ]
     lines = [
         json.dumps(
             dict(zip(names, row, strict=True)),
@@ -104,9 +117,24 @@ def _jsonl(table: pa.Table) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
+def _json_as_text(table: pa.Table) -> pa.Table:
+    """`table` with its JSON columns as their compact JSON text in plain string columns (SQL
+    NULL stays null, a JSON `null` is the text `null`)."""
+    names = json_fields(table.schema)
+    if not names:
+        return table
+    columns = [
+        pa.chunked_array([pa.array([json_text(v) for v in c.to_pylist()], pa.string())])
+        if name in names
+        else c
+        for name, c in zip(table.column_names, table.columns, strict=True)
+    ]
+    return pa.table(columns, names=table.column_names)
+
+
 def _csv_ready(table: pa.Table) -> pa.Table:
     """Columns pyarrow's CSV writer cannot render (nested, binary) as JSON / base64 text, and
-    decimals in plain notation (see values.py)."""
+    decimals in plain notation (see values.py); JSON columns are text already (`_json_as_text`)."""
     arrays = []
     for column in portable(table).columns:
         dtype = column.type
@@ -391,6 +419,7 @@ class FileDestination(Destination):
 
     def _csv_data(self, path: Path, object: str, records: pa.Table, new: bool) -> bytes:
         """The batch as CSV lines for `path` (with the header when the file is empty)."""
+        records = _json_as_text(records)  # the columns are picked by name below
         if new:
             header = list(records.column_names)
             planned = self._schemas.get(object)
@@ -420,7 +449,7 @@ class FileDestination(Destination):
         final = folder / f"{self.run_stamp}-{n:05d}.parquet"
         partial = folder / f".{final.name}.partial"
         with partial.open("wb") as f:
-            pq.write_table(records, f)
+            pq.write_table(_json_as_text(records), f)
             f.flush()
             os.fsync(f.fileno())
         self._parts.publish(partial, final, batch.marker, range(batch.size))

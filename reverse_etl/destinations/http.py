@@ -73,7 +73,7 @@ from reverse_etl.destinations.base import (
 )
 from reverse_etl.destinations.ratelimit import RateLimit, RateLimiter, limiter_for
 from reverse_etl.destinations.retry import GiveUp, RetryBudget, RetryPolicy, RetryStats, send
-from reverse_etl.destinations.values import json_default
+from reverse_etl.destinations.values import json_default, record_rows
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
 from reverse_etl.types import Action
@@ -262,7 +262,7 @@ class HttpDestination(Destination):
         if run.exhausted:
             raise self._gave_up(run)
         # Records become JSON here, on the lane's thread: the event loop only moves bytes.
-        records = batch.records.to_pylist()
+        records = record_rows(batch.records)  # a JSON column as its JSON value
         keys = [self.record_key(batch, record) for record in records]
         operation = self.options.operations[batch.action]
         budgets = (RetryBudget(self.options.retry.max_seconds_per_batch), run)

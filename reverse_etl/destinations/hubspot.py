@@ -89,6 +89,7 @@ from reverse_etl.destinations.retry import (
     RetryStats,
     send,
 )
+from reverse_etl.destinations.values import record_rows
 from reverse_etl.errors import DestinationError
 from reverse_etl.types import Action
 
@@ -269,7 +270,7 @@ class HubSpotDestination(Destination):
         return aio.run(self._resolve(batch, schema))
 
     async def _deliver(self, batch: Batch, schema: _Schema) -> BatchResult:
-        rows = batch.records.to_pylist()
+        rows = record_rows(batch.records, scalars=True)
         result = BatchResult()
         if batch.action == "delete":
             await self._archive(batch, rows, schema, result)
@@ -278,7 +279,7 @@ class HubSpotDestination(Destination):
         return result
 
     async def _resolve(self, batch: Batch, schema: _Schema) -> BatchResult:
-        rows = batch.records.to_pylist()
+        rows = record_rows(batch.records, scalars=True)
         result = BatchResult()
         found, absent = await self._lookup(batch, rows, schema, list(range(len(rows))), result)
         for i in range(len(rows)):

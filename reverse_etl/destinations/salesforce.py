@@ -112,6 +112,7 @@ from reverse_etl.destinations.salesforce_values import (
     request_errors,
     soql_literal,
 )
+from reverse_etl.destinations.values import record_rows
 from reverse_etl.errors import DestinationError
 from reverse_etl.redact import register_secret
 from reverse_etl.types import Action
@@ -465,7 +466,7 @@ class SalesforceDestination(Destination):
 
     async def _deliver(self, batch: Batch) -> BatchResult:
         describe = await self._adescribe(batch.object)
-        rows = [self._record(row, describe) for row in batch.records.to_pylist()]
+        rows = [self._record(row, describe) for row in record_rows(batch.records, scalars=True)]
         result = BatchResult()
         bulk = self._bulk(batch)
         described_key = describe.get((batch.key_field or "").lower())
@@ -780,7 +781,7 @@ class SalesforceDestination(Destination):
 
     async def _resolve(self, batch: Batch) -> BatchResult:
         describe = await self._adescribe(batch.object)
-        rows = [self._record(row, describe) for row in batch.records.to_pylist()]
+        rows = [self._record(row, describe) for row in record_rows(batch.records, scalars=True)]
         result = BatchResult()
         described_key = describe.get((batch.key_field or "").lower())
         stored = list(batch.ids or [None] * len(rows))

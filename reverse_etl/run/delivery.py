@@ -22,6 +22,7 @@ import pyarrow as pa
 from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
 from reverse_etl.destinations.ledger import DeliveryMarker, marker_target, part_marker
+from reverse_etl.destinations.values import mark_json
 from reverse_etl.errors import DestinationError, StateError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
@@ -86,8 +87,12 @@ class Delivery:
         snapshot: SnapshotBackend | None = None,
         doubts: InDoubtRecords | None = None,
         on_counts: Callable[[dict[str, int]], None] | None = None,
+        *,
+        dead_letter_values: bool = True,
     ) -> None:
         self.plan = plan
+        # False: a rejected record is queued with its key, operation and error only.
+        self.dead_letter_values = dead_letter_values
         # Where acknowledgements go: the snapshot attached to `con` unless told otherwise.
         self.snapshot = snapshot or LocalBackend.attached(plan.sync)
         self.con = con
@@ -307,7 +312,8 @@ class Delivery:
     def _prepare(self, destination: Destination) -> None:
         plan = self.plan
         columns = ", ".join(quote_identifier(f) for f in plan.fields)
-        schema = self.con.sql(f"SELECT {columns} FROM {OPS_TABLE} LIMIT 0").to_arrow_table().schema
+        relation = self.con.sql(f"SELECT {columns} FROM {OPS_TABLE} LIMIT 0")
+        schema = mark_json(relation.to_arrow_table(), _json_columns(relation)).schema
         destination.prepare(plan.target.object, schema, plan.key_field)
         for op in plan.operations():
             problems = destination.check(
@@ -341,12 +347,14 @@ class Delivery:
                     pa.table({"key": pa.array(sorted(self.pending_dead_letters), pa.string())}),
                 )
                 order = f" ORDER BY {KEY_COLUMN} IN (SELECT key FROM retl_pending_letters)"
-            reader = cursor.sql(
+            relation = cursor.sql(
                 f"SELECT {columns}, {KEY_COLUMN}, {HASH_COLUMN}, {CHANGE_COLUMN}, "
                 f"{DEST_ID_COLUMN} FROM {OPS_TABLE} WHERE {OP_COLUMN} = '{op}'{order}"
-            ).to_arrow_reader(size)
+            )
+            json_columns = _json_columns(relation)
+            reader = relation.to_arrow_reader(size)
             try:
-                self._send_rounds(lanes, op, fields, reader)
+                self._send_rounds(lanes, op, fields, reader, json_columns)
             finally:
                 reader.close()
 
@@ -356,8 +364,11 @@ class Delivery:
         op: Operation,
         fields: list[str],
         reader: pa.RecordBatchReader,
+        json_columns: list[str],
     ) -> None:
-        batches: Iterator[pa.Table] = (pa.Table.from_batches([b]) for b in reader)
+        batches: Iterator[pa.Table] = (
+            mark_json(pa.Table.from_batches([b]), json_columns) for b in reader
+        )
         for round in range(RETRY_ROUNDS + 1):
             self._send_batches(lanes, op, fields, batches)
             self._resolve(lanes[0], op, fields)
@@ -674,7 +685,11 @@ class Delivery:
         if rejected:
             indexes = sorted(rejected)
             rejected_keys = _take(keys, indexes).to_pylist()
-            rows = _take(records, indexes).to_pylist()
+            rows: list[dict[str, Any] | None] = (
+                _take(records, indexes).to_pylist()
+                if self.dead_letter_values
+                else [None] * len(indexes)
+            )
             entries = [
                 DeadLetterEntry(key=str(key), operation=op, record=row, error=rejected[index])
                 for key, row, index in zip(rejected_keys, rows, indexes, strict=True)
@@ -794,3 +809,13 @@ def _remember_rejected(con: duckdb.DuckDBPyConnection, keys: pa.Table) -> None:
     con.register("retl_rejected_batch", keys)
     con.execute("INSERT INTO retl_rejected SELECT key FROM retl_rejected_batch")
     con.unregister("retl_rejected_batch")
+
+
+def _json_columns(relation: duckdb.DuckDBPyRelation) -> list[str]:
+    """The columns of JSON type (from a JSON source column): DuckDB hands them over as plain
+    strings, and the connectors must know them for JSON (destinations/values.py)."""
+    return [
+        name
+        for name, type_ in zip(relation.columns, relation.types, strict=True)
+        if str(type_).upper() == "JSON"
+    ]

@@ -203,6 +203,13 @@ class Engine:
             location=destination.location(),
         )
 
+    def dead_letter_values(self, sync: Sync) -> bool:
+        """Whether the sync's dead letters keep the rejected records' values: the sync's own
+        `dead_letters:` if it has one, else the project's (default: they do)."""
+        assert self.project.config is not None and sync.config is not None
+        setting = sync.config.dead_letters or self.project.config.dead_letters
+        return setting.values
+
     def config_hash(self, sync: Sync) -> str:
         """The hash a run records in state: the sync's settings, SQL and destination type."""
         assert self.project.config is not None and sync.config is not None
@@ -768,6 +775,9 @@ class Engine:
             backend: SnapshotBackend | None = None
             try:
                 backend = self.state_backend(sync.name, fence)
+                if not options.dry_run and not self.dead_letter_values(sync):
+                    # Letters queued before the sync said so lose their values too.
+                    self.dead_letters.forget_values(sync.name)
                 # Read once: the plan retries them, the delivery forgets the ones delivered.
                 dead_letter_keys = self.dead_letters.keys(sync.name)
                 plan = self._plan(
@@ -816,6 +826,7 @@ class Engine:
                     snapshot=backend,
                     doubts=self.doubts,
                     on_counts=progress,
+                    dead_letter_values=self.dead_letter_values(sync),
                 )
                 result = delivery.execute(config_hash)
                 outcome.counts = result.counts

@@ -1,8 +1,11 @@
 """The dead letter queue: records the destination rejected, kept with its error until a run
 delivers them or the queue is cleared. Shares `.retl/retl.db` with the run log.
 
-Error texts are redacted before they are stored; record values are stored as the engine mapped
-them (customer data: the file is private, 0600).
+Error texts are redacted before they are stored, otherwise kept as the destination wrote them
+(they may quote a value: "invalid email foo@bar"). Record values are stored as the engine mapped
+them (customer data: the file is private, 0600), unless the sync's `dead_letters: {values:
+false}` says to keep none: the record is then stored as JSON `null` (`DeadLetter.record` None),
+and `retl dlq retry` re-reads the rows from the source by key, as it always does.
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ class DeadLetterEntry:
     """A record the destination rejected, as the engine hands it to the queue.
 
     `record` is the mapped record as it would have been sent (JSON-serialisable or convertible:
-    datetimes, decimals, bytes, UUIDs... are stored as strings).
+    datetimes, decimals, bytes, UUIDs... are stored as strings); None when the sync keeps no
+    values in its dead letters (`dead_letters: {values: false}`).
     """
 
     key: str
     operation: str  # create | update | delete (the plan's operation)
-    record: Mapping[str, Any]
+    record: Mapping[str, Any] | None
     error: str
 
 
@@ -53,7 +57,7 @@ class DeadLetter:
     sync: str
     key: str
     operation: str
-    record: dict[str, Any]
+    record: dict[str, Any] | None  # None: its values were not kept (`dead_letters.values`)
     error: str
     run_id: str | None
     first_failed_at: datetime
@@ -67,6 +71,7 @@ class DeadLetter:
             "key": self.key,
             "operation": self.operation,
             "record": self.record,
+            "values_kept": self.record is not None,
             "error": self.error,
             "run_id": self.run_id,
             "first_failed_at": self.first_failed_at.isoformat(),
@@ -121,8 +126,11 @@ def _plain(value: Any, depth: int = 0) -> Any:
     return _plain(converted, depth + 1)
 
 
-def record_json(record: Mapping[str, Any]) -> str:
-    """Serialise a record for storage; never fails, whatever the values (falls back to str)."""
+def record_json(record: Mapping[str, Any] | None) -> str:
+    """Serialise a record for storage; never fails, whatever the values (falls back to str).
+    None (values not kept) is stored as `null`."""
+    if record is None:
+        return "null"
     try:
         return json.dumps(record, default=_json_default, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
@@ -191,6 +199,17 @@ class DeadLetterQueue:
                 rows,
             )
         return len(rows)
+
+    def forget_values(self, sync: str) -> int:
+        """Drop the stored values of every queued record of `sync` (keys, operations and errors
+        stay): what a sync that keeps no values does with letters queued before it said so.
+        Returns how many records lost their values."""
+        with self._db.write() as conn:
+            cursor = conn.execute(
+                "UPDATE dead_letters SET record = 'null' WHERE sync = ? AND record <> 'null'",
+                (sync,),
+            )
+            return max(cursor.rowcount, 0)
 
     def remove(self, sync: str, keys: Iterable[str]) -> int:
         """Drop these keys of `sync` (delivered since); returns how many were queued."""

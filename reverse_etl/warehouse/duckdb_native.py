@@ -115,6 +115,16 @@ class _Budget:
             self.spent += time.monotonic() - started
 
 
+def _as_json(batch: pa.RecordBatch, columns: set[int], schema: pa.Schema) -> pa.RecordBatch:
+    arrays = [
+        pa.ExtensionArray.from_storage(pa.json_(), column.cast(pa.string()))
+        if i in columns
+        else column
+        for i, column in enumerate(batch.columns)
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
 class DuckDBWarehouse(Warehouse):
     """A DuckDB file (read-only unless the URL says otherwise) or an in-memory database."""
 
@@ -197,8 +207,16 @@ class DuckDBWarehouse(Warehouse):
             self._release(cursor)
             raise
         self._open[cursor] = reader
+        # DuckDB hands JSON over as plain strings: typed `arrow.json` again, so the engine
+        # knows them for JSON (as when the file is attached, where the JSON type is kept).
+        json_columns = {i for i, type_ in enumerate(relation.types) if str(type_).upper() == "JSON"}
+        schema = reader.schema
+        for i in sorted(json_columns):
+            schema = schema.set(i, pa.field(schema.field(i).name, pa.json_()))
         batches = self._batches(cursor, reader, budget, batch_rows)
-        return pa.RecordBatchReader.from_batches(reader.schema, batches)
+        if json_columns:
+            batches = (_as_json(batch, json_columns, schema) for batch in batches)
+        return pa.RecordBatchReader.from_batches(schema, batches)
 
     def _batches(
         self,

@@ -4,7 +4,7 @@ The rows arrive as CSV text and pyarrow parses each batch at C speed, instead of
 every value into a Python object and rows_to_arrow turning them back. The result is the one the
 generic path builds, value for value: the same Arrow types from the same cursor description
 (an unconstrained numeric gets the decimal type of its first batch), JSON re-serialised the way
-psycopg + json.dumps write it, bytea from its hex text. A query with a column type outside
+psycopg + json.dumps write it (typed `arrow.json`), bytea from its hex text. A query with a column type outside
 `_PARSED` (arrays, intervals, time with zone, custom types) keeps the generic path.
 """
 
@@ -55,7 +55,7 @@ def plan(description: Sequence[Any], hints: Sequence[ColumnHint]) -> list[_Plan]
         if not isinstance(code, int) or code not in _PARSED:
             return None
         if code in (_JSON, _JSONB):
-            plans.append(_Plan(hint.name, code, pa.string(), pa.string()))
+            plans.append(_Plan(hint.name, code, pa.string(), pa.json_()))
         elif code == _BYTEA:
             plans.append(_Plan(hint.name, code, pa.string(), pa.binary()))
         elif hint.arrow_type is None:  # numeric without precision
@@ -194,26 +194,9 @@ class CopyReader:
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     def _fix(self, index: int, plan: _Plan, column: pa.ChunkedArray) -> pa.Array:
+        if plan.code in (_JSON, _JSONB):
+            return pa.ExtensionArray.from_storage(pa.json_(), self._json_text(plan, column))
         values = column.combine_chunks()
-        if plan.code == _JSONB:
-            # jsonb text is what json.dumps writes back, but for numbers with a fraction or an
-            # exponent (1.50 comes back 1.5): only values that may hold one are rewritten.
-            maybe = pc.fill_null(pc.match_substring_regex(values, r"[0-9][.eE]"), False)
-            rows = pc.indices_nonzero(maybe).to_pylist()
-            if not rows:
-                return values
-            texts = values.take(rows).to_pylist()
-            rewritten = pa.array([json.dumps(json.loads(t), ensure_ascii=False) for t in texts])
-            return pc.replace_with_mask(values, maybe, rewritten)
-        if plan.code == _JSON:  # kept as written by PostgreSQL: rewritten as json.dumps does
-            texts = values.to_pylist()
-            return pa.array(
-                [
-                    None if t is None else json.dumps(json.loads(t), ensure_ascii=False)
-                    for t in texts
-                ],
-                pa.string(),
-            )
         if plan.code == _BYTEA:  # hex output: \x0aff...
             return pa.array(
                 [None if t is None else bytes.fromhex(t[2:]) for t in values.to_pylist()],
@@ -227,6 +210,26 @@ class CopyReader:
         if final != values.type:
             return pc.cast(values, final)
         return values
+
+    @staticmethod
+    def _json_text(plan: _Plan, column: pa.ChunkedArray) -> pa.Array:
+        values = column.combine_chunks()
+        if plan.code == _JSONB:
+            # jsonb text is what json.dumps writes back, but for numbers with a fraction or an
+            # exponent (1.50 comes back 1.5): only values that may hold one are rewritten.
+            maybe = pc.fill_null(pc.match_substring_regex(values, r"[0-9][.eE]"), False)
+            rows = pc.indices_nonzero(maybe).to_pylist()
+            if not rows:
+                return values
+            texts = values.take(rows).to_pylist()
+            rewritten = pa.array([json.dumps(json.loads(t), ensure_ascii=False) for t in texts])
+            return pc.replace_with_mask(values, maybe, rewritten)
+        # json: kept as written by PostgreSQL, rewritten as json.dumps does
+        texts = values.to_pylist()
+        return pa.array(
+            [None if t is None else json.dumps(json.loads(t), ensure_ascii=False) for t in texts],
+            pa.string(),
+        )
 
 
 def _column_of(exc: BaseException) -> int | None:

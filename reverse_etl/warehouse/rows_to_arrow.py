@@ -182,7 +182,7 @@ def _transpose(rows: Sequence[Any], width: int) -> list[Sequence[Any]]:
 
 def _plan(hint: ColumnHint, values: Sequence[Any]) -> tuple[pa.DataType, Converter]:
     if hint.json:
-        return pa.string(), _to_json_text
+        return pa.json_(), _to_json_text
     arrow_type = hint.arrow_type or _infer(values)
     if arrow_type is None or pa.types.is_string(arrow_type):
         return pa.string(), _to_text
@@ -272,8 +272,9 @@ class JsonText(str):
 
 def _to_json_text(values: Sequence[Any]) -> pa.Array:
     """JSON values as json.dumps writes them (a driver that hands over JSON text, which keeps a
-    JSON `null` apart from SQL NULL, is re-serialised the same way)."""
-    return pa.array(
+    JSON `null` apart from SQL NULL, is re-serialised the same way), typed `arrow.json` so the
+    engine knows them for JSON (destinations/values.py)."""
+    text = pa.array(
         [
             None
             if v is None
@@ -284,3 +285,4 @@ def _to_json_text(values: Sequence[Any]) -> pa.Array:
         ],
         type=pa.string(),
     )
+    return pa.ExtensionArray.from_storage(pa.json_(), text)

@@ -300,6 +300,29 @@ def test_datetimes_go_as_iso_utc_and_dates_as_days(hs: HubSpotProject) -> None:
     assert (ann["is_vip"], ann["lifetime_value"]) == ("true", "12.5")
 
 
+def test_json_columns_go_as_scalars_and_objects_as_compact_json_text(hs: HubSpotProject) -> None:
+    # HubSpot property values are strings: a JSON object or array is sent as its compact JSON
+    # text, a JSON scalar as that scalar (a JSON string unquoted), a JSON null clears.
+    hs.warehouse(
+        "CREATE TABLE src AS SELECT 'ann@example.com' AS email, "
+        """'{"tier": [1, 2], "ok": true}'::JSON AS doc, '"Lovelace"'::JSON AS name, """
+        "'true'::JSON AS vip, '12.5'::JSON AS ltv"
+    )
+    hs.write_sync(
+        mapping={
+            "email": "email",
+            "firstname": "doc",
+            "lastname": "name",
+            "is_vip": "vip",
+            "lifetime_value": "ltv",
+        }
+    )
+    hs.run()
+    ann = hs.by("email")["ann@example.com"]
+    assert ann["firstname"] == '{"tier":[1,2],"ok":true}'
+    assert (ann["lastname"], ann["is_vip"], ann["lifetime_value"]) == ("Lovelace", "true", "12.5")
+
+
 # -- per-record errors, throttling, failures --------------------------------------------------
 
 

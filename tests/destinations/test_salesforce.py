@@ -54,6 +54,29 @@ def test_insert_returns_the_ids_salesforce_assigned_in_record_order(
     assert store[result.ids[0]]["External_Id__c"] == "1"  # text field: the number as text
 
 
+def test_json_columns_go_as_scalars_and_objects_as_compact_json_text(
+    crm: Destination, salesforce_server: SalesforceServer
+) -> None:
+    # No sObject field takes a JSON object: an object goes to a text field as its compact JSON
+    # text, a JSON scalar as that scalar (a number to a number field, a string unquoted).
+    from reverse_etl.destinations.values import mark_json
+
+    records = pa.table(
+        {
+            "Name": pa.array(['{"tier": [1, 2]}', '"Acme"'], pa.json_()),
+            "NumberOfEmployees": pa.array(["120", "null"], pa.json_()),
+        }
+    )
+    batch = mark_json(records, ["Name", "NumberOfEmployees"])
+    result = crm.deliver(Batch("Account", "insert", None, batch))
+
+    assert result.rejected == {} and result.retry == {}
+    store = salesforce_server.store["Account"]
+    held = [store[result.ids[i]] for i in (0, 1)]
+    assert [r["Name"] for r in held] == ['{"tier":[1,2]}', "Acme"]
+    assert held[0]["NumberOfEmployees"] == 120 and held[1].get("NumberOfEmployees") is None
+
+
 def test_only_the_invalid_records_are_rejected_with_code_message_and_fields(
     crm: Destination,
 ) -> None:

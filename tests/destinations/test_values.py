@@ -104,3 +104,31 @@ def test_a_run_writes_files_whose_values_mean_what_the_warehouse_holds(
         assert record["iv"] == "P-1M" and record["iv2"] == "P1DT2H"
     else:
         assert '"0.0000000000",0.1,"P-1M","P1DT2H"' in written
+
+
+def json_batch() -> pa.Table:
+    """A batch as the run hands it to a connector: the JSON column marked on its field."""
+    from reverse_etl.destinations.values import mark_json
+
+    docs = pa.array(['{"a": [1, 2.5]}', "null", None, '"text"', "7"], pa.json_())
+    return mark_json(pa.table({"id": [1, 2, 3, 4, 5], "doc": docs}), ["doc"])
+
+
+def test_a_marked_json_column_stays_a_string_column_of_json_text() -> None:
+    from reverse_etl.destinations.values import json_fields
+
+    batch = json_batch()
+
+    assert batch.schema.field("doc").type == pa.string()  # no connector meets a new type
+    assert json_fields(batch.schema) == {"doc"}
+    assert batch.column("doc").to_pylist()[:2] == ['{"a": [1, 2.5]}', "null"]
+
+
+def test_json_columns_become_json_values_or_scalars_per_connector() -> None:
+    from reverse_etl.destinations.values import record_rows
+
+    as_json = [r["doc"] for r in record_rows(json_batch())]
+    as_scalars = [r["doc"] for r in record_rows(json_batch(), scalars=True)]
+
+    assert as_json == [{"a": [1, 2.5]}, None, None, "text", 7]  # http, JSON Lines
+    assert as_scalars == ['{"a":[1,2.5]}', None, None, "text", 7]  # HubSpot, Salesforce

@@ -223,3 +223,25 @@ def test_a_rejection_error_is_stored_without_secrets(tmp_path: Path) -> None:
     entry = DeadLetterEntry("1", "create", {"id": 1}, "401 for Authorization: Bearer Leaky.tok3n")
     queue.add("crm", None, [entry])
     assert [d.error for d in queue.list("crm")] == ["401 for Authorization: Bearer ***"]
+
+
+def test_a_record_without_values_keeps_key_operation_and_error(dlq: DeadLetterQueue) -> None:
+    dlq.add("crm", "run-1", [DeadLetterEntry("7", "update", None, "400: bad email x@")])
+
+    [stored] = dlq.list("crm")
+
+    assert (stored.key, stored.operation, stored.error) == ("7", "update", "400: bad email x@")
+    assert stored.record is None
+    assert stored.to_dict()["values_kept"] is False
+
+
+def test_forget_values_empties_the_records_of_one_sync_only(dlq: DeadLetterQueue) -> None:
+    dlq.add("crm", "run-1", [entry("1", email="a@x"), entry("2", email="b@x")])
+    dlq.add("erp", "run-1", [entry("1", email="a@x")])
+
+    assert dlq.forget_values("crm") == 2
+    assert dlq.forget_values("crm") == 0
+
+    assert [d.record for d in dlq.list("crm")] == [None, None]
+    assert [d.key for d in dlq.list("crm")] == ["1", "2"]
+    assert [d.record for d in dlq.list("erp")] == [{"id": "1", "email": "a@x"}]

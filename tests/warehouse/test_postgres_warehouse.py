@@ -96,7 +96,7 @@ def test_stream_keeps_column_types(warehouse: Warehouse, customers: str) -> None
             ("signup_date", pa.date32()),
             ("updated_at", pa.timestamp("us", tz="UTC")),
             ("score", pa.float64()),
-            ("traits", pa.string()),
+            ("traits", pa.json_()),  # JSON text, typed so the engine knows it for JSON
             ("plan", pa.string()),
         ]
     )
