@@ -28,7 +28,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
@@ -68,22 +68,133 @@ class DeliveryMarker:
     run_id: str
     seq: int  # the batch's number in its run (1, 2, ...): markers replay in this order
     acknowledgement: pa.Table
+    # The payload of the whole batch, encoded ahead (`encoded`) by the thread that makes the
+    # batches while the destination's thread waits on the one before: most batches commit whole.
+    whole: bytes | None = field(default=None, repr=False, compare=False)
+
+    def encoded(self) -> DeliveryMarker:
+        """This marker with the payload of all its records encoded ahead."""
+        return replace(self, whole=_encode(self.acknowledgement))
 
     def payload(self, accepted: Iterable[int]) -> bytes:
         """The acknowledgement of the `accepted` records, as bytes to store in the ledger row
-        (Arrow IPC, compressed). Write it in the same transaction as the batch."""
+        (Arrow IPC in the current MARKER_FORMAT, compressed). Write it in the same transaction
+        as the batch."""
         import pyarrow as pa
 
-        indexes = sorted(set(accepted))
         rows = self.acknowledgement
-        if len(indexes) < rows.num_rows:  # else every record: no copy (most batches)
-            rows = rows.take(pa.array(indexes, pa.int64()))
-        sink = pa.BufferOutputStream()
-        # zstd level 1: the hex hashes halve at any level; higher levels only cost time.
-        options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))
-        with pa.ipc.new_stream(sink, rows.schema, options=options) as writer:
-            writer.write_table(rows)
-        return bytes(sink.getvalue().to_pybytes())
+        n = rows.num_rows
+        chosen = accepted if isinstance(accepted, (set, frozenset)) else set(accepted)
+        if len(chosen) == n and chosen.issuperset(range(n)):  # every record: most batches
+            return self.whole if self.whole is not None else _encode(rows)
+        return _encode(rows.take(pa.array(sorted(i for i in chosen if 0 <= i < n), pa.int64())))
+
+
+# The format of a marker's payload, kept in its Arrow schema's metadata (MARKER_FORMAT_KEY).
+# Version 1 (no metadata, markers of retl before it): ACK_COLUMNS as they are. Version 2: `hash`
+# as the 16 bytes of the md5 when every hash is 32 lowercase hex characters (else text, as in
+# version 1), `dest_id` left out when it is all null and `removed` when it is all false. A
+# reader reads every version (a run killed before an upgrade leaves markers of the old one).
+MARKER_FORMAT_KEY = b"retl.marker"
+MARKER_FORMAT = b"2"
+_HEX_HASH_CHARS = 32
+
+
+def _encode(rows: pa.Table) -> bytes:
+    """Rows with ACK_COLUMNS as a payload of the current format."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns: dict[str, pa.Array | pa.ChunkedArray] = {"key": rows.column("key")}
+    hashes = rows.column("hash")
+    columns["hash"] = _hash_bytes(hashes) or hashes
+    dest_id = rows.column("dest_id")
+    if dest_id.null_count < len(dest_id):
+        columns["dest_id"] = dest_id
+    removed = rows.column("removed")
+    if len(removed) and pc.any(removed).as_py():
+        columns["removed"] = removed
+    table = pa.table(columns).replace_schema_metadata({MARKER_FORMAT_KEY: MARKER_FORMAT})
+    sink = pa.BufferOutputStream()
+    # zstd level 1: keys and text compress at any level; higher levels only cost time.
+    options = pa.ipc.IpcWriteOptions(compression=pa.Codec("zstd", compression_level=1))
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _decode(payload: bytes) -> pa.Table:
+    """A payload of any format as rows with ACK_COLUMNS (key, hash as text, dest_id, removed)."""
+    import pyarrow as pa
+
+    with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
+        table = reader.read_all()
+    metadata = table.schema.metadata or {}
+    if MARKER_FORMAT_KEY not in metadata:
+        return table  # version 1: as written
+    if metadata[MARKER_FORMAT_KEY] != MARKER_FORMAT:
+        raise DestinationError(
+            f"a delivery marker has format {metadata[MARKER_FORMAT_KEY].decode(errors='replace')}"
+            f", which this retl cannot read (it reads formats 1 and {MARKER_FORMAT.decode()})",
+            hint="run the retl that wrote it once more (it records the marker into state), "
+            "then upgrade",
+        )
+    n = table.num_rows
+    names = table.column_names
+    hashes = table.column("hash")
+    return pa.table(
+        {
+            "key": table.column("key"),
+            "hash": _hash_text(hashes) if pa.types.is_fixed_size_binary(hashes.type) else hashes,
+            "dest_id": table.column("dest_id") if "dest_id" in names else pa.nulls(n, pa.string()),
+            "removed": table.column("removed") if "removed" in names else pa.repeat(False, n),
+        }
+    )
+
+
+def _hash_bytes(hashes: pa.ChunkedArray | pa.Array) -> pa.Array | None:
+    """md5 hashes in hex as their 16 bytes, or None unless every hash is 32 lowercase hex
+    characters (the exact text comes back from the bytes)."""
+    import binascii
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(hashes, pa.ChunkedArray):
+        hashes = hashes.combine_chunks()
+    if not len(hashes) or hashes.null_count or not pa.types.is_string(hashes.type):
+        return None
+    lengths = pc.min_max(pc.binary_length(hashes))
+    if not lengths["min"].as_py() == lengths["max"].as_py() == _HEX_HASH_CHARS:
+        return None
+    _, offsets, data = hashes.buffers()
+    start = memoryview(offsets).cast("i")[hashes.offset]
+    text = memoryview(data)[start : start + _HEX_HASH_CHARS * len(hashes)]
+    try:
+        raw = binascii.unhexlify(text)
+    except binascii.Error:
+        return None
+    if binascii.hexlify(raw) != bytes(text):  # upper case: kept as text, as state has it
+        return None
+    size = _HEX_HASH_CHARS // 2
+    return pa.Array.from_buffers(pa.binary(size), len(hashes), [None, pa.py_buffer(raw)])
+
+
+def _hash_text(hashes: pa.ChunkedArray) -> pa.Array:
+    """Hashes stored as bytes (format 2), back to the hex text state keeps."""
+    import binascii
+
+    import pyarrow as pa
+
+    size = _HEX_HASH_CHARS // 2
+    raw = b"".join(
+        bytes(c.buffers()[1])[c.offset * size : (c.offset + len(c)) * size] for c in hashes.chunks
+    )
+    n = len(hashes)
+    offsets = pa.array(range(0, _HEX_HASH_CHARS * (n + 1), _HEX_HASH_CHARS), pa.int32())
+    return pa.Array.from_buffers(
+        pa.string(), n, [None, offsets.buffers()[1], pa.py_buffer(binascii.hexlify(raw))]
+    )
 
 
 @dataclass(frozen=True)
@@ -95,11 +206,8 @@ class LedgerEntry:
     payload: bytes
 
     def acknowledgement(self) -> pa.Table:
-        """The records the batch applied (ACK_COLUMNS)."""
-        import pyarrow as pa
-
-        with pa.ipc.open_stream(pa.py_buffer(self.payload)) as reader:
-            return reader.read_all()
+        """The records the batch applied (ACK_COLUMNS), whichever format wrote them."""
+        return _decode(self.payload)
 
 
 def resolved(marker: DeliveryMarker, entries: Sequence[LedgerEntry]) -> BatchResult:
@@ -131,23 +239,33 @@ def part_marker(marker: DeliveryMarker | None, rows: Sequence[int]) -> DeliveryM
     import pyarrow as pa
 
     rows_taken = marker.acknowledgement.take(pa.array(list(rows), pa.int64()))
-    return replace(marker, acknowledgement=rows_taken)
+    return replace(marker, acknowledgement=rows_taken, whole=None)
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
 
 
 def postgres_create_statement(schema: str) -> str:
-    """The statement that creates the ledger in `schema` (shown to whoever must run it)."""
+    """The statements that create the ledger in `schema` (shown to whoever must run them)."""
     from psycopg import sql
 
     ident = sql.Identifier(schema, LEDGER_TABLE).as_string(None)
+    return f"{_create(ident)}; {_uncompressed(ident)}"
+
+
+def _create(ident: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {ident} (sync text NOT NULL, target text NOT NULL, "
         "run_id text NOT NULL, seq integer NOT NULL, part integer NOT NULL DEFAULT 0, "
         "committed_at timestamptz NOT NULL DEFAULT now(), payload bytea NOT NULL, "
         "PRIMARY KEY (sync, target, run_id, seq, part))"
     )
+
+
+def _uncompressed(ident: str) -> str:
+    """Payloads are stored as they are: compressed already, PostgreSQL's own compression
+    (pglz) would spend ~40 ms per 50,000-record batch failing to shrink them."""
+    return f"ALTER TABLE {ident} ALTER COLUMN payload SET STORAGE EXTERNAL"
 
 
 class PostgresLedger:
@@ -163,14 +281,18 @@ class PostgresLedger:
     def ensure(self, conn: Connection, schema: str, destination: str) -> None:
         """Create the ledger in `schema` unless it is there (`conn` in autocommit)."""
         import psycopg
+        from psycopg import sql
 
         if schema in self._ready:
             return
         with self._lock:
-            if not self._exists(conn, schema):
+            storage = self._storage(conn, schema)
+            if storage is None:
                 statement = postgres_create_statement(schema)
                 try:
-                    conn.execute(statement.encode())
+                    conn.execute(
+                        _create(sql.Identifier(schema, LEDGER_TABLE).as_string(None)).encode()
+                    )
                 except psycopg.errors.UniqueViolation:
                     pass  # another process created it at the same moment
                 except psycopg.errors.InsufficientPrivilege as exc:
@@ -182,7 +304,39 @@ class PostgresLedger:
                         hint=f"have the schema's owner run: {statement}; then GRANT SELECT, "
                         f"INSERT, DELETE ON {schema}.{LEDGER_TABLE} TO the destination's role",
                     ) from exc
+            if storage != "e":
+                self._store_uncompressed(conn, schema)
             self._ready.add(schema)
+
+    @staticmethod
+    def _store_uncompressed(conn: Connection, schema: str) -> None:
+        """Store the ledger's payloads uncompressed (new ledgers, and those of a retl before
+        this) when that can be done at once (its owner, no batch of another run holding it),
+        else keep it as it is: it costs time, never correctness. Autocommit statements, no
+        transaction block."""
+        import psycopg
+        from psycopg import sql
+
+        ident = sql.Identifier(schema, LEDGER_TABLE).as_string(None)
+        try:
+            conn.execute("SET lock_timeout = '1s'")
+            try:
+                conn.execute(_uncompressed(ident).encode())
+            finally:
+                conn.execute("RESET lock_timeout")
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.LockNotAvailable):
+            pass
+
+    @staticmethod
+    def _storage(conn: Connection, schema: str) -> str | None:
+        """The storage of the ledger's payload column in `schema` (None: no ledger there)."""
+        row = conn.execute(
+            "SELECT a.attstorage FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'payload' "
+            "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+            (schema, LEDGER_TABLE),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     @staticmethod
     def _exists(conn: Connection, schema: str) -> bool:
@@ -235,29 +389,35 @@ class PostgresLedger:
 
     def read(self, conn: Connection, sync: str, target: str) -> list[LedgerEntry]:
         """Every marker of `sync` on `target`, in (run, seq) order."""
+        import psycopg
         from psycopg import sql
 
         entries: list[tuple[str, int, int, bytes]] = []
         for schema in self._schemas(conn):
-            rows = conn.execute(
-                sql.SQL(
-                    "SELECT run_id, seq, part, payload FROM {} WHERE sync = %s AND target = %s"
-                ).format(sql.Identifier(schema, LEDGER_TABLE)),
-                (sync, target),
-            ).fetchall()
+            try:
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT run_id, seq, part, payload FROM {} WHERE sync = %s AND target = %s"
+                    ).format(sql.Identifier(schema, LEDGER_TABLE)),
+                    (sync, target),
+                ).fetchall()
+            except psycopg.errors.UndefinedTable:
+                continue  # its schema was dropped since it was listed: no markers there
             entries += [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
         return [LedgerEntry(r, s, p) for r, s, _, p in sorted(entries)]
 
     def forget(self, conn: Connection, sync: str, target: str) -> None:
+        import psycopg
         from psycopg import sql
 
         for schema in self._schemas(conn):
-            conn.execute(
-                sql.SQL("DELETE FROM {} WHERE sync = %s AND target = %s").format(
-                    sql.Identifier(schema, LEDGER_TABLE)
-                ),
-                (sync, target),
-            )
+            with contextlib.suppress(psycopg.errors.UndefinedTable):  # dropped since listed
+                conn.execute(
+                    sql.SQL("DELETE FROM {} WHERE sync = %s AND target = %s").format(
+                        sql.Identifier(schema, LEDGER_TABLE)
+                    ),
+                    (sync, target),
+                )
 
 
 # -- files ---------------------------------------------------------------------------------------

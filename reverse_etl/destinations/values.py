@@ -98,13 +98,15 @@ def portable(table: pa.Table) -> pa.Table:
     CSV converted first: 32-bit floats to the 64-bit float of their shortest decimal, intervals
     and durations to ISO 8601 text. Other columns are returned as they are (no copy)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     columns = []
     changed = False
     for column in table.columns:
         dtype = column.type
         if pa.types.is_float32(dtype) or pa.types.is_float16(dtype):
+            # Imported only here: loading pyarrow.compute costs a plan ~60 ms.
+            import pyarrow.compute as pc
+
             # Arrow prints a float of each width as its shortest round-trip decimal.
             column = pc.cast(pc.cast(column, pa.string()), pa.float64())
             changed = True

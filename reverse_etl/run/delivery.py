@@ -127,6 +127,7 @@ class Delivery:
         # Keys a previous run left in doubt: looked up before they are created again.
         self.unresolved: set[str] = doubts.keys(plan.sync) if doubts is not None else set()
         self.exactly_once = False
+        self.marker_target: str | None = None  # marker_target(), once per run
         self.batches = 0
         self.answer_problems: collections.Counter[str] = collections.Counter()
         self.total = plan.counts.to_send
@@ -499,26 +500,31 @@ class Delivery:
 
     def _marker(self, op: Operation, table: pa.Table) -> DeliveryMarker:
         assert self.run_id is not None
+        n = table.num_rows
         removed = (
-            pc.equal(table.column(CHANGE_COLUMN), "removed")
+            pc.fill_null(pc.equal(table.column(CHANGE_COLUMN), "removed"), False)
             if op == "delete"
-            else pa.array([False] * table.num_rows, pa.bool_())
+            else pa.repeat(False, n)
         )
+        ids = table.column(DEST_ID_COLUMN)
         acknowledgement = pa.table(
             {
                 "key": table.column(KEY_COLUMN),
                 "hash": table.column(HASH_COLUMN),
-                "dest_id": table.column(DEST_ID_COLUMN).cast(pa.string()),
-                "removed": pc.fill_null(removed, False),
+                # Most batches carry no destination ids (databases, files): no cast needed.
+                "dest_id": ids.cast(pa.string())
+                if ids.null_count < n
+                else pa.nulls(n, pa.string()),
+                "removed": removed,
             }
         )
-        return DeliveryMarker(
-            self.plan.sync,
-            marker_target(self.plan.target, self.plan.mode),
-            self.run_id,
-            self.batches,
-            acknowledgement,
+        if self.marker_target is None:
+            self.marker_target = marker_target(self.plan.target, self.plan.mode)
+        marker = DeliveryMarker(
+            self.plan.sync, self.marker_target, self.run_id, self.batches, acknowledgement
         )
+        # Encoded here, off the destination's thread: it waits on the batches before this one.
+        return marker.encoded()
 
     def _resolve_known(
         self, lane: Destination, op: Operation, fields: list[str], table: pa.Table

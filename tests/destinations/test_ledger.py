@@ -5,6 +5,7 @@ whose answer was lost was applied."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import socket
 import threading
@@ -43,11 +44,13 @@ def marker(keys: list[Any], seq: int = 1, sync: str = "contacts") -> DeliveryMar
     return DeliveryMarker(sync, "target-digest", RUN, seq, acknowledgement)
 
 
-def marked(object: str, action: Any, key: str | None, seq: int = 1, **columns: Any) -> Batch:
+def marked(
+    object: str, action: Any, key: str | None, seq: int = 1, sync: str = "contacts", **columns: Any
+) -> Batch:
     """A batch of a recorded run, carrying its marker (keys: the first column's values)."""
     records = pa.table(columns)
     keys = records.column(0).to_pylist()
-    return Batch(object, action, key, records, run_id=RUN, marker=marker(keys, seq))
+    return Batch(object, action, key, records, run_id=RUN, marker=marker(keys, seq, sync))
 
 
 def keys_of(entries: list[LedgerEntry]) -> list[str]:
@@ -184,6 +187,90 @@ def test_a_batch_commits_its_marker_for_exactly_the_records_it_applied(
 
         dest.forget_markers("contacts", "target-digest")
         assert dest.recover_markers("contacts", "target-digest") == []
+
+
+def md5_hex(i: int) -> str:
+    return hashlib.md5(str(i).encode()).hexdigest()
+
+
+def test_a_marker_reads_back_exactly_the_acknowledgement_it_was_made_of() -> None:
+    hashes = pa.table(
+        {
+            "key": pa.array([str(i) for i in range(1, 1001)], pa.string()),
+            "hash": pa.array([md5_hex(i) for i in range(1, 1001)], pa.string()),
+            "dest_id": pa.nulls(1000, pa.string()),
+            "removed": pa.array([False] * 1000, pa.bool_()),
+        }
+    )
+    odd = pa.table(
+        {
+            "key": ["a", "b", "c"],
+            "hash": [md5_hex(1).upper(), None, "short"],
+            "dest_id": ["001", None, "003"],
+            "removed": [False, True, False],
+        }
+    )
+    for acknowledgement in (hashes, odd, hashes.slice(10, 20)):
+        made = DeliveryMarker("contacts", "t", RUN, 1, acknowledgement)
+        n = acknowledgement.num_rows
+        for m in (made, made.encoded()):
+            back = LedgerEntry(RUN, 1, m.payload(range(n))).acknowledgement()
+            assert back.equals(acknowledgement)
+            some = LedgerEntry(RUN, 1, m.payload([2, 0])).acknowledgement()
+            assert some.equals(acknowledgement.take([0, 2]))
+
+
+def first_format_payload(acknowledgement: pa.Table) -> bytes:
+    """A payload as retl wrote it before payloads were versioned: the acknowledgement as it is."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, acknowledgement.schema) as writer:
+        writer.write_table(acknowledgement)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+@pytest.mark.postgres
+def test_a_marker_an_earlier_retl_left_in_the_ledger_is_read_back_the_same(
+    postgres_url: str, pg: Any, events: str, pg_schema: str, tmp_path: Path
+) -> None:
+    sync = f"s_{uuid.uuid4().hex[:8]}"  # markers are read from every schema: a sync of its own
+    old = marker([7, 8], seq=1).acknowledgement
+    with pg_destination(postgres_url, tmp_path) as dest:
+        dest.deliver(marked(events, "insert", None, seq=2, sync=sync, id=[9], score=[9]))
+        pg.execute(
+            f"INSERT INTO {pg_schema}.retl_deliveries (sync, target, run_id, seq, payload) "
+            "VALUES (%s, 'target-digest', %s, 1, %s)",
+            (sync, RUN, first_format_payload(old)),
+        )
+        entries = dest.recover_markers(sync, "target-digest")
+
+    assert [e.seq for e in entries] == [1, 2]
+    assert entries[0].acknowledgement().equals(old)
+    assert keys_of(entries) == ["7", "8", "9"]
+
+
+def payload_storage(pg: Any, schema: str) -> str:
+    row = pg.execute(
+        "SELECT attstorage FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'payload'",
+        (f"{schema}.retl_deliveries",),
+    ).fetchone()
+    return str(row[0])
+
+
+@pytest.mark.postgres
+def test_the_ledger_stores_payloads_as_they_are_since_they_are_compressed_already(
+    postgres_url: str, pg: Any, events: str, pg_schema: str, tmp_path: Path
+) -> None:
+    sync = f"s_{uuid.uuid4().hex[:8]}"
+    with pg_destination(postgres_url, tmp_path) as dest:
+        dest.deliver(marked(events, "insert", None, sync=sync, id=[1], score=[1]))
+    assert payload_storage(pg, pg_schema) == "e"  # EXTERNAL: no pglz attempt per batch
+
+    # A ledger made by an earlier retl (compressed storage) is changed on first use.
+    pg.execute(f"ALTER TABLE {pg_schema}.retl_deliveries ALTER payload SET STORAGE EXTENDED")
+    with pg_destination(postgres_url, tmp_path) as dest:
+        dest.deliver(marked(events, "insert", None, seq=2, sync=sync, id=[2], score=[2]))
+        assert keys_of(dest.recover_markers(sync, "target-digest")) == ["1", "2"]
+    assert payload_storage(pg, pg_schema) == "e"
 
 
 @pytest.mark.postgres
