@@ -92,6 +92,11 @@ class DestinationError(RetlError):
     """The destination is misconfigured or unreachable (not a per-record rejection)."""
 
 
+class TakenOverError(DestinationError):
+    """Another run of the same sync claimed the destination's target since this run began
+    (destinations/ledger.py, claims): this run's batch was rolled back and it stops."""
+
+
 class StateError(RetlError):
     """The local state could not be read or written."""
 

@@ -23,7 +23,7 @@ from reverse_etl.types import ALL_ACTIONS, Action, canonical_location
 if TYPE_CHECKING:  # annotations only: `retl validate` never loads pyarrow
     import pyarrow as pa
 
-    from reverse_etl.destinations.ledger import DeliveryMarker, LedgerEntry
+    from reverse_etl.destinations.ledger import Claim, ClaimHolder, DeliveryMarker, LedgerEntry
 
 
 class DestinationOptions(BaseModel):
@@ -370,8 +370,20 @@ class Destination(ABC):
         before it plans (a kill may have left state behind the destination)."""
         return []
 
-    def forget_markers(self, sync: str, target: str) -> None:  # noqa: B027 - optional hook
-        """Drop the markers of `sync` on `target`: state holds everything they say."""
+    def forget_markers(  # noqa: B027 - optional hook
+        self, sync: str, target: str, claim: Claim | None = None
+    ) -> None:
+        """Drop the markers of `sync` on `target`: state holds everything they say. With a
+        `claim`, only while it is current (TakenOverError otherwise: nothing is dropped)."""
+
+    def claim(
+        self, sync: str, target: str, object: str, label: str, holder: ClaimHolder
+    ) -> Claim | None:
+        """Take a claim on `sync`'s marker target `target` (writing to `object`) before the
+        run replays markers and plans: every batch the run commits checks it, so a run that
+        a later one took over commits nothing more (TakenOverError). None where the
+        destination keeps no claims (see ledger.py)."""
+        return None
 
     def __enter__(self: _D) -> _D:
         self.open()

@@ -405,7 +405,8 @@ class FileDestination(Destination):
                 f"cannot read the delivery markers under {self.folder}: {exc.strerror or exc}"
             ) from exc
 
-    def forget_markers(self, sync: str, target: str) -> None:
+    def forget_markers(self, sync: str, target: str, claim: ledger.Claim | None = None) -> None:
+        # Files take no claim (ledger.py): `claim` is always None here.
         try:
             if self.options.format == "parquet":
                 self._parts.forget(self.folder, sync, target)

@@ -18,6 +18,26 @@ Where each kind of destination keeps its markers:
   renamed into place (`PartMarkers`).
 A marker also answers, within a run, whether a batch whose answer was lost was applied
 (`resolved`).
+
+Claims: two runs of one sync that overlap with no shared lock (two machines with local locks,
+one of them on local state by mistake) must not both deliver. A writable run first takes a
+claim on its marker target (`Claim`, a fencing token) before it replays markers and plans: one
+transaction increments `generation` in the row of `retl_claims (sync, target, generation,
+batches, run_id, host, pid, claimed_at)`, next to `retl_deliveries` (PostgreSQL: in the schema
+of the table written to; `sql`: in the URL's database), and the run keeps the generation it got.
+Every transaction that commits a batch's data and marker also runs
+`UPDATE retl_claims SET batches = batches + 1 WHERE sync = ? AND target = ? AND generation = ?`
+(one indexed row); when it affects no row, a later run claimed the target, and the batch is
+rolled back and the run stops (`TakenOverError`). On PostgreSQL and InnoDB the row lock orders
+a claim against a batch's commit: a run's claim comes after every batch the earlier run
+committed, whose markers it then replays, and the earlier run commits nothing after it. Markers
+are forgotten only under a current claim (in one transaction with the same check), so a run
+that was taken over never drops markers of the run that took over. The result is one effect per
+record when the runs share their state (`state.backend: warehouse`); with separate local states,
+what a run recorded and forgot before the other claimed stays unknown to the other (README).
+Claims are taken on PostgreSQL and on `sql` databases MySQL/MariaDB and SQLite (DuckDB admits
+one writing process per file anyway); files (`file`) take none: two processes appending to one
+file are the user's to prevent (a file system has no transaction to fence).
 """
 
 from __future__ import annotations
@@ -26,6 +46,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,7 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 from reverse_etl.destinations.base import BatchResult
-from reverse_etl.errors import DestinationError
+from reverse_etl.errors import DestinationError, TakenOverError
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,8 +67,60 @@ if TYPE_CHECKING:
     from reverse_etl.types import TargetId
 
 LEDGER_TABLE = "retl_deliveries"
+CLAIMS_TABLE = "retl_claims"
 # Columns of an acknowledgement: what state needs to record a batch.
 ACK_COLUMNS = ("key", "hash", "dest_id", "removed")
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Who takes a claim: the run, and the machine and process it runs in."""
+
+    run_id: str
+    host: str
+    pid: int
+
+    @classmethod
+    def this_process(cls, run_id: str) -> ClaimHolder:
+        return cls(run_id, socket.gethostname(), os.getpid())
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A run's claim on a sync's marker target in the destination: every batch it commits
+    checks that `generation` is still the target's (see the module docstring)."""
+
+    sync: str
+    target: str  # marker_target()
+    generation: int
+    label: str  # the target as a person reads it (destination:object), for messages
+    where: str = ""  # PostgreSQL: the schema holding the claims table
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """The claim a target holds now, as the claims table says."""
+
+    generation: int
+    run_id: str
+    host: str
+    pid: int
+    claimed_at: str
+
+
+def taken_over(claim: Claim, now: ClaimRow | None) -> TakenOverError:
+    """The error of a run whose claim is no longer current (`now`: who holds it)."""
+    if now is None:
+        by = "(its claim was removed from the destination's retl_claims table)"
+    else:
+        by = f"at {now.claimed_at} from {now.host} (pid {now.pid}, run {now.run_id})"
+    return TakenOverError(
+        f"another run of sync '{claim.sync}' took over target {claim.label} {by}; this run "
+        "stopped without delivering more; its delivered batches are in state",
+        hint="two runs of the sync overlapped without a shared lock (two machines, or one on "
+        "local state): the run that took over recorded what this one committed and sends the "
+        "rest, nothing twice; give every machine the same state and lock",
+    )
 
 
 def marker_target(target: TargetId, mode: str) -> str:
@@ -68,6 +141,8 @@ class DeliveryMarker:
     run_id: str
     seq: int  # the batch's number in its run (1, 2, ...): markers replay in this order
     acknowledgement: pa.Table
+    # The run's claim on the target: the batch commits only while it is current.
+    claim: Claim | None = None
     # The payload of the whole batch, encoded ahead (`encoded`) by the thread that makes the
     # batches while the destination's thread waits on the one before: most batches commit whole.
     whole: bytes | None = field(default=None, repr=False, compare=False)
@@ -268,45 +343,69 @@ def _uncompressed(ident: str) -> str:
     return f"ALTER TABLE {ident} ALTER COLUMN payload SET STORAGE EXTERNAL"
 
 
+def postgres_claims_statement(schema: str) -> str:
+    """The statement that creates the claims table in `schema`."""
+    from psycopg import sql
+
+    ident = sql.Identifier(schema, CLAIMS_TABLE).as_string(None)
+    return (
+        f"CREATE TABLE IF NOT EXISTS {ident} (sync text NOT NULL, target text NOT NULL, "
+        "generation bigint NOT NULL, batches bigint NOT NULL DEFAULT 0, run_id text NOT NULL, "
+        "host text NOT NULL, pid integer NOT NULL, "
+        "claimed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (sync, target))"
+    )
+
+
 class PostgresLedger:
     """The ledger of a PostgreSQL destination: `retl_deliveries` in the schema of each table
     a sync writes to (where the sync's role may already create tables), created on first use.
-    Markers are read back from every schema that holds one."""
+    Markers are read back from every schema that holds one. The claims table `retl_claims`
+    sits next to it, in the schema of the table written to."""
 
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self) -> None:
-        self._ready: set[str] = set()
+        self._ready: set[tuple[str, str]] = set()
 
     def ensure(self, conn: Connection, schema: str, destination: str) -> None:
         """Create the ledger in `schema` unless it is there (`conn` in autocommit)."""
-        import psycopg
-        from psycopg import sql
+        self._ensure(
+            conn,
+            schema,
+            LEDGER_TABLE,
+            postgres_create_statement(schema),
+            f"destination '{destination}' cannot create its delivery ledger {schema}."
+            f"{LEDGER_TABLE} (how retl records what each batch committed, so that a killed run "
+            "neither loses nor repeats a batch)",
+            "SELECT, INSERT, DELETE",
+        )
 
-        if schema in self._ready:
+    def _ensure(
+        self, conn: Connection, schema: str, table: str, statement: str, what: str, grants: str
+    ) -> None:
+        import psycopg
+
+        if (schema, table) in self._ready:
             return
         with self._lock:
-            storage = self._storage(conn, schema)
-            if storage is None:
-                statement = postgres_create_statement(schema)
+            ledger = table == LEDGER_TABLE
+            # The ledger's storage tells whether it exists too (None: not there).
+            storage = self._storage(conn, schema) if ledger else None
+            exists = storage is not None if ledger else self._exists(conn, schema, table)
+            if not exists:
                 try:
-                    conn.execute(
-                        _create(sql.Identifier(schema, LEDGER_TABLE).as_string(None)).encode()
-                    )
+                    conn.execute(statement.encode())
                 except psycopg.errors.UniqueViolation:
                     pass  # another process created it at the same moment
                 except psycopg.errors.InsufficientPrivilege as exc:
                     raise DestinationError(
-                        f"destination '{destination}' cannot create its delivery ledger "
-                        f"{schema}.{LEDGER_TABLE} (how retl records what each batch committed, "
-                        f"so that a killed run neither loses nor repeats a batch): "
-                        f"{exc.diag.message_primary or exc}",
-                        hint=f"have the schema's owner run: {statement}; then GRANT SELECT, "
-                        f"INSERT, DELETE ON {schema}.{LEDGER_TABLE} TO the destination's role",
+                        f"{what}: {exc.diag.message_primary or exc}",
+                        hint=f"have the schema's owner run: {statement}; then GRANT {grants} "
+                        f"ON {schema}.{table} TO the destination's role",
                     ) from exc
-            if storage != "e":
+            if ledger and storage != "e":
                 self._store_uncompressed(conn, schema)
-            self._ready.add(schema)
+            self._ready.add((schema, table))
 
     @staticmethod
     def _store_uncompressed(conn: Connection, schema: str) -> None:
@@ -339,21 +438,87 @@ class PostgresLedger:
         return None if row is None else str(row[0])
 
     @staticmethod
-    def _exists(conn: Connection, schema: str) -> bool:
+    def _exists(conn: Connection, schema: str, table: str = LEDGER_TABLE) -> bool:
         row = conn.execute(
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-            (schema, LEDGER_TABLE),
+            (schema, table),
         ).fetchone()
         return row is not None
+
+    def claim(
+        self,
+        conn: Connection,
+        schema: str,
+        sync: str,
+        target: str,
+        label: str,
+        holder: ClaimHolder,
+        destination: str,
+    ) -> Claim:
+        """Take the target's next generation (`conn` in autocommit: one statement, one
+        transaction; it waits for a batch of the earlier holder that is committing)."""
+        from psycopg import sql
+
+        self._ensure(
+            conn,
+            schema,
+            CLAIMS_TABLE,
+            postgres_claims_statement(schema),
+            f"destination '{destination}' cannot create {schema}.{CLAIMS_TABLE} (how retl "
+            "keeps two overlapping runs of a sync from both delivering)",
+            "SELECT, INSERT, UPDATE",
+        )
+        row = conn.execute(
+            sql.SQL(
+                "INSERT INTO {} AS c (sync, target, generation, run_id, host, pid) "
+                "VALUES (%s, %s, 1, %s, %s, %s) ON CONFLICT (sync, target) DO UPDATE SET "
+                "generation = c.generation + 1, batches = 0, run_id = EXCLUDED.run_id, "
+                "host = EXCLUDED.host, pid = EXCLUDED.pid, claimed_at = now() "
+                "RETURNING generation"
+            ).format(sql.Identifier(schema, CLAIMS_TABLE)),
+            (sync, target, holder.run_id, holder.host, holder.pid),
+        ).fetchone()
+        assert row is not None
+        return Claim(sync, target, int(row[0]), label, schema)
+
+    @staticmethod
+    def check(cur: Cursor, claim: Claim) -> None:
+        """Inside a transaction that commits for the claim's run: TakenOverError (the caller
+        rolls back) unless its claim is still the target's."""
+        from psycopg import sql
+
+        table = sql.Identifier(claim.where, CLAIMS_TABLE)
+        cur.execute(
+            sql.SQL(
+                "UPDATE {} SET batches = batches + 1 "
+                "WHERE sync = %s AND target = %s AND generation = %s"
+            ).format(table),
+            (claim.sync, claim.target, claim.generation),
+        )
+        if cur.rowcount == 1:
+            return
+        row = cur.execute(
+            sql.SQL(
+                "SELECT generation, run_id, host, pid, "
+                "to_char(claimed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || ' UTC' "
+                "FROM {} WHERE sync = %s AND target = %s"
+            ).format(table),
+            (claim.sync, claim.target),
+        ).fetchone()
+        now = None if row is None else ClaimRow(int(row[0]), row[1], row[2], int(row[3]), row[4])
+        raise taken_over(claim, now)
 
     @staticmethod
     def write(
         cur: Cursor, schema: str, marker: DeliveryMarker, accepted: Iterable[int], part: int = 0
     ) -> None:
-        """Insert the batch's marker (inside the batch's transaction)."""
+        """Insert the batch's marker (inside the batch's transaction), once its claim is
+        found current."""
         from psycopg import sql
 
+        if marker.claim is not None:
+            PostgresLedger.check(cur, marker.claim)
         cur.execute(
             sql.SQL(
                 "INSERT INTO {} (sync, target, run_id, seq, part, payload) "
@@ -406,18 +571,27 @@ class PostgresLedger:
             entries += [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
         return [LedgerEntry(r, s, p) for r, s, _, p in sorted(entries)]
 
-    def forget(self, conn: Connection, sync: str, target: str) -> None:
+    def forget(self, conn: Connection, sync: str, target: str, claim: Claim | None = None) -> None:
+        """Drop the markers of `sync` on `target`; with a `claim`, in one transaction with its
+        check (TakenOverError: nothing dropped). A schema dropped since it was listed is
+        skipped (a savepoint each, so the transaction goes on)."""
         import psycopg
         from psycopg import sql
 
-        for schema in self._schemas(conn):
-            with contextlib.suppress(psycopg.errors.UndefinedTable):  # dropped since listed
-                conn.execute(
-                    sql.SQL("DELETE FROM {} WHERE sync = %s AND target = %s").format(
-                        sql.Identifier(schema, LEDGER_TABLE)
-                    ),
-                    (sync, target),
-                )
+        with conn.transaction(), conn.cursor() as cur:
+            if claim is not None:
+                self.check(cur, claim)
+            for schema in self._schemas(conn):
+                try:
+                    with conn.transaction():
+                        cur.execute(
+                            sql.SQL("DELETE FROM {} WHERE sync = %s AND target = %s").format(
+                                sql.Identifier(schema, LEDGER_TABLE)
+                            ),
+                            (sync, target),
+                        )
+                except psycopg.errors.UndefinedTable:
+                    pass
 
 
 # -- files ---------------------------------------------------------------------------------------
@@ -703,23 +877,25 @@ class SqlLedger:
     def __init__(self) -> None:
         self._ready = False
         self.table = _sql_table()
+        self.claims = _sql_claims_table()
+        self._claims_ready = False
 
     def create_statement(self, conn: sa.Connection) -> str:
         from sqlalchemy.schema import CreateTable
 
         return str(CreateTable(self.table).compile(dialect=conn.dialect)).strip()
 
-    def exists(self, conn: sa.Connection) -> bool:
+    def exists(self, conn: sa.Connection, table: str = LEDGER_TABLE) -> bool:
         import sqlalchemy as sa
 
         if conn.dialect.name == "duckdb":
             rows = conn.exec_driver_sql(
                 "SELECT 1 FROM information_schema.tables WHERE table_catalog = current_database() "
                 "AND table_schema = current_schema() AND table_name = ?",
-                (LEDGER_TABLE,),
+                (table,),
             ).fetchall()
             return bool(rows)
-        return bool(sa.inspect(conn).has_table(LEDGER_TABLE))
+        return bool(sa.inspect(conn).has_table(table))
 
     @property
     def ready(self) -> bool:
@@ -733,10 +909,79 @@ class SqlLedger:
                 self.table.create(conn, checkfirst=False)
             self._ready = True
 
+    def claims_statement(self, conn: sa.Connection) -> str:
+        from sqlalchemy.schema import CreateTable
+
+        return str(CreateTable(self.claims).compile(dialect=conn.dialect)).strip()
+
+    def claim(
+        self, conn: sa.Connection, sync: str, target: str, label: str, holder: ClaimHolder
+    ) -> Claim:
+        """Take the target's next generation (inside one transaction; the UPDATE waits for a
+        batch of the earlier holder that is committing). The claims table is created on first
+        use; a concurrent first claim fails on its key and the transaction is retried."""
+        import datetime as dt
+
+        import sqlalchemy as sa
+
+        if not self._claims_ready:
+            if not self.exists(conn, CLAIMS_TABLE):
+                self.claims.create(conn, checkfirst=False)
+            self._claims_ready = True
+        c = self.claims.c
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+        holder_values = {
+            "run_id": holder.run_id,
+            "host": holder.host[:255],
+            "pid": holder.pid,
+            "claimed_at": now,
+        }
+        mine = (c.sync == sync, c.target == target)
+        updated = conn.execute(
+            self.claims.update()
+            .where(*mine)
+            .values(generation=c.generation + 1, batches=0, **holder_values)
+        )
+        if updated.rowcount == 0:
+            conn.execute(
+                self.claims.insert().values(
+                    sync=sync, target=target, generation=1, batches=0, **holder_values
+                )
+            )
+        generation = conn.execute(sa.select(c.generation).where(*mine)).scalar_one()
+        return Claim(sync, target, int(generation), label)
+
+    def check(self, conn: sa.Connection, claim: Claim) -> None:
+        """Inside a transaction that commits for the claim's run: TakenOverError (the caller
+        rolls back) unless its claim is still the target's."""
+        import sqlalchemy as sa
+
+        c = self.claims.c
+        mine = (c.sync == claim.sync, c.target == claim.target)
+        updated = conn.execute(
+            self.claims.update()
+            .where(*mine, c.generation == claim.generation)
+            .values(batches=c.batches + 1)
+        )
+        if updated.rowcount == 1:
+            return
+        row = conn.execute(
+            sa.select(c.generation, c.run_id, c.host, c.pid, c.claimed_at).where(*mine)
+        ).first()
+        now = (
+            None
+            if row is None
+            else ClaimRow(int(row[0]), str(row[1]), str(row[2]), int(row[3]), f"{row[4]} UTC")
+        )
+        raise taken_over(claim, now)
+
     def write(
         self, conn: sa.Connection, marker: DeliveryMarker, accepted: Iterable[int], part: int = 0
     ) -> None:
-        """Insert the marker of the records `accepted` (inside their transaction)."""
+        """Insert the marker of the records `accepted` (inside their transaction), once its
+        claim is found current."""
+        if marker.claim is not None:
+            self.check(conn, marker.claim)
         conn.execute(
             self.table.insert(),
             {
@@ -781,7 +1026,13 @@ class SqlLedger:
         )
         return [LedgerEntry(r[0], r[1], bytes(r[2])) for r in conn.execute(query)]
 
-    def forget(self, conn: sa.Connection, sync: str, target: str) -> None:
+    def forget(
+        self, conn: sa.Connection, sync: str, target: str, claim: Claim | None = None
+    ) -> None:
+        """Drop the markers of `sync` on `target` (inside one transaction; with a `claim`,
+        after its check: TakenOverError drops nothing)."""
+        if claim is not None:
+            self.check(conn, claim)
         if self.exists(conn):
             c = self.table.c
             conn.execute(self.table.delete().where(c.sync == sync, c.target == target))
@@ -814,4 +1065,24 @@ def _sql_table() -> sa.Table:
             sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb"),
             nullable=False,
         ),
+    )
+
+
+def _sql_claims_table() -> sa.Table:
+    import sqlalchemy as sa
+
+    def name(text: str) -> sa.sql.quoted_name:
+        return sa.sql.quoted_name(text, quote=True)
+
+    return sa.Table(
+        CLAIMS_TABLE,
+        sa.MetaData(),
+        sa.Column(name("sync"), sa.String(255), primary_key=True),
+        sa.Column(name("target"), sa.String(64), primary_key=True),
+        sa.Column(name("generation"), sa.BigInteger, nullable=False),
+        sa.Column(name("batches"), sa.BigInteger, nullable=False),
+        sa.Column(name("run_id"), sa.String(64), nullable=False),
+        sa.Column(name("host"), sa.String(255), nullable=False),
+        sa.Column(name("pid"), sa.Integer, nullable=False),
+        sa.Column(name("claimed_at"), sa.DateTime, nullable=False),
     )

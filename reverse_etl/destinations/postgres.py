@@ -455,7 +455,8 @@ class PostgresDestination(TableDestination[_Table]):
             """
         )
         # retl's own delivery ledger is no object to sync to
-        return [f"{schema}.{name}" for schema, name in rows if name != ledger.LEDGER_TABLE]
+        own = (ledger.LEDGER_TABLE, ledger.CLAIMS_TABLE)
+        return [f"{schema}.{name}" for schema, name in rows if name not in own]
 
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:
@@ -699,16 +700,42 @@ class PostgresDestination(TableDestination[_Table]):
             ) from exc
         raise AssertionError("unreachable")
 
-    def forget_markers(self, sync: str, target: str) -> None:
+    def forget_markers(self, sync: str, target: str, claim: ledger.Claim | None = None) -> None:
         try:
             for attempt in self._retrying():
                 with attempt:
-                    self._ledger.forget(self._connection(), sync, target)
+                    self._ledger.forget(self._connection(), sync, target, claim)
         except psycopg.Error as exc:
             raise DestinationError(
                 f"cannot clean the delivery ledger of PostgreSQL destination '{self.name}': "
                 f"{db_message(exc)}"
             ) from exc
+
+    def claim(
+        self, sync: str, target: str, object: str, label: str, holder: ledger.ClaimHolder
+    ) -> ledger.Claim | None:
+        """The claims table sits in the schema of `object`; a schema that does not exist yet
+        holds no table, no ledger and no claim (this run creates them as it goes)."""
+        schema, _ = split_object(object)
+        try:
+            for attempt in self._retrying():
+                with attempt:
+                    conn = self._connection()
+                    exists = conn.execute(
+                        "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)
+                    ).fetchone()
+                    if exists is None:
+                        return None
+                    return self._ledger.claim(conn, schema, sync, target, label, holder, self.name)
+        except psycopg.Error as exc:
+            raise DestinationError(
+                f"cannot claim {label} in PostgreSQL destination '{self.name}' "
+                f"({schema}.{ledger.CLAIMS_TABLE}): {db_message(exc)}",
+                hint=f"GRANT SELECT, INSERT, UPDATE ON {schema}.{ledger.CLAIMS_TABLE} to the "
+                "destination's user: a run claims its table there, so that two overlapping "
+                "runs of a sync never both deliver",
+            ) from exc
+        raise AssertionError("unreachable")
 
     def _copies_straight(self, batch: Batch) -> bool:
         """A first load (empty state) of insert or upsert records into a plain table that was

@@ -74,6 +74,8 @@ _MYSQL_RECORD_ERRORS = frozenset(
     | {3140, 3819, 4025}
 )
 _NATIVE_UPSERT = frozenset({"mysql", "mariadb", "sqlite", "postgresql", "duckdb"})
+# Databases where a run claims its target (ledger.py, claims).
+_CLAIMING = frozenset({"mysql", "mariadb", "sqlite", "postgresql"})
 _ORD = "_retl_ord"
 _STAGE = "_retl_stage"
 
@@ -387,7 +389,8 @@ class SqlDestination(TableDestination[_Table]):
         except sa.exc.DBAPIError as exc:
             raise self._failed(exc, "listing tables") from exc
         # retl's own delivery ledger is no object to sync to
-        return [n for n in names if n.rpartition(".")[2] != ledger.LEDGER_TABLE]
+        own = (ledger.LEDGER_TABLE, ledger.CLAIMS_TABLE)
+        return [n for n in names if n.rpartition(".")[2] not in own]
 
     def _find_table(self, object: str) -> _Table | None:
         if object in self._tables:
@@ -744,11 +747,36 @@ class SqlDestination(TableDestination[_Table]):
         except sa.exc.DBAPIError as exc:
             raise self._failed(exc, "reading its delivery ledger") from exc
 
-    def forget_markers(self, sync: str, target: str) -> None:
+    def forget_markers(self, sync: str, target: str, claim: ledger.Claim | None = None) -> None:
         try:
-            self._in_transaction(lambda conn: self._ledger.forget(conn, sync, target))
+            self._in_transaction(lambda conn: self._ledger.forget(conn, sync, target, claim))
         except sa.exc.DBAPIError as exc:
             raise self._failed(exc, "cleaning its delivery ledger") from exc
+
+    def claim(
+        self, sync: str, target: str, object: str, label: str, holder: ledger.ClaimHolder
+    ) -> ledger.Claim | None:
+        """Claims on MySQL/MariaDB and SQLite (`retl_claims` in the URL's database); none on
+        other databases (DuckDB admits one writing process per file anyway)."""
+        if self.dialect not in _CLAIMING:
+            return None
+
+        def take(conn: sa.Connection) -> ledger.Claim:
+            return self._ledger.claim(conn, sync, target, label, holder)
+
+        try:
+            try:
+                return self._in_transaction(take)
+            except sa.exc.IntegrityError:
+                return self._in_transaction(take)  # another run's first claim came first
+        except sa.exc.DBAPIError as exc:
+            statement = self._in_transaction(self._ledger.claims_statement)
+            raise DestinationError(
+                self._failed(exc, f"claiming {label} in {ledger.CLAIMS_TABLE}").message,
+                hint=f"have the database's owner run: {' '.join(statement.split())}; then grant "
+                f"SELECT, INSERT, UPDATE on {ledger.CLAIMS_TABLE} to the destination's user (a "
+                "run claims its table there, so that two overlapping runs never both deliver)",
+            ) from exc
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -949,6 +977,8 @@ class _Run:
         marker = self.batch.marker
         if self.marks_ranges and marker is not None and (matched is None or matched == hi - lo):
             self.dest._ledger.write(conn, marker, range(lo, hi), part=lo)
+        elif self.marks_ranges and marker is not None and marker.claim is not None:
+            self.dest._ledger.check(conn, marker.claim)  # no marker, still fenced
         return matched
 
     def apply(self, lo: int, hi: int) -> None:

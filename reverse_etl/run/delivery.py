@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
-from reverse_etl.destinations.ledger import DeliveryMarker, marker_target, part_marker
+from reverse_etl.destinations.ledger import Claim, DeliveryMarker, marker_target, part_marker
 from reverse_etl.destinations.values import mark_json
-from reverse_etl.errors import DestinationError, StateError
+from reverse_etl.errors import DestinationError, StateError, TakenOverError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
     CHANGE_COLUMN,
@@ -89,10 +89,15 @@ class Delivery:
         on_counts: Callable[[dict[str, int]], None] | None = None,
         *,
         dead_letter_values: bool = True,
+        claim: Claim | None = None,
     ) -> None:
         self.plan = plan
         # False: a rejected record is queued with its key, operation and error only.
         self.dead_letter_values = dead_letter_values
+        # The run's claim on its target (ledger.py): every batch and the markers' removal
+        # commit only while it is current.
+        self.claim = claim
+        self.taken_over = False
         # Where acknowledgements go: the snapshot attached to `con` unless told otherwise.
         self.snapshot = snapshot or LocalBackend.attached(plan.sync)
         self.con = con
@@ -179,7 +184,16 @@ class Delivery:
         except _Stopped:
             status = "interrupted"
         except DestinationError as exc:
-            if interrupt.requested() is None:
+            if isinstance(exc, TakenOverError):
+                # Its batch was rolled back: what this run did not deliver is neither delivered
+                # nor rejected, it is left to the run that took over (which planned without it).
+                self.taken_over = True
+                failed = (
+                    f"{exc.message} ({self.sent:,} of {self.total:,} planned records delivered "
+                    "by this run, the rest not sent)"
+                )
+                hint = exc.hint
+            elif interrupt.requested() is None:
                 failed, hint = exc.message, exc.hint
             else:  # its statement was cancelled because retl is stopping (see interrupt)
                 status = "interrupted"
@@ -197,7 +211,7 @@ class Delivery:
         self.state_error = self.state_error or self.acks.pending_error()
         if self.state_error is not None:
             return self._state_failure(failed, status)
-        if self.batches and self.exactly_once:
+        if self.batches and self.exactly_once and not self.taken_over:
             self._forget_markers()
         if failed is None:
             failed, hint = self._unfinished_failure()
@@ -251,7 +265,9 @@ class Delivery:
         here loses nothing (the next run replays them, which is harmless)."""
         try:
             with self.open_lane() as lane:
-                lane.forget_markers(self.plan.sync, marker_target(self.plan.target, self.plan.mode))
+                lane.forget_markers(
+                    self.plan.sync, marker_target(self.plan.target, self.plan.mode), self.claim
+                )
         except DestinationError as exc:
             self._emit("warning", "warning", message=f"delivery markers kept: {exc.message}")
 
@@ -521,7 +537,12 @@ class Delivery:
         if self.marker_target is None:
             self.marker_target = marker_target(self.plan.target, self.plan.mode)
         marker = DeliveryMarker(
-            self.plan.sync, self.marker_target, self.run_id, self.batches, acknowledgement
+            self.plan.sync,
+            self.marker_target,
+            self.run_id,
+            self.batches,
+            acknowledgement,
+            self.claim,
         )
         # Encoded here, off the destination's thread: it waits on the batches before this one.
         return marker.encoded()

@@ -24,7 +24,7 @@ import duckdb
 from reverse_etl import interrupt
 from reverse_etl.config import Problem, Project, Sync
 from reverse_etl.destinations.base import Destination, build_destination, connector_for
-from reverse_etl.destinations.ledger import marker_target
+from reverse_etl.destinations.ledger import Claim, ClaimHolder, marker_target
 from reverse_etl.errors import (
     ConfigError,
     DestinationError,
@@ -271,7 +271,11 @@ class Engine:
         full_resync: bool,
         only_dead_letters: bool,
         dead_letter_keys: list[str],
+        run_id: str | None = None,
+        claims: list[Claim] | None = None,
     ) -> Plan:
+        """The plan of a run; a writable one (`run_id`) first claims its target and replays
+        the delivery markers state missed, and appends its claim (if any) to `claims`."""
         config = sync.config
         assert config is not None and self.project.config is not None
         target = self.target(sync)
@@ -297,7 +301,9 @@ class Engine:
         )
         change = opened.target_change
         if writable and lost is None:
-            self._recover_deliveries(sync, con, backend, target)
+            claim = self._recover_deliveries(sync, con, backend, target, run_id)
+            if claim is not None and claims is not None:
+                claims.append(claim)
         unrecorded = 0 if writable else self._unrecorded_deliveries(sync, target)
         meta = backend.meta(con)
         watermark = None if full_resync else meta.watermark
@@ -389,17 +395,32 @@ class Engine:
         con: duckdb.DuckDBPyConnection,
         backend: SnapshotBackend,
         target: TargetId,
-    ) -> None:
+        run_id: str | None,
+    ) -> Claim | None:
         """Batches a database destination committed with their delivery marker, but that state
         missed (a kill between the commit and the state write): recorded in state before the
-        plan, so they are neither lost nor sent again (SPEC §6.4)."""
+        plan, so they are neither lost nor sent again (SPEC §6.4).
+
+        First the run (`run_id`) claims the target (ledger.py): a run of the sync still
+        delivering elsewhere commits nothing after this, so the markers read here are all it
+        will ever commit. Returns the claim, which every batch of this run checks."""
         where = _markers_of(sync, target)
         if where is None:
-            return
+            return None
         with self.open_destination(target.destination) as destination:
+            claim = None
+            if run_id is not None:
+                assert sync.config is not None
+                claim = destination.claim(
+                    sync.name,
+                    where,
+                    sync.config.destination.object,
+                    target.label,
+                    ClaimHolder.this_process(run_id),
+                )
             entries = destination.recover_markers(sync.name, where)
             if not entries:
-                return
+                return claim
             for entry in entries:
                 import pyarrow.compute as pc
 
@@ -410,7 +431,8 @@ class Engine:
                 )
                 deleted = acknowledgement.filter(removed).select(["key"])
                 backend.acknowledge(con, delivered, deleted)
-            destination.forget_markers(sync.name, where)
+            destination.forget_markers(sync.name, where, claim)
+            return claim
 
     def _reach(self, target: TargetId) -> None:
         """Raise DestinationError unless the destination answers (lists its objects)."""
@@ -773,6 +795,7 @@ class Engine:
         with tempfile.TemporaryDirectory(prefix="retl-run-") as tmp:
             con = engine_connection(Path(tmp))
             backend: SnapshotBackend | None = None
+            claims: list[Claim] = []  # the run's claim on its target, if it takes one
             try:
                 backend = self.state_backend(sync.name, fence)
                 if not options.dry_run and not self.dead_letter_values(sync):
@@ -788,6 +811,8 @@ class Engine:
                     full_resync=options.full_resync,
                     only_dead_letters=options.only_dead_letters,
                     dead_letter_keys=dead_letter_keys,
+                    run_id=record.id if record is not None else None,
+                    claims=claims,
                 )
                 if saved is not None:
                     try:
@@ -827,6 +852,7 @@ class Engine:
                     doubts=self.doubts,
                     on_counts=progress,
                     dead_letter_values=self.dead_letter_values(sync),
+                    claim=claims[0] if claims else None,
                 )
                 result = delivery.execute(config_hash)
                 outcome.counts = result.counts

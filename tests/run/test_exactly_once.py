@@ -289,7 +289,7 @@ class LostFirstAnswer(Destination):
             if (y, t) == (sync, target)
         ]
 
-    def forget_markers(self, sync: str, target: str) -> None:
+    def forget_markers(self, sync: str, target: str, claim: ledger.Claim | None = None) -> None:
         for key in [k for k in self.markers if k[:2] == (sync, target)]:
             del self.markers[key]
 

@@ -435,6 +435,8 @@ def test_a_new_user_password_or_host_alias_of_the_same_server_is_the_same_target
         pg.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {pg.schema}.contacts TO {role}")
         # The delivery ledger retl keeps beside the table (README: exactly-once effect).
         pg.execute(f"GRANT SELECT, INSERT, DELETE ON {pg.schema}.retl_deliveries TO {role}")
+        # and the claims a run takes on its table (two overlapping runs never both deliver)
+        pg.execute(f"GRANT SELECT, INSERT, UPDATE ON {pg.schema}.retl_claims TO {role}")
         aliased = other_spelling(pg.url)
         rotated = aliased.replace("://postgres@", f"://{role}:{secret}@", 1)
         project.set_source(TEN[:8])  # 9 and 10 left the source: two deletes are pending
