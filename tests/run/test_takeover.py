@@ -232,12 +232,32 @@ def shared(
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("shared", ["keyed", "keyless"], indirect=True)
-def test_overlapping_runs_on_two_machines_sharing_state_deliver_every_record_once(
+def test_two_machines_sharing_warehouse_state_never_overlap_and_deliver_every_record_once(
     shared: Setup, clean_env: None
 ) -> None:
-    run_a, run_b, _ = overlap(shared)
+    """Shared state on a PostgreSQL warehouse holds the sync's lock too: while A delivers, B is
+    refused and names A; once A is done, neither machine has anything left to send. (Runs that
+    do overlap, with locks that are not shared, are the local-state tests below: the claim.)"""
+    hold(shared)
+    k1, k2 = shared.lock
+    shared.conn.execute("SELECT pg_advisory_lock(%s, %s)", (k1, k2))
+    a = start(shared.a)
+    try:
+        wait_until_held(shared, a)
+        code_b, run_b, err_b = run(shared.b)
+        shared.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (k1, k2))
+        code_a, run_a, err_a = finish(a)
+    finally:
+        if a.poll() is None:
+            a.kill()
+            a.wait()
 
-    assert_taken_over(run_a, run_b)
+    assert code_b == 1 and run_b["status"] == "refused", (run_b, err_b)
+    refusal = " ".join(f"{run_b.get('error')} {err_b}".split())
+    assert "sync 'events' is being run by pid " in refusal and "(retl run events)" in refusal
+    assert run_b["counts"]["create"] == 0
+    assert code_a == 0 and run_a["status"] == "success", (run_a, err_a)
+    assert run_a["counts"]["create"] == ROWS
     assert_exactly_once(shared)
     # Both machines see one state: a run on either has nothing left to send.
     for root in (shared.a, shared.b):
