@@ -9,18 +9,23 @@ DuckDB, SQLite.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
-from five_syncs import SOURCE_ROWS, git, published
+from croniter import croniter
+from five_syncs import SOURCE_ROWS, SYNCS, git, published, write_project
 
 from reverse_etl.cli.markdown import MARKER
 
@@ -117,7 +122,7 @@ def fill(text: Any, context: dict[str, str]) -> str:
     def value(match: re.Match[str]) -> str:
         expression = match.group(1)
         if expression.startswith("secrets."):
-            return ""  # the demo-like project reads no secret
+            return context.get(expression, "")  # the demo-like project reads no secret
         assert expression in context, f"the test does not know ${{{{ {expression} }}}}"
         return context[expression]
 
@@ -140,9 +145,15 @@ def condition(expression: str | None, context: dict[str, str], failed: bool) -> 
 
 
 def run_github_job(
-    workflow: dict[str, Any], job_name: str, event: str, cwd: Path, env: dict[str, str]
+    workflow: dict[str, Any],
+    job_name: str,
+    event: str,
+    cwd: Path,
+    env: dict[str, str],
+    secrets: dict[str, str] | None = None,
 ) -> list[Step]:
     context = github_context(event)
+    context.update({f"secrets.{k}": v for k, v in (secrets or {}).items()})
     job = workflow["jobs"][job_name]
     assert condition(job.get("if"), context, failed=False), f"{job_name} does not run on {event}"
     job_env = {
@@ -256,6 +267,69 @@ def test_the_github_scheduled_job_runs_the_syncs_that_are_due(
         tables = {row[0] for row in db.execute("select name from sqlite_master")}
         assert db.execute("select count(*) from a_contacts").fetchone() == (SOURCE_ROWS,)
     assert "c_leads" not in tables  # manual: not run by `run --all`
+
+
+@pytest.mark.postgres
+def test_the_github_scheduled_job_from_two_fresh_clones_sends_every_row_once(
+    github_workflow: dict[str, Any], tmp_path: Path, record: Path, postgres_url: str
+) -> None:
+    """Two scheduled jobs on two fresh runners, one after the other, with the state in one
+    PostgreSQL schema and one destination: the first sends every row, the second nothing."""
+    state_schema = f"retl_state_{uuid.uuid4().hex[:12]}"
+    upstream = tmp_path / "upstream"
+    write_project(upstream)
+    retl_yml = (upstream / "retl.yml").read_text()
+    retl_yml = retl_yml.replace("url: sqlite:///out/app.sqlite", "url: ${APP_DB_URL}")
+    retl_yml += (
+        f"state:\n  backend: postgres\n  url: ${{RETL_STATE_URL}}\n  schema: {state_schema}\n"
+    )
+    (upstream / "retl.yml").write_text(retl_yml)
+    git(upstream, "init", "-q", "-b", "main")
+    git(upstream, "add", ".")
+    git(upstream, "commit", "-q", "-m", "five syncs, shared state")
+    app_db = tmp_path / "app" / "app.sqlite"
+    app_db.parent.mkdir()
+    secrets = {"RETL_STATE_URL": postgres_url, "APP_DB_URL": f"sqlite:///{app_db}"}
+    try:
+        jobs = []
+        for runner in ("runner-a", "runner-b"):
+            clone = tmp_path / runner
+            git(tmp_path, "clone", "-q", str(upstream), str(clone))
+            env = base_env(record)
+            jobs.append(
+                run_github_job(github_workflow, "scheduled", "schedule", clone, env, secrets)
+            )
+            assert not (clone / ".retl").exists()
+        history = subprocess.run(
+            [str(RETL), "runs", "--json", "--limit", "100"],
+            cwd=tmp_path / "runner-b",
+            env={**base_env(record), **secrets},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{state_schema}" CASCADE')
+
+    for steps in jobs:
+        assert [(s.name, s.code) for s in steps] == [("Run the syncs that are due", 0)], steps
+    runs = json.loads(history.stdout)["runs"]
+    first = {r["sync"]: r for r in runs if r["counts"].get("create")}
+    assert set(first) == {"a_contacts", "b_accounts"}  # c, d, e are manual
+    assert all(r["counts"]["create"] == SOURCE_ROWS for r in first.values())
+    for again in (r for r in runs if r["id"] not in {f["id"] for f in first.values()}):
+        # Only a sync due again (its next tick came between the two jobs) ran, sending nothing.
+        cron = SYNCS[again["sync"]][1].strip('"')
+        ticked = croniter(cron, datetime.fromisoformat(first[again["sync"]]["started_at"]))
+        assert datetime.fromisoformat(again["started_at"]) >= ticked.get_next(datetime), again
+        assert sum(again["counts"].get(k, 0) for k in ("create", "update", "delete")) == 0
+    with sqlite3.connect(app_db) as db:
+        for table in ("a_contacts", "b_accounts"):
+            assert db.execute(f"select count(*), count(distinct id) from {table}").fetchone() == (
+                SOURCE_ROWS,
+                SOURCE_ROWS,
+            )
 
 
 # --- GitLab CI --------------------------------------------------------------------------------

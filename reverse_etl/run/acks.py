@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from reverse_etl.errors import StateError
+from reverse_etl.errors import StateError, StateLockedError
 
 # Commits accepted records and deleted keys into state (a snapshot backend's `acknowledge`).
 Commit = Callable[[duckdb.DuckDBPyConnection, pa.Table, pa.Table], None]
@@ -73,9 +73,12 @@ class AcknowledgementWriter:
 
     def _raise(self) -> None:
         # Sticky: once a state write failed, every later write is skipped and every call says
-        # so, so that no later batch is recorded over the gap.
+        # so, so that no later batch is recorded over the gap. A lease taken over by another run
+        # (the fence, state/fence.py) is said as such, with its hint.
         if self.error is not None:
             error = self.error
+            if isinstance(error, StateLockedError):
+                raise StateLockedError(error.message, hint=error.hint) from error
             raise StateError(f"could not record delivered records in state: {error}") from error
 
     def _work(self) -> None:

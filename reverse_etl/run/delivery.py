@@ -23,7 +23,7 @@ from reverse_etl import interrupt
 from reverse_etl.destinations.base import Batch, BatchResult, Destination, lazy_module
 from reverse_etl.destinations.ledger import Claim, DeliveryMarker, marker_target, part_marker
 from reverse_etl.destinations.values import mark_json
-from reverse_etl.errors import DestinationError, StateError, TakenOverError
+from reverse_etl.errors import DestinationError, StateError, StateLockedError, TakenOverError
 from reverse_etl.mapping import HASH_COLUMN, KEY_COLUMN, WATERMARK_COLUMN, quote_identifier
 from reverse_etl.plan.diff import (
     CHANGE_COLUMN,
@@ -256,6 +256,8 @@ class Delivery:
             "fix the state store (disk space, permissions), then run again: what landed is "
             "recognised (delivery markers, look-ups) or re-sent idempotently"
         )
+        if isinstance(self.state_error, StateLockedError) and self.state_error.hint:
+            hint = self.state_error.hint  # the lease was taken over: nothing to fix in state
         return DeliveryResult(
             "failed" if status == "success" else status, dict(self.counts), message, hint
         )

@@ -13,7 +13,7 @@ import dataclasses
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -556,13 +556,30 @@ class Engine:
         store that cannot be used fails the run before anything is sent (no run record then,
         when the run log is what cannot be written)."""
         options = options or RunOptions()
+        return self._run_guarded(sync, options, plan, None)
+
+    def _run_guarded(
+        self,
+        sync: Sync,
+        options: RunOptions,
+        plan: Plan | None,
+        due_after: Mapping[str, bool] | None,
+    ) -> RunOutcome:
         try:
-            return self._run(sync, options, plan)
+            return self._run(sync, options, plan, due_after)
         except StateError as exc:
             outcome = RunOutcome(sync.name, "failed", error=exc.message, hint=exc.hint)
             return self._finished(outcome, options)
 
-    def _run(self, sync: Sync, options: RunOptions, plan: Plan | None) -> RunOutcome:
+    def _run(
+        self,
+        sync: Sync,
+        options: RunOptions,
+        plan: Plan | None,
+        due_after: Mapping[str, bool] | None = None,
+    ) -> RunOutcome:
+        """`due_after` (scheduled runs: what succeeded in this invocation): the sync is due
+        again once its lock is held, as another machine may have run it in between."""
         assert sync.config is not None
         paused = self.pause_reason(sync)
         if paused is None and plan is not None and plan.paused:
@@ -584,6 +601,13 @@ class Engine:
         except StateLockedError as exc:
             return self._refused_before_start(sync, options, exc)
         try:
+            if due_after is not None:
+                # `run --all` found it due before taking the lock; a run elsewhere that
+                # finished since (a shared store) has made it not due: skipped, as then.
+                not_due = not_due_reason(sync, self.run_log, due_after)
+                if not_due is not None:
+                    outcome = RunOutcome(sync.name, "skipped", error=not_due)
+                    return self._finished(outcome, options)
             return self._run_locked(sync, options, plan, lock.fence)
         finally:
             lock.release()
@@ -620,7 +644,9 @@ class Engine:
         for sync in ordered:
             outcome = self._before_run(sync, options, scheduled, finished)
             if outcome is None:
-                outcome = self.run(sync, options)
+                outcome = self._run_guarded(
+                    sync, options, None, self._due_after(options, scheduled, finished)
+                )
                 finished[sync.name] = outcome.status in ("success", "planned")
             outcomes.append(outcome)
             if on_outcome is not None:
@@ -628,6 +654,14 @@ class Engine:
             if outcome.status == "interrupted":
                 break
         return outcomes
+
+    @staticmethod
+    def _due_after(
+        options: RunOptions, scheduled: bool, finished: dict[str, bool]
+    ) -> Mapping[str, bool] | None:
+        """What a scheduled run checks its schedule against once it holds the lock (a copy:
+        `finished` changes while syncs run in parallel); None when it runs due or not."""
+        return dict(finished) if scheduled and not options.force else None
 
     def _before_run(
         self, sync: Sync, options: RunOptions, scheduled: bool, finished: dict[str, bool]
@@ -700,7 +734,12 @@ class Engine:
                         if outcome is not None:
                             settle(outcome)
                         else:
-                            running[pool.submit(self.run, sync, worker_options)] = sync
+                            due_after = self._due_after(worker_options, scheduled, finished)
+                            running[
+                                pool.submit(
+                                    self._run_guarded, sync, worker_options, None, due_after
+                                )
+                            ] = sync
                     if not running:
                         if stopping or not waiting:
                             break

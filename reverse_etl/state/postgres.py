@@ -22,6 +22,7 @@ import hashlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -47,6 +48,10 @@ CONNECT_TIMEOUT_S = 10
 # run writes its progress every second and its dead letters and records in doubt per batch).
 _POOL_SIZE = 4
 
+# How long `lock_holder` waits for the lease row of a run that has just taken its lock.
+_LEASE_WRITE_SECONDS = 1.0
+# The `command` of a lease row `retl unlock` cleared (a released lease has none).
+_UNLOCKED = "(cleared by retl unlock)"
 _INSUFFICIENT_PRIVILEGE = "42501"
 _UNDEFINED_TABLE = "42P01"
 _CREATED_MEANWHILE = ("42P06", "42P07", "23505")  # duplicate schema / table, unique violation
@@ -579,18 +584,27 @@ class PostgresStore(StateStore):
         """The lease's holder while its advisory lock is held; None otherwise (a lease row
         left by a killed run names nobody: the server released its lock)."""
         _check_sync_name(sync)
-        with self._database.read() as conn:
-            session = self._holding_session(conn, sync)
-            if session is None:
-                return None
-            row = conn.execute(
-                f'SELECT host, pid, "user", started_at, command FROM {LOCKS_TABLE} '
-                "WHERE sync = ? AND host IS NOT NULL",
-                (sync,),
-            ).fetchone()
-        if row is not None:
-            host, pid, user, started_at, command = row
-            return LockInfo(sync, int(pid), str(host), user, started_at, command)
+        # A run takes the advisory lock, then writes its lease row in a transaction of its
+        # own: just after, the lock is held and the row names nobody yet. Wait that moment
+        # out (a lease cleared by `retl unlock` is marked so and is told at once).
+        deadline = time.monotonic() + _LEASE_WRITE_SECONDS
+        while True:
+            with self._database.read() as conn:
+                session = self._holding_session(conn, sync)
+                if session is None:
+                    return None
+                row = conn.execute(
+                    f'SELECT host, pid, "user", started_at, command FROM {LOCKS_TABLE} '
+                    "WHERE sync = ?",
+                    (sync,),
+                ).fetchone()
+            if row is not None and row[0] is not None:
+                host, pid, user, started_at, command = row
+                return LockInfo(sync, int(pid), str(host), user, started_at, command)
+            unlocked = row is not None and row[4] == _UNLOCKED
+            if unlocked or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
         backend_pid, address, user, since = session
         return LockInfo(
             sync,
@@ -598,7 +612,9 @@ class PostgresStore(StateStore):
             f"{address or 'local socket'} (server session)",
             user,
             since or datetime.now(UTC),
-            "its lease was cleared by `retl unlock`; it stops at its next acknowledgement",
+            "its lease was cleared by `retl unlock`; it stops at its next acknowledgement"
+            if unlocked
+            else "a run that is starting: its lease is not written yet",
         )
 
     def locked_error(self, sync: str) -> StateLockedError:
@@ -617,10 +633,10 @@ class PostgresStore(StateStore):
         with self._database.write() as conn:
             row = conn.execute(
                 f"UPDATE {LOCKS_TABLE} AS l SET token = l.token + 1, host = NULL, pid = NULL, "
-                '"user" = NULL, started_at = NULL, command = NULL FROM (SELECT sync, host FROM '
+                '"user" = NULL, started_at = NULL, command = ? FROM (SELECT sync, host FROM '
                 f"{LOCKS_TABLE} WHERE sync = ? FOR UPDATE) AS old WHERE l.sync = old.sync "
                 "RETURNING old.host",
-                (sync,),
+                (_UNLOCKED, sync),
             ).fetchone()
         return row is not None and row[0] is not None
 
