@@ -6,7 +6,7 @@ Both layouts keep the same things under other names, so a sync's state is handed
 of `KeptState`s, one per target (and mode family) it holds state for: the slot is the table
 layout's `target` (the TargetId digest, or `<digest>-<family>` for a mode family kept aside);
 the current one is `<sync>.duckdb` in files and the meta row `(sync, '', 'target')` in tables.
-Rows travel as Arrow tables of text (`key, hash, dest_id, at`), through COPY on PostgreSQL.
+Rows travel as Arrow tables of text (`key, hash, dest_id, synced_at`), through COPY on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from reverse_etl.state.warehouse import CURRENT, StateTables, WarehouseSnapshotS
 from reverse_etl.types import TargetId
 from reverse_etl.warehouse.sessions import PostgresSession, SessionError, WarehouseSession
 
-COLUMNS = ("key", "hash", "dest_id", "at")
+COLUMNS = ("key", "hash", "dest_id", "synced_at")
 ROWS_SCHEMA = pa.schema([(name, pa.string()) for name in COLUMNS])
 _CHUNK_ROWS = 100_000
 
@@ -178,7 +178,7 @@ def _read_file(path: Path, sync: str) -> tuple[dict[str, str], pa.Table]:
         ).fetchall()
         dest_id = "dest_id" if found and found[0][0] else "CAST(NULL AS VARCHAR)"
         rows: pa.Table = con.sql(
-            f"SELECT key, hash, {dest_id} AS dest_id, CAST(synced_at AS VARCHAR) AS at "
+            f"SELECT key, hash, {dest_id} AS dest_id, CAST(synced_at AS VARCHAR) AS synced_at "
             f"FROM {ALIAS}.snapshot"
         ).to_arrow_table()
         return meta, rows.cast(ROWS_SCHEMA)
@@ -195,7 +195,7 @@ def _write_file(path: Path, sync: str, state: KeptState) -> None:
         con.register("retl_rows", state.rows)
         con.execute(
             f"INSERT INTO {ALIAS}.snapshot (key, hash, synced_at, dest_id) "
-            "SELECT key, hash, CAST(at AS TIMESTAMPTZ), dest_id FROM retl_rows"
+            "SELECT key, hash, CAST(synced_at AS TIMESTAMPTZ), dest_id FROM retl_rows"
         )
         meta = dict(state.meta)
         if state.target is not None:
@@ -277,7 +277,7 @@ class TableSnapshots(SnapshotPlace):
 
     def _rows(self, sync: str, slot: str) -> pa.Table:
         sql = self.tables.sql(
-            f"SELECT key, hash, dest_id, CAST(acknowledged_at AS TEXT) AS at FROM "
+            f"SELECT key, hash, dest_id, CAST(acknowledged_at AS TEXT) AS synced_at FROM "
             f"{self.tables.snapshot} WHERE sync = {quote_literal(sync)} AND target = "
             f"{quote_literal(slot)}"
         )
@@ -326,7 +326,7 @@ def _tabled(sync: str, state: KeptState) -> pa.Table:
             "key": state.rows.column("key"),
             "hash": state.rows.column("hash"),
             "dest_id": state.rows.column("dest_id"),
-            "acknowledged_at": state.rows.column("at"),
+            "acknowledged_at": state.rows.column("synced_at"),
         }
     )
 
