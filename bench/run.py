@@ -863,6 +863,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     before = machine()
     started = time.perf_counter()
+    if args.work_dir is not None:
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="retl-bench-", dir=args.work_dir))
     try:
         stages = run_suite(args, base)
