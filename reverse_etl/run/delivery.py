@@ -253,8 +253,8 @@ class Delivery:
         if failed:
             message = f"{failed}; and {message}"
         hint = (
-            "fix the state store (disk space, permissions), then run again: what landed is "
-            "recognised (delivery markers, look-ups) or re-sent idempotently"
+            "fix the state store (server reachable, disk space, permissions), then run again: "
+            "what landed is recognised (delivery markers, look-ups) or re-sent idempotently"
         )
         if isinstance(self.state_error, StateLockedError) and self.state_error.hint:
             hint = self.state_error.hint  # the lease was taken over: nothing to fix in state

@@ -951,7 +951,7 @@ class Engine:
                 outcome.error = (f"{error}; and " if error else "") + (
                     f"the run log could not record the end of this run: {exc.message}"
                 )
-                outcome.hint = exc.hint or hint
+                outcome.hint = hint or exc.hint  # what the delivery knows was sent comes first
                 error = outcome.error
             self._finished(outcome, options)
             # A refusal by the plan (a delete limit) stops a scheduled sync as a failure does.

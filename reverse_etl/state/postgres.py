@@ -56,6 +56,10 @@ _INSUFFICIENT_PRIVILEGE = "42501"
 _UNDEFINED_TABLE = "42P01"
 _CREATED_MEANWHILE = ("42P06", "42P07", "23505")  # duplicate schema / table, unique violation
 
+# The server closed the connection or is going away (terminated by an administrator, shutting
+# down, in recovery): the store was lost, not a statement refused.
+_CONNECTION_LOST = ("57P01", "57P02", "57P03")
+
 _TEXT = 'TEXT COLLATE "C"'  # byte order, as SQLite sorts: text timestamps sort as time
 
 # Statements that take the schema from version N-1 to N, `{s}` the quoted schema. Append;
@@ -325,7 +329,7 @@ class PostgresDatabase:
         import psycopg
 
         message = database_message(exc)
-        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        if isinstance(exc, psycopg.OperationalError) and connection_lost(exc.sqlstate):
             return StateError(
                 f"lost the state store ({self.name}) while trying to {what} it: {message}",
                 hint="check that the server answers, then run again: what a run sent is "
@@ -680,3 +684,9 @@ def _server(url: str) -> str:
 
 
 __all__ = ["SCHEMA_VERSION", "PostgresDatabase", "PostgresLease", "PostgresStore"]
+
+
+def connection_lost(sqlstate: str | None) -> bool:
+    """Whether an operational error of the state database (its SQLSTATE, None when the
+    connection broke without an answer) means the connection is gone."""
+    return sqlstate is None or sqlstate[:2] == "08" or sqlstate in _CONNECTION_LOST

@@ -29,6 +29,7 @@ from reverse_etl.errors import RetlError, StateError
 from reverse_etl.redact import mask_url
 from reverse_etl.state.backends import SnapshotBackend
 from reverse_etl.state.fence import Fence
+from reverse_etl.state.postgres import connection_lost
 from reverse_etl.state.snapshot import (
     ALIAS,
     SNAPSHOT,
@@ -63,7 +64,14 @@ class StateDatabaseSession(PostgresSession):
     def _error(
         self, exc: BaseException, sqlstate: str | None = None
     ) -> SessionError | interrupt.RunInterrupted:
+        import psycopg
+
         error = super()._error(exc, sqlstate)
+        if isinstance(exc, psycopg.OperationalError) and connection_lost(sqlstate):
+            return SessionError(
+                f"lost the connection to the state database: {database_message(exc)}",
+                sqlstate=sqlstate,
+            )
         if isinstance(error, SessionError) and sqlstate != _CANCELLED:
             return SessionError(
                 f"the state database refused a statement: {database_message(exc)}",
