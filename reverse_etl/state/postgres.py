@@ -225,7 +225,7 @@ class PostgresDatabase:
                 raise StateError(f"the state store ({self.name}) is closed")
             while self._idle:
                 conn = self._idle.pop()
-                if not conn.closed and not conn.broken:
+                if not conn.closed and not conn.broken and not _spoken(conn):
                     return conn
                 conn.close()
         return self.connect()
@@ -690,3 +690,16 @@ def connection_lost(sqlstate: str | None) -> bool:
     """Whether an operational error of the state database (its SQLSTATE, None when the
     connection broke without an answer) means the connection is gone."""
     return sqlstate is None or sqlstate[:2] == "08" or sqlstate in _CONNECTION_LOST
+
+
+def _spoken(conn: psycopg.Connection[Any]) -> bool:
+    """True when the server wrote to an idle connection: it only does so to end it (a
+    terminated backend, a restart), so the connection is stale. A zero-timeout poll, no round
+    trip."""
+    import select
+
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -69,6 +70,34 @@ def test_the_run_log_round_trips_through_postgres(store: PostgresStore) -> None:
     assert log.get(first.id[:-2]) == done
     assert log.requests_since(["crm", "other"], first.started_at) == 4
     assert log.last_delivery("crm") == done
+
+
+def test_a_pooled_connection_the_server_ended_is_not_used_again(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """After a server restart or a terminated backend, the store's idle connections are dead:
+    the next operation opens a new one instead of failing on a stale one."""
+    log = RunLog(store.database())
+    run = log.start("crm", "hash", "abc123", False, trigger="schedule")
+    mine = f"retl {socket.gethostname()} {os.getpid()}"[:63]
+    ended = sql(
+        postgres_url,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE application_name = '{mine}' AND state = 'idle'",
+    )
+    assert ended[0][0] >= 1
+    deadline = time.monotonic() + 10
+    while (
+        sql(  # the server has ended them
+            postgres_url, f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{mine}'"
+        )[0][0]
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+
+    done = log.finish(run.id, "success", {"create": 1})
+
+    assert done.status == "success" and log.get(run.id) == done
 
 
 def test_a_run_left_running_is_marked_abandoned(store: PostgresStore) -> None:
