@@ -148,46 +148,29 @@ class LocalBackend(SnapshotBackend):
         return self.store.reset()
 
 
-class WarehouseBackend(SnapshotBackend):
-    """Tables in a schema of the warehouse (state.warehouse); holds its own session, used by
-    one thread at a time (the plan, then the acknowledgement writer, then the run's end)."""
-
-    local = False
+class TableBackend(SnapshotBackend):
+    """Snapshots in the tables of `WarehouseSnapshotStore` (state.warehouse), in a database
+    this backend holds a session to, used by one thread at a time (the plan, then the
+    acknowledgement writer, then the run's end). WarehouseBackend diffs in that database;
+    PostgresBackend (state.postgres_snapshots) diffs locally over a copy."""
 
     def __init__(
-        self, session: WarehouseSession, schema: str, sync: str, fence: Fence | None = None
+        self,
+        session: WarehouseSession,
+        schema: str,
+        sync: str,
+        *,
+        fence: Fence | None = None,
+        place: str | None = None,
     ) -> None:
         self.session = session
         # The fence is checked on PostgreSQL only (see state.warehouse).
-        self.store = WarehouseSnapshotStore(session, schema, sync, fence=fence)
+        self.store = WarehouseSnapshotStore(session, schema, sync, fence=fence, place=place)
         self.sync = sync
         self.where = self.store.where
 
-    def open(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        target: TargetId,
-        *,
-        writable: bool,
-        mode: str | None = None,
-        before_change: Callable[[], None] | None = None,
-    ) -> StateOpened:
-        return self.store.open(target, writable=writable, mode=mode, before_change=before_change)
-
     def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
         return self.store.meta()
-
-    def relation(self) -> str:
-        return self.store.relation()
-
-    def acknowledge(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        delivered: pa.Table | None = None,
-        deleted: pa.Table | None = None,
-        **meta: str | None,
-    ) -> None:
-        self.store.acknowledge(delivered, deleted, **meta)
 
     def read_meta(self, target: TargetId | None = None) -> SnapshotMeta | None:
         return self.store.read_meta(target)
@@ -203,6 +186,35 @@ class WarehouseBackend(SnapshotBackend):
 
     def close(self) -> None:
         self.session.close()
+
+
+class WarehouseBackend(TableBackend):
+    """Tables in a schema of the warehouse (state.warehouse); the diff runs there."""
+
+    local = False
+
+    def open(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        target: TargetId,
+        *,
+        writable: bool,
+        mode: str | None = None,
+        before_change: Callable[[], None] | None = None,
+    ) -> StateOpened:
+        return self.store.open(target, writable=writable, mode=mode, before_change=before_change)
+
+    def relation(self) -> str:
+        return self.store.relation()
+
+    def acknowledge(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        delivered: pa.Table | None = None,
+        deleted: pa.Table | None = None,
+        **meta: str | None,
+    ) -> None:
+        self.store.acknowledge(delivered, deleted, **meta)
 
 
 def uses_warehouse_state(project: Project) -> bool:
@@ -233,4 +245,4 @@ def open_backend(
             "run `retl validate`"
         )
     session = open_session(name, block.url, project.root, block.query_timeout)
-    return WarehouseBackend(session, state.schema_, sync, fence)
+    return WarehouseBackend(session, state.schema_, sync, fence=fence)

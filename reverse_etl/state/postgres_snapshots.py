@@ -27,17 +27,15 @@ import pyarrow.csv as pa_csv
 from reverse_etl import interrupt
 from reverse_etl.errors import RetlError, StateError
 from reverse_etl.redact import mask_url
-from reverse_etl.state.backends import SnapshotBackend
+from reverse_etl.state.backends import TableBackend
 from reverse_etl.state.fence import Fence
 from reverse_etl.state.postgres import connection_lost
 from reverse_etl.state.snapshot import (
     ALIAS,
     SNAPSHOT,
-    SnapshotMeta,
     SnapshotStore,
     StateOpened,
 )
-from reverse_etl.state.warehouse import WarehouseSnapshotStore
 from reverse_etl.types import TargetId
 from reverse_etl.warehouse.base import database_message
 from reverse_etl.warehouse.sessions import PostgresSession, SessionError
@@ -80,12 +78,11 @@ class StateDatabaseSession(PostgresSession):
         return error
 
 
-class PostgresBackend(SnapshotBackend):
-    """A sync's snapshot in the state database, diffed locally over an attached copy. Holds its
-    own session, used by one thread at a time (the plan, the acknowledgement writer, the
-    run's end), as WarehouseBackend does."""
+class PostgresBackend(TableBackend):
+    """A sync's snapshot in the state database, diffed locally over an attached copy."""
 
     local = True
+    session: PostgresSession  # streams the snapshot out (copy_out)
 
     def __init__(
         self,
@@ -96,10 +93,7 @@ class PostgresBackend(SnapshotBackend):
         fence: Fence | None = None,
         place: str = "the state database",
     ) -> None:
-        self.session = session
-        self.store = WarehouseSnapshotStore(session, schema, sync, fence=fence, place=place)
-        self.sync = sync
-        self.where = self.store.where
+        super().__init__(session, schema, sync, fence=fence, place=place)
 
     @classmethod
     def connect(
@@ -177,9 +171,6 @@ class PostgresBackend(SnapshotBackend):
         rows = [(name, value) for name, value in values.items() if value is not None]
         con.executemany(f"INSERT INTO {ALIAS}.meta VALUES (?, ?)", rows)
 
-    def meta(self, con: duckdb.DuckDBPyConnection) -> SnapshotMeta:
-        return self.store.meta()
-
     def acknowledge(
         self,
         con: duckdb.DuckDBPyConnection,
@@ -190,18 +181,3 @@ class PostgresBackend(SnapshotBackend):
         """Commit to PostgreSQL (fenced), then to the attached copy the run goes on reading."""
         self.store.acknowledge(delivered, deleted, **meta)
         SnapshotStore.acknowledge(con, delivered, deleted, **meta)
-
-    def read_meta(self, target: TargetId | None = None) -> SnapshotMeta | None:
-        return self.store.read_meta(target)
-
-    def sample(self, limit: int = 10) -> list[tuple[str, str]]:
-        return self.store.sample(limit)
-
-    def kept_aside(self) -> list[str]:
-        return self.store.kept_aside()
-
-    def reset(self) -> bool:
-        return self.store.reset()
-
-    def close(self) -> None:
-        self.session.close()
