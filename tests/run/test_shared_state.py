@@ -224,6 +224,20 @@ def test_two_machines_running_all_at_once_run_each_sync_once_per_round(
     # Each insert takes a moment, so that a run outlasts the two processes' start-up skew.
     slow_down(shared.dest, "people", 0.3)
     slow_down(shared.dest, "events", 0.3)
+    # Round 1 contends for sure: whichever copy delivers `people` waits at a closed gate until
+    # the other copy has ended (refused for `people`, which the first holds).
+    gate = f"{shared.dest.schema}.gate"
+    shared.dest.execute(f"CREATE TABLE {gate} (open boolean NOT NULL)")
+    shared.dest.execute(f"INSERT INTO {gate} VALUES (false)")
+    shared.dest.execute(
+        f"CREATE FUNCTION {shared.dest.schema}.wait_gate() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN LOOP EXIT WHEN (SELECT open FROM {gate}); PERFORM pg_sleep(0.02); END LOOP; "
+        "RETURN NULL; END $$"
+    )
+    shared.dest.execute(
+        f"CREATE TRIGGER gate AFTER INSERT ON {shared.dest.schema}.people "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {shared.dest.schema}.wait_gate()"
+    )
     shared.sync("people", "people")
     shared.sync("events", "events", mode="insert")  # keyless: delivery markers, no upsert
     shared.warehouse(
@@ -247,6 +261,11 @@ def test_two_machines_running_all_at_once_run_each_sync_once_per_round(
             )
         before = {r.id for r in shared.run_log().list()}
         processes = [m.start("run", "--all", "--json") for m in machines]  # the same moment
+        if round_ == 1:
+            deadline = time.monotonic() + 120
+            while all(p.poll() is None for p in processes) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            shared.dest.execute(f"UPDATE {gate} SET open = true")
         results = []
         for process in processes:
             out, err = process.communicate(timeout=120)
