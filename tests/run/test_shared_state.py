@@ -249,6 +249,7 @@ def test_two_machines_running_all_at_once_run_each_sync_once_per_round(
     machines = [shared.machine(), shared.machine()]
     host = socket.gethostname()
     held_by: list[str] = []
+    refusals: list[str] = []
 
     for round_ in range(1, ROUNDS + 1):
         if round_ > 1:
@@ -283,6 +284,7 @@ def test_two_machines_running_all_at_once_run_each_sync_once_per_round(
                     f"sync '{sync}' is being run by another run"  # it ended as we asked
                 ), other
                 assert other["error"].startswith(named) is (f"(retl run {sync})" in other["error"])
+                refusals.append(f"round {round_}: {other['error']}")
                 if other["error"].startswith(named):
                     held_by.append(sync)
             else:  # it started after the other copy's run: not due any more
@@ -298,7 +300,7 @@ def test_two_machines_running_all_at_once_run_each_sync_once_per_round(
         assert_exactly_once(shared, "people", "people")
         assert_exactly_once(shared, "events", "events")
 
-    assert held_by, "no round had both copies contend for a sync's lock"
+    assert held_by, f"no refusal named the holder: {refusals}"
 
 
 # -- a fresh copy sees what the others did ----------------------------------------------------
