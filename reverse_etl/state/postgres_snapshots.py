@@ -56,7 +56,8 @@ class StateDatabaseSession(PostgresSession):
     def _connect_error(self, url: str, reason: str) -> RetlError:
         return StateError(
             f"cannot connect to the state database at {mask_url(url)}: {reason}",
-            hint="check state.url in retl.yml (and the variable it reads); nothing was sent",
+            hint="check that the server answers and the URL: state.url in retl.yml (and the "
+            "variable it reads), or --url of `retl state migrate`; nothing was sent or copied",
         )
 
     def _error(
