@@ -115,23 +115,32 @@ def wait_until_held(setup: Setup, process: subprocess.Popen[str]) -> None:
     raise AssertionError(f"run A was never held: {out}{err}")
 
 
-def overlap(setup: Setup) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """A starts and is held after HOLD_AT rows; B runs to the end; A goes on. Returns the
-    documents of A's and B's runs and A's stderr."""
+Result = tuple[int, dict[str, Any], str]  # exit code, the run's `--json` entry, stderr
+
+
+def held_while_b_runs(setup: Setup) -> tuple[Result, Result]:
+    """A starts and is held after HOLD_AT rows; B runs to its end; then A goes on. Returns
+    A's and B's results."""
     hold(setup)
     k1, k2 = setup.lock
     setup.conn.execute("SELECT pg_advisory_lock(%s, %s)", (k1, k2))
     a = start(setup.a)
     try:
         wait_until_held(setup, a)
-        code_b, run_b, err_b = run(setup.b)
-        assert code_b == 0, (run_b, err_b)
+        b = run(setup.b)
         setup.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (k1, k2))
-        code_a, run_a, err_a = finish(a)
+        return finish(a), b
     finally:
         if a.poll() is None:
             a.kill()
             a.wait()
+
+
+def overlap(setup: Setup) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A held while B runs to success; A then stops. Returns the documents of A's and B's
+    runs and A's stderr."""
+    (code_a, run_a, err_a), (code_b, run_b, err_b) = held_while_b_runs(setup)
+    assert code_b == 0, (run_b, err_b)
     assert code_a == 1, (run_a, err_a)
     return run_a, run_b, err_a
 
@@ -238,19 +247,7 @@ def test_two_machines_sharing_warehouse_state_never_overlap_and_deliver_every_re
     """Shared state on a PostgreSQL warehouse holds the sync's lock too: while A delivers, B is
     refused and names A; once A is done, neither machine has anything left to send. (Runs that
     do overlap, with locks that are not shared, are the local-state tests below: the claim.)"""
-    hold(shared)
-    k1, k2 = shared.lock
-    shared.conn.execute("SELECT pg_advisory_lock(%s, %s)", (k1, k2))
-    a = start(shared.a)
-    try:
-        wait_until_held(shared, a)
-        code_b, run_b, err_b = run(shared.b)
-        shared.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (k1, k2))
-        code_a, run_a, err_a = finish(a)
-    finally:
-        if a.poll() is None:
-            a.kill()
-            a.wait()
+    (code_a, run_a, err_a), (code_b, run_b, err_b) = held_while_b_runs(shared)
 
     assert code_b == 1 and run_b["status"] == "refused", (run_b, err_b)
     refusal = " ".join(f"{run_b.get('error')} {err_b}".split())
